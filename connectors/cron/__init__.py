@@ -1,0 +1,1 @@
+"""The cron connector (not built yet: this package only reserves its place)."""

@@ -1,0 +1,1 @@
+"""The kafka connector (not built yet: this package only reserves its place)."""

@@ -1,0 +1,5 @@
+import sys
+
+from faashub.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `faashub` command: one entry point for every component and user command."""

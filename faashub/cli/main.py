@@ -1,0 +1,118 @@
+"""Entry point of the `faashub` command.
+
+Component commands (`up`, `gateway`, `queue-worker`, `provider local`) run a
+long-lived process; user commands (`deploy`, `invoke`, `list`, `describe`,
+`remove`) talk to a running gateway. Components are imported only when their
+command runs, so `faashub --help` and the user commands start fast.
+"""
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from faashub import __version__, errors, logs, settings
+from faashub.cli import options, user_commands
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    from gateway import server
+
+    gateway_settings = options.load_settings(settings.GatewaySettings, args)
+    logs.configure(level=gateway_settings.log_level, log_format=gateway_settings.log_format)
+    server.run(gateway_settings)
+    return 0
+
+
+def _run_queue_worker(args: argparse.Namespace) -> int:
+    from queue_worker import server
+
+    worker_settings = options.load_settings(settings.WorkerSettings, args)
+    logs.configure(level=worker_settings.log_level, log_format=worker_settings.log_format)
+    server.run(worker_settings)
+    return 0
+
+
+def _run_local_provider(args: argparse.Namespace) -> int:
+    from provider.local import server
+
+    provider_settings = options.load_settings(settings.LocalProviderSettings, args)
+    logs.configure(level=provider_settings.log_level, log_format=provider_settings.log_format)
+    server.run(provider_settings)
+    return 0
+
+
+def _run_hub(args: argparse.Namespace) -> int:
+    from faashub.cli import hub
+
+    hub_settings = options.load_settings(settings.HubSettings, args)
+    logs.configure(level=hub_settings.log_level, log_format=hub_settings.log_format)
+    return hub.run(hub_settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="faashub",
+        description="Event connectors and durable async invocation for serverless "
+        "functions, compatible with the OpenFaaS API.",
+    )
+    parser.add_argument("--version", action="version", version=f"faashub {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def component(
+        name: str,
+        help_text: str,
+        settings_class: type[settings.CommonSettings],
+        handler: Callable[[argparse.Namespace], int],
+        parent: "argparse._SubParsersAction[argparse.ArgumentParser]" = commands,
+    ) -> None:
+        command = parent.add_parser(name, help=help_text, description=help_text)
+        options.add_settings_arguments(command, settings_class)
+        command.set_defaults(handler=handler)
+
+    component(
+        "up",
+        "Start the whole hub on this machine: embedded NATS, local provider, "
+        "gateway and queue-worker.",
+        settings.HubSettings,
+        _run_hub,
+    )
+    component(
+        "gateway",
+        "Run the gateway alone (OpenFaaS REST API).",
+        settings.GatewaySettings,
+        _run_gateway,
+    )
+    component(
+        "queue-worker",
+        "Run one queue-worker alone.",
+        settings.WorkerSettings,
+        _run_queue_worker,
+    )
+    provider = commands.add_parser("provider", help="Run a faas-provider backend alone.")
+    backends = provider.add_subparsers(dest="backend", metavar="BACKEND", required=True)
+    component(
+        "local",
+        "Run the local provider, which runs functions as processes on this machine.",
+        settings.LocalProviderSettings,
+        _run_local_provider,
+        backends,
+    )
+    user_commands.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except errors.FaashubError as exc:
+        print(f"faashub: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Command-line flags generated from the settings classes.
+
+Every field of a settings class becomes a `--field-name` flag whose help text
+gives the description, the environment variable and the default. A flag that
+is not given leaves the value to the environment variable or the default.
+"""
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic
+from pydantic_settings import BaseSettings
+
+from faashub import errors
+from faashub.settings import ENV_PREFIX
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, settings_class: type[BaseSettings]
+) -> None:
+    """Add one flag per field of `settings_class` to `parser`."""
+    group = parser.add_argument_group(
+        "settings", f"Each flag can also be set by its {ENV_PREFIX}* variable."
+    )
+    for field_name, info in settings_class.model_fields.items():
+        flag = "--" + field_name.replace("_", "-")
+        env_name = ENV_PREFIX + field_name.upper()
+        default = "" if info.default_factory is not None else f", default {info.default!r}"
+        help_text = f"{info.description} (env {env_name}{default})"
+        annotation = info.annotation
+        if annotation is bool:
+            group.add_argument(
+                flag,
+                dest=field_name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+            continue
+        choices = _literal_choices(annotation)
+        group.add_argument(
+            flag,
+            dest=field_name,
+            default=argparse.SUPPRESS,
+            choices=choices,
+            type=_argument_type(annotation),
+            help=help_text,
+        )
+
+
+def load_settings(settings_class: type[SettingsT], args: argparse.Namespace) -> SettingsT:
+    """Build settings from the flags in `args`, the environment and the defaults."""
+    given = {
+        name: getattr(args, name)
+        for name in settings_class.model_fields
+        if hasattr(args, name)
+    }
+    try:
+        return settings_class(**given)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{_setting_name(problem['loc'])}: {problem['msg']} "
+            f"(got {problem.get('input')!r})"
+            for problem in exc.errors()
+        )
+        raise errors.SettingsError(f"Invalid settings: {problems}.") from exc
+
+
+def _setting_name(location: tuple[int | str, ...]) -> str:
+    field = str(location[0]) if location else "?"
+    return f"--{field.replace('_', '-')} / {ENV_PREFIX}{field.upper()}"
+
+
+def _literal_choices(annotation: Any) -> list[str] | None:
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(choice) for choice in typing.get_args(annotation)]
+    return None
+
+
+def _argument_type(annotation: Any) -> Any:
+    if annotation in (int, float, Path):
+        return annotation
+    if isinstance(annotation, types.UnionType):
+        return str
+    return str

