@@ -1,0 +1,397 @@
+"""The faas-provider HTTP API, served over any `ProviderBackend`.
+
+Three parts share one ASGI application:
+
+- `/system/*`: the management API (functions CRUD, namespaces, info), a
+  FastAPI app whose lifespan starts and stops the backend;
+- `/function/NAME[.NAMESPACE][/PATH]`: invocation, a lean raw-ASGI handler,
+  because FastAPI's routing would cost several times more per call on the
+  hot path;
+- `/healthz`: 200 `OK` once the backend is ready, 503 before that and while
+  it stops.
+
+Error bodies are plain-text sentences that name the offending value and the
+fix. The backend reports failures with the exceptions of `provider.backend`,
+and this module maps them to status codes. It does not know how functions run.
+"""
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final, TypeVar
+from urllib.parse import quote, unquote
+
+from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
+
+from faashub import constants, errors, names
+from provider.backend import (
+    FunctionExists,
+    FunctionNotFound,
+    InvalidRequest,
+    Invocation,
+    InvocationFailed,
+    InvocationResponse,
+    ProviderBackend,
+    StorageError,
+)
+from provider.types import DeleteFunctionRequest, FunctionDeployment, FunctionStatus
+
+logger = logging.getLogger(__name__)
+
+FUNCTION_PREFIX: Final = "/function/"
+HEALTH_PATH: Final = "/healthz"
+TEXT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
+JSON_CONTENT_TYPE: Final = "application/json"
+MAX_REPORTED_VALIDATION_ERRORS: Final = 5
+
+_STATUS_BY_ERROR: Final[tuple[tuple[type[Exception], int], ...]] = (
+    (InvalidRequest, 400),
+    (errors.InvalidFunctionName, 400),
+    (FunctionNotFound, 404),
+    (FunctionExists, 409),
+    (StorageError, 500),
+)
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class ProviderApp:
+    """The ASGI app: serves invocations and health, passes the rest to FastAPI."""
+
+    def __init__(self, backend: ProviderBackend) -> None:
+        self.backend = backend
+        self.start_error: BaseException | None = None
+        self._internal_marker = backend.info().provider
+        self._system = _build_system_app(
+            backend, on_start_error=self._record_start_error
+        )
+
+    def _record_start_error(self, exc: BaseException) -> None:
+        self.start_error = exc
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith(FUNCTION_PREFIX) or path == FUNCTION_PREFIX.rstrip("/"):
+                await self._serve_function(scope, receive, send)
+                return
+            if path == HEALTH_PATH:
+                await self._serve_health(scope, send)
+                return
+        await self._system(scope, receive, send)
+
+    async def _serve_health(self, scope: Scope, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await _send_text(
+                send, 405, "Use GET or HEAD on /healthz.", allow="GET, HEAD"
+            )
+        elif self.backend.is_ready():
+            await _send_text(send, 200, "OK")
+        else:
+            await _send_text(send, 503, "The provider is starting or stopping.")
+
+    async def _serve_function(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started_at = time.perf_counter()
+        context = {"function": "", "call_id": "", "method": scope["method"]}
+        status = await self._route_invocation(scope, receive, send, context=context)
+        if status:
+            duration_s = round(time.perf_counter() - started_at, 6)
+            logger.info(
+                "function invoked",
+                extra={"ctx": {**context, "status": status, "duration_s": duration_s}},
+            )
+
+    async def _route_invocation(
+        self, scope: Scope, receive: Receive, send: Send, *, context: dict[str, str]
+    ) -> int:
+        """Parse the invocation, run it and return the status sent (0 for none).
+
+        `context` gets the function and call id as soon as they are known.
+        """
+        raw_name, raw_rest = _split_function_path(scope)
+        context["function"] = unquote(raw_name)
+        if not raw_name:
+            message = (
+                "The path names no function: call /function/NAME or "
+                "/function/NAME.NAMESPACE."
+            )
+            await _send_text(send, 400, message)
+            return 400
+        try:
+            ref = names.parse_function_ref(unquote(raw_name))
+        except errors.InvalidFunctionName as exc:
+            await _send_text(send, 400, str(exc))
+            return 400
+        body = await _read_body(receive)
+        if body is None:
+            return 0  # the client disconnected, so no response can be sent
+
+        client = scope.get("client")
+        invocation = Invocation(
+            function=ref,
+            method=scope["method"],
+            path=unquote(raw_rest),
+            raw_path=raw_rest,
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=[
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in scope["headers"]
+            ],
+            body=body,
+            client_host=client[0] if client else "",
+        )
+        context["function"] = str(ref)
+        context["call_id"] = invocation.call_id
+        return await self._invoke(invocation, send)
+
+    async def _invoke(self, invocation: Invocation, send: Send) -> int:
+        """Send the backend's response, or an error; return the status sent."""
+        sending = _ResponseSender(send)
+        try:
+            async with self.backend.invoke(invocation) as response:
+                await sending.send(response)
+                return response.status
+        except FunctionNotFound as exc:
+            if sending.started:
+                raise
+            await _send_text(send, 404, str(exc))
+            return 404
+        except InvocationFailed as exc:
+            if not sending.started:
+                await _send_text(
+                    send, exc.status_code, str(exc), internal=self._internal_marker
+                )
+                return exc.status_code
+            # The status line is already sent, so the only signal left is an
+            # incomplete body: the server closes the connection.
+            logger.warning(
+                "function response broken off: %s",
+                exc,
+                extra={
+                    "ctx": {
+                        "function": str(invocation.function),
+                        "call_id": invocation.call_id,
+                    }
+                },
+            )
+            return sending.status
+
+
+class _ResponseSender:
+    """Writes an InvocationResponse to ASGI and records whether it began."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.status = 0
+
+    async def send(self, response: InvocationResponse) -> None:
+        self.started = True
+        self.status = response.status
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [
+                    (name.encode("latin-1"), value.encode("latin-1"))
+                    for name, value in response.headers
+                ],
+            }
+        )
+        if response.stream is None:
+            await self._send({"type": "http.response.body", "body": response.body})
+            return
+        async for chunk in response.stream:
+            await self._send(
+                {"type": "http.response.body", "body": chunk, "more_body": True}
+            )
+        await self._send({"type": "http.response.body", "body": b""})
+
+
+def create_app(backend: ProviderBackend) -> ProviderApp:
+    """Return the provider's ASGI application over `backend`."""
+    return ProviderApp(backend)
+
+
+def _build_system_app(
+    backend: ProviderBackend, *, on_start_error: Callable[[BaseException], None]
+) -> FastAPI:
+    """Build the FastAPI app of `/system/*`, whose lifespan runs the backend."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await backend.start()
+        except BaseException as exc:
+            on_start_error(exc)
+            raise
+        try:
+            yield
+        finally:
+            await backend.stop()
+
+    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    for error_type, status_code in _STATUS_BY_ERROR:
+        app.add_exception_handler(error_type, _text_error_handler(status_code))
+    app.add_exception_handler(StarletteHTTPException, _routing_error_handler)
+
+    @app.get("/system/functions")
+    async def list_functions(namespace: str = "") -> Response:
+        statuses = await backend.list_functions(namespace)
+        return _json_response(_status_array(statuses))
+
+    @app.post("/system/functions")
+    async def create_function(request: Request) -> Response:
+        deployment = _parse_body(FunctionDeployment, await request.body())
+        await backend.create_function(deployment)
+        return Response(status_code=202)
+
+    @app.put("/system/functions")
+    async def update_function(request: Request) -> Response:
+        deployment = _parse_body(FunctionDeployment, await request.body())
+        await backend.update_function(deployment)
+        return Response(status_code=202)
+
+    @app.delete("/system/functions")
+    async def delete_function(request: Request, namespace: str = "") -> Response:
+        delete = _parse_body(DeleteFunctionRequest, await request.body())
+        if not delete.function_name:
+            raise InvalidRequest(
+                "functionName is empty: send the name of the function to delete, "
+                'as {"functionName": "NAME"}.'
+            )
+        await backend.delete_function(
+            delete.function_name, namespace or delete.namespace
+        )
+        return Response(status_code=202)
+
+    @app.get("/system/function/{name}")
+    async def get_function(name: str, namespace: str = "") -> Response:
+        status = await backend.get_function(name, namespace)
+        return _json_response(status.model_dump_json())
+
+    @app.get("/system/namespaces")
+    async def list_namespaces() -> Response:
+        namespaces = await backend.list_namespaces()
+        return _json_response(json.dumps(namespaces))
+
+    @app.get("/system/info")
+    async def info() -> Response:
+        return _json_response(backend.info().model_dump_json())
+
+    return app
+
+
+def _status_array(statuses: list[FunctionStatus]) -> str:
+    return "[" + ",".join(status.model_dump_json() for status in statuses) + "]"
+
+
+def _json_response(body: str) -> Response:
+    return Response(content=body, media_type=JSON_CONTENT_TYPE)
+
+
+def _parse_body(model: type[_Model], body: bytes) -> _Model:
+    """Validate a JSON body as `model`; raise InvalidRequest naming the fault."""
+    model_name = model.__name__
+    if not body.strip():
+        raise InvalidRequest(f"The request body is empty: send a JSON {model_name}.")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        problems = [
+            (
+                ".".join(str(part) for part in error["loc"]) + ": "
+                if error["loc"]
+                else ""
+            )
+            + error["msg"]
+            for error in exc.errors()[:MAX_REPORTED_VALIDATION_ERRORS]
+        ]
+        raise InvalidRequest(
+            f"Invalid {model_name} in the request body: {'; '.join(problems)}."
+        ) from exc
+
+
+def _text_error_handler(
+    status_code: int,
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handle(request: Request, exc: Exception) -> Response:
+        return Response(str(exc), status_code=status_code, media_type=TEXT_CONTENT_TYPE)
+
+    return handle
+
+
+async def _routing_error_handler(request: Request, exc: Exception) -> Response:
+    """Return a plain-text sentence for a routing error (unknown path, wrong method)."""
+    assert isinstance(exc, StarletteHTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        text = (
+            f"No route for {where}. The provider serves /system/functions, "
+            "/system/function/NAME, /system/namespaces, /system/info, "
+            "/function/NAME and /healthz."
+        )
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        text = (
+            f"Method {request.method} is not allowed on {request.url.path}. "
+            f"Use {allowed}."
+        )
+    else:
+        text = str(exc.detail)
+    return Response(
+        text,
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type=TEXT_CONTENT_TYPE,
+    )
+
+
+def _split_function_path(scope: Scope) -> tuple[str, str]:
+    """Split `/function/NAME/REST` into NAME and "/REST", both still percent-encoded."""
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None or not raw.startswith(FUNCTION_PREFIX.encode()):
+        raw = quote(scope["path"]).encode()
+    target = raw.split(b"?", 1)[0].decode("latin-1")
+    name, _, rest = target[len(FUNCTION_PREFIX) :].partition("/")
+    return name, "/" + rest
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """Read the whole request body, or return None if the client disconnected.
+
+    NOTE: the body is held in memory with no size limit, because classic mode
+    needs all of it on stdin. A limit would go here, as a 413 response.
+    """
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send_text(
+    send: Send, status: int, text: str, *, internal: str = "", allow: str = ""
+) -> None:
+    """Send a complete plain-text response."""
+    body = text.encode()
+    headers = [
+        (b"content-type", TEXT_CONTENT_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if internal:
+        headers.append(
+            (constants.OPENFAAS_INTERNAL.lower().encode(), internal.encode())
+        )
+    if allow:
+        headers.append((b"allow", allow.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,181 @@
+"""The seam between the provider API and the code that runs functions.
+
+`api` serves HTTP over any object that implements `ProviderBackend`. The local
+backend runs functions as processes. A Kubernetes backend can implement the
+same protocol later without touching the API. A backend reports failures by
+raising the errors below, and the API turns each into a status code::
+
+    ProviderError (faashub.errors.FaashubError)
+    ├── InvalidRequest       400: a request the backend cannot carry out as sent
+    ├── FunctionNotFound     404: no function of that name in that namespace
+    ├── FunctionExists       409: create of a function that is already deployed
+    ├── StorageError         500: the backend could not persist its state
+    ├── ProviderStartError   the backend could not start (the process exits)
+    └── InvocationFailed     an invocation that produced no function response
+        ├── FunctionFailed       500: the process failed or could not start
+        ├── FunctionUnavailable  503: the function is not responding
+        └── FunctionTimeout      504: the function ran past its exec timeout
+
+The API marks responses built from an `InvocationFailed` with the
+`X-OpenFaaS-Internal` header, so a caller can tell a platform failure from
+an error status that the function itself returned.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from faashub import errors
+from faashub.names import FunctionRef
+from provider.types import FunctionDeployment, FunctionStatus, ProviderInfo
+
+
+class ProviderError(errors.FaashubError):
+    """Base class of the errors a provider backend raises on purpose."""
+
+
+class InvalidRequest(ProviderError, ValueError):
+    """A request that the backend rejects: bad shape, namespace or secret."""
+
+
+class FunctionNotFound(ProviderError, LookupError):
+    """No function of that name is deployed in that namespace."""
+
+
+class FunctionExists(ProviderError):
+    """A create request for a function that is already deployed."""
+
+
+class StorageError(ProviderError, OSError):
+    """The backend could not read or write its persisted state."""
+
+
+class ProviderStartError(ProviderError, RuntimeError):
+    """The backend or its listener could not start."""
+
+
+class InvocationFailed(ProviderError):
+    """An invocation that failed before the function produced a response."""
+
+    status_code = 500
+
+
+class FunctionFailed(InvocationFailed):
+    """The function process exited with an error or could not be started."""
+
+    status_code = 500
+
+
+class FunctionUnavailable(InvocationFailed):
+    """The function's process is not responding, so nothing could serve the call."""
+
+    status_code = 503
+
+
+class FunctionTimeout(InvocationFailed):
+    """The function did not respond within its exec timeout."""
+
+    status_code = 504
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """One HTTP request to a function, as the API received it.
+
+    `path` is the decoded path after the function name, always starting with
+    "/" (the path the watchdog would see). `raw_path` is the same path still
+    percent-encoded, which a proxy forwards unchanged. `query` is the raw
+    query string without the "?". Header names are lowercase, in the order
+    received, with repeats kept.
+    """
+
+    function: FunctionRef
+    method: str
+    path: str
+    raw_path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    client_host: str = ""
+
+    @property
+    def call_id(self) -> str:
+        """The caller's X-Call-Id, or "" when the request has none."""
+        for name, value in self.headers:
+            if name == "x-call-id":
+                return value
+        return ""
+
+
+@dataclass(slots=True)
+class InvocationResponse:
+    """A function's response: a complete `body`, or a `stream` of chunks.
+
+    When `stream` is set, the API sends its chunks as they arrive and ignores
+    `body`.
+    """
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+
+class ProviderBackend(Protocol):
+    """Interface between the provider API and the code that runs functions.
+
+    The API calls `start` once before it serves requests and `stop` once when
+    it shuts down. Namespace arguments may be "", which means the backend's
+    default namespace.
+    """
+
+    async def start(self) -> None:
+        """Load the backend's state and start what it runs; raise ProviderStartError."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop every function process the backend started and release resources."""
+        ...
+
+    def is_ready(self) -> bool:
+        """Return whether `start` has finished and `stop` has not begun."""
+        ...
+
+    async def list_functions(self, namespace: str) -> list[FunctionStatus]:
+        """Return the status of every function in the namespace."""
+        ...
+
+    async def get_function(self, name: str, namespace: str) -> FunctionStatus:
+        """Return one function's status, or raise FunctionNotFound."""
+        ...
+
+    async def create_function(self, deployment: FunctionDeployment) -> None:
+        """Deploy a new function, or raise FunctionExists or InvalidRequest."""
+        ...
+
+    async def update_function(self, deployment: FunctionDeployment) -> None:
+        """Replace a function's definition, or raise FunctionNotFound."""
+        ...
+
+    async def delete_function(self, name: str, namespace: str) -> None:
+        """Remove a function and stop its processes, or raise FunctionNotFound."""
+        ...
+
+    async def list_namespaces(self) -> list[str]:
+        """Return the namespaces that functions can be deployed to."""
+        ...
+
+    def info(self) -> ProviderInfo:
+        """Return the provider's name, orchestration and version."""
+        ...
+
+    def invoke(
+        self, invocation: Invocation
+    ) -> AbstractAsyncContextManager[InvocationResponse]:
+        """Run one invocation; the response stays valid inside the context.
+
+        Entering the context raises FunctionNotFound for an unknown function
+        and an InvocationFailed subclass when no function response exists.
+        """
+        ...

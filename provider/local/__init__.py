@@ -1,0 +1,7 @@
+"""The local backend: deployed functions run as processes on this machine.
+
+`server` is the entry point, `backend` implements the provider seam, `store`
+keeps deployed functions on disk, and `classic` and `http_mode` run the two
+kinds of function. `definition` validates a deployment and `processes` contains
+the process-group and output helpers both modes share.
+"""

@@ -1,0 +1,173 @@
+"""Classic mode: one process per request, as the OpenFaaS watchdog forks.
+
+The function's command gets the request body on stdin, and its stdout becomes
+the response body with status 200 when it exits with code 0. The request is
+described to the process in CGI-style variables: each header as
+`Http_<Name_With_Underscores>` (`Http_Content_Type`, `Http_X_Call_Id`), plus
+`Http_Method`, `Http_Path` and `Http_Query`. stderr is logged, never returned.
+The whole process group is killed when the request ends, so nothing the
+function started outlives it.
+
+The body is buffered in both directions. This module does not stream, and it
+does not enforce `limits`, `requests` or `readOnlyRootFilesystem`.
+"""
+
+import asyncio
+import logging
+import time
+from typing import Final
+
+from provider.backend import (
+    FunctionFailed,
+    FunctionTimeout,
+    Invocation,
+    InvocationResponse,
+)
+from provider.local import processes
+from provider.local.definition import FunctionSpec
+from provider.local.headers import canonical_header_name
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
+MAX_LOGGED_STDERR_BYTES: Final = 4 * 1024
+
+
+def request_environment(spec: FunctionSpec, invocation: Invocation) -> dict[str, str]:
+    """Return the environment of the process that serves `invocation`."""
+    env = spec.process_env()
+    for name, value in _merge_headers(invocation.headers).items():
+        env["Http_" + canonical_header_name(name).replace("-", "_")] = value
+    # Set after the headers, so a request header cannot replace them.
+    env["Http_Method"] = invocation.method
+    env["Http_Path"] = invocation.path
+    env["Http_Query"] = invocation.query
+    return env
+
+
+def _merge_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """Join repeated headers with ", ", the way HTTP allows them to be combined."""
+    merged: dict[str, str] = {}
+    for name, value in headers:
+        merged[name] = f"{merged[name]}, {value}" if name in merged else value
+    return merged
+
+
+async def run(
+    spec: FunctionSpec,
+    invocation: Invocation,
+    *,
+    tracker: processes.ProcessTracker,
+) -> InvocationResponse:
+    """Run the function's command once for `invocation` and return its response.
+
+    Raise FunctionFailed when the command cannot start or exits with a
+    non-zero code, and FunctionTimeout when it runs past the exec timeout.
+    """
+    context = {"function": spec.ref, "call_id": invocation.call_id}
+    process = await _start(spec, invocation)
+    started_at = time.monotonic()
+    with tracker.track(process):
+        try:
+            stdout, stderr = await asyncio.wait_for(
+                _communicate(process, invocation.body), timeout=spec.exec_timeout_s
+            )
+        except TimeoutError:
+            raise FunctionTimeout(
+                f"Function {spec.ref} did not finish within its exec timeout of "
+                f"{spec.exec_timeout_s:g} s and was killed. Raise exec_timeout in "
+                "its envVars if it needs longer."
+            ) from None
+        finally:
+            # Runs on success too: children that the function left behind
+            # would otherwise outlive the request.
+            await processes.kill_group(process)
+
+    duration_s = time.monotonic() - started_at
+    if process.returncode != 0:
+        logger.warning(
+            "function process failed: %s",
+            processes.truncate_output(stderr, max_bytes=MAX_LOGGED_STDERR_BYTES),
+            extra={"ctx": {**context, "exit_code": process.returncode}},
+        )
+        raise FunctionFailed(
+            f"Function {spec.ref} exited with code {process.returncode} after "
+            f"{duration_s:.3f} s. Its stderr is in the provider log."
+        )
+    if stderr:
+        logger.info(
+            "function stderr: %s",
+            processes.truncate_output(stderr, max_bytes=MAX_LOGGED_STDERR_BYTES),
+            extra={"ctx": context},
+        )
+    return InvocationResponse(
+        status=200,
+        headers=[
+            ("Content-Type", _response_content_type(spec, invocation)),
+            ("Content-Length", str(len(stdout))),
+        ],
+        body=stdout,
+    )
+
+
+async def _communicate(
+    process: asyncio.subprocess.Process, body: bytes
+) -> tuple[bytes, bytes]:
+    """Write `body` to stdin while reading stdout and stderr, then reap the process."""
+    assert process.stdin is not None, "spawned with a stdin pipe"
+    assert process.stdout is not None, "spawned with a stdout pipe"
+    assert process.stderr is not None, "spawned with a stderr pipe"
+    stdin = process.stdin
+
+    async def feed_stdin() -> None:
+        # NB: is_closing() and write() run without yielding to the event loop,
+        # so the pipe cannot close between them. Under uvloop, a write to a
+        # pipe that closed when the process exited raises RuntimeError.
+        try:
+            if body and not stdin.is_closing():
+                stdin.write(body)
+                await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the function exited without reading all of its input
+        finally:
+            stdin.close()
+
+    _, stdout, stderr = await asyncio.gather(
+        feed_stdin(), process.stdout.read(), process.stderr.read()
+    )
+    await process.wait()
+    return stdout, stderr
+
+
+async def _start(
+    spec: FunctionSpec, invocation: Invocation
+) -> asyncio.subprocess.Process:
+    env = request_environment(spec, invocation)
+    command = spec.argv[0]
+    try:
+        return await processes.spawn(spec.argv, env=env, stdin=asyncio.subprocess.PIPE)
+    except FileNotFoundError as exc:
+        raise FunctionFailed(
+            f"Function {spec.ref} cannot start: command {command!r} was not found "
+            f"on PATH {env['PATH']!r}. Fix the function's envProcess, or give "
+            "the command's full path."
+        ) from exc
+    except PermissionError as exc:
+        raise FunctionFailed(
+            f"Function {spec.ref} cannot start: command {command!r} is not "
+            "executable. Check its permissions, or run it through an interpreter "
+            "in envProcess."
+        ) from exc
+    except OSError as exc:
+        raise FunctionFailed(
+            f"Function {spec.ref} cannot start command {command!r}: {exc}."
+        ) from exc
+
+
+def _response_content_type(spec: FunctionSpec, invocation: Invocation) -> str:
+    if spec.content_type:
+        return spec.content_type
+    for name, value in invocation.headers:
+        if name == "content-type":
+            return value
+    return DEFAULT_CONTENT_TYPE

@@ -1,0 +1,163 @@
+"""Starting, stopping and reading the output of function processes.
+
+Every function process starts in a new session, so it leads its own process
+group and the provider can signal the whole group, children included. On
+Linux the process also sets PR_SET_PDEATHSIG, so the kernel sends it SIGKILL
+when the provider thread that started it ends, and a provider killed with
+SIGKILL takes its function processes with it. The signal reaches only the
+direct child, so grandchildren of a killed provider can survive. `classic`
+and `http_mode` use these helpers, and this module contains no HTTP code.
+"""
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Final
+
+logger = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG: Final = 1  # from <linux/prctl.h>
+
+# Output is read in chunks and split into lines, so a long line without a
+# newline does not fill the pipe and block the process. Lines longer than
+# MAX_LOG_LINE_BYTES are logged in parts of that size.
+READ_CHUNK_BYTES: Final = 64 * 1024
+MAX_LOG_LINE_BYTES: Final = 16 * 1024
+
+# The C library's prctl, loaded before any fork because a forked child must
+# not load libraries. None off Linux, where no parent-death signal exists.
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+if not sys.platform.startswith("linux"):
+    _prctl = None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Run in the forked child before exec: exit when the provider dies."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The provider may have died between fork and prctl; the signal would
+    # then never come, so check once by hand.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+async def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    stdin: int | None = asyncio.subprocess.DEVNULL,
+) -> asyncio.subprocess.Process:
+    """Start `argv` without a shell, in its own session, with pipes for output.
+
+    Raise OSError when the command cannot be started (FileNotFoundError when
+    it is not found on the `PATH` of `env`).
+    """
+    parent_pid = os.getpid()
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=stdin,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env),
+        start_new_session=True,
+        preexec_fn=lambda: _die_with_parent(parent_pid),
+    )
+
+
+def signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
+    """Send `signum` to the process group that `process` leads, if any is left."""
+    # NB: start_new_session makes the process group id equal to the pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+async def kill_group(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL the process and every process left in its group, then reap it."""
+    signal_group(process, signal.SIGKILL)
+    await process.wait()
+
+
+async def terminate_group(
+    process: asyncio.subprocess.Process, *, grace_s: float
+) -> int:
+    """Send SIGTERM to the group, SIGKILL after `grace_s`, and return the exit code."""
+    if process.returncode is None:
+        signal_group(process, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=grace_s)
+        except TimeoutError:
+            logger.warning(
+                "function process ignored SIGTERM, killing it",
+                extra={"ctx": {"pid": process.pid, "grace_s": grace_s}},
+            )
+    # Children that outlived the main process are killed too.
+    await kill_group(process)
+    return process.returncode if process.returncode is not None else -signal.SIGKILL
+
+
+async def log_output(
+    stream: asyncio.StreamReader | None, *, function: str, stream_name: str
+) -> None:
+    """Log each line that a function process writes, at INFO, until end of file."""
+    if stream is None:
+        return
+    pending = bytearray()
+    while chunk := await stream.read(READ_CHUNK_BYTES):
+        pending += chunk
+        for line in _take_lines(pending):
+            _log_line(line, function=function, stream_name=stream_name)
+    if pending:
+        _log_line(bytes(pending), function=function, stream_name=stream_name)
+
+
+def _take_lines(pending: bytearray) -> Iterator[bytes]:
+    """Remove and yield the complete lines at the start of `pending`."""
+    while (end := pending.find(b"\n")) >= 0 or len(pending) >= MAX_LOG_LINE_BYTES:
+        if end < 0 or end > MAX_LOG_LINE_BYTES:
+            line = bytes(pending[:MAX_LOG_LINE_BYTES])
+            del pending[:MAX_LOG_LINE_BYTES]
+        else:
+            line = bytes(pending[:end])
+            del pending[: end + 1]
+        yield line
+
+
+def _log_line(line: bytes, *, function: str, stream_name: str) -> None:
+    logger.info(
+        "function output: %s",
+        line.decode("utf-8", errors="replace").rstrip("\r"),
+        extra={"ctx": {"function": function, "stream": stream_name}},
+    )
+
+
+def truncate_output(data: bytes, *, max_bytes: int) -> str:
+    """Decode process output for a log line, keeping its first `max_bytes`."""
+    text = data[:max_bytes].decode("utf-8", errors="replace").rstrip()
+    if len(data) > max_bytes:
+        text += f" ... ({len(data) - max_bytes} more bytes)"
+    return text
+
+
+class ProcessTracker:
+    """The per-request processes that are running, so a stop can kill them."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.subprocess.Process] = set()
+
+    @contextlib.contextmanager
+    def track(self, process: asyncio.subprocess.Process) -> Iterator[None]:
+        """Keep `process` in the tracker while the block runs."""
+        self._running.add(process)
+        try:
+            yield
+        finally:
+            self._running.discard(process)
+
+    async def kill_all(self) -> None:
+        """SIGKILL every tracked process group and reap the processes."""
+        await asyncio.gather(*(kill_group(process) for process in self._running))

@@ -1,0 +1,436 @@
+"""The faas-provider management API: status codes, error bodies, JSON shapes."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from faashub.settings import LocalProviderSettings
+from provider.local import server
+from tests.provider.conftest import deploy
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_create_returns_202_and_lists_function(client: httpx.Client) -> None:
+    response = deploy(client, "hello", "cat", image="example/hello:1")
+    assert response.status_code == 202
+
+    listed = client.get("/system/functions")
+    assert listed.status_code == 200
+    assert [status["name"] for status in listed.json()] == ["hello"]
+    assert listed.json()[0]["image"] == "example/hello:1"
+
+
+def test_create_duplicate_returns_409(client: httpx.Client) -> None:
+    assert deploy(client, "twice", "cat").status_code == 202
+
+    response = deploy(client, "twice", "cat")
+
+    assert response.status_code == 409
+    assert "'twice'" in response.text
+    assert "PUT" in response.text
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        pytest.param("Upper", id="uppercase"),
+        pytest.param("under_score", id="underscore"),
+        pytest.param("-dash", id="leading-dash"),
+        pytest.param("x" * 64, id="too-long"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_create_invalid_name_returns_400(client: httpx.Client, service: str) -> None:
+    response = deploy(client, service, "cat")
+
+    assert response.status_code == 400
+    assert repr(service) in response.text
+
+
+@pytest.mark.parametrize(
+    "env_process",
+    [
+        pytest.param(None, id="null"),
+        pytest.param("", id="empty"),
+        pytest.param("   ", id="blank"),
+    ],
+)
+def test_create_missing_envprocess_returns_400(
+    client: httpx.Client, env_process: str | None
+) -> None:
+    response = client.post(
+        "/system/functions", json={"service": "no-command", "envProcess": env_process}
+    )
+
+    assert response.status_code == 400
+    assert "envProcess" in response.text
+
+
+def test_create_unbalanced_quotes_returns_400(client: httpx.Client) -> None:
+    response = deploy(client, "quotes", "sh -c 'echo hi")
+
+    assert response.status_code == 400
+    assert "quotes" in response.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"{not json", id="malformed"),
+        pytest.param(b"[]", id="array"),
+        pytest.param(b'{"envProcess": "cat"}', id="no-service"),
+        pytest.param(
+            b'{"service": "x", "envProcess": "cat", "envVars": 3}', id="bad-env"
+        ),
+    ],
+)
+def test_create_invalid_body_returns_400(client: httpx.Client, body: bytes) -> None:
+    response = client.post("/system/functions", content=body)
+
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "FunctionDeployment" in response.text
+
+
+def test_create_other_namespace_returns_400(client: httpx.Client) -> None:
+    response = deploy(client, "elsewhere", "cat", namespace="team-a")
+
+    assert response.status_code == 400
+    assert "'team-a'" in response.text
+    assert "openfaas-fn" in response.text
+
+
+def test_create_default_namespace_by_name(client: httpx.Client) -> None:
+    response = deploy(client, "named-ns", "cat", namespace="openfaas-fn")
+
+    assert response.status_code == 202
+
+
+def test_create_with_secret_returns_400(client: httpx.Client) -> None:
+    response = deploy(client, "secretive", "cat", secrets=["api-key"])
+
+    assert response.status_code == 400
+    assert "'api-key'" in response.text
+    assert client.get("/system/function/secretive").status_code == 404
+
+
+def test_create_unsupported_mode_returns_400(client: httpx.Client) -> None:
+    response = deploy(client, "static-site", "cat", envVars={"mode": "static"})
+
+    assert response.status_code == 400
+    assert "'static'" in response.text
+
+
+def test_create_invalid_upstream_url_returns_400(client: httpx.Client) -> None:
+    response = deploy(
+        client,
+        "upstream",
+        "cat",
+        envVars={"mode": "http", "upstream_url": "localhost-without-port"},
+    )
+
+    assert response.status_code == 400
+    assert "upstream_url" in response.text
+
+
+def test_create_accepts_faas_cli_nulls(client: httpx.Client) -> None:
+    body = {
+        "service": "from-cli",
+        "image": None,
+        "namespace": None,
+        "envProcess": "cat",
+        "envVars": None,
+        "constraints": None,
+        "secrets": None,
+        "labels": None,
+        "annotations": None,
+        "limits": None,
+        "requests": {"memory": "128Mi", "cpu": None},
+        "readOnlyRootFilesystem": None,
+        "registryAuth": "deprecated",
+        "network": "func_functions",
+    }
+
+    response = client.post("/system/functions", json=body)
+
+    assert response.status_code == 202
+    status = client.get("/system/function/from-cli").json()
+    assert status["requests"] == {"memory": "128Mi"}
+    assert "registryAuth" not in status
+    assert "network" not in status
+
+
+def test_update_changes_definition_keeps_created_at(client: httpx.Client) -> None:
+    assert deploy(client, "changing", "cat", labels={"v": "1"}).status_code == 202
+    before = client.get("/system/function/changing").json()
+
+    response = deploy(client, "changing", "wc -c", method="PUT", labels={"v": "2"})
+
+    assert response.status_code == 202
+    after = client.get("/system/function/changing").json()
+    assert after["envProcess"] == "wc -c"
+    assert after["labels"] == {"v": "2"}
+    assert after["createdAt"] == before["createdAt"]
+
+
+def test_update_unknown_returns_404(client: httpx.Client) -> None:
+    response = deploy(client, "ghost", "cat", method="PUT")
+
+    assert response.status_code == 404
+    assert "'ghost'" in response.text
+
+
+def test_update_invalid_returns_400(client: httpx.Client) -> None:
+    assert deploy(client, "valid", "cat").status_code == 202
+
+    response = deploy(client, "valid", "", method="PUT")
+
+    assert response.status_code == 400
+    assert client.get("/system/function/valid").json()["envProcess"] == "cat"
+
+
+def test_delete_returns_202_then_404(client: httpx.Client) -> None:
+    assert deploy(client, "short-lived", "cat").status_code == 202
+
+    first = client.request(
+        "DELETE", "/system/functions", json={"functionName": "short-lived"}
+    )
+    second = client.request(
+        "DELETE", "/system/functions", json={"functionName": "short-lived"}
+    )
+
+    assert first.status_code == 202
+    assert second.status_code == 404
+    assert "'short-lived'" in second.text
+    assert client.get("/system/functions").json() == []
+
+
+def test_delete_reads_namespace_from_query(client: httpx.Client) -> None:
+    assert deploy(client, "queried", "cat").status_code == 202
+
+    wrong = client.request(
+        "DELETE",
+        "/system/functions",
+        params={"namespace": "team-a"},
+        json={"functionName": "queried"},
+    )
+    right = client.request(
+        "DELETE",
+        "/system/functions",
+        params={"namespace": "openfaas-fn"},
+        json={"functionName": "queried"},
+    )
+
+    assert wrong.status_code == 400
+    assert "'team-a'" in wrong.text
+    assert right.status_code == 202
+
+
+def test_delete_reads_namespace_from_body(client: httpx.Client) -> None:
+    assert deploy(client, "bodied", "cat").status_code == 202
+
+    response = client.request(
+        "DELETE",
+        "/system/functions",
+        json={"functionName": "bodied", "namespace": "team-b"},
+    )
+
+    assert response.status_code == 400
+    assert "'team-b'" in response.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"{oops", id="malformed"),
+        pytest.param(b"{}", id="no-name"),
+        pytest.param(b'{"functionName": ""}', id="empty-name"),
+        pytest.param(b'{"functionName": "Not_Valid"}', id="invalid-name"),
+    ],
+)
+def test_delete_bad_body_returns_400(client: httpx.Client, body: bytes) -> None:
+    response = client.request("DELETE", "/system/functions", content=body)
+
+    assert response.status_code == 400
+    assert response.text
+
+
+def test_get_unknown_returns_404(client: httpx.Client) -> None:
+    response = client.get("/system/function/nobody")
+
+    assert response.status_code == 404
+    assert "'nobody'" in response.text
+
+
+def test_get_invalid_name_returns_400(client: httpx.Client) -> None:
+    response = client.get("/system/function/No_Such")
+
+    assert response.status_code == 400
+    assert "'No_Such'" in response.text
+
+
+def test_list_other_namespace_returns_400(client: httpx.Client) -> None:
+    response = client.get("/system/functions", params={"namespace": "kube-system"})
+
+    assert response.status_code == 400
+    assert "'kube-system'" in response.text
+
+
+def test_list_default_namespace_by_name(client: httpx.Client) -> None:
+    response = client.get("/system/functions", params={"namespace": "openfaas-fn"})
+
+    assert response.status_code == 200
+    assert response.json() == []
+
+
+def test_namespaces_lists_default(client: httpx.Client) -> None:
+    response = client.get("/system/namespaces")
+
+    assert response.status_code == 200
+    assert response.json() == ["openfaas-fn"]
+
+
+def test_info_names_provider(client: httpx.Client) -> None:
+    response = client.get("/system/info")
+
+    assert response.status_code == 200
+    info = response.json()
+    assert info["provider"] == "faashub-local"
+    assert info["orchestration"] == "local"
+    assert info["version"]["release"] == "0.1.0"
+    assert info["version"]["sha"] == ""
+    assert info["version"]["commit_message"] == ""
+
+
+def test_unknown_system_route_returns_404(client: httpx.Client) -> None:
+    response = client.post("/system/scale-function/hello", json={"replicas": 2})
+
+    assert response.status_code == 404
+    assert "/system/scale-function/hello" in response.text
+
+
+def test_wrong_method_returns_405(client: httpx.Client) -> None:
+    response = client.patch("/system/functions")
+
+    assert response.status_code == 405
+    assert "PATCH" in response.text
+
+
+def test_function_status_json_shape(client: httpx.Client) -> None:
+    assert (
+        deploy(
+            client,
+            "shaped",
+            "cat",
+            image="example/shaped:2",
+            envVars={"greeting": "hi"},
+            labels={"team": "a"},
+            annotations={"topic": "orders"},
+            limits={"memory": "64Mi"},
+        ).status_code
+        == 202
+    )
+    assert client.post("/function/shaped", content=b"x").status_code == 200
+
+    status = client.get("/system/function/shaped").json()
+
+    assert set(status) == {
+        "name",
+        "image",
+        "namespace",
+        "envProcess",
+        "envVars",
+        "labels",
+        "annotations",
+        "limits",
+        "invocationCount",
+        "replicas",
+        "availableReplicas",
+        "createdAt",
+    }
+    assert status["name"] == "shaped"
+    assert status["namespace"] == "openfaas-fn"
+    assert status["envVars"] == {"greeting": "hi"}
+    assert status["limits"] == {"memory": "64Mi"}
+    assert status["invocationCount"] == 1
+    assert status["replicas"] == 1
+    assert status["availableReplicas"] == 1
+    created_at = datetime.fromisoformat(status["createdAt"])
+    assert status["createdAt"].endswith("Z")
+    assert created_at.tzinfo is not None
+    assert abs((datetime.now(UTC) - created_at).total_seconds()) < 60
+
+
+def test_function_status_keeps_empty_name_and_image(client: httpx.Client) -> None:
+    assert deploy(client, "bare", "cat").status_code == 202
+
+    status = client.get("/system/function/bare").json()
+
+    assert status["image"] == ""
+    assert "secrets" not in status
+    assert "constraints" not in status
+    assert "invocationCount" not in status
+    assert "readOnlyRootFilesystem" not in status
+
+
+def test_healthz_returns_ok(client: httpx.Client) -> None:
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.text == "OK"
+
+
+async def test_healthz_before_start_returns_503(tmp_path: Path) -> None:
+    # ASGITransport does not run the lifespan, so the backend never starts.
+    app = server.create_app(LocalProviderSettings(state_dir=tmp_path / "state"))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
+        response = await c.get("/healthz")
+
+    assert response.status_code == 503
+
+
+def test_invoke_unknown_function_returns_404(client: httpx.Client) -> None:
+    response = client.post("/function/missing/some/path", content=b"x")
+
+    assert response.status_code == 404
+    assert "'missing'" in response.text
+
+
+def test_invoke_other_namespace_returns_404(client: httpx.Client) -> None:
+    assert deploy(client, "local-only", "cat").status_code == 202
+
+    response = client.post("/function/local-only.team-a", content=b"x")
+
+    assert response.status_code == 404
+    assert "'team-a'" in response.text
+
+
+def test_invoke_with_default_namespace_suffix(client: httpx.Client) -> None:
+    assert deploy(client, "suffixed", "cat").status_code == 202
+
+    response = client.post("/function/suffixed.openfaas-fn", content=b"echoed")
+
+    assert response.status_code == 200
+    assert response.text == "echoed"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/function/Bad_Name", id="invalid-name"),
+        pytest.param("/function/", id="no-name"),
+        pytest.param("/function", id="no-slash"),
+        pytest.param("/function/name.Bad_NS", id="invalid-namespace"),
+    ],
+)
+def test_invoke_invalid_name_returns_400(client: httpx.Client, path: str) -> None:
+    response = client.get(path)
+
+    assert response.status_code == 400
+    assert response.text

@@ -1,0 +1,303 @@
+"""Classic mode: one process per request, with the watchdog's CGI environment."""
+
+import logging
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from provider.local.definition import parse_duration_s
+from tests.provider.conftest import deploy, log_context, process_gone, wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+INTERNAL = "X-OpenFaaS-Internal"
+
+
+def env_lines(response: httpx.Response) -> dict[str, str]:
+    """Parse the output of `env` into a dict."""
+    pairs = (line.split("=", 1) for line in response.text.splitlines() if "=" in line)
+    return {name: value for name, value in pairs}
+
+
+def test_wc_counts_body_bytes(client: httpx.Client) -> None:
+    assert deploy(client, "wc", "wc -c").status_code == 202
+
+    response = client.post("/function/wc", content=b"hello")
+
+    assert response.status_code == 200
+    assert response.text.strip() == "5"
+
+
+def test_request_headers_visible_as_http_vars(client: httpx.Client) -> None:
+    assert deploy(client, "env", "env").status_code == 202
+
+    response = client.post(
+        "/function/env",
+        content=b"",
+        headers={
+            "X-Call-Id": "call-1",
+            "X-Custom-Thing": "value",
+            "Content-Type": "a/b",
+        },
+    )
+
+    assert response.status_code == 200
+    env = env_lines(response)
+    assert env["Http_X_Call_Id"] == "call-1"
+    assert env["Http_X_Custom_Thing"] == "value"
+    assert env["Http_Content_Type"] == "a/b"
+
+
+def test_method_path_and_query_visible(client: httpx.Client) -> None:
+    assert deploy(client, "env", "env").status_code == 202
+
+    response = client.put("/function/env/orders/42?x=1&y=two", content=b"")
+
+    env = env_lines(response)
+    assert env["Http_Method"] == "PUT"
+    assert env["Http_Path"] == "/orders/42"
+    assert env["Http_Query"] == "x=1&y=two"
+
+
+def test_root_path_is_slash(client: httpx.Client) -> None:
+    assert deploy(client, "env", "env").status_code == 202
+
+    env = env_lines(client.get("/function/env"))
+
+    assert env["Http_Method"] == "GET"
+    assert env["Http_Path"] == "/"
+    assert env["Http_Query"] == ""
+
+
+def test_env_has_function_vars_not_provider_secrets(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAASHUB_TEST_CREDENTIAL", "must-not-leak")
+    assert deploy(client, "env", "env", envVars={"greeting": "hi"}).status_code == 202
+
+    env = env_lines(client.post("/function/env", content=b""))
+
+    assert env["greeting"] == "hi"
+    assert env["fprocess"] == "env"
+    assert "PATH" in env
+    assert "FAASHUB_TEST_CREDENTIAL" not in env
+    assert "must-not-leak" not in "".join(env.values())
+
+
+def test_shell_command_runs_without_provider_shell(client: httpx.Client) -> None:
+    command = """sh -c 'printf "%s|%s" "$Http_Method" "$(cat)"'"""
+    assert deploy(client, "shell", command).status_code == 202
+
+    response = client.post("/function/shell", content=b"payload")
+
+    assert response.text == "POST|payload"
+
+
+@pytest.mark.parametrize(
+    ("env_vars", "request_headers", "expected"),
+    [
+        pytest.param({}, {}, "text/plain; charset=utf-8", id="default"),
+        pytest.param(
+            {}, {"Content-Type": "application/json"}, "application/json", id="request"
+        ),
+        pytest.param(
+            {"content_type": "text/csv"},
+            {"Content-Type": "application/json"},
+            "text/csv",
+            id="function-env",
+        ),
+    ],
+)
+def test_response_content_type(
+    client: httpx.Client,
+    env_vars: dict[str, str],
+    request_headers: dict[str, str],
+    expected: str,
+) -> None:
+    assert deploy(client, "typed", "cat", envVars=env_vars).status_code == 202
+
+    response = client.post("/function/typed", content=b"{}", headers=request_headers)
+
+    assert response.headers["content-type"] == expected
+
+
+def test_nonzero_exit_returns_500_with_internal_header(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    command = "sh -c 'echo partial; echo went wrong >&2; exit 3'"
+    assert deploy(client, "failing", command).status_code == 202
+
+    with caplog.at_level(logging.INFO):
+        response = client.post(
+            "/function/failing", content=b"", headers={"X-Call-Id": "call-fail"}
+        )
+
+    assert response.status_code == 500
+    assert response.headers[INTERNAL] == "faashub-local"
+    assert "code 3" in response.text
+    assert "partial" not in response.text
+    failures = [
+        r
+        for r in caplog.records
+        if r.getMessage().startswith("function process failed")
+    ]
+    assert len(failures) == 1
+    assert "went wrong" in failures[0].getMessage()
+    assert log_context(failures[0])["call_id"] == "call-fail"
+    assert log_context(failures[0])["exit_code"] == 3
+
+
+def test_stderr_logged_not_returned(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert (
+        deploy(client, "noisy", "sh -c 'echo to-stderr >&2; echo out'").status_code
+        == 202
+    )
+
+    with caplog.at_level(logging.INFO):
+        response = client.post("/function/noisy", content=b"")
+
+    assert response.text == "out\n"
+    assert any("to-stderr" in r.getMessage() for r in caplog.records)
+
+
+def test_command_not_found_returns_500(client: httpx.Client) -> None:
+    assert deploy(client, "typo", "no-such-command-xyz --flag").status_code == 202
+
+    response = client.post("/function/typo", content=b"")
+
+    assert response.status_code == 500
+    assert response.headers[INTERNAL] == "faashub-local"
+    assert "'no-such-command-xyz'" in response.text
+
+
+def test_timeout_returns_504_and_kills_group(
+    client: httpx.Client, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    # The function leaves a child behind; the whole group must go.
+    command = f"sh -c 'sleep 30 & echo $! > {pid_file}; wait'"
+    assert (
+        deploy(client, "sleepy", command, envVars={"exec_timeout": "1"}).status_code
+        == 202
+    )
+
+    started = time.monotonic()
+    response = client.post("/function/sleepy", content=b"")
+    elapsed_s = time.monotonic() - started
+
+    assert response.status_code == 504
+    assert response.headers[INTERNAL] == "faashub-local"
+    assert "1 s" in response.text
+    assert elapsed_s < 5
+    child_pid = int(pid_file.read_text())
+    wait_until(lambda: process_gone(child_pid), timeout_s=5, what="the child to die")
+
+
+def test_timeout_accepts_go_duration(client: httpx.Client) -> None:
+    assert (
+        deploy(
+            client, "brief", "sleep 5", envVars={"exec_timeout": "500ms"}
+        ).status_code
+        == 202
+    )
+
+    started = time.monotonic()
+    response = client.post("/function/brief", content=b"")
+
+    assert response.status_code == 504
+    assert time.monotonic() - started < 3
+
+
+def test_invalid_exec_timeout_logged_once(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        response = deploy(client, "lenient", "cat", envVars={"exec_timeout": "soon"})
+        for _ in range(2):
+            assert client.post("/function/lenient", content=b"ok").text == "ok"
+
+    assert response.status_code == 202
+    warnings = [r for r in caplog.records if "exec_timeout" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "'soon'" in warnings[0].getMessage()
+
+
+def test_invocation_count_increments(client: httpx.Client) -> None:
+    assert deploy(client, "counted", "cat").status_code == 202
+
+    for _ in range(3):
+        client.post("/function/counted", content=b"x")
+
+    assert client.get("/system/function/counted").json()["invocationCount"] == 3
+
+
+def test_invocation_logged_once(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert deploy(client, "logged", "cat").status_code == 202
+
+    with caplog.at_level(logging.INFO, logger="provider.api"):
+        client.post("/function/logged", content=b"x", headers={"X-Call-Id": "c-42"})
+
+    lines = [r for r in caplog.records if r.getMessage() == "function invoked"]
+    assert len(lines) == 1
+    context = log_context(lines[0])
+    assert context["function"] == "logged.openfaas-fn"
+    assert context["call_id"] == "c-42"
+    assert context["status"] == 200
+
+
+def test_large_body_round_trips(client: httpx.Client) -> None:
+    assert deploy(client, "big", "cat").status_code == 202
+    body = bytes(range(256)) * 4096  # 1 MiB, more than a pipe buffer
+
+    response = client.post("/function/big", content=body)
+
+    assert response.status_code == 200
+    assert response.content == body
+
+
+def test_function_ignoring_stdin_responds(client: httpx.Client) -> None:
+    assert deploy(client, "deaf", "echo done").status_code == 202
+
+    response = client.post("/function/deaf", content=b"x" * 300_000)
+
+    assert response.status_code == 200
+    assert response.text == "done\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        pytest.param("30", 30.0, id="integer"),
+        pytest.param("30s", 30.0, id="seconds"),
+        pytest.param("1m30s", 90.0, id="minutes-seconds"),
+        pytest.param("500ms", 0.5, id="milliseconds"),
+        pytest.param("1.5h", 5400.0, id="fractional-hours"),
+        pytest.param(" 2s ", 2.0, id="padded"),
+    ],
+)
+def test_parse_duration_accepts(value: str, seconds: float) -> None:
+    assert parse_duration_s(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("soon", id="word"),
+        pytest.param("0", id="zero"),
+        pytest.param("0s", id="zero-duration"),
+        pytest.param("-1s", id="negative"),
+        pytest.param("10x", id="unknown-unit"),
+        pytest.param("1m 30s", id="inner-space"),
+        pytest.param("1.5", id="fractional-without-unit"),
+    ],
+)
+def test_parse_duration_rejects(value: str) -> None:
+    with pytest.raises(ValueError, match="neither|greater than zero"):
+        parse_duration_s(value)

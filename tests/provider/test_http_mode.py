@@ -1,0 +1,287 @@
+"""HTTP mode: a supervised server process per function, behind a proxy."""
+
+import gzip
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from faashub.settings import LocalProviderSettings
+from tests.conftest import free_port
+from tests.provider.conftest import (
+    RunningProvider,
+    deploy,
+    log_context,
+    process_gone,
+    start_provider,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(40)
+
+INTERNAL = "X-OpenFaaS-Internal"
+HTTP_MODE = {"mode": "http"}
+
+
+def deploy_echo(
+    client: httpx.Client, command: str, *, name: str = "echo", **env_vars: str
+) -> None:
+    response = deploy(client, name, command, envVars={**HTTP_MODE, **env_vars})
+    assert response.status_code == 202, response.text
+
+
+def echo(client: httpx.Client, path: str = "", **kwargs: Any) -> dict[str, Any]:
+    response = client.post(f"/function/echo{path}", content=b"", **kwargs)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def test_invoke_forwards_request(client: httpx.Client, echo_command: str) -> None:
+    deploy_echo(client, echo_command)
+
+    response = client.put(
+        "/function/echo/orders/42?a=1&b=two",
+        content=b"payload",
+        headers={"X-Test": "yes", "X-Call-Id": "call-7"},
+    )
+
+    assert response.status_code == 200
+    assert response.headers["x-function"] == "echo"
+    seen = response.json()
+    assert seen["method"] == "PUT"
+    assert seen["path"] == "/orders/42?a=1&b=two"
+    assert seen["body"] == "payload"
+    assert seen["headers"]["X-Test"] == "yes"
+    assert seen["headers"]["X-Call-Id"] == "call-7"
+    assert seen["headers"]["X-Forwarded-Host"].startswith("127.0.0.1:")
+    assert seen["headers"]["X-Forwarded-For"] == "127.0.0.1"
+
+
+def test_invoke_root_path(client: httpx.Client, echo_command: str) -> None:
+    deploy_echo(client, echo_command)
+
+    assert echo(client)["path"] == "/"
+
+
+def test_invoke_passes_function_status(client: httpx.Client, echo_command: str) -> None:
+    deploy_echo(client, echo_command)
+
+    response = client.get("/function/echo/status/418")
+
+    assert response.status_code == 418
+    assert INTERNAL not in response.headers
+
+
+def test_invoke_passes_encoded_body_unchanged(
+    client: httpx.Client, echo_command: str
+) -> None:
+    deploy_echo(client, echo_command)
+
+    with client.stream("GET", "/function/echo/gzip") as response:
+        raw = b"".join(response.iter_raw())
+
+    assert response.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(raw) == b"hello compressed"
+
+
+def test_status_reports_available_replica(
+    client: httpx.Client, echo_command: str
+) -> None:
+    deploy_echo(client, echo_command)
+    echo(client)
+
+    status = client.get("/system/function/echo").json()
+
+    assert status["replicas"] == 1
+    assert status["availableReplicas"] == 1
+    assert status["invocationCount"] == 1
+
+
+def test_process_env_has_port_and_vars(client: httpx.Client, echo_command: str) -> None:
+    deploy_echo(client, echo_command, GREETING="hello")
+
+    assert echo(client)["greeting"] == "hello"
+
+
+def test_killed_process_restarts(
+    client: httpx.Client, echo_command: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    deploy_echo(client, echo_command)
+    first_pid = echo(client)["pid"]
+
+    with caplog.at_level(logging.WARNING):
+        os.kill(first_pid, signal.SIGKILL)
+        wait_until(lambda: process_gone(first_pid), what="the killed process to go")
+        second_pid = echo(client)["pid"]
+
+    assert second_pid != first_pid
+    restarts = [r for r in caplog.records if "restarting" in r.getMessage()]
+    assert restarts
+    assert log_context(restarts[0])["exit_code"] == -signal.SIGKILL
+
+
+def test_delete_stops_process(client: httpx.Client, echo_command: str) -> None:
+    deploy_echo(client, echo_command)
+    pid = echo(client)["pid"]
+
+    response = client.request(
+        "DELETE", "/system/functions", json={"functionName": "echo"}
+    )
+
+    assert response.status_code == 202
+    wait_until(lambda: process_gone(pid), timeout_s=5, what="the process to stop")
+    assert client.post("/function/echo", content=b"").status_code == 404
+
+
+def test_update_restarts_with_new_definition(
+    client: httpx.Client, echo_command: str
+) -> None:
+    deploy_echo(client, echo_command, GREETING="v1")
+    first = echo(client)
+
+    response = deploy(
+        client,
+        "echo",
+        echo_command,
+        method="PUT",
+        envVars={**HTTP_MODE, "GREETING": "v2"},
+    )
+
+    assert response.status_code == 202
+    second = echo(client)
+    assert second["greeting"] == "v2"
+    assert second["pid"] != first["pid"]
+    wait_until(lambda: process_gone(first["pid"]), timeout_s=5, what="the old process")
+
+
+def test_update_to_classic_stops_process(
+    client: httpx.Client, echo_command: str
+) -> None:
+    deploy_echo(client, echo_command)
+    pid = echo(client)["pid"]
+
+    assert deploy(client, "echo", "cat", method="PUT").status_code == 202
+
+    wait_until(lambda: process_gone(pid), timeout_s=5, what="the old process")
+    assert client.post("/function/echo", content=b"classic").text == "classic"
+
+
+def test_exec_timeout_returns_504(client: httpx.Client, echo_command: str) -> None:
+    deploy_echo(client, echo_command, exec_timeout="1s")
+    echo(client)
+
+    started = time.monotonic()
+    response = client.get("/function/echo/sleep/4")
+
+    assert response.status_code == 504
+    assert response.headers[INTERNAL] == "faashub-local"
+    assert time.monotonic() - started < 3.5
+
+
+def test_upstream_url_used_as_address(client: httpx.Client, echo_command: str) -> None:
+    port = free_port()
+    deploy_echo(client, echo_command, upstream_url=f"http://127.0.0.1:{port}")
+
+    seen = echo(client, "/via-upstream")
+
+    assert seen["path"] == "/via-upstream"
+    assert seen["headers"]["Host"] == f"127.0.0.1:{port}"
+
+
+def test_function_output_logged(
+    client: httpx.Client, echo_command: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="provider.local.processes"):
+        deploy_echo(client, echo_command)
+        echo(client)
+
+    lines = [r for r in caplog.records if "echo server starting" in r.getMessage()]
+    assert len(lines) == 1
+    assert log_context(lines[0])["function"] == "echo.openfaas-fn"
+
+
+@pytest.fixture
+def impatient_provider(tmp_path: Path) -> Iterator[RunningProvider]:
+    """A provider that gives http-mode functions one second to respond."""
+    settings = LocalProviderSettings(
+        state_dir=tmp_path / "impatient-state",
+        exec_timeout_s=5.0,
+        http_start_timeout_s=1.0,
+    )
+    running = start_provider(settings)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_silent_process_returns_503(impatient_provider: RunningProvider) -> None:
+    with impatient_provider.client() as client:
+        assert deploy(client, "mute", "sleep 30", envVars=HTTP_MODE).status_code == 202
+
+        started = time.monotonic()
+        response = client.post("/function/mute", content=b"")
+        elapsed_s = time.monotonic() - started
+        status = client.get("/system/function/mute").json()
+
+    assert response.status_code == 503
+    assert response.headers[INTERNAL] == "faashub-local"
+    assert "not responding" in response.text
+    assert 0.9 < elapsed_s < 4
+    assert "availableReplicas" not in status
+
+
+def test_missing_command_returns_503(impatient_provider: RunningProvider) -> None:
+    with impatient_provider.client() as client:
+        command = "no-such-server-xyz"
+        assert deploy(client, "absent", command, envVars=HTTP_MODE).status_code == 202
+
+        response = client.post("/function/absent", content=b"")
+
+    assert response.status_code == 503
+    assert "'no-such-server-xyz'" in response.text
+
+
+def test_broken_response_closes_connection(
+    client: httpx.Client, echo_command: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    deploy_echo(client, echo_command)
+    echo(client)
+
+    with caplog.at_level(logging.WARNING, logger="provider.api"):
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get("/function/echo/truncate")
+
+    broken = [r for r in caplog.records if "broken off" in r.getMessage()]
+    assert len(broken) == 1
+    assert echo(client)["path"] == "/"
+
+
+def test_delete_fails_waiting_request_fast(client: httpx.Client) -> None:
+    assert deploy(client, "mute", "sleep 30", envVars=HTTP_MODE).status_code == 202
+    responses: list[httpx.Response] = []
+    caller = threading.Thread(
+        target=lambda: responses.append(client.post("/function/mute", content=b""))
+    )
+
+    started = time.monotonic()
+    caller.start()
+    time.sleep(0.3)
+    deleted = client.request(
+        "DELETE", "/system/functions", json={"functionName": "mute"}
+    )
+    caller.join(timeout=10)
+
+    assert deleted.status_code == 202
+    assert len(responses) == 1
+    assert responses[0].status_code == 503
+    assert "deleted" in responses[0].text
+    assert time.monotonic() - started < 5
