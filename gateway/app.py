@@ -1,0 +1,164 @@
+"""The gateway's outer ASGI app: routing and the one lifespan.
+
+Requests under `/function/`, `/async-function/` and `/healthz` go straight to
+the lean handlers. Everything else, `/system/...` and the OpenAPI pages
+included, goes to the FastAPI app of `gateway.system`. The lifespan opens
+three things and closes them in reverse order: the NATS connection (in the
+background, so the gateway starts while NATS is down), the shared aiohttp
+session that reaches the provider, and the FastAPI app's own lifespan.
+"""
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+from faashub.settings import GatewaySettings
+from gateway import asgi, constants, system
+from gateway.async_accept import AsyncAccept
+from gateway.call_queue import CallQueue
+from gateway.function_lookup import FunctionLookup
+from gateway.sync_proxy import SyncProxy
+
+logger = logging.getLogger(__name__)
+
+# Headers that aiohttp would add by default and the data path must not add.
+# auto_decompress=False keeps bodies byte for byte, so an added
+# Accept-Encoding would hand the caller a compressed body it did not request.
+_SKIPPED_CLIENT_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+
+@dataclass(frozen=True, slots=True)
+class _Handlers:
+    sync: SyncProxy
+    async_accept: AsyncAccept
+
+
+class GatewayApp:
+    """The ASGI app that uvicorn serves."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.system = system.create_app(settings)
+        self.queue = CallQueue(
+            settings.nats_url, duplicate_window_s=settings.duplicate_window_s
+        )
+        self._handlers: _Handlers | None = None
+        self._exit_stack = AsyncExitStack()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            handlers = self._handlers
+            if path.startswith(constants.FUNCTION_PREFIX):
+                if handlers is None:
+                    await _send_starting(send)
+                    return
+                await handlers.sync(scope, receive, send)
+                return
+            if path.startswith(constants.ASYNC_FUNCTION_PREFIX):
+                if handlers is None:
+                    await _send_starting(send)
+                    return
+                await handlers.async_accept(scope, receive, send)
+                return
+            if path == constants.HEALTH_PATH:
+                await self._health(scope, send)
+                return
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        await self.system(scope, receive, send)
+
+    async def _health(self, scope: Scope, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await asgi.send_text(
+                send,
+                405,
+                "Only GET and HEAD are allowed on /healthz.\n",
+                headers=[(b"allow", b"GET, HEAD")],
+            )
+            return
+        reason = self.queue.unavailable_reason()
+        if self._handlers is None:
+            reason = "the gateway is starting"
+        if reason is None:
+            await asgi.send_text(send, 200, "OK")
+        else:
+            await asgi.send_text(send, 503, f"Not ready: {reason}.\n")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        try:
+            await self._start()
+        except Exception as exc:
+            logger.exception("gateway failed to start")
+            await self._exit_stack.aclose()
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        logger.info(
+            "gateway started",
+            extra={
+                "ctx": {
+                    "provider_url": self.settings.provider_url,
+                    "nats_url": self.settings.nats_url,
+                }
+            },
+        )
+
+        await receive()  # lifespan.shutdown
+        self._handlers = None
+        try:
+            await self._exit_stack.aclose()
+        except Exception as exc:
+            logger.exception("gateway failed to stop cleanly")
+            await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+            return
+        logger.info("gateway stopped")
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _start(self) -> None:
+        stack = self._exit_stack
+        settings = self.settings
+
+        # NATS first, so the connection attempts start as early as possible.
+        await self.queue.start()
+        stack.push_async_callback(self.queue.close)
+
+        # One session and connection pool for every call to the provider.
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=constants.UPSTREAM_CONNECTION_LIMIT),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_read=settings.upstream_timeout_s
+            ),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=_SKIPPED_CLIENT_HEADERS,
+            trust_env=False,
+        )
+        await stack.enter_async_context(session)
+
+        await stack.enter_async_context(
+            self.system.router.lifespan_context(self.system)
+        )
+
+        lookup = FunctionLookup(
+            session, settings.provider_url, ttl_s=settings.function_cache_ttl_s
+        )
+        self._handlers = _Handlers(
+            sync=SyncProxy(
+                session,
+                settings.provider_url,
+                upstream_timeout_s=settings.upstream_timeout_s,
+            ),
+            async_accept=AsyncAccept(self.queue, lookup),
+        )
+
+
+async def _send_starting(send: Send) -> None:
+    await asgi.send_gateway_error(
+        send, 503, "The gateway is starting or stopping; retry in a moment.\n"
+    )

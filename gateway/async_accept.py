@@ -1,0 +1,312 @@
+"""The async accept path: `/async-function/NAME[.NS][/path]`.
+
+The handler turns a request into a `QueuedCall` and stores it in JetStream.
+It responds 202 with an empty body only after JetStream has acknowledged the
+message, so an accepted call survives a restart of the gateway or of NATS.
+The queue-worker runs the call later through the sync proxy.
+
+Before storing, it checks what a caller can fix at once:
+
+* the method: GET, POST, PUT or PATCH, because DELETE is kept for cancelling;
+* the function name and the X-Callback-Url;
+* the size against the NATS max_payload;
+* through a small cache, that the function exists on the provider.
+
+The caller's X-Call-Id is the de-duplication key, so a retried accept inside the
+stream's duplicate window stores the call once.
+
+This is the hot path of the gateway: it uses no framework and logs each call
+at DEBUG only.
+"""
+
+import logging
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+
+from starlette.types import Receive, Scope, Send
+
+from faashub import constants as shared
+from faashub import errors as shared_errors
+from faashub import names
+from faashub.queued_call import QueuedCall, merge_request_headers
+from gateway import asgi, constants, errors
+from gateway.call_queue import CallQueue
+from gateway.function_lookup import FunctionLookup
+from gateway.log_throttle import WarningThrottle
+
+logger = logging.getLogger(__name__)
+
+_ALLOWED_METHODS = ", ".join(constants.ASYNC_METHODS)
+_ALLOW_HEADER = (b"allow", _ALLOWED_METHODS.encode())
+_SERVED_BY_HEADER = (shared.SERVED_BY.lower().encode(), constants.SERVED_BY.encode())
+
+
+class _ClientDisconnected(Exception):
+    """The caller went away before its request body was read."""
+
+
+@dataclass(frozen=True, slots=True)
+class _CallHeaders:
+    """The few request headers the handler reads itself."""
+
+    call_id: str
+    callback_url: str
+    host: str
+    content_length: int
+
+
+class AsyncAccept:
+    """The ASGI handler of `/async-function/...`."""
+
+    def __init__(self, queue: CallQueue, lookup: FunctionLookup) -> None:
+        self._queue = queue
+        self._lookup = lookup
+        self._queue_warnings = WarningThrottle(logger)
+        self._provider_warnings = WarningThrottle(logger)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method: str = scope["method"]
+        if method not in constants.ASYNC_METHODS:
+            await _reject_method(method, send)
+            return
+        name, path_suffix = asgi.split_invocation_path(
+            scope, constants.ASYNC_FUNCTION_PREFIX
+        )
+        try:
+            ref = names.parse_function_ref(name)
+        except shared_errors.InvalidFunctionName as exc:
+            await asgi.send_text(send, 400, f"{exc}\n")
+            return
+        request = _read_call_headers(scope)
+        if request.callback_url:
+            problem = _callback_url_problem(request.callback_url)
+            if problem is not None:
+                await asgi.send_text(
+                    send,
+                    400,
+                    f"Invalid X-Callback-Url {request.callback_url!r}: {problem}. "
+                    "Use an absolute http or https URL, such as "
+                    "http://host:8000/path.\n",
+                )
+                return
+
+        try:
+            accepted_at_ns = await self._store(
+                scope, receive, ref, request, path_suffix=path_suffix
+            )
+        except (errors.FunctionNotFound, errors.PayloadTooLarge) as exc:
+            status = 404 if isinstance(exc, errors.FunctionNotFound) else 413
+            logger.debug(
+                "rejected call", extra=_context(ref, request.call_id, status=status)
+            )
+            await asgi.send_text(send, status, f"{exc}\n")
+            return
+        except (errors.QueueUnavailable, errors.ProviderUnavailable) as exc:
+            if isinstance(exc, errors.QueueUnavailable):
+                status, throttle = 503, self._queue_warnings
+            else:
+                status, throttle = 502, self._provider_warnings
+            throttle.warning(
+                "cannot accept call: %s",
+                exc,
+                ctx={
+                    "function": str(ref),
+                    "call_id": request.call_id,
+                    "status": status,
+                },
+            )
+            await asgi.send_gateway_error(send, status, f"{exc}\n")
+            return
+        except _ClientDisconnected:
+            logger.debug(
+                "caller went away before the body arrived",
+                extra=_context(ref, request.call_id),
+            )
+            return
+        await _send_accepted(
+            send, call_id=request.call_id, accepted_at_ns=accepted_at_ns
+        )
+
+    async def _store(
+        self,
+        scope: Scope,
+        receive: Receive,
+        ref: names.FunctionRef,
+        request: _CallHeaders,
+        *,
+        path_suffix: str,
+    ) -> int:
+        """Check the call, store it in JetStream and return its accept time in ns.
+
+        Raises FunctionNotFound, PayloadTooLarge, QueueUnavailable or
+        ProviderUnavailable, and _ClientDisconnected when the caller leaves.
+        """
+        # The cheap checks first, before the lookup and before reading a body
+        # that could not be stored anyway.
+        self._queue.check_available()
+        limit = self._queue.max_payload_bytes
+        if request.content_length > limit:
+            raise _too_large(request.content_length, limit)
+        if not await self._lookup.exists(ref):
+            raise errors.FunctionNotFound(
+                f"Function {ref.name!r} not found in namespace {ref.namespace!r}. "
+                "Deploy it first, or check the name and namespace."
+            )
+        body = await _read_body(receive, limit_bytes=limit)
+
+        accepted_at_ns = time.time_ns()
+        call = QueuedCall(
+            function=ref.name,
+            namespace=ref.namespace,
+            call_id=request.call_id,
+            method=scope["method"],
+            path=path_suffix,
+            query=scope.get("query_string", b"").decode("latin-1"),
+            callback_url=request.callback_url,
+            accepted_at_ns=accepted_at_ns,
+            headers=_stored_headers(
+                scope,
+                call_id=request.call_id,
+                start_time=str(accepted_at_ns),
+                host=request.host,
+            ),
+            body=body,
+        )
+        ack = await self._queue.publish(call)
+
+        # A duplicate PubAck means that JetStream already stored this call id,
+        # so the call runs once. The caller still gets a 202 with that id.
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "queued call",
+                extra=_context(ref, request.call_id, duplicate=bool(ack.duplicate)),
+            )
+        return accepted_at_ns
+
+
+def _read_call_headers(scope: Scope) -> _CallHeaders:
+    """Read the call's own headers in one pass, and pick the call id."""
+    # NB: ASGI servers pass header names in lowercase.
+    call_id = callback_url = host = ""
+    content_length = 0
+    for raw_name, raw_value in scope["headers"]:
+        if raw_name == b"x-call-id":
+            call_id = call_id or raw_value.decode("latin-1")
+        elif raw_name == b"x-callback-url":
+            callback_url = raw_value.decode("latin-1")
+        elif raw_name == b"host":
+            host = raw_value.decode("latin-1")
+        elif raw_name == b"content-length" and raw_value.isdigit():
+            content_length = int(raw_value)
+    return _CallHeaders(
+        call_id=call_id or str(uuid.uuid4()),
+        callback_url=callback_url,
+        host=host,
+        content_length=content_length,
+    )
+
+
+async def _send_accepted(send: Send, *, call_id: str, accepted_at_ns: int) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 202,
+            "headers": [
+                (b"content-length", b"0"),
+                (b"x-call-id", call_id.encode("latin-1")),
+                (b"x-start-time", str(accepted_at_ns).encode()),
+                _SERVED_BY_HEADER,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _context(
+    ref: names.FunctionRef, call_id: str, **fields: object
+) -> dict[str, dict[str, object]]:
+    """Return the `extra` of a log record about one call."""
+    return {"ctx": {"function": str(ref), "call_id": call_id, **fields}}
+
+
+async def _reject_method(method: str, send: Send) -> None:
+    if method == "DELETE":
+        text = (
+            "DELETE on /async-function/ is reserved for cancelling a queued call "
+            "by its X-Call-Id, which this gateway does not support yet. Queue a "
+            f"call with one of {_ALLOWED_METHODS}.\n"
+        )
+    else:
+        text = (
+            f"Method {method} is not allowed on /async-function/. Queue a call "
+            f"with one of {_ALLOWED_METHODS}.\n"
+        )
+    await asgi.send_text(send, 405, text, headers=[_ALLOW_HEADER])
+
+
+def _callback_url_problem(value: str) -> str | None:
+    """Return what is wrong with a callback URL, or None if it is usable."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http or https"
+    if not parts.hostname:
+        return "the URL has no host"
+    return None
+
+
+def _too_large(size: int, limit: int) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(
+        f"The request body has {size} bytes, more than the queue's limit of "
+        f"{limit} bytes (the NATS server's max_payload, headers included). Send "
+        "a smaller body, or raise max_payload on the NATS server.",
+        limit_bytes=limit,
+    )
+
+
+async def _read_body(receive: Receive, *, limit_bytes: int) -> bytes:
+    """Read the whole request body, but stop as soon as it exceeds the limit."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientDisconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit_bytes:
+            raise _too_large(size, limit_bytes)
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _stored_headers(
+    scope: Scope, *, call_id: str, start_time: str, host: str
+) -> dict[str, str]:
+    """Return the caller's headers plus the call headers for the function.
+
+    X-Call-Id and X-Start-Time replace the caller's values. X-Forwarded-Host
+    and X-Forwarded-For are added unless the caller sent them. X-Callback-Url
+    stays, as in OpenFaaS.
+    """
+    headers = merge_request_headers(scope["headers"])
+    # NB: the names from ASGI are lowercase, so these keys are the caller's.
+    headers.pop("x-call-id", None)
+    headers.pop("x-start-time", None)
+    headers[shared.CALL_ID] = call_id
+    headers[shared.START_TIME] = start_time
+    if host and "x-forwarded-host" not in headers:
+        headers[shared.FORWARDED_HOST] = host
+    client = scope.get("client")
+    if client and "x-forwarded-for" not in headers:
+        headers[shared.FORWARDED_FOR] = client[0]
+    return headers

@@ -1,0 +1,100 @@
+"""Runs the gateway under uvicorn: the entry point of `faashub gateway`.
+
+`run` serves the app until SIGTERM or SIGINT, then stops accepting, gives
+open requests `GRACEFUL_SHUTDOWN_S` to finish, closes the NATS connection and
+the HTTP clients, and returns. Logging is configured by the caller
+(`faashub.logs`), so uvicorn's own log config and access log stay off.
+"""
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+
+from faashub import errors as shared_errors
+from faashub.settings import GatewaySettings
+from gateway import constants
+from gateway.app import GatewayApp
+
+# Signals that stop the gateway gracefully.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def create_app(settings: GatewaySettings) -> GatewayApp:
+    """Build the gateway's ASGI app; it connects to NATS in its lifespan."""
+    return GatewayApp(settings)
+
+
+def uvicorn_config(settings: GatewaySettings, app: GatewayApp) -> uvicorn.Config:
+    """Return the uvicorn config the gateway runs with (tests use it too)."""
+    # "auto" picks uvloop and httptools when they are importable, and the
+    # asyncio loop and h11 otherwise.
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        access_log=False,
+        # The gateway is the first hop: X-Forwarded-* from callers are passed
+        # on as headers, never trusted as the client's address.
+        proxy_headers=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=constants.GRACEFUL_SHUTDOWN_S,
+    )
+
+
+class GatewayServer(uvicorn.Server):
+    """A uvicorn server that returns normally after a stop signal.
+
+    Plain uvicorn re-raises a captured SIGTERM or SIGINT once it has shut
+    down. That would kill the process, or raise KeyboardInterrupt in the
+    caller, before `run` could return.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Signal handlers can only be installed from the main thread.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {
+            sig: signal.signal(sig, self._on_stop_signal) for sig in _STOP_SIGNALS
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_stop_signal(self, sig: int, frame: FrameType | None) -> None:
+        # A second SIGINT stops at once, without waiting for open requests.
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def run(settings: GatewaySettings) -> None:
+    """Serve the gateway until SIGTERM or SIGINT, then stop cleanly.
+
+    Raises HubStartError when the gateway cannot start, for example because
+    its port is in use; uvicorn has logged the cause by then.
+    """
+    server = GatewayServer(uvicorn_config(settings, create_app(settings)))
+    failure = shared_errors.HubStartError(
+        f"The gateway did not start on {settings.host}:{settings.port}; the log "
+        "above gives the cause, for example a port already in use."
+    )
+    try:
+        server.run()
+    except SystemExit as exc:
+        # uvicorn calls sys.exit when it cannot bind its socket.
+        raise failure from exc
+    if not server.started:
+        # The app's lifespan startup failed; uvicorn returned without serving.
+        raise failure

@@ -1,0 +1,368 @@
+"""The sync invocation proxy: `/function/NAME[.NS][/path]`, every method.
+
+A caller's request goes to `{provider_url}/function/NAME[.NS][/path]?query`
+with its method, headers (minus hop-by-hop ones) and body, and the provider's
+response comes back with its status, headers and body unchanged. Bodies are
+streamed both ways, so large uploads, downloads and server-sent events pass
+through without being held in memory. The gateway adds the OpenFaaS call
+headers: X-Call-Id (kept from the caller, or new), X-Start-Time (replaced),
+X-Forwarded-Host and X-Forwarded-For (unless present), and on the response
+X-Served-By.
+
+`upstream_timeout_s` bounds the time until the provider's response headers
+arrive; after that it bounds each wait for the next piece of the body. A
+provider that is down or too slow gives 502. The proxy neither looks the
+function up nor retries: an unknown function is the provider's 404.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import yarl
+from starlette.types import Receive, Scope, Send
+
+from faashub import constants as shared
+from faashub import errors as shared_errors
+from faashub import names
+from gateway import asgi, constants
+from gateway.log_throttle import WarningThrottle
+
+logger = logging.getLogger(__name__)
+
+# Request headers that are not forwarded, beside the hop-by-hop ones. The
+# HTTP client sets Host for the provider, uvicorn has already handled any
+# `Expect: 100-continue`, and the gateway sets X-Start-Time itself.
+_REQUEST_HEADERS_NOT_FORWARDED = shared.HOP_BY_HOP | {"host", "expect", "x-start-time"}
+
+# Response headers that are not passed back, beside those that
+# `asgi.pass_response_headers` always drops: the gateway sets them itself.
+_RESPONSE_HEADERS_NOT_PASSED = frozenset(
+    {b"x-call-id", b"x-start-time", b"x-served-by"}
+)
+
+_SERVED_BY_HEADER = (shared.SERVED_BY.lower().encode(), constants.SERVED_BY.encode())
+
+
+class _ClientDisconnected(Exception):
+    """The caller went away while its request body was being forwarded."""
+
+
+class _RequestBody:
+    """A request body that arrives in several ASGI messages, read on demand."""
+
+    def __init__(self, first_chunk: bytes, receive: Receive) -> None:
+        self._first_chunk = first_chunk
+        self._receive = receive
+        self.complete = False
+        self.disconnected = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self._first_chunk
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise _ClientDisconnected
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                self.complete = True
+                return
+
+
+class SyncProxy:
+    """The ASGI handler of `/function/...`."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        provider_url: str,
+        *,
+        upstream_timeout_s: float,
+    ) -> None:
+        self._session = session
+        self._provider_url = provider_url.rstrip("/")
+        self._upstream_timeout_s = upstream_timeout_s
+        self._timeout_warnings = WarningThrottle(logger)
+        self._unreachable_warnings = WarningThrottle(logger)
+        self._broken_response_warnings = WarningThrottle(logger)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name, path_suffix = asgi.split_invocation_path(scope, constants.FUNCTION_PREFIX)
+        try:
+            names.parse_function_ref(name)
+        except shared_errors.InvalidFunctionName as exc:
+            await asgi.send_text(send, 400, f"{exc}\n")
+            return
+
+        headers, call_id = _upstream_headers(scope)
+        start_time = str(time.time_ns())
+        headers.append((shared.START_TIME, start_time))
+        call = _Call(
+            function=name,
+            call_id=call_id,
+            own_headers=[
+                (b"x-call-id", call_id.encode("latin-1")),
+                (b"x-start-time", start_time.encode()),
+                _SERVED_BY_HEADER,
+            ],
+        )
+
+        # Read the first piece of the body. Most requests fit in one message
+        # and are sent as bytes. Longer ones are streamed.
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        first_chunk: bytes = message.get("body", b"")
+        request_body: _RequestBody | None = None
+        data: bytes | AsyncIterator[bytes] | None = first_chunk or None
+        if message.get("more_body", False):
+            request_body = _RequestBody(first_chunk, receive)
+            data = request_body.chunks()
+
+        url = self._provider_url + constants.FUNCTION_PREFIX + name + path_suffix
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            url += "?" + query.decode("latin-1")
+        response = await self._open(
+            call,
+            send,
+            method=scope["method"],
+            url=url,
+            headers=headers,
+            data=data,
+            request_body=request_body,
+        )
+        if response is None:
+            return
+
+        try:
+            # `receive` is free for watching the caller only once the upload
+            # has read the whole request body.
+            watch_disconnect = request_body is None or request_body.complete
+            await self._relay(
+                call,
+                response,
+                receive,
+                send,
+                is_head=scope["method"] == "HEAD",
+                watch_disconnect=watch_disconnect,
+            )
+        finally:
+            response.release()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("proxied call", extra=call.log_extra(status=response.status))
+
+    async def _open(
+        self,
+        call: "_Call",
+        send: Send,
+        *,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        data: bytes | AsyncIterator[bytes] | None,
+        request_body: _RequestBody | None,
+    ) -> aiohttp.ClientResponse | None:
+        """Send the request upstream and wait for the response headers.
+
+        On failure, send the caller a 502 and return None.
+        """
+        try:
+            async with asyncio.timeout(self._upstream_timeout_s):
+                return await self._session.request(
+                    method,
+                    yarl.URL(url, encoded=True),
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                )
+        except TimeoutError:
+            self._timeout_warnings.warning("function timed out", ctx=call.context())
+            text = (
+                f"Function {call.function!r} timed out: no response within "
+                f"{self._upstream_timeout_s:g} s (upstream_timeout_s). Make the "
+                "function faster, or raise the gateway's upstream timeout.\n"
+            )
+        except aiohttp.ClientError as exc:
+            if request_body is not None and request_body.disconnected:
+                logger.debug("caller went away during upload", extra=call.log_extra())
+                return None
+            error = str(exc) or repr(exc)
+            self._unreachable_warnings.warning(
+                "cannot reach provider", ctx=call.context(error=error)
+            )
+            text = (
+                f"Cannot reach the provider at {self._provider_url} for function "
+                f"{call.function!r}: {error}. Check that the provider is running.\n"
+            )
+        await asgi.send_gateway_error(send, 502, text, headers=call.own_headers)
+        return None
+
+    async def _relay(
+        self,
+        call: "_Call",
+        response: aiohttp.ClientResponse,
+        receive: Receive,
+        send: Send,
+        *,
+        is_head: bool,
+        watch_disconnect: bool,
+    ) -> None:
+        """Send the provider's response back to the caller."""
+        status = response.status
+        headers = asgi.pass_response_headers(
+            response.raw_headers, status, dropped=_RESPONSE_HEADERS_NOT_PASSED
+        )
+        headers.extend(call.own_headers)
+        start = {"type": "http.response.start", "status": status, "headers": headers}
+
+        # A small body of known length is read whole, so that a failure while
+        # reading it can still become a 502, and it goes out in one message.
+        length = response.content_length
+        if is_head or (length is not None and length <= constants.SMALL_RESPONSE_BYTES):
+            try:
+                body = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = _describe(exc)
+                self._broken_response_warnings.warning(
+                    "provider response broke off", ctx=call.context(error=error)
+                )
+                await asgi.send_gateway_error(
+                    send,
+                    502,
+                    f"The response of function {call.function!r} broke off: {error}.\n",
+                    headers=call.own_headers,
+                )
+                return
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        await send(start)
+        if watch_disconnect:
+            await self._copy_body_until_disconnect(call, response, receive, send)
+        else:
+            await self._copy_body(call, response, send)
+
+    async def _copy_body(
+        self, call: "_Call", response: aiohttp.ClientResponse, send: Send
+    ) -> None:
+        """Stream the provider's body to the caller, piece by piece."""
+        try:
+            async for chunk in response.content.iter_any():
+                await send(
+                    {"type": "http.response.body", "body": chunk, "more_body": True}
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The status line is already sent, so the only signal left is to
+            # leave the response incomplete. uvicorn then closes the connection.
+            self._broken_response_warnings.warning(
+                "provider response broke off", ctx=call.context(error=_describe(exc))
+            )
+            return
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _copy_body_until_disconnect(
+        self,
+        call: "_Call",
+        response: aiohttp.ClientResponse,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Stream the body, and stop early when the caller disconnects.
+
+        uvicorn drops what is sent to a closed connection without an error, so
+        an endless stream (server-sent events) would otherwise run until the
+        provider ends it.
+        """
+        copy = asyncio.create_task(self._copy_body(call, response, send))
+        disconnect = asyncio.create_task(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((copy, disconnect), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            disconnect.cancel()
+            copy.cancel()
+            await asyncio.gather(copy, disconnect, return_exceptions=True)
+        if not copy.cancelled():
+            copy.result()
+        else:
+            logger.debug("caller went away during the response", extra=call.log_extra())
+            response.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """The call in progress: its ids, and the headers of its response."""
+
+    function: str
+    call_id: str
+    own_headers: asgi.Headers
+    """X-Call-Id, X-Start-Time and X-Served-By for the caller's response."""
+
+    def context(self, **fields: object) -> dict[str, object]:
+        return {"function": self.function, "call_id": self.call_id, **fields}
+
+    def log_extra(self, **fields: object) -> dict[str, dict[str, object]]:
+        return {"ctx": self.context(**fields)}
+
+
+def _upstream_headers(scope: Scope) -> tuple[list[tuple[str, str]], str]:
+    """Return the headers to forward, and the call id to use.
+
+    NB: ASGI servers pass header names in lowercase, so plain comparisons
+    with lowercase names are enough.
+    """
+    headers: list[tuple[str, str]] = []
+    call_id = ""
+    forwarded_host = forwarded_for = False
+    host = ""
+    connection_tokens: set[str] = set()
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1")
+        value = raw_value.decode("latin-1")
+        if name in _REQUEST_HEADERS_NOT_FORWARDED:
+            if name == "host":
+                host = value
+            elif name == "connection":
+                connection_tokens.update(asgi.connection_tokens(value))
+            continue
+        if name == "x-call-id":
+            call_id = call_id or value
+            continue
+        if name == "x-forwarded-host":
+            forwarded_host = True
+        elif name == "x-forwarded-for":
+            forwarded_for = True
+        headers.append((name, value))
+
+    # Headers named in Connection apply to that connection only (RFC 9110,
+    # section 7.6.1).
+    if connection_tokens:
+        headers = [item for item in headers if item[0] not in connection_tokens]
+
+    call_id = call_id or str(uuid.uuid4())
+    headers.append((shared.CALL_ID, call_id))
+    if not forwarded_host and host:
+        headers.append((shared.FORWARDED_HOST, host))
+    client = scope.get("client")
+    if not forwarded_for and client:
+        headers.append((shared.FORWARDED_FOR, client[0]))
+    return headers, call_id
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or repr(exc)

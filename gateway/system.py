@@ -1,0 +1,357 @@
+"""The management API: `/system/...` on FastAPI, forwarded to the provider.
+
+Every `/system/{path}` request goes to `{provider_url}/system/{path}` with its
+method, raw query, headers (minus hop-by-hop ones) and body. The provider's
+status, headers and body come back unchanged. The response body is streamed,
+so `/system/logs` can stream ndjson. The gateway handles `GET /system/info`
+itself: it returns the provider's info wrapped with the gateway's version and
+architecture, as OpenFaaS does.
+
+This is the control plane, so it uses FastAPI and httpx. The invocation
+routes (`gateway.sync_proxy`, `gateway.async_accept`) do not come through
+here, but the OpenAPI document built below describes them too. Basic
+auth, alert-driven scaling and the scale clamp of OpenFaaS CE are not
+implemented.
+"""
+
+import logging
+import platform
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+
+from faashub import __version__
+from faashub import constants as shared
+from faashub.settings import GatewaySettings
+from gateway import asgi, constants
+
+logger = logging.getLogger(__name__)
+
+# Request headers that are not forwarded, beside the hop-by-hop ones. httpx
+# sets Host and Content-Length for the provider, and uvicorn has already
+# handled any `Expect: 100-continue`.
+_REQUEST_HEADERS_NOT_FORWARDED = shared.HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "expect",
+}
+
+# Headers that httpx adds to every request by default. A proxy must not add
+# them, because an Accept-Encoding that the caller did not send would bring
+# back a compressed body that the caller cannot expect.
+_HTTPX_DEFAULT_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
+
+_FORWARDED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+# The provider route that streams for as long as the caller follows the logs.
+_LOGS_PATH = "logs"
+
+
+class VersionInfo(BaseModel):
+    """The gateway's version, in the OpenFaaS `VersionInfo` shape."""
+
+    release: str = Field(description="faashub release.")
+    sha: str = Field("", description="Git commit; empty for a packaged release.")
+    commit_message: str = Field("", description="Git commit message; may be empty.")
+
+
+class GatewayInfo(BaseModel):
+    """The response of `GET /system/info`, in the OpenFaaS `GatewayInfo` shape."""
+
+    provider: dict[str, Any] = Field(
+        description="The provider's own `/system/info` response, unchanged."
+    )
+    version: VersionInfo
+    arch: str = Field(description="Machine architecture of the gateway, e.g. x86_64.")
+
+
+class SystemForwarder:
+    """Forwards management requests to the provider with one httpx client."""
+
+    def __init__(self, provider_url: str, *, upstream_timeout_s: float) -> None:
+        self._provider_url = provider_url.rstrip("/")
+        self._timeout = httpx.Timeout(
+            upstream_timeout_s,
+            connect=constants.SYSTEM_CONNECT_TIMEOUT_S,
+            pool=constants.SYSTEM_CONNECT_TIMEOUT_S,
+        )
+        self._stream_timeout = httpx.Timeout(
+            None,
+            connect=constants.SYSTEM_CONNECT_TIMEOUT_S,
+            pool=constants.SYSTEM_CONNECT_TIMEOUT_S,
+        )
+        self._client: httpx.AsyncClient | None = None
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Open the httpx client for the life of the FastAPI app."""
+        async with httpx.AsyncClient(
+            timeout=self._timeout, follow_redirects=False, trust_env=False
+        ) as client:
+            for name in _HTTPX_DEFAULT_HEADERS:
+                del client.headers[name]
+            self._client = client
+            try:
+                yield
+            finally:
+                self._client = None
+
+    async def forward(self, request: Request, path: str) -> Response:
+        """Send one management request to the provider and stream the response back."""
+        client = self._require_client()
+        raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+        url = self._provider_url + raw_path.decode("latin-1")
+        query: bytes = request.scope.get("query_string", b"")
+        if query:
+            url += "?" + query.decode("latin-1")
+        headers = [
+            (name, value)
+            for name, value in request.headers.raw
+            if name.decode("latin-1").lower() not in _REQUEST_HEADERS_NOT_FORWARDED
+        ]
+        upstream_request = client.build_request(
+            request.method,
+            url,
+            headers=headers,
+            content=await request.body(),
+            timeout=self._stream_timeout if path == _LOGS_PATH else self._timeout,
+        )
+        try:
+            upstream = await client.send(upstream_request, stream=True)
+        except httpx.HTTPError as exc:
+            return self._unreachable(
+                exc, request_line=f"{request.method} /system/{path}"
+            )
+
+        response = StreamingResponse(
+            _raw_body(upstream),
+            status_code=upstream.status_code,
+            background=BackgroundTask(upstream.aclose),
+        )
+        response.raw_headers = asgi.pass_response_headers(
+            upstream.headers.raw, upstream.status_code
+        )
+        return response
+
+    async def info(self) -> Response | GatewayInfo:
+        """Return the provider's info wrapped with the gateway's own."""
+        client = self._require_client()
+        try:
+            upstream = await client.get(f"{self._provider_url}/system/info")
+        except httpx.HTTPError as exc:
+            return self._unreachable(exc, request_line="GET /system/info")
+        try:
+            provider_info = upstream.json() if upstream.status_code == 200 else None
+        except ValueError:
+            provider_info = None
+        if not isinstance(provider_info, dict):
+            return PlainTextResponse(
+                f"The provider at {self._provider_url} returned status "
+                f"{upstream.status_code} and no JSON object for /system/info. "
+                "Check the provider's log.\n",
+                status_code=502,
+                headers={shared.OPENFAAS_INTERNAL: "gateway"},
+            )
+        return GatewayInfo(
+            provider=provider_info,
+            version=VersionInfo(release=__version__, sha="", commit_message=""),
+            arch=platform.machine(),
+        )
+
+    def _require_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError(
+                "The management API was called outside its lifespan; serve the "
+                "gateway app with lifespan events turned on."
+            )
+        return self._client
+
+    def _unreachable(self, exc: httpx.HTTPError, *, request_line: str) -> Response:
+        cause = "timed out" if isinstance(exc, httpx.TimeoutException) else str(exc)
+        logger.warning(
+            "cannot reach provider",
+            extra={"ctx": {"request": request_line, "error": cause or repr(exc)}},
+        )
+        return PlainTextResponse(
+            f"Cannot reach the provider at {self._provider_url} for {request_line}: "
+            f"{cause or repr(exc)}. Check that the provider is running.\n",
+            status_code=502,
+            headers={shared.OPENFAAS_INTERNAL: "gateway"},
+        )
+
+
+async def _raw_body(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    # Raw bytes keep the provider's Content-Encoding and Content-Length true.
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    finally:
+        await upstream.aclose()
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """Build the FastAPI app of the management API."""
+    forwarder = SystemForwarder(
+        settings.provider_url, upstream_timeout_s=settings.upstream_timeout_s
+    )
+    app = FastAPI(
+        title="faashub gateway",
+        version=__version__,
+        description="The OpenFaaS gateway API: management routes under /system, "
+        "sync invocation under /function and async invocation under "
+        "/async-function.",
+        lifespan=forwarder.lifespan,
+    )
+
+    @app.get(
+        "/system/info",
+        response_model=GatewayInfo,
+        summary="Provider and gateway version information",
+        responses={502: {"description": "The provider is unreachable."}},
+    )
+    async def system_info() -> Response | GatewayInfo:
+        return await forwarder.info()
+
+    # One route per method, each with its own operation id, because FastAPI
+    # warns about an operation id shared by several methods.
+    for method in _FORWARDED_METHODS:
+        app.add_api_route(
+            "/system/{path:path}",
+            forwarder.forward,
+            methods=[method],
+            operation_id=f"forward_system_{method.lower()}",
+            summary="Forward to the provider's /system API",
+            description="Sent to `{provider_url}/system/{path}` with the query, "
+            "headers and body; the provider's status, headers and body come back "
+            "unchanged.",
+            responses={502: {"description": "The provider is unreachable."}},
+            response_class=Response,
+        )
+
+    app.openapi = _openapi_with_invocation_routes(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_with_invocation_routes(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """Return an `openapi()` that adds the routes served outside FastAPI."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema["paths"].update(_invocation_paths())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
+def _invocation_paths() -> dict[str, Any]:
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "description": "Function name, or NAME.NAMESPACE.",
+        "schema": {"type": "string"},
+    }
+    rest = {
+        "name": "path",
+        "in": "path",
+        "required": True,
+        "description": "Extra path passed to the function.",
+        "schema": {"type": "string"},
+    }
+    sync_responses = {
+        "200": {"description": "The function's response, passed through."},
+        "400": {"description": "Invalid function name."},
+        "404": {"description": "The provider does not know the function."},
+        "502": {"description": "The provider is unreachable or timed out."},
+    }
+    async_responses = {
+        "202": {
+            "description": "Stored in the queue; X-Call-Id names the call.",
+            "headers": {
+                shared.CALL_ID: {"schema": {"type": "string"}},
+                shared.START_TIME: {"schema": {"type": "string"}},
+            },
+        },
+        "400": {"description": "Invalid function name or X-Callback-Url."},
+        "404": {"description": "The function does not exist."},
+        "405": {"description": "Method not allowed; DELETE is reserved."},
+        "413": {"description": "Body and headers exceed the NATS max_payload."},
+        "502": {"description": "The provider is unreachable."},
+        "503": {"description": "The queue is unavailable; retry with the same id."},
+    }
+
+    def operations(
+        operation: str,
+        summary: str,
+        methods: tuple[str, ...],
+        responses: dict[str, Any],
+        *,
+        tail: bool,
+    ) -> dict[str, Any]:
+        parameters = [name, rest] if tail else [name]
+        suffix = "_with_path" if tail else ""
+        return {
+            method.lower(): {
+                "summary": summary,
+                "operationId": f"{operation}_{method.lower()}{suffix}",
+                "parameters": parameters,
+                "responses": responses,
+            }
+            for method in methods
+        }
+
+    sync_methods = ("GET", "POST", "PUT", "PATCH", "DELETE")
+    return {
+        "/function/{name}": operations(
+            "invoke",
+            "Invoke a function and wait for its response",
+            sync_methods,
+            sync_responses,
+            tail=False,
+        ),
+        "/function/{name}/{path}": operations(
+            "invoke",
+            "Invoke a function with an extra path",
+            sync_methods,
+            sync_responses,
+            tail=True,
+        ),
+        "/async-function/{name}": operations(
+            "queue",
+            "Queue a call to a function",
+            constants.ASYNC_METHODS,
+            async_responses,
+            tail=False,
+        ),
+        "/async-function/{name}/{path}": operations(
+            "queue",
+            "Queue a call to a function with an extra path",
+            constants.ASYNC_METHODS,
+            async_responses,
+            tail=True,
+        ),
+        constants.HEALTH_PATH: {
+            "get": {
+                "summary": "Readiness of the gateway",
+                "operationId": "healthz",
+                "responses": {
+                    "200": {"description": "OK: connected to NATS, stream ready."},
+                    "503": {"description": "Not ready; the body says why."},
+                },
+            }
+        },
+    }

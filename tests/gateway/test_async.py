@@ -1,0 +1,340 @@
+"""The async accept path `/async-function/...` against real NATS JetStream."""
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from faashub import constants as shared
+from faashub.queued_call import QueuedCall
+from gateway.call_queue import message_size
+from tests.conftest import LOOPBACK, free_port
+from tests.gateway.conftest import (
+    FakeProvider,
+    GatewayFactory,
+    NatsServer,
+    stored_messages,
+    wait_until_healthy,
+    wait_until_unhealthy,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+CALLBACK_URL = "http://127.0.0.1:9999/done?token=1"
+
+
+async def test_async_accepts_call(client: httpx.AsyncClient, nats_url: str) -> None:
+    response = await client.post(
+        "/async-function/echo/sub/path?q=1&r=two",
+        content=b"\x00raw body\xff",
+        headers={
+            "Content-Type": "application/octet-stream",
+            "X-Custom": "value",
+            "X-Callback-Url": CALLBACK_URL,
+        },
+    )
+
+    assert response.status_code == 202
+    assert response.content == b""
+    call_id = response.headers["X-Call-Id"]
+    assert uuid.UUID(call_id)
+    start_time = response.headers["X-Start-Time"]
+    assert start_time.isdigit()
+
+    [message] = await stored_messages(nats_url)
+    assert message.subject == "faashub.calls.default.openfaas-fn.echo"
+    assert message.data == b"\x00raw body\xff"
+    headers = message.headers
+    assert headers["Faashub-Function"] == "echo"
+    assert headers["Faashub-Namespace"] == shared.DEFAULT_NAMESPACE
+    assert headers["Faashub-Method"] == "POST"
+    assert headers["Faashub-Path"] == "/sub/path"
+    assert headers["Faashub-Query"] == "q=1&r=two"
+    assert headers["Faashub-Callback-Url"] == CALLBACK_URL
+    assert headers["Faashub-Call-Id"] == call_id
+    assert headers["Faashub-Accepted-At-Ns"] == start_time
+    assert headers["Nats-Msg-Id"] == call_id
+    # The caller's headers, and the call headers the function will see.
+    assert headers["x-custom"] == "value"
+    assert headers["content-type"] == "application/octet-stream"
+    assert headers["x-callback-url"] == CALLBACK_URL
+    assert headers["X-Call-Id"] == call_id
+    assert headers["X-Start-Time"] == start_time
+    assert headers["X-Forwarded-For"] == LOOPBACK
+    assert "X-Forwarded-Host" in headers
+
+    call = QueuedCall.from_nats(message.headers, message.data)
+    assert call.call_id == call_id
+    assert call.callback_url == CALLBACK_URL
+
+
+async def test_async_keeps_caller_call_id(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    response = await client.post(
+        "/async-function/echo", content=b"x", headers={"X-Call-Id": "caller-id-1"}
+    )
+
+    assert response.status_code == 202
+    assert response.headers["X-Call-Id"] == "caller-id-1"
+    [message] = await stored_messages(nats_url)
+    assert message.headers["X-Call-Id"] == "caller-id-1"
+    assert message.headers["Nats-Msg-Id"] == "caller-id-1"
+    assert "x-call-id" not in message.headers
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH"])
+async def test_async_keeps_method(
+    client: httpx.AsyncClient, nats_url: str, method: str
+) -> None:
+    response = await client.request(method, "/async-function/echo")
+
+    assert response.status_code == 202
+    [message] = await stored_messages(nats_url)
+    assert message.headers["Faashub-Method"] == method
+    assert message.data == b""
+
+
+async def test_async_namespace_in_name(
+    client: httpx.AsyncClient, provider: FakeProvider, nats_url: str
+) -> None:
+    provider.deploy("echo", "staging")
+
+    response = await client.post("/async-function/echo.staging", content=b"x")
+
+    assert response.status_code == 202
+    assert provider.lookups == [("echo", "staging")]
+    [message] = await stored_messages(nats_url)
+    assert message.subject == "faashub.calls.default.staging.echo"
+    assert message.headers["Faashub-Namespace"] == "staging"
+
+
+async def test_async_unknown_function_404(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    response = await client.post("/async-function/nobody.team-a", content=b"x")
+
+    assert response.status_code == 404
+    assert "'nobody'" in response.text
+    assert "'team-a'" in response.text
+    assert await stored_messages(nats_url) == []
+
+
+async def test_async_deploy_then_invoke(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    first = await client.post("/async-function/later", content=b"x")
+    provider.deploy("later")
+    second = await client.post("/async-function/later", content=b"x")
+
+    assert first.status_code == 404
+    assert second.status_code == 202
+
+
+async def test_async_caches_found_function(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    for _ in range(3):
+        response = await client.post("/async-function/echo", content=b"x")
+        assert response.status_code == 202
+
+    assert provider.lookups == [("echo", shared.DEFAULT_NAMESPACE)]
+
+
+async def test_async_cache_expires(
+    nats_url: str, provider: FakeProvider, start_gateway: GatewayFactory
+) -> None:
+    gateway = await start_gateway(nats_url=nats_url, function_cache_ttl_s=0.2)
+    await wait_until_healthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        await http_client.post("/async-function/echo")
+        await http_client.post("/async-function/echo")
+        await asyncio.sleep(0.3)
+        await http_client.post("/async-function/echo")
+
+    assert len(provider.lookups) == 2
+
+
+@pytest.mark.parametrize(
+    "callback_url",
+    [
+        pytest.param("ftp://127.0.0.1/done", id="scheme"),
+        pytest.param("/relative/path", id="relative"),
+        pytest.param("http:///no-host", id="no-host"),
+        pytest.param("http://127.0.0.1:port/", id="bad-port"),
+        pytest.param("http://[::1/", id="bad-ipv6"),
+    ],
+)
+async def test_async_bad_callback_url_400(
+    client: httpx.AsyncClient, nats_url: str, callback_url: str
+) -> None:
+    response = await client.post(
+        "/async-function/echo", content=b"x", headers={"X-Callback-Url": callback_url}
+    )
+
+    assert response.status_code == 400
+    assert repr(callback_url) in response.text
+    assert await stored_messages(nats_url) == []
+
+
+async def test_async_delete_405(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/async-function/echo")
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, POST, PUT, PATCH"
+    assert "cancelling" in response.text
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+async def test_async_other_methods_405(client: httpx.AsyncClient, method: str) -> None:
+    response = await client.request(method, "/async-function/echo")
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, POST, PUT, PATCH"
+
+
+async def test_async_invalid_name_400(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    response = await client.post("/async-function/Not_Valid", content=b"x")
+
+    assert response.status_code == 400
+    assert "'Not_Valid'" in response.text
+    assert provider.lookups == []
+
+
+async def test_async_duplicate_call_id_stored_once(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    headers = {"X-Call-Id": "same-call"}
+    first = await client.post("/async-function/echo", content=b"1", headers=headers)
+    second = await client.post("/async-function/echo", content=b"2", headers=headers)
+
+    assert first.status_code == 202
+    assert second.status_code == 202
+    assert second.headers["X-Call-Id"] == "same-call"
+    messages = await stored_messages(nats_url)
+    assert [message.data for message in messages] == [b"1"]
+
+
+async def test_async_unreachable_provider_502(
+    nats_url: str, start_gateway: GatewayFactory
+) -> None:
+    dead_url = f"http://{LOOPBACK}:{free_port()}"
+    gateway = await start_gateway(nats_url=nats_url, provider_url=dead_url)
+    await wait_until_healthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        response = await http_client.post("/async-function/echo", content=b"x")
+
+    assert response.status_code == 502
+    assert response.headers["X-OpenFaaS-Internal"] == "gateway"
+    assert dead_url in response.text
+    assert await stored_messages(nats_url) == []
+
+
+async def test_async_body_over_max_payload_413(
+    nats_server_factory: Callable[..., NatsServer], start_gateway: GatewayFactory
+) -> None:
+    nats_server = nats_server_factory(max_payload_bytes=64 * 1024)
+    nats_server.start()
+    gateway = await start_gateway(nats_url=nats_server.url)
+    await wait_until_healthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        too_long = await http_client.post("/async-function/echo", content=b"x" * 70_000)
+        # The body alone fits, but not with the headers stored beside it.
+        body_fits = await http_client.post(
+            "/async-function/echo", content=b"x" * (64 * 1024 - 16)
+        )
+        small = await http_client.post("/async-function/echo", content=b"x" * 1000)
+
+    assert too_long.status_code == 413
+    assert "65536 bytes" in too_long.text
+    assert body_fits.status_code == 413
+    assert "65536 bytes" in body_fits.text
+    assert small.status_code == 202
+    messages = await stored_messages(nats_server.url)
+    assert [len(message.data) for message in messages] == [1000]
+
+
+async def test_async_exact_max_payload_fits(
+    nats_server_factory: Callable[..., NatsServer], start_gateway: GatewayFactory
+) -> None:
+    limit = 64 * 1024
+    nats_server = nats_server_factory(max_payload_bytes=limit)
+    nats_server.start()
+    gateway = await start_gateway(nats_url=nats_server.url)
+    await wait_until_healthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        # The stored headers of a first call give the exact header size of
+        # the next ones: their call ids and times have the same length.
+        first = await http_client.post(
+            "/async-function/echo", content=b"x", headers={"X-Call-Id": "call-1"}
+        )
+        [stored] = await stored_messages(nats_server.url)
+        header_bytes = message_size(stored.headers, b"")
+        at_limit = await http_client.post(
+            "/async-function/echo",
+            content=b"x" * (limit - header_bytes),
+            headers={"X-Call-Id": "call-2"},
+        )
+        over_limit = await http_client.post(
+            "/async-function/echo",
+            content=b"x" * (limit - header_bytes + 1),
+            headers={"X-Call-Id": "call-3"},
+        )
+
+    assert first.status_code == 202
+    assert at_limit.status_code == 202
+    assert over_limit.status_code == 413
+    messages = await stored_messages(nats_server.url)
+    assert [message.headers["X-Call-Id"] for message in messages] == [
+        "call-1",
+        "call-2",
+    ]
+
+
+async def test_async_survives_nats_restart(
+    nats_server_factory: Callable[..., NatsServer], start_gateway: GatewayFactory
+) -> None:
+    nats_server = nats_server_factory()
+    nats_server.start()
+    gateway = await start_gateway(nats_url=nats_server.url)
+    await wait_until_healthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http_client:
+        before = await http_client.post("/async-function/echo", content=b"before")
+        assert before.status_code == 202
+
+        nats_server.stop()
+        await wait_until_unhealthy(gateway.url)
+        down = await http_client.post("/async-function/echo", content=b"down")
+        assert down.status_code == 503
+        assert down.headers["X-OpenFaaS-Internal"] == "gateway"
+        assert "X-Call-Id" in down.text
+
+        nats_server.start()
+        await wait_until_healthy(gateway.url)
+        after = await http_client.post("/async-function/echo", content=b"after")
+        assert after.status_code == 202
+
+    messages = await stored_messages(nats_server.url)
+    assert [message.data for message in messages] == [b"before", b"after"]
+
+
+async def test_async_nats_down_at_start_503(
+    nats_server_factory: Callable[..., NatsServer], start_gateway: GatewayFactory
+) -> None:
+    nats_server = nats_server_factory()
+    gateway = await start_gateway(nats_url=nats_server.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        response = await http_client.post("/async-function/echo", content=b"x")
+
+    assert response.status_code == 503
+    assert nats_server.url in response.text

@@ -1,0 +1,86 @@
+"""`gateway.server.run`: the process contract the `faashub up` supervisor uses."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from faashub import errors
+from faashub.settings import GatewaySettings
+from gateway import server
+from tests.conftest import LOOPBACK, free_port, stop_process
+
+pytestmark = pytest.mark.timeout(30)
+
+RUN_GATEWAY = """
+import sys
+from faashub import logs
+from faashub.settings import GatewaySettings
+from gateway import server
+
+logs.configure(level="INFO")
+server.run(GatewaySettings(port=int(sys.argv[1]), nats_url=sys.argv[2],
+                           provider_url=sys.argv[3]))
+print("run returned", flush=True)
+"""
+
+
+def wait_for_health(url: str, *, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url}/healthz did not return 200 within {timeout_s} s")
+
+
+@pytest.mark.parametrize(
+    "stop_signal",
+    [
+        pytest.param(signal.SIGTERM, id="sigterm"),
+        pytest.param(signal.SIGINT, id="sigint"),
+    ],
+)
+def test_run_stops_on_signal(nats_url: str, stop_signal: signal.Signals) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            RUN_GATEWAY,
+            str(port),
+            nats_url,
+            f"http://{LOOPBACK}:{free_port()}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_health(f"http://{LOOPBACK}:{port}")
+        process.send_signal(stop_signal)
+        stdout, stderr = process.communicate(timeout=10)
+    finally:
+        stop_process(process)
+
+    assert process.returncode == 0, stderr.decode()
+    assert stdout == b"run returned\n"
+    assert b"gateway stopped" in stderr
+    assert b"closed nats connection" in stderr
+
+
+def test_run_port_in_use_raises(nats_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = GatewaySettings(host=LOOPBACK, port=port, nats_url=nats_url)
+
+        with pytest.raises(errors.HubStartError, match=str(port)):
+            server.run(settings)

@@ -1,0 +1,142 @@
+"""The management API `/system/...`, `/healthz` and the OpenAPI document."""
+
+import json
+import platform
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from faashub import __version__
+from tests.conftest import LOOPBACK, free_port
+from tests.gateway.conftest import (
+    PROVIDER_INFO,
+    FakeProvider,
+    GatewayFactory,
+    NatsServer,
+    wait_until_healthy,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_system_forwards_request(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    response = await client.post(
+        "/system/functions?namespace=team-a&x=%20y",
+        json={"service": "echo", "image": "echo:1"},
+        headers={"X-Custom": "value"},
+    )
+
+    assert response.status_code == 202
+    assert response.headers["X-Provider"] == "fake"
+    assert response.json() == {
+        "method": "POST",
+        "path": "/system/functions",
+        "query": "namespace=team-a&x=%20y",
+        "body": json.dumps(
+            {"service": "echo", "image": "echo:1"}, separators=(",", ":")
+        ),
+    }
+    received = provider.received[0]
+    assert received.headers["X-Custom"] == "value"
+    assert received.headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_system_keeps_method(
+    client: httpx.AsyncClient, provider: FakeProvider, method: str
+) -> None:
+    response = await client.request(method, "/system/secrets", content=b"{}")
+
+    assert response.status_code == 202
+    assert provider.received[0].method == method
+    assert provider.received[0].path == "/system/secrets"
+
+
+async def test_system_streams_logs(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    async with client.stream("GET", "/system/logs?name=echo&follow=true") as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "application/x-ndjson"
+        lines = response.aiter_lines()
+        # The first line arrives before the provider has sent the second.
+        assert json.loads(await anext(lines)) == {"text": "first"}
+        provider.release.set()
+        rest = [json.loads(line) async for line in lines if line]
+
+    assert rest == [{"text": "second"}]
+    assert provider.received[0].query == "name=echo&follow=true"
+
+
+async def test_system_stopped_provider_502(
+    nats_url: str, start_gateway: GatewayFactory
+) -> None:
+    dead_url = f"http://{LOOPBACK}:{free_port()}"
+    gateway = await start_gateway(nats_url=nats_url, provider_url=dead_url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        listed = await http_client.get("/system/functions")
+        info = await http_client.get("/system/info")
+
+    assert listed.status_code == 502
+    assert dead_url in listed.text
+    assert listed.headers["X-OpenFaaS-Internal"] == "gateway"
+    assert info.status_code == 502
+    assert dead_url in info.text
+
+
+async def test_system_info_shape(client: httpx.AsyncClient) -> None:
+    response = await client.get("/system/info")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "provider": PROVIDER_INFO,
+        "version": {"release": __version__, "sha": "", "commit_message": ""},
+        "arch": platform.machine(),
+    }
+
+
+async def test_healthz_waits_for_nats(
+    nats_server_factory: Callable[..., NatsServer], start_gateway: GatewayFactory
+) -> None:
+    nats_server = nats_server_factory()
+    gateway = await start_gateway(nats_url=nats_server.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        before = await http_client.get("/healthz")
+        nats_server.start()
+        await wait_until_healthy(gateway.url)
+        after = await http_client.get("/healthz")
+
+    assert before.status_code == 503
+    assert nats_server.url in before.text
+    assert after.status_code == 200
+    assert after.text == "OK"
+
+
+async def test_healthz_rejects_post(client: httpx.AsyncClient) -> None:
+    response = await client.post("/healthz")
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, HEAD"
+
+
+async def test_openapi_lists_routes(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    docs_page = await client.get("/docs")
+
+    paths = document["paths"]
+    for path in (
+        "/system/info",
+        "/system/{path}",
+        "/function/{name}",
+        "/function/{name}/{path}",
+        "/async-function/{name}",
+        "/healthz",
+    ):
+        assert path in paths, path
+    assert set(paths["/async-function/{name}"]) == {"get", "post", "put", "patch"}
+    assert docs_page.status_code == 200
