@@ -1,0 +1,185 @@
+"""Invoke one queued call through the gateway's synchronous `/function/` route.
+
+The worker replays the caller's request as the gateway stored it: the original
+method, the path and raw query after the function name, the caller's headers
+and the raw body, plus `X-Call-Id` and `X-Start-Time`. The request goes to
+`{gateway_url}/function/{name}.{namespace}{path}?{query}`, so the gateway's
+routing, metrics and provider lookup apply to async calls as they do to sync
+ones. The result is the function's status, headers and body. When no response
+arrives, the worker makes one up, as OpenFaaS does: 503 when the gateway
+cannot be reached and 504 when the upstream timeout passes.
+
+This module does not retry, post callbacks or acknowledge messages; see
+`queue_worker.worker` and `queue_worker.callback`.
+"""
+
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import aiohttp
+import yarl
+
+from faashub import constants
+from faashub.queued_call import QueuedCall
+
+# Value of X-OpenFaaS-Internal on the made-up 503 and 504 results. OpenFaaS
+# sets this header on errors that its own components produce, so that a
+# callback receiver can distinguish platform failures from function failures.
+INTERNAL_ERROR_SOURCE = "queue-worker"
+
+# Caller headers the worker never forwards: hop-by-hop ones, the ones aiohttp
+# computes for the new request, and the ones the worker sets itself.
+_NOT_FORWARDED = constants.HOP_BY_HOP | {
+    "host",
+    "content-length",
+    constants.CALL_ID.lower(),
+    constants.START_TIME.lower(),
+}
+
+# Characters kept as they are when the path and the query are put on the
+# wire: everything RFC 3986 allows, '%' included so that existing escapes stay
+# intact. Anything else (spaces, non-ASCII, '#', and '?' inside the path) is
+# percent-encoded.
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"
+_QUERY_SAFE = _PATH_SAFE + "?"
+
+
+@dataclass(slots=True)
+class FunctionResult:
+    """The function's response, or the one the worker made up without it."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    """Response headers in arrival order; repeated names stay separate."""
+    body: bytes = b""
+    error: str = ""
+    """Reason that no function response arrived, or "" when one did."""
+
+
+async def invoke_function(
+    session: aiohttp.ClientSession,
+    call: QueuedCall,
+    *,
+    function_base_url: str,
+    http_timeout: aiohttp.ClientTimeout,
+) -> FunctionResult:
+    """Send `call` to the function and return its response.
+
+    `function_base_url` is the gateway's `/function/` URL with a trailing
+    slash. Transport errors and timeouts become 503 and 504 results, so this
+    coroutine raises only when it is cancelled.
+    """
+    url = function_url(function_base_url, call)
+    try:
+        async with session.request(
+            call.method,
+            url,
+            headers=request_headers(call),
+            data=call.body,
+            timeout=http_timeout,
+            allow_redirects=False,
+        ) as response:
+            body = await response.read()
+            return FunctionResult(
+                status=response.status,
+                headers=response_headers(response.raw_headers),
+                body=body,
+            )
+    except TimeoutError:
+        reason = (
+            f"The queue-worker timed out after {http_timeout.total:g} s "
+            f"waiting for {call.ref}."
+        )
+        return _internal_error(504, reason)
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        # ValueError covers a request that aiohttp refuses to build, such as a
+        # method that is not an HTTP token. The URL stays out of the reason
+        # because the caller's query string may hold a secret.
+        detail = "invalid URL" if isinstance(exc, aiohttp.InvalidURL) else str(exc)
+        reason = f"The queue-worker could not invoke {call.ref}: {detail}"
+        return _internal_error(503, reason)
+
+
+def function_url(function_base_url: str, call: QueuedCall) -> yarl.URL:
+    """Return the gateway URL that runs `call`, path and query kept verbatim.
+
+    The URL is built pre-encoded so that yarl does not resolve dot segments:
+    a caller's `/../` must reach the gateway as sent instead of turning
+    `/function/NAME/../../system/...` into a management route.
+    """
+    path = _percent_encode(call.path, safe=_PATH_SAFE)
+    url = f"{function_base_url}{call.function}.{call.namespace}{path}"
+    if call.query:
+        url += "?" + _percent_encode(call.query, safe=_QUERY_SAFE)
+    return yarl.URL(url, encoded=True)
+
+
+def request_headers(call: QueuedCall) -> dict[str, str]:
+    """Return the caller's headers for the function, plus the call's ids."""
+    headers = {
+        name: wire_text(value)
+        for name, value in call.headers.items()
+        if name.lower() not in _NOT_FORWARDED
+    }
+    headers[constants.CALL_ID] = wire_text(call.call_id)
+    if call.accepted_at_ns:
+        headers[constants.START_TIME] = str(call.accepted_at_ns)
+    return headers
+
+
+def wire_text(value: str) -> str:
+    """Return the text that makes aiohttp send `value`'s original bytes.
+
+    The gateway decodes header bytes as latin-1, one character a byte, while
+    aiohttp encodes header text as UTF-8. Re-reading the latin-1 bytes as
+    UTF-8 gives back the caller's exact bytes whenever they are valid UTF-8,
+    which covers every non-ASCII value that current HTTP clients send.
+    """
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        # NOTE: aiohttp can only write header text as UTF-8, so a value whose
+        # bytes are not UTF-8 (legacy latin-1 text) reaches the function
+        # UTF-8 encoded instead of byte for byte.
+        return value
+
+
+def response_headers(
+    raw_headers: Iterable[tuple[bytes, bytes]],
+) -> list[tuple[str, str]]:
+    """Decode response header bytes into text that aiohttp writes back unchanged."""
+    headers = []
+    for raw_name, raw_value in raw_headers:
+        try:
+            value = raw_value.decode("utf-8")
+        except UnicodeDecodeError:
+            # NOTE: aiohttp writes header text as UTF-8, so bytes that are not
+            # UTF-8 reach the callback re-encoded rather than byte for byte.
+            value = raw_value.decode("latin-1")
+        headers.append((raw_name.decode("latin-1"), value))
+    return headers
+
+
+def _percent_encode(text: str, *, safe: str) -> str:
+    # The gateway stores the raw path and query read as latin-1, so encoding
+    # back to latin-1 restores the bytes that the caller sent. Text beyond
+    # latin-1 cannot come from those bytes and is encoded as UTF-8.
+    try:
+        return urllib.parse.quote(text, safe=safe, encoding="latin-1")
+    except UnicodeEncodeError:
+        return urllib.parse.quote(text, safe=safe)
+
+
+def _internal_error(status: int, reason: str) -> FunctionResult:
+    return FunctionResult(
+        status=status,
+        headers=[
+            ("Content-Type", "text/plain; charset=utf-8"),
+            (constants.OPENFAAS_INTERNAL, INTERNAL_ERROR_SOURCE),
+        ],
+        body=reason.encode(),
+        error=reason,
+    )

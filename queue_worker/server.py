@@ -1,0 +1,98 @@
+"""The queue-worker process: the worker, a `/healthz` listener and signals.
+
+`run(settings)` blocks until SIGTERM or SIGINT. The first signal stops
+fetching and lets the calls in flight finish for up to ack_wait_s. A second
+signal abandons them at once, and JetStream redelivers them after ack_wait. The
+`/healthz` listener on health_host:health_port returns 200 `OK` while the
+worker is connected to NATS and bound to its consumer, and 503 otherwise,
+including while it starts and while it stops.
+
+The pull loop itself is in `queue_worker.worker`.
+"""
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from faashub import errors
+from faashub.settings import WorkerSettings
+from queue_worker.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+
+def run(settings: WorkerSettings) -> None:
+    """Run a queue-worker until SIGTERM or SIGINT, then stop it cleanly."""
+    try:
+        import uvloop
+    except ImportError:
+        # uvloop, which uvicorn[standard] installs, does not exist on Windows.
+        asyncio.run(serve(settings))
+        return
+    uvloop.run(serve(settings))
+
+
+async def serve(settings: WorkerSettings) -> None:
+    """Run the worker and its health listener until a signal stops them."""
+    worker = Worker(settings)
+    health = await start_health_listener(
+        worker, host=settings.health_host, port=settings.health_port
+    )
+    worker_task = asyncio.create_task(worker.run())
+    loop = asyncio.get_running_loop()
+    signals_received = 0
+
+    def on_signal(signum: signal.Signals) -> None:
+        nonlocal signals_received
+        signals_received += 1
+        if signals_received == 1:
+            logger.info("received %s, stopping", signum.name)
+            worker.stop()
+        else:
+            logger.warning("received %s again, abandoning calls in flight", signum.name)
+            worker_task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await asyncio.wait({worker_task})
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await health.cleanup()
+    if not worker_task.cancelled():
+        # Re-raise what ended the worker other than a signal, such as a
+        # NATS URL that cannot be used.
+        worker_task.result()
+
+
+async def start_health_listener(
+    worker: Worker, *, host: str, port: int
+) -> web.AppRunner:
+    """Serve `GET /healthz` for `worker` on host:port; return the runner to clean up."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        state = worker.state
+        if state == "ready":
+            return web.Response(text="OK")
+        return web.Response(status=503, text=state)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    # The handler returns at once, so a short shutdown timeout is enough.
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise errors.SettingsError(
+            f"Cannot listen for /healthz on {host}:{port}: {exc.strerror or exc}. "
+            "Choose a free port with --health-port."
+        ) from exc
+    logger.info("health listener ready", extra={"ctx": {"address": f"{host}:{port}"}})
+    return runner

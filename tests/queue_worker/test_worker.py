@@ -1,0 +1,478 @@
+"""The worker against a real nats-server, a fake gateway and a callback receiver."""
+
+import asyncio
+import collections
+import logging
+import re
+import subprocess
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+
+from faashub import constants, embedded_nats, jetstream
+from faashub.queued_call import merge_request_headers
+from queue_worker.worker import Worker
+from tests.conftest import LOOPBACK, free_port, stop_process
+from tests.queue_worker.conftest import (
+    RecordingServer,
+    log_context,
+    make_call,
+    make_settings,
+    publish,
+    running_worker,
+    stored_messages,
+    wait_for_empty_stream,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+# "héllo ✓" as UTF-8 bytes, read as latin-1 the way the gateway reads headers.
+GREETING = "héllo ✓"
+GREETING_AS_STORED = GREETING.encode().decode("latin-1")
+
+
+async def test_request_reaches_function_unchanged(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    headers = merge_request_headers(
+        [
+            (b"Content-Type", b"application/octet-stream"),
+            (b"X-Greeting", GREETING.encode()),
+            (b"Authorization", b"Bearer abc"),
+        ]
+    )
+    body = bytes(range(256))
+    call = make_call(
+        method="PUT", path="/a/b%20c", query="x=1&y=%C3%A9", headers=headers, body=body
+    )
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await publish(js, call)
+        await gateway.wait_for_requests(1)
+
+    request = gateway.requests[0]
+    assert request.method == "PUT"
+    assert request.raw_path == "/function/echo.openfaas-fn/a/b%20c"
+    assert request.query == "x=1&y=%C3%A9"
+    assert request.body == body
+    assert request.header_bytes("X-Greeting") == GREETING.encode()
+    assert request.header("Content-Type") == "application/octet-stream"
+    assert request.header("Authorization") == "Bearer abc"
+    assert request.header("X-Call-Id") == call.call_id
+    assert request.header("X-Start-Time") == str(call.accepted_at_ns)
+    assert request.header("Accept-Encoding") is None
+
+
+async def test_dot_segments_reach_gateway_verbatim(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    call = make_call(path="/../../system/functions", method="GET", body=b"")
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await publish(js, call)
+        await gateway.wait_for_requests(1)
+
+    request = gateway.requests[0]
+    assert request.raw_path == "/function/echo.openfaas-fn/../../system/functions"
+    assert request.query == ""
+
+
+@pytest.mark.parametrize(
+    ("namespace", "function_name"),
+    [
+        pytest.param(constants.DEFAULT_NAMESPACE, "echo", id="default-namespace"),
+        pytest.param("team-a", "echo.team-a", id="other-namespace"),
+    ],
+)
+async def test_callback_carries_function_result(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+    namespace: str,
+    function_name: str,
+) -> None:
+    gateway.status = 201
+    gateway.reply_body = b'{"ok": true}'
+    gateway.reply_headers = {"Content-Type": "application/json", "X-Fn": GREETING}
+    call = make_call(namespace=namespace, callback_url=f"{receiver.url}/done?k=1")
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await publish(js, call)
+        await receiver.wait_for_requests(1)
+
+    assert gateway.requests[0].raw_path == f"/function/echo.{namespace}"
+    callback = receiver.requests[0]
+    assert callback.method == "POST"
+    assert callback.raw_path == "/done"
+    assert callback.query == "k=1"
+    assert callback.body == b'{"ok": true}'
+    assert callback.header("X-Call-Id") == call.call_id
+    assert callback.header("X-Function-Status") == "201"
+    assert callback.header("X-Function-Name") == function_name
+    duration = callback.header("X-Duration-Seconds")
+    assert duration is not None
+    assert re.fullmatch(r"\d+\.\d{6}", duration)
+    assert callback.header("Content-Type") == "application/json"
+    assert callback.header_bytes("X-Fn") == GREETING.encode()
+
+
+async def test_function_headers_do_not_override_call_headers(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+) -> None:
+    gateway.reply_headers = {"X-Duration-Seconds": "99", "X-Function-Status": "418"}
+    call = make_call(callback_url=f"{receiver.url}/done")
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await publish(js, call)
+        await receiver.wait_for_requests(1)
+
+    callback = receiver.requests[0]
+    statuses = [v for n, v in callback.raw_headers if n.lower() == b"x-function-status"]
+    assert statuses == [b"200"]
+    assert callback.header("X-Duration-Seconds") != "99"
+
+
+async def test_call_without_callback_is_acked(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="queue_worker")
+    call = make_call()
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await publish(js, call)
+        await wait_for_empty_stream(js)
+
+    assert len(gateway.requests) == 1
+    finished = [r for r in caplog.records if r.getMessage() == "call finished"]
+    assert len(finished) == 1
+    context = log_context(finished[0])
+    assert context["function"] == "echo.openfaas-fn"
+    assert context["call_id"] == call.call_id
+    assert context["status"] == 200
+    assert context["callback_status"] == "none"
+    assert float(context["duration_s"]) >= 0
+
+
+async def test_unreachable_function_reports_503(
+    nats_url: str, js: JetStreamContext, receiver: RecordingServer
+) -> None:
+    closed_gateway = f"http://{LOOPBACK}:{free_port()}"
+    call = make_call(callback_url=f"{receiver.url}/done")
+
+    async with running_worker(make_settings(nats_url, closed_gateway)):
+        await publish(js, call)
+        await receiver.wait_for_requests(1)
+        await wait_for_empty_stream(js)
+
+    callback = receiver.requests[0]
+    assert callback.header("X-Function-Status") == "503"
+    assert callback.header("X-OpenFaaS-Internal") == "queue-worker"
+    assert b"could not invoke echo.openfaas-fn" in callback.body
+
+
+async def test_slow_function_reports_504(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+) -> None:
+    gateway.delay_s = 3.0
+    call = make_call(callback_url=f"{receiver.url}/done")
+    settings = make_settings(nats_url, gateway.url, upstream_timeout_s=0.5)
+
+    async with running_worker(settings):
+        await publish(js, call)
+        await receiver.wait_for_requests(1)
+
+    callback = receiver.requests[0]
+    assert callback.header("X-Function-Status") == "504"
+    assert b"timed out after 0.5 s" in callback.body
+
+
+async def test_invalid_messages_are_terminated(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    subject = make_call().subject()
+    good = make_call(callback_url=f"{receiver.url}/done")
+    bad_version = make_call().to_nats_headers()
+    bad_version[constants.META_FORMAT] = "99"
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await js.publish(subject, b"secret-body-1")
+        await js.publish(subject, b"secret-body-2", headers=bad_version)
+        await publish(js, good)
+        await receiver.wait_for_requests(1)
+        await wait_for_empty_stream(js)
+
+    assert [r.header("X-Call-Id") for r in gateway.requests] == [good.call_id]
+    info = await js.consumer_info(
+        constants.CALLS_STREAM, jetstream.worker_durable_name(constants.DEFAULT_QUEUE)
+    )
+    assert info.num_ack_pending == 0
+    assert info.num_redelivered == 0
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    assert [log_context(r)["stream_seq"] for r in errors] == [1, 2]
+    assert all(log_context(r)["subject"] == subject for r in errors)
+    assert "'99'" in errors[1].getMessage()
+    assert not any("secret-body" in r.getMessage() for r in caplog.records)
+
+
+async def test_long_call_runs_once(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+) -> None:
+    gateway.delay_s = 3.0
+    call = make_call(callback_url=f"{receiver.url}/done")
+    settings = make_settings(nats_url, gateway.url, ack_wait_s=1.0)
+
+    # Two workers share the consumer: a lapsed lease would hand the call to
+    # the idle one.
+    async with running_worker(settings), running_worker(settings):
+        await publish(js, call)
+        await receiver.wait_for_requests(1)
+        await wait_for_empty_stream(js)
+        # One more ack_wait and a half, so that a redelivery would show.
+        await asyncio.sleep(1.5)
+
+    assert len(gateway.requests) == 1
+    assert len(receiver.requests) == 1
+
+
+async def test_max_inflight_is_respected(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    gateway.delay_s = 0.2
+    settings = make_settings(nats_url, gateway.url, max_inflight=3)
+
+    async with running_worker(settings):
+        for _ in range(12):
+            await publish(js, make_call())
+        await wait_for_empty_stream(js)
+
+    assert gateway.completed == 12
+    assert gateway.max_active == 3
+
+
+async def test_burst_is_called_back_once_each(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+) -> None:
+    calls = [make_call(callback_url=f"{receiver.url}/done") for _ in range(200)]
+    settings = make_settings(nats_url, gateway.url, max_inflight=32)
+
+    async with running_worker(settings):
+        await asyncio.gather(*(publish(js, call) for call in calls))
+        await receiver.wait_for_requests(200)
+        await wait_for_empty_stream(js)
+
+    seen = collections.Counter(r.header("X-Call-Id") for r in receiver.requests)
+    assert set(seen) == {call.call_id for call in calls}
+    assert set(seen.values()) == {1}
+    assert len(gateway.requests) == 200
+
+
+@pytest.mark.parametrize("stop_method", ["stop", "cancel"])
+async def test_stopping_lets_running_call_finish(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+    stop_method: str,
+) -> None:
+    gateway.delay_s = 1.0
+    call = make_call(callback_url=f"{receiver.url}/done")
+    worker = Worker(make_settings(nats_url, gateway.url))
+    task = asyncio.create_task(worker.run())
+    await wait_until(lambda: worker.ready, description="the worker to become ready")
+    await publish(js, call)
+    await gateway.wait_for_requests(1)
+
+    if stop_method == "stop":
+        worker.stop()
+        await asyncio.wait_for(task, timeout=10)
+    else:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=10)
+
+    assert gateway.completed == 1
+    assert [r.header("X-Call-Id") for r in receiver.requests] == [call.call_id]
+    # The ack left before the worker closed; JetStream applies it shortly.
+    await wait_for_empty_stream(js, timeout_s=2.0)
+
+
+async def test_second_cancel_abandons_running_call(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    gateway.delay_s = 5.0
+    worker = Worker(make_settings(nats_url, gateway.url, ack_wait_s=10.0))
+    task = asyncio.create_task(worker.run())
+    await wait_until(lambda: worker.ready, description="the worker to become ready")
+    await publish(js, make_call())
+    await gateway.wait_for_requests(1)
+
+    task.cancel()
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=3)
+
+    # Unacknowledged, so JetStream keeps the call for the next worker.
+    assert await stored_messages(js) == 1
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        pytest.param("status-500", "status 500", id="status-500"),
+        pytest.param("unreachable", "Cannot connect", id="unreachable"),
+        pytest.param("slow", "timed out after 0.5 s", id="timeout"),
+    ],
+)
+async def test_failed_callback_still_acks(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+    failure: str,
+    reason: str,
+) -> None:
+    callback_url = f"{receiver.url}/done?token=s3cret"
+    if failure == "status-500":
+        receiver.status = 500
+    elif failure == "unreachable":
+        callback_url = f"http://{LOOPBACK}:{free_port()}/done?token=s3cret"
+    else:
+        receiver.delay_s = 3.0
+    call = make_call(callback_url=callback_url)
+    settings = make_settings(nats_url, gateway.url, callback_timeout_s=0.5)
+
+    async with running_worker(settings):
+        await publish(js, call)
+        await wait_for_empty_stream(js)
+
+    warnings = [
+        r for r in caplog.records if r.getMessage().startswith("callback failed")
+    ]
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    assert reason in warnings[0].getMessage()
+    assert log_context(warnings[0])["call_id"] == call.call_id
+    assert "s3cret" not in log_context(warnings[0])["callback_url"]
+
+
+async def test_callback_redirect_is_not_followed(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+) -> None:
+    receiver.status = 307
+    receiver.reply_headers = {"Location": "/elsewhere"}
+    call = make_call(callback_url=f"{receiver.url}/done")
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await publish(js, call)
+        await wait_for_empty_stream(js)
+
+    assert [r.raw_path for r in receiver.requests] == ["/done"]
+
+
+async def test_other_queue_is_left_alone(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    other = make_call()
+    mine = make_call()
+    settings = make_settings(nats_url, gateway.url, queue="slow")
+
+    async with running_worker(settings):
+        await js.publish(other.subject(), other.body, headers=other.to_nats_headers())
+        await js.publish(
+            mine.subject("slow"), mine.body, headers=mine.to_nats_headers()
+        )
+        await gateway.wait_for_requests(1)
+        await asyncio.sleep(0.3)
+
+    assert [r.header("X-Call-Id") for r in gateway.requests] == [mine.call_id]
+    assert await stored_messages(js) == 1
+
+
+async def test_deleted_consumer_is_recreated(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    durable = jetstream.worker_durable_name(constants.DEFAULT_QUEUE)
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await js.delete_consumer(constants.CALLS_STREAM, durable)
+        await publish(js, make_call())
+        await gateway.wait_for_requests(1)
+        await wait_for_empty_stream(js)
+
+
+def start_nats(tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start a nats-server on `port` that keeps its data under `tmp_path`."""
+    return embedded_nats.start(
+        host=LOOPBACK,
+        port=port,
+        store_dir=tmp_path / "nats",
+        log_path=tmp_path / "nats.log",
+    )
+
+
+@pytest.mark.timeout(40)
+async def test_nats_outage_is_logged_once(
+    tmp_path: Path,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="queue_worker")
+    port = free_port()
+    nats_url = f"nats://{LOOPBACK}:{port}"
+    nats_server = start_nats(tmp_path, port)
+    try:
+        async with running_worker(make_settings(nats_url, gateway.url)) as worker:
+            stop_process(nats_server)
+            await wait_until(
+                lambda: not worker.ready, description="the worker to notice"
+            )
+            # Let several reconnect attempts fail.
+            await asyncio.sleep(2.5)
+            nats_server = start_nats(tmp_path, port)
+            await wait_until(
+                lambda: worker.ready, description="the worker to reconnect"
+            )
+
+            client = await nats.connect(nats_url)
+            try:
+                call = make_call(callback_url=f"{receiver.url}/done")
+                await publish(client.jetstream(), call)
+                await receiver.wait_for_requests(1)
+            finally:
+                await client.close()
+    finally:
+        stop_process(nats_server)
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if m.startswith("nats unavailable")]) == 1
+    assert any(m.startswith("nats available again") for m in messages)
