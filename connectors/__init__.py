@@ -1,4 +1,4 @@
-"""Event connectors: Kafka, SQS and cron sources that invoke functions through the gateway.
+"""Event connectors: Kafka, SQS and cron sources that invoke functions.
 
 Each connector subscribes to its source, maps topics to the functions whose
 `topic` annotation names them, and invokes those functions. The subpackages

@@ -8,7 +8,12 @@ Run it, then pass http://127.0.0.1:9000/ as X-Callback-Url:
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-SHOWN_HEADERS = ("X-Call-Id", "X-Function-Name", "X-Function-Status", "X-Duration-Seconds")
+SHOWN_HEADERS = (
+    "X-Call-Id",
+    "X-Function-Name",
+    "X-Function-Status",
+    "X-Duration-Seconds",
+)
 
 
 class CallbackHandler(BaseHTTPRequestHandler):

@@ -2,7 +2,8 @@
 
 Deploy it with:
 
-    faashub deploy --name hello --env mode=http --fprocess "python3 examples/hello_http.py"
+    faashub deploy --name hello --env mode=http \
+        --fprocess "python3 examples/hello_http.py"
 """
 
 import json
@@ -28,4 +29,6 @@ class HelloHandler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), HelloHandler).serve_forever()
+    ThreadingHTTPServer(
+        ("127.0.0.1", int(os.environ["PORT"])), HelloHandler
+    ).serve_forever()

@@ -6,6 +6,7 @@ loopback only, with JetStream storing its data under a folder the caller
 chooses, so the queue survives a restart of the hub.
 """
 
+import json
 import shutil
 import socket
 import subprocess
@@ -39,20 +40,22 @@ def find_binary() -> Path:
     )
 
 
-def command(*, host: str, port: int, store_dir: Path, max_payload_bytes: int) -> list[str]:
-    """Return the command line of a JetStream-enabled server."""
-    return [
-        str(find_binary()),
-        "--addr",
-        host,
-        "--port",
-        str(port),
-        "--jetstream",
-        "--store_dir",
-        str(store_dir),
-        "--max_payload",
-        str(max_payload_bytes),
-    ]
+def write_config(
+    *, host: str, port: int, store_dir: Path, max_payload_bytes: int
+) -> Path:
+    """Write the server's configuration file into `store_dir` and return its path.
+
+    A file is needed because nats-server has no command-line flag for
+    `max_payload`.
+    """
+    config_path = store_dir / "nats-server.conf"
+    config_path.write_text(
+        f"listen: {json.dumps(f'{host}:{port}')}\n"
+        f"max_payload: {max_payload_bytes}\n"
+        f"jetstream {{\n  store_dir: {json.dumps(str(store_dir))}\n}}\n",
+        encoding="utf-8",
+    )
+    return config_path
 
 
 def start(
@@ -71,14 +74,12 @@ def start(
     whoever started it decides when it stops.
     """
     store_dir.mkdir(parents=True, exist_ok=True)
+    config_path = write_config(
+        host=host, port=port, store_dir=store_dir, max_payload_bytes=max_payload_bytes
+    )
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
-            command(
-                host=host,
-                port=port,
-                store_dir=store_dir,
-                max_payload_bytes=max_payload_bytes,
-            ),
+            [str(find_binary()), "--config", str(config_path)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

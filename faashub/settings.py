@@ -52,7 +52,9 @@ class GatewaySettings(CommonSettings):
         description="NATS server with JetStream that stores async calls.",
     )
     upstream_timeout_s: float = Field(
-        60.0, gt=0, description="Seconds a sync call may take before the gateway answers 502."
+        60.0,
+        gt=0,
+        description="Seconds a sync call may take before the gateway answers 502.",
     )
     function_cache_ttl_s: float = Field(
         5.0,
@@ -71,7 +73,8 @@ class WorkerSettings(CommonSettings):
     """The queue-worker: runs queued calls and posts results to callbacks."""
 
     nats_url: str = Field(
-        "nats://127.0.0.1:4222", description="NATS server with JetStream to pull calls from."
+        "nats://127.0.0.1:4222",
+        description="NATS server with JetStream to pull calls from.",
     )
     gateway_url: str = Field(
         constants.DEFAULT_GATEWAY_URL,

@@ -155,25 +155,53 @@ def _start_components(
     _start_child(
         hub,
         "provider",
-        ["provider", "local", "--host", internal_host, "--port", str(provider_port),
-         "--state-dir", str(state_dir), *common],
+        [
+            "provider",
+            "local",
+            "--host",
+            internal_host,
+            "--port",
+            str(provider_port),
+            "--state-dir",
+            str(state_dir),
+            *common,
+        ],
         health_url=f"{provider_url}/healthz",
     )
     gateway_url = f"http://{_client_host(settings.host)}:{gateway_port}"
     _start_child(
         hub,
         "gateway",
-        ["gateway", "--host", settings.host, "--port", str(gateway_port),
-         "--provider-url", provider_url, "--nats-url", nats_url, *common],
+        [
+            "gateway",
+            "--host",
+            settings.host,
+            "--port",
+            str(gateway_port),
+            "--provider-url",
+            provider_url,
+            "--nats-url",
+            nats_url,
+            *common,
+        ],
         health_url=f"{gateway_url}/healthz",
     )
     worker_health_port = _free_port()
     _start_child(
         hub,
         "queue-worker",
-        ["queue-worker", "--gateway-url", gateway_url, "--nats-url", nats_url,
-         "--health-host", internal_host, "--health-port", str(worker_health_port),
-         *common],
+        [
+            "queue-worker",
+            "--gateway-url",
+            gateway_url,
+            "--nats-url",
+            nats_url,
+            "--health-host",
+            internal_host,
+            "--health-port",
+            str(worker_health_port),
+            *common,
+        ],
         health_url=f"http://{internal_host}:{worker_health_port}/healthz",
         # The worker drains calls in flight before it exits.
         stop_grace_s=45.0,
@@ -181,7 +209,14 @@ def _start_components(
     _wait_until_healthy(hub, timeout_s=settings.start_timeout_s)
 
 
-def _start_child(hub: Hub, name: str, arguments: list[str], *, health_url: str) -> None:
+def _start_child(
+    hub: Hub,
+    name: str,
+    arguments: list[str],
+    *,
+    health_url: str,
+    stop_grace_s: float = STOP_GRACE_S,
+) -> None:
     if hub.stop_requested:
         raise errors.HubStartError("The hub was asked to stop while starting.")
     process = subprocess.Popen(
@@ -191,7 +226,9 @@ def _start_child(hub: Hub, name: str, arguments: list[str], *, health_url: str) 
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )
-    hub.children.append(Child(name, process, health_url=health_url))
+    hub.children.append(
+        Child(name, process, health_url=health_url, stop_grace_s=stop_grace_s)
+    )
     logger.info("started %s (pid %d)", name, process.pid)
 
 
@@ -214,7 +251,9 @@ def _wait_until_healthy(hub: Hub, *, timeout_s: float) -> None:
             last_problem = "no answer yet"
             while True:
                 if hub.stop_requested:
-                    raise errors.HubStartError("The hub was asked to stop while starting.")
+                    raise errors.HubStartError(
+                        "The hub was asked to stop while starting."
+                    )
                 code = child.process.poll()
                 if code is not None:
                     raise errors.HubStartError(
@@ -226,7 +265,9 @@ def _wait_until_healthy(hub: Hub, *, timeout_s: float) -> None:
                     if response.status_code == 200:
                         logger.info("%s is healthy", child.name)
                         break
-                    last_problem = f"HTTP {response.status_code}: {response.text.strip()}"
+                    last_problem = (
+                        f"HTTP {response.status_code}: {response.text.strip()}"
+                    )
                 except httpx.TransportError as exc:
                     last_problem = f"{exc.__class__.__name__}"
                 if time.monotonic() > deadline:
@@ -277,7 +318,9 @@ def _stop_child(child: Child) -> None:
             process.wait(timeout=child.stop_grace_s)
         except subprocess.TimeoutExpired:
             logger.warning(
-                "%s did not stop within %g s; killing it", child.name, child.stop_grace_s
+                "%s did not stop within %g s; killing it",
+                child.name,
+                child.stop_grace_s,
             )
             process.kill()
             process.wait()

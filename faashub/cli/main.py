@@ -18,7 +18,9 @@ def _run_gateway(args: argparse.Namespace) -> int:
     from gateway import server
 
     gateway_settings = options.load_settings(settings.GatewaySettings, args)
-    logs.configure(level=gateway_settings.log_level, log_format=gateway_settings.log_format)
+    logs.configure(
+        level=gateway_settings.log_level, log_format=gateway_settings.log_format
+    )
     server.run(gateway_settings)
     return 0
 
@@ -27,7 +29,9 @@ def _run_queue_worker(args: argparse.Namespace) -> int:
     from queue_worker import server
 
     worker_settings = options.load_settings(settings.WorkerSettings, args)
-    logs.configure(level=worker_settings.log_level, log_format=worker_settings.log_format)
+    logs.configure(
+        level=worker_settings.log_level, log_format=worker_settings.log_format
+    )
     server.run(worker_settings)
     return 0
 
@@ -36,7 +40,9 @@ def _run_local_provider(args: argparse.Namespace) -> int:
     from provider.local import server
 
     provider_settings = options.load_settings(settings.LocalProviderSettings, args)
-    logs.configure(level=provider_settings.log_level, log_format=provider_settings.log_format)
+    logs.configure(
+        level=provider_settings.log_level, log_format=provider_settings.log_format
+    )
     server.run(provider_settings)
     return 0
 
@@ -88,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         settings.WorkerSettings,
         _run_queue_worker,
     )
-    provider = commands.add_parser("provider", help="Run a faas-provider backend alone.")
+    provider = commands.add_parser(
+        "provider", help="Run a faas-provider backend alone."
+    )
     backends = provider.add_subparsers(dest="backend", metavar="BACKEND", required=True)
     component(
         "local",

@@ -30,7 +30,9 @@ def add_settings_arguments(
     for field_name, info in settings_class.model_fields.items():
         flag = "--" + field_name.replace("_", "-")
         env_name = ENV_PREFIX + field_name.upper()
-        default = "" if info.default_factory is not None else f", default {info.default!r}"
+        default = (
+            "" if info.default_factory is not None else f", default {info.default!r}"
+        )
         help_text = f"{info.description} (env {env_name}{default})"
         annotation = info.annotation
         if annotation is bool:
@@ -53,7 +55,9 @@ def add_settings_arguments(
         )
 
 
-def load_settings(settings_class: type[SettingsT], args: argparse.Namespace) -> SettingsT:
+def load_settings(
+    settings_class: type[SettingsT], args: argparse.Namespace
+) -> SettingsT:
     """Build settings from the flags in `args`, the environment and the defaults."""
     given = {
         name: getattr(args, name)

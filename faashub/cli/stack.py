@@ -55,12 +55,16 @@ def load_stack(path: Path, environment: Mapping[str, str] | None = None) -> Stac
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise StackFileError(f"Cannot read stack file {path}: {exc.strerror}.") from exc
-    expanded = expand_variables(text, os.environ if environment is None else environment)
+    expanded = expand_variables(
+        text, os.environ if environment is None else environment
+    )
     try:
         document = yaml.safe_load(expanded)
     except yaml.YAMLError as exc:
         raise StackFileError(f"Stack file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("functions"), dict):
+    if not isinstance(document, dict) or not isinstance(
+        document.get("functions"), dict
+    ):
         raise StackFileError(
             f"Stack file {path} has no 'functions:' mapping; see "
             "https://docs.openfaas.com/reference/yaml/ for the format."
@@ -94,7 +98,9 @@ def _deployment(
         "annotations": _string_map(definition, "annotations", name, stack_path),
         "secrets": _string_list(definition, "secrets", name, stack_path),
         "constraints": _string_list(definition, "constraints", name, stack_path),
-        "readOnlyRootFilesystem": bool(definition.get("readonly_root_filesystem", False)),
+        "readOnlyRootFilesystem": bool(
+            definition.get("readonly_root_filesystem", False)
+        ),
     }
     if definition.get("namespace"):
         deployment["namespace"] = str(definition["namespace"])
@@ -144,7 +150,9 @@ def _read_environment_file(path: Path, name: str) -> dict[str, str]:
             f"Cannot read environment_file {path} of function {name!r}: {exc.strerror}."
         ) from exc
     except yaml.YAMLError as exc:
-        raise StackFileError(f"environment_file {path} is not valid YAML: {exc}") from exc
+        raise StackFileError(
+            f"environment_file {path} is not valid YAML: {exc}"
+        ) from exc
     environment = document.get("environment") if isinstance(document, dict) else None
     if not isinstance(environment, dict):
         raise StackFileError(

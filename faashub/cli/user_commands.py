@@ -27,7 +27,9 @@ class GatewayError(errors.FaashubError):
     """The gateway could not be reached or rejected a request."""
 
 
-def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]",
+) -> None:
     """Add the user commands to the `faashub` parser."""
     deploy = commands.add_parser(
         "deploy",
@@ -37,7 +39,10 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )
     _add_gateway_arguments(deploy)
     deploy.add_argument(
-        "-f", "--yaml", type=Path, help="OpenFaaS stack file with a 'functions:' mapping."
+        "-f",
+        "--yaml",
+        type=Path,
+        help="OpenFaaS stack file with a 'functions:' mapping.",
     )
     deploy.add_argument("--filter", help="With --yaml, deploy only this function.")
     deploy.add_argument("--name", help="Function name (a DNS-1123 label).")
@@ -48,19 +53,32 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     )
     deploy.add_argument("--image", default="", help="Container image, stored as given.")
     deploy.add_argument(
-        "-e", "--env", action="append", default=[], metavar="KEY=VALUE",
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="Environment variable for the function; repeatable.",
     )
     deploy.add_argument(
-        "--label", action="append", default=[], metavar="KEY=VALUE",
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="Label; repeatable.",
     )
     deploy.add_argument(
-        "--annotation", action="append", default=[], metavar="KEY=VALUE",
+        "--annotation",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="Annotation, for example topic=orders; repeatable.",
     )
     deploy.add_argument(
-        "--secret", action="append", default=[], metavar="NAME",
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="Secret the function reads; repeatable.",
     )
     deploy.set_defaults(handler=run_deploy)
@@ -74,19 +92,31 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     _add_gateway_arguments(invoke)
     invoke.add_argument("name", help="Function name, or NAME.NAMESPACE.")
     invoke.add_argument(
-        "-a", "--async", dest="is_async", action="store_true",
+        "-a",
+        "--async",
+        dest="is_async",
+        action="store_true",
         help="Queue the call and print its call id instead of waiting.",
     )
-    invoke.add_argument("--callback-url", help="With --async, URL that receives the result.")
     invoke.add_argument(
-        "-H", "--header", action="append", default=[], metavar="KEY=VALUE",
+        "--callback-url", help="With --async, URL that receives the result."
+    )
+    invoke.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="Request header; repeatable. 'KEY: VALUE' is accepted too.",
     )
     invoke.add_argument(
         "-m", "--method", default="POST", help="HTTP method (default POST)."
     )
     invoke.add_argument(
-        "--query", action="append", default=[], metavar="KEY=VALUE",
+        "--query",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="Query parameter; repeatable.",
     )
     invoke.add_argument("--path", default="", help="Path after the function name.")
@@ -112,16 +142,21 @@ def add_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def _add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-g", "--gateway",
-        help="Gateway URL (env OPENFAAS_URL, default " f"{constants.DEFAULT_GATEWAY_URL}).",
+        "-g",
+        "--gateway",
+        help="Gateway URL (env OPENFAAS_URL, default "
+        f"{constants.DEFAULT_GATEWAY_URL}).",
     )
     parser.add_argument(
-        "-n", "--namespace", default="", help="Function namespace (default: the gateway's)."
+        "-n",
+        "--namespace",
+        default="",
+        help="Function namespace (default: the gateway's).",
     )
 
 
 def resolve_gateway(flag_value: str | None, stack_gateway: str | None = None) -> str:
-    """Pick the gateway URL: flag, then OPENFAAS_URL, then the stack file, then default."""
+    """Pick the gateway URL: flag, OPENFAAS_URL, the stack file, then the default."""
     url = flag_value or os.environ.get("OPENFAAS_URL") or stack_gateway
     return (url or constants.DEFAULT_GATEWAY_URL).rstrip("/")
 
@@ -217,7 +252,9 @@ def _deploy_one(client: httpx.Client, name: str, deployment: dict[str, Any]) -> 
 def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     source = stdin or sys.stdin
     if source.isatty():
-        print("Reading the request body from stdin; end it with Ctrl-D.", file=sys.stderr)
+        print(
+            "Reading the request body from stdin; end it with Ctrl-D.", file=sys.stderr
+        )
     body = source.buffer.read() if hasattr(source, "buffer") else source.read().encode()
     headers = {}
     for item in args.header:
@@ -252,9 +289,7 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     sys.stdout.buffer.write(response.content)
     sys.stdout.flush()
     if not response.is_success:
-        print(
-            f"faashub: {name} answered HTTP {response.status_code}.", file=sys.stderr
-        )
+        print(f"faashub: {name} returned HTTP {response.status_code}.", file=sys.stderr)
         return 1
     return 0
 
@@ -289,7 +324,11 @@ def _print_table(columns: list[str], rows: list[list[str]]) -> None:
         for index, column in enumerate(columns)
     ]
     for line in [columns, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        print(
+            "  ".join(
+                cell.ljust(width) for cell, width in zip(line, widths, strict=True)
+            ).rstrip()
+        )
 
 
 def run_describe(args: argparse.Namespace) -> int:

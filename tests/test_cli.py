@@ -1,0 +1,206 @@
+"""The user commands (deploy, invoke, list, describe, remove) and stack files."""
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faashub.cli import stack
+from tests.conftest import free_port
+from tests.hub_support import CallbackReceiver, RunningHub, faashub, running_hub
+
+STACK_FILE = """
+version: 1.0
+provider:
+  name: openfaas
+  gateway: http://127.0.0.1:1
+functions:
+  upper:
+    lang: dockerfile
+    handler: ./upper
+    image: example/upper:${TAG:-latest}
+    fprocess: tr a-z A-Z
+    environment:
+      greeting: ${GREETING}
+      retries: 3
+      verbose: true
+    environment_file:
+      - common-env.yml
+    labels:
+      com.openfaas.scale.min: 1
+    annotations:
+      topic: orders,payments
+  count:
+    image: example/count
+    fprocess: wc -c
+"""
+
+
+def write_stack(folder: Path) -> Path:
+    (folder / "common-env.yml").write_text("environment:\n  region: eu\n  retries: 1\n")
+    path = folder / "stack.yml"
+    path.write_text(STACK_FILE)
+    return path
+
+
+def test_stack_file_builds_deployments(tmp_path: Path) -> None:
+    parsed = stack.load_stack(write_stack(tmp_path), {"GREETING": "hi"})
+    assert parsed.gateway == "http://127.0.0.1:1"
+    upper = parsed.deployments["upper"]
+    assert upper["service"] == "upper"
+    assert upper["image"] == "example/upper:latest"
+    assert upper["envProcess"] == "tr a-z A-Z"
+    # The function's own environment wins over its environment_file.
+    assert upper["envVars"] == {
+        "region": "eu",
+        "retries": "3",
+        "greeting": "hi",
+        "verbose": "true",
+    }
+    assert upper["labels"] == {"com.openfaas.scale.min": "1"}
+    assert upper["annotations"] == {"topic": "orders,payments"}
+    assert parsed.deployments["count"]["envProcess"] == "wc -c"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "functions: [a, b]\n", "no 'functions:' mapping", id="not-mapping"
+        ),
+        pytest.param(
+            "functions:\n  f:\n    labels: [a]\n", "'labels'", id="labels-list"
+        ),
+        pytest.param("functions: {f: {secrets: x}}\n", "'secrets'", id="secrets-text"),
+        pytest.param("functions: {f: [\n", "not valid YAML", id="bad-yaml"),
+        pytest.param(
+            "functions:\n  f:\n    environment_file: [missing.yml]\n",
+            "missing.yml",
+            id="missing-env-file",
+        ),
+    ],
+)
+def test_stack_file_errors_name_the_problem(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(text)
+    with pytest.raises(stack.StackFileError, match=message):
+        stack.load_stack(path, {})
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    with running_hub(tmp_path_factory.mktemp("cli") / "state") as running:
+        yield running
+
+
+def test_deploy_from_stack_then_list_describe_remove(
+    hub: RunningHub, tmp_path: Path
+) -> None:
+    path = write_stack(tmp_path)
+    deployed = faashub("deploy", "-f", str(path), gateway=hub.url)
+    assert deployed.returncode == 0, deployed.stderr.decode()
+    assert b"Deployed upper" in deployed.stdout
+    assert b"Deployed count" in deployed.stdout
+
+    again = faashub("deploy", "-f", str(path), "--filter", "upper", gateway=hub.url)
+    assert again.returncode == 0, again.stderr.decode()
+    assert b"Updated upper" in again.stdout
+
+    shouted = faashub("invoke", "upper", gateway=hub.url, stdin=b"quiet")
+    assert shouted.stdout == b"QUIET"
+
+    listed = faashub("list", "--verbose", gateway=hub.url)
+    assert listed.returncode == 0
+    lines = listed.stdout.decode().splitlines()
+    assert lines[0].split() == ["Function", "Image", "Invocations", "Replicas"]
+    upper_row = next(line.split() for line in lines if line.startswith("upper"))
+    assert upper_row == ["upper", "example/upper:latest", "1", "1"]
+
+    described = faashub("describe", "upper", gateway=hub.url)
+    assert described.returncode == 0, described.stderr.decode()
+    text = described.stdout.decode()
+    assert "Status:" in text
+    assert "Ready" in text
+    assert f"{hub.url}/async-function/upper" in text
+    assert "orders,payments" in text
+
+    removed = faashub("remove", "upper", gateway=hub.url)
+    assert removed.returncode == 0, removed.stderr.decode()
+    gone = faashub("describe", "upper", gateway=hub.url)
+    assert gone.returncode != 0
+    assert b"'upper' is not deployed" in gone.stderr
+
+
+def test_invoke_async_prints_call_id(hub: RunningHub) -> None:
+    faashub("deploy", "--name", "count", "--fprocess", "wc -c", gateway=hub.url)
+    with CallbackReceiver() as receiver:
+        queued = faashub(
+            "invoke",
+            "count",
+            "--async",
+            "--callback-url",
+            receiver.url,
+            "--header",
+            "X-Call-Id=cli-call-1",
+            gateway=hub.url,
+            stdin=b"abc",
+        )
+        assert queued.returncode == 0, queued.stderr.decode()
+        assert queued.stdout.strip() == b"cli-call-1"
+        [callback] = receiver.wait_for(1)
+    assert callback.body.strip() == b"3"
+    assert callback.headers["X-Call-Id"] == "cli-call-1"
+
+
+def test_invoke_failure_exits_nonzero(hub: RunningHub) -> None:
+    faashub("deploy", "--name", "fails", "--fprocess", "false", gateway=hub.url)
+    result = faashub("invoke", "fails", gateway=hub.url)
+    assert result.returncode == 1
+    assert b"returned HTTP 500" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        pytest.param(["deploy", "--name", "x"], b"--fprocess", id="deploy-no-fprocess"),
+        pytest.param(
+            ["deploy", "--name", "Bad_Name", "--fprocess", "cat"],
+            b"Bad_Name",
+            id="deploy-invalid-name",
+        ),
+        pytest.param(
+            ["deploy", "--name", "x", "--fprocess", "cat", "--env", "novalue"],
+            b"KEY=VALUE",
+            id="deploy-bad-env",
+        ),
+        pytest.param(["remove", "nothing-here"], b"not deployed", id="remove-unknown"),
+        pytest.param(
+            ["invoke", "wc", "--callback-url", "http://127.0.0.1:9/"],
+            b"--async",
+            id="callback-needs-async",
+        ),
+    ],
+)
+def test_user_errors_name_the_fix(
+    hub: RunningHub, arguments: list[str], message: bytes
+) -> None:
+    result = faashub(*arguments, gateway=hub.url)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_unreachable_gateway_is_explained() -> None:
+    gateway = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [sys.executable, "-m", "faashub", "list", "--gateway", gateway],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert gateway.encode() in result.stderr
+    assert b"faashub up" in result.stderr

@@ -1,0 +1,255 @@
+"""End-to-end tests of `faashub up`: real NATS, real processes, real HTTP.
+
+Each test starts the whole hub as a user would (`python -m faashub up`) on a
+free port with its own state folder, drives it with the `faashub` CLI and
+httpx, and receives callbacks on a small HTTP server of its own.
+"""
+
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LOOPBACK, free_port
+from tests.hub_support import (
+    CallbackReceiver,
+    descendants,
+    faashub,
+    is_alive,
+    parse_json,
+    running_hub,
+    start_hub,
+    stop_hub,
+    write_http_function,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def deploy_wc(gateway: str) -> None:
+    result = faashub("deploy", "--name", "wc", "--fprocess", "wc -c", gateway=gateway)
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"Deployed wc" in result.stdout
+
+
+def test_sync_and_async_call_reach_function(tmp_path: Path) -> None:
+    with running_hub(tmp_path / "state") as hub, CallbackReceiver() as receiver:
+        deploy_wc(hub.url)
+
+        invoked = faashub("invoke", "wc", gateway=hub.url, stdin=b"hello")
+        assert invoked.returncode == 0, invoked.stderr.decode()
+        assert invoked.stdout.strip() == b"5"
+
+        response = httpx.post(
+            f"{hub.url}/async-function/wc",
+            content=b"hello",
+            headers={"X-Callback-Url": receiver.url},
+        )
+        assert response.status_code == 202
+        call_id = response.headers["X-Call-Id"]
+        assert response.headers["X-Start-Time"].isdigit()
+
+        [callback] = receiver.wait_for(1)
+        assert callback.body.strip() == b"5"
+        assert callback.headers["X-Call-Id"] == call_id
+        assert callback.headers["X-Function-Status"] == "200"
+        assert callback.headers["X-Function-Name"] == "wc"
+        assert float(callback.headers["X-Duration-Seconds"]) > 0
+
+
+def test_async_burst_reaches_callback_once_each(tmp_path: Path) -> None:
+    with running_hub(tmp_path / "state") as hub, CallbackReceiver() as receiver:
+        deploy_wc(hub.url)
+        call_ids = [f"burst-{index}-{uuid.uuid4()}" for index in range(200)]
+
+        with httpx.Client(timeout=30) as client:
+
+            def send(call_id: str) -> int:
+                return client.post(
+                    f"{hub.url}/async-function/wc",
+                    content=call_id.encode(),
+                    headers={"X-Callback-Url": receiver.url, "X-Call-Id": call_id},
+                ).status_code
+
+            with ThreadPoolExecutor(max_workers=32) as pool:
+                statuses = list(pool.map(send, call_ids))
+        assert statuses == [202] * len(call_ids)
+
+        receiver.wait_for(len(call_ids), timeout_s=90)
+        time.sleep(1.0)  # a duplicate delivery would arrive in this time
+        received_ids = [callback.headers["X-Call-Id"] for callback in receiver.received]
+        assert len(received_ids) == len(call_ids)
+        assert sorted(received_ids) == sorted(call_ids)
+        lengths = {
+            callback.headers["X-Call-Id"]: callback.body.strip()
+            for callback in receiver.received
+        }
+        assert all(
+            lengths[call_id] == str(len(call_id)).encode() for call_id in call_ids
+        )
+
+
+def test_restart_keeps_deployed_functions(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    with running_hub(state_dir) as hub:
+        deploy_wc(hub.url)
+
+    with running_hub(state_dir) as hub:
+        listed = faashub("list", gateway=hub.url)
+        assert listed.returncode == 0, listed.stderr.decode()
+        assert b"wc" in listed.stdout
+        response = httpx.post(f"{hub.url}/function/wc", content=b"hello")
+        assert response.status_code == 200
+        assert response.text.strip() == "5"
+
+
+def test_http_mode_function_sync_and_async(tmp_path: Path) -> None:
+    script = write_http_function(tmp_path)
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+    with running_hub(tmp_path / "state") as hub, CallbackReceiver() as receiver:
+        deployed = faashub(
+            "deploy",
+            "--name",
+            "echo",
+            "--fprocess",
+            command,
+            "--env",
+            "mode=http",
+            gateway=hub.url,
+        )
+        assert deployed.returncode == 0, deployed.stderr.decode()
+
+        response = httpx.put(
+            f"{hub.url}/function/echo/items/7?colour=red", content=b"payload"
+        )
+        assert response.status_code == 201
+        assert response.headers["X-Echo"] == "yes"
+        reply = response.json()
+        assert reply["method"] == "PUT"
+        assert reply["path"] == "/items/7?colour=red"
+        assert reply["body"] == "payload"
+
+        queued = httpx.post(
+            f"{hub.url}/async-function/echo/jobs?x=1",
+            content=b"later",
+            headers={"X-Callback-Url": receiver.url},
+        )
+        assert queued.status_code == 202
+        [callback] = receiver.wait_for(1)
+        assert callback.headers["X-Function-Status"] == "201"
+        assert callback.headers["X-Function-Name"] == "echo"
+        assert callback.headers["X-Call-Id"] == queued.headers["X-Call-Id"]
+        assert callback.headers["X-Echo"] == "yes"
+        echoed = parse_json(callback.body)
+        assert echoed["method"] == "POST"
+        assert echoed["path"] == "/jobs?x=1"
+        assert echoed["body"] == "later"
+
+
+def test_unknown_function_async_is_404(tmp_path: Path) -> None:
+    with running_hub(tmp_path / "state") as hub:
+        response = httpx.post(f"{hub.url}/async-function/missing", content=b"x")
+        assert response.status_code == 404
+        assert "missing" in response.text
+
+
+def test_port_in_use_fails_with_clear_message(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "faashub",
+                "up",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode != 0
+    assert f"{LOOPBACK}:{port}" in result.stderr
+    assert "--port" in result.stderr
+
+
+def test_second_hub_on_same_state_dir_fails(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    with running_hub(state_dir) as hub:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "faashub",
+                "up",
+                "--port",
+                str(free_port()),
+                "--state-dir",
+                str(state_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode != 0
+        assert str(hub.process.pid) in result.stderr
+        assert str(state_dir) in result.stderr
+        assert httpx.get(f"{hub.url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "stop_signal",
+    [
+        pytest.param(signal.SIGTERM, id="sigterm"),
+        pytest.param(signal.SIGINT, id="ctrl-c"),
+    ],
+)
+def test_stop_leaves_no_process_behind(tmp_path: Path, stop_signal: int) -> None:
+    script = write_http_function(tmp_path)
+    hub = start_hub(tmp_path / "state")
+    try:
+        deployed = faashub(
+            "deploy",
+            "--name",
+            "echo",
+            "--fprocess",
+            f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}",
+            "--env",
+            "mode=http",
+            gateway=hub.url,
+        )
+        assert deployed.returncode == 0, deployed.stderr.decode()
+        assert httpx.get(f"{hub.url}/function/echo").status_code == 201
+        children = descendants(hub.process.pid)
+        # nats-server, provider, gateway, worker and the http-mode function.
+        assert len(children) >= 5
+    finally:
+        code = stop_hub(hub, stop_signal)
+    assert code == 0, "".join(hub.output)
+    assert [pid for pid in children if is_alive(pid)] == []
+
+
+def test_killed_hub_takes_children_with_it(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path / "state")
+    children = descendants(hub.process.pid)
+    assert len(children) >= 4
+    stop_hub(hub, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(is_alive(pid) for pid in children):
+        time.sleep(0.1)
+    assert [pid for pid in children if is_alive(pid)] == []
