@@ -63,13 +63,57 @@ META_CALL_ID: Final = "Faashub-Call-Id"
 META_ACCEPTED_AT_NS: Final = "Faashub-Accepted-At-Ns"
 NATS_MSG_ID: Final = "Nats-Msg-Id"  # JetStream's de-duplication key
 
+# Optional metadata of a queued call.
+META_QUEUE: Final = "Faashub-Queue"
+META_NOT_BEFORE_NS: Final = "Faashub-Not-Before-Ns"  # delayed call: start no earlier
+META_ORIGINAL_CALL_ID: Final = "Faashub-Original-Call-Id"  # set by a redrive
+# A body too large for one NATS message is stored in the BODIES_BUCKET object
+# store; the message then has an empty body and names the object here.
+META_BODY_REF: Final = "Faashub-Body-Ref"
+META_BODY_SIZE: Final = "Faashub-Body-Size"
+
 # Version of the message layout above; a worker rejects a version it does not
 # know instead of guessing.
 QUEUED_CALL_FORMAT: Final = "1"
 
+# Status of async calls: a JetStream key-value bucket, one key per call
+# (`faashub.call_status.status_key`), written by the worker and by cancels.
+STATUS_BUCKET: Final = "FAASHUB_CALL_STATUS"
+
+# Dead letters: calls and callbacks that could not complete, with their reason.
+# Subject `faashub.dlq.<queue>.<namespace>.<function>.<call key>`.
+DEAD_LETTER_STREAM: Final = "FAASHUB_DEAD_LETTERS"
+DEAD_LETTER_SUBJECT_PREFIX: Final = "faashub.dlq"
+META_DLQ_KIND: Final = "Faashub-Dlq-Kind"  # "call" or "callback"
+META_DLQ_REASON: Final = "Faashub-Dlq-Reason"
+META_DLQ_DETAIL: Final = "Faashub-Dlq-Detail"
+META_DLQ_ATTEMPTS: Final = "Faashub-Dlq-Attempts"  # JSON list, see dead_letter.py
+META_DLQ_AT_NS: Final = "Faashub-Dlq-At-Ns"
+META_DLQ_RESULT_STATUS: Final = "Faashub-Dlq-Result-Status"
+META_DLQ_RESULT_HEADERS: Final = "Faashub-Dlq-Result-Headers"  # JSON object
+
+# Bodies above the NATS message limit, one object per call key.
+BODIES_BUCKET: Final = "FAASHUB_BODIES"
+
+# Request headers a caller sets on /async-function/ to delay a call: a number
+# of seconds, or an absolute time (RFC 3339, or an HTTP date).
+DELAY_SECONDS: Final = "X-Delay-Seconds"
+NOT_BEFORE: Final = "X-Not-Before"
+
+# Callback headers added by the worker, as OpenFaaS Pro sends them.
+RETRY: Final = "X-Retry"  # attempts made so far
+RETRY_MAX: Final = "X-Retry-Max"  # the effective maximum; equal means it gave up
+CALLBACK_SIGNATURE: Final = "X-Faashub-Signature"
+
 # Function annotations and environment variables read by faashub.
 ANNOTATION_TOPIC: Final = "topic"
 ANNOTATION_QUEUE: Final = "com.openfaas.queue"
+ANNOTATION_RETRY_ATTEMPTS: Final = "com.openfaas.retry.attempts"
+ANNOTATION_RETRY_CODES: Final = "com.openfaas.retry.codes"
+ANNOTATION_RETRY_MIN_WAIT: Final = "com.openfaas.retry.min_wait"
+ANNOTATION_RETRY_MAX_WAIT: Final = "com.openfaas.retry.max_wait"
+# faashub's own: the most calls of one function the async path runs at once.
+ANNOTATION_MAX_INFLIGHT: Final = "com.faashub.max_inflight"
 ENV_MODE: Final = "mode"  # of-watchdog's variable: "http" runs a long-lived server
 ENV_UPSTREAM_URL: Final = "upstream_url"
 ENV_EXEC_TIMEOUT: Final = "exec_timeout"

@@ -1,38 +1,126 @@
-"""The JetStream stream that holds queued calls, shared by gateway and worker.
+"""JetStream streams and buckets that faashub components share.
 
-Both the gateway and the queue-worker call `ensure_calls_stream` at start, so
-either may start first. The stream is file-backed and uses work-queue
-retention: a call stays stored until a worker acknowledges it.
+* `FAASHUB_CALLS` (stream): queued async calls, written by the gateway and
+  consumed by queue-workers. File-backed, work-queue retention: a call stays
+  stored until a worker acknowledges it.
+* `FAASHUB_DEAD_LETTERS` (stream): calls and callbacks that could not
+  complete, kept for a configurable time (see `faashub.dead_letter`).
+* `FAASHUB_CALL_STATUS` (key-value): one status record per call
+  (see `faashub.call_status`), expiring after a configurable time.
+* `FAASHUB_BODIES` (object store): bodies too large for one NATS message.
+
+Every component calls the `ensure_*` functions it needs at start, so any may
+start first. Only the gateway passes its settings, and so owns the limits;
+the worker creates a missing stream or bucket with the defaults and never
+changes an existing one.
 """
 
 import logging
 
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from faashub import constants
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_DUPLICATE_WINDOW_S = 120.0
+DEFAULT_DEAD_LETTER_MAX_AGE_S = 14 * 24 * 3600.0
+DEFAULT_STATUS_TTL_S = 24 * 3600.0
+
 
 async def ensure_calls_stream(
-    js: JetStreamContext, *, duplicate_window_s: float = 120.0
+    js: JetStreamContext, *, duplicate_window_s: float | None = None
 ) -> None:
-    """Create the calls stream, or update the settings faashub owns on it."""
+    """Create the calls stream if it is missing; with a window, also apply it."""
     config = jsapi.StreamConfig(
         name=constants.CALLS_STREAM,
         subjects=[f"{constants.CALLS_SUBJECT_PREFIX}.>"],
         retention=jsapi.RetentionPolicy.WORK_QUEUE,
         storage=jsapi.StorageType.FILE,
-        duplicate_window=duplicate_window_s,
+        duplicate_window=duplicate_window_s or DEFAULT_DUPLICATE_WINDOW_S,
+        # The gateway and the status API read queued calls by subject.
+        allow_direct=True,
     )
+    await _ensure_stream(js, config, update=duplicate_window_s is not None)
+
+
+async def ensure_dead_letter_stream(
+    js: JetStreamContext, *, max_age_s: float | None = None
+) -> None:
+    """Create the dead-letter stream if it is missing; with a max age, apply it."""
+    config = jsapi.StreamConfig(
+        name=constants.DEAD_LETTER_STREAM,
+        subjects=[f"{constants.DEAD_LETTER_SUBJECT_PREFIX}.>"],
+        retention=jsapi.RetentionPolicy.LIMITS,
+        storage=jsapi.StorageType.FILE,
+        max_age=max_age_s or DEFAULT_DEAD_LETTER_MAX_AGE_S,
+        allow_direct=True,
+    )
+    await _ensure_stream(js, config, update=max_age_s is not None)
+
+
+async def _ensure_stream(
+    js: JetStreamContext, config: jsapi.StreamConfig, *, update: bool
+) -> None:
+    assert config.name is not None
     try:
-        await js.add_stream(config)
-    except BadRequestError:
-        # The stream exists with other settings: keep its data, apply ours.
+        await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            logger.info("created stream %s", config.name)
+            return
+        except BadRequestError:
+            # Another component created it in the meantime.
+            pass
+    if update:
         await js.update_stream(config)
-    logger.debug("calls stream %s is ready", constants.CALLS_STREAM)
+
+
+async def ensure_status_bucket(
+    js: JetStreamContext, *, ttl_s: float | None = None
+) -> KeyValue:
+    """Return the call-status bucket, creating it if it is missing.
+
+    With `ttl_s`, an existing bucket gets that max age too.
+    """
+    try:
+        bucket = await js.key_value(constants.STATUS_BUCKET)
+    except BucketNotFoundError:
+        pass
+    else:
+        if ttl_s is not None:
+            # A key-value bucket is the stream KV_<bucket>; its max age is the TTL.
+            info = await js.stream_info(f"KV_{constants.STATUS_BUCKET}")
+            if info.config.max_age != ttl_s:
+                info.config.max_age = ttl_s
+                if info.config.duplicate_window and info.config.duplicate_window > ttl_s:
+                    info.config.duplicate_window = ttl_s
+                await js.update_stream(info.config)
+        return bucket
+    return await js.create_key_value(
+        config=jsapi.KeyValueConfig(
+            bucket=constants.STATUS_BUCKET,
+            history=1,
+            ttl=ttl_s or DEFAULT_STATUS_TTL_S,
+            storage=jsapi.StorageType.FILE,
+        )
+    )
+
+
+async def ensure_bodies_bucket(js: JetStreamContext) -> ObjectStore:
+    """Return the object store for large bodies, creating it if it is missing."""
+    try:
+        return await js.object_store(constants.BODIES_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        return await js.create_object_store(
+            constants.BODIES_BUCKET,
+            config=jsapi.ObjectStoreConfig(storage=jsapi.StorageType.FILE),
+        )
 
 
 def worker_durable_name(queue: str) -> str:

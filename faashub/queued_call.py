@@ -11,10 +11,15 @@ message headers:
 * `Nats-Msg-Id`, set to the call id, so JetStream drops a repeat that arrives
   inside the stream's duplicate window.
 
+The subject ends with the call's key (`call_key`), so the gateway can find a
+queued call by its id (for status and cancel) with a direct get by subject.
+
 There is no JSON or base64 envelope, so a 1 MiB body costs 1 MiB on the wire,
 and `nats stream view` shows a readable call.
 """
 
+import hashlib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -39,14 +44,29 @@ class QueuedCall:
     headers: dict[str, str] = field(default_factory=dict)
     """The caller's HTTP headers, hop-by-hop and reserved ones removed."""
     body: bytes = b""
+    """The raw body, or b"" when it is stored in the object store (body_ref)."""
+    queue: str = constants.DEFAULT_QUEUE
+    not_before_ns: int = 0
+    """Start no earlier than this Unix time in nanoseconds; 0 means at once."""
+    original_call_id: str = ""
+    """For a redriven call, the id of the dead-lettered call it replays."""
+    body_ref: str = ""
+    """Object name in the bodies bucket when the body was too large to inline."""
+    body_size: int = 0
+    """Size of the body stored under body_ref, in bytes."""
 
     @property
     def ref(self) -> names.FunctionRef:
         return names.FunctionRef(self.function, self.namespace)
 
-    def subject(self, queue: str = constants.DEFAULT_QUEUE) -> str:
+    @property
+    def key(self) -> str:
+        """The call id as a NATS subject token and key-value key."""
+        return call_key(self.call_id)
+
+    def subject(self) -> str:
         """Return the JetStream subject this call is published to."""
-        return call_subject(queue, self.namespace, self.function)
+        return call_subject(self.queue, self.namespace, self.function, self.key)
 
     def to_nats_headers(self) -> dict[str, str]:
         """Return the message headers: the caller's, then the metadata."""
@@ -63,6 +83,15 @@ class QueuedCall:
             message_headers[constants.META_QUERY] = self.query
         if self.callback_url:
             message_headers[constants.META_CALLBACK_URL] = self.callback_url
+        if self.queue != constants.DEFAULT_QUEUE:
+            message_headers[constants.META_QUEUE] = self.queue
+        if self.not_before_ns:
+            message_headers[constants.META_NOT_BEFORE_NS] = str(self.not_before_ns)
+        if self.original_call_id:
+            message_headers[constants.META_ORIGINAL_CALL_ID] = self.original_call_id
+        if self.body_ref:
+            message_headers[constants.META_BODY_REF] = self.body_ref
+            message_headers[constants.META_BODY_SIZE] = str(self.body_size)
         message_headers[constants.NATS_MSG_ID] = self.call_id
         return message_headers
 
@@ -87,11 +116,11 @@ class QueuedCall:
             names.validate_label(namespace, what="namespace")
         except errors.InvalidFunctionName as exc:
             raise errors.InvalidQueuedCall(str(exc)) from exc
-        accepted_at = message_headers.get(constants.META_ACCEPTED_AT_NS, "0")
-        if not accepted_at.isdigit():
+        queue = message_headers.get(constants.META_QUEUE, constants.DEFAULT_QUEUE)
+        if not is_valid_token(queue):
             raise errors.InvalidQueuedCall(
-                f"Invalid {constants.META_ACCEPTED_AT_NS} header {accepted_at!r}: "
-                "expected Unix nanoseconds."
+                f"Invalid {constants.META_QUEUE} header {queue!r}: expected letters, "
+                "digits, '-' or '_'."
             )
         caller_headers = {
             name: value
@@ -106,15 +135,40 @@ class QueuedCall:
             path=message_headers.get(constants.META_PATH, ""),
             query=message_headers.get(constants.META_QUERY, ""),
             callback_url=message_headers.get(constants.META_CALLBACK_URL, ""),
-            accepted_at_ns=int(accepted_at),
+            accepted_at_ns=_integer(message_headers, constants.META_ACCEPTED_AT_NS),
             headers=caller_headers,
             body=body,
+            queue=queue,
+            not_before_ns=_integer(message_headers, constants.META_NOT_BEFORE_NS),
+            original_call_id=message_headers.get(constants.META_ORIGINAL_CALL_ID, ""),
+            body_ref=message_headers.get(constants.META_BODY_REF, ""),
+            body_size=_integer(message_headers, constants.META_BODY_SIZE),
         )
 
 
-def call_subject(queue: str, namespace: str, function: str) -> str:
-    """Return `faashub.calls.<queue>.<namespace>.<function>`."""
-    return f"{constants.CALLS_SUBJECT_PREFIX}.{queue}.{namespace}.{function}"
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def is_valid_token(value: str) -> bool:
+    """Tell whether `value` can be one NATS subject token and a queue name."""
+    return bool(_TOKEN.match(value))
+
+
+def call_key(call_id: str) -> str:
+    """Return the call id itself if it is a safe subject token, else a digest.
+
+    Callers choose their own `X-Call-Id`, which may contain dots or spaces;
+    those cannot be a NATS subject token or a key-value key, so such ids are
+    replaced by `h-` and the SHA-256 of the id. UUIDs are kept as they are.
+    """
+    if is_valid_token(call_id) and not call_id.startswith("h-"):
+        return call_id
+    return "h-" + hashlib.sha256(call_id.encode("utf-8")).hexdigest()
+
+
+def call_subject(queue: str, namespace: str, function: str, key: str) -> str:
+    """Return `faashub.calls.<queue>.<namespace>.<function>.<key>`."""
+    return f"{constants.CALLS_SUBJECT_PREFIX}.{queue}.{namespace}.{function}.{key}"
 
 
 def queue_filter_subject(queue: str) -> str:
@@ -153,6 +207,15 @@ def merge_request_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[st
             spelling[lowered] = name
             merged[name] = value
     return merged
+
+
+def _integer(message_headers: Mapping[str, str], name: str) -> int:
+    value = message_headers.get(name, "0")
+    if not value.isdigit():
+        raise errors.InvalidQueuedCall(
+            f"Invalid {name} header {value!r}: expected a non-negative integer."
+        )
+    return int(value)
 
 
 def _required(message_headers: Mapping[str, str], name: str) -> str:

@@ -67,6 +67,29 @@ class GatewaySettings(CommonSettings):
         gt=0,
         description="Seconds within which JetStream drops a repeated X-Call-Id.",
     )
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024,
+        gt=0,
+        description="Largest async request body in bytes; larger ones get 413. "
+        "Bodies above the NATS message limit go to the JetStream object store.",
+    )
+    status_ttl_s: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="Seconds the status of an async call is kept after its last "
+        "change; after that a status request is a 404.",
+    )
+    dead_letter_max_age_s: float = Field(
+        14 * 24 * 3600.0,
+        gt=0,
+        description="Seconds a dead-lettered call is kept before JetStream drops it.",
+    )
+    max_delay_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="Longest delay a caller may ask for with X-Delay-Seconds or "
+        "X-Not-Before; a longer one gets 400.",
+    )
 
 
 class WorkerSettings(CommonSettings):
@@ -97,6 +120,63 @@ class WorkerSettings(CommonSettings):
     )
     callback_timeout_s: float = Field(
         30.0, gt=0, description="Seconds one callback POST may take."
+    )
+    retry_attempts: int = Field(
+        10,
+        ge=1,
+        description="Invocations of a call, the first included, before it is "
+        "dead-lettered; annotation com.openfaas.retry.attempts overrides it.",
+    )
+    retry_codes: str = Field(
+        "408,429,500,502,503,504",
+        description="Comma-separated HTTP statuses that are retried; every other "
+        "status is final. Annotation com.openfaas.retry.codes overrides it.",
+    )
+    retry_min_wait_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds before the first retry; annotation "
+        "com.openfaas.retry.min_wait (a duration such as 5s) overrides it.",
+    )
+    retry_max_wait_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest wait between two retries in seconds; annotation "
+        "com.openfaas.retry.max_wait overrides it.",
+    )
+    retry_jitter: Literal["full", "equal", "none"] = Field(
+        "full",
+        description="Randomness of each backoff wait: 'full' (0 to 100 %), 'equal' "
+        "(50 to 100 %) or 'none'.",
+    )
+    max_event_age_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="Seconds after acceptance when a call that has not succeeded "
+        "is dead-lettered with reason 'expired'.",
+    )
+    callback_attempts: int = Field(
+        5,
+        ge=1,
+        description="Deliveries of one callback, the first included, before it is "
+        "dead-lettered; transport errors and 5xx are retried.",
+    )
+    callback_max_wait_s: float = Field(
+        30.0, gt=0, description="Longest wait between two callback deliveries in seconds."
+    )
+    callback_signing_secret: str = Field(
+        "",
+        description="Secret for the HMAC-SHA256 signature header on callbacks; "
+        "empty sends no signature.",
+    )
+    callback_signing_secret_previous: str = Field(
+        "",
+        description="A second secret, also signed with, so receivers can rotate keys.",
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds a stopping worker lets calls in flight finish.",
     )
     health_host: str = Field(
         "127.0.0.1", description="Address of the worker's /healthz listener."

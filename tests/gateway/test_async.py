@@ -44,7 +44,7 @@ async def test_async_accepts_call(client: httpx.AsyncClient, nats_url: str) -> N
     assert start_time.isdigit()
 
     [message] = await stored_messages(nats_url)
-    assert message.subject == "faashub.calls.default.openfaas-fn.echo"
+    assert message.subject == f"faashub.calls.default.openfaas-fn.echo.{call_id}"
     assert message.data == b"\x00raw body\xff"
     headers = message.headers
     assert headers["Faashub-Function"] == "echo"

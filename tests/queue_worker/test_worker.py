@@ -2,6 +2,7 @@
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import re
 import subprocess
@@ -402,13 +403,13 @@ async def test_other_queue_is_left_alone(
     nats_url: str, js: JetStreamContext, gateway: RecordingServer
 ) -> None:
     other = make_call()
-    mine = make_call()
+    mine = dataclasses.replace(make_call(), queue="slow")
     settings = make_settings(nats_url, gateway.url, queue="slow")
 
     async with running_worker(settings):
         await js.publish(other.subject(), other.body, headers=other.to_nats_headers())
         await js.publish(
-            mine.subject("slow"), mine.body, headers=mine.to_nats_headers()
+            mine.subject(), mine.body, headers=mine.to_nats_headers()
         )
         await gateway.wait_for_requests(1)
         await asyncio.sleep(0.3)
