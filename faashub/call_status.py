@@ -42,7 +42,12 @@ class CallState(enum.StrEnum):
 
 
 _FINAL_STATES = frozenset(
-    {CallState.SUCCEEDED, CallState.FAILED, CallState.DEAD_LETTERED, CallState.CANCELLED}
+    {
+        CallState.SUCCEEDED,
+        CallState.FAILED,
+        CallState.DEAD_LETTERED,
+        CallState.CANCELLED,
+    }
 )
 
 
@@ -91,7 +96,11 @@ class CallStatus:
         try:
             record = json.loads(data)
             record["state"] = CallState(record["state"])
-            known = {name: record[name] for name in cls.__dataclass_fields__ if name in record}
+            known = {
+                name: record[name]
+                for name in cls.__dataclass_fields__
+                if name in record
+            }
             return cls(**known)
         except (ValueError, KeyError, TypeError) as exc:
             raise errors.InvalidQueuedCall(

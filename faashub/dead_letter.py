@@ -95,17 +95,28 @@ class DeadLetter:
         return message_headers, self.call.body
 
     @classmethod
-    def from_nats(cls, message_headers: Mapping[str, str] | None, body: bytes) -> "DeadLetter":
-        """Rebuild a dead letter from its message; raise InvalidQueuedCall if invalid."""
+    def from_nats(
+        cls, message_headers: Mapping[str, str] | None, body: bytes
+    ) -> "DeadLetter":
+        """Rebuild a dead letter from its message, or raise InvalidQueuedCall."""
         if not message_headers:
             raise errors.InvalidQueuedCall("The dead-letter message has no headers.")
-        kind = message_headers.get(constants.META_DLQ_KIND)
-        if kind not in ("call", "callback"):
-            raise errors.InvalidQueuedCall(f"Unknown dead-letter kind {kind!r}.")
+        kind_text = message_headers.get(constants.META_DLQ_KIND)
+        kind: DeadLetterKind
+        if kind_text == "call":
+            kind = "call"
+        elif kind_text == "callback":
+            kind = "callback"
+        else:
+            raise errors.InvalidQueuedCall(f"Unknown dead-letter kind {kind_text!r}.")
         try:
             attempts = [
-                Attempt(item.get("status"), str(item.get("error", "")), int(item["at_ns"]))
-                for item in json.loads(message_headers.get(constants.META_DLQ_ATTEMPTS, "[]"))
+                Attempt(
+                    item.get("status"), str(item.get("error", "")), int(item["at_ns"])
+                )
+                for item in json.loads(
+                    message_headers.get(constants.META_DLQ_ATTEMPTS, "[]")
+                )
             ]
             at_ns = int(message_headers.get(constants.META_DLQ_AT_NS, "0"))
             result_headers = json.loads(

@@ -98,7 +98,10 @@ async def ensure_status_bucket(
             info = await js.stream_info(f"KV_{constants.STATUS_BUCKET}")
             if info.config.max_age != ttl_s:
                 info.config.max_age = ttl_s
-                if info.config.duplicate_window and info.config.duplicate_window > ttl_s:
+                if (
+                    info.config.duplicate_window
+                    and info.config.duplicate_window > ttl_s
+                ):
                     info.config.duplicate_window = ttl_s
                 await js.update_stream(info.config)
         return bucket

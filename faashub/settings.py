@@ -162,7 +162,9 @@ class WorkerSettings(CommonSettings):
         "dead-lettered; transport errors and 5xx are retried.",
     )
     callback_max_wait_s: float = Field(
-        30.0, gt=0, description="Longest wait between two callback deliveries in seconds."
+        30.0,
+        gt=0,
+        description="Longest wait between two callback deliveries in seconds.",
     )
     callback_signing_secret: str = Field(
         "",
@@ -224,4 +226,9 @@ class HubSettings(CommonSettings):
     )
     start_timeout_s: float = Field(
         30.0, gt=0, description="Seconds each component has to become healthy."
+    )
+    queues: str = Field(
+        "",
+        description="Comma-separated named queues (annotation com.openfaas.queue) "
+        "that each get a queue-worker of their own besides the default queue.",
     )

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,7 +43,9 @@ def faashub(
     )
 
 
-def start_hub(state_dir: Path, port: int | None = None) -> RunningHub:
+def start_hub(
+    state_dir: Path, port: int | None = None, *, extra_args: Sequence[str] = ()
+) -> RunningHub:
     """Start `faashub up` and wait for the line that announces the gateway URL."""
     port = port or free_port()
     process = subprocess.Popen(
@@ -56,6 +58,7 @@ def start_hub(state_dir: Path, port: int | None = None) -> RunningHub:
             str(port),
             "--state-dir",
             str(state_dir),
+            *extra_args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -108,8 +111,10 @@ def stop_hub(hub: RunningHub, sig: int = signal.SIGTERM) -> int:
 
 
 @contextmanager
-def running_hub(state_dir: Path, port: int | None = None) -> Iterator[RunningHub]:
-    hub = start_hub(state_dir, port)
+def running_hub(
+    state_dir: Path, port: int | None = None, *, extra_args: Sequence[str] = ()
+) -> Iterator[RunningHub]:
+    hub = start_hub(state_dir, port, extra_args=extra_args)
     try:
         yield hub
     finally:

@@ -5,6 +5,7 @@ free port with its own state folder, drives it with the `faashub` CLI and
 httpx, and receives callbacks on a small HTTP server of its own.
 """
 
+import os
 import shlex
 import signal
 import socket
@@ -253,3 +254,65 @@ def test_killed_hub_takes_children_with_it(tmp_path: Path) -> None:
     while time.monotonic() < deadline and any(is_alive(pid) for pid in children):
         time.sleep(0.1)
     assert [pid for pid in children if is_alive(pid)] == []
+
+
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_crashed_component_is_restarted(tmp_path: Path) -> None:
+    with running_hub(tmp_path / "state") as hub:
+        deploy_wc(hub.url)
+        [gateway_pid] = [
+            pid
+            for pid in descendants(hub.process.pid)
+            if " gateway " in command_line(pid)
+        ]
+        os.kill(gateway_pid, signal.SIGKILL)
+
+        deadline = time.monotonic() + 30
+        answered = None
+        while time.monotonic() < deadline:
+            try:
+                answered = httpx.post(f"{hub.url}/function/wc", content=b"hello")
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert answered is not None
+        assert answered.text.strip() == "5"
+        assert hub.process.poll() is None
+        assert any("restarted gateway" in line for line in hub.output)
+
+
+def test_named_queues_get_their_own_worker(tmp_path: Path) -> None:
+    with running_hub(tmp_path / "state", extra_args=["--queues", "slow,batch"]) as hub:
+        workers = [
+            command_line(pid)
+            for pid in descendants(hub.process.pid)
+            if " queue-worker " in command_line(pid)
+        ]
+    queues = sorted(line.split("--queue ")[1].split()[0] for line in workers)
+    assert queues == ["batch", "default", "slow"]
+
+
+def test_invalid_queue_name_is_rejected(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "faashub",
+            "up",
+            "--port",
+            str(free_port()),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--queues",
+            "ok,bad.name",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "'bad.name'" in result.stderr

@@ -6,6 +6,11 @@ and the queue-worker. Each component runs as its own child process with the
 same code that runs one component per pod on Kubernetes. The hub prints the
 gateway URL once every component answers its health check.
 
+A component that exits on its own is restarted after a short wait; one that
+exits more than MAX_RESTARTS times within RESTART_WINDOW_S stops the hub,
+since restarting it again would only hide the fault. Each component keeps its
+port across restarts, so the others reach it again without being told.
+
 On Ctrl-C or SIGTERM it stops the children in the reverse order, so the
 gateway stops accepting before the worker drains and NATS stops last. Every
 child also gets PR_SET_PDEATHSIG, so a hub killed with SIGKILL still takes
@@ -22,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +36,8 @@ from typing import IO
 
 import httpx
 
-from faashub import embedded_nats, errors
+from faashub import constants, embedded_nats, errors
+from faashub.queued_call import is_valid_token
 from faashub.settings import HubSettings
 
 logger = logging.getLogger(__name__)
@@ -38,17 +45,23 @@ logger = logging.getLogger(__name__)
 LOCK_FILE_NAME = "hub.lock"
 STOP_GRACE_S = 15.0
 HEALTH_POLL_INTERVAL_S = 0.1
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+RESTART_DELAY_S = 1.0
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass
 class Child:
-    """One component process of the hub."""
+    """One component process of the hub, and how to start it again."""
 
     name: str
-    process: subprocess.Popen[bytes]
+    launch: Callable[[], "subprocess.Popen[bytes]"]
+    process: "subprocess.Popen[bytes]"
     health_url: str | None = None
     stop_grace_s: float = STOP_GRACE_S
+    restarts: deque[float] = field(default_factory=deque)
+    """Monotonic times of the recent restarts."""
 
 
 @dataclass
@@ -138,15 +151,18 @@ def _start_components(
     nats_url = settings.nats_url
     if not nats_url:
         nats_port = _free_port()
-        nats_process = embedded_nats.start(
-            host=internal_host,
-            port=nats_port,
-            store_dir=state_dir / "nats",
-            log_path=log_dir / "nats.log",
-            timeout_s=settings.start_timeout_s,
-            preexec_fn=_die_with_parent,
-        )
-        hub.children.append(Child("nats-server", nats_process))
+
+        def launch_nats() -> "subprocess.Popen[bytes]":
+            return embedded_nats.start(
+                host=internal_host,
+                port=nats_port,
+                store_dir=state_dir / "nats",
+                log_path=log_dir / "nats.log",
+                timeout_s=settings.start_timeout_s,
+                preexec_fn=_die_with_parent,
+            )
+
+        hub.children.append(Child("nats-server", launch_nats, launch_nats()))
         nats_url = f"nats://{internal_host}:{nats_port}"
         logger.info("embedded nats-server listens on %s", nats_url)
 
@@ -186,27 +202,49 @@ def _start_components(
         ],
         health_url=f"{gateway_url}/healthz",
     )
-    worker_health_port = _free_port()
-    _start_child(
-        hub,
-        "queue-worker",
-        [
-            "queue-worker",
-            "--gateway-url",
-            gateway_url,
-            "--nats-url",
-            nats_url,
-            "--health-host",
-            internal_host,
-            "--health-port",
-            str(worker_health_port),
-            *common,
-        ],
-        health_url=f"http://{internal_host}:{worker_health_port}/healthz",
-        # The worker drains calls in flight before it exits.
-        stop_grace_s=45.0,
-    )
+    queues = [constants.DEFAULT_QUEUE, *_named_queues(settings.queues)]
+    for queue in queues:
+        worker_health_port = _free_port()
+        name = (
+            "queue-worker"
+            if queue == constants.DEFAULT_QUEUE
+            else f"queue-worker-{queue}"
+        )
+        _start_child(
+            hub,
+            name,
+            [
+                "queue-worker",
+                "--queue",
+                queue,
+                "--gateway-url",
+                gateway_url,
+                "--nats-url",
+                nats_url,
+                "--health-host",
+                internal_host,
+                "--health-port",
+                str(worker_health_port),
+                *common,
+            ],
+            health_url=f"http://{internal_host}:{worker_health_port}/healthz",
+            # The worker drains calls in flight before it exits.
+            stop_grace_s=45.0,
+        )
     _wait_until_healthy(hub, timeout_s=settings.start_timeout_s)
+
+
+def _named_queues(text: str) -> list[str]:
+    queues = [queue.strip() for queue in text.split(",") if queue.strip()]
+    for queue in queues:
+        if not is_valid_token(queue):
+            raise errors.SettingsError(
+                f"Invalid queue name {queue!r} in --queues: use letters, digits, "
+                "'-' and '_'."
+            )
+    return [
+        queue for queue in dict.fromkeys(queues) if queue != constants.DEFAULT_QUEUE
+    ]
 
 
 def _start_child(
@@ -219,15 +257,19 @@ def _start_child(
 ) -> None:
     if hub.stop_requested:
         raise errors.HubStartError("The hub was asked to stop while starting.")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "faashub", *arguments],
-        stdin=subprocess.DEVNULL,
-        # Own session: Ctrl-C reaches only the hub, which stops the children in order.
-        start_new_session=True,
-        preexec_fn=_die_with_parent,
-    )
+
+    def launch() -> "subprocess.Popen[bytes]":
+        return subprocess.Popen(
+            [sys.executable, "-m", "faashub", *arguments],
+            stdin=subprocess.DEVNULL,
+            # Own session: Ctrl-C reaches only the hub, which stops them in order.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+    process = launch()
     hub.children.append(
-        Child(name, process, health_url=health_url, stop_grace_s=stop_grace_s)
+        Child(name, launch, process, health_url=health_url, stop_grace_s=stop_grace_s)
     )
     logger.info("started %s (pid %d)", name, process.pid)
 
@@ -290,18 +332,50 @@ def _install_signal_handlers(hub: Hub) -> dict[int, Callable[..., object] | int 
 
 
 def _supervise(hub: Hub) -> int:
-    """Wait for a stop signal (exit 0) or a crashed component (exit 1)."""
+    """Restart crashed components until a stop signal (exit 0) or a crash loop (1)."""
     while not hub.stop_requested:
         for child in hub.children:
             code = child.process.poll()
-            if code is not None:
-                logger.error(
-                    "%s exited with code %s; stopping the hub", child.name, code
-                )
+            if code is not None and not _restart(hub, child, code):
                 return 1
         time.sleep(0.2)
     logger.info("stopping the hub (signal %d)", hub.stop_requested)
     return 0
+
+
+def _restart(hub: Hub, child: Child, code: int) -> bool:
+    """Start a component that exited again, unless it is crashing in a loop."""
+    now = time.monotonic()
+    while child.restarts and now - child.restarts[0] > RESTART_WINDOW_S:
+        child.restarts.popleft()
+    if len(child.restarts) >= MAX_RESTARTS:
+        logger.error(
+            "%s exited with code %s, its %d. exit within %g s; stopping the hub",
+            child.name,
+            code,
+            len(child.restarts) + 1,
+            RESTART_WINDOW_S,
+        )
+        return False
+    logger.warning(
+        "%s exited with code %s; restarting it in %g s",
+        child.name,
+        code,
+        RESTART_DELAY_S,
+    )
+    deadline = now + RESTART_DELAY_S
+    while time.monotonic() < deadline:
+        if hub.stop_requested:
+            return True
+        time.sleep(0.05)
+    child.restarts.append(time.monotonic())
+    try:
+        child.process = child.launch()
+    except errors.HubStartError as exc:
+        logger.error("%s could not be restarted: %s", child.name, exc)
+        return False
+    logger.info("restarted %s (pid %d)", child.name, child.process.pid)
+    return True
 
 
 def _stop_all(hub: Hub) -> None:
