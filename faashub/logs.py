@@ -66,3 +66,5 @@ def configure(*, level: str = "INFO", log_format: str = "text") -> None:
     root.setLevel(level)
     # Third-party access logs repeat what faashub logs per call.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # One line per control-plane request (health checks, the CLI) is noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -227,6 +227,23 @@ class HubSettings(CommonSettings):
     start_timeout_s: float = Field(
         30.0, gt=0, description="Seconds each component has to become healthy."
     )
+    upstream_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds one function call may take through the gateway, "
+        "sync or async; the function's own exec_timeout applies too.",
+    )
+    exec_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Default seconds a function may run per request; a function's "
+        "exec_timeout variable overrides it.",
+    )
+    max_inflight: int = Field(
+        64,
+        ge=1,
+        description="Async calls the default queue-worker runs at the same time.",
+    )
     queues: str = Field(
         "",
         description="Comma-separated named queues (annotation com.openfaas.queue) "

@@ -2,17 +2,20 @@
 
 The hub process starts, in this order: an embedded nats-server with
 JetStream (unless `--nats-url` names one), the local provider, the gateway
-and the queue-worker. Each component runs as its own child process with the
-same code that runs one component per pod on Kubernetes. The hub prints the
-gateway URL once every component answers its health check.
+and the queue-workers. Each component runs as its own child process with the
+same code that runs one component per pod on Kubernetes, and each starts only
+once the one before it answers its health check, so a worker never pulls a
+call before the gateway it invokes through is listening. The hub prints the
+gateway URL once every component is healthy.
 
 A component that exits on its own is restarted after a short wait; one that
 exits more than MAX_RESTARTS times within RESTART_WINDOW_S stops the hub,
 since restarting it again would only hide the fault. Each component keeps its
 port across restarts, so the others reach it again without being told.
 
-On Ctrl-C or SIGTERM it stops the children in the reverse order, so the
-gateway stops accepting before the worker drains and NATS stops last. Every
+On Ctrl-C or SIGTERM it stops the children in the reverse order: the workers
+first, which finish their calls in flight through the gateway, then the
+gateway, the provider and NATS last. Every
 child also gets PR_SET_PDEATHSIG, so a hub killed with SIGKILL still takes
 its children with it. A lock file in the state folder keeps a second hub off
 the same data.
@@ -20,6 +23,7 @@ the same data.
 
 import ctypes
 import fcntl
+import ipaddress
 import logging
 import os
 import signal
@@ -77,6 +81,13 @@ def run(settings: HubSettings) -> int:
     state_dir = settings.state_dir.expanduser().resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_state_dir(state_dir)
+    if not _is_loopback(settings.host):
+        logger.warning(
+            "the gateway listens on %s, so anyone who reaches that address can "
+            "deploy functions, which run commands as this user; listen on "
+            "127.0.0.1 unless this network is trusted",
+            settings.host,
+        )
     hub = Hub()
     previous_handlers = _install_signal_handlers(hub)
     try:
@@ -136,6 +147,13 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
@@ -180,9 +198,12 @@ def _start_components(
             str(provider_port),
             "--state-dir",
             str(state_dir),
+            "--exec-timeout-s",
+            str(settings.exec_timeout_s),
             *common,
         ],
         health_url=f"{provider_url}/healthz",
+        start_timeout_s=settings.start_timeout_s,
     )
     gateway_url = f"http://{_client_host(settings.host)}:{gateway_port}"
     _start_child(
@@ -198,9 +219,12 @@ def _start_components(
             provider_url,
             "--nats-url",
             nats_url,
+            "--upstream-timeout-s",
+            str(settings.upstream_timeout_s),
             *common,
         ],
         health_url=f"{gateway_url}/healthz",
+        start_timeout_s=settings.start_timeout_s,
     )
     queues = [constants.DEFAULT_QUEUE, *_named_queues(settings.queues)]
     for queue in queues:
@@ -225,13 +249,17 @@ def _start_components(
                 internal_host,
                 "--health-port",
                 str(worker_health_port),
+                "--upstream-timeout-s",
+                str(settings.upstream_timeout_s),
+                "--max-inflight",
+                str(settings.max_inflight),
                 *common,
             ],
             health_url=f"http://{internal_host}:{worker_health_port}/healthz",
+            start_timeout_s=settings.start_timeout_s,
             # The worker drains calls in flight before it exits.
             stop_grace_s=45.0,
         )
-    _wait_until_healthy(hub, timeout_s=settings.start_timeout_s)
 
 
 def _named_queues(text: str) -> list[str]:
@@ -253,6 +281,7 @@ def _start_child(
     arguments: list[str],
     *,
     health_url: str,
+    start_timeout_s: float,
     stop_grace_s: float = STOP_GRACE_S,
 ) -> None:
     if hub.stop_requested:
@@ -268,10 +297,12 @@ def _start_child(
         )
 
     process = launch()
-    hub.children.append(
-        Child(name, launch, process, health_url=health_url, stop_grace_s=stop_grace_s)
+    child = Child(
+        name, launch, process, health_url=health_url, stop_grace_s=stop_grace_s
     )
+    hub.children.append(child)
     logger.info("started %s (pid %d)", name, process.pid)
+    _wait_until_healthy(hub, child, timeout_s=start_timeout_s)
 
 
 def _die_with_parent() -> None:
@@ -284,41 +315,36 @@ def _die_with_parent() -> None:
         pass
 
 
-def _wait_until_healthy(hub: Hub, *, timeout_s: float) -> None:
+def _wait_until_healthy(hub: Hub, child: Child, *, timeout_s: float) -> None:
+    if child.health_url is None:
+        return
     deadline = time.monotonic() + timeout_s
+    last_problem = "no answer yet"
     with httpx.Client(timeout=1.0) as client:
-        for child in hub.children:
-            if child.health_url is None:
-                continue
-            last_problem = "no answer yet"
-            while True:
-                if hub.stop_requested:
-                    raise errors.HubStartError(
-                        "The hub was asked to stop while starting."
-                    )
-                code = child.process.poll()
-                if code is not None:
-                    raise errors.HubStartError(
-                        f"The {child.name} exited with code {code} while starting; "
-                        "its log is above."
-                    )
-                try:
-                    response = client.get(child.health_url)
-                    if response.status_code == 200:
-                        logger.info("%s is healthy", child.name)
-                        break
-                    last_problem = (
-                        f"HTTP {response.status_code}: {response.text.strip()}"
-                    )
-                except httpx.TransportError as exc:
-                    last_problem = f"{exc.__class__.__name__}"
-                if time.monotonic() > deadline:
-                    raise errors.HubStartError(
-                        f"The {child.name} did not become healthy within "
-                        f"{timeout_s:g} s (last check: {last_problem}). Raise "
-                        "--start-timeout-s if this machine is slow."
-                    )
-                time.sleep(HEALTH_POLL_INTERVAL_S)
+        while True:
+            if hub.stop_requested:
+                raise errors.HubStartError("The hub was asked to stop while starting.")
+            code = child.process.poll()
+            if code is not None:
+                raise errors.HubStartError(
+                    f"The {child.name} exited with code {code} while starting; "
+                    "its log is above."
+                )
+            try:
+                response = client.get(child.health_url)
+                if response.status_code == 200:
+                    logger.info("%s is healthy", child.name)
+                    return
+                last_problem = f"HTTP {response.status_code}: {response.text.strip()}"
+            except httpx.TransportError as exc:
+                last_problem = exc.__class__.__name__
+            if time.monotonic() > deadline:
+                raise errors.HubStartError(
+                    f"The {child.name} did not become healthy within {timeout_s:g} s "
+                    f"(last check: {last_problem}). Raise --start-timeout-s if this "
+                    "machine is slow."
+                )
+            time.sleep(HEALTH_POLL_INTERVAL_S)
 
 
 def _install_signal_handlers(hub: Hub) -> dict[int, Callable[..., object] | int | None]:
