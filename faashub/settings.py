@@ -208,6 +208,30 @@ class LocalProviderSettings(CommonSettings):
         gt=0,
         description="Seconds an http-mode function has to start answering.",
     )
+    log_max_file_bytes: int = Field(
+        2 * 1024 * 1024,
+        gt=0,
+        description="Size in bytes of a function's log file before it is rotated; "
+        "one rotated file is kept.",
+    )
+    log_follow_backlog_lines: int = Field(
+        10_000,
+        gt=0,
+        description="Lines a following log reader may fall behind before its "
+        "stream is ended.",
+    )
+    max_replicas: int = Field(
+        20, ge=1, description="Most processes one http-mode function may scale to."
+    )
+    max_secret_bytes: int = Field(
+        1024 * 1024, gt=0, description="Largest secret value in bytes."
+    )
+    stop_grace_s: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds a function process has to exit after SIGTERM before "
+        "it is killed.",
+    )
 
 
 class HubSettings(CommonSettings):

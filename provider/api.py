@@ -1,9 +1,12 @@
 """The faas-provider HTTP API, served over any `ProviderBackend`.
 
-Three parts share one ASGI application:
+Four parts share one ASGI application:
 
-- `/system/*`: the management API (functions CRUD, namespaces, info), a
-  FastAPI app whose lifespan starts and stops the backend;
+- `/system/*`: the management API (functions CRUD, status, scaling, secrets,
+  namespaces, info), a FastAPI app whose lifespan starts and stops the
+  backend;
+- `/system/logs`: a raw-ASGI handler (`logs_api`), because a followed log
+  stream must notice a client that disconnects while no line arrives;
 - `/function/NAME[.NAMESPACE][/PATH]`: invocation, a lean raw-ASGI handler,
   because FastAPI's routing would cost several times more per call on the
   hot path;
@@ -15,6 +18,9 @@ fix. The backend reports failures with the exceptions of `provider.backend`,
 and this module maps them to status codes. It does not know how functions run.
 """
 
+import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -29,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from faashub import constants, errors, names
+from provider import logs_api
 from provider.backend import (
     FunctionExists,
     FunctionNotFound,
@@ -36,24 +43,41 @@ from provider.backend import (
     Invocation,
     InvocationFailed,
     InvocationResponse,
+    NamespaceNotFound,
     ProviderBackend,
+    SecretExists,
+    SecretInUse,
+    SecretNotFound,
     StorageError,
 )
-from provider.types import DeleteFunctionRequest, FunctionDeployment, FunctionStatus
+from provider.types import (
+    DeleteFunctionRequest,
+    FunctionDeployment,
+    FunctionStatus,
+    ScaleServiceRequest,
+    Secret,
+)
 
 logger = logging.getLogger(__name__)
 
 FUNCTION_PREFIX: Final = "/function/"
 HEALTH_PATH: Final = "/healthz"
+LOGS_PATH: Final = "/system/logs"
 TEXT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
 JSON_CONTENT_TYPE: Final = "application/json"
 MAX_REPORTED_VALIDATION_ERRORS: Final = 5
+# The largest secret value, the same limit as a Kubernetes Secret.
+MAX_SECRET_BYTES: Final = 1024 * 1024
 
 _STATUS_BY_ERROR: Final[tuple[tuple[type[Exception], int], ...]] = (
     (InvalidRequest, 400),
     (errors.InvalidFunctionName, 400),
+    (NamespaceNotFound, 404),
     (FunctionNotFound, 404),
+    (SecretNotFound, 404),
     (FunctionExists, 409),
+    (SecretExists, 409),
+    (SecretInUse, 409),
     (StorageError, 500),
 )
 
@@ -70,9 +94,14 @@ class ProviderApp:
         self._system = _build_system_app(
             backend, on_start_error=self._record_start_error
         )
+        self._closing = asyncio.Event()
 
     def _record_start_error(self, exc: BaseException) -> None:
         self.start_error = exc
+
+    def end_log_streams(self) -> None:
+        """End every log response that follows, as the server begins to stop."""
+        self._closing.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -83,7 +112,49 @@ class ProviderApp:
             if path == HEALTH_PATH:
                 await self._serve_health(scope, send)
                 return
+            if path == LOGS_PATH:
+                await self._serve_logs(scope, receive, send)
+                return
         await self._system(scope, receive, send)
+
+    async def _serve_logs(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream a function's log lines, or send the error that prevents it."""
+        if scope["method"] != "GET":
+            await _send_text(
+                send,
+                405,
+                f"Method {scope['method']} is not allowed on {LOGS_PATH}. Use GET.",
+                allow="GET",
+            )
+            return
+        query = scope.get("query_string", b"").decode("latin-1")
+        try:
+            request = logs_api.parse_log_request(query)
+            stream = await self.backend.read_logs(request)
+        except Exception as exc:
+            status = _status_of(exc)
+            if status is None:
+                raise
+            logger.info(
+                "log request rejected: %s", exc, extra={"ctx": {"status": status}}
+            )
+            await _send_text(send, status, str(exc))
+            return
+        started_at = time.perf_counter()
+        sent_bytes = await logs_api.stream_logs(
+            stream, receive, send, closing=self._closing
+        )
+        logger.info(
+            "function logs sent",
+            extra={
+                "ctx": {
+                    "function": request.name,
+                    "follow": request.follow,
+                    "bytes": sent_bytes,
+                    "duration_s": round(time.perf_counter() - started_at, 3),
+                }
+            },
+        )
 
     async def _serve_health(self, scope: Scope, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
@@ -156,11 +227,12 @@ class ProviderApp:
             async with self.backend.invoke(invocation) as response:
                 await sending.send(response)
                 return response.status
-        except FunctionNotFound as exc:
-            if sending.started:
-                raise
-            await _send_text(send, 404, str(exc))
-            return 404
+        except (NamespaceNotFound, FunctionNotFound, StorageError) as exc:
+            # Raised on entry (lookup, or saving a scale from zero), so no
+            # response has started.
+            status = _status_of(exc) or 500
+            await _send_text(send, status, str(exc))
+            return status
         except InvocationFailed as exc:
             if not sending.started:
                 await _send_text(
@@ -275,6 +347,52 @@ def _build_system_app(
         status = await backend.get_function(name, namespace)
         return _json_response(status.model_dump_json())
 
+    @app.post("/system/scale-function/{name}")
+    async def scale_function(
+        name: str, request: Request, namespace: str = ""
+    ) -> Response:
+        # The name comes from the path, as in faas-netes, so serviceName is ignored.
+        scale = _parse_body(ScaleServiceRequest, await request.body())
+        if scale.replicas < 0:
+            raise InvalidRequest(
+                f"Invalid replicas {scale.replicas} for function {name!r}: use 0 "
+                "or more. 0 stops its processes until the next call."
+            )
+        await backend.scale_function(
+            name, namespace or scale.namespace, replicas=scale.replicas
+        )
+        return Response(status_code=202)
+
+    @app.get("/system/secrets")
+    async def list_secrets(namespace: str = "") -> Response:
+        secrets = await backend.list_secrets(namespace)
+        listed = [
+            {"name": secret.name, "namespace": secret.namespace} for secret in secrets
+        ]
+        return _json_response(json.dumps(listed))
+
+    @app.post("/system/secrets")
+    async def create_secret(request: Request, namespace: str = "") -> Response:
+        secret = _parse_body(Secret, await request.body())
+        await backend.create_secret(
+            secret.name, namespace or secret.namespace, value=_secret_value(secret)
+        )
+        return Response(status_code=202)
+
+    @app.put("/system/secrets")
+    async def update_secret(request: Request, namespace: str = "") -> Response:
+        secret = _parse_body(Secret, await request.body())
+        await backend.update_secret(
+            secret.name, namespace or secret.namespace, value=_secret_value(secret)
+        )
+        return Response(status_code=202)
+
+    @app.delete("/system/secrets")
+    async def delete_secret(request: Request, namespace: str = "") -> Response:
+        secret = _parse_body(Secret, await request.body())
+        await backend.delete_secret(secret.name, namespace or secret.namespace)
+        return Response(status_code=202)
+
     @app.get("/system/namespaces")
     async def list_namespaces() -> Response:
         namespaces = await backend.list_namespaces()
@@ -285,6 +403,46 @@ def _build_system_app(
         return _json_response(backend.info().model_dump_json())
 
     return app
+
+
+def _secret_value(secret: Secret) -> bytes:
+    """Return the bytes of `value` or of base64 `rawValue`, or raise InvalidRequest."""
+    if secret.value and secret.raw_value:
+        raise InvalidRequest(
+            f"Secret {secret.name!r} has both value and rawValue: send the text in "
+            "value or the base64 bytes in rawValue, not both."
+        )
+    if secret.value:
+        data = secret.value.encode()
+    elif secret.raw_value:
+        try:
+            data = base64.b64decode(secret.raw_value, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(
+                f"The rawValue of secret {secret.name!r} is not valid base64: "
+                "encode the bytes with standard base64, or send text in value."
+            ) from None
+    else:
+        data = b""
+    if not data:
+        raise InvalidRequest(
+            f"Secret {secret.name!r} has no value: send the text in value or the "
+            "base64 bytes in rawValue."
+        )
+    if len(data) > MAX_SECRET_BYTES:
+        raise InvalidRequest(
+            f"Secret {secret.name!r} has {len(data)} bytes, more than the "
+            f"{MAX_SECRET_BYTES} bytes a secret may hold."
+        )
+    return data
+
+
+def _status_of(exc: Exception) -> int | None:
+    """Return the status code for a backend error, or None for an unexpected one."""
+    for error_type, status_code in _STATUS_BY_ERROR:
+        if isinstance(exc, error_type):
+            return status_code
+    return None
 
 
 def _status_array(statuses: list[FunctionStatus]) -> str:
@@ -333,7 +491,8 @@ async def _routing_error_handler(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         text = (
             f"No route for {where}. The provider serves /system/functions, "
-            "/system/function/NAME, /system/namespaces, /system/info, "
+            "/system/function/NAME, /system/scale-function/NAME, "
+            "/system/secrets, /system/logs, /system/namespaces, /system/info, "
             "/function/NAME and /healthz."
         )
     elif exc.status_code == 405:

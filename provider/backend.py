@@ -7,8 +7,12 @@ raising the errors below, and the API turns each into a status code::
 
     ProviderError (faashub.errors.FaashubError)
     ├── InvalidRequest       400: a request the backend cannot carry out as sent
+    ├── NamespaceNotFound    404: a namespace the backend does not have
     ├── FunctionNotFound     404: no function of that name in that namespace
+    ├── SecretNotFound       404: no secret of that name in that namespace
     ├── FunctionExists       409: create of a function that is already deployed
+    ├── SecretExists         409: create of a secret that already exists
+    ├── SecretInUse          409: delete of a secret that functions still use
     ├── StorageError         500: the backend could not persist its state
     ├── ProviderStartError   the backend could not start (the process exits)
     └── InvocationFailed     an invocation that produced no function response
@@ -28,7 +32,13 @@ from typing import Protocol
 
 from faashub import errors
 from faashub.names import FunctionRef
-from provider.types import FunctionDeployment, FunctionStatus, ProviderInfo
+from provider.types import (
+    FunctionDeployment,
+    FunctionStatus,
+    LogRequest,
+    ProviderInfo,
+    Secret,
+)
 
 
 class ProviderError(errors.FaashubError):
@@ -43,8 +53,24 @@ class FunctionNotFound(ProviderError, LookupError):
     """No function of that name is deployed in that namespace."""
 
 
+class NamespaceNotFound(ProviderError, LookupError):
+    """A namespace that the backend does not have."""
+
+
+class SecretNotFound(ProviderError, LookupError):
+    """No secret of that name exists in that namespace."""
+
+
 class FunctionExists(ProviderError):
     """A create request for a function that is already deployed."""
+
+
+class SecretExists(ProviderError):
+    """A create request for a secret that already exists."""
+
+
+class SecretInUse(ProviderError):
+    """A delete request for a secret that deployed functions still use."""
 
 
 class StorageError(ProviderError, OSError):
@@ -77,6 +103,16 @@ class FunctionTimeout(InvocationFailed):
     """The function did not respond within its exec timeout."""
 
     status_code = 504
+
+
+class LogStream(Protocol):
+    """Chunks of ndjson log lines. `aclose` ends the stream early."""
+
+    def __aiter__(self) -> "LogStream": ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +198,43 @@ class ProviderBackend(Protocol):
         """Remove a function and stop its processes, or raise FunctionNotFound."""
         ...
 
+    async def scale_function(self, name: str, namespace: str, *, replicas: int) -> None:
+        """Set how many replicas the function runs, or raise FunctionNotFound.
+
+        Raise InvalidRequest for a count the backend cannot run.
+        """
+        ...
+
     async def list_namespaces(self) -> list[str]:
         """Return the namespaces that functions can be deployed to."""
+        ...
+
+    async def list_secrets(self, namespace: str) -> list[Secret]:
+        """Return the secrets of the namespace, with names only and no values."""
+        ...
+
+    async def create_secret(self, name: str, namespace: str, *, value: bytes) -> None:
+        """Store a new secret, or raise SecretExists."""
+        ...
+
+    async def update_secret(self, name: str, namespace: str, *, value: bytes) -> None:
+        """Replace a secret's value where it is stored and where functions read it.
+
+        Raise SecretNotFound for an unknown secret.
+        """
+        ...
+
+    async def delete_secret(self, name: str, namespace: str) -> None:
+        """Remove a secret, or raise SecretNotFound or SecretInUse."""
+        ...
+
+    async def read_logs(self, request: LogRequest) -> LogStream:
+        """Return the function's log as chunks of ndjson `logs.Message` lines.
+
+        Raise FunctionNotFound or NamespaceNotFound before the first chunk.
+        With `request.follow` the iterator waits for new lines until the
+        function is removed or the backend stops, and `aclose` ends the wait.
+        """
         ...
 
     def info(self) -> ProviderInfo:

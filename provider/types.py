@@ -3,9 +3,11 @@
 These are the bodies that `faas-cli` and the gateway send to and read from a
 provider: `FunctionDeployment` (POST and PUT `/system/functions`),
 `FunctionStatus` (GET `/system/functions` and `/system/function/{name}`),
-`DeleteFunctionRequest` (DELETE `/system/functions`) and `ProviderInfo` (GET
-`/system/info`). Python attributes are snake_case and the JSON keys keep the
-camelCase spelling of the Go types, through aliases.
+`DeleteFunctionRequest` (DELETE `/system/functions`), `Secret` (`/system/secrets`),
+`ScaleServiceRequest` (POST `/system/scale-function/{name}`), `LogRequest` (the
+query of GET `/system/logs`) and `ProviderInfo` (GET `/system/info`). Python
+attributes are snake_case and the JSON keys keep the camelCase spelling of the
+Go types, through aliases.
 
 Go clients send `null` for an empty map, list or string, so every optional
 field of a request accepts `null` and reads it as its empty default. Keys that
@@ -14,6 +16,7 @@ ignored. Like the Go types, `FunctionStatus` omits zero values from its JSON,
 except `name` and `image`, which are always present.
 """
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -146,6 +149,48 @@ class DeleteFunctionRequest(_WireModel):
 
     function_name: str
     namespace: str = ""
+
+
+class Secret(_WireModel):
+    """A secret as `faas-cli secret` sends it: `value` text or base64 `rawValue`.
+
+    A request that creates or updates a secret carries exactly one of the
+    two, and the provider never returns either.
+    """
+
+    name: str
+    namespace: str = ""
+    value: str = ""
+    raw_value: str = ""
+
+
+class ScaleServiceRequest(_WireModel):
+    """The body of POST `/system/scale-function/{name}`.
+
+    `replicas` has no default: a body without it is rejected rather than read
+    as a scale to zero, which is what Go's zero value would mean. It must be a
+    JSON integer, as Go's `uint` requires, so `true` or `2.0` is rejected.
+    """
+
+    service_name: str = ""
+    namespace: str = ""
+    replicas: int = Field(strict=True)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRequest:
+    """The query of GET `/system/logs`, as faas-provider's `logs.Request` defines it.
+
+    `tail` of zero or less means every stored line. `since` keeps only lines
+    stamped at or after that time. `follow` keeps the stream open for new lines.
+    """
+
+    name: str
+    namespace: str = ""
+    instance: str = ""
+    since: datetime | None = None
+    tail: int = 0
+    follow: bool = False
 
 
 class VersionInfo(BaseModel):

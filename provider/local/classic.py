@@ -4,9 +4,11 @@ The function's command gets the request body on stdin, and its stdout becomes
 the response body with status 200 when it exits with code 0. The request is
 described to the process in CGI-style variables: each header as
 `Http_<Name_With_Underscores>` (`Http_Content_Type`, `Http_X_Call_Id`), plus
-`Http_Method`, `Http_Path` and `Http_Query`. stderr is logged, never returned.
-The whole process group is killed when the request ends, so nothing the
-function started outlives it.
+`Http_Method`, `Http_Path` and `Http_Query`. stderr is never returned: each
+of its lines goes to the function's log as it arrives, as instance
+`<name>-<pid>`, so the lines of one request share an instance. stdout is the
+response, so it is not a log. The whole process group is killed when the
+request ends, so nothing the function started outlives it.
 
 The body is buffered in both directions. This module does not stream, and it
 does not enforce `limits`, `requests` or `readOnlyRootFilesystem`.
@@ -25,11 +27,13 @@ from provider.backend import (
 )
 from provider.local import processes
 from provider.local.definition import FunctionSpec
+from provider.local.function_logs import FunctionLog
 from provider.local.headers import canonical_header_name
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
+# The start of a failed process's stderr that goes into the provider's log.
 MAX_LOGGED_STDERR_BYTES: Final = 4 * 1024
 
 
@@ -58,6 +62,7 @@ async def run(
     invocation: Invocation,
     *,
     tracker: processes.ProcessTracker,
+    log: FunctionLog,
 ) -> InvocationResponse:
     """Run the function's command once for `invocation` and return its response.
 
@@ -67,10 +72,12 @@ async def run(
     context = {"function": spec.ref, "call_id": invocation.call_id}
     process = await _start(spec, invocation)
     started_at = time.monotonic()
+    stderr = _StderrLog(log, instance=f"{spec.name}-{process.pid}")
     with tracker.track(process):
         try:
-            stdout, stderr = await asyncio.wait_for(
-                _communicate(process, invocation.body), timeout=spec.exec_timeout_s
+            stdout = await asyncio.wait_for(
+                _communicate(process, invocation.body, stderr=stderr),
+                timeout=spec.exec_timeout_s,
             )
         except TimeoutError:
             raise FunctionTimeout(
@@ -87,18 +94,13 @@ async def run(
     if process.returncode != 0:
         logger.warning(
             "function process failed: %s",
-            processes.truncate_output(stderr, max_bytes=MAX_LOGGED_STDERR_BYTES),
+            stderr.start(),
             extra={"ctx": {**context, "exit_code": process.returncode}},
         )
         raise FunctionFailed(
             f"Function {spec.ref} exited with code {process.returncode} after "
-            f"{duration_s:.3f} s. Its stderr is in the provider log."
-        )
-    if stderr:
-        logger.info(
-            "function stderr: %s",
-            processes.truncate_output(stderr, max_bytes=MAX_LOGGED_STDERR_BYTES),
-            extra={"ctx": context},
+            f"{duration_s:.3f} s. Read its stderr with GET "
+            f"/system/logs?name={spec.name} ('faashub logs {spec.name}')."
         )
     return InvocationResponse(
         status=200,
@@ -110,10 +112,37 @@ async def run(
     )
 
 
+class _StderrLog:
+    """Stores each stderr line in the function log and keeps the first few KiB."""
+
+    def __init__(self, log: FunctionLog, *, instance: str) -> None:
+        self._log = log
+        self._instance = instance
+        self._start: list[str] = []
+        self._kept_bytes = 0
+        self._dropped_bytes = 0
+
+    def add_line(self, text: str) -> None:
+        self._log.append(self._instance, text)
+        size = len(text.encode()) + 1
+        if self._kept_bytes + size <= MAX_LOGGED_STDERR_BYTES:
+            self._start.append(text)
+            self._kept_bytes += size
+        else:
+            self._dropped_bytes += size
+
+    def start(self) -> str:
+        """Return the kept lines for a log message, noting how much was left out."""
+        text = " | ".join(self._start)
+        if self._dropped_bytes:
+            text += f" ... ({self._dropped_bytes} more bytes)"
+        return text
+
+
 async def _communicate(
-    process: asyncio.subprocess.Process, body: bytes
-) -> tuple[bytes, bytes]:
-    """Write `body` to stdin while reading stdout and stderr, then reap the process."""
+    process: asyncio.subprocess.Process, body: bytes, *, stderr: _StderrLog
+) -> bytes:
+    """Write `body` to stdin while reading stdout and stderr, and return stdout."""
     assert process.stdin is not None, "spawned with a stdin pipe"
     assert process.stdout is not None, "spawned with a stdout pipe"
     assert process.stderr is not None, "spawned with a stderr pipe"
@@ -132,11 +161,13 @@ async def _communicate(
         finally:
             stdin.close()
 
-    _, stdout, stderr = await asyncio.gather(
-        feed_stdin(), process.stdout.read(), process.stderr.read()
+    _, stdout, _ = await asyncio.gather(
+        feed_stdin(),
+        process.stdout.read(),
+        processes.read_lines(process.stderr, on_line=stderr.add_line),
     )
     await process.wait()
-    return stdout, stderr
+    return stdout
 
 
 async def _start(

@@ -1,15 +1,19 @@
 """Validation of a FunctionDeployment for the local backend, and what it runs.
 
-`build_spec` checks the rules of the local backend (one namespace, no secret
-store, `envProcess` required because it is the command) and reads the
-of-watchdog variables from `envVars`: `mode`, `exec_timeout`, `content_type`
-and `upstream_url`. The result, a `FunctionSpec`, is what `classic` and
-`http_mode` run. This module starts no process.
+`build_spec` checks the rules of the local backend: one namespace, secret
+names that are DNS-1123 labels, and `envProcess` required because it is the
+command. It reads the of-watchdog variables from `envVars` (`mode`,
+`exec_timeout`, `content_type` and `upstream_url`) and the initial replica
+count from the label `com.openfaas.scale.min`. The result, a `FunctionSpec`,
+is what `classic` and `http_mode` run. Whether the named secrets exist is the
+backend's check, because it needs the secret store. This module starts no
+process.
 
 A function's process never inherits the provider's environment, which may
 contain credentials. It gets a minimal base (`PATH`, `HOME`, `LANG`, `LC_ALL`,
 `TMPDIR`, copied from the provider when set) plus the function's own
-variables.
+variables. A function that names secrets also gets OPENFAAS_SECRETS_DIR, the
+folder that holds one file per secret.
 """
 
 import logging
@@ -22,7 +26,7 @@ from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from faashub import constants, names
-from provider.backend import InvalidRequest
+from provider.backend import InvalidRequest, NamespaceNotFound
 from provider.types import FunctionDeployment
 
 logger = logging.getLogger(__name__)
@@ -38,6 +42,17 @@ DEFAULT_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 CLASSIC_MODES: Final = frozenset({"", "streaming", "serializing"})
 HTTP_MODE: Final = "http"
 ENV_HTTP_UPSTREAM_URL: Final = "http_upstream_url"  # of-watchdog's older spelling
+
+# The folder of the function's secret files. OpenFaaS mounts secrets at
+# /var/openfaas/secrets, and a local function reads $OPENFAAS_SECRETS_DIR/<name>.
+ENV_SECRETS_DIR: Final = "OPENFAAS_SECRETS_DIR"
+
+# The replicas a function starts with, as faas-netes reads it at deploy.
+LABEL_SCALE_MIN: Final = "com.openfaas.scale.min"
+# The maximum replicas of a function, so a typo in a scale request cannot
+# start hundreds of servers. It is the default of com.openfaas.scale.max in
+# OpenFaaS Pro.
+MAX_REPLICAS: Final = 20
 
 _DURATION_UNITS_S: Final = {
     "ns": 1e-9,
@@ -66,6 +81,11 @@ class FunctionSpec:
     content_type: str
     upstream_url: str
     upstream_port: int
+    secrets: tuple[str, ...] = ()
+    secrets_dir: str = ""
+    """The folder of the secret files, or "" when the function names no secret."""
+    min_replicas: int | None = None
+    """The replicas from the `com.openfaas.scale.min` label, None without it."""
 
     @property
     def ref(self) -> str:
@@ -77,6 +97,9 @@ class FunctionSpec:
         env = base_environment()
         env.update(self.env_vars)
         env["fprocess"] = self.command
+        # Set last, so an envVars entry cannot point a function elsewhere.
+        if self.secrets_dir:
+            env[ENV_SECRETS_DIR] = self.secrets_dir
         return env
 
 
@@ -88,13 +111,30 @@ def base_environment() -> dict[str, str]:
 
 
 def resolve_namespace(namespace: str) -> str:
-    """Return the namespace to use for `namespace`, or raise InvalidRequest."""
+    """Return the namespace to use for `namespace`, or raise NamespaceNotFound."""
     if namespace in ("", NAMESPACE):
         return NAMESPACE
-    raise InvalidRequest(
-        f"Namespace {namespace!r} is not available: the local provider has only "
-        f"the namespace {NAMESPACE!r}. Leave the namespace empty or use {NAMESPACE!r}."
+    raise NamespaceNotFound(
+        f"Namespace {namespace!r} not found: the local provider has only the "
+        f"namespace {NAMESPACE!r}. Leave the namespace empty or use {NAMESPACE!r}."
     )
+
+
+def validate_replicas(spec: FunctionSpec, replicas: int) -> int:
+    """Return `replicas` if the function can run that many, or raise InvalidRequest."""
+    if replicas < 0 or replicas > MAX_REPLICAS:
+        raise InvalidRequest(
+            f"Cannot scale function {spec.ref} to {replicas} replicas: the local "
+            f"provider runs from 0 to {MAX_REPLICAS} replicas of a function."
+        )
+    if replicas > 1 and spec.upstream_url:
+        raise InvalidRequest(
+            f"Cannot scale function {spec.ref} to {replicas} replicas: its "
+            f"upstream_url {spec.upstream_url} fixes one port, so only one process "
+            "can run. Remove upstream_url from its envVars to let each replica get "
+            "its own port."
+        )
+    return replicas
 
 
 def parse_duration_s(value: str) -> float:
@@ -128,14 +168,15 @@ def build_spec(
 ) -> FunctionSpec:
     """Validate `deployment` for the local backend and return what to run.
 
-    Raise InvalidRequest, or faashub.errors.InvalidFunctionName for a service
-    that is not a DNS-1123 label. An invalid `exec_timeout` is not an error:
-    it is logged once here and the default is used.
+    Raise InvalidRequest, NamespaceNotFound, or
+    faashub.errors.InvalidFunctionName for a service or secret name that is
+    not a DNS-1123 label. An invalid `exec_timeout` is not an error: it is
+    logged once here and the default is used.
     """
     name = names.validate_label(deployment.service)
     namespace = resolve_namespace(deployment.namespace)
     argv = _split_command(name, deployment.env_process)
-    _reject_secrets(name, deployment.secrets)
+    secrets = _secret_names(name, deployment.secrets)
     env_vars = deployment.env_vars
 
     mode_value = env_vars.get(constants.ENV_MODE, "")
@@ -154,6 +195,14 @@ def build_spec(
         ENV_HTTP_UPSTREAM_URL, ""
     )
     upstream_port = _upstream_port(name, upstream_url) if upstream_url else 0
+    min_replicas = _min_replicas(name, deployment.labels)
+    if upstream_url and min_replicas is not None and min_replicas > 1:
+        raise InvalidRequest(
+            f"Function {name!r} asks for {min_replicas} replicas with label "
+            f"{LABEL_SCALE_MIN}, but its upstream_url fixes one port, so only one "
+            "process can run. Remove upstream_url to let each replica get its "
+            f"own port, or set {LABEL_SCALE_MIN} to 1."
+        )
 
     return FunctionSpec(
         name=name,
@@ -168,6 +217,8 @@ def build_spec(
         content_type=env_vars.get(constants.ENV_CONTENT_TYPE, ""),
         upstream_url=upstream_url.rstrip("/"),
         upstream_port=upstream_port,
+        secrets=secrets,
+        min_replicas=min_replicas,
     )
 
 
@@ -190,15 +241,26 @@ def _split_command(name: str, command: str) -> tuple[str, ...]:
     return argv
 
 
-def _reject_secrets(name: str, secrets: list[str]) -> None:
-    missing = [secret for secret in secrets if secret]
-    if missing:
-        listed = ", ".join(repr(secret) for secret in missing)
+def _secret_names(name: str, secrets: list[str]) -> tuple[str, ...]:
+    """Return the function's secret names, without repeats, in the order given."""
+    unique = dict.fromkeys(secret for secret in secrets if secret)
+    for secret in unique:
+        names.validate_label(secret, what=f"secret name of function {name!r}")
+    return tuple(unique)
+
+
+def _min_replicas(name: str, labels: Mapping[str, str]) -> int | None:
+    value = labels.get(LABEL_SCALE_MIN)
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit() or int(text) > MAX_REPLICAS:
         raise InvalidRequest(
-            f"Secret {listed} of function {name!r} not found: the local provider "
-            "has no secret store yet. Remove the secrets from the function, or "
-            "pass the values in envVars."
+            f"Function {name!r} has label {LABEL_SCALE_MIN}={value!r}, which is "
+            f"not a whole number of replicas from 0 to {MAX_REPLICAS}. Fix it, or "
+            "remove it to start one replica."
         )
+    return int(text)
 
 
 def _upstream_port(name: str, url: str) -> int:

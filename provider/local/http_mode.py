@@ -1,17 +1,22 @@
-"""HTTP mode: one long-running server process per function, as of-watchdog's mode=http.
+"""HTTP mode: long-running server processes per function, as of-watchdog's mode=http.
 
-`HttpFunction` starts the function's command once, in its own process group,
-with `PORT` set to the port it must listen on at 127.0.0.1 (or to the port of
-its `upstream_url`). It counts the process as responding once any HTTP
-response, whatever the status, comes back from GET `/_/health`, the path the
-OpenFaaS watchdog reserves for health checks. Requests are proxied to the
-process with aiohttp and the response is streamed back unchanged.
+An `HttpFunction` runs a number of replicas of the function's command. Each
+`HttpReplica` is one process in its own process group, with `PORT` set to
+the port it must listen on at 127.0.0.1 (or to the port of the function's
+`upstream_url`, which allows one replica only). A replica counts as
+responding once any HTTP response, whatever the status, comes back from GET
+`/_/health`, the path the OpenFaaS watchdog reserves for health checks. Each
+request goes to the responding replica with the fewest requests in flight,
+taking turns among equals, and its response is streamed back unchanged. Both
+output streams of every replica go to the function's log as instance
+`<name>-<index>`, so an instance keeps its name across restarts.
 
-A process that exits, or does not respond within the start timeout, is
-restarted after a delay that starts at 0.5 s and doubles up to 10 s. The
+A replica whose process exits, or does not respond within the start timeout,
+is restarted after a delay that starts at 0.5 s and doubles up to 10 s. The
 delay falls back to 0.5 s once a process has run for a minute. While no
-process responds, a request waits up to the start timeout and then fails with
-FunctionUnavailable. `stop` terminates the process group, SIGTERM first and
+replica responds, a request waits up to the start timeout and then fails with
+FunctionUnavailable. `scale` starts replicas or stops the ones with the
+highest indexes. `stop` terminates every process group, SIGTERM first and
 SIGKILL after a grace period.
 """
 
@@ -19,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import aiohttp
@@ -35,6 +40,7 @@ from provider.backend import (
 )
 from provider.local import processes
 from provider.local.definition import FunctionSpec
+from provider.local.function_logs import FunctionLog
 from provider.local.headers import canonical_header_name, end_to_end_headers
 
 logger = logging.getLogger(__name__)
@@ -64,48 +70,58 @@ def pick_free_port() -> int:
         return port
 
 
-class HttpFunction:
-    """The server process of one http-mode function, and the proxy to it."""
+class HttpReplica:
+    """One server process of an http-mode function, restarted until `stop`."""
 
     def __init__(
         self,
         spec: FunctionSpec,
+        index: int,
         *,
         session: aiohttp.ClientSession,
         start_timeout_s: float,
+        log: FunctionLog,
+        on_change: Callable[[], None],
     ) -> None:
         self.spec = spec
+        self.instance = f"{spec.name}-{index}"
+        self.base_url = ""
+        self.in_flight = 0
+        self.last_failure = "it has not started yet"
         self._session = session
         self._start_timeout_s = start_timeout_s
-        self._responding = asyncio.Event()
-        self._stopped = asyncio.Event()
-        self._base_url = ""
-        self._last_failure = "it has not started yet"
+        self._log = log
+        self._on_change = on_change
+        self._responding = False
         self._supervisor: asyncio.Task[None] | None = None
 
     @property
     def available(self) -> bool:
-        """Whether the function's process responds to HTTP now."""
-        return self._responding.is_set()
+        """Whether the replica's process responds to HTTP now."""
+        return self._responding
 
     def start(self) -> None:
         """Start the process and keep it running until `stop`."""
         self._supervisor = asyncio.create_task(
-            self._supervise(), name=f"http-function-{self.spec.ref}"
+            self._supervise(), name=f"http-function-{self.spec.ref}-{self.instance}"
         )
 
     async def stop(self) -> None:
         """Terminate the process group and stop restarting it."""
         if self._supervisor is None:
             return
-        self._stopped.set()
         self._supervisor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._supervisor
         self._supervisor = None
         logger.info(
-            "function process stopped", extra={"ctx": {"function": self.spec.ref}}
+            "function process stopped",
+            extra={"ctx": {"function": self.spec.ref, "instance": self.instance}},
         )
+
+    def _set_responding(self, responding: bool) -> None:
+        self._responding = responding
+        self._on_change()
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
@@ -120,6 +136,7 @@ class HttpFunction:
                 extra={
                     "ctx": {
                         "function": self.spec.ref,
+                        "instance": self.instance,
                         "exit_code": exit_code,
                         "restart_in_s": delay_s,
                     }
@@ -135,45 +152,47 @@ class HttpFunction:
         """
         spec = self.spec
         if spec.upstream_url:
-            port, self._base_url = spec.upstream_port, spec.upstream_url
+            port, self.base_url = spec.upstream_port, spec.upstream_url
         else:
             port = pick_free_port()
-            self._base_url = f"http://{LOOPBACK}:{port}"
+            self.base_url = f"http://{LOOPBACK}:{port}"
         env = spec.process_env()
         env["PORT"] = str(port)
+        context: dict[str, object] = {"function": spec.ref, "instance": self.instance}
         try:
             process = await processes.spawn(spec.argv, env=env)
         except OSError as exc:
-            self._last_failure = f"its command {spec.argv[0]!r} cannot start: {exc}"
+            self.last_failure = f"its command {spec.argv[0]!r} cannot start: {exc}"
             logger.error(
                 "function process failed to start: %s",
                 exc,
-                extra={"ctx": {"function": spec.ref, "command": spec.argv[0]}},
+                extra={"ctx": {**context, "command": spec.argv[0]}},
             )
             return None
 
         output_readers = [
             asyncio.create_task(
-                processes.log_output(stream, function=spec.ref, stream_name=name)
+                processes.read_lines(stream, on_line=self._output_handler(name))
             )
             for stream, name in ((process.stdout, "stdout"), (process.stderr, "stderr"))
         ]
-        context = {"function": spec.ref, "pid": process.pid, "port": port}
+        context.update(pid=process.pid, port=port)
         gave_up = False
         try:
             if await self._wait_until_responding(process):
-                self._responding.set()
+                self._set_responding(True)
                 logger.info("function process responding", extra={"ctx": context})
                 await process.wait()
             else:
                 gave_up = process.returncode is None
         finally:
-            self._responding.clear()
+            if self._responding:
+                self._set_responding(False)
             exit_code = await processes.terminate_group(process, grace_s=STOP_GRACE_S)
             await _finish_readers(output_readers)
 
         if gave_up:
-            self._last_failure = (
+            self.last_failure = (
                 f"its process did not respond on port {port} within "
                 f"{self._start_timeout_s:g} s"
             )
@@ -182,15 +201,29 @@ class HttpFunction:
                 extra={"ctx": {**context, "timeout_s": self._start_timeout_s}},
             )
         else:
-            self._last_failure = f"its process exited with code {exit_code}"
+            self.last_failure = f"its process exited with code {exit_code}"
         return exit_code
+
+    def _output_handler(self, stream_name: str) -> Callable[[str], None]:
+        """Return the callback that stores one output line of `stream_name`."""
+        context = {
+            "function": self.spec.ref,
+            "instance": self.instance,
+            "stream": stream_name,
+        }
+
+        def store(text: str) -> None:
+            self._log.append(self.instance, text)
+            logger.debug("function output: %s", text, extra={"ctx": context})
+
+        return store
 
     async def _wait_until_responding(self, process: asyncio.subprocess.Process) -> bool:
         """Probe the process until it responds, exits, or the start timeout ends."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._start_timeout_s
         probe_timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
-        url = self._base_url + HEALTH_PATH
+        url = self.base_url + HEALTH_PATH
         while process.returncode is None and loop.time() < deadline:
             try:
                 async with self._session.get(url, timeout=probe_timeout) as response:
@@ -200,12 +233,82 @@ class HttpFunction:
                 await asyncio.sleep(PROBE_INTERVAL_S)
         return False
 
+
+class HttpFunction:
+    """The replicas of one http-mode function, and the proxy that balances them."""
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        *,
+        session: aiohttp.ClientSession,
+        start_timeout_s: float,
+        log: FunctionLog,
+    ) -> None:
+        self.spec = spec
+        self._session = session
+        self._start_timeout_s = start_timeout_s
+        self._log = log
+        self._replicas: list[HttpReplica] = []
+        self._stopped = False
+        self._changed = asyncio.Event()
+        self._turn = 0
+
+    @property
+    def replicas(self) -> int:
+        """The number of replicas that run or are starting."""
+        return len(self._replicas)
+
+    @property
+    def available_replicas(self) -> int:
+        """The number of replicas whose process responds to HTTP now."""
+        return sum(replica.available for replica in self._replicas)
+
+    def start(self, replicas: int) -> None:
+        """Start `replicas` processes, each kept running until scaled down."""
+        self._add_replicas(replicas)
+
+    async def scale(self, replicas: int) -> None:
+        """Start or stop replicas until `replicas` run. A stop waits for the exit."""
+        if replicas >= len(self._replicas):
+            self._add_replicas(replicas - len(self._replicas))
+            return
+        leaving = self._replicas[replicas:]
+        del self._replicas[replicas:]
+        self._notify_change()
+        await asyncio.gather(*(replica.stop() for replica in leaving))
+
+    async def stop(self) -> None:
+        """Terminate every replica and fail the requests that wait for one."""
+        self._stopped = True
+        leaving, self._replicas = self._replicas, []
+        self._notify_change()
+        await asyncio.gather(*(replica.stop() for replica in leaving))
+
+    def _add_replicas(self, count: int) -> None:
+        for _ in range(count):
+            replica = HttpReplica(
+                self.spec,
+                len(self._replicas),
+                session=self._session,
+                start_timeout_s=self._start_timeout_s,
+                log=self._log,
+                on_change=self._notify_change,
+            )
+            self._replicas.append(replica)
+            replica.start()
+
+    def _notify_change(self) -> None:
+        """Wake the requests that wait for a replica, so they look again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
     @contextlib.asynccontextmanager
     async def forward(
         self, invocation: Invocation
     ) -> AsyncIterator[InvocationResponse]:
-        """Proxy `invocation` to the process; the response streams inside the block."""
-        response = await self._send(invocation)
+        """Proxy `invocation` to a replica. The response streams inside the block."""
+        replica, response = await self._send(invocation)
         try:
             yield InvocationResponse(
                 status=response.status,
@@ -219,74 +322,94 @@ class HttpFunction:
             )
         finally:
             response.release()
+            replica.in_flight -= 1
 
-    async def _send(self, invocation: Invocation) -> aiohttp.ClientResponse:
-        """Send the request, retrying once when the process refused the connection."""
+    async def _send(
+        self, invocation: Invocation
+    ) -> tuple[HttpReplica, aiohttp.ClientResponse]:
+        """Send the request to a replica, trying again once on a refused connection.
+
+        The returned replica counts the request as in flight; the caller ends that.
+        """
         # NB: a refused connection means the request never reached the
         # process, so sending it again cannot run the function twice.
         for attempt in (1, 2):
-            await self._wait_until_available()
+            replica = await self._wait_for_replica()
+            replica.in_flight += 1
             try:
-                return await self._session.request(
+                response = await self._session.request(
                     invocation.method,
-                    self._upstream_url(invocation),
+                    replica.base_url + _target(invocation),
                     headers=_upstream_headers(invocation),
                     data=invocation.body,
                     allow_redirects=False,
                     skip_auto_headers=_SKIP_AUTO_HEADERS,
                     timeout=aiohttp.ClientTimeout(total=self.spec.exec_timeout_s),
                 )
+                return replica, response
             except TimeoutError as exc:
+                replica.in_flight -= 1
                 raise FunctionTimeout(
                     f"Function {self.spec.ref} did not respond within its exec "
                     f"timeout of {self.spec.exec_timeout_s:g} s. Raise exec_timeout "
                     "in its envVars if it needs longer."
                 ) from exc
             except aiohttp.ClientConnectorError as exc:
+                replica.in_flight -= 1
                 if attempt == 2:
                     raise FunctionUnavailable(
                         f"Function {self.spec.ref} refused the connection: {exc}."
                     ) from exc
                 # Give the supervisor time to notice an exited process, so the
-                # second attempt waits for its replacement.
+                # second attempt goes to another replica or waits for the restart.
                 await asyncio.sleep(REFUSED_RETRY_DELAY_S)
             except aiohttp.ClientError as exc:
+                replica.in_flight -= 1
                 raise FunctionFailed(
                     f"Function {self.spec.ref} failed to respond: {exc}."
                 ) from exc
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    async def _wait_until_available(self) -> None:
-        """Return once the process responds; raise FunctionUnavailable otherwise."""
-        if self._responding.is_set():
-            return
-        waiters = {
-            asyncio.ensure_future(self._responding.wait()),
-            asyncio.ensure_future(self._stopped.wait()),
-        }
-        await asyncio.wait(
-            waiters, timeout=self._start_timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        for waiter in waiters:
-            waiter.cancel()
-        if self._responding.is_set():
-            return
-        if self._stopped.is_set():
-            raise FunctionUnavailable(
-                f"Function {self.spec.ref} was updated or deleted while the request "
-                "waited for it to start. Send the request again."
-            )
-        raise FunctionUnavailable(
-            f"Function {self.spec.ref} is not responding after "
-            f"{self._start_timeout_s:g} s because {self._last_failure}. Its "
-            "output is in the provider log."
-        )
+    def _pick_replica(self) -> HttpReplica | None:
+        """Return the responding replica with the fewest requests in flight."""
+        responding = [replica for replica in self._replicas if replica.available]
+        if not responding:
+            return None
+        fewest = min(replica.in_flight for replica in responding)
+        least_busy = [replica for replica in responding if replica.in_flight == fewest]
+        self._turn += 1
+        return least_busy[self._turn % len(least_busy)]
 
-    def _upstream_url(self, invocation: Invocation) -> str:
-        url = self._base_url + invocation.raw_path
-        if invocation.query:
-            url += "?" + invocation.query
-        return url
+    async def _wait_for_replica(self) -> HttpReplica:
+        """Return a responding replica, waiting up to the start timeout for one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._start_timeout_s
+        while True:
+            changed = self._changed
+            replica = self._pick_replica()
+            if replica is not None:
+                return replica
+            if self._stopped:
+                raise FunctionUnavailable(
+                    f"Function {self.spec.ref} was updated or deleted while the "
+                    "request waited for it to start. Send the request again."
+                )
+            if not self._replicas:
+                raise FunctionUnavailable(
+                    f"Function {self.spec.ref} was scaled to zero while the request "
+                    "waited for it to start. Send the request again."
+                )
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
+                raise FunctionUnavailable(
+                    f"Function {self.spec.ref} is not responding after "
+                    f"{self._start_timeout_s:g} s because "
+                    f"{self._replicas[0].last_failure}. Read its output with GET "
+                    f"/system/logs?name={self.spec.name} ('faashub logs "
+                    f"{self.spec.name}')."
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining_s)
 
     async def _read_body(
         self, response: aiohttp.ClientResponse
@@ -303,6 +426,13 @@ class HttpFunction:
             raise FunctionFailed(
                 f"Function {self.spec.ref} broke off its response: {exc}."
             ) from exc
+
+
+def _target(invocation: Invocation) -> str:
+    """Return the path and query to request from the replica."""
+    if invocation.query:
+        return f"{invocation.raw_path}?{invocation.query}"
+    return invocation.raw_path
 
 
 def _upstream_headers(invocation: Invocation) -> CIMultiDict[str]:

@@ -7,6 +7,8 @@ when the provider thread that started it ends, and a provider killed with
 SIGKILL takes its function processes with it. The signal reaches only the
 direct child, so grandchildren of a killed provider can survive. `classic`
 and `http_mode` use these helpers, and this module contains no HTTP code.
+`read_lines` splits a process's output into lines for the function log
+store; the provider's own log gets them only at DEBUG.
 """
 
 import asyncio
@@ -16,7 +18,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final
 
 logger = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ PR_SET_PDEATHSIG: Final = 1  # from <linux/prctl.h>
 
 # Output is read in chunks and split into lines, so a long line without a
 # newline does not fill the pipe and block the process. Lines longer than
-# MAX_LOG_LINE_BYTES are logged in parts of that size.
+# MAX_LOG_LINE_BYTES are stored in parts of that size.
 READ_CHUNK_BYTES: Final = 64 * 1024
 MAX_LOG_LINE_BYTES: Final = 16 * 1024
 
@@ -100,19 +102,23 @@ async def terminate_group(
     return process.returncode if process.returncode is not None else -signal.SIGKILL
 
 
-async def log_output(
-    stream: asyncio.StreamReader | None, *, function: str, stream_name: str
+async def read_lines(
+    stream: asyncio.StreamReader | None, *, on_line: Callable[[str], None]
 ) -> None:
-    """Log each line that a function process writes, at INFO, until end of file."""
+    """Pass each line that a process writes to `on_line`, until end of file.
+
+    Lines are decoded as UTF-8 (invalid bytes replaced), without the newline
+    or a trailing carriage return.
+    """
     if stream is None:
         return
     pending = bytearray()
     while chunk := await stream.read(READ_CHUNK_BYTES):
         pending += chunk
         for line in _take_lines(pending):
-            _log_line(line, function=function, stream_name=stream_name)
+            on_line(_decode_line(line))
     if pending:
-        _log_line(bytes(pending), function=function, stream_name=stream_name)
+        on_line(_decode_line(bytes(pending)))
 
 
 def _take_lines(pending: bytearray) -> Iterator[bytes]:
@@ -127,20 +133,8 @@ def _take_lines(pending: bytearray) -> Iterator[bytes]:
         yield line
 
 
-def _log_line(line: bytes, *, function: str, stream_name: str) -> None:
-    logger.info(
-        "function output: %s",
-        line.decode("utf-8", errors="replace").rstrip("\r"),
-        extra={"ctx": {"function": function, "stream": stream_name}},
-    )
-
-
-def truncate_output(data: bytes, *, max_bytes: int) -> str:
-    """Decode process output for a log line, keeping its first `max_bytes`."""
-    text = data[:max_bytes].decode("utf-8", errors="replace").rstrip()
-    if len(data) > max_bytes:
-        text += f" ... ({len(data) - max_bytes} more bytes)"
-    return text
+def _decode_line(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace").rstrip("\r")
 
 
 class ProcessTracker:

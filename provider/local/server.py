@@ -2,10 +2,10 @@
 
 `run` binds the listener, serves the API with uvicorn (uvloop and httptools
 when they are installed, no access log) and blocks until SIGTERM or SIGINT.
-Then uvicorn stops accepting connections, waits up to
-GRACEFUL_SHUTDOWN_S for requests in flight, and the API's lifespan stops the
-backend, which terminates every function process. `create_app` builds the
-same application for tests that serve it themselves.
+Then the responses that follow a function's log end, uvicorn stops accepting
+connections, waits up to GRACEFUL_SHUTDOWN_S for requests in flight, and the
+API's lifespan stops the backend, which terminates every function process.
+`create_app` builds the same application for tests that serve it themselves.
 """
 
 import contextlib
@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Final
 
@@ -41,7 +41,21 @@ class ProviderServer(uvicorn.Server):
     uvicorn's own handlers re-raise the signal after shutdown and skip the
     lifespan shutdown on a second SIGINT. Either would end the process
     without stopping the function processes cleanly.
+
+    `on_shutdown` runs first when the server stops, however the stop was
+    requested. It ends the log streams, which would otherwise wait for lines
+    until the graceful shutdown timed out.
     """
+
+    def __init__(
+        self, config: uvicorn.Config, *, on_shutdown: Callable[[], None]
+    ) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_shutdown()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -77,7 +91,7 @@ def build_server(app: api.ProviderApp) -> ProviderServer:
         date_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    return ProviderServer(config)
+    return ProviderServer(config, on_shutdown=app.end_log_streams)
 
 
 def bind_listener(host: str, port: int) -> socket.socket:

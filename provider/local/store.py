@@ -1,7 +1,8 @@
 """Deployed functions on disk, so that they survive a provider restart.
 
 Each function is one JSON file, `<state_dir>/functions/<name>.<namespace>.json`,
-holding its FunctionDeployment and the time of its first deploy. A write goes
+holding its FunctionDeployment, the time of its first deploy and its replica
+count, so a scale survives a restart. A write goes
 to a temporary file in the same folder, is fsynced and then renamed over the
 old file, so a crash leaves either the old or the new definition, never half
 of one. A file that cannot be read is logged with its path and skipped, so
@@ -36,6 +37,8 @@ class StoredFunction(BaseModel):
 
     deployment: FunctionDeployment
     created_at: datetime
+    replicas: int | None = None
+    """The replicas to run. None means the deployment's count (scale.min, else 1)."""
 
 
 class FunctionStore:

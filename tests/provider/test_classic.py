@@ -1,5 +1,6 @@
 """Classic mode: one process per request, with the watchdog's CGI environment."""
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -149,19 +150,19 @@ def test_nonzero_exit_returns_500_with_internal_header(
     assert log_context(failures[0])["exit_code"] == 3
 
 
-def test_stderr_logged_not_returned(
-    client: httpx.Client, caplog: pytest.LogCaptureFixture
-) -> None:
-    assert (
-        deploy(client, "noisy", "sh -c 'echo to-stderr >&2; echo out'").status_code
-        == 202
-    )
+def test_stderr_in_function_log_not_response(client: httpx.Client) -> None:
+    command = "sh -c 'echo to-stderr >&2; echo $$ >&2; echo out'"
+    assert deploy(client, "noisy", command).status_code == 202
 
-    with caplog.at_level(logging.INFO):
-        response = client.post("/function/noisy", content=b"")
+    response = client.post("/function/noisy", content=b"")
+    logs = client.get("/system/logs", params={"name": "noisy"})
 
     assert response.text == "out\n"
-    assert any("to-stderr" in r.getMessage() for r in caplog.records)
+    lines = [json.loads(line) for line in logs.text.splitlines()]
+    assert [line["text"] for line in lines[:1]] == ["to-stderr"]
+    pid = lines[1]["text"]
+    assert {line["instance"] for line in lines} == {f"noisy-{pid}"}
+    assert "out" not in [line["text"] for line in lines]
 
 
 def test_command_not_found_returns_500(client: httpx.Client) -> None:

@@ -1,6 +1,7 @@
 """HTTP mode: a supervised server process per function, behind a proxy."""
 
 import gzip
+import json
 import logging
 import os
 import signal
@@ -196,16 +197,20 @@ def test_upstream_url_used_as_address(client: httpx.Client, echo_command: str) -
     assert seen["headers"]["Host"] == f"127.0.0.1:{port}"
 
 
-def test_function_output_logged(
+def test_function_output_in_function_log(
     client: httpx.Client, echo_command: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="provider.local.processes"):
+    with caplog.at_level(logging.INFO, logger="provider.local.http_mode"):
         deploy_echo(client, echo_command)
         echo(client)
 
-    lines = [r for r in caplog.records if "echo server starting" in r.getMessage()]
-    assert len(lines) == 1
-    assert log_context(lines[0])["function"] == "echo.openfaas-fn"
+    logs = client.get("/system/logs", params={"name": "echo"})
+    lines = [json.loads(line) for line in logs.text.splitlines()]
+    starting = [line for line in lines if line["text"] == "echo server starting"]
+    assert len(starting) == 1
+    assert starting[0]["instance"] == "echo-0"
+    assert starting[0]["namespace"] == "openfaas-fn"
+    assert not [r for r in caplog.records if "echo server" in r.getMessage()]
 
 
 @pytest.fixture
