@@ -1,11 +1,14 @@
 """The gateway's outer ASGI app: routing and the one lifespan.
 
-Requests under `/function/`, `/async-function/` and `/healthz` go straight to
-the lean handlers. Everything else, `/system/...` and the OpenAPI pages
-included, goes to the FastAPI app of `gateway.system`. The lifespan opens
-three things and closes them in reverse order: the NATS connection (in the
-background, so the gateway starts while NATS is down), the shared aiohttp
-session that reaches the provider, and the FastAPI app's own lifespan.
+Requests under `/function/`, `/async-function/`, `/async-calls/` and
+`/healthz` go straight to the lean handlers; DELETE on `/async-function/`
+cancels a call. Everything else, `/system/...` (the dead-letter API
+included) and the OpenAPI pages, goes to the FastAPI app of
+`gateway.system`. The lifespan opens three things and closes them in
+reverse order. The first is the NATS connection, in the background, so the
+gateway starts while NATS is down. The second is the shared aiohttp session
+that reaches the provider and callback receivers, and the third the FastAPI
+app's own lifespan.
 """
 
 import logging
@@ -18,7 +21,9 @@ from starlette.types import Receive, Scope, Send
 from faashub.settings import GatewaySettings
 from gateway import asgi, constants, system
 from gateway.async_accept import AsyncAccept
+from gateway.async_calls import AsyncCalls
 from gateway.call_queue import CallQueue
+from gateway.dead_letters import DeadLetterStore
 from gateway.function_lookup import FunctionLookup
 from gateway.sync_proxy import SyncProxy
 
@@ -34,6 +39,7 @@ _SKIPPED_CLIENT_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-T
 class _Handlers:
     sync: SyncProxy
     async_accept: AsyncAccept
+    async_calls: AsyncCalls
 
 
 class GatewayApp:
@@ -41,10 +47,14 @@ class GatewayApp:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.system = system.create_app(settings)
         self.queue = CallQueue(
-            settings.nats_url, duplicate_window_s=settings.duplicate_window_s
+            settings.nats_url,
+            duplicate_window_s=settings.duplicate_window_s,
+            status_ttl_s=settings.status_ttl_s,
+            dead_letter_max_age_s=settings.dead_letter_max_age_s,
         )
+        self.dead_letters = DeadLetterStore(self.queue)
+        self.system = system.create_app(settings, self.dead_letters)
         self._handlers: _Handlers | None = None
         self._exit_stack = AsyncExitStack()
 
@@ -61,8 +71,18 @@ class GatewayApp:
             if path.startswith(constants.ASYNC_FUNCTION_PREFIX):
                 if handlers is None:
                     await _send_starting(send)
-                    return
-                await handlers.async_accept(scope, receive, send)
+                elif scope["method"] == "DELETE":
+                    await handlers.async_calls.cancel(
+                        scope, send, prefix=constants.ASYNC_FUNCTION_PREFIX
+                    )
+                else:
+                    await handlers.async_accept(scope, receive, send)
+                return
+            if path.startswith(constants.ASYNC_CALLS_PREFIX):
+                if handlers is None:
+                    await _send_starting(send)
+                else:
+                    await handlers.async_calls(scope, receive, send)
                 return
             if path == constants.HEALTH_PATH:
                 await self._health(scope, send)
@@ -111,6 +131,7 @@ class GatewayApp:
 
         await receive()  # lifespan.shutdown
         self._handlers = None
+        self.dead_letters.unbind()
         try:
             await self._exit_stack.aclose()
         except Exception as exc:
@@ -148,13 +169,20 @@ class GatewayApp:
         lookup = FunctionLookup(
             session, settings.provider_url, ttl_s=settings.function_cache_ttl_s
         )
+        self.dead_letters.bind(session=session, lookup=lookup)
         self._handlers = _Handlers(
             sync=SyncProxy(
                 session,
                 settings.provider_url,
                 upstream_timeout_s=settings.upstream_timeout_s,
             ),
-            async_accept=AsyncAccept(self.queue, lookup),
+            async_accept=AsyncAccept(
+                self.queue,
+                lookup,
+                max_body_bytes=settings.max_body_bytes,
+                max_delay_s=settings.max_delay_s,
+            ),
+            async_calls=AsyncCalls(self.queue),
         )
 
 

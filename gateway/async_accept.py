@@ -7,13 +7,16 @@ The queue-worker runs the call later through the sync proxy.
 
 Before storing, it checks what a caller can fix at once:
 
-* the method: GET, POST, PUT or PATCH, because DELETE is kept for cancelling;
-* the function name and the X-Callback-Url;
-* the size against the NATS max_payload;
-* through a small cache, that the function exists on the provider.
+* the method: GET, POST, PUT or PATCH (DELETE cancels, see
+  `gateway.async_calls`);
+* the function name, the X-Callback-Url and a delay (`gateway.delays`);
+* the body size against `max_body_bytes` (413 above it);
+* through a small cache, that the function exists on the provider, and which
+  queue its `com.openfaas.queue` annotation names.
 
-The caller's X-Call-Id is the de-duplication key, so a retried accept inside the
-stream's duplicate window stores the call once.
+A body too large for one NATS message goes to the object store
+(`gateway.call_queue`). The caller's X-Call-Id is the de-duplication key, so
+a retried accept inside the stream's duplicate window stores the call once.
 
 This is the hot path of the gateway: it uses no framework and logs each call
 at DEBUG only.
@@ -31,7 +34,7 @@ from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
 from faashub.queued_call import QueuedCall, merge_request_headers
-from gateway import asgi, constants, errors
+from gateway import asgi, constants, delays, errors
 from gateway.call_queue import CallQueue
 from gateway.function_lookup import FunctionLookup
 from gateway.log_throttle import WarningThrottle
@@ -39,6 +42,11 @@ from gateway.log_throttle import WarningThrottle
 logger = logging.getLogger(__name__)
 
 _ALLOWED_METHODS = ", ".join(constants.ASYNC_METHODS)
+_REQUEST_ERROR_STATUS: dict[type[errors.GatewayError], int] = {
+    errors.InvalidRequest: 400,
+    errors.FunctionNotFound: 404,
+    errors.PayloadTooLarge: 413,
+}
 _ALLOW_HEADER = (b"allow", _ALLOWED_METHODS.encode())
 _SERVED_BY_HEADER = (shared.SERVED_BY.lower().encode(), constants.SERVED_BY.encode())
 
@@ -55,14 +63,25 @@ class _CallHeaders:
     callback_url: str
     host: str
     content_length: int
+    delay_seconds: str | None
+    not_before: str | None
 
 
 class AsyncAccept:
     """The ASGI handler of `/async-function/...`."""
 
-    def __init__(self, queue: CallQueue, lookup: FunctionLookup) -> None:
+    def __init__(
+        self,
+        queue: CallQueue,
+        lookup: FunctionLookup,
+        *,
+        max_body_bytes: int,
+        max_delay_s: float,
+    ) -> None:
         self._queue = queue
         self._lookup = lookup
+        self._max_body_bytes = max_body_bytes
+        self._max_delay_s = max_delay_s
         self._queue_warnings = WarningThrottle(logger)
         self._provider_warnings = WarningThrottle(logger)
 
@@ -96,8 +115,12 @@ class AsyncAccept:
             accepted_at_ns = await self._store(
                 scope, receive, ref, request, path_suffix=path_suffix
             )
-        except (errors.FunctionNotFound, errors.PayloadTooLarge) as exc:
-            status = 404 if isinstance(exc, errors.FunctionNotFound) else 413
+        except (
+            errors.InvalidRequest,
+            errors.FunctionNotFound,
+            errors.PayloadTooLarge,
+        ) as exc:
+            status = _REQUEST_ERROR_STATUS[type(exc)]
             logger.debug(
                 "rejected call", extra=_context(ref, request.call_id, status=status)
             )
@@ -140,23 +163,34 @@ class AsyncAccept:
     ) -> int:
         """Check the call, store it in JetStream and return its accept time in ns.
 
-        Raises FunctionNotFound, PayloadTooLarge, QueueUnavailable or
-        ProviderUnavailable, and _ClientDisconnected when the caller leaves.
+        Raises InvalidRequest, FunctionNotFound, PayloadTooLarge,
+        QueueUnavailable or ProviderUnavailable, and _ClientDisconnected when
+        the caller leaves.
         """
         # The cheap checks first, before the lookup and before reading a body
         # that could not be stored anyway.
         self._queue.check_available()
-        limit = self._queue.max_payload_bytes
+        limit = self._max_body_bytes
         if request.content_length > limit:
             raise _too_large(request.content_length, limit)
-        if not await self._lookup.exists(ref):
+        accepted_at_ns = time.time_ns()
+        not_before_ns = 0
+        if request.delay_seconds is not None or request.not_before is not None:
+            not_before_ns = delays.not_before_ns(
+                request.delay_seconds,
+                request.not_before,
+                now_ns=accepted_at_ns,
+                max_delay_s=self._max_delay_s,
+            )
+        # The cache returns most functions without creating a coroutine.
+        function = self._lookup.cached(ref) or await self._lookup.find(ref)
+        if function is None:
             raise errors.FunctionNotFound(
                 f"Function {ref.name!r} not found in namespace {ref.namespace!r}. "
                 "Deploy it first, or check the name and namespace."
             )
         body = await _read_body(receive, limit_bytes=limit)
 
-        accepted_at_ns = time.time_ns()
         call = QueuedCall(
             function=ref.name,
             namespace=ref.namespace,
@@ -173,6 +207,8 @@ class AsyncAccept:
                 host=request.host,
             ),
             body=body,
+            queue=function.queue,
+            not_before_ns=not_before_ns,
         )
         ack = await self._queue.publish(call)
 
@@ -190,6 +226,7 @@ def _read_call_headers(scope: Scope) -> _CallHeaders:
     """Read the call's own headers in one pass, and pick the call id."""
     # NB: ASGI servers pass header names in lowercase.
     call_id = callback_url = host = ""
+    delay_seconds = not_before = None
     content_length = 0
     for raw_name, raw_value in scope["headers"]:
         if raw_name == b"x-call-id":
@@ -200,11 +237,17 @@ def _read_call_headers(scope: Scope) -> _CallHeaders:
             host = raw_value.decode("latin-1")
         elif raw_name == b"content-length" and raw_value.isdigit():
             content_length = int(raw_value)
+        elif raw_name == b"x-delay-seconds":
+            delay_seconds = raw_value.decode("latin-1")
+        elif raw_name == b"x-not-before":
+            not_before = raw_value.decode("latin-1")
     return _CallHeaders(
         call_id=call_id or str(uuid.uuid4()),
         callback_url=callback_url,
         host=host,
         content_length=content_length,
+        delay_seconds=delay_seconds,
+        not_before=not_before,
     )
 
 
@@ -232,17 +275,11 @@ def _context(
 
 
 async def _reject_method(method: str, send: Send) -> None:
-    if method == "DELETE":
-        text = (
-            "DELETE on /async-function/ is reserved for cancelling a queued call "
-            "by its X-Call-Id, which this gateway does not support yet. Queue a "
-            f"call with one of {_ALLOWED_METHODS}.\n"
-        )
-    else:
-        text = (
-            f"Method {method} is not allowed on /async-function/. Queue a call "
-            f"with one of {_ALLOWED_METHODS}.\n"
-        )
+    text = (
+        f"Method {method} is not allowed on /async-function/. Queue a call with "
+        f"one of {_ALLOWED_METHODS}, or cancel one with DELETE "
+        "/async-function/CALL_ID.\n"
+    )
     await asgi.send_text(send, 405, text, headers=[_ALLOW_HEADER])
 
 
@@ -262,9 +299,9 @@ def _callback_url_problem(value: str) -> str | None:
 
 def _too_large(size: int, limit: int) -> errors.PayloadTooLarge:
     return errors.PayloadTooLarge(
-        f"The request body has {size} bytes, more than the queue's limit of "
-        f"{limit} bytes (the NATS server's max_payload, headers included). Send "
-        "a smaller body, or raise max_payload on the NATS server.",
+        f"The request body has {size} bytes or more, above the gateway's limit of "
+        f"{limit} bytes for async calls (max_body_bytes). Send a smaller body, or "
+        "raise the gateway's --max-body-bytes.",
         limit_bytes=limit,
     )
 

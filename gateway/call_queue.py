@@ -1,32 +1,38 @@
 """The gateway's NATS connection, and publishing queued calls to JetStream.
 
-This module sits between the async accept handler and JetStream. It connects
+This module sits between the gateway's handlers and JetStream. It connects
 in the background with unlimited reconnects. So the gateway starts and serves
 sync calls while NATS is down, and it recovers by itself when NATS comes
-back. Once connected, and again after every reconnect, it makes sure that the
-calls stream exists. It neither builds calls nor speaks HTTP, because
-`gateway.async_accept` does that.
+back. Once connected, and again after every reconnect, it makes sure that
+the JetStream layout exists with the gateway's limits. The layout is the
+calls stream (with its duplicate window), the dead-letter stream (its max
+age), the call-status bucket (its TTL) and the large-body object store.
+Until all four are ready, the async routes respond 503.
+
+Publishing puts a body that does not fit in one NATS message into the object
+store first (`gateway.large_bodies`). This module neither builds calls nor
+speaks HTTP, because `gateway.async_accept` does that.
 """
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from faashub import jetstream
 from faashub.queued_call import QueuedCall
-from gateway import constants, errors
+from gateway import constants, errors, large_bodies
+from gateway.nats_client import EncodedHeaders, encode_headers, new_client
 
 logger = logging.getLogger(__name__)
-
-# Fixed bytes of a NATS header block: "NATS/1.0\r\n" before the headers and
-# "\r\n" after them. Each header adds "Name: value\r\n".
-_HEADER_BLOCK_OVERHEAD_BYTES = len(b"NATS/1.0\r\n\r\n")
-_HEADER_LINE_OVERHEAD_BYTES = len(b": \r\n")
 
 
 def message_size(headers: dict[str, str], body: bytes) -> int:
@@ -36,33 +42,38 @@ def message_size(headers: dict[str, str], body: bytes) -> int:
     connection of a client that exceeds the limit, so the gateway checks the
     size itself before it publishes.
     """
-    size = _HEADER_BLOCK_OVERHEAD_BYTES + len(body)
-    for name, value in headers.items():
-        size += len(name) + len(value.encode()) + _HEADER_LINE_OVERHEAD_BYTES
-    return size
+    return len(encode_headers(headers)) + len(body)
 
 
-def _fits_for_sure(headers: dict[str, str], body: bytes, limit: int) -> bool:
-    # Header values come from latin-1 text, so each character takes at most
-    # two bytes in UTF-8. Counting characters is cheaper than encoding, and
-    # settles almost every call without the exact count.
-    bound = _HEADER_BLOCK_OVERHEAD_BYTES + len(body)
-    for name, value in headers.items():
-        bound += len(name) + 2 * len(value) + _HEADER_LINE_OVERHEAD_BYTES
-    return bound <= limit
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Layout:
+    """Handles on the JetStream layout, valid while the connection is up."""
+
+    js: JetStreamContext
+    status: KeyValue
+    bodies: ObjectStore
 
 
 class CallQueue:
-    """The NATS connection of the gateway and the calls stream behind it."""
+    """The NATS connection of the gateway and the JetStream layout behind it."""
 
-    def __init__(self, nats_url: str, *, duplicate_window_s: float) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        *,
+        duplicate_window_s: float,
+        status_ttl_s: float | None = None,
+        dead_letter_max_age_s: float | None = None,
+    ) -> None:
         self._nats_url = nats_url
         self._duplicate_window_s = duplicate_window_s
-        self._nc = Client()
+        self._status_ttl_s = status_ttl_s
+        self._dead_letter_max_age_s = dead_letter_max_age_s
+        self._nc = new_client()
         self._js: JetStreamContext | None = None
-        self._stream_ready = False
-        self._stream_error = "the calls stream has not been created yet"
-        self._stream_check = asyncio.Event()
+        self._layout: _Layout | None = None
+        self._layout_error = "the JetStream streams have not been created yet"
+        self._layout_check = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._failed_attempts = 0
 
@@ -71,12 +82,16 @@ class CallQueue:
         """Maximum message size in bytes, headers included, that NATS accepts."""
         return self._nc.max_payload
 
+    @property
+    def duplicate_window_s(self) -> float:
+        return self._duplicate_window_s
+
     def unavailable_reason(self) -> str | None:
         """Return why a call cannot be stored now, or None if it can."""
         if not self._nc.is_connected:
             return f"the gateway is not connected to NATS at {self._nats_url}"
-        if not self._stream_ready:
-            return self._stream_error
+        if self._layout is None:
+            return self._layout_error
         return None
 
     def check_available(self) -> None:
@@ -85,12 +100,21 @@ class CallQueue:
         if reason is not None:
             raise self._unavailable(reason)
 
+    def layout(self) -> _Layout:
+        """Return the JetStream handles, or raise QueueUnavailable."""
+        # NB: nats-py buffers requests while it reconnects. Checking the state
+        # first makes a disconnected gateway respond 503 at once instead.
+        reason = self.unavailable_reason()
+        if reason is not None or self._layout is None:
+            raise self._unavailable(reason or "the gateway has not started")
+        return self._layout
+
     async def start(self) -> None:
         """Start connecting in the background, and return at once."""
         self._js = self._nc.jetstream(timeout=constants.PUBLISH_TIMEOUT_S)
         self._tasks = [
             asyncio.create_task(self._connect(), name="nats-connect"),
-            asyncio.create_task(self._keep_stream(), name="calls-stream"),
+            asyncio.create_task(self._keep_layout(), name="jetstream-layout"),
         ]
 
     async def close(self) -> None:
@@ -104,37 +128,66 @@ class CallQueue:
     async def publish(self, call: QueuedCall) -> jsapi.PubAck:
         """Store one call in the stream and return the PubAck.
 
-        Raises QueueUnavailable when the call could not be stored, or when the
-        outcome is unknown, and PayloadTooLarge when the call does not fit in
-        one message.
+        A body that does not fit in one message beside the headers goes to
+        the object store first, and the message refers to it. Raises
+        QueueUnavailable when the call could not be stored, or when the
+        outcome is unknown, and PayloadTooLarge when even the headers alone
+        do not fit in one message.
         """
-        # NB: nats-py buffers publishes while it reconnects. Checking the state
-        # first makes a disconnected gateway respond 503 at once instead.
-        reason = self.unavailable_reason()
-        if reason is not None or self._js is None:
-            raise self._unavailable(reason or "the gateway has not started")
-        headers = call.to_nats_headers()
+        layout = self.layout()
+        headers = EncodedHeaders(call.to_nats_headers())
         limit = self._nc.max_payload
-        if not _fits_for_sure(headers, call.body, limit) and (
-            (size := message_size(headers, call.body)) > limit
-        ):
+        if len(headers.block) + len(call.body) <= limit:
+            return await self._publish(layout.js, call.subject(), call.body, headers)
+        return await self._publish_stored_body(layout, call, limit)
+
+    async def _publish_stored_body(
+        self, layout: _Layout, call: QueuedCall, limit: int
+    ) -> jsapi.PubAck:
+        stored = dataclasses.replace(
+            call, body=b"", body_ref=call.key, body_size=len(call.body)
+        )
+        headers = EncodedHeaders(stored.to_nats_headers())
+        size = len(headers.block)
+        if size > limit:
             raise errors.PayloadTooLarge(
-                f"The call takes {size} bytes with its headers, more than the "
-                f"queue's limit of {limit} bytes (the NATS server's max_payload). "
-                "Send a smaller body, or raise max_payload on the NATS server.",
+                f"The call's headers take {size} bytes, more than the queue's limit "
+                f"of {limit} bytes per message (the NATS server's max_payload). "
+                "Send fewer or shorter headers, or raise max_payload on the NATS "
+                "server.",
                 limit_bytes=limit,
             )
+        created = await large_bodies.store_body(
+            layout.bodies, stored.body_ref, call.body, max_payload_bytes=limit
+        )
         try:
-            return await self._js.publish(
-                call.subject(),
-                call.body,
+            return await self._publish(layout.js, stored.subject(), b"", headers)
+        except errors.QueueUnavailable as exc:
+            # A call that may be stored may need its body: keep it then. The
+            # caller retries with the same id, which finds and keeps it.
+            if created and not exc.outcome_unknown:
+                await large_bodies.delete_body(layout.bodies, stored.body_ref)
+            raise
+
+    async def _publish(
+        self,
+        js: JetStreamContext,
+        subject: str,
+        body: bytes,
+        headers: EncodedHeaders,
+    ) -> jsapi.PubAck:
+        limit = self._nc.max_payload
+        try:
+            return await js.publish(
+                subject,
+                body,
                 timeout=constants.PUBLISH_TIMEOUT_S,
                 headers=headers,
             )
         except nats.js.errors.NoStreamResponseError as exc:
             # Nothing listens on the subject: the stream is gone, for example
             # because NATS restarted with an empty store. Create it again.
-            self._mark_stream_missing("the calls stream does not exist")
+            self._mark_layout_missing("the calls stream does not exist")
             raise self._unavailable("the calls stream does not exist") from exc
         except nats.errors.TimeoutError as exc:
             # NB: without a PubAck the call may or may not be stored. The call
@@ -153,6 +206,21 @@ class CallQueue:
             ) from exc
         except nats.errors.Error as exc:
             raise self._unavailable(f"publishing failed: {exc!r}") from exc
+
+    @contextmanager
+    def translate_errors(self, action: str) -> Iterator[None]:
+        """Turn a NATS error inside the block into QueueUnavailable.
+
+        `action` completes "Cannot ..." in the message, e.g. "read the status".
+        Errors a caller handles itself (NotFoundError and the like) must be
+        caught inside the block.
+        """
+        try:
+            yield
+        except nats.errors.Error as exc:
+            raise errors.QueueUnavailable(
+                f"Cannot {action}: NATS failed ({exc!r}). Retry later."
+            ) from exc
 
     async def _connect(self) -> None:
         # With max_reconnect_attempts=-1 the first connect retries until NATS
@@ -173,7 +241,7 @@ class CallQueue:
             },
         )
         self._failed_attempts = 0
-        self._stream_check.set()
+        self._layout_check.set()
 
     async def _connect_until_up(self) -> None:
         await self._nc.connect(
@@ -188,38 +256,47 @@ class CallQueue:
             reconnected_cb=self._on_reconnected,
         )
 
-    async def _keep_stream(self) -> None:
+    async def _keep_layout(self) -> None:
         # Runs until the gateway stops. Each time the event is set (connected,
-        # reconnected, or the stream went missing), make sure the stream exists.
+        # reconnected, or a stream went missing), make sure the layout exists.
         while True:
-            await self._stream_check.wait()
-            self._stream_check.clear()
+            await self._layout_check.wait()
+            self._layout_check.clear()
             if not self._nc.is_connected or self._js is None:
                 continue  # the reconnected callback sets the event again
             try:
-                await jetstream.ensure_calls_stream(
-                    self._js, duplicate_window_s=self._duplicate_window_s
-                )
+                layout = await self._ensure_layout(self._js)
             except nats.errors.Error as exc:
-                reason = f"the calls stream cannot be created: {exc!r}"
+                reason = f"the JetStream streams cannot be created: {exc!r}"
                 # A lasting cause (JetStream off, a conflicting stream) fails
                 # the same way every time: only a new error is a WARNING.
                 level = (
-                    logging.DEBUG if reason == self._stream_error else logging.WARNING
+                    logging.DEBUG if reason == self._layout_error else logging.WARNING
                 )
-                self._mark_stream_missing(reason)
+                self._mark_layout_missing(reason)
                 logger.log(
                     level,
-                    "cannot create calls stream; retrying every %g s",
+                    "cannot create jetstream streams; retrying every %g s",
                     constants.STREAM_RETRY_S,
                     extra={"ctx": {"url": self._nats_url, "error": repr(exc)}},
                 )
                 await asyncio.sleep(constants.STREAM_RETRY_S)
-                self._stream_check.set()
+                self._layout_check.set()
             else:
-                if not self._stream_ready:
-                    logger.info("calls stream is ready")
-                self._stream_ready = True
+                if self._layout is None:
+                    logger.info("jetstream streams are ready")
+                self._layout = layout
+
+    async def _ensure_layout(self, js: JetStreamContext) -> _Layout:
+        await jetstream.ensure_calls_stream(
+            js, duplicate_window_s=self._duplicate_window_s
+        )
+        await jetstream.ensure_dead_letter_stream(
+            js, max_age_s=self._dead_letter_max_age_s
+        )
+        status = await jetstream.ensure_status_bucket(js, ttl_s=self._status_ttl_s)
+        bodies = await jetstream.ensure_bodies_bucket(js)
+        return _Layout(js=js, status=status, bodies=bodies)
 
     def _unavailable(
         self, reason: str, *, outcome_unknown: bool = False
@@ -232,13 +309,14 @@ class CallQueue:
         return errors.QueueUnavailable(
             f"The async queue is unavailable: {reason}. {stored} Retry later with "
             "the same X-Call-Id: JetStream stores a call id only once within "
-            f"{self._duplicate_window_s:g} s, so the call runs once."
+            f"{self._duplicate_window_s:g} s, so the call runs once.",
+            outcome_unknown=outcome_unknown,
         )
 
-    def _mark_stream_missing(self, reason: str) -> None:
-        self._stream_ready = False
-        self._stream_error = reason
-        self._stream_check.set()
+    def _mark_layout_missing(self, reason: str) -> None:
+        self._layout = None
+        self._layout_error = reason
+        self._layout_check.set()
 
     async def _on_error(self, exc: Exception) -> None:
         # nats-py reports every failed connection attempt, once a second while
@@ -267,4 +345,4 @@ class CallQueue:
             },
         )
         self._failed_attempts = 0
-        self._stream_check.set()
+        self._layout_check.set()

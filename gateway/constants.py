@@ -11,14 +11,24 @@ from faashub import __version__
 # Route prefixes served by the lean ASGI handlers instead of FastAPI.
 FUNCTION_PREFIX: Final = "/function/"
 ASYNC_FUNCTION_PREFIX: Final = "/async-function/"
+ASYNC_CALLS_PREFIX: Final = "/async-calls/"
 HEALTH_PATH: Final = "/healthz"
+
+# The dead-letter API, served by the gateway itself and never forwarded to
+# the provider like the rest of /system/.
+DEAD_LETTERS_PATH: Final = "/system/dead-letters"
 
 # Value of X-Served-By on every invocation response.
 SERVED_BY: Final = f"faashub/{__version__}"
 
-# Methods an async call may use. The queued call keeps the method. DELETE is
-# kept free for cancelling a queued call by its X-Call-Id.
+# Methods an async call may use. The queued call keeps the method. DELETE
+# cancels a queued call by its X-Call-Id, as in OpenFaaS Pro.
 ASYNC_METHODS: Final = ("GET", "POST", "PUT", "PATCH")
+
+# Attempts at a cancel that loses a race with a worker writing the same status
+# record. Each lost race means the record changed, and a record changes a few
+# times per call at most, so a handful always settles it.
+CANCEL_MAX_TRIES: Final = 5
 
 # Upper bound on the wait for a JetStream PubAck. A healthy local server
 # acknowledges in milliseconds; past this the caller gets 503 and may retry.
@@ -54,3 +64,27 @@ GRACEFUL_SHUTDOWN_S: Final = 3
 # Seconds between two WARNING lines about the same kind of failure (see
 # `gateway.log_throttle`). Repeats in between are logged at DEBUG.
 WARNING_INTERVAL_S: Final = 10.0
+
+# The dead-letter API. `limit` of a listing: the default and the maximum.
+DEAD_LETTER_LIST_LIMIT: Final = 100
+DEAD_LETTER_LIST_MAX_LIMIT: Final = 1000
+# Messages fetched per request while a scan walks the dead-letter stream, so
+# a scan keeps at most this many in memory.
+DEAD_LETTER_SCAN_BATCH: Final = 100
+# Seconds an idle scan consumer lives on the server after a gateway crash.
+DEAD_LETTER_SCAN_INACTIVE_S: Final = 30.0
+# Call ids per scan consumer when a selection names call ids; each id becomes
+# one filter subject of the consumer.
+DEAD_LETTER_IDS_PER_SCAN: Final = 50
+# A time filter (since, until) compares with the time the worker wrote into
+# the dead letter, while a scan starts and stops by the time NATS stored it.
+# The scan reads this much further on both sides, for the clocks of the two
+# machines and for a worker that could store a dead letter only later, while
+# NATS was unavailable.
+DEAD_LETTER_TIME_SLACK_S: Final = 3600.0
+# Upper bound on one callback POST made by a redrive of a callback dead letter.
+CALLBACK_REDRIVE_TIMEOUT_S: Final = 30.0
+# Request and response headers whose values the dead-letter API never shows.
+REDACTED_HEADERS: Final = frozenset(
+    {"authorization", "cookie", "proxy-authorization", "set-cookie"}
+)

@@ -3,9 +3,10 @@
 Every `/system/{path}` request goes to `{provider_url}/system/{path}` with its
 method, raw query, headers (minus hop-by-hop ones) and body. The provider's
 status, headers and body come back unchanged. The response body is streamed,
-so `/system/logs` can stream ndjson. The gateway handles `GET /system/info`
-itself: it returns the provider's info wrapped with the gateway's version and
-architecture, as OpenFaaS does.
+so `/system/logs` can stream ndjson. The gateway handles two parts itself:
+`GET /system/info` returns the provider's info wrapped with the gateway's
+version and architecture, as OpenFaaS does, and `/system/dead-letters` is the
+dead-letter API of `gateway.dead_letter_api`, never forwarded.
 
 This is the control plane, so it uses FastAPI and httpx. The invocation
 routes (`gateway.sync_proxy`, `gateway.async_accept`) do not come through
@@ -30,7 +31,8 @@ from starlette.background import BackgroundTask
 from faashub import __version__
 from faashub import constants as shared
 from faashub.settings import GatewaySettings
-from gateway import asgi, constants
+from gateway import asgi, constants, dead_letter_api
+from gateway.dead_letters import DeadLetterStore
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ _FORWARDED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"
 
 # The provider route that streams for as long as the caller follows the logs.
 _LOGS_PATH = "logs"
+# The gateway's own route under /system/, in the form of the forward route's
+# `{path}` parameter.
+_DEAD_LETTERS_PATH = constants.DEAD_LETTERS_PATH.removeprefix("/system/")
 
 
 class VersionInfo(BaseModel):
@@ -105,6 +110,15 @@ class SystemForwarder:
 
     async def forward(self, request: Request, path: str) -> Response:
         """Send one management request to the provider and stream the response back."""
+        if path == _DEAD_LETTERS_PATH or path.startswith(_DEAD_LETTERS_PATH + "/"):
+            # The dead-letter routes did not match this method: never forward.
+            return PlainTextResponse(
+                f"Method {request.method} is not allowed on /system/{path}. The "
+                "dead-letter API takes GET and DELETE on /system/dead-letters and "
+                "/system/dead-letters/CALL_ID, and POST on "
+                "/system/dead-letters/redrive.\n",
+                status_code=405,
+            )
         client = self._require_client()
         raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
         url = self._provider_url + raw_path.decode("latin-1")
@@ -196,7 +210,7 @@ async def _raw_body(upstream: httpx.Response) -> AsyncIterator[bytes]:
         await upstream.aclose()
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
+def create_app(settings: GatewaySettings, dead_letters: DeadLetterStore) -> FastAPI:
     """Build the FastAPI app of the management API."""
     forwarder = SystemForwarder(
         settings.provider_url, upstream_timeout_s=settings.upstream_timeout_s
@@ -218,6 +232,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     async def system_info() -> Response | GatewayInfo:
         return await forwarder.info()
+
+    # Before the forward routes, which would match these paths too.
+    app.include_router(dead_letter_api.create_router(dead_letters))
 
     # One route per method, each with its own operation id, because FastAPI
     # warns about an operation id shared by several methods.
@@ -286,12 +303,38 @@ def _invocation_paths() -> dict[str, Any]:
                 shared.START_TIME: {"schema": {"type": "string"}},
             },
         },
-        "400": {"description": "Invalid function name or X-Callback-Url."},
+        "400": {
+            "description": "Invalid function name, X-Callback-Url, X-Delay-Seconds "
+            "or X-Not-Before."
+        },
         "404": {"description": "The function does not exist."},
-        "405": {"description": "Method not allowed; DELETE is reserved."},
-        "413": {"description": "Body and headers exceed the NATS max_payload."},
+        "405": {"description": "Method not allowed."},
+        "413": {"description": "The body exceeds the gateway's max_body_bytes."},
         "502": {"description": "The provider is unreachable."},
         "503": {"description": "The queue is unavailable; retry with the same id."},
+    }
+    call_id = {
+        "name": "call_id",
+        "in": "path",
+        "required": True,
+        "description": "The X-Call-Id of the 202 response, percent-encoded.",
+        "schema": {"type": "string"},
+    }
+    status_operation = {
+        "summary": "Status of an async call",
+        "operationId": "async_call_status",
+        "parameters": [call_id],
+        "responses": {
+            "200": {"description": "The call's state, attempts and times (JSON)."},
+            "404": {"description": "Unknown call, or its status expired."},
+            "503": {"description": "NATS is unavailable."},
+        },
+    }
+    cancel_responses = {
+        "202": {"description": "Cancelled; the body is the cancelled status."},
+        "404": {"description": "Unknown call, or its status expired."},
+        "409": {"description": "The call is running or has finished."},
+        "503": {"description": "NATS is unavailable."},
     }
 
     def operations(
@@ -330,13 +373,30 @@ def _invocation_paths() -> dict[str, Any]:
             sync_responses,
             tail=True,
         ),
-        "/async-function/{name}": operations(
-            "queue",
-            "Queue a call to a function",
-            constants.ASYNC_METHODS,
-            async_responses,
-            tail=False,
-        ),
+        "/async-function/{name}": {
+            **operations(
+                "queue",
+                "Queue a call to a function",
+                constants.ASYNC_METHODS,
+                async_responses,
+                tail=False,
+            ),
+            "delete": {
+                "summary": "Cancel a queued call; {name} is its X-Call-Id here",
+                "operationId": "cancel_async_function",
+                "parameters": [name],
+                "responses": cancel_responses,
+            },
+        },
+        "/async-calls/{call_id}": {
+            "get": status_operation,
+            "delete": {
+                "summary": "Cancel a queued or retrying async call",
+                "operationId": "cancel_async_call",
+                "parameters": [call_id],
+                "responses": cancel_responses,
+            },
+        },
         "/async-function/{name}/{path}": operations(
             "queue",
             "Queue a call to a function with an extra path",

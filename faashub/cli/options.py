@@ -33,7 +33,8 @@ def add_settings_arguments(
         default = (
             "" if info.default_factory is not None else f", default {info.default!r}"
         )
-        help_text = f"{info.description} (env {env_name}{default})"
+        # argparse formats help with %, so a literal percent sign must be doubled.
+        help_text = f"{info.description} (env {env_name}{default})".replace("%", "%%")
         annotation = info.annotation
         if annotation is bool:
             group.add_argument(

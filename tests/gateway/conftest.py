@@ -17,12 +17,16 @@ from typing import Any
 
 import httpx
 import nats
+import nats.js.errors
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+from nats.js.api import ObjectMeta, ObjectMetaOptions
 
 from faashub import constants as shared
-from faashub import embedded_nats
+from faashub import embedded_nats, jetstream
+from faashub.call_status import CallStatus
+from faashub.dead_letter import DeadLetter
 from faashub.settings import GatewaySettings
 from gateway.server import GatewayServer, create_app, uvicorn_config
 from tests.conftest import LOOPBACK, free_port, stop_process
@@ -52,9 +56,13 @@ class ReceivedRequest:
 class FakeProvider:
     """An aiohttp server that plays a faas-provider for the gateway.
 
+    `POST /callback` plays a callback receiver: it records the request and
+    responds with `callback_status`.
+
     Functions under `/function/NAME`:
 
-    * any name in `functions`: responds 201 with `got <body>` and two headers;
+    * any name in `functions`: responds 201 with `got <body>` and two headers,
+      and its lookup returns the annotations given to `deploy`;
     * `missing`: responds with the provider's own 404;
     * `slow`: responds only after `release` is set;
     * `stream`: sends one event, then a second after `release` is set; if
@@ -64,14 +72,22 @@ class FakeProvider:
     """
 
     url: str = ""
-    functions: set[tuple[str, str]] = field(default_factory=set)
+    functions: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     received: list[ReceivedRequest] = field(default_factory=list)
+    callbacks: list[ReceivedRequest] = field(default_factory=list)
+    callback_status: int = 200
     lookups: list[tuple[str, str]] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     stream_abandoned: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def deploy(self, name: str, namespace: str = shared.DEFAULT_NAMESPACE) -> None:
-        self.functions.add((name, namespace))
+    def deploy(
+        self,
+        name: str,
+        namespace: str = shared.DEFAULT_NAMESPACE,
+        *,
+        annotations: dict[str, str] | None = None,
+    ) -> None:
+        self.functions[(name, namespace)] = annotations or {}
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -80,7 +96,20 @@ class FakeProvider:
         app.router.add_get("/system/logs", self._logs)
         app.router.add_route("*", "/system/{tail:.*}", self._system)
         app.router.add_route("*", "/function/{tail:.*}", self._function)
+        app.router.add_post("/callback", self._callback)
         return app
+
+    async def _callback(self, request: web.Request) -> web.StreamResponse:
+        self.callbacks.append(
+            ReceivedRequest(
+                method=request.method,
+                path=request.rel_url.raw_path,
+                query=request.rel_url.raw_query_string,
+                headers=CIMultiDict(request.headers),
+                body=await request.read(),
+            )
+        )
+        return web.Response(status=self.callback_status)
 
     async def _record(self, request: web.Request) -> ReceivedRequest:
         received = ReceivedRequest(
@@ -101,7 +130,13 @@ class FakeProvider:
         namespace = request.query.get("namespace", shared.DEFAULT_NAMESPACE)
         self.lookups.append((name, namespace))
         if (name, namespace) in self.functions:
-            return web.json_response({"name": name, "namespace": namespace})
+            return web.json_response(
+                {
+                    "name": name,
+                    "namespace": namespace,
+                    "annotations": self.functions[(name, namespace)],
+                }
+            )
         return web.Response(status=404)
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:
@@ -355,5 +390,74 @@ async def stored_messages(nats_url: str) -> list[StoredMessage]:
             StoredMessage(message.subject, dict(message.headers or {}), message.data)
             for message in messages
         ]
+    finally:
+        await connection.close()
+
+
+async def read_object(nats_url: str, name: str) -> bytes:
+    """Return one object of the large-body store."""
+    connection = await nats.connect(nats_url)
+    try:
+        bodies = await connection.jetstream().object_store(shared.BODIES_BUCKET)
+        result = await bodies.get(name)
+        return bytes(result.data or b"")
+    finally:
+        await connection.close()
+
+
+async def object_exists(nats_url: str, name: str) -> bool:
+    """Tell whether the large-body store has an object called `name`."""
+    connection = await nats.connect(nats_url)
+    try:
+        bodies = await connection.jetstream().object_store(shared.BODIES_BUCKET)
+        try:
+            await bodies.get_info(name)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+    finally:
+        await connection.close()
+
+
+async def publish_dead_letter(nats_url: str, letter: DeadLetter) -> int:
+    """Store a dead letter as the worker would, and return its stream sequence."""
+    connection = await nats.connect(nats_url)
+    try:
+        js = connection.jetstream()
+        await jetstream.ensure_dead_letter_stream(js)
+        headers, body = letter.to_nats()
+        ack = await js.publish(letter.subject(), body, headers=headers)
+        return ack.seq
+    finally:
+        await connection.close()
+
+
+async def write_status(nats_url: str, status: CallStatus) -> None:
+    """Write a call's status record as the worker would."""
+    connection = await nats.connect(nats_url)
+    try:
+        bucket = await jetstream.ensure_status_bucket(connection.jetstream())
+        await bucket.put(status.key, status.to_json())
+    finally:
+        await connection.close()
+
+
+async def put_object(nats_url: str, name: str, data: bytes) -> None:
+    """Store an object in the large-body store, as the gateway does for a body."""
+    connection = await nats.connect(nats_url)
+    try:
+        bodies = await jetstream.ensure_bodies_bucket(connection.jetstream())
+        # Chunks well below the max_payload of every test server.
+        options = ObjectMetaOptions(max_chunk_size=16 * 1024)
+        await bodies.put(name, data, meta=ObjectMeta(name=name, options=options))
+    finally:
+        await connection.close()
+
+
+async def dead_letter_count(nats_url: str) -> int:
+    connection = await nats.connect(nats_url)
+    try:
+        info = await connection.jetstream().stream_info(shared.DEAD_LETTER_STREAM)
+        return info.state.messages
     finally:
         await connection.close()

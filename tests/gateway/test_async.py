@@ -2,7 +2,7 @@
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -15,6 +15,7 @@ from tests.gateway.conftest import (
     FakeProvider,
     GatewayFactory,
     NatsServer,
+    read_object,
     stored_messages,
     wait_until_healthy,
     wait_until_unhealthy,
@@ -106,8 +107,9 @@ async def test_async_namespace_in_name(
 
     assert response.status_code == 202
     assert provider.lookups == [("echo", "staging")]
+    call_id = response.headers["X-Call-Id"]
     [message] = await stored_messages(nats_url)
-    assert message.subject == "faashub.calls.default.staging.echo"
+    assert message.subject == f"faashub.calls.default.staging.echo.{call_id}"
     assert message.headers["Faashub-Namespace"] == "staging"
 
 
@@ -180,12 +182,15 @@ async def test_async_bad_callback_url_400(
     assert await stored_messages(nats_url) == []
 
 
-async def test_async_delete_405(client: httpx.AsyncClient) -> None:
+async def test_async_delete_cancels_not_queues(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    # DELETE /async-function/X cancels call X; it never queues a call to X.
     response = await client.delete("/async-function/echo")
 
-    assert response.status_code == 405
-    assert response.headers["Allow"] == "GET, POST, PUT, PATCH"
-    assert "cancelling" in response.text
+    assert response.status_code == 404
+    assert "'echo'" in response.text
+    assert await stored_messages(nats_url) == []
 
 
 @pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
@@ -194,6 +199,8 @@ async def test_async_other_methods_405(client: httpx.AsyncClient, method: str) -
 
     assert response.status_code == 405
     assert response.headers["Allow"] == "GET, POST, PUT, PATCH"
+    if method != "HEAD":
+        assert "DELETE /async-function/CALL_ID" in response.text
 
 
 async def test_async_invalid_name_400(
@@ -236,29 +243,55 @@ async def test_async_unreachable_provider_502(
     assert await stored_messages(nats_url) == []
 
 
-async def test_async_body_over_max_payload_413(
+async def test_async_body_over_max_body_413(
+    nats_url: str, start_gateway: GatewayFactory
+) -> None:
+    gateway = await start_gateway(nats_url=nats_url, max_body_bytes=1000)
+    await wait_until_healthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        declared = await http_client.post("/async-function/echo", content=b"x" * 1001)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(3):
+                yield b"y" * 400
+
+        # Without a Content-Length the gateway counts while it reads.
+        streamed = await http_client.post("/async-function/echo", content=chunks())
+        at_limit = await http_client.post("/async-function/echo", content=b"z" * 1000)
+
+    assert declared.status_code == 413
+    assert "limit of 1000 bytes" in declared.text
+    assert "max-body-bytes" in declared.text
+    assert streamed.status_code == 413
+    assert "limit of 1000 bytes" in streamed.text
+    assert at_limit.status_code == 202
+    messages = await stored_messages(nats_url)
+    assert [message.data for message in messages] == [b"z" * 1000]
+
+
+async def test_async_large_body_in_object_store(
     nats_server_factory: Callable[..., NatsServer], start_gateway: GatewayFactory
 ) -> None:
     nats_server = nats_server_factory(max_payload_bytes=64 * 1024)
     nats_server.start()
     gateway = await start_gateway(nats_url=nats_server.url)
     await wait_until_healthy(gateway.url)
+    body = bytes(range(256)) * 1024  # 256 KiB, four times max_payload
 
     async with httpx.AsyncClient(base_url=gateway.url) as http_client:
-        too_long = await http_client.post("/async-function/echo", content=b"x" * 70_000)
-        # The body alone fits, but not with the headers stored beside it.
-        body_fits = await http_client.post(
-            "/async-function/echo", content=b"x" * (64 * 1024 - 16)
+        response = await http_client.post(
+            "/async-function/echo", content=body, headers={"X-Call-Id": "big-1"}
         )
-        small = await http_client.post("/async-function/echo", content=b"x" * 1000)
 
-    assert too_long.status_code == 413
-    assert "65536 bytes" in too_long.text
-    assert body_fits.status_code == 413
-    assert "65536 bytes" in body_fits.text
-    assert small.status_code == 202
-    messages = await stored_messages(nats_server.url)
-    assert [len(message.data) for message in messages] == [1000]
+    assert response.status_code == 202
+    [message] = await stored_messages(nats_server.url)
+    assert message.data == b""
+    assert message.headers["Faashub-Body-Ref"] == "big-1"
+    assert message.headers["Faashub-Body-Size"] == str(len(body))
+    call = QueuedCall.from_nats(message.headers, message.data)
+    assert call.body_ref == "big-1"
+    assert await read_object(nats_server.url, "big-1") == body
 
 
 async def test_async_exact_max_payload_fits(
@@ -291,12 +324,59 @@ async def test_async_exact_max_payload_fits(
 
     assert first.status_code == 202
     assert at_limit.status_code == 202
-    assert over_limit.status_code == 413
+    assert over_limit.status_code == 202
     messages = await stored_messages(nats_server.url)
-    assert [message.headers["X-Call-Id"] for message in messages] == [
-        "call-1",
-        "call-2",
-    ]
+    by_id = {message.headers["X-Call-Id"]: message for message in messages}
+    assert list(by_id) == ["call-1", "call-2", "call-3"]
+    assert len(by_id["call-2"].data) == limit - header_bytes
+    assert "Faashub-Body-Ref" not in by_id["call-2"].headers
+    assert by_id["call-3"].data == b""
+    assert by_id["call-3"].headers["Faashub-Body-Ref"] == "call-3"
+
+
+async def test_async_duplicate_large_body_stored_once(
+    nats_server_factory: Callable[..., NatsServer], start_gateway: GatewayFactory
+) -> None:
+    nats_server = nats_server_factory(max_payload_bytes=64 * 1024)
+    nats_server.start()
+    gateway = await start_gateway(nats_url=nats_server.url)
+    await wait_until_healthy(gateway.url)
+    body = b"b" * (100 * 1024)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        statuses = [
+            (
+                await http_client.post(
+                    "/async-function/echo", content=body, headers={"X-Call-Id": "dup"}
+                )
+            ).status_code
+            for _ in range(2)
+        ]
+
+    assert statuses == [202, 202]
+    [message] = await stored_messages(nats_server.url)
+    assert message.headers["Faashub-Body-Ref"] == "dup"
+    assert await read_object(nats_server.url, "dup") == body
+
+
+async def test_async_headers_over_max_payload_413(
+    nats_server_factory: Callable[..., NatsServer], start_gateway: GatewayFactory
+) -> None:
+    nats_server = nats_server_factory(max_payload_bytes=8 * 1024)
+    nats_server.start()
+    gateway = await start_gateway(nats_url=nats_server.url)
+    await wait_until_healthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        response = await http_client.post(
+            "/async-function/echo",
+            content=b"x",
+            headers={"X-Long": "v" * (9 * 1024)},
+        )
+
+    assert response.status_code == 413
+    assert "8192 bytes" in response.text
+    assert await stored_messages(nats_server.url) == []
 
 
 async def test_async_survives_nats_restart(

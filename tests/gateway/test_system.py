@@ -135,8 +135,19 @@ async def test_openapi_lists_routes(client: httpx.AsyncClient) -> None:
         "/function/{name}",
         "/function/{name}/{path}",
         "/async-function/{name}",
+        "/async-calls/{call_id}",
+        "/system/dead-letters",
+        "/system/dead-letters/redrive",
+        "/system/dead-letters/{call_id}",
         "/healthz",
     ):
         assert path in paths, path
-    assert set(paths["/async-function/{name}"]) == {"get", "post", "put", "patch"}
+    assert set(paths["/async-function/{name}"]) == {
+        "get",
+        "post",
+        "put",
+        "patch",
+        "delete",
+    }
+    assert set(paths["/async-calls/{call_id}"]) == {"get", "delete"}
     assert docs_page.status_code == 200

@@ -1,0 +1,448 @@
+"""Status, cancel, delays and named queues of async calls, against real NATS."""
+
+import email.utils
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable
+
+import httpx
+import nats
+import pytest
+
+from faashub import constants as shared
+from faashub.call_status import CallState, CallStatus
+from faashub.queued_call import call_key
+from tests.gateway.conftest import (
+    FakeProvider,
+    GatewayFactory,
+    NatsServer,
+    object_exists,
+    stored_messages,
+    wait_until_healthy,
+    wait_until_unhealthy,
+    write_status,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+NS_PER_S = 1_000_000_000
+
+
+async def queue_call(
+    client: httpx.AsyncClient,
+    function: str = "echo",
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"x",
+) -> str:
+    response = await client.post(
+        f"/async-function/{function}", content=body, headers=headers or {}
+    )
+    assert response.status_code == 202, response.text
+    return response.headers["X-Call-Id"]
+
+
+def status_record(call_id: str, state: CallState, **fields: object) -> CallStatus:
+    now_ns = time.time_ns()
+    values: dict[str, object] = {
+        "call_id": call_id,
+        "function": "echo",
+        "namespace": shared.DEFAULT_NAMESPACE,
+        "state": state,
+        "attempts": 1,
+        "max_attempts": 3,
+        "accepted_at_ns": now_ns - NS_PER_S,
+        "started_at_ns": now_ns,
+        "updated_at_ns": now_ns,
+    }
+    values.update(fields)
+    return CallStatus(**values)  # type: ignore[arg-type]
+
+
+# Status.
+
+
+async def test_status_of_queued_call(client: httpx.AsyncClient) -> None:
+    call_id = await queue_call(client)
+
+    response = await client.get(f"/async-calls/{call_id}")
+
+    assert response.status_code == 200
+    status = response.json()
+    assert status["call_id"] == call_id
+    assert status["state"] == "queued"
+    assert status["function"] == "echo"
+    assert status["namespace"] == shared.DEFAULT_NAMESPACE
+    assert status["queue"] == "default"
+    assert status["attempts"] == 0
+    assert status["accepted_at"].endswith("Z")
+    assert status["next_attempt_at"] is None
+
+
+async def test_status_unknown_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/async-calls/no-such-call")
+
+    assert response.status_code == 404
+    assert "'no-such-call'" in response.text
+
+
+async def test_status_from_record(client: httpx.AsyncClient, nats_url: str) -> None:
+    call_id = await queue_call(client)
+    record = status_record(
+        call_id,
+        CallState.RETRYING,
+        attempts=2,
+        last_status=503,
+        last_error="status 503",
+        next_attempt_at_ns=time.time_ns() + 5 * NS_PER_S,
+    )
+    await write_status(nats_url, record)
+
+    response = await client.get(f"/async-calls/{call_id}")
+
+    assert response.status_code == 200
+    status = response.json()
+    assert status["state"] == "retrying"
+    assert status["attempts"] == 2
+    assert status["last_status"] == 503
+    assert status["last_error"] == "status 503"
+    assert status["next_attempt_at"].endswith("Z")
+
+
+async def test_status_of_finished_call(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    # The worker acknowledged the message, so only the record remains.
+    record = status_record(
+        "done-1", CallState.SUCCEEDED, last_status=200, finished_at_ns=time.time_ns()
+    )
+    await write_status(nats_url, record)
+
+    response = await client.get("/async-calls/done-1")
+
+    assert response.status_code == 200
+    assert response.json()["state"] == "succeeded"
+    assert response.json()["last_status"] == 200
+
+
+async def test_status_call_id_needs_digest_key(client: httpx.AsyncClient) -> None:
+    call_id = "order 17/a.b"
+    await queue_call(client, headers={"X-Call-Id": call_id})
+
+    quoted = urllib.parse.quote(call_id, safe="")
+    response = await client.get(f"/async-calls/{quoted}")
+
+    assert call_key(call_id).startswith("h-")
+    assert response.status_code == 200
+    assert response.json()["call_id"] == call_id
+
+
+async def test_status_empty_id_400(client: httpx.AsyncClient) -> None:
+    response = await client.get("/async-calls/")
+
+    assert response.status_code == 400
+    assert "X-Call-Id" in response.text
+
+
+async def test_async_calls_other_method_405(client: httpx.AsyncClient) -> None:
+    response = await client.post("/async-calls/abc")
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, DELETE"
+
+
+async def test_status_nats_down_503(
+    nats_server_factory: Callable[..., NatsServer], start_gateway: GatewayFactory
+) -> None:
+    nats_server = nats_server_factory()
+    nats_server.start()
+    gateway = await start_gateway(nats_url=nats_server.url)
+    await wait_until_healthy(gateway.url)
+    nats_server.stop()
+    await wait_until_unhealthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        status = await http_client.get("/async-calls/abc")
+        cancel = await http_client.delete("/async-function/abc")
+
+    assert status.status_code == 503
+    assert status.headers["X-OpenFaaS-Internal"] == "gateway"
+    assert cancel.status_code == 503
+
+
+# Cancel.
+
+
+async def test_cancel_queued_call(client: httpx.AsyncClient, nats_url: str) -> None:
+    call_id = await queue_call(client)
+
+    response = await client.delete(f"/async-function/{call_id}")
+
+    assert response.status_code == 202
+    assert response.json()["state"] == "cancelled"
+    assert response.json()["finished_at"].endswith("Z")
+    assert await stored_messages(nats_url) == []
+    status = await client.get(f"/async-calls/{call_id}")
+    assert status.json()["state"] == "cancelled"
+
+
+async def test_cancel_by_async_calls_route(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    call_id = await queue_call(client)
+
+    response = await client.delete(f"/async-calls/{call_id}")
+
+    assert response.status_code == 202
+    assert await stored_messages(nats_url) == []
+
+
+async def test_cancel_twice_409(client: httpx.AsyncClient) -> None:
+    call_id = await queue_call(client)
+
+    first = await client.delete(f"/async-function/{call_id}")
+    second = await client.delete(f"/async-function/{call_id}")
+
+    assert first.status_code == 202
+    assert second.status_code == 409
+    assert "cancelled" in second.text
+
+
+async def test_cancel_unknown_404(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/async-function/never-queued")
+
+    assert response.status_code == 404
+    assert "'never-queued'" in response.text
+
+
+async def test_cancel_retrying_call(client: httpx.AsyncClient, nats_url: str) -> None:
+    call_id = await queue_call(client)
+    await write_status(nats_url, status_record(call_id, CallState.RETRYING))
+
+    response = await client.delete(f"/async-calls/{call_id}")
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["state"] == "cancelled"
+    assert body["attempts"] == 1
+    assert await stored_messages(nats_url) == []
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        pytest.param(CallState.RUNNING, id="running"),
+        pytest.param(CallState.SUCCEEDED, id="succeeded"),
+        pytest.param(CallState.FAILED, id="failed"),
+        pytest.param(CallState.DEAD_LETTERED, id="dead-lettered"),
+    ],
+)
+async def test_cancel_started_call_409(
+    client: httpx.AsyncClient, nats_url: str, state: CallState
+) -> None:
+    call_id = await queue_call(client)
+    await write_status(nats_url, status_record(call_id, state))
+
+    response = await client.delete(f"/async-function/{call_id}")
+
+    assert response.status_code == 409
+    assert state.value in response.text
+    # The queued message is left to the worker that has it.
+    assert len(await stored_messages(nats_url)) == 1
+
+
+async def test_cancel_deletes_large_body(
+    nats_server_factory: Callable[..., NatsServer], start_gateway: GatewayFactory
+) -> None:
+    nats_server = nats_server_factory(max_payload_bytes=64 * 1024)
+    nats_server.start()
+    gateway = await start_gateway(nats_url=nats_server.url)
+    await wait_until_healthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        call_id = await queue_call(
+            http_client, headers={"X-Call-Id": "large-1"}, body=b"L" * 100_000
+        )
+        assert await object_exists(nats_server.url, call_id)
+        response = await http_client.delete(f"/async-function/{call_id}")
+
+    assert response.status_code == 202
+    assert not await object_exists(nats_server.url, call_id)
+
+
+# Delays.
+
+
+async def test_delay_seconds_sets_not_before(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    before_ns = time.time_ns()
+    call_id = await queue_call(client, headers={"X-Delay-Seconds": "30"})
+    after_ns = time.time_ns()
+
+    [message] = await stored_messages(nats_url)
+    not_before_ns = int(message.headers["Faashub-Not-Before-Ns"])
+    assert before_ns + 30 * NS_PER_S <= not_before_ns <= after_ns + 30 * NS_PER_S
+    status = (await client.get(f"/async-calls/{call_id}")).json()
+    assert status["state"] == "queued"
+    assert status["next_attempt_at"] is not None
+
+
+async def test_fractional_delay_seconds(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    await queue_call(client, headers={"X-Delay-Seconds": "1.5"})
+
+    [message] = await stored_messages(nats_url)
+    accepted_ns = int(message.headers["Faashub-Accepted-At-Ns"])
+    delay_ns = int(message.headers["Faashub-Not-Before-Ns"]) - accepted_ns
+    assert delay_ns == 1_500_000_000
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param("rfc3339", id="rfc3339"),
+        pytest.param("http-date", id="http-date"),
+    ],
+)
+async def test_not_before_absolute_time(
+    client: httpx.AsyncClient, nats_url: str, form: str
+) -> None:
+    start_s = int(time.time()) + 3600
+    if form == "rfc3339":
+        value = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start_s))
+    else:
+        value = email.utils.formatdate(start_s, usegmt=True)
+
+    await queue_call(client, headers={"X-Not-Before": value})
+
+    [message] = await stored_messages(nats_url)
+    assert message.headers["Faashub-Not-Before-Ns"] == str(start_s * NS_PER_S)
+
+
+async def test_not_before_in_past_runs_now(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    await queue_call(client, headers={"X-Not-Before": "2001-01-01T00:00:00+01:00"})
+
+    [message] = await stored_messages(nats_url)
+    assert "Faashub-Not-Before-Ns" not in message.headers
+
+
+async def test_zero_delay_runs_now(client: httpx.AsyncClient, nats_url: str) -> None:
+    await queue_call(client, headers={"X-Delay-Seconds": "0"})
+
+    [message] = await stored_messages(nats_url)
+    assert "Faashub-Not-Before-Ns" not in message.headers
+
+
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        pytest.param({"X-Delay-Seconds": "soon"}, "'soon'", id="not-a-number"),
+        pytest.param({"X-Delay-Seconds": "-5"}, "'-5'", id="negative"),
+        pytest.param({"X-Delay-Seconds": "nan"}, "'nan'", id="nan"),
+        pytest.param({"X-Delay-Seconds": "inf"}, "'inf'", id="infinite"),
+        pytest.param({"X-Delay-Seconds": "90000"}, "'90000'", id="beyond-max"),
+        pytest.param(
+            {"X-Not-Before": "2030-01-02T03:04:05"}, "with a zone", id="naive-time"
+        ),
+        pytest.param({"X-Not-Before": "tomorrow"}, "'tomorrow'", id="not-a-time"),
+        pytest.param(
+            {"X-Not-Before": "2999-01-01T00:00:00Z"}, "86400", id="time-beyond-max"
+        ),
+        pytest.param(
+            {"X-Delay-Seconds": "1", "X-Not-Before": "2030-01-02T03:04:05Z"},
+            "only one",
+            id="both",
+        ),
+    ],
+)
+async def test_invalid_delay_400(
+    nats_url: str,
+    start_gateway: GatewayFactory,
+    headers: dict[str, str],
+    named: str,
+) -> None:
+    gateway = await start_gateway(nats_url=nats_url, max_delay_s=86400)
+    await wait_until_healthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        response = await http_client.post(
+            "/async-function/echo", content=b"x", headers=headers
+        )
+
+    assert response.status_code == 400
+    assert named in response.text
+    assert await stored_messages(nats_url) == []
+
+
+# Named queues.
+
+
+async def test_queue_annotation_routes_call(
+    client: httpx.AsyncClient, provider: FakeProvider, nats_url: str
+) -> None:
+    provider.deploy("bulk", annotations={shared.ANNOTATION_QUEUE: "bulk-jobs"})
+
+    call_id = await queue_call(client, "bulk")
+
+    [message] = await stored_messages(nats_url)
+    assert message.subject == f"faashub.calls.bulk-jobs.openfaas-fn.bulk.{call_id}"
+    assert message.headers["Faashub-Queue"] == "bulk-jobs"
+    status = (await client.get(f"/async-calls/{call_id}")).json()
+    assert status["queue"] == "bulk-jobs"
+
+
+async def test_invalid_queue_annotation_warns_once(
+    nats_url: str,
+    provider: FakeProvider,
+    start_gateway: GatewayFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider.deploy("odd", annotations={shared.ANNOTATION_QUEUE: "not.valid"})
+    # No cache, so every call looks the function up again.
+    gateway = await start_gateway(nats_url=nats_url, function_cache_ttl_s=0)
+    await wait_until_healthy(gateway.url)
+
+    with caplog.at_level(logging.WARNING, logger="gateway.function_lookup"):
+        async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+            await queue_call(http_client, "odd")
+            await queue_call(http_client, "odd")
+
+    messages = await stored_messages(nats_url)
+    assert [message.subject.split(".")[2] for message in messages] == [
+        "default",
+        "default",
+    ]
+    warnings = [
+        record for record in caplog.records if "invalid queue" in record.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert len(provider.lookups) == 2
+
+
+# JetStream layout.
+
+
+async def test_gateway_applies_its_limits(
+    nats_url: str, start_gateway: GatewayFactory
+) -> None:
+    gateway = await start_gateway(
+        nats_url=nats_url, status_ttl_s=600, dead_letter_max_age_s=7200
+    )
+    await wait_until_healthy(gateway.url)
+
+    connection = await nats.connect(nats_url)
+    try:
+        js = connection.jetstream()
+        status = await js.stream_info(f"KV_{shared.STATUS_BUCKET}")
+        dead_letters = await js.stream_info(shared.DEAD_LETTER_STREAM)
+        bodies = await js.stream_info(f"OBJ_{shared.BODIES_BUCKET}")
+    finally:
+        await connection.close()
+    assert status.config.max_age == 600
+    assert dead_letters.config.max_age == 7200
+    assert bodies.config.name == f"OBJ_{shared.BODIES_BUCKET}"
