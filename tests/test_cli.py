@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from faashub.cli import stack
+from faashub.cli import main, stack
 from tests.conftest import free_port
 from tests.hub_support import CallbackReceiver, RunningHub, faashub, running_hub
 
@@ -204,3 +204,25 @@ def test_unreachable_gateway_is_explained() -> None:
     assert result.returncode != 0
     assert gateway.encode() in result.stderr
     assert b"faashub up" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["up"], id="up"),
+        pytest.param(["gateway"], id="gateway"),
+        pytest.param(["queue-worker"], id="queue-worker"),
+        pytest.param(["provider", "local"], id="provider-local"),
+        pytest.param(["connector", "kafka"], id="connector-kafka"),
+        pytest.param(["deploy"], id="deploy"),
+        pytest.param(["invoke"], id="invoke"),
+        pytest.param(["dlq", "list"], id="dlq-list"),
+    ],
+)
+def test_help_of_every_command_prints(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main.main([*command, "--help"])
+    assert exited.value.code == 0
+    assert "usage: faashub" in capsys.readouterr().out
