@@ -11,7 +11,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from faashub import __version__, errors, logs, settings
-from faashub.cli import options, user_commands
+from faashub.cli import dlq_commands, options, provider_commands, user_commands
+from faashub.connector_settings import KafkaConnectorSettings
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
@@ -44,6 +45,17 @@ def _run_local_provider(args: argparse.Namespace) -> int:
         level=provider_settings.log_level, log_format=provider_settings.log_format
     )
     server.run(provider_settings)
+    return 0
+
+
+def _run_kafka_connector(args: argparse.Namespace) -> int:
+    from connectors.kafka import server
+
+    connector_settings = options.load_settings(KafkaConnectorSettings, args)
+    logs.configure(
+        level=connector_settings.log_level, log_format=connector_settings.log_format
+    )
+    server.run(connector_settings)
     return 0
 
 
@@ -105,7 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
         _run_local_provider,
         backends,
     )
+    connector = commands.add_parser("connector", help="Run an event connector alone.")
+    connectors = connector.add_subparsers(
+        dest="connector", metavar="CONNECTOR", required=True
+    )
+    component(
+        "kafka",
+        "Run the Kafka connector: records on Kafka topics invoke the functions "
+        "whose topic annotation names them.",
+        KafkaConnectorSettings,
+        _run_kafka_connector,
+        connectors,
+    )
     user_commands.add_commands(commands)
+    provider_commands.add_commands(commands)
+    dlq_commands.add_commands(commands)
     return parser
 
 

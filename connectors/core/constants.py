@@ -1,0 +1,30 @@
+"""Header names, metric names and limits that every connector shares.
+
+Header names follow the OpenFaaS connector-sdk, so functions written for
+OpenFaaS connectors read the same headers here. Source-specific headers (the
+`X-Kafka-*` family, for example) live in the connector's own constants.
+"""
+
+from typing import Final
+
+# Headers sent with every invocation, as the OpenFaaS connector-sdk sends them.
+TOPIC: Final = "X-Topic"
+CONNECTOR: Final = "X-Connector"
+CONTENT_TYPE: Final = "Content-Type"
+
+# Separator of the topics in a function's `topic` annotation.
+TOPIC_DELIMITER: Final = ","
+
+# Prefix of every metric a connector exports; each has a `connector` label.
+METRIC_PREFIX: Final = "faashub_connector_"
+
+# Seconds one `/system/...` request of the topic map builder may take.
+SYSTEM_REQUEST_TIMEOUT_S: Final = 10.0
+
+# Wait before the next attempt to build the first topic map, doubling from the
+# minimum up to the rebuild interval. Later refreshes follow the interval.
+FIRST_MAP_RETRY_MIN_S: Final = 0.5
+
+# Seconds between two WARNING lines about the same ongoing outage; repeats in
+# between go to DEBUG.
+WARNING_INTERVAL_S: Final = 30.0

@@ -1,0 +1,345 @@
+"""Invoke one function for one message through the gateway, with retries.
+
+The request is `POST {gateway_url}/function/NAME.NAMESPACE` (or
+`/async-function/...` when async invocation is on) with the message body and
+these headers, after the source's own (`X-Kafka-*` for Kafka):
+
+* `X-Topic`: the message's topic, and `X-Connector`: `<name>-connector`;
+* `Content-Type`, when configured;
+* `X-Call-Id`: derived from the message's identity and the function, so a
+  message delivered again after a crash carries the same id. The gateway
+  uses it to drop a repeated async call within its duplicate window, and a
+  function can use it to skip work it has already done;
+* `X-Callback-Url`, for async invocations when a callback URL is configured.
+
+Temporary failures are retried as `connectors.core.retry` describes. A
+gateway that refuses the connection is an outage, not a failure of the
+function: the invoker logs it once, waits and tries again for as long as it
+is not cancelled, without counting attempts, so delivery pauses instead of
+filling the dead-letter destination.
+
+All invocations share one aiohttp session, owned by the caller. This module
+does not choose the functions (see `connectors.core.topic_map`) and does not
+log results (see `connectors.core.connector`).
+"""
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from connectors.core import constants
+from connectors.core.metrics import ConnectorMetrics
+from connectors.core.outage import Outage
+from connectors.core.retry import RetryPolicy, is_retryable, is_success
+from faashub import constants as shared
+from faashub import names
+
+logger = logging.getLogger(__name__)
+
+# Namespace of the name-based (version 5) UUIDs used as call ids.
+CALL_ID_NAMESPACE = uuid.UUID("5f0c8a43-7d1e-4f0b-9a57-2b61d9f4c1e8")
+_CALL_ID_NAMESPACE_BYTES = CALL_ID_NAMESPACE.bytes
+
+# Upper bound on the pause between two attempts to reach a gateway that
+# refuses connections, so delivery resumes within seconds of its return.
+GATEWAY_PROBE_MAX_WAIT_S = 5.0
+
+
+def _no_headers() -> Mapping[str, str]:
+    return CIMultiDictProxy(CIMultiDict())
+
+
+@dataclass(slots=True)
+class Message:
+    """One message from a source, as the core delivers it to functions."""
+
+    topic: str
+    body: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    """Source-specific HTTP headers, sent before the core's own."""
+    identity: str = ""
+    """Stable id of the message at its source, such as topic, partition and
+    offset; it seeds the call ids. Empty gives each invocation a random id."""
+    context: dict[str, object] = field(default_factory=dict)
+    """Fields added to every log line about this message."""
+
+
+@dataclass(slots=True)
+class InvocationResult:
+    """The final outcome of invoking one function for one message."""
+
+    function: names.FunctionRef
+    topic: str
+    call_id: str
+    status: int
+    """The function's HTTP status, or 504 or 413 made up by the connector."""
+    attempts: int
+    """Requests sent; 0 when the message was rejected before any."""
+    duration_s: float
+    headers: Mapping[str, str] = field(default_factory=_no_headers)
+    body: bytes = b""
+    error: str = ""
+    """The reason for a failed outcome, or "" on success."""
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the function handled the message (a 2xx status)."""
+        return is_success(self.status)
+
+
+@dataclass(slots=True)
+class _Response:
+    status: int
+    headers: Mapping[str, str] = field(default_factory=_no_headers)
+    body: bytes = b""
+    error: str = ""
+    gateway_unreachable: bool = False
+
+
+class Invoker:
+    """Sends messages to functions through the gateway."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        gateway_url: str,
+        connector: str,
+        retry: RetryPolicy,
+        metrics: ConnectorMetrics,
+        timeout_s: float,
+        async_invocation: bool = False,
+        callback_url: str = "",
+        content_type: str = "",
+        max_body_bytes: int = 0,
+    ) -> None:
+        self._session = session
+        route = "/async-function/" if async_invocation else "/function/"
+        self._base_url = gateway_url.rstrip("/") + route
+        self._retry = retry
+        self._metrics = metrics
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_body_bytes = max_body_bytes
+        self._urls: dict[names.FunctionRef, str] = {}
+        self._outage = Outage("gateway", consequence="pausing invocations")
+
+        # Headers the core adds to every request, after the source's own.
+        self._fixed_headers = [(constants.CONNECTOR, f"{connector}-connector")]
+        if content_type:
+            self._fixed_headers.append((constants.CONTENT_TYPE, content_type))
+        if async_invocation and callback_url:
+            self._fixed_headers.append((shared.CALLBACK_URL, callback_url))
+
+    async def invoke(
+        self, function: names.FunctionRef, message: Message
+    ) -> InvocationResult:
+        """Invoke `function` with `message` until the outcome is final.
+
+        Returns the final outcome; raises only when cancelled.
+        """
+        call_id = call_id_for(message.identity, function)
+        body_bytes = len(message.body)
+        if self._max_body_bytes and body_bytes > self._max_body_bytes:
+            return InvocationResult(
+                function=function,
+                topic=message.topic,
+                call_id=call_id,
+                status=413,
+                attempts=0,
+                duration_s=0.0,
+                error=f"The message body of {body_bytes} bytes exceeds the "
+                f"connector's max_body_bytes of {self._max_body_bytes}.",
+            )
+
+        url = self._urls.get(function)
+        if url is None:
+            url = self._urls[function] = f"{self._base_url}{function}"
+        headers = [
+            *message.headers,
+            (constants.TOPIC, message.topic),
+            *self._fixed_headers,
+            (shared.CALL_ID, call_id),
+        ]
+        started_s = time.monotonic()
+        response = await self._send(url, headers, message.body, function=function)
+        attempts = 1
+        if response.gateway_unreachable or self._should_retry(response, attempts):
+            response, attempts = await self._retry_until_final(
+                response, url, headers, message, function=function, call_id=call_id
+            )
+        elif self._outage.active:
+            self._outage.end()
+        return InvocationResult(
+            function=function,
+            topic=message.topic,
+            call_id=call_id,
+            status=response.status,
+            attempts=attempts,
+            duration_s=time.monotonic() - started_s,
+            headers=response.headers,
+            body=response.body,
+            error=response.error,
+        )
+
+    def _should_retry(self, response: _Response, attempts: int) -> bool:
+        return (
+            not is_success(response.status)
+            and is_retryable(response.status)
+            and attempts < self._retry.attempts
+        )
+
+    async def _retry_until_final(
+        self,
+        response: _Response,
+        url: str,
+        headers: list[tuple[str, str]],
+        message: Message,
+        *,
+        function: names.FunctionRef,
+        call_id: str,
+    ) -> tuple[_Response, int]:
+        """Retry after a first `response` that was not final; return the last one.
+
+        The first attempt runs in `invoke()` itself, so that a success costs
+        no call of this loop.
+        """
+        attempts = 0
+        outage_waits = 0
+        while True:
+            if response.gateway_unreachable:
+                # The request never reached the gateway: wait, uncounted.
+                self._outage.begin(response.error)
+                outage_waits += 1
+                wait_s = min(self._retry.wait_s(outage_waits), GATEWAY_PROBE_MAX_WAIT_S)
+            else:
+                self._outage.end()
+                outage_waits = 0
+                attempts += 1
+                if not self._should_retry(response, attempts):
+                    return response, attempts
+                wait_s = self._retry.wait_s(
+                    attempts,
+                    retry_after_s=self._retry.retry_after_s(
+                        response.status, response.headers.get("Retry-After")
+                    ),
+                )
+                self._log_retry(
+                    response,
+                    message,
+                    function=function,
+                    call_id=call_id,
+                    attempts=attempts,
+                    wait_s=wait_s,
+                )
+            await self._retry.sleep(wait_s)
+            response = await self._send(url, headers, message.body, function=function)
+
+    def _log_retry(
+        self,
+        response: _Response,
+        message: Message,
+        *,
+        function: names.FunctionRef,
+        call_id: str,
+        attempts: int,
+        wait_s: float,
+    ) -> None:
+        self._metrics.retried(str(function))
+        context: dict[str, object] = {
+            "function": str(function),
+            "topic": message.topic,
+            "call_id": call_id,
+            "status": response.status,
+            "attempt": attempts,
+            "wait_s": f"{wait_s:.2f}",
+        }
+        if response.error:
+            context["error"] = response.error
+        context.update(message.context)
+        logger.warning("invocation failed, retrying", extra={"ctx": context})
+
+    async def _send(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        function: names.FunctionRef,
+    ) -> _Response:
+        try:
+            async with self._session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                return _Response(
+                    status=response.status,
+                    headers=response.headers,
+                    body=await response.read(),
+                    error=""
+                    if is_success(response.status)
+                    else f"The gateway returned HTTP {response.status} for {function}.",
+                )
+        except aiohttp.ClientConnectorError as exc:
+            return _Response(
+                status=503,
+                error=f"Cannot connect to the gateway: {exc.os_error or exc}",
+                gateway_unreachable=True,
+            )
+        except TimeoutError:
+            return _Response(
+                status=504,
+                error=f"No response from {function} within "
+                f"{self._timeout.total:g} s (upstream_timeout_s).",
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            return _Response(
+                status=503,
+                error=f"The request to {function} failed: "
+                f"{exc.__class__.__name__}: {exc}",
+            )
+
+
+def call_id_for(identity: str, function: names.FunctionRef) -> str:
+    """Return the X-Call-Id of a message's invocation of `function`.
+
+    The id is `uuid.uuid5(CALL_ID_NAMESPACE, identity + "\\n" + function)`, so
+    the same message identity and function always give the same id; an empty
+    identity gives a random one.
+    """
+    if not identity:
+        return str(uuid.uuid4())
+    # The same bytes as uuid.uuid5() in a third of its time, which counts
+    # once per invocation on the data path.
+    name = f"{identity}\n{function}".encode()
+    digest = bytearray(hashlib.sha1(_CALL_ID_NAMESPACE_BYTES + name).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def new_session(*, user_agent: str) -> aiohttp.ClientSession:
+    """Return the aiohttp session that carries a connector's invocations.
+
+    The pool has no connection limit: max_inflight times the subscribers of a
+    topic already bounds the requests open at once, and a request queued for
+    a connection would spend its upstream timeout waiting.
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        # The function's response body is passed on as it was sent.
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": user_agent},
+        # Content-Type is the configured one or none, never aiohttp's default.
+        skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type"),
+    )

@@ -1,0 +1,143 @@
+"""Prometheus metrics with the same names for every connector.
+
+Each name starts with `faashub_connector_` and carries a `connector` label
+(`kafka`, `sqs`, `cron`), so one dashboard serves every connector. The
+other labels are in brackets:
+
+* `consumed_total` (topic): messages received from the source;
+* `invoked_total` (function, code): invocations with a final outcome, by
+  HTTP status;
+* `failed_total` (function): invocations whose final outcome is a failure;
+* `retried_total` (function): attempts after the first;
+* `dead_lettered_total` (topic): messages written to a dead-letter
+  destination;
+* `invocation_seconds` (function): a histogram of the time from the first
+  attempt to the final outcome;
+* `lag` (topic, partition): a gauge of the messages not final yet; the
+  partition is "" where the source has none.
+
+Each connector process has its own registry, served by the health listener
+at `/metrics`. The label children are cached, so counting costs a dict
+lookup and a lock per event.
+"""
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from connectors.core import constants
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ConnectorMetrics:
+    """The metrics of one connector, registered in their own registry."""
+
+    def __init__(self, connector: str) -> None:
+        self.connector = connector
+        self.registry = CollectorRegistry()
+        prefix = constants.METRIC_PREFIX
+
+        self._consumed = Counter(
+            prefix + "consumed",
+            "Messages received from the source.",
+            ["connector", "topic"],
+            registry=self.registry,
+        )
+
+        self._invoked = Counter(
+            prefix + "invoked",
+            "Invocations with a final outcome, by HTTP status.",
+            ["connector", "function", "code"],
+            registry=self.registry,
+        )
+
+        self._failed = Counter(
+            prefix + "failed",
+            "Invocations whose final outcome is a failure.",
+            ["connector", "function"],
+            registry=self.registry,
+        )
+
+        self._retried = Counter(
+            prefix + "retried",
+            "Invocation attempts after the first.",
+            ["connector", "function"],
+            registry=self.registry,
+        )
+
+        self._dead_lettered = Counter(
+            prefix + "dead_lettered",
+            "Messages written to a dead-letter destination.",
+            ["connector", "topic"],
+            registry=self.registry,
+        )
+
+        self._duration = Histogram(
+            prefix + "invocation_seconds",
+            "Seconds from the first attempt of an invocation to its final outcome.",
+            ["connector", "function"],
+            registry=self.registry,
+        )
+
+        self._lag = Gauge(
+            prefix + "lag",
+            "Messages in the source that are not final yet.",
+            ["connector", "topic", "partition"],
+            registry=self.registry,
+        )
+
+        self._counters: dict[tuple[str, ...], Counter] = {}
+        self._histograms: dict[str, Histogram] = {}
+
+    def consumed(self, topic: str, count: int = 1) -> None:
+        """Count messages received from the source."""
+        self._counter(self._consumed, "consumed", topic).inc(count)
+
+    def invoked(self, function: str, status: int, *, duration_s: float) -> None:
+        """Count an invocation with its final HTTP status and duration."""
+        self._counter(self._invoked, "invoked", function, str(status)).inc()
+        histogram = self._histograms.get(function)
+        if histogram is None:
+            histogram = self._duration.labels(self.connector, function)
+            self._histograms[function] = histogram
+        histogram.observe(duration_s)
+
+    def failed(self, function: str) -> None:
+        """Count an invocation whose final outcome is a failure."""
+        self._counter(self._failed, "failed", function).inc()
+
+    def retried(self, function: str) -> None:
+        """Count one attempt after the first."""
+        self._counter(self._retried, "retried", function).inc()
+
+    def dead_lettered(self, topic: str) -> None:
+        """Count a message written to a dead-letter destination."""
+        self._counter(self._dead_lettered, "dead_lettered", topic).inc()
+
+    def set_lag(self, topic: str, lag: int, *, partition: str = "") -> None:
+        """Set how many messages of a topic (and partition) are not final yet."""
+        self._lag.labels(self.connector, topic, partition).set(lag)
+
+    def forget_lag(self, topic: str, *, partition: str = "") -> None:
+        """Drop the lag of a topic (and partition) this connector no longer reads."""
+        try:
+            self._lag.remove(self.connector, topic, partition)
+        except KeyError:
+            pass
+
+    def render(self) -> bytes:
+        """Return every metric in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def _counter(self, family: Counter, name: str, *labels: str) -> Counter:
+        key = (name, *labels)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = family.labels(self.connector, *labels)
+        return child

@@ -1,0 +1,225 @@
+"""Record headers, offset tracking and topic selection, without a broker."""
+
+import base64
+import re
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+from connectors.kafka.offsets import OffsetTracker
+from connectors.kafka.publisher import dead_letter_matcher, dead_letter_topic_for
+from connectors.kafka.records import (
+    header_text,
+    http_header_name,
+    record_identity,
+    record_message,
+)
+from connectors.kafka.subscription import select_topics
+
+
+def make_record(
+    *,
+    key: bytes | None = b"k1",
+    value: bytes | None = b"v",
+    headers: tuple[tuple[str, bytes], ...] = (),
+    offset: int = 7,
+    timestamp: int = 1_700_000_000_000,
+) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic="orders",
+        partition=2,
+        offset=offset,
+        timestamp=timestamp,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=headers,
+    )
+
+
+def header_pairs(record: ConsumerRecord[bytes, bytes]) -> list[tuple[str, str]]:
+    return record_message(record, group_id="g").headers
+
+
+def test_metadata_headers() -> None:
+    message = record_message(make_record(), group_id="g")
+
+    assert message.topic == "orders"
+    assert message.body == b"v"
+    assert message.headers == [
+        ("X-Kafka-Partition", "2"),
+        ("X-Kafka-Offset", "7"),
+        ("X-Kafka-Timestamp", "1700000000000"),
+        ("X-Kafka-Key", "k1"),
+    ]
+    assert message.context == {"partition": 2, "offset": 7}
+    assert message.identity == "kafka/g/orders/2/7/1700000000000"
+
+
+def test_binary_key_is_base64() -> None:
+    key = b"\x00\xffkey"
+
+    pairs = header_pairs(make_record(key=key))
+
+    assert ("X-Kafka-Key", base64.b64encode(key).decode()) in pairs
+    assert ("X-Kafka-Key-Enc", "b64") in pairs
+
+
+def test_missing_key_and_value() -> None:
+    message = record_message(make_record(key=None, value=None), group_id="g")
+
+    assert message.body == b""
+    assert all(name != "X-Kafka-Key" for name, _ in message.headers)
+
+
+def test_empty_key_is_sent_empty() -> None:
+    assert ("X-Kafka-Key", "") in header_pairs(make_record(key=b""))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(b"plain", "plain", id="ascii"),
+        pytest.param("héllo ✓".encode(), "héllo ✓", id="utf-8"),
+        pytest.param(b"a b\tc", "a b\tc", id="inner-space-and-tab"),
+        pytest.param(b"", "", id="empty"),
+        pytest.param(b"line\nbreak", None, id="newline"),
+        pytest.param(b"cr\rhere", None, id="carriage-return"),
+        pytest.param(b"nul\x00", None, id="nul"),
+        pytest.param(b" padded", None, id="leading-space"),
+        pytest.param(b"padded ", None, id="trailing-space"),
+        pytest.param(b"\xff\xfe", None, id="not-utf-8"),
+        pytest.param(b"del\x7f", None, id="delete"),
+    ],
+)
+def test_header_value_text(value: bytes, expected: str | None) -> None:
+    assert header_text(value) == expected
+
+
+def test_record_headers_are_encoded_not_dropped() -> None:
+    headers = (
+        ("trace", b"abc"),
+        ("bad value", b"two\nlines"),
+        ("Partition", b"forged"),
+        ("trace", b"second"),
+        ("ünïcode", b"x"),
+    )
+
+    pairs = header_pairs(make_record(headers=headers))
+
+    assert ("X-Kafka-trace", "abc") in pairs
+    assert ("X-Kafka-trace", "second") in pairs
+    encoded = base64.b64encode(b"two\nlines").decode()
+    assert ("X-Kafka-bad%20value", encoded) in pairs
+    assert ("X-Kafka-bad%20value-Enc", "b64") in pairs
+    assert ("X-Kafka-Header-Partition", "forged") in pairs
+    assert [value for name, value in pairs if name == "X-Kafka-Partition"] == ["2"]
+    assert ("X-Kafka-%C3%BCn%C3%AFcode", "x") in pairs
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        pytest.param("trace-id", "X-Kafka-trace-id", id="token"),
+        pytest.param("a:b", "X-Kafka-a%3Ab", id="colon"),
+        pytest.param("100%", "X-Kafka-100%25", id="percent"),
+        pytest.param("offset", "X-Kafka-Header-offset", id="reserved-lowercase"),
+        pytest.param("Key-Enc", "X-Kafka-Header-Key-Enc", id="reserved-encoding"),
+    ],
+)
+def test_header_names(name: str, expected: str) -> None:
+    assert http_header_name(name) == expected
+
+
+def test_identity_changes_with_timestamp() -> None:
+    first = record_identity(make_record(timestamp=1), group_id="g")
+    recreated = record_identity(make_record(timestamp=2), group_id="g")
+
+    assert first != recreated
+
+
+def test_offsets_commit_below_first_pending() -> None:
+    tracker = OffsetTracker()
+    for offset in (10, 11, 12, 13):
+        tracker.add(offset)
+
+    assert tracker.committable() is None
+    tracker.finish(12)
+    assert tracker.committable() is None
+    tracker.finish(10)
+    assert tracker.committable() == 11
+    tracker.finish(11)
+    assert tracker.committable() == 13
+    assert tracker.pending == 1
+    tracker.finish(13)
+    assert tracker.committable() == 14
+    assert tracker.pending == 0
+
+
+def test_offsets_with_gaps() -> None:
+    tracker = OffsetTracker()
+    tracker.add(5)
+    tracker.add(9)
+    tracker.finish(5)
+
+    assert tracker.committable() == 9
+
+
+def test_offsets_must_increase() -> None:
+    tracker = OffsetTracker()
+    tracker.add(5)
+
+    with pytest.raises(ValueError, match="must increase"):
+        tracker.add(5)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "topic", "dead_letter", "is_dead_letter"),
+    [
+        pytest.param("{topic}.dlq", "orders", "orders.dlq", True, id="suffix"),
+        pytest.param("dlq-{topic}", "orders", "dlq-orders", True, id="prefix"),
+        pytest.param("dead-letters", "orders", "dead-letters", True, id="fixed"),
+        pytest.param("{topic}.dlq", "orders", "orders.dlqx", False, id="other"),
+    ],
+)
+def test_dead_letter_names(
+    pattern: str, topic: str, dead_letter: str, is_dead_letter: bool
+) -> None:
+    matcher = dead_letter_matcher(pattern)
+    assert matcher is not None
+    if is_dead_letter:
+        assert dead_letter_topic_for(pattern, topic) == dead_letter
+    assert bool(matcher.match(dead_letter)) is is_dead_letter
+
+
+def test_selection_by_name_and_pattern() -> None:
+    selection = select_topics(
+        ["payments", "orders.*", "audit"],
+        [
+            "payments",
+            "orders.created",
+            "orders.paid",
+            "orders.created.dlq",
+            "other",
+            "__consumer_offsets",
+            "replies",
+        ],
+        dead_letter_topics=re.compile(r"(?:.+)\.dlq\Z"),
+        reply_topic="replies",
+    )
+
+    assert selection.subscribed == {"payments", "orders.created", "orders.paid"}
+    assert selection.missing == {"audit"}
+
+
+def test_selection_keeps_named_dead_letter_topic() -> None:
+    selection = select_topics(
+        ["orders.dlq", "*"],
+        ["orders", "orders.dlq", "__consumer_offsets"],
+        dead_letter_topics=re.compile(r"(?:.+)\.dlq\Z"),
+    )
+
+    assert selection.subscribed == {"orders", "orders.dlq"}
