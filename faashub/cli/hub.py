@@ -260,6 +260,42 @@ def _start_components(
             # The worker drains calls in flight before it exits.
             stop_grace_s=45.0,
         )
+    if settings.kafka_brokers or settings.kafka_dev_broker:
+        _start_kafka_connector(
+            hub, settings, gateway_url=gateway_url, common=common, host=internal_host
+        )
+
+
+def _start_kafka_connector(
+    hub: Hub, settings: HubSettings, *, gateway_url: str, common: list[str], host: str
+) -> None:
+    health_port = _free_port()
+    broker = (
+        ["--dev-broker"]
+        if settings.kafka_dev_broker
+        else ["--brokers", settings.kafka_brokers]
+    )
+    _start_child(
+        hub,
+        "kafka-connector",
+        [
+            "connector",
+            "kafka",
+            "--gateway-url",
+            gateway_url,
+            *broker,
+            "--health-host",
+            host,
+            "--health-port",
+            str(health_port),
+            *common,
+        ],
+        # The connector answers 503 until it reaches the brokers, which it
+        # retries on its own; that must not fail the hub's start.
+        health_url=None,
+        start_timeout_s=settings.start_timeout_s,
+        stop_grace_s=20.0,
+    )
 
 
 def _named_queues(text: str) -> list[str]:
@@ -280,7 +316,7 @@ def _start_child(
     name: str,
     arguments: list[str],
     *,
-    health_url: str,
+    health_url: str | None,
     start_timeout_s: float,
     stop_grace_s: float = STOP_GRACE_S,
 ) -> None:

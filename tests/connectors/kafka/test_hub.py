@@ -82,3 +82,28 @@ async def test_hub_functions_receive_records(
         f"{topic} two",
     ]
     assert lines(second_output) == [f"{topic} three"]
+
+
+async def test_up_runs_connector_when_brokers_given(
+    kafka_brokers: str, tmp_path: Path
+) -> None:
+    topic = unique("up")
+    await create_topics(kafka_brokers, topic)
+    output = tmp_path / "out.txt"
+    hub = await asyncio.to_thread(
+        start_hub,
+        tmp_path / "state",
+        extra_args=["--kafka-brokers", kafka_brokers],
+    )
+    try:
+        await asyncio.to_thread(deploy_recorder, hub.url, "recorder", topic, output)
+        async with kafka_producer(kafka_brokers) as producer:
+            await producer.send_and_wait(topic, b"from-up")
+            await wait_until(
+                lambda: lines(output) == [f"{topic} from-up"],
+                # Topic map refresh and the consumer-group join take seconds.
+                timeout_s=60,
+                description="the record at the function deployed after up",
+            )
+    finally:
+        await asyncio.to_thread(stop_hub, hub)
