@@ -221,7 +221,7 @@ class LocalProviderSettings(CommonSettings):
         "stream is ended.",
     )
     max_replicas: int = Field(
-        20, ge=1, description="Most processes one http-mode function may scale to."
+        20, ge=1, description="Maximum number of processes of one http-mode function."
     )
     max_secret_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest secret value in bytes."

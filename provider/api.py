@@ -15,7 +15,10 @@ Four parts share one ASGI application:
 
 Error bodies are plain-text sentences that name the offending value and the
 fix. The backend reports failures with the exceptions of `provider.backend`,
-and this module maps them to status codes. It does not know how functions run.
+and this module maps them to status codes. A StorageError names files of the
+provider's machine, so its caller gets only its summary and the provider's
+log gets the details. A 405 lists, in its `Allow` header and its body, every
+method that the path supports. It does not know how functions run.
 """
 
 import asyncio
@@ -24,14 +27,16 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Final, TypeVar
 from urllib.parse import quote, unquote
 
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from faashub import constants, errors, names
@@ -39,6 +44,7 @@ from provider import logs_api
 from provider.backend import (
     FunctionExists,
     FunctionNotFound,
+    FunctionUnavailable,
     InvalidRequest,
     Invocation,
     InvocationFailed,
@@ -66,8 +72,8 @@ LOGS_PATH: Final = "/system/logs"
 TEXT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
 JSON_CONTENT_TYPE: Final = "application/json"
 MAX_REPORTED_VALIDATION_ERRORS: Final = 5
-# The largest secret value, the same limit as a Kubernetes Secret.
-MAX_SECRET_BYTES: Final = 1024 * 1024
+# The order in which a 405 lists the allowed methods.
+METHOD_ORDER: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 _STATUS_BY_ERROR: Final[tuple[tuple[type[Exception], int], ...]] = (
     (InvalidRequest, 400),
@@ -106,7 +112,9 @@ class ProviderApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith(FUNCTION_PREFIX) or path == FUNCTION_PREFIX.rstrip("/"):
+            # NB: "/function" without the slash falls through to the system
+            # app, whose 404 lists the routes.
+            if path.startswith(FUNCTION_PREFIX):
                 await self._serve_function(scope, receive, send)
                 return
             if path == HEALTH_PATH:
@@ -120,12 +128,7 @@ class ProviderApp:
     async def _serve_logs(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream a function's log lines, or send the error that prevents it."""
         if scope["method"] != "GET":
-            await _send_text(
-                send,
-                405,
-                f"Method {scope['method']} is not allowed on {LOGS_PATH}. Use GET.",
-                allow="GET",
-            )
+            await _send_method_not_allowed(send, scope, allowed=("GET",))
             return
         query = scope.get("query_string", b"").decode("latin-1")
         try:
@@ -138,7 +141,7 @@ class ProviderApp:
             logger.info(
                 "log request rejected: %s", exc, extra={"ctx": {"status": status}}
             )
-            await _send_text(send, status, str(exc))
+            await _send_text(send, status, _error_text(exc))
             return
         started_at = time.perf_counter()
         sent_bytes = await logs_api.stream_logs(
@@ -158,9 +161,7 @@ class ProviderApp:
 
     async def _serve_health(self, scope: Scope, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
-            await _send_text(
-                send, 405, "Use GET or HEAD on /healthz.", allow="GET, HEAD"
-            )
+            await _send_method_not_allowed(send, scope, allowed=("GET", "HEAD"))
         elif self.backend.is_ready():
             await _send_text(send, 200, "OK")
         else:
@@ -231,12 +232,16 @@ class ProviderApp:
             # Raised on entry (lookup, or saving a scale from zero), so no
             # response has started.
             status = _status_of(exc) or 500
-            await _send_text(send, status, str(exc))
+            await _send_text(send, status, _error_text(exc))
             return status
         except InvocationFailed as exc:
             if not sending.started:
                 await _send_text(
-                    send, exc.status_code, str(exc), internal=self._internal_marker
+                    send,
+                    exc.status_code,
+                    str(exc),
+                    internal=self._internal_marker,
+                    retry_after=_retry_after(exc),
                 )
                 return exc.status_code
             # The status line is already sent, so the only signal left is an
@@ -429,12 +434,22 @@ def _secret_value(secret: Secret) -> bytes:
             f"Secret {secret.name!r} has no value: send the text in value or the "
             "base64 bytes in rawValue."
         )
-    if len(data) > MAX_SECRET_BYTES:
-        raise InvalidRequest(
-            f"Secret {secret.name!r} has {len(data)} bytes, more than the "
-            f"{MAX_SECRET_BYTES} bytes a secret may hold."
-        )
     return data
+
+
+def _error_text(exc: Exception) -> str:
+    """Return the error body for a backend error, logging what it leaves out."""
+    if isinstance(exc, StorageError):
+        logger.error("provider storage failed: %s", exc)
+        return f"{exc.summary} The provider's log has the details."
+    return str(exc)
+
+
+def _retry_after(exc: InvocationFailed) -> str:
+    """Return the Retry-After value for `exc` in whole seconds, or "" for none."""
+    if isinstance(exc, FunctionUnavailable) and exc.retry_after_s is not None:
+        return str(max(1, math.ceil(exc.retry_after_s)))
+    return ""
 
 
 def _status_of(exc: Exception) -> int | None:
@@ -479,7 +494,9 @@ def _text_error_handler(
     status_code: int,
 ) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def handle(request: Request, exc: Exception) -> Response:
-        return Response(str(exc), status_code=status_code, media_type=TEXT_CONTENT_TYPE)
+        return Response(
+            _error_text(exc), status_code=status_code, media_type=TEXT_CONTENT_TYPE
+        )
 
     return handle
 
@@ -496,10 +513,15 @@ async def _routing_error_handler(request: Request, exc: Exception) -> Response:
             "/function/NAME and /healthz."
         )
     elif exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
-        text = (
-            f"Method {request.method} is not allowed on {request.url.path}. "
-            f"Use {allowed}."
+        # Starlette's Allow names the methods of the first route whose path
+        # matches, but each method of a path is a route of its own here.
+        allowed = _allowed_methods(request)
+        text = _method_not_allowed_text(request.method, request.url.path, allowed)
+        return Response(
+            text,
+            status_code=405,
+            headers={"Allow": ", ".join(allowed)},
+            media_type=TEXT_CONTENT_TYPE,
         )
     else:
         text = str(exc.detail)
@@ -509,6 +531,40 @@ async def _routing_error_handler(request: Request, exc: Exception) -> Response:
         headers=exc.headers,
         media_type=TEXT_CONTENT_TYPE,
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Return the methods of every route whose path matches the request's."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return _ordered_methods(methods)
+
+
+def _ordered_methods(methods: Collection[str]) -> list[str]:
+    known = [method for method in METHOD_ORDER if method in methods]
+    return known + sorted(set(methods) - set(METHOD_ORDER))
+
+
+def _method_not_allowed_text(method: str, path: str, allowed: list[str]) -> str:
+    text = f"Method {method} is not allowed on {path}."
+    if not allowed:
+        return text
+    listed = allowed[0] if len(allowed) == 1 else ", ".join(allowed[:-1])
+    if len(allowed) > 1:
+        listed += f" or {allowed[-1]}"
+    return f"{text} Use {listed}."
+
+
+async def _send_method_not_allowed(
+    send: Send, scope: Scope, *, allowed: tuple[str, ...]
+) -> None:
+    """Send a 405 for a route that the raw ASGI handlers serve."""
+    methods = _ordered_methods(allowed)
+    text = _method_not_allowed_text(scope["method"], scope["path"], methods)
+    await _send_text(send, 405, text, allow=", ".join(methods))
 
 
 def _split_function_path(scope: Scope) -> tuple[str, str]:
@@ -538,9 +594,15 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 
 async def _send_text(
-    send: Send, status: int, text: str, *, internal: str = "", allow: str = ""
+    send: Send,
+    status: int,
+    text: str,
+    *,
+    internal: str = "",
+    allow: str = "",
+    retry_after: str = "",
 ) -> None:
-    """Send a complete plain-text response."""
+    """Send a complete plain-text response, with the headers that are not empty."""
     body = text.encode()
     headers = [
         (b"content-type", TEXT_CONTENT_TYPE.encode()),
@@ -552,5 +614,7 @@ async def _send_text(
         )
     if allow:
         headers.append((b"allow", allow.encode()))
+    if retry_after:
+        headers.append((b"retry-after", retry_after.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

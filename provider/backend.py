@@ -74,7 +74,16 @@ class SecretInUse(ProviderError):
 
 
 class StorageError(ProviderError, OSError):
-    """The backend could not read or write its persisted state."""
+    """The backend could not read or write its persisted state.
+
+    The message names the files and the OS error, for the provider's log.
+    `summary` states what failed without them, because they are details of
+    the provider's machine. The API sends only `summary` to the caller.
+    """
+
+    def __init__(self, message: str, *, summary: str) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 class ProviderStartError(ProviderError, RuntimeError):
@@ -94,9 +103,18 @@ class FunctionFailed(InvocationFailed):
 
 
 class FunctionUnavailable(InvocationFailed):
-    """The function's process is not responding, so nothing could serve the call."""
+    """The function's process is not responding, so nothing could serve the call.
+
+    `retry_after_s` is set when the backend can tell when the function starts
+    again, such as the restart delay of a process that exited. The API sends
+    it to the caller as a `Retry-After` header.
+    """
 
     status_code = 503
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class FunctionTimeout(InvocationFailed):

@@ -230,3 +230,55 @@ def test_one_namespace_addressed_by_name(tmp_path: Path) -> None:
         assert "'x'" in listed.text
         assert invoked.returncode == 0, invoked.stderr.decode()
         assert invoked.stdout.strip() == b"2"
+
+
+def test_first_run_problems_answered_quickly(tmp_path: Path) -> None:
+    """What a new user meets: a crash loop, a stack-file command, bad settings."""
+    stack_file = tmp_path / "stack.yml"
+    stack_file.write_text(
+        "functions:\n"
+        "  counter:\n"
+        "    image: example/counter:1\n"
+        "    environment:\n"
+        "      fprocess: wc -c\n"
+    )
+    with running_hub(tmp_path / "state") as hub:
+        run_ok(
+            hub,
+            "deploy",
+            "--name",
+            "boom",
+            "--env",
+            "mode=http",
+            "--fprocess",
+            "sh -c 'echo boom >&2; exit 7'",
+        )
+        started = time.monotonic()
+        crashed = httpx.post(f"{hub.url}/function/boom", content=b"", timeout=30)
+        crashed_after_s = time.monotonic() - started
+
+        run_ok(hub, "deploy", "--yaml", str(stack_file))
+        counted = run_ok(hub, "invoke", "counter", stdin=b"abcd")
+
+        invalid = faashub(
+            "deploy",
+            "--name",
+            "slow",
+            "--fprocess",
+            "cat",
+            "--env",
+            "exec_timeout=banana",
+            gateway=hub.url,
+        )
+        not_allowed = httpx.patch(f"{hub.url}/system/functions")
+
+    assert crashed.status_code == 503
+    assert crashed_after_s < 5
+    assert "exited with code 7" in crashed.text
+    assert 1 <= int(crashed.headers["retry-after"]) <= 10
+    assert counted.strip() == "4"
+    assert invalid.returncode == 2
+    assert b"HTTP 400" in invalid.stderr
+    assert b"'banana'" in invalid.stderr
+    assert not_allowed.status_code == 405
+    assert not_allowed.headers["allow"] == "GET, POST, PUT, DELETE"

@@ -113,7 +113,11 @@ class LocalBackend:
         self._settings = settings
         self._store = FunctionStore(settings.state_dir)
         self._secrets = SecretStore(settings.state_dir)
-        self._logs = LogStore(settings.state_dir)
+        self._logs = LogStore(
+            settings.state_dir,
+            max_file_bytes=settings.log_max_file_bytes,
+            max_backlog_lines=settings.log_follow_backlog_lines,
+        )
         self._functions: dict[str, LocalFunction] = {}
         self._changes = asyncio.Lock()
         self._tracker = ProcessTracker()
@@ -126,6 +130,7 @@ class LocalBackend:
             loaded = await asyncio.to_thread(self._load_state)
         except StorageError as exc:
             raise ProviderStartError(str(exc)) from exc
+        await self._tracker.start()
         # NB: no connection limit, because each in-flight call to an http-mode
         # function uses one connection for as long as the function runs.
         self._session = aiohttp.ClientSession(
@@ -176,6 +181,7 @@ class LocalBackend:
         servers = [function.http for function in self._functions.values()]
         await asyncio.gather(*(server.stop() for server in servers if server))
         await self._tracker.kill_all()
+        await self._tracker.close()
         self._logs.close()
         if self._session is not None:
             await self._session.close()
@@ -238,7 +244,9 @@ class LocalBackend:
             replicas = (
                 current.replicas if spec.min_replicas is None else spec.min_replicas
             )
-            definition.validate_replicas(spec, replicas)
+            definition.validate_replicas(
+                spec, replicas, max_replicas=self._settings.max_replicas
+            )
             stored = StoredFunction(
                 deployment=_with_namespace(deployment, spec.namespace),
                 created_at=current.stored.created_at,
@@ -276,12 +284,14 @@ class LocalBackend:
     async def scale_function(self, name: str, namespace: str, *, replicas: int) -> None:
         """Set and store a function's replicas, then start or stop its processes.
 
-        Raise InvalidRequest for a count outside 0 to MAX_REPLICAS, or above 1
-        for a function with an upstream_url.
+        Raise InvalidRequest for a count outside 0 to the max_replicas
+        setting, or above 1 for a function with an upstream_url.
         """
         async with self._changes:
             function = self._lookup(name, namespace)
-            definition.validate_replicas(function.spec, replicas)
+            definition.validate_replicas(
+                function.spec, replicas, max_replicas=self._settings.max_replicas
+            )
             previous = function.replicas
             await self._set_replicas(function, replicas)
         logger.info(
@@ -308,6 +318,7 @@ class LocalBackend:
     async def create_secret(self, name: str, namespace: str, *, value: bytes) -> None:
         """Store a new secret, or raise SecretExists when one has that name."""
         namespace = self._resolve_secret(name, namespace)
+        self._check_secret_size(name, value)
         async with self._changes:
             if await asyncio.to_thread(self._secrets.exists, name):
                 raise SecretExists(
@@ -321,6 +332,7 @@ class LocalBackend:
     async def update_secret(self, name: str, namespace: str, *, value: bytes) -> None:
         """Replace a secret's value, and its file in every function that uses it."""
         namespace = self._resolve_secret(name, namespace)
+        self._check_secret_size(name, value)
         async with self._changes:
             await self._require_secret(name, namespace)
             await asyncio.to_thread(self._secrets.write, name, value)
@@ -465,7 +477,9 @@ class LocalBackend:
 
     def _build_spec(self, deployment: FunctionDeployment) -> FunctionSpec:
         spec = definition.build_spec(
-            deployment, default_exec_timeout_s=self._settings.exec_timeout_s
+            deployment,
+            default_exec_timeout_s=self._settings.exec_timeout_s,
+            max_replicas=self._settings.max_replicas,
         )
         if not spec.secrets:
             return spec
@@ -486,7 +500,9 @@ class LocalBackend:
             function.http = HttpFunction(
                 spec,
                 session=self._session,
+                tracker=self._tracker,
                 start_timeout_s=self._settings.http_start_timeout_s,
+                stop_grace_s=self._settings.stop_grace_s,
                 log=function.log,
             )
             function.http.start(function.replicas)
@@ -498,6 +514,14 @@ class LocalBackend:
             for name in sorted(self._functions)
             if secret in self._functions[name].spec.secrets
         ]
+
+    def _check_secret_size(self, name: str, value: bytes) -> None:
+        limit = self._settings.max_secret_bytes
+        if len(value) > limit:
+            raise InvalidRequest(
+                f"Secret {name!r} has {len(value)} bytes, more than the {limit} "
+                "bytes a secret may hold (the provider's --max-secret-bytes)."
+            )
 
     def _resolve_secret(self, name: str, namespace: str) -> str:
         """Validate a secret name and return its namespace."""

@@ -4,11 +4,17 @@ The function's command gets the request body on stdin, and its stdout becomes
 the response body with status 200 when it exits with code 0. The request is
 described to the process in CGI-style variables: each header as
 `Http_<Name_With_Underscores>` (`Http_Content_Type`, `Http_X_Call_Id`), plus
-`Http_Method`, `Http_Path` and `Http_Query`. stderr is never returned: each
-of its lines goes to the function's log as it arrives, as instance
-`<name>-<pid>`, so the lines of one request share an instance. stdout is the
-response, so it is not a log. The whole process group is killed when the
-request ends, so nothing the function started outlives it.
+`Http_Method`, `Http_Path`, `Http_Raw_Path` and `Http_Query`. `Http_Path` is
+the path percent-decoded, as the OpenFaaS watchdogs give it (Go's
+`r.URL.Path`), so functions ported from OpenFaaS read the same value.
+`Http_Raw_Path` is the path as the caller sent it, still percent-encoded, so
+that `%2F` in a path segment stays apart from `/`.
+
+stderr is never returned: each of its lines goes to the function's log as it
+arrives, as instance `<name>-<pid>`, so the lines of one request share an
+instance. stdout is the response, so it is not a log. The whole process
+group is killed when the request ends, so nothing the function started
+outlives it.
 
 The body is buffered in both directions. This module does not stream, and it
 does not enforce `limits`, `requests` or `readOnlyRootFilesystem`.
@@ -45,6 +51,7 @@ def request_environment(spec: FunctionSpec, invocation: Invocation) -> dict[str,
     # Set after the headers, so a request header cannot replace them.
     env["Http_Method"] = invocation.method
     env["Http_Path"] = invocation.path
+    env["Http_Raw_Path"] = invocation.raw_path
     env["Http_Query"] = invocation.query
     return env
 
@@ -70,25 +77,24 @@ async def run(
     non-zero code, and FunctionTimeout when it runs past the exec timeout.
     """
     context = {"function": spec.ref, "call_id": invocation.call_id}
-    process = await _start(spec, invocation)
+    process = await _start(spec, invocation, tracker=tracker)
     started_at = time.monotonic()
     stderr = _StderrLog(log, instance=f"{spec.name}-{process.pid}")
-    with tracker.track(process):
-        try:
-            stdout = await asyncio.wait_for(
-                _communicate(process, invocation.body, stderr=stderr),
-                timeout=spec.exec_timeout_s,
-            )
-        except TimeoutError:
-            raise FunctionTimeout(
-                f"Function {spec.ref} did not finish within its exec timeout of "
-                f"{spec.exec_timeout_s:g} s and was killed. Raise exec_timeout in "
-                "its envVars if it needs longer."
-            ) from None
-        finally:
-            # Runs on success too: children that the function left behind
-            # would otherwise outlive the request.
-            await processes.kill_group(process)
+    try:
+        stdout = await asyncio.wait_for(
+            _communicate(process, invocation.body, stderr=stderr),
+            timeout=spec.exec_timeout_s,
+        )
+    except TimeoutError:
+        raise FunctionTimeout(
+            f"Function {spec.ref} did not finish within its exec timeout of "
+            f"{spec.exec_timeout_s:g} s and was killed. Raise exec_timeout in "
+            "its envVars if it needs longer, or set it to 0 for no timeout."
+        ) from None
+    finally:
+        # Runs on success too: children that the function left behind
+        # would otherwise outlive the request.
+        await tracker.kill(process)
 
     duration_s = time.monotonic() - started_at
     if process.returncode != 0:
@@ -171,17 +177,33 @@ async def _communicate(
 
 
 async def _start(
-    spec: FunctionSpec, invocation: Invocation
+    spec: FunctionSpec,
+    invocation: Invocation,
+    *,
+    tracker: processes.ProcessTracker,
 ) -> asyncio.subprocess.Process:
     env = request_environment(spec, invocation)
     command = spec.argv[0]
     try:
-        return await processes.spawn(spec.argv, env=env, stdin=asyncio.subprocess.PIPE)
+        return await tracker.spawn(spec.argv, env=env, stdin=asyncio.subprocess.PIPE)
     except FileNotFoundError as exc:
+        # The PATH that was searched is a detail of the provider's machine,
+        # so it goes to the provider's log and not to the caller.
+        logger.warning(
+            "function command not found",
+            extra={
+                "ctx": {
+                    "function": spec.ref,
+                    "call_id": invocation.call_id,
+                    "command": command,
+                    "path": env["PATH"],
+                }
+            },
+        )
         raise FunctionFailed(
-            f"Function {spec.ref} cannot start: command {command!r} was not found "
-            f"on PATH {env['PATH']!r}. Fix the function's envProcess, or give "
-            "the command's full path."
+            f"Function {spec.ref} cannot start: command {command!r} not found. "
+            "Fix the function's envProcess (fprocess), or give the command's "
+            "full path."
         ) from exc
     except PermissionError as exc:
         raise FunctionFailed(
@@ -190,8 +212,14 @@ async def _start(
             "in envProcess."
         ) from exc
     except OSError as exc:
+        logger.warning(
+            "function command failed to start: %s",
+            exc,
+            extra={"ctx": {"function": spec.ref, "call_id": invocation.call_id}},
+        )
         raise FunctionFailed(
-            f"Function {spec.ref} cannot start command {command!r}: {exc}."
+            f"Function {spec.ref} cannot start command {command!r}: "
+            f"{exc.strerror or type(exc).__name__}."
         ) from exc
 
 

@@ -1,13 +1,15 @@
 """Validation of a FunctionDeployment for the local backend, and what it runs.
 
 `build_spec` checks the rules of the local backend: one namespace, secret
-names that are DNS-1123 labels, and `envProcess` required because it is the
-command. It reads the of-watchdog variables from `envVars` (`mode`,
+names that are DNS-1123 labels, and a command. The command is `envProcess`,
+or else the `fprocess` entry of `envVars`, which is where the watchdog reads
+it. It reads the of-watchdog variables from `envVars` (`mode`,
 `exec_timeout`, `content_type` and `upstream_url`) and the initial replica
-count from the label `com.openfaas.scale.min`. The result, a `FunctionSpec`,
-is what `classic` and `http_mode` run. Whether the named secrets exist is the
-backend's check, because it needs the secret store. This module starts no
-process.
+count from the label `com.openfaas.scale.min`. An invalid value of any of
+them is an InvalidRequest, so a deploy fails instead of a later call. The
+result, a `FunctionSpec`, is what `classic` and `http_mode` run. Whether the
+named secrets exist is the backend's check, because it needs the secret
+store. This module starts no process.
 
 A function's process never inherits the provider's environment, which may
 contain credentials. It gets a minimal base (`PATH`, `HOME`, `LANG`, `LC_ALL`,
@@ -49,10 +51,8 @@ ENV_SECRETS_DIR: Final = "OPENFAAS_SECRETS_DIR"
 
 # The replicas a function starts with, as faas-netes reads it at deploy.
 LABEL_SCALE_MIN: Final = "com.openfaas.scale.min"
-# The maximum replicas of a function, so a typo in a scale request cannot
-# start hundreds of servers. It is the default of com.openfaas.scale.max in
-# OpenFaaS Pro.
-MAX_REPLICAS: Final = 20
+# The watchdog's variable for the command, used when envProcess is empty.
+ENV_FPROCESS: Final = "fprocess"
 
 _DURATION_UNITS_S: Final = {
     "ns": 1e-9,
@@ -77,7 +77,8 @@ class FunctionSpec:
     argv: tuple[str, ...]
     mode: Literal["classic", "http"]
     env_vars: Mapping[str, str]
-    exec_timeout_s: float
+    exec_timeout_s: float | None
+    """Seconds one request may take, or None for no limit (`exec_timeout=0`)."""
     content_type: str
     upstream_url: str
     upstream_port: int
@@ -120,12 +121,13 @@ def resolve_namespace(namespace: str) -> str:
     )
 
 
-def validate_replicas(spec: FunctionSpec, replicas: int) -> int:
+def validate_replicas(spec: FunctionSpec, replicas: int, *, max_replicas: int) -> int:
     """Return `replicas` if the function can run that many, or raise InvalidRequest."""
-    if replicas < 0 or replicas > MAX_REPLICAS:
+    if replicas < 0 or replicas > max_replicas:
         raise InvalidRequest(
             f"Cannot scale function {spec.ref} to {replicas} replicas: the local "
-            f"provider runs from 0 to {MAX_REPLICAS} replicas of a function."
+            f"provider runs from 0 to {max_replicas} replicas of a function "
+            "(the provider's --max-replicas)."
         )
     if replicas > 1 and spec.upstream_url:
         raise InvalidRequest(
@@ -140,7 +142,7 @@ def validate_replicas(spec: FunctionSpec, replicas: int) -> int:
 def parse_duration_s(value: str) -> float:
     """Parse integer seconds ("30") or a Go duration ("1m30s", "500ms").
 
-    Raise ValueError when the value is neither or is not greater than zero.
+    Raise ValueError when the value is neither, which includes a negative one.
     """
     text = value.strip()
     if text.isdigit():
@@ -158,44 +160,34 @@ def parse_duration_s(value: str) -> float:
                 f"{value!r} is neither whole seconds nor a duration such as "
                 "'30s', '1m30s' or '500ms'"
             )
-    if seconds <= 0:
-        raise ValueError(f"{value!r} is not greater than zero")
     return seconds
 
 
 def build_spec(
-    deployment: FunctionDeployment, *, default_exec_timeout_s: float
+    deployment: FunctionDeployment,
+    *,
+    default_exec_timeout_s: float,
+    max_replicas: int,
 ) -> FunctionSpec:
     """Validate `deployment` for the local backend and return what to run.
 
     Raise InvalidRequest, NamespaceNotFound, or
     faashub.errors.InvalidFunctionName for a service or secret name that is
-    not a DNS-1123 label. An invalid `exec_timeout` is not an error: it is
-    logged once here and the default is used.
+    not a DNS-1123 label.
     """
     name = names.validate_label(deployment.service)
     namespace = resolve_namespace(deployment.namespace)
-    argv = _split_command(name, deployment.env_process)
-    secrets = _secret_names(name, deployment.secrets)
     env_vars = deployment.env_vars
-
-    mode_value = env_vars.get(constants.ENV_MODE, "")
-    if mode_value == HTTP_MODE:
-        mode: Literal["classic", "http"] = "http"
-    elif mode_value in CLASSIC_MODES:
-        mode = "classic"
-    else:
-        raise InvalidRequest(
-            f"Function {name!r} has envVars mode={mode_value!r}, which the local "
-            "provider does not run. Use 'http' for a long-running server, or leave "
-            "mode unset to start a process per request."
-        )
+    command, command_source = _command(deployment)
+    argv = _split_command(name, command, source=command_source)
+    secrets = _secret_names(name, deployment.secrets)
+    mode = _mode(name, env_vars)
 
     upstream_url = env_vars.get(constants.ENV_UPSTREAM_URL) or env_vars.get(
         ENV_HTTP_UPSTREAM_URL, ""
     )
     upstream_port = _upstream_port(name, upstream_url) if upstream_url else 0
-    min_replicas = _min_replicas(name, deployment.labels)
+    min_replicas = _min_replicas(name, deployment.labels, max_replicas=max_replicas)
     if upstream_url and min_replicas is not None and min_replicas > 1:
         raise InvalidRequest(
             f"Function {name!r} asks for {min_replicas} replicas with label "
@@ -207,7 +199,7 @@ def build_spec(
     return FunctionSpec(
         name=name,
         namespace=namespace,
-        command=deployment.env_process,
+        command=command,
         argv=argv,
         mode=mode,
         env_vars=dict(env_vars),
@@ -222,23 +214,53 @@ def build_spec(
     )
 
 
-def _split_command(name: str, command: str) -> tuple[str, ...]:
-    if not command.strip():
-        raise InvalidRequest(
-            f"Function {name!r} has no envProcess. The local provider runs "
-            "envProcess as the function's command: set it, for example "
-            "'envProcess: cat' or, with faas-cli, 'fprocess: cat' in environment."
-        )
+def _command(deployment: FunctionDeployment) -> tuple[str, str]:
+    """Return the function's command and the field it came from, for messages.
+
+    `envProcess` wins over an `fprocess` entry of `envVars`, because it is
+    the API's own field for the command.
+    """
+    if deployment.env_process.strip():
+        return deployment.env_process, "envProcess"
+    from_env = deployment.env_vars.get(ENV_FPROCESS, "")
+    if from_env.strip():
+        return from_env, f"envVars {ENV_FPROCESS}"
+    raise InvalidRequest(
+        f"Function {deployment.service!r} has no command: the local provider "
+        "runs envProcess as the function's process. In a faas-cli stack file, "
+        "set the function's 'fprocess:' key (faas-cli sends it as envProcess), "
+        "for example 'fprocess: cat'. With 'faashub deploy' pass --fprocess."
+    )
+
+
+def _split_command(name: str, command: str, *, source: str) -> tuple[str, ...]:
     try:
         argv = tuple(shlex.split(command))
     except ValueError as exc:
         raise InvalidRequest(
-            f"Function {name!r} has an envProcess that cannot be split into a "
-            f"command and arguments ({exc}): {command!r}. Balance its quotes."
+            f"Function {name!r} has a command in {source} that cannot be split "
+            f"into a program and arguments ({exc}): {command!r}. Balance its "
+            "quotes."
         ) from exc
-    if not argv:
-        raise InvalidRequest(f"Function {name!r} has an envProcess with no command.")
+    if not argv or not argv[0]:
+        raise InvalidRequest(
+            f"Function {name!r} has a command in {source} with an empty program "
+            f"name: {command!r}. Name the program to run first."
+        )
     return argv
+
+
+def _mode(name: str, env_vars: Mapping[str, str]) -> Literal["classic", "http"]:
+    value = env_vars.get(constants.ENV_MODE, "")
+    if value == HTTP_MODE:
+        return "http"
+    if value in CLASSIC_MODES:
+        return "classic"
+    raise InvalidRequest(
+        f"Function {name!r} has envVars mode={value!r}, which the local provider "
+        "does not run. Use 'http' for a long-running server, 'streaming' or "
+        "'serializing' (or no mode) to start a process per request."
+    )
 
 
 def _secret_names(name: str, secrets: list[str]) -> tuple[str, ...]:
@@ -249,15 +271,17 @@ def _secret_names(name: str, secrets: list[str]) -> tuple[str, ...]:
     return tuple(unique)
 
 
-def _min_replicas(name: str, labels: Mapping[str, str]) -> int | None:
+def _min_replicas(
+    name: str, labels: Mapping[str, str], *, max_replicas: int
+) -> int | None:
     value = labels.get(LABEL_SCALE_MIN)
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or int(text) > MAX_REPLICAS:
+    if not text.isdigit() or int(text) > max_replicas:
         raise InvalidRequest(
             f"Function {name!r} has label {LABEL_SCALE_MIN}={value!r}, which is "
-            f"not a whole number of replicas from 0 to {MAX_REPLICAS}. Fix it, or "
+            f"not a whole number of replicas from 0 to {max_replicas}. Fix it, or "
             "remove it to start one replica."
         )
     return int(text)
@@ -281,16 +305,20 @@ def _upstream_port(name: str, url: str) -> int:
 
 def _exec_timeout_s(
     name: str, env_vars: Mapping[str, str], *, default_s: float
-) -> float:
+) -> float | None:
+    """Return the function's exec timeout, None for none, as the watchdog reads it.
+
+    Zero disables the timeout, as in the OpenFaaS watchdogs.
+    """
     value = env_vars.get(constants.ENV_EXEC_TIMEOUT)
     if value is None:
         return default_s
     try:
-        return parse_duration_s(value)
-    except ValueError as exc:
-        logger.warning(
-            "invalid exec_timeout, using the default: %s",
-            exc,
-            extra={"ctx": {"function": name, "default_s": default_s}},
-        )
-        return default_s
+        seconds = parse_duration_s(value)
+    except ValueError:
+        raise InvalidRequest(
+            f"Function {name!r} has envVars {constants.ENV_EXEC_TIMEOUT}={value!r}, "
+            "which is not a valid timeout. Use whole seconds (30), a duration "
+            "such as 30s, 1m30s or 500ms, or 0 for no timeout."
+        ) from None
+    return seconds or None

@@ -5,7 +5,10 @@ of ndjson lines in the faas-provider `logs.Message` shape (`name`,
 `namespace`, `instance`, `timestamp`, `text`), so a read sends stored lines
 unchanged. When a line would take the file past `max_file_bytes`, the file is
 renamed to `.log.1`, replacing the previous one, and a new file starts. A
-function therefore keeps at most about twice `max_file_bytes` of log.
+function therefore keeps at most about twice `max_file_bytes` of log. A
+following reader that has `max_backlog_lines` new lines waiting has its
+stream ended, so a client that stops reading cannot make the provider buffer
+without limit.
 
 A line is stamped when the provider reads it from the process, not when the
 process wrote it. The process readers of `classic` and `http_mode` append
@@ -35,11 +38,6 @@ logger = logging.getLogger(__name__)
 LOGS_FOLDER: Final = Path("logs") / "functions"
 LOG_SUFFIX: Final = ".log"
 ROTATED_SUFFIX: Final = ".log.1"
-# NOTE: a module constant until LocalProviderSettings has a field for it.
-MAX_LOG_FILE_BYTES: Final = 2 * 1024 * 1024
-# New lines a follower may have waiting before its stream is ended, so a
-# client that stops reading cannot make the provider buffer without limit.
-MAX_FOLLOW_BACKLOG_LINES: Final = 10_000
 # Stored lines are sent in chunks of about this size.
 CHUNK_BYTES: Final = 64 * 1024
 
@@ -61,10 +59,18 @@ class _Follower:
 class FunctionLog:
     """The log file of one function, its rotated predecessor and its followers."""
 
-    def __init__(self, folder: Path, ref: FunctionRef, *, max_file_bytes: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        ref: FunctionRef,
+        *,
+        max_file_bytes: int,
+        max_backlog_lines: int,
+    ) -> None:
         self.ref = ref
         self.path = folder / f"{ref.name}.{ref.namespace}{LOG_SUFFIX}"
         self.rotated_path = folder / f"{ref.name}.{ref.namespace}{ROTATED_SUFFIX}"
+        self.max_backlog_lines = max_backlog_lines
         self._max_file_bytes = max_file_bytes
         self._file: BinaryIO | None = None
         self._size = 0
@@ -86,7 +92,7 @@ class FunctionLog:
         line = json.dumps(message, ensure_ascii=False).encode() + b"\n"
         self._store(line)
         for follower in self._followers:
-            _offer(follower, line)
+            _offer(follower, line, max_backlog_lines=self.max_backlog_lines)
 
     def snapshot(self) -> bytes:
         """Return the stored lines, oldest first, as they are on disk now."""
@@ -98,7 +104,8 @@ class FunctionLog:
                 continue
             except OSError as exc:
                 raise StorageError(
-                    f"Cannot read the log of function {self.ref} from {path}: {exc}."
+                    f"Cannot read the log of function {self.ref} from {path}: {exc}.",
+                    summary=f"Cannot read the log of function {self.ref}.",
                 ) from exc
         return data
 
@@ -169,10 +176,10 @@ class FunctionLog:
             self._write_failed = True
 
 
-def _offer(follower: _Follower, line: bytes) -> None:
+def _offer(follower: _Follower, line: bytes, *, max_backlog_lines: int) -> None:
     if follower.overflowed:
         return
-    if follower.queue.qsize() >= MAX_FOLLOW_BACKLOG_LINES:
+    if follower.queue.qsize() >= max_backlog_lines:
         follower.overflowed = True
         follower.queue.put_nowait(None)
         return
@@ -183,10 +190,11 @@ class LogStore:
     """The logs of every function, under `<state_dir>/logs/functions/`."""
 
     def __init__(
-        self, state_dir: Path, *, max_file_bytes: int = MAX_LOG_FILE_BYTES
+        self, state_dir: Path, *, max_file_bytes: int, max_backlog_lines: int
     ) -> None:
         self.folder = state_dir / LOGS_FOLDER
         self._max_file_bytes = max_file_bytes
+        self._max_backlog_lines = max_backlog_lines
         self._logs: dict[FunctionRef, FunctionLog] = {}
 
     def prepare(self) -> None:
@@ -196,23 +204,30 @@ class LogStore:
         except OSError as exc:
             raise StorageError(
                 f"Cannot use the function log folder {self.folder}: {exc}. Check "
-                "that the state folder is writable, or pass another --state-dir."
+                "that the state folder is writable, or pass another --state-dir.",
+                summary="Cannot use the function log folder.",
             ) from exc
 
     def log_of(self, ref: FunctionRef) -> FunctionLog:
         """Return the function's log, opening it on first use."""
         log = self._logs.get(ref)
         if log is None:
-            log = FunctionLog(self.folder, ref, max_file_bytes=self._max_file_bytes)
+            log = self._new_log(ref)
             self._logs[ref] = log
         return log
 
     def remove(self, ref: FunctionRef) -> None:
         """Delete a function's log files and end its followers."""
-        log = self._logs.pop(ref, None) or FunctionLog(
-            self.folder, ref, max_file_bytes=self._max_file_bytes
-        )
+        log = self._logs.pop(ref, None) or self._new_log(ref)
         log.remove_files()
+
+    def _new_log(self, ref: FunctionRef) -> FunctionLog:
+        return FunctionLog(
+            self.folder,
+            ref,
+            max_file_bytes=self._max_file_bytes,
+            max_backlog_lines=self._max_backlog_lines,
+        )
 
     def close(self) -> None:
         """End every follower and close every file, as the provider stops."""
@@ -298,7 +313,7 @@ class LogReader:
                     extra={
                         "ctx": {
                             "function": str(self._log.ref),
-                            "backlog_lines": MAX_FOLLOW_BACKLOG_LINES,
+                            "backlog_lines": self._log.max_backlog_lines,
                         }
                     },
                 )

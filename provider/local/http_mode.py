@@ -14,20 +14,30 @@ output streams of every replica go to the function's log as instance
 A replica whose process exits, or does not respond within the start timeout,
 is restarted after a delay that starts at 0.5 s and doubles up to 10 s. The
 delay falls back to 0.5 s once a process has run for a minute. While no
-replica responds, a request waits up to the start timeout and then fails with
-FunctionUnavailable. `scale` starts replicas or stops the ones with the
+replica responds, a request waits as long as some replica's process is
+starting, up to the start timeout. When every replica's process has exited
+and waits for its restart, the request fails at once with
+FunctionUnavailable. The error names the exit code and carries the seconds
+until the next start, so a crash-looping function does not hold each caller
+for the whole start timeout. `scale` starts replicas or stops the ones with the
 highest indexes. `stop` terminates every process group, SIGTERM first and
 SIGKILL after a grace period.
+
+The path and query of a request reach the process byte for byte as the
+caller sent them: no dot segments are resolved and no percent-escape is
+decoded or added.
 """
 
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import aiohttp
+import yarl
 from multidict import CIMultiDict
 
 from faashub import constants
@@ -54,7 +64,6 @@ MAX_RESTART_DELAY_S: Final = 10.0
 STABLE_RUN_S: Final = 60.0
 PROBE_INTERVAL_S: Final = 0.05
 PROBE_TIMEOUT_S: Final = 1.0
-STOP_GRACE_S: Final = 2.0
 REFUSED_RETRY_DELAY_S: Final = 0.1
 
 # Headers that aiohttp adds to a request unless skip_auto_headers lists them.
@@ -79,7 +88,9 @@ class HttpReplica:
         index: int,
         *,
         session: aiohttp.ClientSession,
+        tracker: processes.ProcessTracker,
         start_timeout_s: float,
+        stop_grace_s: float,
         log: FunctionLog,
         on_change: Callable[[], None],
     ) -> None:
@@ -89,16 +100,30 @@ class HttpReplica:
         self.in_flight = 0
         self.last_failure = "it has not started yet"
         self._session = session
+        self._tracker = tracker
         self._start_timeout_s = start_timeout_s
+        self._stop_grace_s = stop_grace_s
         self._log = log
         self._on_change = on_change
         self._responding = False
+        self._restart_at: float | None = None
         self._supervisor: asyncio.Task[None] | None = None
 
     @property
     def available(self) -> bool:
         """Whether the replica's process responds to HTTP now."""
         return self._responding
+
+    @property
+    def waiting_to_restart(self) -> bool:
+        """Whether the replica's process has ended and its restart delay runs."""
+        return self._restart_at is not None
+
+    def restart_in_s(self) -> float:
+        """Return the seconds until the next start, 0 when no restart is waiting."""
+        if self._restart_at is None:
+            return 0.0
+        return max(0.0, self._restart_at - asyncio.get_running_loop().time())
 
     def start(self) -> None:
         """Start the process and keep it running until `stop`."""
@@ -142,7 +167,15 @@ class HttpReplica:
                     }
                 },
             )
-            await asyncio.sleep(delay_s)
+
+            # Requests that wait for this replica learn that it is down, so
+            # they can fail now instead of at the end of the start timeout.
+            self._restart_at = loop.time() + delay_s
+            self._on_change()
+            try:
+                await asyncio.sleep(delay_s)
+            finally:
+                self._restart_at = None
             delay_s = min(delay_s * 2, MAX_RESTART_DELAY_S)
 
     async def _run_once(self) -> int | None:
@@ -160,13 +193,17 @@ class HttpReplica:
         env["PORT"] = str(port)
         context: dict[str, object] = {"function": spec.ref, "instance": self.instance}
         try:
-            process = await processes.spawn(spec.argv, env=env)
+            process = await self._tracker.spawn(spec.argv, env=env)
         except OSError as exc:
-            self.last_failure = f"its command {spec.argv[0]!r} cannot start: {exc}"
+            self.last_failure = _start_failure(spec.argv[0], exc)
+            # The PATH searched is a detail of the provider's machine, so it
+            # is logged here and left out of the caller's error.
             logger.error(
                 "function process failed to start: %s",
                 exc,
-                extra={"ctx": {**context, "command": spec.argv[0]}},
+                extra={
+                    "ctx": {**context, "command": spec.argv[0], "path": env["PATH"]}
+                },
             )
             return None
 
@@ -188,20 +225,22 @@ class HttpReplica:
         finally:
             if self._responding:
                 self._set_responding(False)
-            exit_code = await processes.terminate_group(process, grace_s=STOP_GRACE_S)
+            exit_code = await self._tracker.terminate(
+                process, grace_s=self._stop_grace_s
+            )
             await _finish_readers(output_readers)
 
         if gave_up:
             self.last_failure = (
-                f"its process did not respond on port {port} within "
-                f"{self._start_timeout_s:g} s"
+                f"its process did not answer HTTP {_listen_place(spec)} within "
+                f"{self._start_timeout_s:g} s and was stopped"
             )
             logger.warning(
                 "function process not responding, stopped it",
                 extra={"ctx": {**context, "timeout_s": self._start_timeout_s}},
             )
         else:
-            self.last_failure = f"its process exited with code {exit_code}"
+            self.last_failure = f"its process {_describe_exit(exit_code)}"
         return exit_code
 
     def _output_handler(self, stream_name: str) -> Callable[[str], None]:
@@ -242,12 +281,16 @@ class HttpFunction:
         spec: FunctionSpec,
         *,
         session: aiohttp.ClientSession,
+        tracker: processes.ProcessTracker,
         start_timeout_s: float,
+        stop_grace_s: float,
         log: FunctionLog,
     ) -> None:
         self.spec = spec
         self._session = session
+        self._tracker = tracker
         self._start_timeout_s = start_timeout_s
+        self._stop_grace_s = stop_grace_s
         self._log = log
         self._replicas: list[HttpReplica] = []
         self._stopped = False
@@ -291,7 +334,9 @@ class HttpFunction:
                 self.spec,
                 len(self._replicas),
                 session=self._session,
+                tracker=self._tracker,
                 start_timeout_s=self._start_timeout_s,
+                stop_grace_s=self._stop_grace_s,
                 log=self._log,
                 on_change=self._notify_change,
             )
@@ -339,7 +384,7 @@ class HttpFunction:
             try:
                 response = await self._session.request(
                     invocation.method,
-                    replica.base_url + _target(invocation),
+                    _upstream_url(replica.base_url, invocation),
                     headers=_upstream_headers(invocation),
                     data=invocation.body,
                     allow_redirects=False,
@@ -352,13 +397,27 @@ class HttpFunction:
                 raise FunctionTimeout(
                     f"Function {self.spec.ref} did not respond within its exec "
                     f"timeout of {self.spec.exec_timeout_s:g} s. Raise exec_timeout "
-                    "in its envVars if it needs longer."
+                    "in its envVars if it needs longer, or set it to 0 for no "
+                    "timeout."
                 ) from exc
             except aiohttp.ClientConnectorError as exc:
                 replica.in_flight -= 1
                 if attempt == 2:
+                    logger.warning(
+                        "function refused the connection twice: %s",
+                        exc,
+                        extra={
+                            "ctx": {
+                                "function": self.spec.ref,
+                                "instance": replica.instance,
+                                "call_id": invocation.call_id,
+                            }
+                        },
+                    )
                     raise FunctionUnavailable(
-                        f"Function {self.spec.ref} refused the connection: {exc}."
+                        f"Function {self.spec.ref} refused the connection. Its "
+                        f"process must keep listening {_listen_place(self.spec)}. "
+                        f"{self._read_output_hint()}"
                     ) from exc
                 # Give the supervisor time to notice an exited process, so the
                 # second attempt goes to another replica or waits for the restart.
@@ -381,7 +440,12 @@ class HttpFunction:
         return least_busy[self._turn % len(least_busy)]
 
     async def _wait_for_replica(self) -> HttpReplica:
-        """Return a responding replica, waiting up to the start timeout for one."""
+        """Return a responding replica, waiting while a replica's process starts.
+
+        Raise FunctionUnavailable when no process responds within the start
+        timeout, or at once when every replica's process has exited and waits
+        for its restart.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._start_timeout_s
         while True:
@@ -399,17 +463,34 @@ class HttpFunction:
                     f"Function {self.spec.ref} was scaled to zero while the request "
                     "waited for it to start. Send the request again."
                 )
+            if all(replica.waiting_to_restart for replica in self._replicas):
+                raise self._down_error()
             remaining_s = deadline - loop.time()
             if remaining_s <= 0:
                 raise FunctionUnavailable(
                     f"Function {self.spec.ref} is not responding after "
                     f"{self._start_timeout_s:g} s because "
-                    f"{self._replicas[0].last_failure}. Read its output with GET "
-                    f"/system/logs?name={self.spec.name} ('faashub logs "
-                    f"{self.spec.name}')."
+                    f"{self._replicas[0].last_failure}. {self._read_output_hint()}"
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining_s)
+
+    def _down_error(self) -> FunctionUnavailable:
+        """Return the error for a function whose every process waits to restart."""
+        soonest = min(self._replicas, key=lambda replica: replica.restart_in_s())
+        restart_in_s = soonest.restart_in_s()
+        return FunctionUnavailable(
+            f"Function {self.spec.ref} is not responding: {soonest.last_failure}. "
+            f"It restarts in {restart_in_s:.1f} s. {self._read_output_hint()}",
+            retry_after_s=restart_in_s,
+        )
+
+    def _read_output_hint(self) -> str:
+        name = self.spec.name
+        return (
+            f"Read its output with GET /system/logs?name={name} "
+            f"('faashub logs {name}')."
+        )
 
     async def _read_body(
         self, response: aiohttp.ClientResponse
@@ -428,11 +509,43 @@ class HttpFunction:
             ) from exc
 
 
-def _target(invocation: Invocation) -> str:
-    """Return the path and query to request from the replica."""
+def _upstream_url(base_url: str, invocation: Invocation) -> yarl.URL:
+    """Return the replica's URL for `invocation`, with the caller's path and query.
+
+    The URL is marked as already encoded, so yarl neither resolves dot
+    segments nor changes a percent-escape such as `%2F`, `%3F` or `%26`.
+    """
+    target = invocation.raw_path
     if invocation.query:
-        return f"{invocation.raw_path}?{invocation.query}"
-    return invocation.raw_path
+        target += "?" + invocation.query
+    return yarl.URL(base_url + target, encoded=True)
+
+
+def _listen_place(spec: FunctionSpec) -> str:
+    """Name where the function's server must listen, for messages."""
+    return "at its upstream_url" if spec.upstream_url else "on the port in $PORT"
+
+
+def _start_failure(command: str, exc: OSError) -> str:
+    """Describe why a command did not start, without the provider's PATH."""
+    if isinstance(exc, FileNotFoundError):
+        return f"its command {command!r} was not found"
+    if isinstance(exc, PermissionError):
+        return f"its command {command!r} is not executable"
+    return f"its command {command!r} cannot start ({exc.strerror or exc})"
+
+
+def _describe_exit(exit_code: int | None) -> str:
+    """Describe how a process ended: its exit code, or the signal that killed it."""
+    if exit_code is None:
+        return "ended"
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        return f"was killed by {name} (exit code {exit_code})"
+    return f"exited with code {exit_code}"
 
 
 def _upstream_headers(invocation: Invocation) -> CIMultiDict[str]:

@@ -3,11 +3,12 @@
 Every function process starts in a new session, so it leads its own process
 group and the provider can signal the whole group, children included. On
 Linux the process also sets PR_SET_PDEATHSIG, so the kernel sends it SIGKILL
-when the provider thread that started it ends, and a provider killed with
-SIGKILL takes its function processes with it. The signal reaches only the
-direct child, so grandchildren of a killed provider can survive. `classic`
-and `http_mode` use these helpers, and this module contains no HTTP code.
-`read_lines` splits a process's output into lines for the function log
+when the provider thread that started it ends. That signal reaches only the
+direct child, so `ProcessTracker` also keeps a `guardian` process informed of
+every group, and the guardian kills the groups that a provider killed with
+SIGKILL leaves behind. `classic` and `http_mode` start and stop their
+processes through one `ProcessTracker`, and this module contains no HTTP
+code. `read_lines` splits a process's output into lines for the function log
 store; the provider's own log gets them only at DEBUG.
 """
 
@@ -21,9 +22,13 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final
 
+from provider.local import guardian
+
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG: Final = 1  # from <linux/prctl.h>
+# Seconds a stopping provider waits for the guardian to exit.
+GUARDIAN_EXIT_TIMEOUT_S: Final = 5.0
 
 # Output is read in chunks and split into lines, so a long line without a
 # newline does not fill the pipe and block the process. Lines longer than
@@ -138,20 +143,128 @@ def _decode_line(line: bytes) -> str:
 
 
 class ProcessTracker:
-    """The per-request processes that are running, so a stop can kill them."""
+    """The function processes that run now, and the guardian that outlives them.
+
+    Every function process is started with `spawn` and ended with `kill` or
+    `terminate`, which stop its whole group. `kill_all` ends the ones still
+    running when the provider stops. `start` and `close` run the guardian.
+    """
 
     def __init__(self) -> None:
         self._running: set[asyncio.subprocess.Process] = set()
+        self._guardian: asyncio.subprocess.Process | None = None
+        self._guardian_watch: asyncio.Task[None] | None = None
 
-    @contextlib.contextmanager
-    def track(self, process: asyncio.subprocess.Process) -> Iterator[None]:
-        """Keep `process` in the tracker while the block runs."""
-        self._running.add(process)
+    async def start(self) -> None:
+        """Start the guardian; without one, a provider that is killed leaks groups.
+
+        A guardian that cannot start is logged as a warning, and functions
+        still run.
+        """
         try:
-            yield
-        finally:
-            self._running.discard(process)
+            self._guardian = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",
+                "-S",
+                guardian.__file__,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            logger.warning(
+                "process guardian failed to start, a killed provider will leave "
+                "function processes running: %s",
+                exc,
+            )
+            return
+        self._guardian_watch = asyncio.create_task(
+            self._watch_guardian(self._guardian), name="process-guardian"
+        )
+        logger.debug(
+            "process guardian started", extra={"ctx": {"pid": self._guardian.pid}}
+        )
+
+    async def close(self) -> None:
+        """End the guardian's input, so it exits, and wait for it."""
+        guardian_process, self._guardian = self._guardian, None
+        if self._guardian_watch is not None:
+            self._guardian_watch.cancel()
+            await asyncio.gather(self._guardian_watch, return_exceptions=True)
+            self._guardian_watch = None
+        if guardian_process is None:
+            return
+        if guardian_process.stdin is not None:
+            guardian_process.stdin.close()
+        try:
+            await asyncio.wait_for(guardian_process.wait(), GUARDIAN_EXIT_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning(
+                "process guardian did not exit, killing it",
+                extra={"ctx": {"pid": guardian_process.pid}},
+            )
+            guardian_process.kill()
+            await guardian_process.wait()
+
+    async def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        stdin: int | None = asyncio.subprocess.DEVNULL,
+    ) -> asyncio.subprocess.Process:
+        """Start a function process as `spawn` does, and track its group.
+
+        Raise OSError when the command cannot be started.
+        """
+        process = await spawn(argv, env=env, stdin=stdin)
+        self._running.add(process)
+        self._tell_guardian(f"add {process.pid}\n")
+        return process
+
+    async def kill(self, process: asyncio.subprocess.Process) -> None:
+        """SIGKILL the process's group, reap the process and stop tracking it."""
+        await kill_group(process)
+        self._forget(process)
+
+    async def terminate(
+        self, process: asyncio.subprocess.Process, *, grace_s: float
+    ) -> int:
+        """Stop the group as `terminate_group` does and stop tracking it.
+
+        Return the process's exit code.
+        """
+        exit_code = await terminate_group(process, grace_s=grace_s)
+        self._forget(process)
+        return exit_code
 
     async def kill_all(self) -> None:
         """SIGKILL every tracked process group and reap the processes."""
-        await asyncio.gather(*(kill_group(process) for process in self._running))
+        await asyncio.gather(*(self.kill(process) for process in list(self._running)))
+
+    def _forget(self, process: asyncio.subprocess.Process) -> None:
+        # NB: called only after the group was killed and its leader reaped.
+        # Until the reap, the leader's pid (the group id) cannot be reused, so
+        # the guardian never lists a group id that another process could own,
+        # except for the instant between the reap and this write.
+        if process in self._running:
+            self._running.discard(process)
+            self._tell_guardian(f"remove {process.pid}\n")
+
+    def _tell_guardian(self, line: str) -> None:
+        stdin = self._guardian.stdin if self._guardian is not None else None
+        # NB: is_closing() and write() run without yielding to the event loop,
+        # so the pipe cannot close between them.
+        if stdin is not None and not stdin.is_closing():
+            stdin.write(line.encode())
+
+    async def _watch_guardian(self, process: asyncio.subprocess.Process) -> None:
+        """Log a guardian that exits while the provider runs."""
+        exit_code = await process.wait()
+        if self._guardian is process:
+            self._guardian = None
+            logger.warning(
+                "process guardian exited, a killed provider will leave function "
+                "processes running",
+                extra={"ctx": {"pid": process.pid, "exit_code": exit_code}},
+            )

@@ -65,7 +65,8 @@ class SecretStore:
         except OSError as exc:
             raise StorageError(
                 f"Cannot use the secrets folder {self.root}: {exc}. Check that the "
-                "state folder is writable, or pass another --state-dir."
+                "state folder is writable, or pass another --state-dir.",
+                summary="Cannot use the secrets folder.",
             ) from exc
 
     def names(self) -> list[str]:
@@ -76,7 +77,8 @@ class SecretStore:
             return []
         except OSError as exc:
             raise StorageError(
-                f"Cannot list the secrets in {self.values_folder}: {exc}."
+                f"Cannot list the secrets in {self.values_folder}: {exc}.",
+                summary="Cannot list the secrets.",
             ) from exc
         return sorted(
             entry.name for entry in entries if not entry.name.startswith(TEMP_PREFIX)
@@ -93,7 +95,8 @@ class SecretStore:
             return path.read_bytes()
         except OSError as exc:
             raise StorageError(
-                f"Cannot read secret {name!r} from {path}: {exc}."
+                f"Cannot read secret {name!r} from {path}: {exc}.",
+                summary=f"Cannot read secret {name!r}.",
             ) from exc
 
     def write(self, name: str, value: bytes) -> None:
@@ -104,7 +107,8 @@ class SecretStore:
             _write_atomic(path, value, mode=VALUE_FILE_MODE)
         except OSError as exc:
             raise StorageError(
-                f"Cannot store secret {name!r} in {path}: {exc}."
+                f"Cannot store secret {name!r} in {path}: {exc}.",
+                summary=f"Cannot store secret {name!r}.",
             ) from exc
 
     def delete(self, name: str) -> None:
@@ -115,7 +119,8 @@ class SecretStore:
             _fsync_folder(path.parent)
         except OSError as exc:
             raise StorageError(
-                f"Cannot delete secret {name!r} at {path}: {exc}."
+                f"Cannot delete secret {name!r} at {path}: {exc}.",
+                summary=f"Cannot delete secret {name!r}.",
             ) from exc
 
     def function_folder(self, ref: FunctionRef) -> Path:
@@ -143,7 +148,8 @@ class SecretStore:
                     stale.unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(
-                f"Cannot write the secret files of function {ref} in {folder}: {exc}."
+                f"Cannot write the secret files of function {ref} in {folder}: {exc}.",
+                summary=f"Cannot write the secret files of function {ref}.",
             ) from exc
 
     def write_function_secret(self, ref: FunctionRef, name: str, value: bytes) -> None:
@@ -154,7 +160,8 @@ class SecretStore:
             _write_atomic(path, value, mode=FUNCTION_FILE_MODE)
         except OSError as exc:
             raise StorageError(
-                f"Cannot update secret {name!r} of function {ref} in {path}: {exc}."
+                f"Cannot update secret {name!r} of function {ref} in {path}: {exc}.",
+                summary=f"Cannot update secret {name!r} of function {ref}.",
             ) from exc
 
     def remove_function_folder(self, ref: FunctionRef) -> None:
@@ -166,7 +173,8 @@ class SecretStore:
             return
         except OSError as exc:
             raise StorageError(
-                f"Cannot delete the secret files of function {ref} in {folder}: {exc}."
+                f"Cannot delete the secret files of function {ref} in {folder}: {exc}.",
+                summary=f"Cannot delete the secret files of function {ref}.",
             ) from exc
 
     def _ensure_folders(self) -> None:

@@ -65,7 +65,8 @@ class FunctionStore:
         except OSError as exc:
             raise StorageError(
                 f"Cannot use the function folder {self.folder}: {exc}. Check that "
-                "the state folder is writable, or pass another --state-dir."
+                "the state folder is writable, or pass another --state-dir.",
+                summary="Cannot use the function folder.",
             ) from exc
         loaded = []
         for path in paths:
@@ -104,7 +105,8 @@ class FunctionStore:
             _fsync_folder(self.folder)
         except OSError as exc:
             raise StorageError(
-                f"Cannot save function {deployment.service!r} to {path}: {exc}."
+                f"Cannot save function {deployment.service!r} to {path}: {exc}.",
+                summary=f"Cannot save function {deployment.service!r}.",
             ) from exc
         finally:
             if temp_path is not None:
@@ -118,7 +120,10 @@ class FunctionStore:
             path.unlink(missing_ok=True)
             _fsync_folder(self.folder)
         except OSError as exc:
-            raise StorageError(f"Cannot delete function file {path}: {exc}.") from exc
+            raise StorageError(
+                f"Cannot delete function file {path}: {exc}.",
+                summary=f"Cannot delete the file of function {name!r}.",
+            ) from exc
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -6,6 +6,7 @@ state folder. `start_provider` and `RunningProvider.stop` let a test stop a
 provider and start another on the same state folder.
 """
 
+import http.client
 import logging
 import sys
 import threading
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -151,6 +153,25 @@ def process_gone(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+def request_raw(url: str, method: str, target: str) -> RawResponse:
+    """Send `target` byte for byte, which httpx would normalise, and read the reply."""
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port)
+    try:
+        connection.request(method, target)
+        response = connection.getresponse()
+        return RawResponse(response.status, response.headers, response.read())
+    finally:
+        connection.close()
 
 
 def deploy(

@@ -66,7 +66,45 @@ def test_create_missing_envprocess_returns_400(
     )
 
     assert response.status_code == 400
+    assert "'no-command'" in response.text
     assert "envProcess" in response.text
+    assert "'fprocess:'" in response.text
+    assert "environment" not in response.text
+
+
+def test_create_reads_fprocess_from_env_vars(client: httpx.Client) -> None:
+    response = client.post(
+        "/system/functions",
+        json={"service": "env-command", "envVars": {"fprocess": "wc -c"}},
+    )
+
+    assert response.status_code == 202
+    assert client.post("/function/env-command", content=b"abc").text.strip() == "3"
+    status = client.get("/system/function/env-command").json()
+    assert status["envVars"] == {"fprocess": "wc -c"}
+    assert "envProcess" not in status
+
+
+def test_envprocess_wins_over_env_fprocess(client: httpx.Client) -> None:
+    response = deploy(client, "both", "cat", envVars={"fprocess": "wc -c"})
+
+    assert response.status_code == 202
+    assert client.post("/function/both", content=b"abc").text == "abc"
+
+
+def test_blank_env_fprocess_returns_400(client: httpx.Client) -> None:
+    response = deploy(client, "blank", "", envVars={"fprocess": "  "})
+
+    assert response.status_code == 400
+    assert "'fprocess:'" in response.text
+
+
+def test_env_fprocess_unbalanced_quotes_returns_400(client: httpx.Client) -> None:
+    response = deploy(client, "quoted", "", envVars={"fprocess": "sh -c 'echo"})
+
+    assert response.status_code == 400
+    assert "envVars fprocess" in response.text
+    assert "quotes" in response.text
 
 
 def test_create_unbalanced_quotes_returns_400(client: httpx.Client) -> None:
@@ -118,11 +156,45 @@ def test_create_missing_secret_returns_400(client: httpx.Client) -> None:
     assert client.get("/system/function/secretive").status_code == 404
 
 
-def test_create_unsupported_mode_returns_400(client: httpx.Client) -> None:
-    response = deploy(client, "static-site", "cat", envVars={"mode": "static"})
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param("static", id="static"),
+        pytest.param("HTTP", id="uppercase"),
+        pytest.param("afterburn", id="afterburn"),
+    ],
+)
+def test_create_unsupported_mode_returns_400(client: httpx.Client, mode: str) -> None:
+    response = deploy(client, "static-site", "cat", envVars={"mode": mode})
 
     assert response.status_code == 400
-    assert "'static'" in response.text
+    assert repr(mode) in response.text
+    assert "'http'" in response.text
+    assert "'streaming'" in response.text
+
+
+def test_update_unsupported_mode_returns_400(client: httpx.Client) -> None:
+    assert deploy(client, "moded", "cat").status_code == 202
+
+    response = deploy(client, "moded", "cat", method="PUT", envVars={"mode": "x"})
+
+    assert response.status_code == 400
+    assert "'x'" in response.text
+    assert "envVars" not in client.get("/system/function/moded").json()
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param("streaming", id="streaming"),
+        pytest.param("serializing", id="serializing"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_create_classic_modes_accepted(client: httpx.Client, mode: str) -> None:
+    assert deploy(client, "forked", "cat", envVars={"mode": mode}).status_code == 202
+
+    assert client.post("/function/forked", content=b"ok").text == "ok"
 
 
 def test_create_invalid_upstream_url_returns_400(client: httpx.Client) -> None:
@@ -314,11 +386,52 @@ def test_unknown_system_route_returns_404(client: httpx.Client) -> None:
     assert "/system/alert" in response.text
 
 
-def test_wrong_method_returns_405(client: httpx.Client) -> None:
-    response = client.patch("/system/functions")
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        pytest.param(
+            "PATCH",
+            "/system/functions",
+            ["GET", "POST", "PUT", "DELETE"],
+            id="functions",
+        ),
+        pytest.param("POST", "/system/function/any", ["GET"], id="function"),
+        pytest.param("GET", "/system/scale-function/any", ["POST"], id="scale"),
+        pytest.param(
+            "PATCH", "/system/secrets", ["GET", "POST", "PUT", "DELETE"], id="secrets"
+        ),
+        pytest.param("DELETE", "/system/namespaces", ["GET"], id="namespaces"),
+        pytest.param("PUT", "/system/info", ["GET"], id="info"),
+        pytest.param("POST", "/system/logs", ["GET"], id="logs"),
+        pytest.param("POST", "/healthz", ["GET", "HEAD"], id="healthz"),
+    ],
+)
+def test_wrong_method_returns_405_with_allow(
+    client: httpx.Client, method: str, path: str, allowed: list[str]
+) -> None:
+    response = client.request(method, path)
 
     assert response.status_code == 405
-    assert "PATCH" in response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["allow"] == ", ".join(allowed)
+    assert f"Method {method} is not allowed on {path}." in response.text
+    for allowed_method in allowed:
+        assert allowed_method in response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("GET", "/system/functions", id="list"),
+        pytest.param("GET", "/system/namespaces", id="namespaces"),
+        pytest.param("GET", "/system/info", id="info"),
+        pytest.param("GET", "/system/secrets", id="secrets"),
+        pytest.param("GET", "/healthz", id="healthz"),
+        pytest.param("HEAD", "/healthz", id="healthz-head"),
+    ],
+)
+def test_allowed_method_is_served(client: httpx.Client, method: str, path: str) -> None:
+    assert client.request(method, path).status_code == 200
 
 
 def test_function_status_json_shape(client: httpx.Client) -> None:
@@ -425,7 +538,6 @@ def test_invoke_with_default_namespace_suffix(client: httpx.Client) -> None:
     [
         pytest.param("/function/Bad_Name", id="invalid-name"),
         pytest.param("/function/", id="no-name"),
-        pytest.param("/function", id="no-slash"),
         pytest.param("/function/name.Bad_NS", id="invalid-namespace"),
     ],
 )
@@ -433,4 +545,15 @@ def test_invoke_invalid_name_returns_400(client: httpx.Client, path: str) -> Non
     response = client.get(path)
 
     assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/plain")
     assert response.text
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_function_without_slash_returns_404(client: httpx.Client, method: str) -> None:
+    response = client.request(method, "/function")
+
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/plain")
+    assert f"No route for {method} /function." in response.text
+    assert "/function/NAME" in response.text

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from tests.provider.conftest import (
     deploy,
     log_context,
     process_gone,
+    request_raw,
     start_provider,
     wait_until,
 )
@@ -45,6 +47,22 @@ def echo(client: httpx.Client, path: str = "", **kwargs: Any) -> dict[str, Any]:
     return result
 
 
+def echo_after_restart(client: httpx.Client) -> dict[str, Any]:
+    """Call echo until its restarted process responds, checking each 503 before."""
+    responses: list[httpx.Response] = []
+
+    def answered() -> bool:
+        responses.append(client.post("/function/echo", content=b""))
+        return responses[-1].status_code == 200
+
+    wait_until(answered, what="the restarted process to answer")
+    for refused in responses[:-1]:
+        assert refused.status_code == 503, refused.text
+        assert 1 <= int(refused.headers["retry-after"]) <= 10
+    result: dict[str, Any] = responses[-1].json()
+    return result
+
+
 def test_invoke_forwards_request(client: httpx.Client, echo_command: str) -> None:
     deploy_echo(client, echo_command)
 
@@ -64,6 +82,19 @@ def test_invoke_forwards_request(client: httpx.Client, echo_command: str) -> Non
     assert seen["headers"]["X-Call-Id"] == "call-7"
     assert seen["headers"]["X-Forwarded-Host"].startswith("127.0.0.1:")
     assert seen["headers"]["X-Forwarded-For"] == "127.0.0.1"
+
+
+def test_invoke_forwards_raw_path_and_query(
+    provider: RunningProvider, client: httpx.Client, echo_command: str
+) -> None:
+    deploy_echo(client, echo_command)
+    echo(client)
+    target = "/a/../b%2Fc%3Fd/./e%7E?x=%26y&z=%3F&w=a+b%20c"
+
+    response = request_raw(provider.url, "GET", "/function/echo" + target)
+
+    assert response.status == 200
+    assert json.loads(response.body)["path"] == target
 
 
 def test_invoke_root_path(client: httpx.Client, echo_command: str) -> None:
@@ -121,7 +152,7 @@ def test_killed_process_restarts(
     with caplog.at_level(logging.WARNING):
         os.kill(first_pid, signal.SIGKILL)
         wait_until(lambda: process_gone(first_pid), what="the killed process to go")
-        second_pid = echo(client)["pid"]
+        second_pid = echo_after_restart(client)["pid"]
 
     assert second_pid != first_pid
     restarts = [r for r in caplog.records if "restarting" in r.getMessage()]
@@ -173,6 +204,26 @@ def test_update_to_classic_stops_process(
 
     wait_until(lambda: process_gone(pid), timeout_s=5, what="the old process")
     assert client.post("/function/echo", content=b"classic").text == "classic"
+
+
+def test_zero_exec_timeout_disables_timeout(tmp_path: Path, echo_command: str) -> None:
+    settings = LocalProviderSettings(
+        state_dir=tmp_path / "hasty-state", exec_timeout_s=0.5
+    )
+    running = start_provider(settings)
+    try:
+        with running.client() as client:
+            deploy_echo(client, echo_command, exec_timeout="0")
+            echo(client)
+            unlimited = client.get("/function/echo/sleep/1")
+            deploy_echo(client, echo_command, name="limited")
+            assert client.get("/function/limited").status_code == 200
+            limited = client.get("/function/limited/sleep/1")
+    finally:
+        running.stop()
+
+    assert unlimited.status_code == 200
+    assert limited.status_code == 504
 
 
 def test_exec_timeout_returns_504(client: httpx.Client, echo_command: str) -> None:
@@ -252,7 +303,59 @@ def test_missing_command_returns_503(impatient_provider: RunningProvider) -> Non
         response = client.post("/function/absent", content=b"")
 
     assert response.status_code == 503
-    assert "'no-such-server-xyz'" in response.text
+    assert "'no-such-server-xyz' was not found" in response.text
+    assert os.environ["PATH"] not in response.text
+    assert "PATH" not in response.text
+
+
+@pytest.fixture
+def slow_starting_provider(tmp_path: Path) -> Iterator[RunningProvider]:
+    """A provider that gives http-mode functions 20 s to respond."""
+    settings = LocalProviderSettings(
+        state_dir=tmp_path / "slow-state", http_start_timeout_s=20.0
+    )
+    running = start_provider(settings)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_crash_loop_returns_503_at_once(
+    slow_starting_provider: RunningProvider,
+) -> None:
+    command = "sh -c 'echo boom >&2; exit 7'"
+    with slow_starting_provider.client() as client:
+        assert deploy(client, "boom", command, envVars=HTTP_MODE).status_code == 202
+
+        responses = []
+        for _ in range(3):
+            started = time.monotonic()
+            responses.append(
+                (client.post("/function/boom"), time.monotonic() - started)
+            )
+
+    for response, elapsed_s in responses:
+        assert response.status_code == 503
+        assert elapsed_s < 3
+        assert response.headers[INTERNAL] == "faashub-local"
+        assert 1 <= int(response.headers["retry-after"]) <= 10
+        assert "exited with code 7" in response.text
+        assert "restarts in" in response.text
+
+
+def test_starting_process_is_waited_for(
+    slow_starting_provider: RunningProvider, echo_script: Path
+) -> None:
+    # The server sleeps 1.5 s before it listens, and is not a crash.
+    command = f"sh -c 'sleep 1.5; exec {sys.executable} {echo_script}'"
+    with slow_starting_provider.client() as client:
+        assert deploy(client, "sleepy", command, envVars=HTTP_MODE).status_code == 202
+
+        response = client.post("/function/sleepy", content=b"")
+
+    assert response.status_code == 200
+    assert "retry-after" not in response.headers
 
 
 def test_broken_response_closes_connection(
@@ -267,7 +370,7 @@ def test_broken_response_closes_connection(
 
     broken = [r for r in caplog.records if "broken off" in r.getMessage()]
     assert len(broken) == 1
-    assert echo(client)["path"] == "/"
+    assert echo_after_restart(client)["path"] == "/"
 
 
 def test_delete_fails_waiting_request_fast(client: httpx.Client) -> None:

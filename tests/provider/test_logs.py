@@ -19,10 +19,11 @@ import pytest
 
 from faashub.names import FunctionRef
 from faashub.settings import LocalProviderSettings
-from provider.local import function_logs
+from provider.backend import Invocation
+from provider.local.backend import LocalBackend
 from provider.local.function_logs import LogStore
 from provider.logs_api import parse_rfc3339
-from provider.types import LogRequest
+from provider.types import FunctionDeployment, LogRequest
 from tests.provider.conftest import (
     RunningProvider,
     deploy,
@@ -354,9 +355,61 @@ def test_delete_removes_log_files(
     assert read_logs(client, name="talker") == []
 
 
+def test_log_file_size_from_settings(tmp_path: Path) -> None:
+    settings = LocalProviderSettings(
+        state_dir=tmp_path / "state", log_max_file_bytes=1500
+    )
+    running = start_provider(settings)
+    try:
+        with running.client() as client:
+            assert deploy(client, "talker", ECHO_TO_STDERR).status_code == 202
+            log_to(client, "talker", *(f"line {index:02d}" for index in range(40)))
+    finally:
+        running.stop()
+
+    folder = settings.state_dir / "logs" / "functions"
+    assert (folder / "talker.openfaas-fn.log.1").is_file()
+    assert (folder / "talker.openfaas-fn.log").stat().st_size <= 1500
+
+
+async def test_follow_backlog_from_settings(tmp_path: Path) -> None:
+    settings = LocalProviderSettings(
+        state_dir=tmp_path / "state", log_follow_backlog_lines=3
+    )
+    backend = LocalBackend(settings)
+    await backend.start()
+    try:
+        await backend.create_function(
+            FunctionDeployment(service="talker", env_process=ECHO_TO_STDERR)
+        )
+        reader = await backend.read_logs(LogRequest(name="talker", follow=True))
+        invocation = Invocation(
+            function=FunctionRef("talker", "openfaas-fn"),
+            method="POST",
+            path="/",
+            raw_path="/",
+            query="",
+            headers=[],
+            body=b"".join(f"line {index}\n".encode() for index in range(10)),
+        )
+        async with backend.invoke(invocation) as response:
+            assert response.status == 200
+
+        async def read_until_end() -> list[bytes]:
+            return [chunk async for chunk in reader]
+
+        # The stream ends only because the backlog overflowed.
+        chunks = await asyncio.wait_for(read_until_end(), timeout=5)
+    finally:
+        await backend.stop()
+
+    received = b"".join(chunks).decode().splitlines()
+    assert len(received) == 3
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[LogStore]:
-    log_store = LogStore(tmp_path / "state", max_file_bytes=2000)
+    log_store = LogStore(tmp_path / "state", max_file_bytes=2000, max_backlog_lines=5)
     log_store.prepare()
     try:
         yield log_store
@@ -413,9 +466,8 @@ async def test_store_skips_broken_line(store: LogStore) -> None:
 
 
 async def test_slow_follower_stream_ended(
-    store: LogStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    store: LogStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(function_logs, "MAX_FOLLOW_BACKLOG_LINES", 5)
     ref = FunctionRef("flood", "openfaas-fn")
     reader = store.open_reader(ref, LogRequest(name="flood", follow=True))
 
@@ -426,7 +478,9 @@ async def test_slow_follower_stream_ended(
 
     received = b"".join(chunks).decode().splitlines()
     assert len(received) == 5
-    assert any("fell behind" in r.getMessage() for r in caplog.records)
+    behind = [r for r in caplog.records if "fell behind" in r.getMessage()]
+    assert len(behind) == 1
+    assert log_context(behind[0])["backlog_lines"] == 5
 
 
 async def test_reader_closed_before_reading_unsubscribes(store: LogStore) -> None:

@@ -148,7 +148,9 @@ def test_stale_temp_file_removed_on_start(settings: LocalProviderSettings) -> No
     assert not stale.exists()
 
 
-def test_unwritable_state_dir_fails_create(tmp_path: Path) -> None:
+def test_unwritable_state_dir_fails_create(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     state_dir = tmp_path / "state"
     settings = LocalProviderSettings(state_dir=state_dir)
     running = start_provider(settings)
@@ -156,15 +158,19 @@ def test_unwritable_state_dir_fails_create(tmp_path: Path) -> None:
         folder = state_dir / "functions"
         folder.rmdir()
         folder.write_text("a file where the folder should be")
-        with running.client() as client:
+        with running.client() as client, caplog.at_level(logging.ERROR):
             response = deploy(client, "unsaved", "cat")
             listed = client.get("/system/functions").json()
     finally:
         running.stop()
 
     assert response.status_code == 500
-    assert "'unsaved'" in response.text
+    assert "Cannot save function 'unsaved'." in response.text
+    assert "log has the details" in response.text
+    assert str(tmp_path) not in response.text
     assert listed == []
+    [failure] = [r for r in caplog.records if "storage failed" in r.getMessage()]
+    assert str(folder) in failure.getMessage()
 
 
 def test_invocation_count_resets_on_restart(settings: LocalProviderSettings) -> None:

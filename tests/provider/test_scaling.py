@@ -1,7 +1,9 @@
 """Scaling: replicas of http-mode functions, scale from zero, and the scale API."""
 
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -345,6 +347,75 @@ def test_invalid_body_returns_400(
     assert response.status_code == 400
     assert expected in response.text
     assert status(client, "wc")["replicas"] == 1
+
+
+def test_max_replicas_from_settings(tmp_path: Path) -> None:
+    settings = LocalProviderSettings(state_dir=tmp_path / "state", max_replicas=2)
+    running = start_provider(settings)
+    try:
+        with running.client() as client:
+            assert deploy(client, "wc", "wc -c").status_code == 202
+            allowed = scale(client, "wc", 2)
+            too_many = scale(client, "wc", 3)
+            labelled = deploy(client, "other", "cat", labels={SCALE_MIN: "3"})
+            replicas = status(client, "wc")["replicas"]
+    finally:
+        running.stop()
+
+    assert allowed.status_code == 202
+    assert too_many.status_code == 400
+    assert "from 0 to 2 replicas" in too_many.text
+    assert labelled.status_code == 400
+    assert "from 0 to 2" in labelled.text
+    assert replicas == 2
+
+
+# A server that ignores SIGTERM, so only the SIGKILL after the grace ends it.
+STUBBORN_SERVER = """
+import os, signal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = str(os.getpid()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def test_stop_grace_from_settings(tmp_path: Path) -> None:
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN_SERVER)
+    settings = LocalProviderSettings(state_dir=tmp_path / "state", stop_grace_s=0.2)
+    running = start_provider(settings)
+    try:
+        with running.client() as client:
+            command = f"{sys.executable} {script}"
+            assert (
+                deploy(client, "stubborn", command, envVars=HTTP_MODE).status_code
+                == 202
+            )
+            pid = int(client.get("/function/stubborn").text)
+
+            started = time.monotonic()
+            removed = client.request(
+                "DELETE", "/system/functions", json={"functionName": "stubborn"}
+            )
+            elapsed_s = time.monotonic() - started
+    finally:
+        running.stop()
+
+    assert removed.status_code == 202
+    assert elapsed_s < 1.5
+    assert process_gone(pid)
 
 
 def test_upstream_url_allows_one_replica(

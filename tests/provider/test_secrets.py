@@ -154,6 +154,27 @@ def test_create_too_large_returns_400(client: httpx.Client) -> None:
     assert "1048576" in response.text
 
 
+def test_size_limit_from_settings(tmp_path: Path) -> None:
+    settings = LocalProviderSettings(state_dir=tmp_path / "state", max_secret_bytes=8)
+    running = start_provider(settings)
+    try:
+        with running.client() as client:
+            fits = create_secret(client, "small", "12345678")
+            created = create_secret(client, "big", "123456789")
+            updated = create_secret(client, "small", "123456789", method="PUT")
+            listed = client.get("/system/secrets").json()
+    finally:
+        running.stop()
+
+    assert fits.status_code == 202
+    assert created.status_code == 400
+    assert "'big' has 9 bytes, more than the 8 bytes" in created.text
+    assert updated.status_code == 400
+    assert "'small' has 9 bytes" in updated.text
+    assert listed == [{"name": "small", "namespace": "openfaas-fn"}]
+    assert (secrets_folder(settings) / "values" / "small").read_bytes() == b"12345678"
+
+
 def test_create_other_namespace_returns_404(client: httpx.Client) -> None:
     response = client.post(
         "/system/secrets", json={"name": "s", "namespace": "team-a", "value": "v"}

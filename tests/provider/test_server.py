@@ -4,6 +4,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,9 @@ import pytest
 
 from faashub.settings import LocalProviderSettings
 from provider.backend import ProviderStartError
-from provider.local import server
+from provider.local import guardian, server
 from tests.conftest import free_port, stop_process
+from tests.hub_support import descendants
 from tests.provider.conftest import deploy, process_gone, wait_until
 
 pytestmark = pytest.mark.timeout(40)
@@ -62,6 +64,25 @@ def provider_process(tmp_path: Path) -> Iterator[ProviderProcess]:
         stop_process(running.process)
 
 
+def guardian_pid(provider_pid: int) -> int:
+    """Return the pid of the provider's guardian process."""
+    [pid] = [
+        pid
+        for pid in descendants(provider_pid)
+        if b"guardian.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    return pid
+
+
+def read_pid_file(path: Path) -> int:
+    """Wait until a shell wrote its line to `path`, and return the pid in it."""
+    wait_until(
+        lambda: path.exists() and path.read_text().endswith("\n"),
+        what=f"the pid in {path.name}",
+    )
+    return int(path.read_text())
+
+
 def deploy_echo_pid(url: str, command: str) -> int:
     with httpx.Client(base_url=url, timeout=30) as client:
         assert (
@@ -82,6 +103,7 @@ def test_signal_stops_provider_and_functions(
     provider_process: ProviderProcess, echo_command: str, signum: int
 ) -> None:
     pid = deploy_echo_pid(provider_process.url, echo_command)
+    guardian = guardian_pid(provider_process.process.pid)
 
     started = time.monotonic()
     provider_process.process.send_signal(signum)
@@ -90,6 +112,7 @@ def test_signal_stops_provider_and_functions(
     assert exit_code == 0
     assert time.monotonic() - started < 6
     assert process_gone(pid)
+    wait_until(lambda: process_gone(guardian), timeout_s=5, what="the guardian")
 
 
 def test_killed_provider_takes_functions(
@@ -101,6 +124,58 @@ def test_killed_provider_takes_functions(
     provider_process.process.wait(timeout=5)
 
     wait_until(lambda: process_gone(pid), timeout_s=5, what="the orphan to die")
+
+
+def test_killed_provider_takes_grandchildren(
+    provider_process: ProviderProcess, echo_script: Path, tmp_path: Path
+) -> None:
+    sleep_pid_file = tmp_path / "sleep.pid"
+    server_pid_file = tmp_path / "server.pid"
+    classic = f"sh -c 'sleep 60 & echo $! > {sleep_pid_file}; wait'"
+    wrapped = (
+        f"sh -c '{sys.executable} {echo_script} & echo $! > {server_pid_file}; wait'"
+    )
+    with httpx.Client(base_url=provider_process.url, timeout=30) as client:
+        assert deploy(client, "sleeper", classic).status_code == 202
+        deployed = deploy(client, "wrapped", wrapped, envVars={"mode": "http"})
+        assert deployed.status_code == 202
+        assert client.post("/function/wrapped", content=b"").status_code == 200
+
+        # The classic call runs until the provider dies, so it fails then.
+        caller = threading.Thread(
+            target=lambda: pytest.raises(
+                httpx.TransportError, client.post, "/function/sleeper", content=b""
+            )
+        )
+        caller.start()
+        sleep_pid = read_pid_file(sleep_pid_file)
+        server_pid = read_pid_file(server_pid_file)
+
+        provider_process.process.kill()
+        provider_process.process.wait(timeout=5)
+        caller.join(timeout=10)
+
+    wait_until(lambda: process_gone(sleep_pid), timeout_s=5, what="the sleep")
+    wait_until(lambda: process_gone(server_pid), timeout_s=5, what="the server")
+
+
+def test_guardian_reads_groups() -> None:
+    lines = [b"add 10\n", b"add 11\n", b"remove 10\n", b"add x\n", b"add -3\n", b"?"]
+
+    assert guardian.read_groups(lines) == {11}
+
+
+def test_guardian_kills_listed_group() -> None:
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        killed = guardian.kill_groups([child.pid])
+        exit_code = child.wait(timeout=5)
+    finally:
+        stop_process(child)
+
+    assert killed == 1
+    assert exit_code == -signal.SIGKILL
+    assert guardian.kill_groups([child.pid]) == 0
 
 
 def test_port_in_use_raises(tmp_path: Path) -> None:
