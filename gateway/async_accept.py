@@ -28,13 +28,15 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass
 
+import nats.errors
+import nats.js.errors
 from starlette.types import Receive, Scope, Send
 
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
 from faashub.queued_call import QueuedCall, merge_request_headers
-from gateway import asgi, constants, delays, errors
+from gateway import asgi, async_calls, constants, delays, errors
 from gateway.call_queue import CallQueue
 from gateway.function_lookup import FunctionLookup
 from gateway.log_throttle import WarningThrottle
@@ -45,6 +47,7 @@ _ALLOWED_METHODS = ", ".join(constants.ASYNC_METHODS)
 _REQUEST_ERROR_STATUS: dict[type[errors.GatewayError], int] = {
     errors.InvalidRequest: 400,
     errors.FunctionNotFound: 404,
+    errors.CallConflict: 409,
     errors.PayloadTooLarge: 413,
 }
 _ALLOW_HEADER = (b"allow", _ALLOWED_METHODS.encode())
@@ -118,6 +121,7 @@ class AsyncAccept:
         except (
             errors.InvalidRequest,
             errors.FunctionNotFound,
+            errors.CallConflict,
             errors.PayloadTooLarge,
         ) as exc:
             status = _REQUEST_ERROR_STATUS[type(exc)]
@@ -213,13 +217,36 @@ class AsyncAccept:
         ack = await self._queue.publish(call)
 
         # A duplicate PubAck means that JetStream already stored this call id,
-        # so the call runs once. The caller still gets a 202 with that id.
+        # so the call runs once. The caller still gets a 202 with that id,
+        # unless the id was used for another function: then this call would
+        # be lost silently, so the caller is told to pick a new id.
+        if ack.duplicate:
+            await self._check_duplicate_is_same_function(call)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "queued call",
                 extra=_context(ref, request.call_id, duplicate=bool(ack.duplicate)),
             )
         return accepted_at_ns
+
+    async def _check_duplicate_is_same_function(self, call: QueuedCall) -> None:
+        try:
+            owner = await async_calls.stored_function(self._queue, call.call_id)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            # The first call is stored; not knowing its function is no reason
+            # to refuse what is most likely a plain retry.
+            logger.debug(
+                "cannot check a duplicate call id",
+                extra=_context(call.ref, call.call_id, error=str(exc)),
+            )
+            return
+        if owner is not None and owner != call.ref:
+            raise errors.CallConflict(
+                f"X-Call-Id {call.call_id!r} is already used by a call to {owner} "
+                f"within the last {self._queue.duplicate_window_s:g} s, so this call "
+                f"to {call.ref} was not stored. Send it with a new X-Call-Id.",
+                state="duplicate",
+            )
 
 
 def _read_call_headers(scope: Scope) -> _CallHeaders:

@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub.call_status import CallState, CallStatus, status_key
+from faashub.names import FunctionRef
 from faashub.queued_call import QueuedCall, call_key, call_subject
 from gateway import asgi, constants, errors, large_bodies
 from gateway.call_queue import CallQueue
@@ -215,6 +216,22 @@ async def find_queued(queue: CallQueue, call_id: str) -> QueuedMessage | None:
     if call.call_id != call_id or message.seq is None:
         return None
     return QueuedMessage(seq=message.seq, call=call)
+
+
+async def stored_function(queue: CallQueue, call_id: str) -> FunctionRef | None:
+    """Return the function of the call already stored under `call_id`, if known.
+
+    Looks in the calls stream first and then in the status records; None
+    means neither holds the call any more. Raises nats errors as they come.
+    """
+    queued = await find_queued(queue, call_id)
+    if queued is not None:
+        return queued.call.ref
+    record = await _read_record(queue.layout().status, call_id)
+    if record is None:
+        return None
+    status, _ = record
+    return FunctionRef(status.function, status.namespace)
 
 
 async def _read_record(bucket: KeyValue, call_id: str) -> tuple[CallStatus, int] | None:

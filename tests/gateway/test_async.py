@@ -227,6 +227,23 @@ async def test_async_duplicate_call_id_stored_once(
     assert [message.data for message in messages] == [b"1"]
 
 
+async def test_async_call_id_reused_for_other_function_409(
+    client: httpx.AsyncClient, provider: FakeProvider, nats_url: str
+) -> None:
+    provider.deploy("other")
+    headers = {"X-Call-Id": "shared-id"}
+    first = await client.post("/async-function/echo", content=b"1", headers=headers)
+    second = await client.post("/async-function/other", content=b"2", headers=headers)
+
+    assert first.status_code == 202
+    assert second.status_code == 409
+    assert "shared-id" in second.text
+    assert "echo.openfaas-fn" in second.text
+    assert "new X-Call-Id" in second.text
+    messages = await stored_messages(nats_url)
+    assert [message.data for message in messages] == [b"1"]
+
+
 async def test_async_unreachable_provider_502(
     nats_url: str, start_gateway: GatewayFactory
 ) -> None:
