@@ -10,9 +10,10 @@ arrives, the worker makes one up, as OpenFaaS does: 503 when the gateway
 cannot be reached and 504 when the upstream timeout passes.
 
 This module does not retry, post callbacks or acknowledge messages; see
-`queue_worker.worker` and `queue_worker.callback`.
+`queue_worker.handling` and `queue_worker.callback`.
 """
 
+import io
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,11 +23,7 @@ import yarl
 
 from faashub import constants
 from faashub.queued_call import QueuedCall
-
-# Value of X-OpenFaaS-Internal on the made-up 503 and 504 results. OpenFaaS
-# sets this header on errors that its own components produce, so that a
-# callback receiver can distinguish platform failures from function failures.
-INTERNAL_ERROR_SOURCE = "queue-worker"
+from queue_worker.constants import INTERNAL_ERROR_SOURCE
 
 # Caller headers the worker never forwards: hop-by-hop ones, the ones aiohttp
 # computes for the new request, and the ones the worker sets itself.
@@ -36,6 +33,10 @@ _NOT_FORWARDED = constants.HOP_BY_HOP | {
     constants.CALL_ID.lower(),
     constants.START_TIME.lower(),
 }
+
+# Bodies above this size are sent from a BytesIO (see `request_body`), the
+# size above which aiohttp 3.x warns that bytes may block the event loop.
+LARGE_BODY_BYTES = 1024 * 1024
 
 # Characters kept as they are when the path and the query are put on the
 # wire: everything RFC 3986 allows, '%' included so that existing escapes stay
@@ -63,12 +64,14 @@ async def invoke_function(
     *,
     function_base_url: str,
     http_timeout: aiohttp.ClientTimeout,
+    body: bytes | None = None,
 ) -> FunctionResult:
     """Send `call` to the function and return its response.
 
     `function_base_url` is the gateway's `/function/` URL with a trailing
-    slash. Transport errors and timeouts become 503 and 504 results, so this
-    coroutine raises only when it is cancelled.
+    slash. `body` replaces the call's inline body, for a body read from the
+    object store. Transport errors and timeouts become 503 and 504 results, so
+    this coroutine raises only when it is cancelled.
     """
     url = function_url(function_base_url, call)
     try:
@@ -76,7 +79,7 @@ async def invoke_function(
             call.method,
             url,
             headers=request_headers(call),
-            data=call.body,
+            data=request_body(call.body if body is None else body),
             timeout=http_timeout,
             allow_redirects=False,
         ) as response:
@@ -91,14 +94,14 @@ async def invoke_function(
             f"The queue-worker timed out after {http_timeout.total:g} s "
             f"waiting for {call.ref}."
         )
-        return _internal_error(504, reason)
+        return internal_error(504, reason)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         # ValueError covers a request that aiohttp refuses to build, such as a
         # method that is not an HTTP token. The URL stays out of the reason
         # because the caller's query string may hold a secret.
         detail = "invalid URL" if isinstance(exc, aiohttp.InvalidURL) else str(exc)
         reason = f"The queue-worker could not invoke {call.ref}: {detail}"
-        return _internal_error(503, reason)
+        return internal_error(503, reason)
 
 
 def function_url(function_base_url: str, call: QueuedCall) -> yarl.URL:
@@ -126,6 +129,18 @@ def request_headers(call: QueuedCall) -> dict[str, str]:
     if call.accepted_at_ns:
         headers[constants.START_TIME] = str(call.accepted_at_ns)
     return headers
+
+
+def request_body(body: bytes) -> bytes | io.BytesIO:
+    """Return `body` in the form aiohttp sends without blocking the event loop.
+
+    aiohttp writes a bytes body in one piece and warns above 1 MiB; a
+    BytesIO of the same bytes is written in chunks, with the same
+    Content-Length.
+    """
+    if len(body) > LARGE_BODY_BYTES:
+        return io.BytesIO(body)
+    return body
 
 
 def wire_text(value: str) -> str:
@@ -173,7 +188,8 @@ def _percent_encode(text: str, *, safe: str) -> str:
         return urllib.parse.quote(text, safe=safe)
 
 
-def _internal_error(status: int, reason: str) -> FunctionResult:
+def internal_error(status: int, reason: str) -> FunctionResult:
+    """Return a result made up by the worker, marked with X-OpenFaaS-Internal."""
     return FunctionResult(
         status=status,
         headers=[

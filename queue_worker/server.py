@@ -1,11 +1,13 @@
-"""The queue-worker process: the worker, a `/healthz` listener and signals.
+"""The queue-worker process: the worker, a health listener and signals.
 
 `run(settings)` blocks until SIGTERM or SIGINT. The first signal stops
-fetching and lets the calls in flight finish for up to ack_wait_s. A second
-signal abandons them at once, and JetStream redelivers them after ack_wait. The
-`/healthz` listener on health_host:health_port returns 200 `OK` while the
-worker is connected to NATS and bound to its consumer, and 503 otherwise,
-including while it starts and while it stops.
+fetching and lets the calls in flight finish for up to shutdown_grace_s. A
+second signal abandons them at once, and JetStream redelivers them after
+ack_wait. The listener on health_host:health_port serves:
+
+* `GET /healthz`: 200 `OK` while the worker is connected to NATS and bound to
+  its consumer, and 503 otherwise, including while it starts and stops;
+* `GET /metrics`: the worker's Prometheus metrics (`queue_worker.metrics`).
 
 The pull loop itself is in `queue_worker.worker`.
 """
@@ -71,7 +73,7 @@ async def serve(settings: WorkerSettings) -> None:
 async def start_health_listener(
     worker: Worker, *, host: str, port: int
 ) -> web.AppRunner:
-    """Serve `GET /healthz` for `worker` on host:port; return the runner to clean up."""
+    """Serve `/healthz` and `/metrics` on host:port; return the runner to clean up."""
 
     async def healthz(request: web.Request) -> web.Response:
         state = worker.state
@@ -79,9 +81,15 @@ async def start_health_listener(
             return web.Response(text="OK")
         return web.Response(status=503, text=state)
 
+    async def metrics(request: web.Request) -> web.Response:
+        await worker.refresh_metrics()
+        body, content_type = worker.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
-    # The handler returns at once, so a short shutdown timeout is enough.
+    app.router.add_get("/metrics", metrics)
+    # The handlers return at once, so a short shutdown timeout is enough.
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=1.0
     )

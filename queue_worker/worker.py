@@ -1,25 +1,22 @@
-"""The pull loop: fetch queued calls from JetStream, run them, acknowledge them.
+"""The pull loop: fetch queued calls from JetStream and hand them to the handler.
 
 A `Worker` binds the durable pull consumer of one queue (several workers may
-share it) and keeps at most `max_inflight` calls running. It fetches only as
-many messages as it has free slots, so no fetched message waits for a slot
-while its ack_wait runs. Each message becomes one task, which:
+share it) and runs each fetched message in a task of its own, which
+`queue_worker.handling` takes to an ack, a nak or a term. The worker keeps
+at most max_inflight calls running plus a small prefetch window of calls
+waiting for a slot, and fetches only what fits, so no fetched message waits
+long while its ack_wait runs.
 
-1. reads the call (`QueuedCall.from_nats`); a message it cannot read is
-   logged and terminated, so JetStream never delivers it again;
-2. invokes the function through the gateway (`queue_worker.invoke`);
-3. posts the result to the callback URL, if the call has one
-   (`queue_worker.callback`);
-4. acknowledges the message, which removes it from the work-queue stream.
+While it holds messages, one task renews their leases (`in_progress`)
+every third of ack_wait, so a call that runs longer than ack_wait, or
+whose callback is being retried, is not handed to another worker. A worker
+that dies stops renewing, and JetStream redelivers its calls after
+ack_wait. Calls that wait for a retry or a delay are back in JetStream
+(nak with a delay) and hold nothing here.
 
-While calls run, one task renews their leases (`in_progress`) every third of
-ack_wait, so a call that runs longer than ack_wait is not handed to another
-worker. A worker that dies stops renewing, and JetStream redelivers its calls
-after ack_wait. NATS outages are logged once each and retried; the worker
-exits only when it is stopped, or at start when its NATS URL is unusable.
-
-Not here yet: retries of failed functions or callbacks, and a dead-letter
-queue. The HTTP process around the worker is in `queue_worker.server`.
+NATS outages are logged once each and retried. The worker reconnects by
+itself, and exits only when it is stopped or, at start, when its NATS URL
+is unusable. The HTTP process around the worker is in `queue_worker.server`.
 """
 
 import asyncio
@@ -34,33 +31,25 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
-from faashub import __version__, constants, errors, jetstream
-from faashub.queued_call import QueuedCall, queue_filter_subject
+from faashub import constants as shared
+from faashub import errors, jetstream
+from faashub.queued_call import queue_filter_subject
 from faashub.settings import WorkerSettings
-from queue_worker import callback, invoke
+from queue_worker import callback, constants
+from queue_worker.callback import CallbackOptions, CallbackSender
+from queue_worker.dead_letters import DeadLetterWriter
+from queue_worker.functions import FunctionLookup
+from queue_worker.handling import CallHandler, HandlerServices
+from queue_worker.messages import HeldMessage, delivery_of
+from queue_worker.metrics import WorkerMetrics
+from queue_worker.policy import PolicyReader, default_retry_policy
+from queue_worker.slots import Slots
+from queue_worker.status import StatusStore
 
 logger = logging.getLogger(__name__)
-
-USER_AGENT = f"faashub-queue-worker/{__version__}"
-
-# Maximum batch size of one fetch. Larger batches do not drain faster:
-# with nats-py, fetch(100) and fetch(1000) each drained about 32 k msg/s in one
-# measurement on a 2-core machine.
-MAX_FETCH_BATCH = 100
-# How long an idle fetch waits for a message. Fetch returns as soon as one
-# arrives, so this only sets how often an idle worker sends a pull request.
-FETCH_TIMEOUT_S = 5.0
-# Backoff between attempts after a NATS error, doubling up to the maximum.
-RETRY_MIN_S = 0.5
-RETRY_MAX_S = 5.0
-# Pause between attempts to reach a NATS server. Attempts never stop.
-RECONNECT_WAIT_S = 1
-# The consumer's max_ack_pending is max_inflight times this, and at least the
-# minimum. JetStream stops delivering once that many calls are unacknowledged,
-# so this many workers of the same size can share the consumer at full load.
-ACK_PENDING_PER_SLOT = 16
-MIN_MAX_ACK_PENDING = 1000
 
 # A queue name becomes a NATS subject token and part of a consumer name.
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -72,10 +61,11 @@ class Worker:
     """Runs the queued calls of one queue until it is stopped.
 
     `run()` serves until `stop()` is called or the task running it is
-    cancelled. Either way it stops fetching, waits up to ack_wait_s for the
-    calls in flight to finish and be acknowledged, then closes its
-    connections. A second cancel during that wait abandons the remaining
-    calls, which JetStream redelivers after ack_wait.
+    cancelled. Either way it stops fetching, hands back the calls that have
+    not started, waits up to shutdown_grace_s for the running ones to finish
+    and be acknowledged, then closes its connections. A second cancel during
+    that wait abandons the remaining calls, which JetStream redelivers after
+    ack_wait.
 
     NB: workers that share a queue should use the same ack_wait_s, because
     the last one to start sets it on the shared consumer.
@@ -86,23 +76,25 @@ class Worker:
         self._settings = settings
         self._nats_servers = nats_servers(settings.nats_url)
         self._function_base_url = function_base_url(settings.gateway_url)
-        self._invoke_timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_s)
-        self._callback_timeout = aiohttp.ClientTimeout(
-            total=settings.callback_timeout_s
-        )
+        self._default_policy = default_retry_policy(settings)
         self._durable = jetstream.worker_durable_name(settings.queue)
         self._lease_interval_s = settings.ack_wait_s / 3
-        self._grace_s = settings.ack_wait_s
+        self._prefetch = prefetch_size(settings.max_inflight)
+        self._capacity = settings.max_inflight + self._prefetch
+        self.metrics = WorkerMetrics(queue=settings.queue)
 
         self._nc = NatsClient()
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._handler: CallHandler | None = None
+        self._slots = Slots(settings.max_inflight)
         self._fetcher: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
-        self._running: dict[asyncio.Task[None], Msg] = {}
-        self._slot_freed = asyncio.Event()
+        self._held: dict[asyncio.Task[None], HeldMessage] = {}
+        self._held_by_seq: dict[int, HeldMessage] = {}
+        self._room_freed = asyncio.Event()
         self._stopping = False
-        self._retry_delay_s = RETRY_MIN_S
+        self._retry_delay_s = constants.RETRY_MIN_S
         self._outage_started_s: float | None = None
 
     @property
@@ -150,26 +142,43 @@ class Worker:
         if self._stopping:
             return
         self._stopping = True
+        # Calls waiting for a slot give up and go back to JetStream.
+        self._slots.close()
         if self._fetcher is not None:
             self._fetcher.cancel()
+
+    async def refresh_metrics(self) -> None:
+        """Read the consumer's pending counts into the queue-depth gauges."""
+        if not self.ready:
+            return
+        try:
+            info = await self._nc.jetstream().consumer_info(
+                shared.CALLS_STREAM,
+                self._durable,
+                timeout=constants.METRICS_REFRESH_TIMEOUT_S,
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            logger.debug("reading the consumer state failed: %s", _describe(exc))
+            return
+        self.metrics.set_queue_state(
+            pending=info.num_pending or 0, unacknowledged=info.num_ack_pending or 0
+        )
 
     async def _fetch_calls(self) -> None:
         await self._connect()
         await self._bind_until_done()
         self._renewer = asyncio.create_task(self._renew_leases())
         while True:
-            await self._wait_for_free_slot()
+            await self._wait_for_room()
             assert self._subscription is not None
-            batch = min(
-                self._settings.max_inflight - len(self._running), MAX_FETCH_BATCH
-            )
+            batch = min(self._capacity - len(self._held), constants.MAX_FETCH_BATCH)
             try:
                 messages = await self._subscription.fetch(
-                    batch, timeout=FETCH_TIMEOUT_S
+                    batch, timeout=constants.FETCH_TIMEOUT_S
                 )
             except TimeoutError:
                 # No call arrived: normal for an idle queue.
-                self._retry_delay_s = RETRY_MIN_S
+                self._retry_delay_s = constants.RETRY_MIN_S
                 continue
             except nats.errors.Error as exc:
                 # The consumer or the JetStream API is gone (deleted, or the
@@ -178,7 +187,7 @@ class Worker:
                 await self._pause_before_retry()
                 await self._bind_until_done()
                 continue
-            self._retry_delay_s = RETRY_MIN_S
+            self._retry_delay_s = constants.RETRY_MIN_S
             for message in messages:
                 self._start_call(message)
 
@@ -188,7 +197,7 @@ class Worker:
                 self._nats_servers,
                 name="faashub-queue-worker",
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=RECONNECT_WAIT_S,
+                reconnect_time_wait=constants.RECONNECT_WAIT_S,
                 error_cb=self._on_nats_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
@@ -219,9 +228,14 @@ class Worker:
             return
 
     async def _bind(self) -> None:
-        """Ensure the stream and the durable consumer, then subscribe to it."""
+        """Ensure the streams, buckets and durable consumer, then subscribe."""
         js = self._nc.jetstream()
         await jetstream.ensure_calls_stream(js)
+        await jetstream.ensure_dead_letter_stream(js)
+        status_bucket = await jetstream.ensure_status_bucket(js)
+        bodies = await jetstream.ensure_bodies_bucket(js)
+        if self._handler is None:
+            self._handler = self._new_handler(js, status_bucket, bodies)
         config = jsapi.ConsumerConfig(
             name=self._durable,
             durable_name=self._durable,
@@ -229,15 +243,16 @@ class Worker:
             ack_policy=jsapi.AckPolicy.EXPLICIT,
             ack_wait=self._settings.ack_wait_s,
             max_deliver=-1,
-            max_ack_pending=max(
-                self._settings.max_inflight * ACK_PENDING_PER_SLOT, MIN_MAX_ACK_PENDING
-            ),
+            # Unlimited: calls waiting for a retry or a delay stay unacknowledged
+            # in JetStream, and a limit would stop new calls once that many
+            # wait. Workers pull only what they have room for.
+            max_ack_pending=-1,
         )
         # add_consumer creates the consumer, or updates it to this config.
-        await js.add_consumer(constants.CALLS_STREAM, config)
+        await js.add_consumer(shared.CALLS_STREAM, config)
         await self._unsubscribe()
         self._subscription = await js.pull_subscribe_bind(
-            self._durable, constants.CALLS_STREAM
+            self._durable, shared.CALLS_STREAM
         )
         logger.info(
             "consumer bound",
@@ -251,6 +266,53 @@ class Worker:
             },
         )
 
+    def _new_handler(
+        self, js: JetStreamContext, status_bucket: KeyValue, bodies: ObjectStore
+    ) -> CallHandler:
+        settings = self._settings
+        assert self._session is not None
+        secrets = [
+            secret
+            for secret in (
+                settings.callback_signing_secret,
+                settings.callback_signing_secret_previous,
+            )
+            if secret
+        ]
+        callbacks = CallbackSender(
+            self._session,
+            CallbackOptions(
+                timeout_s=settings.callback_timeout_s,
+                attempts=settings.callback_attempts,
+                min_wait_s=min(settings.retry_min_wait_s, settings.callback_max_wait_s),
+                max_wait_s=settings.callback_max_wait_s,
+                jitter=settings.retry_jitter,
+                secrets=secrets,
+            ),
+        )
+        services = HandlerServices(
+            session=self._session,
+            functions=FunctionLookup(
+                self._session,
+                settings.gateway_url,
+                policies=PolicyReader(self._default_policy),
+            ),
+            status=StatusStore(status_bucket, lease_s=settings.ack_wait_s),
+            dead_letters=DeadLetterWriter(
+                js, bodies, max_payload_bytes=lambda: self._nc.max_payload
+            ),
+            bodies=bodies,
+            callbacks=callbacks,
+            slots=self._slots,
+            metrics=self.metrics,
+        )
+        return CallHandler(
+            settings,
+            services,
+            default_policy=self._default_policy,
+            function_base_url=self._function_base_url,
+        )
+
     async def _unsubscribe(self) -> None:
         subscription, self._subscription = self._subscription, None
         if subscription is None:
@@ -260,90 +322,50 @@ class Worker:
         except (nats.errors.Error, ValueError) as exc:
             logger.debug("unsubscribe failed: %s", _describe(exc))
 
-    async def _wait_for_free_slot(self) -> None:
-        while len(self._running) >= self._settings.max_inflight:
-            self._slot_freed.clear()
-            await self._slot_freed.wait()
+    async def _wait_for_room(self) -> None:
+        # Refill a prefetch window at a time rather than slot by slot: one
+        # fetch of 16 costs about what one fetch of 1 costs.
+        while self._held and self._capacity - len(self._held) < self._prefetch:
+            self._room_freed.clear()
+            await self._room_freed.wait()
 
     def _start_call(self, message: Msg) -> None:
-        task = asyncio.create_task(self._run_call(message))
-        self._running[task] = message
+        assert self._handler is not None
+        delivery = delivery_of(message)
+        stream_seq = delivery.stream_seq
+        held = self._held_by_seq.get(stream_seq) if stream_seq is not None else None
+        if held is not None:
+            # Delivered again while a task still has it: that task goes on,
+            # and acknowledges through this latest delivery.
+            held.message = message
+            logger.debug(
+                "message delivered again while held",
+                extra={"ctx": {"stream_seq": stream_seq}},
+            )
+            return
+        held = HeldMessage(message, delivery)
+        task = asyncio.create_task(self._handler.handle(held))
+        self._held[task] = held
+        if stream_seq is not None:
+            self._held_by_seq[stream_seq] = held
         task.add_done_callback(self._on_call_done)
 
     def _on_call_done(self, task: asyncio.Task[None]) -> None:
-        del self._running[task]
-        self._slot_freed.set()
+        held = self._held.pop(task)
+        stream_seq = held.delivery.stream_seq
+        if stream_seq is not None:
+            self._held_by_seq.pop(stream_seq, None)
+        self._room_freed.set()
         if not task.cancelled() and task.exception() is not None:
-            # A bug, since _run_call handles every failure it expects. The
-            # message stays unacknowledged and comes back after ack_wait.
+            # A bug, since the handler deals with every failure it expects.
+            # The message stays unacknowledged and comes back after ack_wait.
             logger.error("call task failed", exc_info=task.exception())
-
-    async def _run_call(self, message: Msg) -> None:
-        started_s = time.monotonic()
-        try:
-            call = QueuedCall.from_nats(message.headers, message.data)
-        except errors.InvalidQueuedCall as exc:
-            await self._reject(message, exc)
-            return
-
-        assert self._session is not None
-        result = await invoke.invoke_function(
-            self._session,
-            call,
-            function_base_url=self._function_base_url,
-            http_timeout=self._invoke_timeout,
-        )
-        duration_s = time.monotonic() - started_s
-
-        # The callback goes out before the ack: a worker that dies in between
-        # makes JetStream redeliver the call rather than lose its result.
-        callback_status: int | None = None
-        if call.callback_url:
-            callback_status = await callback.post_callback(
-                self._session,
-                call,
-                result,
-                duration_s=duration_s,
-                http_timeout=self._callback_timeout,
-            )
-        await self._ack(message, call)
-        if logger.isEnabledFor(logging.INFO):
-            _log_finished(
-                call, result, duration_s=duration_s, callback_status=callback_status
-            )
-
-    async def _reject(self, message: Msg, exc: errors.InvalidQueuedCall) -> None:
-        logger.error(
-            "invalid queued call terminated: %s",
-            exc,
-            extra={
-                "ctx": {
-                    "subject": message.subject,
-                    "stream_seq": _stream_sequence(message),
-                }
-            },
-        )
-        try:
-            await message.term()
-        except nats.errors.Error as term_exc:
-            logger.warning(
-                "terminating an invalid queued call failed: %s", _describe(term_exc)
-            )
-
-    async def _ack(self, message: Msg, call: QueuedCall) -> None:
-        try:
-            await message.ack()
-        except nats.errors.Error as exc:
-            logger.warning(
-                "ack failed, JetStream redelivers the call after ack_wait: %s",
-                _describe(exc),
-                extra={"ctx": {"function": str(call.ref), "call_id": call.call_id}},
-            )
 
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self._lease_interval_s)
-            for message in list(self._running.values()):
+            for held in list(self._held.values()):
+                message = held.message
                 if message.is_acked:
                     continue
                 try:
@@ -355,30 +377,32 @@ class Worker:
 
     async def _drain(self) -> None:
         await self._unsubscribe()
-        if not self._running:
+        if not self._held:
             return
+        grace_s = self._settings.shutdown_grace_s
         logger.info(
-            "waiting up to %g s for %d calls in flight",
-            self._grace_s,
-            len(self._running),
+            "waiting up to %g s for %d calls in flight", grace_s, len(self._held)
         )
-        _, pending = await asyncio.wait(set(self._running), timeout=self._grace_s)
+        _, pending = await asyncio.wait(set(self._held), timeout=grace_s)
         if pending:
             logger.warning(
                 "abandoning %d calls still running after %g s (JetStream "
                 "redelivers them after ack_wait)",
                 len(pending),
-                self._grace_s,
+                grace_s,
             )
 
     async def _close(self) -> None:
         self._stopping = True
-        tasks = [*self._running, self._fetcher, self._renewer]
+        self._slots.close()
+        tasks = [*self._held, self._fetcher, self._renewer]
         remaining = {task for task in tasks if task is not None and not task.done()}
         for task in remaining:
             task.cancel()
         if remaining:
             await asyncio.wait(remaining)
+        if self._handler is not None:
+            await self._handler.close()
         if self._session is not None:
             await self._session.close()
         # close() flushes buffered acks before it disconnects.
@@ -387,7 +411,7 @@ class Worker:
 
     async def _pause_before_retry(self) -> None:
         await asyncio.sleep(self._retry_delay_s)
-        self._retry_delay_s = min(self._retry_delay_s * 2, RETRY_MAX_S)
+        self._retry_delay_s = min(self._retry_delay_s * 2, constants.RETRY_MAX_S)
 
     def _begin_outage(self, reason: str) -> None:
         if self._outage_started_s is not None or self._stopping:
@@ -410,6 +434,13 @@ class Worker:
 
     async def _on_reconnected(self) -> None:
         self._end_outage()
+
+
+def prefetch_size(max_inflight: int) -> int:
+    """Return how many calls a worker fetches beyond its free slots."""
+    return min(
+        max(max_inflight // constants.PREFETCH_DIVISOR, 1), constants.MAX_PREFETCH
+    )
 
 
 def function_base_url(gateway_url: str) -> str:
@@ -477,46 +508,12 @@ def _new_session(*, max_inflight: int) -> aiohttp.ClientSession:
         auto_decompress=False,
         # Cookies set by one function must not reach the next call.
         cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": USER_AGENT},
+        headers={"User-Agent": constants.USER_AGENT},
         # Add none of aiohttp's default Accept, Accept-Encoding and
         # Content-Type headers: the function and the callback receiver get
         # the ones that the caller or the function sent.
         skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type"),
     )
-
-
-def _log_finished(
-    call: QueuedCall,
-    result: invoke.FunctionResult,
-    *,
-    duration_s: float,
-    callback_status: int | None,
-) -> None:
-    context: dict[str, object] = {
-        "function": str(call.ref),
-        "call_id": call.call_id,
-        "status": result.status,
-        "duration_s": f"{duration_s:.3f}",
-        "callback_status": _callback_text(call, callback_status),
-    }
-    if result.error:
-        context["error"] = result.error
-    logger.info("call finished", extra={"ctx": context})
-
-
-def _callback_text(call: QueuedCall, callback_status: int | None) -> str:
-    if not call.callback_url:
-        return "none"
-    if callback_status is None:
-        return "failed"
-    return str(callback_status)
-
-
-def _stream_sequence(message: Msg) -> int | None:
-    try:
-        return message.metadata.sequence.stream
-    except (nats.errors.Error, ValueError, IndexError):
-        return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -2,7 +2,9 @@
 
 The fake gateway and the callback receiver are small aiohttp.web servers on
 free loopback ports that record every request and reply with what the test
-sets.
+sets. The fake gateway also serves the worker's function lookups
+(`GET /system/function/NAME`) from its `functions` table, and records those
+lookups apart from the invocations.
 """
 
 import asyncio
@@ -19,8 +21,11 @@ import pytest
 from aiohttp import web
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from faashub import constants, jetstream
+from faashub.call_status import CallState, CallStatus, status_key
+from faashub.dead_letter import DeadLetter
 from faashub.queued_call import QueuedCall
 from faashub.settings import WorkerSettings
 from queue_worker.worker import Worker
@@ -36,6 +41,8 @@ class RecordedRequest:
     query: str
     raw_headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
+    received_at_s: float = field(default_factory=time.monotonic)
+    """When the request arrived, on the monotonic clock."""
 
     def header(self, name: str) -> str | None:
         """Return the first value of header `name` as UTF-8 text, or None."""
@@ -64,8 +71,23 @@ class RecordingServer:
     max_active: int = 0
     completed: int = 0
     url: str = ""
+    functions: dict[str, dict[str, str]] | None = None
+    """Annotations by `name.namespace`; None means every function exists."""
+    lookups: list[str] = field(default_factory=list)
+    active_by_function: dict[str, int] = field(default_factory=dict)
+    max_active_by_function: dict[str, int] = field(default_factory=dict)
+    replies: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    """Status and headers of the next replies, used up before `status`."""
+    drop_connections: bool = False
+    """Close each connection instead of replying, as a crashed server would."""
+    delay_by_function: dict[str, float] = field(default_factory=dict)
+    """Seconds to wait before replying, by function name, over `delay_s`."""
+    lookup_failures: int = 0
+    """How many more lookups get a 503 response before the table is used."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/system/function/"):
+            return self.lookup(request)
         raw_path, _, raw_query = request.raw_path.partition("?")
         self.requests.append(
             RecordedRequest(
@@ -76,17 +98,44 @@ class RecordingServer:
                 body=await request.read(),
             )
         )
+        function = request.path.removeprefix("/function/").split("/")[0]
+        name = function.rpartition(".")[0]
+        delay_s = self.delay_by_function.get(name, self.delay_s)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
+        self.active_by_function[name] = self.active_by_function.get(name, 0) + 1
+        self.max_active_by_function[name] = max(
+            self.max_active_by_function.get(name, 0), self.active_by_function[name]
+        )
         try:
-            if self.delay_s:
-                await asyncio.sleep(self.delay_s)
+            if delay_s:
+                await asyncio.sleep(delay_s)
         finally:
             self.active -= 1
+            self.active_by_function[name] -= 1
         self.completed += 1
-        return web.Response(
-            status=self.status, body=self.reply_body, headers=self.reply_headers
-        )
+        if self.drop_connections:
+            assert request.transport is not None
+            request.transport.close()
+        status, headers = self.status, self.reply_headers
+        if self.replies:
+            status, headers = self.replies.pop(0)
+        return web.Response(status=status, body=self.reply_body, headers=headers)
+
+    def lookup(self, request: web.Request) -> web.Response:
+        name = request.match_info["tail"].removeprefix("system/function/")
+        ref = f"{name}.{request.query.get('namespace', '')}"
+        self.lookups.append(ref)
+        if self.lookup_failures > 0:
+            self.lookup_failures -= 1
+            return web.Response(status=503)
+        if self.functions is None:
+            annotations: dict[str, str] = {}
+        elif ref in self.functions:
+            annotations = self.functions[ref]
+        else:
+            return web.Response(status=404)
+        return web.json_response({"name": name, "annotations": annotations})
 
     async def wait_for_requests(self, count: int, *, timeout_s: float = 10.0) -> None:
         """Wait until at least `count` requests arrived."""
@@ -98,10 +147,11 @@ class RecordingServer:
 
 
 @contextlib.asynccontextmanager
-async def recording_server() -> AsyncIterator[RecordingServer]:
-    """Serve a RecordingServer on a free loopback port for the block's duration."""
+async def recording_server(port: int | None = None) -> AsyncIterator[RecordingServer]:
+    """Serve a RecordingServer on loopback (a free port by default) for the block."""
     server = RecordingServer()
-    app = web.Application()
+    # Large enough for the 5 MiB bodies of the object-store tests.
+    app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", server.handle)
     # Cancelling handlers whose client left keeps a slow fake function from
     # holding up the shutdown after a 504.
@@ -109,7 +159,7 @@ async def recording_server() -> AsyncIterator[RecordingServer]:
         app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
     )
     await runner.setup()
-    port = free_port()
+    port = port or free_port()
     await web.TCPSite(runner, LOOPBACK, port).start()
     server.url = f"http://{LOOPBACK}:{port}"
     try:
@@ -150,7 +200,7 @@ def js(nc: NatsClient) -> JetStreamContext:
 
 
 def make_settings(nats_url: str, gateway_url: str, **overrides: Any) -> WorkerSettings:
-    """Return worker settings for a test, with a free health port."""
+    """Return worker settings for a test, with a free health port and short waits."""
     values: dict[str, Any] = {
         "nats_url": nats_url,
         "gateway_url": gateway_url,
@@ -158,6 +208,10 @@ def make_settings(nats_url: str, gateway_url: str, **overrides: Any) -> WorkerSe
         "ack_wait_s": 5.0,
         "upstream_timeout_s": 5.0,
         "callback_timeout_s": 5.0,
+        "retry_min_wait_s": 0.05,
+        "retry_max_wait_s": 0.2,
+        "retry_jitter": "none",
+        "callback_max_wait_s": 0.2,
     }
     values.update(overrides)
     return WorkerSettings(**values)
@@ -180,6 +234,69 @@ def make_call(**fields: Any) -> QueuedCall:
 async def publish(js: JetStreamContext, call: QueuedCall) -> None:
     """Store `call` on the calls stream as the gateway does."""
     await js.publish(call.subject(), call.body, headers=call.to_nats_headers())
+
+
+async def dead_letters(js: JetStreamContext) -> list[DeadLetter]:
+    """Return every dead letter stored so far, oldest first."""
+    try:
+        info = await js.stream_info(constants.DEAD_LETTER_STREAM)
+    except NotFoundError:
+        return []
+    if not info.state.messages:
+        return []
+    letters = []
+    for sequence in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            message = await js.get_msg(constants.DEAD_LETTER_STREAM, sequence)
+        except NotFoundError:
+            continue
+        letters.append(DeadLetter.from_nats(message.headers, message.data or b""))
+    return letters
+
+
+async def wait_for_dead_letters(
+    js: JetStreamContext, count: int, *, timeout_s: float = 10.0
+) -> list[DeadLetter]:
+    """Wait until at least `count` dead letters are stored, and return them."""
+    found: list[DeadLetter] = []
+
+    async def enough() -> bool:
+        nonlocal found
+        found = await dead_letters(js)
+        return len(found) >= count
+
+    await wait_until_async(
+        enough, timeout_s=timeout_s, description=f"{count} dead letters"
+    )
+    return found
+
+
+async def call_status(js: JetStreamContext, call_id: str) -> CallStatus | None:
+    """Return the status record of a call, or None if it has none."""
+    bucket = await jetstream.ensure_status_bucket(js)
+    try:
+        entry = await bucket.get(status_key(call_id))
+    except KeyNotFoundError:
+        return None
+    return CallStatus.from_json(entry.value or b"")
+
+
+async def wait_for_state(
+    js: JetStreamContext, call_id: str, state: CallState, *, timeout_s: float = 10.0
+) -> CallStatus:
+    """Wait until the call's status record is in `state`, and return it."""
+    found: CallStatus | None = None
+
+    async def reached() -> bool:
+        nonlocal found
+        found = await call_status(js, call_id)
+        return found is not None and found.state is state
+
+    await wait_until_async(
+        reached, timeout_s=timeout_s, description=f"call {call_id} {state.value}"
+    )
+    assert found is not None
+    return found
 
 
 async def stored_messages(js: JetStreamContext) -> int:
@@ -251,4 +368,4 @@ async def running_worker(settings: WorkerSettings) -> AsyncIterator[Worker]:
         yield worker
     finally:
         worker.stop()
-        await asyncio.wait_for(task, timeout=settings.ack_wait_s + 5)
+        await asyncio.wait_for(task, timeout=settings.shutdown_grace_s + 5)

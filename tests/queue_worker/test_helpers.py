@@ -108,13 +108,17 @@ def test_callback_headers_drop_and_set() -> None:
             ("Content-Length", "3"),
             ("Transfer-Encoding", "chunked"),
             ("X-Duration-Seconds", "9"),
+            ("X-Retry", "7"),
+            ("X-Faashub-Signature", "t=1,v1=forged"),
             ("Set-Cookie", "a=1"),
             ("Set-Cookie", "b=2"),
         ],
         body=b"tea",
     )
 
-    headers = callback.callback_headers(call, result, duration_s=1.5)
+    headers = callback.callback_headers(
+        call, result, duration_s=1.5, retry=2, retry_max=10
+    )
 
     assert headers == [
         ("Content-Type", "text/plain"),
@@ -124,6 +128,8 @@ def test_callback_headers_drop_and_set() -> None:
         ("X-Function-Status", "418"),
         ("X-Function-Name", "echo.team-a"),
         ("X-Duration-Seconds", "1.500000"),
+        ("X-Retry", "2"),
+        ("X-Retry-Max", "10"),
     ]
 
 

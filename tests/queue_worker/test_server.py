@@ -19,7 +19,10 @@ from tests.conftest import LOOPBACK, free_port
 from tests.queue_worker.conftest import (
     RecordingServer,
     make_call,
+    make_settings,
     publish,
+    running_worker,
+    wait_for_dead_letters,
     wait_for_empty_stream,
 )
 
@@ -169,3 +172,79 @@ async def test_busy_health_port_is_reported() -> None:
 
         with pytest.raises(errors.SettingsError, match=f"{LOOPBACK}:{port}"):
             await server.start_health_listener(worker, host=LOOPBACK, port=port)
+
+
+def metric_value(text: str, sample: str) -> float:
+    """Return the value of the sample line that starts with `sample`."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {sample!r} in:\n{text}")
+
+
+async def test_metrics_count_calls(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+) -> None:
+    gateway.replies = [(500, {}), (200, {}), (400, {})]
+    receiver.status = 500
+    settings = make_settings(nats_url, gateway.url, callback_attempts=2)
+    health_port = free_port()
+
+    async with running_worker(settings) as worker:
+        listener = await server.start_health_listener(
+            worker, host=LOOPBACK, port=health_port
+        )
+        try:
+            # Retried once, then succeeds; its callback is dead-lettered.
+            await publish(js, make_call(callback_url=f"{receiver.url}/done"))
+            await wait_for_dead_letters(js, 1)
+            # Rejected with 400.
+            await publish(js, make_call())
+            await wait_for_dead_letters(js, 2)
+            await wait_for_empty_stream(js)
+            async with httpx.AsyncClient() as client:
+                response = await client.get(
+                    f"http://{LOOPBACK}:{health_port}/metrics", timeout=5.0
+                )
+        finally:
+            await listener.cleanup()
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    text = response.text
+    function = 'function="echo.openfaas-fn"'
+    assert metric_value(text, f"faashub_worker_attempts_total{{{function}}}") == 3
+    assert metric_value(text, f"faashub_worker_retries_total{{{function}}}") == 1
+    assert (
+        metric_value(
+            text,
+            f'faashub_worker_calls_total{{{function},state="succeeded"}}',
+        )
+        == 1
+    )
+    assert (
+        metric_value(text, f'faashub_worker_calls_total{{{function},state="failed"}}')
+        == 1
+    )
+    assert (
+        metric_value(
+            text,
+            'faashub_worker_dead_letters_total{kind="call",reason="rejected"}',
+        )
+        == 1
+    )
+    assert (
+        metric_value(
+            text,
+            'faashub_worker_dead_letters_total{kind="callback",'
+            'reason="callback-failed"}',
+        )
+        == 1
+    )
+    assert metric_value(text, "faashub_worker_callback_failures_total") == 2
+    assert metric_value(text, "faashub_worker_calls_in_flight") == 0
+    assert metric_value(text, 'faashub_worker_queue_depth{queue="default"}') == 0
+    assert metric_value(text, "faashub_worker_start_delay_seconds_count") == 2

@@ -13,17 +13,21 @@ import pytest
 from nats.js import JetStreamContext
 
 from faashub import constants, embedded_nats, jetstream
+from faashub.call_status import CallState
 from faashub.queued_call import merge_request_headers
 from queue_worker.worker import Worker
 from tests.conftest import LOOPBACK, free_port, stop_process
 from tests.queue_worker.conftest import (
     RecordingServer,
+    call_status,
+    dead_letters,
     log_context,
     make_call,
     make_settings,
     publish,
     running_worker,
     stored_messages,
+    wait_for_dead_letters,
     wait_for_empty_stream,
     wait_until,
 )
@@ -165,12 +169,17 @@ async def test_call_without_callback_is_acked(
 
 
 async def test_unreachable_function_reports_503(
-    nats_url: str, js: JetStreamContext, receiver: RecordingServer
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
 ) -> None:
-    closed_gateway = f"http://{LOOPBACK}:{free_port()}"
+    # The gateway serves lookups but drops invocations without a response.
+    gateway.drop_connections = True
     call = make_call(callback_url=f"{receiver.url}/done")
+    settings = make_settings(nats_url, gateway.url, retry_attempts=1)
 
-    async with running_worker(make_settings(nats_url, closed_gateway)):
+    async with running_worker(settings):
         await publish(js, call)
         await receiver.wait_for_requests(1)
         await wait_for_empty_stream(js)
@@ -178,6 +187,8 @@ async def test_unreachable_function_reports_503(
     callback = receiver.requests[0]
     assert callback.header("X-Function-Status") == "503"
     assert callback.header("X-OpenFaaS-Internal") == "queue-worker"
+    assert callback.header("X-Retry") == "1"
+    assert callback.header("X-Retry-Max") == "1"
     assert b"could not invoke echo.openfaas-fn" in callback.body
 
 
@@ -189,7 +200,9 @@ async def test_slow_function_reports_504(
 ) -> None:
     gateway.delay_s = 3.0
     call = make_call(callback_url=f"{receiver.url}/done")
-    settings = make_settings(nats_url, gateway.url, upstream_timeout_s=0.5)
+    settings = make_settings(
+        nats_url, gateway.url, upstream_timeout_s=0.5, retry_attempts=1
+    )
 
     async with running_worker(settings):
         await publish(js, call)
@@ -200,7 +213,7 @@ async def test_slow_function_reports_504(
     assert b"timed out after 0.5 s" in callback.body
 
 
-async def test_invalid_messages_are_terminated(
+async def test_invalid_messages_are_dead_lettered(
     nats_url: str,
     js: JetStreamContext,
     gateway: RecordingServer,
@@ -209,27 +222,54 @@ async def test_invalid_messages_are_terminated(
 ) -> None:
     subject = make_call().subject()
     good = make_call(callback_url=f"{receiver.url}/done")
-    bad_version = make_call().to_nats_headers()
+    bad_version = make_call(callback_url=f"{receiver.url}/bad").to_nats_headers()
     bad_version[constants.META_FORMAT] = "99"
 
     async with running_worker(make_settings(nats_url, gateway.url)):
         await js.publish(subject, b"secret-body-1")
         await js.publish(subject, b"secret-body-2", headers=bad_version)
         await publish(js, good)
-        await receiver.wait_for_requests(1)
+        await receiver.wait_for_requests(2)
         await wait_for_empty_stream(js)
 
     assert [r.header("X-Call-Id") for r in gateway.requests] == [good.call_id]
+    letters = await wait_for_dead_letters(js, 2)
+    assert [letter.reason for letter in letters] == ["invalid-message"] * 2
+    assert [letter.call.body for letter in letters] == [
+        b"secret-body-1",
+        b"secret-body-2",
+    ]
+    assert letters[0].call.call_id == subject.rsplit(".", 1)[1]
+    assert "'99'" in letters[1].detail
+    bad_callback = next(r for r in receiver.requests if r.raw_path == "/bad")
+    assert bad_callback.header("X-Function-Status") == "400"
     info = await js.consumer_info(
         constants.CALLS_STREAM, jetstream.worker_durable_name(constants.DEFAULT_QUEUE)
     )
     assert info.num_ack_pending == 0
-    assert info.num_redelivered == 0
+    assert not any("secret-body" in r.getMessage() for r in caplog.records)
+
+
+async def test_unreadable_subject_is_terminated(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = make_call()
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await js.publish("faashub.calls.default.Not_A_Name", b"secret-body")
+        await publish(js, good)
+        await gateway.wait_for_requests(1)
+        await wait_for_empty_stream(js)
+
+    assert await dead_letters(js) == []
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 2
-    assert [log_context(r)["stream_seq"] for r in errors] == [1, 2]
-    assert all(log_context(r)["subject"] == subject for r in errors)
-    assert "'99'" in errors[1].getMessage()
+    assert len(errors) == 1
+    assert errors[0].getMessage().startswith("invalid queued call terminated")
+    assert log_context(errors[0])["stream_seq"] == 1
+    assert log_context(errors[0])["subject"] == "faashub.calls.default.Not_A_Name"
     assert not any("secret-body" in r.getMessage() for r in caplog.records)
 
 
@@ -342,14 +382,15 @@ async def test_second_cancel_abandons_running_call(
 
 
 @pytest.mark.parametrize(
-    ("failure", "reason"),
+    ("failure", "reason", "tries"),
     [
-        pytest.param("status-500", "status 500", id="status-500"),
-        pytest.param("unreachable", "Cannot connect", id="unreachable"),
-        pytest.param("slow", "timed out after 0.5 s", id="timeout"),
+        pytest.param("status-500", "status 500", 3, id="status-500"),
+        pytest.param("status-404", "status 404", 1, id="status-404"),
+        pytest.param("unreachable", "Cannot connect", 3, id="unreachable"),
+        pytest.param("slow", "timed out after 0.5 s", 3, id="timeout"),
     ],
 )
-async def test_failed_callback_still_acks(
+async def test_failed_callback_is_dead_lettered(
     nats_url: str,
     js: JetStreamContext,
     gateway: RecordingServer,
@@ -357,21 +398,38 @@ async def test_failed_callback_still_acks(
     caplog: pytest.LogCaptureFixture,
     failure: str,
     reason: str,
+    tries: int,
 ) -> None:
     callback_url = f"{receiver.url}/done?token=s3cret"
-    if failure == "status-500":
-        receiver.status = 500
+    if failure.startswith("status-"):
+        receiver.status = int(failure.removeprefix("status-"))
     elif failure == "unreachable":
         callback_url = f"http://{LOOPBACK}:{free_port()}/done?token=s3cret"
     else:
         receiver.delay_s = 3.0
+    gateway.reply_headers = {"X-Fn": "yes"}
     call = make_call(callback_url=callback_url)
-    settings = make_settings(nats_url, gateway.url, callback_timeout_s=0.5)
+    settings = make_settings(
+        nats_url, gateway.url, callback_timeout_s=0.5, callback_attempts=3
+    )
 
     async with running_worker(settings):
         await publish(js, call)
         await wait_for_empty_stream(js)
 
+    assert len(gateway.requests) == 1
+    [letter] = await wait_for_dead_letters(js, 1)
+    assert letter.kind == "callback"
+    assert letter.reason == "callback-failed"
+    assert letter.result_status == 200
+    assert letter.result_body == b"done"
+    assert letter.result_headers["X-Fn"] == "yes"
+    assert len(letter.attempts) == tries
+    assert "s3cret" not in letter.detail
+    record = await call_status(js, call.call_id)
+    assert record is not None
+    assert record.state is CallState.SUCCEEDED
+    assert record.dead_letter_reason == "callback-failed"
     warnings = [
         r for r in caplog.records if r.getMessage().startswith("callback failed")
     ]
@@ -408,9 +466,7 @@ async def test_other_queue_is_left_alone(
 
     async with running_worker(settings):
         await js.publish(other.subject(), other.body, headers=other.to_nats_headers())
-        await js.publish(
-            mine.subject(), mine.body, headers=mine.to_nats_headers()
-        )
+        await js.publish(mine.subject(), mine.body, headers=mine.to_nats_headers())
         await gateway.wait_for_requests(1)
         await asyncio.sleep(0.3)
 

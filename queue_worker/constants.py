@@ -1,0 +1,69 @@
+"""Tuning constants of the queue-worker, each with its unit and reason.
+
+Settings that an operator changes live in `faashub.settings.WorkerSettings`;
+the values here are internal and rarely need changing.
+"""
+
+from typing import Final
+
+from faashub import __version__
+
+USER_AGENT: Final = f"faashub-queue-worker/{__version__}"
+
+# Value of X-OpenFaaS-Internal on the results the worker makes up itself (no
+# response from the function, an expired call, an unknown function). OpenFaaS
+# sets this header on errors that its own components produce, so that a
+# callback receiver can distinguish platform failures from function failures.
+INTERNAL_ERROR_SOURCE: Final = "queue-worker"
+
+# Maximum batch size of one fetch. Larger batches do not drain faster:
+# with nats-py, fetch(100) and fetch(1000) each drained about 32 k msg/s in one
+# measurement on a 2-core machine.
+MAX_FETCH_BATCH: Final = 100
+# How long an idle fetch waits for a message. Fetch returns as soon as one
+# arrives, so this only sets how often an idle worker sends a pull request.
+FETCH_TIMEOUT_S: Final = 5.0
+# Messages fetched ahead of free slots: max_inflight divided by this, at
+# least 1 and at most MAX_PREFETCH. A prefetched message starts the moment a
+# slot frees instead of one fetch round trip later; its lease is renewed
+# while it waits.
+PREFETCH_DIVISOR: Final = 4
+MAX_PREFETCH: Final = 32
+
+# Backoff between attempts after a NATS error, doubling up to the maximum.
+RETRY_MIN_S: Final = 0.5
+RETRY_MAX_S: Final = 5.0
+# Pause between attempts to reach a NATS server. Attempts never stop.
+RECONNECT_WAIT_S: Final = 1
+
+# Redelivery delay of a call that could not start for a reason outside the
+# call (the gateway or NATS unavailable), doubling per delivery up to the
+# maximum. Such a delay does not count as an attempt.
+POSTPONE_MIN_S: Final = 0.5
+POSTPONE_MAX_S: Final = 30.0
+# Redelivery delay of a call whose function already runs its maximum number
+# of calls in this worker, randomised between half and all of it so that the
+# waiting calls do not return in one burst.
+FUNCTION_BUSY_DELAY_S: Final = 0.25
+
+# How long a function found through the gateway is trusted, and how long one
+# lookup may take. Functions that were not found are never cached.
+FUNCTION_CACHE_TTL_S: Final = 5.0
+LOOKUP_TIMEOUT_S: Final = 5.0
+
+# Added to the time left on another delivery's lease before a call that it
+# runs is delivered again.
+LEASE_MARGIN_S: Final = 0.1
+
+# How long the worker keeps trying to store a dead letter or a final status
+# while NATS is unavailable, before it gives up on that message.
+PERSIST_TIMEOUT_S: Final = 30.0
+
+# Attempts kept in a status record and in a dead letter; older ones are
+# dropped first. The count in the record stays exact.
+ATTEMPT_LOG_MAX: Final = 50
+# Maximum length of the error text kept per attempt, in characters.
+ERROR_TEXT_MAX: Final = 300
+
+# Maximum wait for the consumer's pending count when /metrics is scraped.
+METRICS_REFRESH_TIMEOUT_S: Final = 1.0

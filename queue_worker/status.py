@@ -1,0 +1,452 @@
+"""The worker's side of the call-status records (`faashub.call_status`).
+
+The worker writes one record per state change of a call, keyed by the call
+id, in the `FAASHUB_CALL_STATUS` bucket. Writes that can race use the
+key-value revision:
+
+* `claim` starts an attempt: `create` a RUNNING record when there is none,
+  otherwise read it and decide. A CANCELLED record means the call must not
+  run. A final one (succeeded, failed, dead-lettered) written for the same
+  message means this delivery is a duplicate. Any other record is updated
+  to RUNNING with one more attempt, with the revision read. A revision
+  conflict means someone else (a cancel) wrote in between, so the worker
+  reads again and decides again.
+* `save` writes a later state with the revision of the worker's last write.
+
+A RUNNING record carries a lease (`lease_until_ns`, one ack_wait long),
+which `RunningLease` extends while the call runs. A second delivery of a
+call whose lease is current finds it BUSY and comes back when the lease
+ends. That happens when NATS redelivers a message that a live worker is
+still running, for example after a NATS restart lost the consumer's latest
+delivery state. After a crash the lease runs out, and the next delivery
+takes over.
+
+The record's `extra` field carries what only the worker reads:
+
+* `stream_seq`: the stream sequence of the message the record belongs to,
+  so that a message reusing a finished call's id after the gateway's
+  duplicate window runs as a new call;
+* `attempt_log`: every attempt's status, error and time, because a retried
+  call comes back as a new delivery;
+* `throttled`: how many attempts got a 429 response, since those do not use
+  up the retry budget;
+* `lease_until_ns`: the lease.
+
+NOTE: the lease compares wall-clock times written by different workers, so
+clocks that drift apart by more than ack_wait can let a second delivery run
+while the first one still runs.
+"""
+
+import asyncio
+import dataclasses
+import enum
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from faashub import errors as shared_errors
+from faashub.call_status import CallState, CallStatus, status_key
+from faashub.dead_letter import Attempt
+from faashub.queued_call import QueuedCall
+from queue_worker import constants, errors
+
+logger = logging.getLogger(__name__)
+
+# Reads and writes in one claim or save before the worker gives up and
+# delivers the call again later. Each conflict needs a concurrent writer.
+MAX_CONFLICTS = 5
+
+EXTRA_STREAM_SEQ = "stream_seq"
+EXTRA_ATTEMPT_LOG = "attempt_log"
+EXTRA_THROTTLED = "throttled"
+EXTRA_LEASE_UNTIL_NS = "lease_until_ns"
+
+
+class Decision(enum.Enum):
+    """The action for a delivered call, given its status record."""
+
+    RUN = "run"
+    CANCELLED = "cancelled"
+    DUPLICATE = "duplicate"
+    BUSY = "busy"
+    """Another delivery of the call runs now, and its lease is current."""
+
+
+@dataclass(slots=True)
+class Claim:
+    """The result of `StatusStore.claim`."""
+
+    decision: Decision
+    record: CallStatus
+    revision: int
+
+
+@dataclass(slots=True)
+class Stored:
+    """A record as read from the bucket; `record` is None if it was unreadable."""
+
+    record: CallStatus | None
+    revision: int
+
+
+class StatusStore:
+    """Reads and writes call-status records with compare-and-set."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        *,
+        lease_s: float,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._kv = kv
+        self.lease_s = lease_s
+        self._lease_ns = int(lease_s * 1e9)
+        self._clock_ns = clock_ns
+
+    async def read(self, call_id: str) -> Stored | None:
+        """Return the call's record and revision, or None if there is none."""
+        key = status_key(call_id)
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise _unavailable("read the status of", call_id, exc) from exc
+        try:
+            record = CallStatus.from_json(entry.value or b"")
+        except shared_errors.InvalidQueuedCall as exc:
+            logger.warning(
+                "unreadable status record is replaced: %s",
+                exc,
+                extra={"ctx": {"call_id": call_id}},
+            )
+            record = None
+        assert entry.revision is not None
+        return Stored(record, entry.revision)
+
+    async def claim(
+        self, call: QueuedCall, *, stream_seq: int | None, max_attempts: int
+    ) -> Claim:
+        """Decide whether this delivery of `call` runs, and if so record it.
+
+        Raises NatsUnavailable when the bucket cannot be used, or when the
+        record keeps changing under the worker.
+        """
+        # Most calls have no record yet, so try the one-round-trip create first.
+        fresh = self._started(
+            None, call, stream_seq=stream_seq, max_attempts=max_attempts
+        )
+        revision = await self._write(fresh, revision=None)
+        if revision is not None:
+            return Claim(Decision.RUN, fresh, revision)
+        for _ in range(MAX_CONFLICTS):
+            stored = await self.read(call.call_id)
+            if stored is None:
+                # Deleted or expired since the create failed.
+                record = fresh
+                revision = await self._write(record, revision=None)
+            else:
+                decision = decide(
+                    stored.record, stream_seq=stream_seq, now_ns=self._clock_ns()
+                )
+                if decision is not Decision.RUN:
+                    assert stored.record is not None
+                    return Claim(decision, stored.record, stored.revision)
+                previous = stored.record
+                if previous is not None and not belongs_to(
+                    previous, stream_seq=stream_seq
+                ):
+                    # A new message that reuses a finished call's id.
+                    previous = None
+                record = self._started(
+                    previous, call, stream_seq=stream_seq, max_attempts=max_attempts
+                )
+                revision = await self._write(record, revision=stored.revision)
+            if revision is not None:
+                return Claim(Decision.RUN, record, revision)
+        raise errors.NatsUnavailable(
+            f"The status record of call {call.call_id!r} changed {MAX_CONFLICTS} "
+            "times while the worker tried to start it."
+        )
+
+    async def save(self, record: CallStatus, *, revision: int | None) -> int | None:
+        """Write `record` if the stored revision is still `revision`.
+
+        With revision None, write it only if there is no record. Return the
+        new revision, or None if someone else wrote first. A write whose
+        reply was lost is recognised on the next try, when the stored
+        record equals `record`.
+        """
+        written = await self._write(record, revision=revision)
+        if written is not None:
+            return written
+        stored = await self.read(record.call_id)
+        if stored is not None and stored.record == record:
+            return stored.revision
+        return None
+
+    async def overwrite(self, record: CallStatus, *, revision: int | None) -> int:
+        """Write `record` whatever was written since `revision`.
+
+        For final states only: the worker that ran the call has the last word.
+        """
+        for _ in range(MAX_CONFLICTS):
+            written = await self.save(record, revision=revision)
+            if written is not None:
+                return written
+            stored = await self.read(record.call_id)
+            revision = None if stored is None else stored.revision
+        raise errors.NatsUnavailable(
+            f"The status record of call {record.call_id!r} changed {MAX_CONFLICTS} "
+            "times while the worker tried to store its final state."
+        )
+
+    async def extend_lease(
+        self, record: CallStatus, *, revision: int
+    ) -> tuple[CallStatus, int] | None:
+        """Extend a RUNNING record's lease; return it and its revision, or None.
+
+        None means someone else wrote the record since `revision`.
+        """
+        extended = dataclasses.replace(
+            record,
+            extra={
+                **record.extra,
+                EXTRA_LEASE_UNTIL_NS: self._clock_ns() + self._lease_ns,
+            },
+        )
+        written = await self.save(extended, revision=revision)
+        return None if written is None else (extended, written)
+
+    async def _write(self, record: CallStatus, *, revision: int | None) -> int | None:
+        data = record_json(record)
+        try:
+            if revision is None:
+                return await self._kv.create(record.key, data)
+            return await self._kv.update(record.key, data, last=revision)
+        except KeyWrongLastSequenceError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise _unavailable("store the status of", record.call_id, exc) from exc
+
+    def _started(
+        self,
+        previous: CallStatus | None,
+        call: QueuedCall,
+        *,
+        stream_seq: int | None,
+        max_attempts: int,
+    ) -> CallStatus:
+        now_ns = self._clock_ns()
+        if previous is None:
+            return CallStatus(
+                call_id=call.call_id,
+                function=call.function,
+                namespace=call.namespace,
+                state=CallState.RUNNING,
+                queue=call.queue,
+                attempts=1,
+                max_attempts=max_attempts,
+                accepted_at_ns=call.accepted_at_ns,
+                started_at_ns=now_ns,
+                updated_at_ns=now_ns,
+                original_call_id=call.original_call_id,
+                extra={
+                    EXTRA_STREAM_SEQ: stream_seq,
+                    EXTRA_LEASE_UNTIL_NS: now_ns + self._lease_ns,
+                },
+            )
+        return dataclasses.replace(
+            previous,
+            state=CallState.RUNNING,
+            attempts=previous.attempts + 1,
+            max_attempts=max_attempts,
+            next_attempt_at_ns=None,
+            started_at_ns=previous.started_at_ns or now_ns,
+            updated_at_ns=now_ns,
+            extra={
+                **previous.extra,
+                EXTRA_STREAM_SEQ: stream_seq,
+                EXTRA_LEASE_UNTIL_NS: now_ns + self._lease_ns,
+            },
+        )
+
+
+def record_json(record: CallStatus) -> bytes:
+    """Return the same JSON as `record.to_json()`, without its deep copy.
+
+    `to_json` goes through `dataclasses.asdict`, which deep-copies the attempt
+    log; on the worker's hot path that copy cost more than the JSON itself.
+    """
+    fields = {field.name: getattr(record, field.name) for field in _RECORD_FIELDS}
+    fields["state"] = record.state.value
+    return json.dumps(fields, separators=(",", ":")).encode()
+
+
+_RECORD_FIELDS = dataclasses.fields(CallStatus)
+
+
+def decide(
+    record: CallStatus | None, *, stream_seq: int | None, now_ns: int
+) -> Decision:
+    """Decide from a stored record whether a delivery of its call runs now."""
+    if record is None:
+        return Decision.RUN
+    if not belongs_to(record, stream_seq=stream_seq):
+        # The record is about an earlier message with the same call id.
+        return Decision.RUN
+    if record.state is CallState.CANCELLED:
+        return Decision.CANCELLED
+    if record.state.is_final:
+        return Decision.DUPLICATE
+    if record.state is CallState.RUNNING and lease_left_s(record, now_ns=now_ns) > 0:
+        return Decision.BUSY
+    return Decision.RUN
+
+
+def without_lease(record: CallStatus) -> dict[str, Any]:
+    """Return the record's `extra` without the lease, for states other than RUNNING."""
+    return {
+        name: value
+        for name, value in record.extra.items()
+        if name != EXTRA_LEASE_UNTIL_NS
+    }
+
+
+def lease_left_s(record: CallStatus, *, now_ns: int) -> float:
+    """Return the seconds left on a record's lease, 0 when it has none or ended."""
+    until_ns = record.extra.get(EXTRA_LEASE_UNTIL_NS)
+    if not isinstance(until_ns, int):
+        return 0.0
+    return max(until_ns - now_ns, 0) / 1e9
+
+
+class RunningLease:
+    """Extends a RUNNING record's lease every third of it while a call runs.
+
+    A call shorter than a third of the lease costs no write and no task: a
+    timer starts the extending task only when the first third has passed.
+    `stop()` ends the extensions and returns the record's latest revision,
+    for the next write.
+    """
+
+    def __init__(self, store: StatusStore, record: CallStatus, revision: int) -> None:
+        self._store = store
+        self.record = record
+        self.revision = revision
+        self._interval_s = store.lease_s / 3
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            self._interval_s, self._start
+        )
+
+    async def stop(self) -> int:
+        """Stop extending and return the latest revision."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait({self._task})
+        return self.revision
+
+    def _start(self) -> None:
+        self._timer = None
+        self._task = asyncio.create_task(self._extend())
+
+    async def _extend(self) -> None:
+        context = {"function": self.record.function, "call_id": self.record.call_id}
+        while True:
+            try:
+                extended = await self._store.extend_lease(
+                    self.record, revision=self.revision
+                )
+            except errors.TemporaryError as exc:
+                logger.debug("lease not extended: %s", exc, extra={"ctx": context})
+            else:
+                if extended is None:
+                    logger.warning(
+                        "status record changed by another delivery while the "
+                        "call runs; the lease is no longer extended",
+                        extra={"ctx": context},
+                    )
+                    return
+                self.record, self.revision = extended
+            await asyncio.sleep(self._interval_s)
+
+
+def belongs_to(record: CallStatus, *, stream_seq: int | None) -> bool:
+    """Tell whether `record` is about the message at `stream_seq`.
+
+    A record without a sequence (a cancel stored before any delivery) is
+    taken to be about the call's current message.
+    """
+    recorded = record.extra.get(EXTRA_STREAM_SEQ)
+    return recorded is None or stream_seq is None or recorded == stream_seq
+
+
+def with_attempt(
+    record: CallStatus, attempt: Attempt, *, throttled: bool
+) -> CallStatus:
+    """Return `record` with the outcome of its latest attempt added."""
+    log = [*record.extra.get(EXTRA_ATTEMPT_LOG, []), attempt.to_dict()]
+    extra: dict[str, Any] = {
+        **record.extra,
+        EXTRA_ATTEMPT_LOG: log[-constants.ATTEMPT_LOG_MAX :],
+    }
+    if throttled:
+        extra[EXTRA_THROTTLED] = throttled_attempts(record) + 1
+    return dataclasses.replace(
+        record,
+        last_status=attempt.status,
+        last_error=attempt.error,
+        updated_at_ns=attempt.at_ns,
+        extra=extra,
+    )
+
+
+def attempt_log(record: CallStatus | None) -> list[Attempt]:
+    """Return the attempts stored in `record`, oldest first."""
+    if record is None:
+        return []
+    attempts = []
+    for item in record.extra.get(EXTRA_ATTEMPT_LOG, []):
+        try:
+            attempts.append(
+                Attempt(
+                    item.get("status"), str(item.get("error", "")), int(item["at_ns"])
+                )
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+    return attempts
+
+
+def throttled_attempts(record: CallStatus) -> int:
+    """Return how many of the record's attempts got a 429 response."""
+    value = record.extra.get(EXTRA_THROTTLED, 0)
+    return value if isinstance(value, int) else 0
+
+
+def counted_attempts(record: CallStatus | None) -> int:
+    """Return the attempts that count against the retry budget (429s excluded)."""
+    if record is None:
+        return 0
+    return record.attempts - throttled_attempts(record)
+
+
+def _unavailable(
+    action: str, call_id: str, exc: BaseException
+) -> errors.NatsUnavailable:
+    reason = str(exc) or type(exc).__name__
+    return errors.NatsUnavailable(
+        f"Cannot {action} call {call_id!r} in the bucket FAASHUB_CALL_STATUS: {reason}."
+    )
