@@ -25,14 +25,14 @@ from faashub.queued_call import call_key
 
 
 class CallState(enum.StrEnum):
-    """Where an async call is in its life."""
+    """State of an async call."""
 
     QUEUED = "queued"
     RUNNING = "running"
     RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    """The function's final answer was an error status that is not retried."""
+    """The function's final response had an error status that is not retried."""
     DEAD_LETTERED = "dead-lettered"
     CANCELLED = "cancelled"
 
@@ -66,7 +66,7 @@ class CallStatus:
     last_status: int | None = None
     """HTTP status of the last invocation, if any."""
     last_error: str = ""
-    """Why the last attempt failed, when it did."""
+    """Reason the last attempt failed, if it did."""
     next_attempt_at_ns: int | None = None
     """When a retrying call runs again, in Unix nanoseconds."""
     accepted_at_ns: int = 0
@@ -86,7 +86,8 @@ class CallStatus:
         return status_key(self.call_id)
 
     def to_json(self) -> bytes:
-        record = asdict(self)
+        # A shallow dict: asdict() would deep-copy `extra` on every write.
+        record = {name: getattr(self, name) for name in self.__dataclass_fields__}
         record["state"] = self.state.value
         return json.dumps(record, separators=(",", ":")).encode()
 
@@ -108,7 +109,7 @@ class CallStatus:
             ) from exc
 
     def to_api(self) -> dict[str, Any]:
-        """Return the JSON object the status API answers with (times in RFC 3339)."""
+        """Return the JSON object of the status API, with times in RFC 3339."""
         record = asdict(self)
         record["state"] = self.state.value
         record.pop("extra")

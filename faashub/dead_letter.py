@@ -31,7 +31,7 @@ REASON_ATTEMPTS_EXHAUSTED = "attempts-exhausted"
 REASON_EXPIRED = "expired"
 REASON_FUNCTION_NOT_FOUND = "function-not-found"
 REASON_INVALID_MESSAGE = "invalid-message"
-REASON_REJECTED = "rejected"  # the function's final answer was a non-retried error
+REASON_REJECTED = "rejected"  # the function's final response was a non-retried error
 REASON_CALLBACK_FAILED = "callback-failed"
 REASON_CALLBACK_REFUSED = "callback-refused"  # the callback URL is not allowed
 

@@ -54,7 +54,7 @@ class GatewaySettings(CommonSettings):
     upstream_timeout_s: float = Field(
         60.0,
         gt=0,
-        description="Seconds a sync call may take before the gateway answers 502.",
+        description="Seconds a sync call may take before the gateway returns 502.",
     )
     function_cache_ttl_s: float = Field(
         5.0,
@@ -87,7 +87,7 @@ class GatewaySettings(CommonSettings):
     max_delay_s: float = Field(
         7 * 24 * 3600.0,
         gt=0,
-        description="Longest delay a caller may ask for with X-Delay-Seconds or "
+        description="Maximum delay a caller may request with X-Delay-Seconds or "
         "X-Not-Before; a longer one gets 400.",
     )
 
@@ -141,7 +141,7 @@ class WorkerSettings(CommonSettings):
     retry_max_wait_s: float = Field(
         120.0,
         gt=0,
-        description="Longest wait between two retries in seconds; annotation "
+        description="Maximum wait between two retries in seconds; annotation "
         "com.openfaas.retry.max_wait overrides it.",
     )
     retry_jitter: Literal["full", "equal", "none"] = Field(
@@ -164,7 +164,7 @@ class WorkerSettings(CommonSettings):
     callback_max_wait_s: float = Field(
         30.0,
         gt=0,
-        description="Longest wait between two callback deliveries in seconds.",
+        description="Maximum wait between two callback deliveries in seconds.",
     )
     callback_signing_secret: str = Field(
         "",
@@ -206,7 +206,7 @@ class LocalProviderSettings(CommonSettings):
     http_start_timeout_s: float = Field(
         15.0,
         gt=0,
-        description="Seconds an http-mode function has to start answering.",
+        description="Seconds an http-mode function has to start responding.",
     )
     log_max_file_bytes: int = Field(
         2 * 1024 * 1024,

@@ -4,7 +4,7 @@ The hub process starts, in this order: an embedded nats-server with
 JetStream (unless `--nats-url` names one), the local provider, the gateway
 and the queue-workers. Each component runs as its own child process with the
 same code that runs one component per pod on Kubernetes, and each starts only
-once the one before it answers its health check, so a worker never pulls a
+once the one before it passes its health check, so a worker never pulls a
 call before the gateway it invokes through is listening. The hub prints the
 gateway URL once every component is healthy.
 
@@ -290,7 +290,7 @@ def _start_kafka_connector(
             str(health_port),
             *common,
         ],
-        # The connector answers 503 until it reaches the brokers, which it
+        # The connector returns 503 until it reaches the brokers, which it
         # retries on its own; that must not fail the hub's start.
         health_url=None,
         start_timeout_s=settings.start_timeout_s,
