@@ -51,6 +51,11 @@ class GatewaySettings(CommonSettings):
         "nats://127.0.0.1:4222",
         description="NATS server with JetStream that stores async calls.",
     )
+    logs_provider_url: str = Field(
+        "",
+        description="Base URL of the server that answers /system/logs; empty "
+        "means the provider at provider_url.",
+    )
     upstream_timeout_s: float = Field(
         60.0,
         gt=0,

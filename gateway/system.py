@@ -80,8 +80,16 @@ class GatewayInfo(BaseModel):
 class SystemForwarder:
     """Forwards management requests to the provider with one httpx client."""
 
-    def __init__(self, provider_url: str, *, upstream_timeout_s: float) -> None:
+    def __init__(
+        self,
+        provider_url: str,
+        *,
+        upstream_timeout_s: float,
+        logs_provider_url: str = "",
+    ) -> None:
         self._provider_url = provider_url.rstrip("/")
+        # OpenFaaS lets a separate log provider serve /system/logs.
+        self._logs_provider_url = logs_provider_url.rstrip("/") or self._provider_url
         self._timeout = httpx.Timeout(
             upstream_timeout_s,
             connect=constants.SYSTEM_CONNECT_TIMEOUT_S,
@@ -121,7 +129,8 @@ class SystemForwarder:
             )
         client = self._require_client()
         raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
-        url = self._provider_url + raw_path.decode("latin-1")
+        base_url = self._logs_provider_url if path == _LOGS_PATH else self._provider_url
+        url = base_url + raw_path.decode("latin-1")
         query: bytes = request.scope.get("query_string", b"")
         if query:
             url += "?" + query.decode("latin-1")
@@ -213,7 +222,9 @@ async def _raw_body(upstream: httpx.Response) -> AsyncIterator[bytes]:
 def create_app(settings: GatewaySettings, dead_letters: DeadLetterStore) -> FastAPI:
     """Build the FastAPI app of the management API."""
     forwarder = SystemForwarder(
-        settings.provider_url, upstream_timeout_s=settings.upstream_timeout_s
+        settings.provider_url,
+        upstream_timeout_s=settings.upstream_timeout_s,
+        logs_provider_url=settings.logs_provider_url,
     )
     app = FastAPI(
         title="faashub gateway",

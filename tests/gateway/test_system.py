@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from aiohttp import web
 
 from faashub import __version__
 from tests.conftest import LOOPBACK, free_port
@@ -151,3 +152,38 @@ async def test_openapi_lists_routes(client: httpx.AsyncClient) -> None:
     }
     assert set(paths["/async-calls/{call_id}"]) == {"get", "delete"}
     assert docs_page.status_code == 200
+
+
+async def test_logs_go_to_logs_provider_url(
+    nats_url: str, start_gateway: GatewayFactory, provider: FakeProvider
+) -> None:
+    queries: list[str] = []
+
+    async def logs(request: web.Request) -> web.Response:
+        queries.append(request.query_string)
+        return web.Response(
+            text='{"text":"from the log provider"}\n',
+            content_type="application/x-ndjson",
+        )
+
+    app = web.Application()
+    app.router.add_get("/system/logs", logs)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, LOOPBACK, port).start()
+    try:
+        gateway = await start_gateway(
+            nats_url=nats_url, logs_provider_url=f"http://{LOOPBACK}:{port}/"
+        )
+        async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+            logged = await http_client.get("/system/logs?name=echo&tail=5")
+            secrets = await http_client.get("/system/secrets")
+    finally:
+        await runner.cleanup()
+
+    assert logged.status_code == 200
+    assert logged.json() == {"text": "from the log provider"}
+    assert queries == ["name=echo&tail=5"]
+    assert secrets.status_code == 202  # the fake provider accepts everything
+    assert [received.path for received in provider.received] == ["/system/secrets"]
