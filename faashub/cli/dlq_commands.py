@@ -25,9 +25,13 @@ from typing import Any
 import httpx
 
 from faashub import errors
-from faashub.cli.user_commands import GatewayError, resolve_gateway
+from faashub.cli.gateway_client import (
+    check_response,
+    gateway_client,
+    print_table,
+    resolve_gateway,
+)
 
-REQUEST_TIMEOUT_S = 60.0
 DEAD_LETTERS_PATH = "/system/dead-letters"
 ASYNC_CALLS_PATH = "/async-calls"
 
@@ -155,7 +159,7 @@ def run_list(args: argparse.Namespace) -> int:
     if args.after_seq is not None:
         params["after_seq"] = str(args.after_seq)
     response = _request(args.gateway, "GET", DEAD_LETTERS_PATH, params=params)
-    _check(response, "Listing dead letters")
+    check_response(response, "Listing dead letters")
     listing = response.json()
     if args.json:
         _print_json(listing)
@@ -172,7 +176,7 @@ def run_list(args: argparse.Namespace) -> int:
         ]
         for item in listing["dead_letters"]
     ]
-    _print_table(
+    print_table(
         ["Call id", "Kind", "Reason", "Function", "Dead-lettered", "Attempts", "Last"],
         rows,
     )
@@ -193,7 +197,7 @@ def run_show(args: argparse.Namespace) -> int:
         f"{DEAD_LETTERS_PATH}/{_quote(args.call_id)}",
         params=params,
     )
-    _check(response, f"Showing the dead letter of {args.call_id}")
+    check_response(response, f"Showing the dead letter of {args.call_id}")
     _print_json(response.json())
     return 0
 
@@ -203,7 +207,7 @@ def run_redrive(args: argparse.Namespace) -> int:
     response = _request(
         args.gateway, "POST", f"{DEAD_LETTERS_PATH}/redrive", json=selection
     )
-    _check(response, "Redriving dead letters")
+    check_response(response, "Redriving dead letters")
     report = response.json()
     if args.json:
         _print_json(report)
@@ -223,7 +227,7 @@ def run_purge(args: argparse.Namespace) -> int:
             "Purging every dead letter cannot be undone; add --yes to confirm."
         )
     response = _request(args.gateway, "DELETE", DEAD_LETTERS_PATH, json=selection)
-    _check(response, "Purging dead letters")
+    check_response(response, "Purging dead letters")
     report = response.json()
     if args.json:
         _print_json(report)
@@ -234,7 +238,7 @@ def run_status(args: argparse.Namespace) -> int:
     response = _request(
         args.gateway, "GET", f"{ASYNC_CALLS_PATH}/{_quote(args.call_id)}"
     )
-    _check(response, f"Reading the status of {args.call_id}")
+    check_response(response, f"Reading the status of {args.call_id}")
     status = response.json()
     if args.json:
         _print_json(status)
@@ -269,7 +273,7 @@ def run_cancel(args: argparse.Namespace) -> int:
     response = _request(
         args.gateway, "DELETE", f"{ASYNC_CALLS_PATH}/{_quote(args.call_id)}"
     )
-    _check(response, f"Cancelling {args.call_id}")
+    check_response(response, f"Cancelling {args.call_id}")
     print(f"Cancelled {args.call_id}.")
     return 0
 
@@ -342,33 +346,8 @@ def _summarize(report: dict[str, Any], *, done: str, verb: str) -> int:
 def _request(
     gateway_flag: str | None, method: str, path: str, **options: Any
 ) -> httpx.Response:
-    gateway = resolve_gateway(gateway_flag)
-    try:
-        with httpx.Client(base_url=gateway, timeout=REQUEST_TIMEOUT_S) as client:
-            return client.request(method, path, **options)
-    except httpx.TransportError as exc:
-        raise GatewayError(
-            f"Cannot reach the gateway at {gateway} ({exc.__class__.__name__}: {exc}). "
-            "Start it with 'faashub up', or pass --gateway or set OPENFAAS_URL."
-        ) from exc
-
-
-def _check(response: httpx.Response, action: str) -> None:
-    if response.is_success:
-        return
-    raise GatewayError(
-        f"{action} failed with HTTP {response.status_code}: {_error_text(response)}"
-    )
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        document = response.json()
-    except ValueError:
-        document = None
-    if isinstance(document, dict) and isinstance(document.get("detail"), str):
-        return str(document["detail"])
-    return response.text.strip() or response.reason_phrase
+    with gateway_client(resolve_gateway(gateway_flag)) as client:
+        return client.request(method, path, **options)
 
 
 def _quote(call_id: str) -> str:
@@ -377,16 +356,3 @@ def _quote(call_id: str) -> str:
 
 def _print_json(document: Any) -> None:
     print(json.dumps(document, indent=2, sort_keys=True))
-
-
-def _print_table(columns: list[str], rows: list[list[str]]) -> None:
-    widths = [
-        max([len(column), *(len(row[index]) for row in rows)])
-        for index, column in enumerate(columns)
-    ]
-    for line in [columns, *rows]:
-        print(
-            "  ".join(
-                cell.ljust(width) for cell, width in zip(line, widths, strict=True)
-            ).rstrip()
-        )

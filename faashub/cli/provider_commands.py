@@ -19,17 +19,20 @@ import datetime
 import json
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
 
 from faashub import errors
-from faashub.cli.user_commands import GatewayError, resolve_gateway
+from faashub.cli.gateway_client import (
+    REQUEST_TIMEOUT_S,
+    check_response,
+    gateway_client,
+    namespace_params,
+    resolve_gateway,
+)
 
-REQUEST_TIMEOUT_S = 60.0
 SECRETS_PATH = "/system/secrets"
 LOGS_PATH = "/system/logs"
 SCALE_PATH = "/system/scale-function"
@@ -130,44 +133,20 @@ def _add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@contextmanager
-def _client(gateway_flag: str | None) -> Iterator[httpx.Client]:
-    gateway = resolve_gateway(gateway_flag)
-    try:
-        with httpx.Client(base_url=gateway, timeout=REQUEST_TIMEOUT_S) as client:
-            yield client
-    except httpx.TransportError as exc:
-        raise GatewayError(
-            f"Cannot reach the gateway at {gateway} ({exc.__class__.__name__}: {exc}). "
-            "Start it with 'faashub up', or pass --gateway or set OPENFAAS_URL."
-        ) from exc
-
-
-def _check(response: httpx.Response, action: str) -> None:
-    if response.is_success:
-        return
-    detail = response.text.strip() or response.reason_phrase
-    raise GatewayError(f"{action} failed with HTTP {response.status_code}: {detail}")
-
-
-def _namespace_params(namespace: str) -> dict[str, str]:
-    return {"namespace": namespace} if namespace else {}
-
-
 def run_secret_create(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
     body = secret_body(args, stdin)
-    with _client(args.gateway) as client:
+    with gateway_client(resolve_gateway(args.gateway)) as client:
         response = client.post(SECRETS_PATH, json=body)
-    _check(response, f"Creating secret {args.name}")
+    check_response(response, f"Creating secret {args.name}")
     print(f"Created secret {args.name}.")
     return 0
 
 
 def run_secret_update(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
     body = secret_body(args, stdin)
-    with _client(args.gateway) as client:
+    with gateway_client(resolve_gateway(args.gateway)) as client:
         response = client.put(SECRETS_PATH, json=body)
-    _check(response, f"Updating secret {args.name}")
+    check_response(response, f"Updating secret {args.name}")
     print(f"Updated secret {args.name}.")
     return 0
 
@@ -212,9 +191,9 @@ def _read_secret_bytes(path: Path | None, stdin: BinaryIO | None) -> bytes:
 
 
 def run_secret_list(args: argparse.Namespace) -> int:
-    with _client(args.gateway) as client:
-        response = client.get(SECRETS_PATH, params=_namespace_params(args.namespace))
-    _check(response, "Listing secrets")
+    with gateway_client(resolve_gateway(args.gateway)) as client:
+        response = client.get(SECRETS_PATH, params=namespace_params(args.namespace))
+    check_response(response, "Listing secrets")
     print("Secret")
     for secret in sorted(response.json(), key=lambda item: str(item.get("name"))):
         print(secret.get("name", ""))
@@ -222,21 +201,21 @@ def run_secret_list(args: argparse.Namespace) -> int:
 
 
 def run_secret_remove(args: argparse.Namespace) -> int:
-    with _client(args.gateway) as client:
+    with gateway_client(resolve_gateway(args.gateway)) as client:
         response = client.request(
             "DELETE",
             SECRETS_PATH,
-            params=_namespace_params(args.namespace),
+            params=namespace_params(args.namespace),
             json={"name": args.name},
         )
-    _check(response, f"Removing secret {args.name}")
+    check_response(response, f"Removing secret {args.name}")
     print(f"Removed secret {args.name}.")
     return 0
 
 
 def run_logs(args: argparse.Namespace) -> int:
     params: dict[str, str] = {"name": args.name}
-    params.update(_namespace_params(args.namespace))
+    params.update(namespace_params(args.namespace))
     if args.instance:
         params["instance"] = args.instance
     if args.since:
@@ -247,13 +226,13 @@ def run_logs(args: argparse.Namespace) -> int:
         params["follow"] = "true"
     # A followed stream may wait long between lines, so reads never time out.
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=None)
-    with _client(args.gateway) as client:
+    with gateway_client(resolve_gateway(args.gateway)) as client:
         with client.stream(
             "GET", LOGS_PATH, params=params, timeout=timeout
         ) as response:
             if not response.is_success:
                 response.read()
-                _check(response, f"Reading the logs of {args.name}")
+                check_response(response, f"Reading the logs of {args.name}")
             for line in response.iter_lines():
                 if line:
                     print(line if args.json else format_log_line(line), flush=True)
@@ -301,12 +280,12 @@ def run_scale(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"serviceName": args.name, "replicas": args.replicas}
     if args.namespace:
         body["namespace"] = args.namespace
-    with _client(args.gateway) as client:
+    with gateway_client(resolve_gateway(args.gateway)) as client:
         response = client.post(
             f"{SCALE_PATH}/{args.name}",
-            params=_namespace_params(args.namespace),
+            params=namespace_params(args.namespace),
             json=body,
         )
-    _check(response, f"Scaling {args.name}")
+    check_response(response, f"Scaling {args.name}")
     print(f"Scaled {args.name} to {args.replicas} replicas.")
     return 0

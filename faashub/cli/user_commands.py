@@ -8,10 +8,7 @@ The gateway comes from `--gateway`, then `OPENFAAS_URL`, then a stack file's
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,12 +16,14 @@ import httpx
 
 from faashub import constants, errors
 from faashub.cli import stack
-
-REQUEST_TIMEOUT_S = 60.0
-
-
-class GatewayError(errors.FaashubError):
-    """The gateway could not be reached or rejected a request."""
+from faashub.cli.gateway_client import (
+    GatewayError,
+    check_response,
+    gateway_client,
+    namespace_params,
+    print_table,
+    resolve_gateway,
+)
 
 
 def add_commands(
@@ -155,31 +154,6 @@ def _add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_gateway(flag_value: str | None, stack_gateway: str | None = None) -> str:
-    """Pick the gateway URL: flag, OPENFAAS_URL, the stack file, then the default."""
-    url = flag_value or os.environ.get("OPENFAAS_URL") or stack_gateway
-    return (url or constants.DEFAULT_GATEWAY_URL).rstrip("/")
-
-
-@contextmanager
-def _client(gateway: str) -> Iterator[httpx.Client]:
-    try:
-        with httpx.Client(base_url=gateway, timeout=REQUEST_TIMEOUT_S) as client:
-            yield client
-    except httpx.TransportError as exc:
-        raise GatewayError(
-            f"Cannot reach the gateway at {gateway} ({exc.__class__.__name__}: {exc}). "
-            "Start it with 'faashub up', or pass --gateway or set OPENFAAS_URL."
-        ) from exc
-
-
-def _check(response: httpx.Response, action: str) -> None:
-    if response.is_success:
-        return
-    detail = response.text.strip() or response.reason_phrase
-    raise GatewayError(f"{action} failed with HTTP {response.status_code}: {detail}")
-
-
 def _pairs(values: list[str], what: str) -> dict[str, str]:
     pairs: dict[str, str] = {}
     for item in values:
@@ -190,10 +164,6 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
             )
         pairs[key] = value
     return pairs
-
-
-def _namespace_params(namespace: str) -> dict[str, str]:
-    return {"namespace": namespace} if namespace else {}
 
 
 def run_deploy(args: argparse.Namespace) -> int:
@@ -228,7 +198,7 @@ def run_deploy(args: argparse.Namespace) -> int:
             }
         }
         gateway = resolve_gateway(args.gateway)
-    with _client(gateway) as client:
+    with gateway_client(gateway) as client:
         for name, deployment in deployments.items():
             if args.namespace:
                 deployment["namespace"] = args.namespace
@@ -243,7 +213,7 @@ def _deploy_one(client: httpx.Client, name: str, deployment: dict[str, Any]) -> 
     if response.status_code == 404:
         response = client.post("/system/functions", json=deployment)
         action = "Deployed"
-    _check(response, f"Deploying {name}")
+    check_response(response, f"Deploying {name}")
     namespace = deployment.get("namespace")
     suffix = f".{namespace}" if namespace else ""
     print(f"{action} {name}. URL: {client.base_url}/function/{name}{suffix}")
@@ -273,7 +243,7 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     route = "async-function" if args.is_async else "function"
     path = args.path if not args.path or args.path.startswith("/") else "/" + args.path
     gateway = resolve_gateway(args.gateway)
-    with _client(gateway) as client:
+    with gateway_client(gateway) as client:
         response = client.request(
             args.method.upper(),
             f"/{route}/{name}{path}",
@@ -282,7 +252,7 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
             params=_pairs(args.query, "--query"),
         )
     if args.is_async:
-        _check(response, f"Queueing a call to {name}")
+        check_response(response, f"Queueing a call to {name}")
         print(response.headers.get(constants.CALL_ID, ""))
         print(f"Queued a call to {name}.", file=sys.stderr)
         return 0
@@ -295,11 +265,11 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    with _client(resolve_gateway(args.gateway)) as client:
+    with gateway_client(resolve_gateway(args.gateway)) as client:
         response = client.get(
-            "/system/functions", params=_namespace_params(args.namespace)
+            "/system/functions", params=namespace_params(args.namespace)
         )
-    _check(response, "Listing functions")
+    check_response(response, "Listing functions")
     functions = sorted(response.json(), key=lambda function: function.get("name", ""))
     columns = ["Function", "Invocations", "Replicas"]
     if args.verbose:
@@ -314,34 +284,21 @@ def run_list(args: argparse.Namespace) -> int:
         if args.verbose:
             row.insert(1, function.get("image", ""))
         rows.append(row)
-    _print_table(columns, rows)
+    print_table(columns, rows)
     return 0
-
-
-def _print_table(columns: list[str], rows: list[list[str]]) -> None:
-    widths = [
-        max(len(column), *(len(row[index]) for row in rows)) if rows else len(column)
-        for index, column in enumerate(columns)
-    ]
-    for line in [columns, *rows]:
-        print(
-            "  ".join(
-                cell.ljust(width) for cell, width in zip(line, widths, strict=True)
-            ).rstrip()
-        )
 
 
 def run_describe(args: argparse.Namespace) -> int:
     gateway = resolve_gateway(args.gateway)
-    with _client(gateway) as client:
+    with gateway_client(gateway) as client:
         response = client.get(
-            f"/system/function/{args.name}", params=_namespace_params(args.namespace)
+            f"/system/function/{args.name}", params=namespace_params(args.namespace)
         )
     if response.status_code == 404:
         raise GatewayError(
             f"Function {args.name!r} is not deployed; 'faashub list' shows what is."
         )
-    _check(response, f"Describing {args.name}")
+    check_response(response, f"Describing {args.name}")
     function = response.json()
     replicas = int(function.get("replicas", 0))
     available = int(function.get("availableReplicas", 0))
@@ -369,17 +326,17 @@ def run_describe(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    with _client(resolve_gateway(args.gateway)) as client:
+    with gateway_client(resolve_gateway(args.gateway)) as client:
         response = client.request(
             "DELETE",
             "/system/functions",
-            params=_namespace_params(args.namespace),
+            params=namespace_params(args.namespace),
             json={"functionName": args.name},
         )
     if response.status_code == 404:
         raise GatewayError(
             f"Function {args.name!r} is not deployed; 'faashub list' shows what is."
         )
-    _check(response, f"Removing {args.name}")
+    check_response(response, f"Removing {args.name}")
     print(f"Removed {args.name}.")
     return 0

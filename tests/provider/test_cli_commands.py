@@ -16,7 +16,7 @@ import pytest
 
 from faashub import errors
 from faashub.cli import main, provider_commands
-from faashub.cli.user_commands import GatewayError
+from faashub.cli.gateway_client import GatewayError
 from tests.conftest import free_port
 from tests.provider.conftest import RunningProvider, deploy
 

@@ -1,0 +1,74 @@
+"""What every user command needs to talk to a gateway: its URL, a client, errors.
+
+The gateway comes from `--gateway`, then `OPENFAAS_URL`, then a stack file's
+`provider.gateway`, then http://127.0.0.1:8080, as faas-cli picks it.
+"""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from faashub import constants, errors
+
+REQUEST_TIMEOUT_S = 60.0
+
+
+class GatewayError(errors.FaashubError):
+    """The gateway could not be reached or rejected a request."""
+
+
+def resolve_gateway(flag_value: str | None, stack_gateway: str | None = None) -> str:
+    """Pick the gateway URL: flag, OPENFAAS_URL, the stack file, then the default."""
+    url = flag_value or os.environ.get("OPENFAAS_URL") or stack_gateway
+    return (url or constants.DEFAULT_GATEWAY_URL).rstrip("/")
+
+
+@contextmanager
+def gateway_client(gateway: str) -> Iterator[httpx.Client]:
+    """Yield an httpx client for `gateway`; turn a transport error into GatewayError."""
+    try:
+        with httpx.Client(base_url=gateway, timeout=REQUEST_TIMEOUT_S) as client:
+            yield client
+    except httpx.TransportError as exc:
+        raise GatewayError(
+            f"Cannot reach the gateway at {gateway} ({exc.__class__.__name__}: {exc}). "
+            "Start it with 'faashub up', or pass --gateway or set OPENFAAS_URL."
+        ) from exc
+
+
+def check_response(response: httpx.Response, action: str) -> None:
+    """Raise GatewayError with the gateway's message unless the response is 2xx."""
+    if response.is_success:
+        return
+    raise GatewayError(
+        f"{action} failed with HTTP {response.status_code}: {error_text(response)}"
+    )
+
+
+def error_text(response: httpx.Response) -> str:
+    """Return the message of an error response, plain text or FastAPI's JSON."""
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("detail"), str):
+        return str(document["detail"])
+    return response.text.strip() or response.reason_phrase
+
+
+def namespace_params(namespace: str) -> dict[str, str]:
+    """Return the `namespace` query parameter, or none for the default."""
+    return {"namespace": namespace} if namespace else {}
+
+
+def print_table(columns: list[str], rows: list[list[str]]) -> None:
+    """Print rows under their column names, each column as wide as its widest cell."""
+    widths = [
+        max([len(column), *(len(row[index]) for row in rows)])
+        for index, column in enumerate(columns)
+    ]
+    for line in [columns, *rows]:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
