@@ -67,3 +67,7 @@ ERROR_TEXT_MAX: Final = 300
 
 # Maximum wait for the consumer's pending count when /metrics is scraped.
 METRICS_REFRESH_TIMEOUT_S: Final = 1.0
+
+# Seconds the worker waits for its own tasks to end once cancelled at close; a
+# task past this is left behind so that the process can still exit.
+CLOSE_TIMEOUT_S: Final = 5.0

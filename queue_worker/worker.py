@@ -134,7 +134,7 @@ class Worker:
         finally:
             await self._close()
         if not self._fetcher.cancelled():
-            # The fetch loop only ends by itself on a bug: surface it.
+            # The fetch loop ends by itself when stopping, or on a bug: surface it.
             self._fetcher.result()
 
     def stop(self) -> None:
@@ -144,7 +144,11 @@ class Worker:
         self._stopping = True
         # Calls waiting for a slot give up and go back to JetStream.
         self._slots.close()
+        self._room_freed.set()
         if self._fetcher is not None:
+            # NB: the fetch loop also checks _stopping on every turn, because on
+            # Python 3.11 asyncio.wait_for (inside nats-py's fetch) can swallow
+            # a cancellation that arrives with a message (CPython gh-86296).
             self._fetcher.cancel()
 
     async def refresh_metrics(self) -> None:
@@ -168,8 +172,10 @@ class Worker:
         await self._connect()
         await self._bind_until_done()
         self._renewer = asyncio.create_task(self._renew_leases())
-        while True:
+        while not self._stopping:
             await self._wait_for_room()
+            if self._stopping:
+                break
             assert self._subscription is not None
             batch = min(self._capacity - len(self._held), constants.MAX_FETCH_BATCH)
             try:
@@ -217,7 +223,7 @@ class Worker:
         )
 
     async def _bind_until_done(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._bind()
             except (nats.errors.Error, TimeoutError) as exc:
@@ -325,7 +331,11 @@ class Worker:
     async def _wait_for_room(self) -> None:
         # Refill a prefetch window at a time rather than slot by slot: one
         # fetch of 16 costs about what one fetch of 1 costs.
-        while self._held and self._capacity - len(self._held) < self._prefetch:
+        while (
+            not self._stopping
+            and self._held
+            and self._capacity - len(self._held) < self._prefetch
+        ):
             self._room_freed.clear()
             await self._room_freed.wait()
 
@@ -400,7 +410,13 @@ class Worker:
         for task in remaining:
             task.cancel()
         if remaining:
-            await asyncio.wait(remaining)
+            _, stuck = await asyncio.wait(remaining, timeout=constants.CLOSE_TIMEOUT_S)
+            if stuck:
+                logger.warning(
+                    "%d tasks did not stop within %g s; closing anyway",
+                    len(stuck),
+                    constants.CLOSE_TIMEOUT_S,
+                )
         if self._handler is not None:
             await self._handler.close()
         if self._session is not None:
