@@ -2,8 +2,8 @@
 
 One file per benchmark and run of `python -m bench run`, named
 `<UTC time>-<benchmark>.json`, in `bench/results/` or the folder that
---results-dir names. The folder is ignored by git: records are compared over time by
-whoever keeps them, and docs/benchmarks.md quotes the latest full run.
+--results-dir names. The folder is ignored by git, so records stay on the
+machine that made them. docs/benchmarks.md quotes the latest full run.
 
 A record states the conditions that change the numbers: CPU count and
 model, memory, kernel, the load average before and after the run (other
