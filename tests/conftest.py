@@ -1,8 +1,10 @@
 """Fixtures that start real servers on free loopback ports."""
 
+import asyncio
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,33 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
         yield f"nats://{LOOPBACK}:{port}"
     finally:
         stop_process(process)
+
+
+async def wait_until(
+    condition: Callable[[], bool],
+    *,
+    timeout_s: float = 10.0,
+    interval_s: float = 0.01,
+    description: str = "condition",
+) -> None:
+    """Poll `condition` every `interval_s`, and fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {description}")
+        await asyncio.sleep(interval_s)
+
+
+async def wait_until_async(
+    condition: Callable[[], Awaitable[bool]],
+    *,
+    timeout_s: float = 10.0,
+    interval_s: float = 0.05,
+    description: str = "condition",
+) -> None:
+    """Poll the coroutine `condition` every `interval_s`, and fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {description}")
+        await asyncio.sleep(interval_s)

@@ -15,11 +15,12 @@ topic and group names, so tests do not see each other's records.
 
 import asyncio
 import contextlib
+import functools
 import subprocess
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
-from tests.conftest import LOOPBACK, free_port, stop_process
+from tests.conftest import (
+    LOOPBACK,
+    free_port,
+    stop_process,
+)
+from tests.conftest import (
+    wait_until as shared_wait_until,
+)
+from tests.conftest import (
+    wait_until_async as shared_wait_until_async,
+)
 
 TANSU_START_TIMEOUT_S = 15.0
 
@@ -339,32 +350,11 @@ async def committed_offsets(
         await consumer.stop()
 
 
-async def wait_until(
-    condition: Callable[[], bool],
-    *,
-    timeout_s: float = 20.0,
-    description: str = "condition",
-) -> None:
-    """Poll `condition` every 20 ms, and fail the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {description}")
-        await asyncio.sleep(0.02)
-
-
-async def wait_until_async(
-    condition: Callable[[], Awaitable[bool]],
-    *,
-    timeout_s: float = 20.0,
-    description: str = "condition",
-) -> None:
-    """Poll the coroutine `condition` every 100 ms, and fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {description}")
-        await asyncio.sleep(0.1)
+# Kafka consumer groups take seconds to start, so these waits are longer.
+wait_until = functools.partial(shared_wait_until, timeout_s=20.0, interval_s=0.02)
+wait_until_async = functools.partial(
+    shared_wait_until_async, timeout_s=20.0, interval_s=0.1
+)
 
 
 def group_by_key(calls: list[Invocation]) -> dict[str | None, list[bytes]]:

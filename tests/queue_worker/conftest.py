@@ -9,10 +9,11 @@ lookups apart from the invocations.
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,16 @@ from faashub.dead_letter import DeadLetter
 from faashub.queued_call import QueuedCall
 from faashub.settings import WorkerSettings
 from queue_worker.worker import Worker
-from tests.conftest import LOOPBACK, free_port
+from tests.conftest import (
+    LOOPBACK,
+    free_port,
+)
+from tests.conftest import (
+    wait_until as shared_wait_until,
+)
+from tests.conftest import (
+    wait_until_async as shared_wait_until_async,
+)
 
 
 @dataclass
@@ -305,32 +315,10 @@ async def stored_messages(js: JetStreamContext) -> int:
     return info.state.messages
 
 
-async def wait_until(
-    condition: Callable[[], bool],
-    *,
-    timeout_s: float = 10.0,
-    description: str = "condition",
-) -> None:
-    """Poll `condition` every 10 ms, and fail the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {description}")
-        await asyncio.sleep(0.01)
-
-
-async def wait_until_async(
-    condition: Callable[[], Awaitable[bool]],
-    *,
-    timeout_s: float = 10.0,
-    description: str = "condition",
-) -> None:
-    """Poll the coroutine `condition` every 50 ms, and fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {description}")
-        await asyncio.sleep(0.05)
+wait_until = functools.partial(shared_wait_until, timeout_s=10.0, interval_s=0.01)
+wait_until_async = functools.partial(
+    shared_wait_until_async, timeout_s=10.0, interval_s=0.05
+)
 
 
 async def wait_for_empty_stream(
