@@ -39,9 +39,10 @@ HOP_BY_HOP: Final = frozenset(
 # The default namespace for functions, the same as OpenFaaS's `openfaas-fn`.
 DEFAULT_NAMESPACE: Final = "openfaas-fn"
 
-# JetStream layout of the async queue. One stream holds every queued call;
-# the subject is `faashub.calls.<queue>.<namespace>.<function>`, so a worker
-# can filter one named queue, and later one function, without another stream.
+# JetStream layout of the async queue. One stream contains every queued call.
+# The subject is `faashub.calls.<queue>.<namespace>.<function>.<call key>`, so a
+# worker can filter one named queue, and later one function, without another
+# stream, and the gateway can find one call by its id.
 CALLS_STREAM: Final = "FAASHUB_CALLS"
 CALLS_SUBJECT_PREFIX: Final = "faashub.calls"
 DEFAULT_QUEUE: Final = "default"

@@ -71,7 +71,7 @@ def start(
     """Start nats-server in its own session and wait until it accepts connections.
 
     The own session keeps a terminal's Ctrl-C from reaching the server, so
-    whoever started it decides when it stops.
+    the process that started it decides when it stops.
     """
     store_dir.mkdir(parents=True, exist_ok=True)
     config_path = write_config(

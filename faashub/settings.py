@@ -53,7 +53,7 @@ class GatewaySettings(CommonSettings):
     )
     logs_provider_url: str = Field(
         "",
-        description="Base URL of the server that answers /system/logs; empty "
+        description="Base URL of the server that serves /system/logs; empty "
         "means the provider at provider_url.",
     )
     upstream_timeout_s: float = Field(

@@ -219,7 +219,7 @@ class AsyncAccept:
         # A duplicate PubAck means that JetStream already stored this call id,
         # so the call runs once. The caller still gets a 202 with that id,
         # unless the id was used for another function: then this call would
-        # be lost silently, so the caller is told to pick a new id.
+        # be lost silently, so the response asks for a new id.
         if ack.duplicate:
             await self._check_duplicate_is_same_function(call)
         if logger.isEnabledFor(logging.DEBUG):

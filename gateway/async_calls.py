@@ -222,7 +222,7 @@ async def stored_function(queue: CallQueue, call_id: str) -> FunctionRef | None:
     """Return the function of the call already stored under `call_id`, if known.
 
     Looks in the calls stream first and then in the status records; None
-    means neither holds the call any more. Raises nats errors as they come.
+    means neither contains the call any more. Raises nats errors as they come.
     """
     queued = await find_queued(queue, call_id)
     if queued is not None:

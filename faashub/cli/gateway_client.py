@@ -1,4 +1,4 @@
-"""What every user command needs to talk to a gateway: its URL, a client, errors.
+"""Gateway access for the user commands: the URL, an HTTP client and errors.
 
 The gateway comes from `--gateway`, then `OPENFAAS_URL`, then a stack file's
 `provider.gateway`, then http://127.0.0.1:8080, as faas-cli picks it.
