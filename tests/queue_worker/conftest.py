@@ -321,17 +321,28 @@ wait_until_async = functools.partial(
 )
 
 
+async def wait_for_stored(
+    js: JetStreamContext, count: int, *, timeout_s: float = 10.0
+) -> None:
+    """Wait until the calls stream holds `count` messages.
+
+    The server removes an acknowledged message a moment after the ack, so a
+    single read right after a worker stops can still count it.
+    """
+
+    async def reached() -> bool:
+        return await stored_messages(js) == count
+
+    await wait_until_async(
+        reached, timeout_s=timeout_s, description=f"{count} stored calls"
+    )
+
+
 async def wait_for_empty_stream(
     js: JetStreamContext, *, timeout_s: float = 10.0
 ) -> None:
     """Wait until every stored call was acknowledged or terminated."""
-
-    async def empty() -> bool:
-        return await stored_messages(js) == 0
-
-    await wait_until_async(
-        empty, timeout_s=timeout_s, description="an empty calls stream"
-    )
+    await wait_for_stored(js, 0, timeout_s=timeout_s)
 
 
 def log_context(record: logging.LogRecord) -> dict[str, Any]:

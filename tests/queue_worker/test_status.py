@@ -19,7 +19,6 @@ from tests.queue_worker.conftest import (
     make_settings,
     publish,
     running_worker,
-    stored_messages,
     wait_for_empty_stream,
     wait_for_state,
 )
@@ -264,7 +263,7 @@ async def test_success_record_is_complete(
         await publish(js, call)
         record = await wait_for_state(js, call.call_id, CallState.SUCCEEDED)
 
-    assert await stored_messages(js) == 0
+    await wait_for_empty_stream(js)
     assert record.function == "echo"
     assert record.namespace == constants.DEFAULT_NAMESPACE
     assert record.queue == "default"

@@ -29,6 +29,7 @@ from tests.queue_worker.conftest import (
     stored_messages,
     wait_for_dead_letters,
     wait_for_empty_stream,
+    wait_for_stored,
     wait_until,
 )
 
@@ -471,7 +472,7 @@ async def test_other_queue_is_left_alone(
         await asyncio.sleep(0.3)
 
     assert [r.header("X-Call-Id") for r in gateway.requests] == [mine.call_id]
-    assert await stored_messages(js) == 1
+    await wait_for_stored(js, 1)
 
 
 async def test_deleted_consumer_is_recreated(
