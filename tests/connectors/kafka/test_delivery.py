@@ -84,9 +84,9 @@ async def test_key_mode_keeps_key_order_beyond_partitions(
     async with running_connector(settings):
         await wait_until(lambda: len(gateway.invocations) >= 40, description="40 calls")
 
-    for key, bodies in group_by_key(gateway.received("slow")).items():
+    for group, bodies in group_by_key(gateway.received("slow")).items():
         numbers = [int(body.split(b"/")[1]) for body in bodies]
-        assert numbers == sorted(numbers), f"{key}: {numbers}"
+        assert numbers == sorted(numbers), f"{group}: {numbers}"
         assert len(numbers) == 5
     # One partition, yet several keys ran at the same time.
     assert gateway.max_active > 1
