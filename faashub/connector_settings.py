@@ -37,6 +37,16 @@ class ConnectorSettings(CommonSettings):
         description="Gateway whose /system API lists the functions and whose "
         "/function/ or /async-function/ route invokes them.",
     )
+    gateway_secret_mount_path: str = Field(
+        "",
+        description="Folder with the gateway's basic-auth-user and "
+        "basic-auth-password files; empty uses gateway_user and gateway_password.",
+    )
+    gateway_user: str = Field("", description="User name sent to the gateway.")
+    gateway_password: SecretStr = Field(
+        SecretStr(""),
+        description="Password sent to the gateway; prefer --gateway-secret-mount-path.",
+    )
     rebuild_interval_s: float = Field(
         10.0,
         gt=0,
@@ -260,6 +270,109 @@ class KafkaConnectorSettings(ConnectorSettings):
         return self.topics.strip() == "auto"
 
 
+# SQS rule for queue names: 1 to 80 letters, digits, '-' and '_', plus the
+# '.fifo' suffix that marks a FIFO queue (it counts towards the 80).
+_SQS_QUEUE_NAME = re.compile(r"^(?=.{1,80}$)[A-Za-z0-9_-]+(\.fifo)?$")
+# SQS refuses a visibility timeout above 12 hours, for a receive and for
+# ChangeMessageVisibility alike.
+SQS_MAX_VISIBILITY_S = 43200
+
+
+class SqsConnectorSettings(ConnectorSettings):
+    """The SQS connector: messages on SQS queues invoke functions."""
+
+    sqs_queues: str = Field(
+        "",
+        description="Comma-separated SQS queues to poll, each a queue URL or a "
+        "queue name; a function subscribes with the queue name (or URL) in its "
+        "topic annotation.",
+    )
+    region: str = Field(
+        "",
+        description="AWS region of the queues; empty takes it from the standard "
+        "AWS chain (AWS_REGION, AWS_DEFAULT_REGION, the shared config file).",
+    )
+    endpoint_url: str = Field(
+        "",
+        description="SQS endpoint instead of AWS's, for LocalStack, ElasticMQ or "
+        "moto (http://127.0.0.1:4566); empty uses AWS.",
+    )
+    wait_time_s: int = Field(
+        20,
+        ge=0,
+        le=20,
+        description="Seconds one ReceiveMessage call waits for messages (long "
+        "polling); 0 to 20.",
+    )
+    batch_size: int = Field(
+        10, ge=1, le=10, description="Most messages one ReceiveMessage call returns."
+    )
+    visibility_timeout_s: int = Field(
+        30,
+        ge=1,
+        le=SQS_MAX_VISIBILITY_S,
+        description="Seconds a received message stays hidden from other "
+        "consumers; the connector extends it while a function still runs.",
+    )
+    dead_letter_queue: str = Field(
+        "",
+        description="Queue URL or name that receives a copy of each message "
+        "whose invocation failed for good, with attributes naming the function, "
+        "status, error and attempts. Empty leaves such messages to the queue's "
+        "redrive policy, or deletes them with an ERROR log when the queue has "
+        "none.",
+    )
+
+    @field_validator("sqs_queues")
+    @classmethod
+    def _check_sqs_queues(cls, value: str) -> str:
+        for queue in sqs_queue_list(value):
+            check_sqs_queue(queue)
+        return value
+
+    @field_validator("dead_letter_queue")
+    @classmethod
+    def _check_dead_letter_queue(cls, value: str) -> str:
+        if value.strip():
+            check_sqs_queue(value.strip())
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_retry_limit(self) -> Self:
+        if self.retry_max_wait_s > SQS_MAX_VISIBILITY_S:
+            raise ValueError(
+                f"retry_max_wait_s ({self.retry_max_wait_s:g}) is above "
+                f"{SQS_MAX_VISIBILITY_S} s, the longest visibility timeout SQS "
+                "accepts; the SQS connector waits out retries as visibility "
+                "timeouts, so lower --retry-max-wait-s"
+            )
+        return self
+
+
+def sqs_queue_list(queues: str) -> list[str]:
+    """Split `--sqs-queues` into its entries, trimmed, without repeats."""
+    entries = [entry.strip() for entry in queues.split(",") if entry.strip()]
+    return list(dict.fromkeys(entries))
+
+
+def check_sqs_queue(queue: str) -> None:
+    """Raise ValueError unless `queue` is an http(s) queue URL or a queue name."""
+    if queue.startswith(("http://", "https://")):
+        name = queue.rstrip("/").rsplit("/", 1)[-1]
+        if not _SQS_QUEUE_NAME.match(name):
+            raise ValueError(
+                f"queue URL {queue!r} does not end in a valid queue name; expected "
+                "https://sqs.REGION.amazonaws.com/ACCOUNT/NAME"
+            )
+        return
+    if not _SQS_QUEUE_NAME.match(queue):
+        raise ValueError(
+            f"{queue!r} is not a queue URL or a valid SQS queue name: use up to "
+            "80 letters, digits, '-' and '_', with '.fifo' at the end for a FIFO "
+            "queue"
+        )
+
+
 def broker_list(brokers: str) -> list[str]:
     """Split `--brokers` into HOST:PORT entries, or raise ValueError."""
     entries = [entry.strip() for entry in brokers.split(",") if entry.strip()]
@@ -286,3 +399,32 @@ def topic_list(topics: str) -> list[str]:
                 "letters, digits, '.', '_', '-' and the glob characters *?[]"
             )
     return entries
+
+
+class CronConnectorSettings(ConnectorSettings):
+    """The cron connector: functions run at the times of their schedule annotation."""
+
+    nats_url: str = Field(
+        "",
+        description="NATS server with JetStream in which replicas claim each tick "
+        "of a sync invocation, so that one replica fires it, and in which the "
+        "last tick of each 'once' function is kept, so that a restarted "
+        "connector catches up. Empty claims nothing (run one replica only; "
+        "async invocation needs no claims) and catches up only after a pause.",
+    )
+    lease_ttl_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds a tick claim is kept in NATS before it expires; "
+        "used when the claim bucket is created.",
+    )
+    misfire_grace_s: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds a tick may be late and still fire; a later tick "
+        "counts as missed and follows the function's missed-run policy.",
+    )
+    replica_id: str = Field(
+        "",
+        description="Name of this replica in its tick claims; empty uses HOSTNAME-PID.",
+    )

@@ -96,6 +96,14 @@ META_DLQ_RESULT_HEADERS: Final = "Faashub-Dlq-Result-Headers"  # JSON object
 # Bodies above the NATS message limit, one object per call key.
 BODIES_BUCKET: Final = "FAASHUB_BODIES"
 
+# Cron connector replicas claim each tick of a sync schedule in this key-value
+# bucket (key `<namespace>.<function>.<tick in Unix ms>`); the first claim wins.
+CRON_LEASE_BUCKET: Final = "FAASHUB_CRON_LEASES"
+
+# The last tick each cron function with the `once` missed-run policy fired
+# (key `<namespace>.<function>`), so that a restarted connector can catch up.
+CRON_LAST_FIRED_BUCKET: Final = "FAASHUB_CRON_LAST_FIRED"
+
 # Request headers a caller sets on /async-function/ to delay a call: a number
 # of seconds, or an absolute time (RFC 3339, or an HTTP date).
 DELAY_SECONDS: Final = "X-Delay-Seconds"

@@ -8,6 +8,10 @@
 * `FAASHUB_CALL_STATUS` (key-value): one status record per call
   (see `faashub.call_status`), expiring after a configurable time.
 * `FAASHUB_BODIES` (object store): bodies too large for one NATS message.
+* `FAASHUB_CRON_LEASES` (key-value): the cron connector's claims on ticks,
+  so that one replica fires each tick of a sync schedule.
+* `FAASHUB_CRON_LAST_FIRED` (key-value): the last tick each cron function
+  fired, kept without expiry, so that a restarted connector can catch up.
 
 Every component calls the `ensure_*` functions it needs at start, so any may
 start first. Only the gateway passes its settings, and so owns the limits;
@@ -124,6 +128,52 @@ async def ensure_bodies_bucket(js: JetStreamContext) -> ObjectStore:
             constants.BODIES_BUCKET,
             config=jsapi.ObjectStoreConfig(storage=jsapi.StorageType.FILE),
         )
+
+
+async def ensure_cron_lease_bucket(js: JetStreamContext, *, ttl_s: float) -> KeyValue:
+    """Return the cron connector's tick-claim bucket, creating it if it is missing.
+
+    Claims expire after `ttl_s`; an existing bucket keeps its own TTL.
+    """
+    try:
+        return await js.key_value(constants.CRON_LEASE_BUCKET)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(
+            config=jsapi.KeyValueConfig(
+                bucket=constants.CRON_LEASE_BUCKET,
+                history=1,
+                ttl=ttl_s,
+                storage=jsapi.StorageType.FILE,
+            )
+        )
+    except BadRequestError:
+        # Another replica created it in the meantime.
+        return await js.key_value(constants.CRON_LEASE_BUCKET)
+
+
+async def ensure_cron_last_fired_bucket(js: JetStreamContext) -> KeyValue:
+    """Return the cron connector's last-fired-tick bucket, creating it if missing.
+
+    Its records do not expire: a connector that was down for a week must
+    still find them. The connector deletes the record of a removed function.
+    """
+    try:
+        return await js.key_value(constants.CRON_LAST_FIRED_BUCKET)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(
+            config=jsapi.KeyValueConfig(
+                bucket=constants.CRON_LAST_FIRED_BUCKET,
+                history=1,
+                storage=jsapi.StorageType.FILE,
+            )
+        )
+    except BadRequestError:
+        # Another replica created it in the meantime.
+        return await js.key_value(constants.CRON_LAST_FIRED_BUCKET)
 
 
 def worker_durable_name(queue: str) -> str:

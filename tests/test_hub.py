@@ -160,6 +160,12 @@ def test_unknown_function_async_is_404(tmp_path: Path) -> None:
         response = httpx.post(f"{hub.url}/async-function/missing", content=b"x")
         assert response.status_code == 404
         assert "missing" in response.text
+        # The supervisor that `faashub up` becomes keeps pydantic and httpx
+        # out of its memory.
+        maps = Path(f"/proc/{hub.process.pid}/maps").read_text()
+        command = Path(f"/proc/{hub.process.pid}/cmdline").read_bytes()
+        assert b"faashub.cli.supervisor" in command
+        assert "pydantic_core" not in maps
 
 
 def test_port_in_use_fails_with_clear_message(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """Gateway access for the user commands: the URL, an HTTP client and errors.
 
 The gateway comes from `--gateway`, then `OPENFAAS_URL`, then a stack file's
-`provider.gateway`, then http://127.0.0.1:8080, as faas-cli picks it.
+`provider.gateway`, then http://127.0.0.1:8080, as faas-cli picks it. The
+client sends the credentials that `faashub.credentials.find_cli_credentials`
+picks for that gateway, if any.
 """
 
 import os
@@ -10,7 +12,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from faashub import constants, errors
+from faashub import constants, credentials, errors, settings
 
 REQUEST_TIMEOUT_S = 60.0
 
@@ -28,8 +30,14 @@ def resolve_gateway(flag_value: str | None, stack_gateway: str | None = None) ->
 @contextmanager
 def gateway_client(gateway: str) -> Iterator[httpx.Client]:
     """Yield an httpx client for `gateway`; turn a transport error into GatewayError."""
+    found = credentials.find_cli_credentials(
+        gateway, os.environ, default_state_dir=settings.default_state_dir()
+    )
+    auth = httpx.BasicAuth(found.user, found.password) if found else None
     try:
-        with httpx.Client(base_url=gateway, timeout=REQUEST_TIMEOUT_S) as client:
+        with httpx.Client(
+            base_url=gateway, timeout=REQUEST_TIMEOUT_S, auth=auth
+        ) as client:
             yield client
     except httpx.TransportError as exc:
         raise GatewayError(
@@ -42,6 +50,12 @@ def check_response(response: httpx.Response, action: str) -> None:
     """Raise GatewayError with the gateway's message unless the response is 2xx."""
     if response.is_success:
         return
+    if response.status_code == 401:
+        raise GatewayError(
+            f"{action} failed with HTTP 401: the gateway needs credentials. Run "
+            "'faashub login', or set FAASHUB_GATEWAY_USER and "
+            "FAASHUB_GATEWAY_PASSWORD."
+        )
     raise GatewayError(
         f"{action} failed with HTTP {response.status_code}: {error_text(response)}"
     )

@@ -1,17 +1,27 @@
 """`faashub up`: the whole hub on one machine, as one process tree.
 
-The hub process starts, in this order: an embedded nats-server with
-JetStream (unless `--nats-url` names one), the local provider, the gateway
-and the queue-workers. Each component runs as its own child process with the
-same code that runs one component per pod on Kubernetes, and each starts only
-once the one before it passes its health check, so a worker never pulls a
-call before the gateway it invokes through is listening. The hub prints the
-gateway URL once every component is healthy.
+The hub process starts an embedded nats-server with JetStream (unless
+`--nats-url` names one) and waits until it listens. Then it starts the local
+provider, the gateway, the queue-workers and the connectors all at once, so
+that their Python imports share the cores, and waits until each passes its
+health check. Each component runs as its own child process with the same code
+that runs one component per pod on Kubernetes. Starting together is safe
+because each one waits for what it needs: the gateway answers 502 until the
+provider listens, a worker postpones a call whose function it cannot look up
+yet without counting an attempt, and a connector keeps retrying until its
+first topic map is built. The hub prints the gateway URL once every
+component is healthy.
 
 A component that exits on its own is restarted after a short wait; one that
 exits more than MAX_RESTARTS times within RESTART_WINDOW_S stops the hub,
 since restarting it again would only hide the fault. Each component keeps its
 port across restarts, so the others reach it again without being told.
+
+`faashub up` checks its settings with the full CLI loaded, then replaces
+its own process (same pid) with `python -m faashub.cli.supervisor`, which imports
+only the standard library and a few small faashub modules. The supervisor
+stays resident as long as the hub runs, so this keeps about 30 MiB of
+pydantic and httpx out of its memory.
 
 On Ctrl-C or SIGTERM it stops the children in the reverse order: the workers
 first, which finish their calls in flight through the gateway, then the
@@ -19,11 +29,20 @@ gateway, the provider and NATS last. Every
 child also gets PR_SET_PDEATHSIG, so a hub killed with SIGKILL still takes
 its children with it. A lock file in the state folder keeps a second hub off
 the same data.
+
+Unless `--no-auth` is given, the hub generates gateway credentials into
+`<state dir>/credentials/` on its first start (owner-only files, as
+`faashub.credentials` describes), makes the gateway require them on
+`/system/*`, and gives the folder to the queue-workers and connectors.
 """
+
+from __future__ import annotations
 
 import ctypes
 import fcntl
+import http.client
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -31,28 +50,35 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import IO
+from types import FrameType, SimpleNamespace
+from typing import IO, TYPE_CHECKING, Any
 
-import httpx
+from faashub import constants, credentials, embedded_nats, errors, logs
 
-from faashub import constants, embedded_nats, errors
-from faashub.queued_call import is_valid_token
-from faashub.settings import HubSettings
+if TYPE_CHECKING:
+    from faashub.settings import HubSettings
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE_NAME = "hub.lock"
+# Carries the checked settings from `faashub up` to the supervisor process.
+SETTINGS_VARIABLE = "FAASHUB_SUPERVISOR_SETTINGS_JSON"
 STOP_GRACE_S = 15.0
 HEALTH_POLL_INTERVAL_S = 0.1
+HEALTH_CHECK_TIMEOUT_S = 1.0
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 RESTART_DELAY_S = 1.0
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# Health checks go straight to the children, never through an HTTP proxy
+# named in the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -60,8 +86,8 @@ class Child:
     """One component process of the hub, and how to start it again."""
 
     name: str
-    launch: Callable[[], "subprocess.Popen[bytes]"]
-    process: "subprocess.Popen[bytes]"
+    launch: Callable[[], subprocess.Popen[bytes]]
+    process: subprocess.Popen[bytes]
     health_url: str | None = None
     stop_grace_s: float = STOP_GRACE_S
     restarts: deque[float] = field(default_factory=deque)
@@ -77,6 +103,80 @@ class Hub:
 
 
 def run(settings: HubSettings) -> int:
+    """Check the settings, then become the lean supervisor process (never returns).
+
+    The settings travel in an environment variable rather than on the command
+    line, where any user could read them; the supervisor removes it before it
+    starts a child.
+    """
+    from faashub.queued_call import is_valid_token
+
+    for queue in _named_queues(settings.queues):
+        if not is_valid_token(queue):
+            raise errors.SettingsError(
+                f"Invalid queue name {queue!r} in --queues: use letters, digits, "
+                "'-' and '_'."
+            )
+    _check_sqs_queues(settings.sqs_queues)
+    values: dict[str, Any] = {}
+    paths: list[str] = []
+    secrets: list[str] = []
+    for name, value in settings:
+        if isinstance(value, Path):
+            paths.append(name)
+            value = str(value)
+        elif hasattr(value, "get_secret_value"):
+            secrets.append(name)
+            value = value.get_secret_value()
+        values[name] = value
+    os.environ[SETTINGS_VARIABLE] = json.dumps(
+        {"values": values, "paths": paths, "secrets": secrets}
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "faashub.cli.supervisor"])
+
+
+class _Secret:
+    """A secret setting in the supervisor, read as pydantic's SecretStr is."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "_Secret('**********')"
+
+
+def main() -> int:
+    """Entry point of the supervisor process that `run` replaces itself with."""
+    encoded = os.environ.pop(SETTINGS_VARIABLE, None)
+    if encoded is None:
+        print(
+            "faashub: this module is started by 'faashub up'; run that instead.",
+            file=sys.stderr,
+        )
+        return 2
+    document = json.loads(encoded)
+    values = document["values"]
+    for name in document["paths"]:
+        values[name] = Path(values[name])
+    for name in document["secrets"]:
+        values[name] = _Secret(values[name])
+    settings = SimpleNamespace(**values)
+    logs.configure(level=settings.log_level, log_format=settings.log_format)
+    try:
+        return supervise(settings)  # type: ignore[arg-type]
+    except errors.FaashubError as exc:
+        print(f"faashub: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def supervise(settings: HubSettings) -> int:
     """Start the hub, wait for a stop signal or a crash, and stop everything."""
     state_dir = settings.state_dir.expanduser().resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +192,9 @@ def run(settings: HubSettings) -> int:
     previous_handlers = _install_signal_handlers(hub)
     try:
         gateway_port = _check_gateway_port(settings.host, settings.port)
+        _prepare_auth(settings, state_dir=state_dir, gateway_port=gateway_port)
         _start_components(hub, settings, state_dir=state_dir, gateway_port=gateway_port)
+        _wait_until_all_healthy(hub, timeout_s=settings.start_timeout_s)
         url = f"http://{_client_host(settings.host)}:{gateway_port}"
         print(f"faashub is up: gateway {url}", flush=True)
         logger.info("hub started with state in %s", state_dir)
@@ -102,6 +204,21 @@ def run(settings: HubSettings) -> int:
         for signal_number, handler in previous_handlers.items():
             signal.signal(signal_number, handler)
         lock.close()
+
+
+def _prepare_auth(settings: HubSettings, *, state_dir: Path, gateway_port: int) -> None:
+    """Generate or reuse the hub's credentials and print where they are."""
+    if not settings.auth:
+        logger.warning("authentication is off: /system/* is open (--no-auth)")
+        return
+    hub_credentials = credentials.ensure_hub_credentials(state_dir)
+    url = f"http://{_client_host(settings.host)}:{gateway_port}"
+    credentials.record_hub_gateway(state_dir, url)
+    print(
+        f"gateway credentials: user {hub_credentials.user!r}, password in "
+        f"{credentials.hub_credentials_dir(state_dir) / credentials.PASSWORD_FILE}",
+        flush=True,
+    )
 
 
 def _lock_state_dir(state_dir: Path) -> IO[str]:
@@ -165,12 +282,15 @@ def _start_components(
     log_dir = state_dir / "logs"
     log_dir.mkdir(exist_ok=True)
     common = ["--log-level", settings.log_level, "--log-format", settings.log_format]
+    auth_folder = str(credentials.hub_credentials_dir(state_dir))
+    gateway_auth = ["--auth-secret-mount-path", auth_folder] if settings.auth else []
+    client_auth = ["--gateway-secret-mount-path", auth_folder] if settings.auth else []
 
     nats_url = settings.nats_url
     if not nats_url:
         nats_port = _free_port()
 
-        def launch_nats() -> "subprocess.Popen[bytes]":
+        def launch_nats() -> subprocess.Popen[bytes]:
             return embedded_nats.start(
                 host=internal_host,
                 port=nats_port,
@@ -221,6 +341,7 @@ def _start_components(
             nats_url,
             "--upstream-timeout-s",
             str(settings.upstream_timeout_s),
+            *gateway_auth,
             *common,
         ],
         health_url=f"{gateway_url}/healthz",
@@ -253,6 +374,7 @@ def _start_components(
                 str(settings.upstream_timeout_s),
                 "--max-inflight",
                 str(settings.max_inflight),
+                *client_auth,
                 *common,
             ],
             health_url=f"http://{internal_host}:{worker_health_port}/healthz",
@@ -262,7 +384,28 @@ def _start_components(
         )
     if settings.kafka_brokers or settings.kafka_dev_broker:
         _start_kafka_connector(
-            hub, settings, gateway_url=gateway_url, common=common, host=internal_host
+            hub,
+            settings,
+            gateway_url=gateway_url,
+            common=[*client_auth, *common],
+            host=internal_host,
+        )
+    if settings.sqs_queues:
+        _start_sqs_connector(
+            hub,
+            settings,
+            gateway_url=gateway_url,
+            common=[*client_auth, *common],
+            host=internal_host,
+        )
+    if settings.cron:
+        _start_cron_connector(
+            hub,
+            settings,
+            gateway_url=gateway_url,
+            nats_url=nats_url,
+            common=[*client_auth, *common],
+            host=internal_host,
         )
 
 
@@ -298,14 +441,87 @@ def _start_kafka_connector(
     )
 
 
+def _start_sqs_connector(
+    hub: Hub, settings: HubSettings, *, gateway_url: str, common: list[str], host: str
+) -> None:
+    health_port = _free_port()
+    aws: list[str] = []
+    if settings.sqs_region:
+        aws += ["--region", settings.sqs_region]
+    if settings.sqs_endpoint_url:
+        aws += ["--endpoint-url", settings.sqs_endpoint_url]
+    _start_child(
+        hub,
+        "sqs-connector",
+        [
+            "connector",
+            "sqs",
+            "--gateway-url",
+            gateway_url,
+            "--sqs-queues",
+            settings.sqs_queues,
+            *aws,
+            "--health-host",
+            host,
+            "--health-port",
+            str(health_port),
+            *common,
+        ],
+        # The connector returns 503 until it has looked up every queue, which
+        # it retries on its own; that must not fail the hub's start.
+        health_url=None,
+        start_timeout_s=settings.start_timeout_s,
+        stop_grace_s=20.0,
+    )
+
+
+def _start_cron_connector(
+    hub: Hub,
+    settings: HubSettings,
+    *,
+    gateway_url: str,
+    nats_url: str,
+    common: list[str],
+    host: str,
+) -> None:
+    health_port = _free_port()
+    _start_child(
+        hub,
+        "cron-connector",
+        [
+            "connector",
+            "cron",
+            "--gateway-url",
+            gateway_url,
+            # Claims in NATS keep a tick to one run if a second replica runs.
+            "--nats-url",
+            nats_url,
+            "--health-host",
+            host,
+            "--health-port",
+            str(health_port),
+            *common,
+        ],
+        health_url=f"http://{host}:{health_port}/healthz",
+        start_timeout_s=settings.start_timeout_s,
+        stop_grace_s=20.0,
+    )
+
+
+def _check_sqs_queues(text: str) -> None:
+    """Raise SettingsError for an `--sqs-queues` entry the connector would reject."""
+    from faashub.connector_settings import check_sqs_queue, sqs_queue_list
+
+    for entry in sqs_queue_list(text):
+        try:
+            check_sqs_queue(entry)
+        except ValueError as exc:
+            raise errors.SettingsError(f"Invalid --sqs-queues entry: {exc}.") from exc
+
+
 def _named_queues(text: str) -> list[str]:
+    """Return the named queues of `--queues`, checked by `run`, without repeats."""
     queues = [queue.strip() for queue in text.split(",") if queue.strip()]
-    for queue in queues:
-        if not is_valid_token(queue):
-            raise errors.SettingsError(
-                f"Invalid queue name {queue!r} in --queues: use letters, digits, "
-                "'-' and '_'."
-            )
     return [
         queue for queue in dict.fromkeys(queues) if queue != constants.DEFAULT_QUEUE
     ]
@@ -323,7 +539,7 @@ def _start_child(
     if hub.stop_requested:
         raise errors.HubStartError("The hub was asked to stop while starting.")
 
-    def launch() -> "subprocess.Popen[bytes]":
+    def launch() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "faashub", *arguments],
             stdin=subprocess.DEVNULL,
@@ -338,7 +554,6 @@ def _start_child(
     )
     hub.children.append(child)
     logger.info("started %s (pid %d)", name, process.pid)
-    _wait_until_healthy(hub, child, timeout_s=start_timeout_s)
 
 
 def _die_with_parent() -> None:
@@ -351,36 +566,50 @@ def _die_with_parent() -> None:
         pass
 
 
-def _wait_until_healthy(hub: Hub, child: Child, *, timeout_s: float) -> None:
-    if child.health_url is None:
-        return
+def _wait_until_all_healthy(hub: Hub, *, timeout_s: float) -> None:
+    """Wait until every started child with a health URL answers 200."""
     deadline = time.monotonic() + timeout_s
-    last_problem = "no answer yet"
-    with httpx.Client(timeout=1.0) as client:
-        while True:
-            if hub.stop_requested:
-                raise errors.HubStartError("The hub was asked to stop while starting.")
+    waiting = [child for child in hub.children if child.health_url is not None]
+    last_problem = dict.fromkeys((child.name for child in waiting), "no answer yet")
+    while waiting:
+        if hub.stop_requested:
+            raise errors.HubStartError("The hub was asked to stop while starting.")
+        for child in list(waiting):
             code = child.process.poll()
             if code is not None:
                 raise errors.HubStartError(
                     f"The {child.name} exited with code {code} while starting; "
                     "its log is above."
                 )
-            try:
-                response = client.get(child.health_url)
-                if response.status_code == 200:
-                    logger.info("%s is healthy", child.name)
-                    return
-                last_problem = f"HTTP {response.status_code}: {response.text.strip()}"
-            except httpx.TransportError as exc:
-                last_problem = exc.__class__.__name__
-            if time.monotonic() > deadline:
-                raise errors.HubStartError(
-                    f"The {child.name} did not become healthy within {timeout_s:g} s "
-                    f"(last check: {last_problem}). Raise --start-timeout-s if this "
-                    "machine is slow."
-                )
+            assert child.health_url is not None
+            healthy, last_problem[child.name] = _check_health(child.health_url)
+            if healthy:
+                logger.info("%s is healthy", child.name)
+                waiting.remove(child)
+        if waiting and time.monotonic() > deadline:
+            child = waiting[0]
+            raise errors.HubStartError(
+                f"The {child.name} did not become healthy within {timeout_s:g} s "
+                f"(last check: {last_problem[child.name]}). Raise "
+                "--start-timeout-s if this machine is slow."
+            )
+        if waiting:
             time.sleep(HEALTH_POLL_INTERVAL_S)
+
+
+def _check_health(url: str) -> tuple[bool, str]:
+    """Return whether `url` answers 200, and what it answered otherwise."""
+    # The standard library rather than httpx: the hub process stays small.
+    try:
+        with _DIRECT.open(url, timeout=HEALTH_CHECK_TIMEOUT_S) as response:
+            return True, f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        body = exc.read(200).decode("utf-8", "replace").strip()
+        exc.close()
+        return False, f"HTTP {exc.code}: {body}"
+    except (OSError, http.client.HTTPException) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        return False, str(reason) or exc.__class__.__name__
 
 
 def _install_signal_handlers(hub: Hub) -> dict[int, Callable[..., object] | int | None]:

@@ -3,7 +3,9 @@
 Component commands (`up`, `gateway`, `queue-worker`, `provider local`) run a
 long-lived process; user commands (`deploy`, `invoke`, `list`, `describe`,
 `remove`) talk to a running gateway. Components are imported only when their
-command runs, so `faashub --help` and the user commands start fast.
+command runs, so `faashub --help` and the user commands start fast, and the
+user commands (with httpx and YAML) are left out of a component's process,
+which keeps each long-lived component a few MiB smaller.
 """
 
 import argparse
@@ -11,8 +13,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from faashub import __version__, errors, logs, settings
-from faashub.cli import dlq_commands, options, provider_commands, user_commands
-from faashub.connector_settings import KafkaConnectorSettings
+from faashub.cli import options
+from faashub.connector_settings import (
+    CronConnectorSettings,
+    KafkaConnectorSettings,
+    SqsConnectorSettings,
+)
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
@@ -48,10 +54,43 @@ def _run_local_provider(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_kubernetes_provider(args: argparse.Namespace) -> int:
+    from provider.kubernetes import server
+
+    provider_settings = options.load_settings(settings.KubernetesProviderSettings, args)
+    logs.configure(
+        level=provider_settings.log_level, log_format=provider_settings.log_format
+    )
+    server.run(provider_settings)
+    return 0
+
+
 def _run_kafka_connector(args: argparse.Namespace) -> int:
     from connectors.kafka import server
 
     connector_settings = options.load_settings(KafkaConnectorSettings, args)
+    logs.configure(
+        level=connector_settings.log_level, log_format=connector_settings.log_format
+    )
+    server.run(connector_settings)
+    return 0
+
+
+def _run_sqs_connector(args: argparse.Namespace) -> int:
+    from connectors.sqs import server
+
+    connector_settings = options.load_settings(SqsConnectorSettings, args)
+    logs.configure(
+        level=connector_settings.log_level, log_format=connector_settings.log_format
+    )
+    server.run(connector_settings)
+    return 0
+
+
+def _run_cron_connector(args: argparse.Namespace) -> int:
+    from connectors.cron import server
+
+    connector_settings = options.load_settings(CronConnectorSettings, args)
     logs.configure(
         level=connector_settings.log_level, log_format=connector_settings.log_format
     )
@@ -67,7 +106,14 @@ def _run_hub(args: argparse.Namespace) -> int:
     return hub.run(hub_settings)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands that start a long-lived component process.
+COMPONENT_COMMANDS = frozenset(
+    {"up", "gateway", "queue-worker", "provider", "connector"}
+)
+
+
+def build_parser(*, user_commands: bool = True) -> argparse.ArgumentParser:
+    """Return the command-line parser; without `user_commands`, components only."""
     parser = argparse.ArgumentParser(
         prog="faashub",
         description="Event connectors and durable async invocation for serverless "
@@ -117,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
         _run_local_provider,
         backends,
     )
+    component(
+        "kubernetes",
+        "Run the Kubernetes provider, which runs functions as Deployments on a "
+        "cluster, configured in-cluster or from a kubeconfig.",
+        settings.KubernetesProviderSettings,
+        _run_kubernetes_provider,
+        backends,
+    )
     connector = commands.add_parser("connector", help="Run an event connector alone.")
     connectors = connector.add_subparsers(
         dest="connector", metavar="CONNECTOR", required=True
@@ -129,15 +183,38 @@ def build_parser() -> argparse.ArgumentParser:
         _run_kafka_connector,
         connectors,
     )
-    user_commands.add_commands(commands)
-    provider_commands.add_commands(commands)
-    dlq_commands.add_commands(commands)
+    component(
+        "sqs",
+        "Run the SQS connector: messages on SQS queues invoke the functions "
+        "whose topic annotation names the queue.",
+        SqsConnectorSettings,
+        _run_sqs_connector,
+        connectors,
+    )
+    component(
+        "cron",
+        "Run the cron connector: functions with topic cron-function run at the "
+        "times of their schedule annotation.",
+        CronConnectorSettings,
+        _run_cron_connector,
+        connectors,
+    )
+    if user_commands:
+        from faashub.cli import dlq_commands, login, provider_commands
+        from faashub.cli import user_commands as user_command_module
+
+        user_command_module.add_commands(commands)
+        provider_commands.add_commands(commands)
+        dlq_commands.add_commands(commands)
+        login.add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    starts_component = bool(arguments) and arguments[0] in COMPONENT_COMMANDS
+    parser = build_parser(user_commands=not starts_component)
+    args = parser.parse_args(arguments)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
