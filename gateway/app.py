@@ -19,7 +19,7 @@ import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from faashub.settings import GatewaySettings
-from gateway import asgi, constants, system
+from gateway import asgi, auth, constants, limits, system
 from gateway.async_accept import AsyncAccept
 from gateway.async_calls import AsyncCalls
 from gateway.call_queue import CallQueue
@@ -55,6 +55,13 @@ class GatewayApp:
         )
         self.dead_letters = DeadLetterStore(self.queue)
         self.system = system.create_app(settings, self.dead_letters)
+        self._auth = auth.from_settings(settings)
+        # None when invocations are open, so the invoke routes skip the check.
+        self._invoke_auth: auth.Authenticator | None = (
+            self._auth if settings.auth_invoke else None
+        )
+        self._max_header_count = settings.max_header_count
+        self._max_header_bytes = settings.max_header_bytes
         self._handlers: _Handlers | None = None
         self._exit_stack = AsyncExitStack()
 
@@ -62,6 +69,19 @@ class GatewayApp:
         if scope["type"] == "http":
             path: str = scope["path"]
             handlers = self._handlers
+            if len(scope["headers"]) > self._max_header_count or (
+                limits.header_bytes(scope) > self._max_header_bytes
+            ):
+                await limits.reject_headers(
+                    scope,
+                    send,
+                    max_count=self._max_header_count,
+                    max_bytes=self._max_header_bytes,
+                )
+                return
+            if self._invoke_auth is not None and path.startswith(auth.INVOKE_PREFIXES):
+                if not await self._invoke_auth.admit(scope, send):
+                    return
             if path.startswith(constants.FUNCTION_PREFIX):
                 if handlers is None:
                     await _send_starting(send)
@@ -90,6 +110,9 @@ class GatewayApp:
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if self._auth is not None and auth.is_system_path(path):
+            if not await self._auth.admit(scope, send):
+                return
         await self.system(scope, receive, send)
 
     async def _health(self, scope: Scope, send: Send) -> None:
@@ -181,6 +204,7 @@ class GatewayApp:
                 lookup,
                 max_body_bytes=settings.max_body_bytes,
                 max_delay_s=settings.max_delay_s,
+                body_read_timeout_s=settings.body_read_timeout_s,
             ),
             async_calls=AsyncCalls(self.queue),
         )

@@ -16,7 +16,7 @@ import uvicorn
 
 from faashub import errors as shared_errors
 from faashub.settings import GatewaySettings
-from gateway import constants
+from gateway import constants, limits
 from gateway.app import GatewayApp
 
 # Signals that stop the gateway gracefully.
@@ -30,14 +30,15 @@ def create_app(settings: GatewaySettings) -> GatewayApp:
 
 def uvicorn_config(settings: GatewaySettings, app: GatewayApp) -> uvicorn.Config:
     """Return the uvicorn config the gateway runs with (tests use it too)."""
-    # "auto" picks uvloop and httptools when they are importable, and the
-    # asyncio loop and h11 otherwise.
+    # "auto" picks uvloop when it is importable, and the asyncio loop
+    # otherwise. The HTTP protocol is uvicorn's httptools one with a deadline
+    # for request headers (`gateway.limits`).
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="auto",
-        http="auto",
+        http=limits.http_protocol(header_read_timeout_s=settings.header_read_timeout_s),
         lifespan="on",
         access_log=False,
         # The gateway is the first hop: X-Forwarded-* from callers are passed

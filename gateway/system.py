@@ -11,10 +11,15 @@ dead-letter API of `gateway.dead_letter_api`, never forwarded.
 This is the control plane, so it uses FastAPI and httpx. The invocation
 routes (`gateway.sync_proxy`, `gateway.async_accept`) do not come through
 here, but the OpenAPI document built below describes them too. Basic
-auth, alert-driven scaling and the scale clamp of OpenFaaS CE are not
-implemented.
+auth is checked before a request reaches this app (`gateway.auth`), and the
+caller's Authorization header is not forwarded. A deploy or update whose
+function name, namespace, labels or annotations break the Kubernetes rules
+gets 400 here, before the provider sees it. Alert-driven scaling and the
+scale clamp of OpenFaaS CE are not implemented.
 """
 
+import asyncio
+import json
 import logging
 import platform
 from collections.abc import AsyncIterator, Callable
@@ -28,10 +33,11 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from faashub import __version__
+from faashub import __version__, names
 from faashub import constants as shared
+from faashub import errors as shared_errors
 from faashub.settings import GatewaySettings
-from gateway import asgi, constants, dead_letter_api
+from gateway import asgi, constants, dead_letter_api, limits
 from gateway.dead_letters import DeadLetterStore
 
 logger = logging.getLogger(__name__)
@@ -39,10 +45,13 @@ logger = logging.getLogger(__name__)
 # Request headers that are not forwarded, beside the hop-by-hop ones. httpx
 # sets Host and Content-Length for the provider, and uvicorn has already
 # handled any `Expect: 100-continue`.
+# Authorization carries the caller's credentials for the gateway itself, which
+# the provider must never see.
 _REQUEST_HEADERS_NOT_FORWARDED = shared.HOP_BY_HOP | {
     "host",
     "content-length",
     "expect",
+    "authorization",
 }
 
 # Headers that httpx adds to every request by default. A proxy must not add
@@ -57,6 +66,8 @@ _LOGS_PATH = "logs"
 # The gateway's own route under /system/, in the form of the forward route's
 # `{path}` parameter.
 _DEAD_LETTERS_PATH = constants.DEAD_LETTERS_PATH.removeprefix("/system/")
+# The provider route that deploys (POST) and updates (PUT) a function.
+_FUNCTIONS_PATH = "functions"
 
 
 class VersionInfo(BaseModel):
@@ -86,8 +97,10 @@ class SystemForwarder:
         *,
         upstream_timeout_s: float,
         logs_provider_url: str = "",
+        body_read_timeout_s: float = 30.0,
     ) -> None:
         self._provider_url = provider_url.rstrip("/")
+        self._body_read_timeout_s = body_read_timeout_s
         # OpenFaaS lets a separate log provider serve /system/logs.
         self._logs_provider_url = logs_provider_url.rstrip("/") or self._provider_url
         self._timeout = httpx.Timeout(
@@ -139,11 +152,24 @@ class SystemForwarder:
             for name, value in request.headers.raw
             if name.decode("latin-1").lower() not in _REQUEST_HEADERS_NOT_FORWARDED
         ]
+        try:
+            async with asyncio.timeout(self._body_read_timeout_s):
+                body = await request.body()
+        except TimeoutError:
+            return PlainTextResponse(
+                limits.body_read_timeout_text(self._body_read_timeout_s),
+                status_code=408,
+                headers={"Connection": "close"},
+            )
+        if path == _FUNCTIONS_PATH and request.method in ("POST", "PUT"):
+            problem = deployment_problem(body)
+            if problem is not None:
+                return PlainTextResponse(f"{problem}\n", status_code=400)
         upstream_request = client.build_request(
             request.method,
             url,
             headers=headers,
-            content=await request.body(),
+            content=body,
             timeout=self._stream_timeout if path == _LOGS_PATH else self._timeout,
         )
         try:
@@ -210,6 +236,53 @@ class SystemForwarder:
         )
 
 
+def deployment_problem(body: bytes) -> str | None:
+    """Return what is wrong with a deploy or update body, or None if it is usable.
+
+    The gateway checks the function name, the namespace and the label and
+    annotation keys and values by Kubernetes rules itself, so that a provider
+    which does not check them never stores them. The provider checks the
+    rest of the body.
+    """
+    try:
+        deployment = json.loads(body)
+    except ValueError as exc:
+        return f"Invalid JSON in the FunctionDeployment request body: {exc}."
+    if not isinstance(deployment, dict):
+        return "The request body is not a JSON object: send a FunctionDeployment."
+    service = deployment.get("service")
+    if not isinstance(service, str):
+        return 'The FunctionDeployment has no "service" string: name the function.'
+    namespace = deployment.get("namespace") or ""
+    if not isinstance(namespace, str):
+        return 'The FunctionDeployment field "namespace" must be a string.'
+    labels = _string_map(deployment, "labels")
+    annotations = _string_map(deployment, "annotations")
+    if labels is None or annotations is None:
+        return (
+            'The FunctionDeployment fields "labels" and "annotations" must be '
+            "JSON objects with string values."
+        )
+    try:
+        names.validate_label(service)
+        if namespace:
+            names.validate_label(namespace, what="namespace")
+        names.validate_metadata(labels, annotations, function=service)
+    except shared_errors.InvalidFunctionName as exc:
+        return str(exc)
+    return None
+
+
+def _string_map(deployment: dict[str, Any], field: str) -> dict[str, str] | None:
+    """Return the JSON object `field` of `deployment`, or None if it is not one."""
+    value = deployment.get(field) or {}
+    if not isinstance(value, dict):
+        return None
+    if not all(isinstance(item, str) for item in value.values()):
+        return None
+    return value
+
+
 async def _raw_body(upstream: httpx.Response) -> AsyncIterator[bytes]:
     # Raw bytes keep the provider's Content-Encoding and Content-Length true.
     try:
@@ -225,6 +298,7 @@ def create_app(settings: GatewaySettings, dead_letters: DeadLetterStore) -> Fast
         settings.provider_url,
         upstream_timeout_s=settings.upstream_timeout_s,
         logs_provider_url=settings.logs_provider_url,
+        body_read_timeout_s=settings.body_read_timeout_s,
     )
     app = FastAPI(
         title="faashub gateway",

@@ -21,21 +21,38 @@ signed afresh. Redirects are not followed, and any other status below 200
 or from 300 up ends the delivery at once. The caller of `deliver` stores an
 undelivered callback as a dead letter; the function never runs again
 because of it.
+
+The callback URL is chosen by the caller of the gateway, so the worker
+guards where it connects (`CallbackGuard`). It resolves the host itself,
+checks every address, and connects only to the checked addresses, so a DNS
+answer that changes between check and connection (DNS rebinding) cannot
+bypass the check. Link-local networks (169.254.0.0/16, fe80::/10) and cloud
+metadata addresses are always denied, as are the networks of the
+callback_deny_networks setting; when callback_allow is set, only its hosts
+and networks are allowed. Loopback and private networks are allowed by
+default, so that `faashub up` can post callbacks to a receiver on the same
+machine. A refused callback is not retried: it is dead-lettered with the
+reason.
 """
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
 import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from faashub import constants
 from faashub.dead_letter import Attempt
 from faashub.queued_call import QueuedCall
 from queue_worker import backoff, signing
+from queue_worker.constants import USER_AGENT
 from queue_worker.invoke import FunctionResult, request_body, wire_text
 from queue_worker.policy import Jitter
 
@@ -54,6 +71,131 @@ _NOT_FORWARDED = constants.HOP_BY_HOP | {
     constants.RETRY_MAX.lower(),
     constants.CALLBACK_SIGNATURE.lower(),
 }
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Addresses no callback may reach: link-local networks, where the AWS, GCP and
+# Azure metadata service (169.254.169.254) lives, AWS's IPv6 metadata address,
+# Alibaba Cloud's metadata address, and the unspecified and multicast ranges.
+ALWAYS_DENIED: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "169.254.0.0/16",
+        "fe80::/10",
+        "fd00:ec2::254/128",
+        "100.100.100.200/32",
+        "0.0.0.0/32",
+        "::/128",
+        "224.0.0.0/4",
+        "ff00::/8",
+    )
+)
+
+
+class CallbackRefused(OSError):
+    """The callback URL resolves to an address that callbacks may not reach."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackGuard:
+    """Which addresses callbacks may connect to."""
+
+    denied: tuple[IPNetwork, ...] = ()
+    """Networks denied beside ALWAYS_DENIED."""
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    allowed_hosts: frozenset[str] = frozenset()
+    """Host names allowed when an allow list is set; their addresses must
+    still not be denied."""
+
+    @classmethod
+    def from_settings(cls, *, deny_networks: str, allow: str) -> "CallbackGuard":
+        """Parse the comma-separated callback_deny_networks and callback_allow.
+
+        Raises ValueError naming the entry that is neither a network nor a host.
+        """
+        denied = tuple(_network(entry) for entry in _entries(deny_networks))
+        networks: list[IPNetwork] = []
+        hosts: set[str] = set()
+        for entry in _entries(allow):
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                hosts.add(entry.lower().rstrip("."))
+        return cls(denied, tuple(networks), frozenset(hosts))
+
+    @property
+    def has_allow_list(self) -> bool:
+        return bool(self.allowed_networks or self.allowed_hosts)
+
+    def check(self, host: str, address: str) -> None:
+        """Raise CallbackRefused unless `host` may be reached at `address`."""
+        ip = ipaddress.ip_address(address.partition("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in network for network in self.allowed_networks):
+            return
+        for network in (*ALWAYS_DENIED, *self.denied):
+            if ip in network:
+                raise CallbackRefused(
+                    f"callback refused: host {host!r} resolves to {ip}, in the "
+                    f"denied network {network} (link-local, cloud metadata or "
+                    "callback_deny_networks)"
+                )
+        if self.has_allow_list and host.lower().rstrip(".") not in self.allowed_hosts:
+            raise CallbackRefused(
+                f"callback refused: host {host!r} ({ip}) is not in callback_allow"
+            )
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves callback hosts, raising CallbackRefused if any address is denied.
+
+    Refusing the whole host, instead of connecting to its other addresses,
+    keeps a host that resolves partly to a metadata address from working by
+    chance.
+    """
+
+    def __init__(self, guard: CallbackGuard) -> None:
+        self._guard = guard
+        self._resolver = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._resolver.resolve(host, port, family)
+        for result in results:
+            self._guard.check(host, result["host"])
+        return results
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def new_callback_session(guard: CallbackGuard, *, limit: int) -> aiohttp.ClientSession:
+    """Return a session that connects only where `guard` allows.
+
+    Its connector resolves through `GuardedResolver`, so each connection goes
+    to an address that was checked. IP literals skip aiohttp's resolver, so
+    `CallbackSender` checks them itself before posting.
+    """
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, resolver=GuardedResolver(guard)),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": USER_AGENT},
+        skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type"),
+        # NB: proxies from the environment would connect on the worker's
+        # behalf to an address that was never checked.
+        trust_env=False,
+    )
+    _GUARDED_SESSIONS.add(session)
+    return session
+
+
+# Sessions made by new_callback_session, so CallbackSender can tell them apart.
+_GUARDED_SESSIONS: "weakref.WeakSet[aiohttp.ClientSession]" = weakref.WeakSet()
 
 
 @dataclass(slots=True)
@@ -83,10 +225,19 @@ class CallbackOptions:
     jitter: Jitter
     secrets: Sequence[str] = ()
     """Signing secrets, the current one first; empty sends no signature."""
+    guard: CallbackGuard = CallbackGuard()
+    """Where callbacks may connect; the default denies only ALWAYS_DENIED."""
 
 
 class CallbackSender:
-    """Posts callbacks with retries; shared by every call of a worker."""
+    """Posts callbacks with retries; shared by every call of a worker.
+
+    `session` should come from `new_callback_session` with the same guard as
+    `options.guard`, so that connections are reused between callbacks. Any
+    other session is not used for callbacks: each delivery then opens a
+    guarded session of its own, because a session without the guard would
+    connect to addresses that were never checked.
+    """
 
     def __init__(
         self,
@@ -96,7 +247,7 @@ class CallbackSender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock_s: Callable[[], float] = time.time,
     ) -> None:
-        self._session = session
+        self._session = session if session in _GUARDED_SESSIONS else None
         self._options = options
         self._timeout = aiohttp.ClientTimeout(total=options.timeout_s)
         self._wait = backoff.wait_strategy(
@@ -123,15 +274,29 @@ class CallbackSender:
         headers = callback_headers(
             call, result, duration_s=duration_s, retry=retry, retry_max=retry_max
         )
+        if self._session is not None:
+            return await self._deliver(call, result.body, headers, self._session)
+        # TODO: a worker that passes new_callback_session()'s session avoids
+        # one new connection per delivery here.
+        async with new_callback_session(self._options.guard, limit=1) as session:
+            return await self._deliver(call, result.body, headers, session)
+
+    async def _deliver(
+        self,
+        call: QueuedCall,
+        body: bytes,
+        headers: list[tuple[str, str]],
+        session: aiohttp.ClientSession,
+    ) -> Delivery:
         delivery = Delivery(delivered=False, status=None)
         for number in range(1, self._options.attempts + 1):
-            status, error = await self._post(call, result.body, headers)
+            status, error, final = await self._post(call, body, headers, session)
             delivery.status = status
             delivery.tries.append(Attempt(status, error, time.time_ns()))
             if not error:
                 delivery.delivered = True
                 return delivery
-            retried = status is None or status >= 500
+            retried = not final and (status is None or status >= 500)
             if not retried or number == self._options.attempts:
                 delivery.error = error
                 break
@@ -152,16 +317,25 @@ class CallbackSender:
         return delivery
 
     async def _post(
-        self, call: QueuedCall, body: bytes, headers: list[tuple[str, str]]
-    ) -> tuple[int | None, str]:
-        """Post once; return the status (None without a response) and an error."""
+        self,
+        call: QueuedCall,
+        body: bytes,
+        headers: list[tuple[str, str]],
+        session: aiohttp.ClientSession,
+    ) -> tuple[int | None, str, bool]:
+        """Post once; return the status (None without a response), an error,
+        and whether the error is final (a refused address is never retried).
+        """
+        refusal = self._refusal_of_literal(call.callback_url)
+        if refusal:
+            return None, refusal, True
         if self._options.secrets:
             signature = signing.signature_header(
                 body, self._options.secrets, timestamp_s=int(self._clock_s())
             )
             headers = [*headers, (constants.CALLBACK_SIGNATURE, signature)]
         try:
-            async with self._session.post(
+            async with session.post(
                 call.callback_url,
                 data=request_body(body),
                 headers=headers,
@@ -171,16 +345,38 @@ class CallbackSender:
                 await response.read()
                 status = response.status
         except TimeoutError:
-            return None, f"timed out after {self._options.timeout_s:g} s"
+            return None, f"timed out after {self._options.timeout_s:g} s", False
         except aiohttp.InvalidURL:
             # The message of InvalidURL repeats the URL, query string included.
-            return None, "invalid callback URL"
+            return None, "invalid callback URL", True
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, CallbackRefused):
+                return None, str(exc.os_error), True
+            return None, str(exc) or type(exc).__name__, False
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             # ValueError covers a header value that aiohttp refuses to send.
-            return None, str(exc) or type(exc).__name__
+            return None, str(exc) or type(exc).__name__, False
         if 200 <= status < 300:
-            return status, ""
-        return status, f"status {status}"
+            return status, "", False
+        return status, f"status {status}", False
+
+    def _refusal_of_literal(self, url: str) -> str:
+        """Check a URL whose host is an IP literal, which skips the resolver."""
+        try:
+            host = yarl.URL(url).raw_host
+        except (TypeError, ValueError):
+            return ""  # aiohttp reports the invalid URL
+        if not host:
+            return ""
+        try:
+            ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return ""  # a name: GuardedResolver checks its addresses
+        try:
+            self._options.guard.check(host, host)
+        except CallbackRefused as exc:
+            return str(exc)
+        return ""
 
 
 def callback_headers(
@@ -231,3 +427,17 @@ def _context(call: QueuedCall) -> dict[str, object]:
         "call_id": call.call_id,
         "callback_url": loggable_url(call.callback_url),
     }
+
+
+def _entries(text: str) -> list[str]:
+    return [entry.strip() for entry in text.split(",") if entry.strip()]
+
+
+def _network(entry: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(entry, strict=False)
+    except ValueError as exc:
+        raise ValueError(
+            f"Invalid network {entry!r} in callback_deny_networks: use CIDR "
+            "notation such as 10.0.0.0/8 or fd00::/8."
+        ) from exc

@@ -47,11 +47,14 @@ class FunctionLookup:
         gateway_url: str,
         *,
         policies: PolicyReader,
+        authorization: str = "",
         ttl_s: float = constants.FUNCTION_CACHE_TTL_S,
         timeout_s: float = constants.LOOKUP_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
+        # Sent on /system lookups only, never to a function.
+        self._headers = {"Authorization": authorization} if authorization else {}
         self._system_url = gateway_url.rstrip("/") + "/system/function/"
         self._gateway_url = gateway_url
         self._policies = policies
@@ -89,7 +92,9 @@ class FunctionLookup:
     async def _query(self, ref: FunctionRef) -> FunctionInfo | None:
         url = yarl.URL(self._system_url + ref.name).with_query(namespace=ref.namespace)
         try:
-            async with self._session.get(url, timeout=self._timeout) as response:
+            async with self._session.get(
+                url, headers=self._headers, timeout=self._timeout
+            ) as response:
                 status = response.status
                 body = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -35,17 +35,23 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from faashub import constants as shared
-from faashub import errors, jetstream
+from faashub import credentials, errors, jetstream
 from faashub.queued_call import queue_filter_subject
 from faashub.settings import WorkerSettings
 from queue_worker import callback, constants
-from queue_worker.callback import CallbackOptions, CallbackSender
+from queue_worker.callback import (
+    CallbackGuard,
+    CallbackOptions,
+    CallbackSender,
+    new_callback_session,
+)
 from queue_worker.dead_letters import DeadLetterWriter
 from queue_worker.functions import FunctionLookup
 from queue_worker.handling import CallHandler, HandlerServices
 from queue_worker.messages import HeldMessage, delivery_of
 from queue_worker.metrics import WorkerMetrics
 from queue_worker.policy import PolicyReader, default_retry_policy
+from queue_worker.replicas import ReplicaUrls
 from queue_worker.slots import Slots
 from queue_worker.status import StatusStore
 
@@ -86,6 +92,7 @@ class Worker:
         self._nc = NatsClient()
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._callback_session: aiohttp.ClientSession | None = None
         self._handler: CallHandler | None = None
         self._slots = Slots(settings.max_inflight)
         self._fetcher: asyncio.Task[None] | None = None
@@ -285,8 +292,22 @@ class Worker:
             )
             if secret
         ]
+        guard = CallbackGuard.from_settings(
+            deny_networks=settings.callback_deny_networks,
+            allow=settings.callback_allow,
+        )
+        # Callbacks get a session of their own whose resolver checks every
+        # address, shared by all calls so that connections are reused.
+        self._callback_session = new_callback_session(
+            guard, limit=settings.max_inflight
+        )
+        authorization = credentials.gateway_authorization(
+            secret_mount_path=settings.gateway_secret_mount_path,
+            user=settings.gateway_user,
+            password=settings.gateway_password.get_secret_value(),
+        )
         callbacks = CallbackSender(
-            self._session,
+            self._callback_session,
             CallbackOptions(
                 timeout_s=settings.callback_timeout_s,
                 attempts=settings.callback_attempts,
@@ -294,6 +315,7 @@ class Worker:
                 max_wait_s=settings.callback_max_wait_s,
                 jitter=settings.retry_jitter,
                 secrets=secrets,
+                guard=guard,
             ),
         )
         services = HandlerServices(
@@ -302,6 +324,7 @@ class Worker:
                 self._session,
                 settings.gateway_url,
                 policies=PolicyReader(self._default_policy),
+                authorization=authorization,
             ),
             status=StatusStore(status_bucket, lease_s=settings.ack_wait_s),
             dead_letters=DeadLetterWriter(
@@ -311,6 +334,13 @@ class Worker:
             callbacks=callbacks,
             slots=self._slots,
             metrics=self.metrics,
+            replicas=(
+                ReplicaUrls(
+                    self._session, settings.gateway_url, authorization=authorization
+                )
+                if settings.invoke_replicas
+                else None
+            ),
         )
         return CallHandler(
             settings,
@@ -421,6 +451,8 @@ class Worker:
             await self._handler.close()
         if self._session is not None:
             await self._session.close()
+        if self._callback_session is not None:
+            await self._callback_session.close()
         # close() flushes buffered acks before it disconnects.
         await self._nc.close()
         logger.info("queue-worker stopped")

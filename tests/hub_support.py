@@ -28,14 +28,26 @@ class RunningHub:
     process: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
     drain: threading.Thread | None = None
+    auth: httpx.BasicAuth | None = None
+    """The hub's generated gateway credentials; None when it runs with --no-auth."""
+
+
+# State folders of the running hubs by gateway URL, so that `faashub()` lets
+# the CLI find a hub's credentials as it would in the default state folder.
+_HUB_STATE_DIRS: dict[str, Path] = {}
 
 
 def faashub(
     *arguments: str, gateway: str, stdin: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
     """Run one `faashub` user command against `gateway`."""
+    env = dict(os.environ)
+    state_dir = _HUB_STATE_DIRS.get(gateway.rstrip("/"))
+    if state_dir is not None:
+        env["FAASHUB_STATE_DIR"] = str(state_dir)
     return subprocess.run(
         [sys.executable, "-m", "faashub", *arguments, "--gateway", gateway],
+        env=env,
         input=stdin,
         capture_output=True,
         timeout=60,
@@ -44,10 +56,21 @@ def faashub(
 
 
 def start_hub(
-    state_dir: Path, port: int | None = None, *, extra_args: Sequence[str] = ()
+    state_dir: Path,
+    port: int | None = None,
+    *,
+    extra_args: Sequence[str] = (),
+    auth: bool = True,
 ) -> RunningHub:
-    """Start `faashub up` and wait for the line that announces the gateway URL."""
+    """Start `faashub up` and wait for the line that announces the gateway URL.
+
+    With `auth` (the hub's default) the gateway requires the credentials that
+    the hub generates, and `hub.auth` holds them for direct requests to
+    /system; without it the hub runs with --no-auth.
+    """
     port = port or free_port()
+    if not auth:
+        extra_args = [*extra_args, "--no-auth"]
     process = subprocess.Popen(
         [
             sys.executable,
@@ -83,6 +106,13 @@ def start_hub(
     if not hub.output[-1].startswith("faashub is up"):
         stop_hub(hub)
         raise AssertionError("faashub up did not come up:\n" + "".join(hub.output))
+    if auth:
+        folder = state_dir / "credentials"
+        hub.auth = httpx.BasicAuth(
+            (folder / "basic-auth-user").read_text(),
+            (folder / "basic-auth-password").read_text(),
+        )
+    _HUB_STATE_DIRS[hub.url] = state_dir
     # Keep draining the output so a full pipe never blocks the hub.
     hub.drain = threading.Thread(target=_drain, args=(hub,), daemon=True)
     hub.drain.start()
@@ -96,6 +126,7 @@ def _drain(hub: RunningHub) -> None:
 
 
 def stop_hub(hub: RunningHub, sig: int = signal.SIGTERM) -> int:
+    _HUB_STATE_DIRS.pop(hub.url, None)
     if hub.process.poll() is None:
         hub.process.send_signal(sig)
         try:
@@ -112,9 +143,13 @@ def stop_hub(hub: RunningHub, sig: int = signal.SIGTERM) -> int:
 
 @contextmanager
 def running_hub(
-    state_dir: Path, port: int | None = None, *, extra_args: Sequence[str] = ()
+    state_dir: Path,
+    port: int | None = None,
+    *,
+    extra_args: Sequence[str] = (),
+    auth: bool = True,
 ) -> Iterator[RunningHub]:
-    hub = start_hub(state_dir, port, extra_args=extra_args)
+    hub = start_hub(state_dir, port, extra_args=extra_args, auth=auth)
     try:
         yield hub
     finally:

@@ -5,6 +5,7 @@ commands, and checks what a function reads and what the gateway returns.
 """
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -48,7 +49,7 @@ def wait_until_true(
 
 
 def function_status(hub: RunningHub, name: str) -> dict[str, object]:
-    response = httpx.get(f"{hub.url}/system/function/{name}")
+    response = httpx.get(f"{hub.url}/system/function/{name}", auth=hub.auth)
     assert response.status_code == 200, response.text
     status: dict[str, object] = response.json()
     return status
@@ -79,7 +80,7 @@ def test_secret_read_by_function(tmp_path: Path) -> None:
         listed = run_ok(hub, "secret", "list")
         assert "api-key" in listed.splitlines()
         assert "rotated" not in listed
-        response = httpx.get(f"{hub.url}/system/secrets")
+        response = httpx.get(f"{hub.url}/system/secrets", auth=hub.auth)
         assert response.json() == [{"name": "api-key", "namespace": "openfaas-fn"}]
 
         in_use = faashub("secret", "remove", "api-key", gateway=hub.url)
@@ -135,6 +136,8 @@ def test_function_log_read_with_tail_and_follow(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # The CLI finds the hub's credentials in its state folder.
+            env={**os.environ, "FAASHUB_STATE_DIR": str(hub.state_dir)},
         )
         try:
             assert follower.stdout is not None
@@ -149,7 +152,7 @@ def test_function_log_read_with_tail_and_follow(tmp_path: Path) -> None:
         assert follower.returncode == 130
 
         # The gateway streams a followed log and ends it when the function goes.
-        with httpx.Client(base_url=hub.url, timeout=30) as client:
+        with httpx.Client(base_url=hub.url, auth=hub.auth, timeout=30) as client:
             with client.stream(
                 "GET", "/system/logs", params={"name": "talker", "follow": "true"}
             ) as response:
@@ -213,10 +216,12 @@ def test_one_namespace_addressed_by_name(tmp_path: Path) -> None:
     with running_hub(tmp_path / "state") as hub:
         run_ok(hub, "deploy", "--name", "wc", "--fprocess", "wc -c")
 
-        namespaces = httpx.get(f"{hub.url}/system/namespaces")
+        namespaces = httpx.get(f"{hub.url}/system/namespaces", auth=hub.auth)
         qualified = httpx.post(f"{hub.url}/function/wc.openfaas-fn", content=b"abc")
         other = httpx.post(f"{hub.url}/function/wc.team-a", content=b"abc")
-        listed = httpx.get(f"{hub.url}/system/functions", params={"namespace": "x"})
+        listed = httpx.get(
+            f"{hub.url}/system/functions", params={"namespace": "x"}, auth=hub.auth
+        )
         invoked = faashub(
             "invoke", "wc", "--namespace", "openfaas-fn", gateway=hub.url, stdin=b"ab"
         )
@@ -270,7 +275,7 @@ def test_first_run_problems_answered_quickly(tmp_path: Path) -> None:
             "exec_timeout=banana",
             gateway=hub.url,
         )
-        not_allowed = httpx.patch(f"{hub.url}/system/functions")
+        not_allowed = httpx.patch(f"{hub.url}/system/functions", auth=hub.auth)
 
     assert crashed.status_code == 503
     assert crashed_after_s < 5

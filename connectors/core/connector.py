@@ -26,7 +26,7 @@ from connectors.core.invoker import InvocationResult, Invoker, Message, new_sess
 from connectors.core.metrics import ConnectorMetrics
 from connectors.core.retry import RetryPolicy, SleepFunction
 from connectors.core.topic_map import EMPTY, TopicMap, TopicMapBuilder
-from faashub import __version__
+from faashub import __version__, credentials
 from faashub.connector_settings import ConnectorSettings
 
 logger = logging.getLogger(__name__)
@@ -65,8 +65,17 @@ class Connector:
         self.settings = settings
         self.name = name
         self.metrics = ConnectorMetrics(name)
+        # Read once: a connector that runs gets its credentials at start, as
+        # the gateway reads its own.
+        self._authorization = credentials.gateway_authorization(
+            secret_mount_path=settings.gateway_secret_mount_path,
+            user=settings.gateway_user,
+            password=settings.gateway_password.get_secret_value(),
+        )
         self.topic_maps = TopicMapBuilder(
-            settings.gateway_url, rebuild_interval_s=settings.rebuild_interval_s
+            settings.gateway_url,
+            rebuild_interval_s=settings.rebuild_interval_s,
+            authorization=self._authorization,
         )
         self.retry = RetryPolicy(
             attempts=settings.retry_attempts,
@@ -104,6 +113,7 @@ class Connector:
             callback_url=settings.callback_url,
             content_type=settings.content_type,
             max_body_bytes=settings.max_body_bytes,
+            authorization=self._authorization,
         )
         self._map_task = asyncio.create_task(self.topic_maps.run())
         if settings.callback_url and not settings.async_invocation:

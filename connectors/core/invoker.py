@@ -10,7 +10,8 @@ these headers, after the source's own (`X-Kafka-*` for Kafka):
   message delivered again after a crash carries the same id. The gateway
   uses it to drop a repeated async call within its duplicate window, and a
   function can use it to skip work it has already done;
-* `X-Callback-Url`, for async invocations when a callback URL is configured.
+* `X-Callback-Url`, for async invocations when a callback URL is configured;
+* `Authorization`, when the connector has gateway credentials.
 
 Temporary failures are retried as `connectors.core.retry` describes. A
 gateway that refuses the connection is an outage, not a failure of the
@@ -118,6 +119,7 @@ class Invoker:
         callback_url: str = "",
         content_type: str = "",
         max_body_bytes: int = 0,
+        authorization: str = "",
     ) -> None:
         self._session = session
         route = "/async-function/" if async_invocation else "/function/"
@@ -135,6 +137,8 @@ class Invoker:
             self._fixed_headers.append((constants.CONTENT_TYPE, content_type))
         if async_invocation and callback_url:
             self._fixed_headers.append((shared.CALLBACK_URL, callback_url))
+        if authorization:
+            self._fixed_headers.append(("Authorization", authorization))
 
     async def invoke(
         self, function: names.FunctionRef, message: Message

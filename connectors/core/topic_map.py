@@ -171,8 +171,11 @@ class TopicMapBuilder:
         *,
         rebuild_interval_s: float,
         request_timeout_s: float = constants.SYSTEM_REQUEST_TIMEOUT_S,
+        authorization: str = "",
     ) -> None:
         self._gateway_url = gateway_url.rstrip("/")
+        # The Authorization header value for the gateway's /system API, or "".
+        self._authorization = authorization
         self._rebuild_interval_s = rebuild_interval_s
         self._request_timeout_s = request_timeout_s
         self._current: TopicMap | None = None
@@ -196,8 +199,10 @@ class TopicMapBuilder:
         retry_wait_s = constants.FIRST_MAP_RETRY_MIN_S
         # A session of its own, so that slow invocations holding connections
         # never delay a refresh.
+        headers = {"Authorization": self._authorization} if self._authorization else {}
         async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._request_timeout_s)
+            timeout=aiohttp.ClientTimeout(total=self._request_timeout_s),
+            headers=headers,
         ) as client:
             while True:
                 try:

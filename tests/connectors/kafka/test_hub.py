@@ -47,7 +47,12 @@ async def test_hub_functions_receive_records(
     hub = await asyncio.to_thread(start_hub, tmp_path / "state")
     try:
         await asyncio.to_thread(deploy_recorder, hub.url, "first", topic, first_output)
-        settings = kafka_settings(kafka_brokers, hub.url, group_id=unique("group"))
+        settings = kafka_settings(
+            kafka_brokers,
+            hub.url,
+            group_id=unique("group"),
+            gateway_secret_mount_path=str(hub.state_dir / "credentials"),
+        )
         async with (
             running_connector(settings),
             kafka_producer(kafka_brokers) as producer,

@@ -1,0 +1,242 @@
+"""Authentication of gateway requests: basic auth, bearer tokens, lockout.
+
+`GatewayApp` asks `Authenticator.admit` before it routes a request under
+`/system/` (and, when auth_invoke is on, an invocation). The check accepts
+HTTP basic auth with the configured user and password, as the OpenFaaS
+gateway does, or `Authorization: Bearer TOKEN` with one of the configured
+tokens. Each comparison runs in constant time (`hmac.compare_digest`) over
+every candidate, so the response time does not tell how much of a guess
+matched.
+
+A client address that fails `max_failures` times within `failure_window_s`
+gets 429 with Retry-After, even with correct credentials, until the oldest
+of those failures is older than the window. The table of addresses is bounded, so a
+flood from many addresses costs bounded memory.
+
+This module does not read settings files or environment variables
+(`faashub.credentials` does) and never logs a credential or an
+Authorization header.
+"""
+
+import base64
+import binascii
+import hmac
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from starlette.types import Scope, Send
+
+from faashub import credentials
+from faashub.credentials import Credentials
+from faashub.settings import GatewaySettings
+from gateway import asgi, constants
+
+logger = logging.getLogger(__name__)
+
+REALM = "faashub"
+SYSTEM_PREFIX = "/system"
+# Routes that need credentials only when auth_invoke is on.
+INVOKE_PREFIXES = (
+    constants.FUNCTION_PREFIX,
+    constants.ASYNC_FUNCTION_PREFIX,
+    constants.ASYNC_CALLS_PREFIX,
+)
+# Failure histories kept at most; the oldest address is forgotten first.
+MAX_TRACKED_ADDRESSES = 10_000
+
+_CHALLENGE: asgi.Headers = [
+    (b"www-authenticate", f'Basic realm="{REALM}", charset="UTF-8"'.encode()),
+    (b"www-authenticate", f'Bearer realm="{REALM}"'.encode()),
+]
+
+
+def from_settings(settings: GatewaySettings) -> "Authenticator | None":
+    """Build the authenticator the settings ask for, or None for an open gateway.
+
+    Raises CredentialsError when a credentials file cannot be read.
+    """
+    configured = credentials.configured_credentials(
+        secret_mount_path=settings.auth_secret_mount_path,
+        user=settings.auth_user,
+        password=settings.auth_password.get_secret_value(),
+        setting_prefix="auth",
+    )
+    tokens = _read_tokens(settings.auth_tokens_file)
+    if configured is None and not tokens:
+        logger.warning(
+            "no credentials configured: /system/* is open to anyone who reaches "
+            "the gateway; set --auth-secret-mount-path or --auth-user and "
+            "--auth-password"
+        )
+        return None
+    return Authenticator(
+        configured,
+        bearer_tokens=tokens,
+        max_failures=settings.auth_max_failures,
+        failure_window_s=settings.auth_failure_window_s,
+    )
+
+
+def is_system_path(path: str) -> bool:
+    """Return whether `path` is under the protected `/system` API."""
+    return path == SYSTEM_PREFIX or path.startswith(SYSTEM_PREFIX + "/")
+
+
+def _read_tokens(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        text = path.expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise credentials.CredentialsError(
+            f"Cannot read the bearer tokens file {path} ({exc.__class__.__name__}). "
+            "Check --auth-tokens-file."
+        ) from exc
+    tokens = [line.strip() for line in text.splitlines() if line.strip()]
+    if not tokens:
+        raise credentials.CredentialsError(
+            f"The bearer tokens file {path} contains no token; put one a line."
+        )
+    return tokens
+
+
+class Authenticator:
+    """Checks the Authorization header of requests and locks out guessers."""
+
+    def __init__(
+        self,
+        credentials: Credentials | None,
+        *,
+        bearer_tokens: Sequence[str] = (),
+        max_failures: int,
+        failure_window_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._user = credentials.user.encode() if credentials else None
+        self._password = credentials.password.encode() if credentials else None
+        self._tokens = [token.encode() for token in bearer_tokens if token]
+        self._max_failures = max_failures
+        self._window_s = failure_window_s
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def is_valid(self, authorization: bytes | None) -> bool:
+        """Return whether an Authorization header value carries accepted credentials."""
+        if authorization is None:
+            return False
+        scheme, _, value = authorization.strip().partition(b" ")
+        scheme = scheme.lower()
+        value = value.strip()
+        if scheme == b"basic" and self._user is not None:
+            return self._is_valid_basic(value)
+        if scheme == b"bearer" and self._tokens:
+            matched = False
+            for token in self._tokens:
+                # Compare with every token, so the time does not tell which matched.
+                matched |= hmac.compare_digest(value, token)
+            return matched
+        return False
+
+    def _is_valid_basic(self, value: bytes) -> bool:
+        assert self._user is not None and self._password is not None
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        user, colon, password = decoded.partition(b":")
+        if not colon:
+            return False
+        user_matches = hmac.compare_digest(user, self._user)
+        password_matches = hmac.compare_digest(password, self._password)
+        return user_matches & password_matches
+
+    async def admit(self, scope: Scope, send: Send) -> bool:
+        """Return True for an authenticated request; else send 401 or 429.
+
+        Called once per protected request, before its body is read.
+        """
+        address = _client_address(scope)
+        retry_after_s = self._locked_for_s(address)
+        if retry_after_s > 0:
+            await asgi.send_text(
+                send,
+                429,
+                "Too many failed authentication attempts from this address; "
+                f"retry after {math.ceil(retry_after_s)} s.\n",
+                headers=[(b"retry-after", str(math.ceil(retry_after_s)).encode())],
+            )
+            return False
+        if self.is_valid(_authorization(scope)):
+            self._failures.pop(address, None)
+            return True
+        self._record_failure(address, path=scope["path"])
+        await asgi.send_text(
+            send,
+            401,
+            "Authentication required: send the gateway's credentials with HTTP "
+            "basic auth, or a bearer token ('faashub login' stores them for the "
+            "CLI).\n",
+            headers=_CHALLENGE,
+        )
+        return False
+
+    def _locked_for_s(self, address: str) -> float:
+        """Return the seconds `address` stays locked out, 0 when it is not."""
+        history = self._failures.get(address)
+        if history is None:
+            return 0.0
+        now = self._clock()
+        while history and now - history[0] >= self._window_s:
+            history.popleft()
+        if not history:
+            del self._failures[address]
+            return 0.0
+        if len(history) < self._max_failures:
+            return 0.0
+        return history[0] + self._window_s - now
+
+    def _record_failure(self, address: str, *, path: str) -> None:
+        history = self._failures.get(address)
+        if history is None:
+            if len(self._failures) >= MAX_TRACKED_ADDRESSES:
+                self._failures.popitem(last=False)
+            history = self._failures[address] = deque(maxlen=self._max_failures)
+        history.append(self._clock())
+        self._failures.move_to_end(address)
+        # One line for the first failure and one when the lockout starts, so a
+        # guessing client cannot flood the log.
+        if len(history) == 1:
+            logger.warning(
+                "authentication failed",
+                extra={"ctx": {"client": address, "path": path}},
+            )
+        elif len(history) == self._max_failures:
+            logger.warning(
+                "client locked out after repeated authentication failures",
+                extra={
+                    "ctx": {
+                        "client": address,
+                        "failures": len(history),
+                        "lockout_s": self._window_s,
+                    }
+                },
+            )
+
+
+def _authorization(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            value_bytes: bytes = value
+            return value_bytes
+    return None
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    if not client:
+        return "unknown"
+    return str(client[0])

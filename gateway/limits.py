@@ -1,0 +1,213 @@
+"""Request size and time limits that the gateway enforces.
+
+uvicorn's parsers bound the header section only loosely (h11 at
+h11_max_incomplete_event_size, httptools not at all), and answer a violation
+with a bare 400. `GatewayApp` therefore checks the parsed headers against
+max_header_count and max_header_bytes and answers 431 with a message that
+names the limit.
+
+uvicorn 0.55 has no timeout for reading a request's headers: its
+timeout_keep_alive runs only between requests and stops at the first byte
+of the next one. `http_protocol` returns uvicorn's HTTP protocol class with
+a header deadline added (header_read_timeout_s), which answers 408 and
+closes the connection. The body size limit and the body read timeout are
+enforced where bodies are read (`gateway.async_accept`, `gateway.system`),
+with the message from `body_read_timeout_text`.
+"""
+
+import asyncio
+import logging
+
+import h11
+from starlette.types import Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway import asgi
+
+logger = logging.getLogger(__name__)
+
+
+def header_bytes(scope: Scope) -> int:
+    """Return the size of the request's header names and values in bytes."""
+    return sum(len(name) + len(value) for name, value in scope["headers"])
+
+
+async def reject_headers(
+    scope: Scope, send: Send, *, max_count: int, max_bytes: int
+) -> None:
+    """Send 431 for a request whose headers exceed one of the limits."""
+    count = len(scope["headers"])
+    size = header_bytes(scope)
+    if count > max_count:
+        text = (
+            f"The request has {count} headers, above the gateway's limit of "
+            f"{max_count} (max_header_count).\n"
+        )
+    else:
+        text = (
+            f"The request headers have {size} bytes, above the gateway's limit of "
+            f"{max_bytes} bytes (max_header_bytes).\n"
+        )
+    client = scope.get("client")
+    logger.info(
+        "request headers too large",
+        extra={
+            "ctx": {
+                "client": client[0] if client else "unknown",
+                "headers": count,
+                "header_bytes": size,
+            }
+        },
+    )
+    await asgi.send_text(send, 431, text, headers=[(b"connection", b"close")])
+
+
+def body_read_timeout_text(timeout_s: float) -> str:
+    """Return the 408 message for a body that did not arrive in time."""
+    return (
+        f"The request body did not arrive within {timeout_s:g} s "
+        "(body_read_timeout_s). Send the body at once, or raise the gateway's "
+        "--body-read-timeout-s.\n"
+    )
+
+
+async def send_body_read_timeout(send: Send, *, timeout_s: float) -> None:
+    """Send 408 for a body that did not arrive in time, and close the connection."""
+    await asgi.send_text(
+        send,
+        408,
+        body_read_timeout_text(timeout_s),
+        headers=[(b"connection", b"close")],
+    )
+
+
+def _header_timeout_response(timeout_s: float) -> bytes:
+    text = (
+        f"The request headers did not arrive within {timeout_s:g} s "
+        "(header_read_timeout_s); the connection is closed.\n"
+    ).encode()
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(text)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + text
+    )
+
+
+class _HeaderDeadline:
+    """The time by which one connection must finish the headers of a request.
+
+    The deadline is armed when the connection opens and when a request's
+    first byte arrives, and cleared when its headers are complete. When it
+    passes, the client gets 408 and the connection is closed. A connection
+    that is still sending an earlier response is closed after that response
+    instead, so the response is not cut.
+    """
+
+    def __init__(self, protocol: asyncio.Protocol, *, timeout_s: float) -> None:
+        self._protocol = protocol
+        self._timeout_s = timeout_s
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+        self._client = "unknown"
+
+    def start(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self._client = str(peer[0])
+        self.arm(loop)
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is None:
+            self._timer = loop.call_later(self._timeout_s, self._expire)
+
+    def clear(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        logger.info(
+            "request headers timed out",
+            extra={"ctx": {"client": self._client, "timeout_s": self._timeout_s}},
+        )
+        cycle = getattr(self._protocol, "cycle", None)
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+            return
+        transport.write(_header_timeout_response(self._timeout_s))
+        transport.close()
+
+
+class _HttpToolsWithHeaderDeadline(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for request headers."""
+
+    header_read_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.header_deadline = _HeaderDeadline(
+            self, timeout_s=self.header_read_timeout_s
+        )
+        super().connection_made(transport)
+        self.header_deadline.start(transport, self.loop)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.header_deadline.clear()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.header_deadline.arm(self.loop)
+
+    def on_headers_complete(self) -> None:
+        self.header_deadline.clear()
+        super().on_headers_complete()
+
+
+class _H11WithHeaderDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for request headers."""
+
+    header_read_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.header_deadline = _HeaderDeadline(
+            self, timeout_s=self.header_read_timeout_s
+        )
+        super().connection_made(transport)
+        self.header_deadline.start(transport, self.loop)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.header_deadline.clear()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            self.header_deadline.arm(self.loop)
+        super().data_received(data)
+        # h11 leaves IDLE once it has parsed a whole request head.
+        if self.conn.their_state is not h11.IDLE:
+            self.header_deadline.clear()
+
+
+def http_protocol(
+    *, header_read_timeout_s: float, h11_only: bool = False
+) -> type[asyncio.Protocol]:
+    """Return uvicorn's HTTP protocol class with a deadline for request headers.
+
+    The base is httptools, as uvicorn's "auto" chooses when httptools is
+    installed (uvicorn[standard] installs it), or h11 when `h11_only` is set.
+    """
+    base: type[_HttpToolsWithHeaderDeadline | _H11WithHeaderDeadline] = (
+        _H11WithHeaderDeadline if h11_only else _HttpToolsWithHeaderDeadline
+    )
+    return type(
+        base.__name__, (base,), {"header_read_timeout_s": header_read_timeout_s}
+    )

@@ -1,0 +1,201 @@
+"""Authentication and header limits of a real gateway under uvicorn.
+
+The fake provider returns 202 on /system/* and 201 on /function/*, so those
+statuses show that a request got through.
+"""
+
+import base64
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import GatewayFactory, wait_until_healthy
+
+pytestmark = pytest.mark.timeout(60)
+
+USER = "admin"
+PASSWORD = "s3cret-password"
+GOOD = httpx.BasicAuth(USER, PASSWORD)
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+async def test_system_requires_credentials(
+    nats_url: str, start_gateway: GatewayFactory
+) -> None:
+    gateway = await start_gateway(
+        nats_url=nats_url, auth_user=USER, auth_password=PASSWORD
+    )
+    await wait_until_healthy(gateway.url)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        anonymous = await client.get("/system/functions")
+        wrong = await client.get("/system/functions", auth=(USER, "guess"))
+        wrong_user = await client.get("/system/functions", auth=("root", PASSWORD))
+        garbage = await client.get(
+            "/system/functions", headers={"Authorization": "Basic !!!"}
+        )
+        right = await client.get("/system/functions", auth=GOOD)
+        bare_system = await client.get("/system")
+    assert anonymous.status_code == 401
+    challenges = anonymous.headers.get_list("www-authenticate")
+    assert 'Basic realm="faashub", charset="UTF-8"' in challenges
+    assert wrong.status_code == 401
+    assert wrong_user.status_code == 401
+    assert garbage.status_code == 401
+    assert right.status_code == 202
+    assert bare_system.status_code == 401
+
+
+async def test_invoke_open_by_default(
+    nats_url: str, start_gateway: GatewayFactory
+) -> None:
+    gateway = await start_gateway(
+        nats_url=nats_url, auth_user=USER, auth_password=PASSWORD
+    )
+    await wait_until_healthy(gateway.url)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        response = await client.post("/function/echo", content=b"hi")
+        health = await client.get("/healthz")
+    assert response.status_code == 201
+    assert health.status_code == 200
+
+
+async def test_auth_invoke_protects_functions(
+    nats_url: str, start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("token-one\n\ntoken-two\n")
+    gateway = await start_gateway(
+        nats_url=nats_url,
+        auth_user=USER,
+        auth_password=PASSWORD,
+        auth_tokens_file=tokens,
+        auth_invoke=True,
+    )
+    await wait_until_healthy(gateway.url)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        anonymous = await client.post("/function/echo", content=b"hi")
+        async_anonymous = await client.post("/async-function/echo", content=b"hi")
+        with_basic = await client.post("/function/echo", content=b"hi", auth=GOOD)
+        with_token = await client.post(
+            "/function/echo",
+            content=b"hi",
+            headers={"Authorization": "Bearer token-two"},
+        )
+        wrong_token = await client.get(
+            "/system/functions", headers={"Authorization": "Bearer token-three"}
+        )
+        system_token = await client.get(
+            "/system/functions", headers={"Authorization": "bearer token-one"}
+        )
+    assert anonymous.status_code == 401
+    assert async_anonymous.status_code == 401
+    assert with_basic.status_code == 201
+    assert with_token.status_code == 201
+    assert wrong_token.status_code == 401
+    assert system_token.status_code == 202
+
+
+async def test_secret_mount_path_credentials(
+    nats_url: str, start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "basic-auth-user").write_text("mounted\n")
+    (tmp_path / "basic-auth-password").write_text("from-file\n")
+    gateway = await start_gateway(
+        nats_url=nats_url,
+        auth_secret_mount_path=str(tmp_path),
+        # The mounted files win over the user and password settings.
+        auth_user=USER,
+        auth_password=PASSWORD,
+    )
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        mounted = await client.get("/system/functions", auth=("mounted", "from-file"))
+        settings_pair = await client.get("/system/functions", auth=GOOD)
+    assert mounted.status_code == 202
+    assert settings_pair.status_code == 401
+
+
+async def test_repeated_failures_locked_out(
+    nats_url: str, start_gateway: GatewayFactory
+) -> None:
+    gateway = await start_gateway(
+        nats_url=nats_url,
+        auth_user=USER,
+        auth_password=PASSWORD,
+        auth_max_failures=3,
+        auth_failure_window_s=600,
+    )
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        failures = [
+            await client.get("/system/functions", headers=basic(USER, f"guess{n}"))
+            for n in range(3)
+        ]
+        locked = await client.get("/system/functions", auth=GOOD)
+    assert [response.status_code for response in failures] == [401, 401, 401]
+    assert locked.status_code == 429
+    retry_after = int(locked.headers["retry-after"])
+    assert 0 < retry_after <= 600
+    assert "Too many failed authentication attempts" in locked.text
+
+
+async def test_open_gateway_warns(
+    nats_url: str, start_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="gateway.auth"):
+        gateway = await start_gateway(nats_url=nats_url)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        response = await client.get("/system/functions")
+    assert response.status_code == 202
+    warnings = [r for r in caplog.records if r.name == "gateway.auth"]
+    assert len(warnings) == 1
+    assert "no credentials configured" in warnings[0].getMessage()
+
+
+async def test_credentials_never_logged(
+    nats_url: str, start_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    gateway = await start_gateway(
+        nats_url=nats_url, auth_user=USER, auth_password=PASSWORD
+    )
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        denied = await client.get("/system/functions", auth=(USER, "canary-guess"))
+    assert denied.status_code == 401
+    assert "canary-guess" not in denied.text
+    logged = "\n".join(
+        record.getMessage() + str(record.__dict__) for record in caplog.records
+    )
+    assert "canary-guess" not in logged
+    assert PASSWORD not in logged
+    assert "authentication failed" in logged
+
+
+@pytest.mark.parametrize(
+    ("headers", "limit"),
+    [
+        pytest.param(
+            {f"x-h{n}": "v" for n in range(30)}, "max_header_count", id="count"
+        ),
+        pytest.param({"x-big": "v" * 3000}, "max_header_bytes", id="bytes"),
+    ],
+)
+async def test_header_limits_give_431(
+    nats_url: str,
+    start_gateway: GatewayFactory,
+    headers: dict[str, str],
+    limit: str,
+) -> None:
+    gateway = await start_gateway(
+        nats_url=nats_url, max_header_count=20, max_header_bytes=2048
+    )
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        response = await client.post("/function/echo", content=b"x", headers=headers)
+        system = await client.get("/system/functions", headers=headers)
+    assert response.status_code == 431
+    assert limit in response.text
+    assert system.status_code == 431

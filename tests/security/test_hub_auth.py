@@ -1,0 +1,156 @@
+"""`faashub up` with its generated credentials, the CLI, and the log canary.
+
+One hub serves every check of this module, to keep the suite fast.
+"""
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.hub_support import RunningHub, faashub, running_hub
+
+pytestmark = pytest.mark.timeout(120)
+
+CANARY = "canary-7f3e9a1c5b"
+READ_SECRET = "sh -c 'cat \"$OPENFAAS_SECRETS_DIR/canary-secret\" >/dev/null; echo ok'"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    state_dir = tmp_path_factory.mktemp("hub")
+    with running_hub(state_dir, auth=True) as running:
+        yield running
+
+
+def run_ok(hub: RunningHub, *arguments: str, stdin: bytes = b"") -> str:
+    result = faashub(*arguments, gateway=hub.url, stdin=stdin)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def login(
+    hub: RunningHub, store: Path, *arguments: str, stdin: bytes
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "faashub", "login", "--gateway", hub.url, *arguments],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "FAASHUB_AUTH_FILE": str(store)},
+    )
+
+
+def test_credentials_owner_only(hub: RunningHub) -> None:
+    folder = hub.state_dir / "credentials"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for name in ("basic-auth-user", "basic-auth-password"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+    assert len((folder / "basic-auth-password").read_text()) >= 32
+    announced = "".join(hub.output)
+    assert "gateway credentials: user 'admin'" in announced
+    assert hub.auth is not None
+    assert (folder / "basic-auth-password").read_text() not in announced
+
+
+def test_system_needs_hub_credentials(hub: RunningHub) -> None:
+    anonymous = httpx.get(f"{hub.url}/system/functions")
+    authenticated = httpx.get(f"{hub.url}/system/functions", auth=hub.auth)
+    assert anonymous.status_code == 401
+    assert "www-authenticate" in anonymous.headers
+    assert authenticated.status_code == 200
+
+
+def test_cli_finds_hub_credentials(hub: RunningHub) -> None:
+    # hub_support points FAASHUB_STATE_DIR at the hub, as the default state
+    # folder would be for a hub started without --state-dir.
+    listed = faashub("list", gateway=hub.url)
+    assert listed.returncode == 0, listed.stderr.decode()
+
+
+def test_cli_without_credentials_explains(hub: RunningHub, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "faashub", "list", "--gateway", hub.url],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={
+            **os.environ,
+            "FAASHUB_STATE_DIR": str(tmp_path),
+            "FAASHUB_AUTH_FILE": str(tmp_path / "auth.json"),
+        },
+    )
+    assert result.returncode == 2
+    assert b"HTTP 401" in result.stderr
+    assert b"faashub login" in result.stderr
+
+
+def test_login_stores_checked_credentials(hub: RunningHub, tmp_path: Path) -> None:
+    assert hub.auth is not None
+    password = (hub.state_dir / "credentials" / "basic-auth-password").read_text()
+    store = tmp_path / "auth.json"
+
+    rejected = login(hub, store, "--password-stdin", stdin=b"wrong\n")
+    assert rejected.returncode == 2
+    assert b"rejected the credentials" in rejected.stderr
+    assert not store.exists()
+
+    accepted = login(hub, store, "--password-stdin", stdin=password.encode() + b"\n")
+    assert accepted.returncode == 0, accepted.stderr.decode()
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    listed = subprocess.run(
+        [sys.executable, "-m", "faashub", "list", "--gateway", hub.url],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={
+            **os.environ,
+            "FAASHUB_STATE_DIR": str(tmp_path),
+            "FAASHUB_AUTH_FILE": str(store),
+        },
+    )
+    assert listed.returncode == 0, listed.stderr.decode()
+
+
+def test_no_secret_in_any_log(hub: RunningHub) -> None:
+    run_ok(hub, "secret", "create", "canary-secret", "--from-literal", CANARY)
+    run_ok(
+        hub,
+        "deploy",
+        "--name",
+        "canary",
+        "--fprocess",
+        READ_SECRET,
+        "--secret",
+        "canary-secret",
+    )
+    invoked = httpx.post(
+        f"{hub.url}/function/canary",
+        content=b"body",
+        headers={"Authorization": f"Bearer {CANARY}", "X-Api-Key": CANARY},
+        timeout=30,
+    )
+    assert invoked.status_code == 200
+    refused = httpx.get(f"{hub.url}/system/secrets", auth=("admin", CANARY))
+    assert refused.status_code == 401
+    assert CANARY not in refused.text
+    secrets = httpx.get(f"{hub.url}/system/secrets", auth=hub.auth)
+    assert CANARY not in secrets.text
+    described = run_ok(hub, "describe", "canary")
+    assert CANARY not in described
+
+    assert hub.auth is not None
+    password = (hub.state_dir / "credentials" / "basic-auth-password").read_text()
+    logged = "".join(hub.output)
+    for path in (hub.state_dir / "logs").rglob("*"):
+        if path.is_file():
+            logged += path.read_text(errors="replace")
+    assert "authentication failed" in logged
+    assert CANARY not in logged
+    assert password not in logged
