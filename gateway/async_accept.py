@@ -17,15 +17,17 @@ Before storing, it checks what a caller can fix at once:
 A body too large for one NATS message goes to the object store
 (`gateway.call_queue`). The caller's X-Call-Id is the de-duplication key, so
 a retried accept inside the stream's duplicate window stores the call once.
+A call without one gets a new random id and no de-duplication key, because
+no retry can repeat an id that the caller never saw.
 
 This is the hot path of the gateway: it uses no framework and logs each call
 at DEBUG only.
 """
 
+import asyncio
 import logging
 import time
 import urllib.parse
-import uuid
 from dataclasses import dataclass
 
 import nats.errors
@@ -35,8 +37,9 @@ from starlette.types import Receive, Scope, Send
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
-from faashub.queued_call import QueuedCall, merge_request_headers
-from gateway import asgi, async_calls, constants, delays, errors
+from faashub.queued_call import QueuedCall
+from gateway import asgi, async_calls, constants, delays, errors, limits
+from gateway.call_ids import new_call_id
 from gateway.call_queue import CallQueue
 from gateway.function_lookup import FunctionLookup
 from gateway.log_throttle import WarningThrottle
@@ -52,22 +55,42 @@ _REQUEST_ERROR_STATUS: dict[type[errors.GatewayError], int] = {
 }
 _ALLOW_HEADER = (b"allow", _ALLOWED_METHODS.encode())
 _SERVED_BY_HEADER = (shared.SERVED_BY.lower().encode(), constants.SERVED_BY.encode())
+_EMPTY_BODY = (b"content-length", b"0")
+_ACCEPTED_BODY = {"type": "http.response.body", "body": b""}
+# Request headers that are not stored with the call: hop-by-hop ones, Host and
+# Content-Length (the worker's HTTP client sets both), and X-Call-Id and
+# X-Start-Time, which the gateway sets itself.
+_NOT_STORED = frozenset(
+    name.encode()
+    for name in shared.HOP_BY_HOP
+    | {"host", "content-length", "x-call-id", "x-start-time"}
+)
+_RESERVED_PREFIXES = tuple(
+    prefix.encode() for prefix in shared.RESERVED_HEADER_PREFIXES
+)
 
 
 class _ClientDisconnected(Exception):
     """The caller went away before its request body was read."""
 
 
+class _BodyReadTimedOut(Exception):
+    """The caller did not send its request body within body_read_timeout_s."""
+
+
 @dataclass(frozen=True, slots=True)
 class _CallHeaders:
-    """The few request headers the handler reads itself."""
+    """The few request headers the handler reads itself, and the stored ones."""
 
     call_id: str
+    caller_call_id: bool
+    """Whether the caller sent the call id, rather than the gateway making it."""
     callback_url: str
-    host: str
     content_length: int
     delay_seconds: str | None
     not_before: str | None
+    stored: dict[str, str]
+    """The headers stored with the call, without X-Call-Id and X-Start-Time."""
 
 
 class AsyncAccept:
@@ -80,8 +103,10 @@ class AsyncAccept:
         *,
         max_body_bytes: int,
         max_delay_s: float,
+        body_read_timeout_s: float = 30.0,
     ) -> None:
         self._queue = queue
+        self._body_read_timeout_s = body_read_timeout_s
         self._lookup = lookup
         self._max_body_bytes = max_body_bytes
         self._max_delay_s = max_delay_s
@@ -146,6 +171,12 @@ class AsyncAccept:
             )
             await asgi.send_gateway_error(send, status, f"{exc}\n")
             return
+        except _BodyReadTimedOut:
+            logger.debug("request body timed out", extra=_context(ref, request.call_id))
+            await limits.send_body_read_timeout(
+                send, timeout_s=self._body_read_timeout_s
+            )
+            return
         except _ClientDisconnected:
             logger.debug(
                 "caller went away before the body arrived",
@@ -168,8 +199,8 @@ class AsyncAccept:
         """Check the call, store it in JetStream and return its accept time in ns.
 
         Raises InvalidRequest, FunctionNotFound, PayloadTooLarge,
-        QueueUnavailable or ProviderUnavailable, and _ClientDisconnected when
-        the caller leaves.
+        QueueUnavailable or ProviderUnavailable, _ClientDisconnected when
+        the caller leaves and _BodyReadTimedOut when its body is too slow.
         """
         # The cheap checks first, before the lookup and before reading a body
         # that could not be stored anyway.
@@ -193,7 +224,11 @@ class AsyncAccept:
                 f"Function {ref.name!r} not found in namespace {ref.namespace!r}. "
                 "Deploy it first, or check the name and namespace."
             )
-        body = await _read_body(receive, limit_bytes=limit)
+        try:
+            async with asyncio.timeout(self._body_read_timeout_s):
+                body = await _read_body(receive, limit_bytes=limit)
+        except TimeoutError:
+            raise _BodyReadTimedOut from None
 
         call = QueuedCall(
             function=ref.name,
@@ -204,17 +239,14 @@ class AsyncAccept:
             query=scope.get("query_string", b"").decode("latin-1"),
             callback_url=request.callback_url,
             accepted_at_ns=accepted_at_ns,
-            headers=_stored_headers(
-                scope,
-                call_id=request.call_id,
-                start_time=str(accepted_at_ns),
-                host=request.host,
+            headers=_with_call_headers(
+                request.stored, call_id=request.call_id, start_time=accepted_at_ns
             ),
             body=body,
             queue=function.queue,
             not_before_ns=not_before_ns,
         )
-        ack = await self._queue.publish(call)
+        ack = await self._queue.publish(call, deduplicate=request.caller_call_id)
 
         # A duplicate PubAck means that JetStream already stored this call id,
         # so the call runs once. The caller still gets a 202 with that id,
@@ -250,32 +282,65 @@ class AsyncAccept:
 
 
 def _read_call_headers(scope: Scope) -> _CallHeaders:
-    """Read the call's own headers in one pass, and pick the call id."""
+    """Read the call's own headers and the ones to store, in one pass.
+
+    Repeated headers are joined with ", ", or "; " for Cookie, as RFC 9110
+    allows. Hop-by-hop headers and the reserved `Faashub-*` and `Nats-*`
+    names are not stored. X-Forwarded-Host and X-Forwarded-For are added
+    unless the caller sent them. X-Callback-Url stays, as in OpenFaaS.
+    """
     # NB: ASGI servers pass header names in lowercase.
     call_id = callback_url = host = ""
     delay_seconds = not_before = None
     content_length = 0
+    stored: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
-        if raw_name == b"x-call-id":
-            call_id = call_id or raw_value.decode("latin-1")
-        elif raw_name == b"x-callback-url":
-            callback_url = raw_value.decode("latin-1")
-        elif raw_name == b"host":
-            host = raw_value.decode("latin-1")
-        elif raw_name == b"content-length" and raw_value.isdigit():
-            content_length = int(raw_value)
-        elif raw_name == b"x-delay-seconds":
-            delay_seconds = raw_value.decode("latin-1")
-        elif raw_name == b"x-not-before":
-            not_before = raw_value.decode("latin-1")
+        if raw_name in _NOT_STORED:
+            if raw_name == b"x-call-id":
+                call_id = call_id or raw_value.decode("latin-1")
+            elif raw_name == b"host":
+                host = raw_value.decode("latin-1")
+            elif raw_name == b"content-length" and raw_value.isdigit():
+                content_length = int(raw_value)
+            continue
+        if raw_name.startswith(_RESERVED_PREFIXES):
+            continue
+        name = raw_name.decode("latin-1")
+        value = raw_value.decode("latin-1")
+        if name in stored:
+            separator = "; " if name == "cookie" else ", "
+            stored[name] += separator + value
+            continue
+        stored[name] = value
+        if name == "x-callback-url":
+            callback_url = value
+        elif name == "x-delay-seconds":
+            delay_seconds = value
+        elif name == "x-not-before":
+            not_before = value
+    if host and "x-forwarded-host" not in stored:
+        stored[shared.FORWARDED_HOST] = host
+    client = scope.get("client")
+    if client and "x-forwarded-for" not in stored:
+        stored[shared.FORWARDED_FOR] = client[0]
     return _CallHeaders(
-        call_id=call_id or str(uuid.uuid4()),
+        call_id=call_id or new_call_id(),
+        caller_call_id=bool(call_id),
         callback_url=callback_url,
-        host=host,
         content_length=content_length,
         delay_seconds=delay_seconds,
         not_before=not_before,
+        stored=stored,
     )
+
+
+def _with_call_headers(
+    stored: dict[str, str], *, call_id: str, start_time: int
+) -> dict[str, str]:
+    """Add X-Call-Id and X-Start-Time, which the function receives, in place."""
+    stored[shared.CALL_ID] = call_id
+    stored[shared.START_TIME] = str(start_time)
+    return stored
 
 
 async def _send_accepted(send: Send, *, call_id: str, accepted_at_ns: int) -> None:
@@ -284,14 +349,14 @@ async def _send_accepted(send: Send, *, call_id: str, accepted_at_ns: int) -> No
             "type": "http.response.start",
             "status": 202,
             "headers": [
-                (b"content-length", b"0"),
+                _EMPTY_BODY,
                 (b"x-call-id", call_id.encode("latin-1")),
                 (b"x-start-time", str(accepted_at_ns).encode()),
                 _SERVED_BY_HEADER,
             ],
         }
     )
-    await send({"type": "http.response.body", "body": b""})
+    await send(_ACCEPTED_BODY)
 
 
 def _context(
@@ -351,26 +416,3 @@ async def _read_body(receive: Receive, *, limit_bytes: int) -> bytes:
             chunks.append(chunk)
             return b"".join(chunks)
         chunks.append(chunk)
-
-
-def _stored_headers(
-    scope: Scope, *, call_id: str, start_time: str, host: str
-) -> dict[str, str]:
-    """Return the caller's headers plus the call headers for the function.
-
-    X-Call-Id and X-Start-Time replace the caller's values. X-Forwarded-Host
-    and X-Forwarded-For are added unless the caller sent them. X-Callback-Url
-    stays, as in OpenFaaS.
-    """
-    headers = merge_request_headers(scope["headers"])
-    # NB: the names from ASGI are lowercase, so these keys are the caller's.
-    headers.pop("x-call-id", None)
-    headers.pop("x-start-time", None)
-    headers[shared.CALL_ID] = call_id
-    headers[shared.START_TIME] = start_time
-    if host and "x-forwarded-host" not in headers:
-        headers[shared.FORWARDED_HOST] = host
-    client = scope.get("client")
-    if client and "x-forwarded-for" not in headers:
-        headers[shared.FORWARDED_FOR] = client[0]
-    return headers

@@ -27,6 +27,7 @@ from nats.js import api as jsapi
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from faashub import constants as shared
 from faashub import jetstream
 from faashub.queued_call import QueuedCall
 from gateway import constants, errors, large_bodies
@@ -43,6 +44,13 @@ def message_size(headers: dict[str, str], body: bytes) -> int:
     size itself before it publishes.
     """
     return len(encode_headers(headers)) + len(body)
+
+
+def _message_headers(call: QueuedCall, *, deduplicate: bool) -> dict[str, str]:
+    headers = call.to_nats_headers()
+    if not deduplicate:
+        del headers[shared.NATS_MSG_ID]
+    return headers
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -125,8 +133,15 @@ class CallQueue:
         await self._nc.close()
         logger.info("closed nats connection")
 
-    async def publish(self, call: QueuedCall) -> jsapi.PubAck:
+    async def publish(
+        self, call: QueuedCall, *, deduplicate: bool = True
+    ) -> jsapi.PubAck:
         """Store one call in the stream and return the PubAck.
+
+        With `deduplicate`, the call id is the message's Nats-Msg-Id, so
+        JetStream stores a repeat within the duplicate window once. Without
+        it, the server skips that bookkeeping, which suits an id that the
+        gateway has just generated.
 
         A body that does not fit in one message beside the headers goes to
         the object store first, and the message refers to it. Raises
@@ -135,19 +150,21 @@ class CallQueue:
         do not fit in one message.
         """
         layout = self.layout()
-        headers = EncodedHeaders(call.to_nats_headers())
+        headers = EncodedHeaders(_message_headers(call, deduplicate=deduplicate))
         limit = self._nc.max_payload
         if len(headers.block) + len(call.body) <= limit:
             return await self._publish(layout.js, call.subject(), call.body, headers)
-        return await self._publish_stored_body(layout, call, limit)
+        return await self._publish_stored_body(
+            layout, call, limit, deduplicate=deduplicate
+        )
 
     async def _publish_stored_body(
-        self, layout: _Layout, call: QueuedCall, limit: int
+        self, layout: _Layout, call: QueuedCall, limit: int, *, deduplicate: bool
     ) -> jsapi.PubAck:
         stored = dataclasses.replace(
             call, body=b"", body_ref=call.key, body_size=len(call.body)
         )
-        headers = EncodedHeaders(stored.to_nats_headers())
+        headers = EncodedHeaders(_message_headers(stored, deduplicate=deduplicate))
         size = len(headers.block)
         if size > limit:
             raise errors.PayloadTooLarge(
@@ -190,9 +207,9 @@ class CallQueue:
             self._mark_layout_missing("the calls stream does not exist")
             raise self._unavailable("the calls stream does not exist") from exc
         except nats.errors.TimeoutError as exc:
-            # NB: without a PubAck the call may or may not be stored. The call
-            # id is the message's Nats-Msg-Id, so JetStream drops a retry with
-            # the same X-Call-Id inside the stream's duplicate window.
+            # NB: without a PubAck the call may or may not be stored. A
+            # caller's X-Call-Id is the message's Nats-Msg-Id, so JetStream
+            # drops a retry with the same id inside the duplicate window.
             raise self._unavailable(
                 "NATS did not acknowledge the call within "
                 f"{constants.PUBLISH_TIMEOUT_S:g} s",

@@ -1,24 +1,36 @@
 """The sync invocation proxy: `/function/NAME[.NS][/path]`, every method.
 
-A caller's request goes to `{provider_url}/function/NAME[.NS][/path]?query`
-with its method, headers (minus hop-by-hop ones) and body, and the provider's
+A caller's request goes straight to one of the function's replicas,
+`{replica_url}[/path]?query`, when the provider reports replica URLs for it
+(`gateway.replica_urls`). Otherwise it goes to the provider,
+`{provider_url}/function/NAME[.NS][/path]?query`: when the function has
+zero replicas (the provider scales it from zero), when the report failed or
+listed no URL, and when the replica refused the connection. The request
+keeps its method, headers (minus hop-by-hop ones) and body, and the
 response comes back with its status, headers and body unchanged. Bodies are
 streamed both ways, so large uploads, downloads and server-sent events pass
 through without being held in memory. The gateway adds the OpenFaaS call
 headers: X-Call-Id (kept from the caller, or new), X-Start-Time (replaced),
 X-Forwarded-Host and X-Forwarded-For (unless present), and on the response
-X-Served-By.
+X-Served-By. To a replica, header names go in Go's canonical spelling
+(`X-Call-Id`), as the provider's own proxy sends them.
 
-`upstream_timeout_s` bounds the time until the provider's response headers
-arrive; after that it bounds each wait for the next piece of the body. A
-provider that is down or too slow gives 502. The proxy neither looks the
-function up nor retries: an unknown function is the provider's 404.
+A call sent to a replica skips what the provider does per call: its
+`function invoked` log line, its invocation counter, its choice of the least
+busy replica and the function's exec timeout. The gateway's
+`upstream_timeout_s` applies instead.
+
+`upstream_timeout_s` bounds the time until the response headers arrive;
+after that it bounds each wait for the next piece of the body. A provider or
+replica that fails or is too slow gives 502. The proxy neither looks the
+function up nor retries, except once on the provider after a replica
+refused the connection: an unknown function is the provider's 404.
 """
 
 import asyncio
+import functools
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -30,7 +42,10 @@ from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
 from gateway import asgi, constants
+from gateway.call_ids import new_call_id
 from gateway.log_throttle import WarningThrottle
+from gateway.replica_urls import ReplicaUrls
+from provider.headers import canonical_header_name
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +63,10 @@ _RESPONSE_HEADERS_NOT_PASSED = frozenset(
 _SERVED_BY_HEADER = (shared.SERVED_BY.lower().encode(), constants.SERVED_BY.encode())
 
 
+# Cached, because the same few header names come with every request.
+_canonical_name = functools.lru_cache(maxsize=1024)(canonical_header_name)
+
+
 class _ClientDisconnected(Exception):
     """The caller went away while its request body was being forwarded."""
 
@@ -58,10 +77,12 @@ class _RequestBody:
     def __init__(self, first_chunk: bytes, receive: Receive) -> None:
         self._first_chunk = first_chunk
         self._receive = receive
+        self.started = False
         self.complete = False
         self.disconnected = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
         yield self._first_chunk
         while True:
             message = await self._receive()
@@ -77,7 +98,11 @@ class _RequestBody:
 
 
 class SyncProxy:
-    """The ASGI handler of `/function/...`."""
+    """The ASGI handler of `/function/...`.
+
+    `replicas` defaults to a ReplicaUrls cache on `session` and
+    `provider_url`.
+    """
 
     def __init__(
         self,
@@ -85,10 +110,12 @@ class SyncProxy:
         provider_url: str,
         *,
         upstream_timeout_s: float,
+        replicas: ReplicaUrls | None = None,
     ) -> None:
         self._session = session
         self._provider_url = provider_url.rstrip("/")
         self._upstream_timeout_s = upstream_timeout_s
+        self._replicas = replicas or ReplicaUrls(session, provider_url)
         self._timeout_warnings = WarningThrottle(logger)
         self._unreachable_warnings = WarningThrottle(logger)
         self._broken_response_warnings = WarningThrottle(logger)
@@ -126,15 +153,18 @@ class SyncProxy:
             request_body = _RequestBody(first_chunk, receive)
             data = request_body.chunks()
 
-        url = self._provider_url + constants.FUNCTION_PREFIX + name + path_suffix
         query: bytes = scope.get("query_string", b"")
-        if query:
-            url += "?" + query.decode("latin-1")
+        target = _Target(
+            function=name,
+            path_suffix=path_suffix,
+            query="?" + query.decode("latin-1") if query else "",
+            replica_url=await self._replicas.url_for(name),
+        )
         response = await self._open(
             call,
             send,
             method=scope["method"],
-            url=url,
+            target=target,
             headers=headers,
             data=data,
             request_body=request_body,
@@ -165,20 +195,47 @@ class SyncProxy:
         send: Send,
         *,
         method: str,
-        url: str,
+        target: "_Target",
         headers: list[tuple[str, str]],
         data: bytes | AsyncIterator[bytes] | None,
         request_body: _RequestBody | None,
     ) -> aiohttp.ClientResponse | None:
         """Send the request upstream and wait for the response headers.
 
-        On failure, send the caller a 502 and return None.
+        A replica that refuses the connection never saw the request, so the
+        request goes to the provider then, unless part of a streamed body was
+        already read. On failure, send the caller a 502 and return None.
         """
+        upstream = f"the provider at {self._provider_url}"
         try:
             async with asyncio.timeout(self._upstream_timeout_s):
+                if target.replica_url is not None:
+                    upstream = f"the replica at {target.replica_url}"
+                    try:
+                        return await self._session.request(
+                            method,
+                            target.replica(),
+                            headers=[
+                                (_canonical_name(name), value)
+                                for name, value in headers
+                            ],
+                            data=data,
+                            allow_redirects=False,
+                        )
+                    except aiohttp.ClientConnectorError as exc:
+                        self._replicas.forget(target.function, target.replica_url)
+                        if request_body is not None and request_body.started:
+                            raise
+                        logger.debug(
+                            "replica refused the connection; trying the provider",
+                            extra=call.log_extra(error=str(exc)),
+                        )
+                        if request_body is not None:
+                            data = request_body.chunks()
+                        upstream = f"the provider at {self._provider_url}"
                 return await self._session.request(
                     method,
-                    yarl.URL(url, encoded=True),
+                    target.provider(self._provider_url),
                     headers=headers,
                     data=data,
                     allow_redirects=False,
@@ -196,11 +253,12 @@ class SyncProxy:
                 return None
             error = str(exc) or repr(exc)
             self._unreachable_warnings.warning(
-                "cannot reach provider", ctx=call.context(error=error)
+                "cannot reach upstream",
+                ctx=call.context(upstream=upstream, error=error),
             )
             text = (
-                f"Cannot reach the provider at {self._provider_url} for function "
-                f"{call.function!r}: {error}. Check that the provider is running.\n"
+                f"Cannot reach {upstream} for function {call.function!r}: "
+                f"{error}. Check that the provider and the function are running.\n"
             )
         await asgi.send_gateway_error(send, 502, text, headers=call.own_headers)
         return None
@@ -298,6 +356,33 @@ class SyncProxy:
 
 
 @dataclass(frozen=True, slots=True)
+class _Target:
+    """The upstream URLs of one call: a reported replica, if any, and the provider."""
+
+    function: str
+    path_suffix: str
+    """The raw path after the function name, with its leading slash, or ""."""
+    query: str
+    """The raw query with its leading "?", or ""."""
+    replica_url: str | None
+
+    def replica(self) -> yarl.URL:
+        # Pre-encoded, so the caller's path reaches the replica byte for byte.
+        path = self.path_suffix or "/"
+        return yarl.URL(f"{self.replica_url}{path}{self.query}", encoded=True)
+
+    def provider(self, provider_url: str) -> yarl.URL:
+        url = (
+            provider_url
+            + constants.FUNCTION_PREFIX
+            + self.function
+            + self.path_suffix
+            + self.query
+        )
+        return yarl.URL(url, encoded=True)
+
+
+@dataclass(frozen=True, slots=True)
 class _Call:
     """The call in progress: its ids, and the headers of its response."""
 
@@ -347,7 +432,7 @@ def _upstream_headers(scope: Scope) -> tuple[list[tuple[str, str]], str]:
     if connection_tokens:
         headers = [item for item in headers if item[0] not in connection_tokens]
 
-    call_id = call_id or str(uuid.uuid4())
+    call_id = call_id or new_call_id()
     headers.append((shared.CALL_ID, call_id))
     if not forwarded_host and host:
         headers.append((shared.FORWARDED_HOST, host))

@@ -13,6 +13,9 @@ raising the errors below, and the API turns each into a status code::
     ├── FunctionExists       409: create of a function that is already deployed
     ├── SecretExists         409: create of a secret that already exists
     ├── SecretInUse          409: delete of a secret that functions still use
+    ├── Conflict             409: the orchestrator saw a conflicting change
+    ├── Forbidden            403: the orchestrator denied the provider an action
+    ├── InvalidObject        422: the orchestrator rejected an object as invalid
     ├── StorageError         500: the backend could not persist its state
     ├── ProviderStartError   the backend could not start (the process exits)
     └── InvocationFailed     an invocation that produced no function response
@@ -30,7 +33,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from faashub import errors
+from faashub import constants, errors
 from faashub.names import FunctionRef
 from provider.types import (
     FunctionDeployment,
@@ -71,6 +74,18 @@ class SecretExists(ProviderError):
 
 class SecretInUse(ProviderError):
     """A delete request for a secret that deployed functions still use."""
+
+
+class Conflict(ProviderError):
+    """The orchestrator rejected a change that conflicts with another one."""
+
+
+class Forbidden(ProviderError, PermissionError):
+    """The orchestrator denied the provider an action, such as an RBAC refusal."""
+
+
+class InvalidObject(ProviderError, ValueError):
+    """The orchestrator rejected an object that the request produced as invalid."""
 
 
 class StorageError(ProviderError, OSError):
@@ -174,6 +189,82 @@ class InvocationResponse:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionEndpoints:
+    """The base URLs at which a function's replicas take HTTP requests now.
+
+    `urls` are absolute base URLs without a trailing slash, such as
+    `http://10.1.2.3:8080`. A caller appends the invocation's raw path and
+    query, and sends the caller's headers plus X-Call-Id, X-Start-Time and
+    X-Forwarded-Host/-For, as the provider's own `/function/` route would.
+    An empty tuple means "send the call to the provider's `/function/`":
+    the function has zero replicas (so a scale from zero is needed), none
+    responds yet, or the backend cannot reach its replicas from outside.
+    `ttl_s` is how long a caller may reuse the list. A caller that reuses it
+    must fall back to `/function/` when a URL refuses the connection.
+
+    On the wire (`GET /system/function-endpoints/NAME?namespace=NS`) it is
+    `{"name": ..., "namespace": ..., "urls": [...], "ttl_s": ...}`, with the
+    name and namespace as requested (the namespace may be "").
+    """
+
+    urls: tuple[str, ...] = ()
+    ttl_s: float = 2.0
+
+
+NO_ENDPOINTS = FunctionEndpoints()
+
+
+async def function_endpoints(
+    backend: "ProviderBackend", name: str, namespace: str
+) -> FunctionEndpoints:
+    """Return a backend's replica URLs, or NO_ENDPOINTS if it does not report any.
+
+    `function_endpoints(name, namespace)` is an optional method of a backend,
+    so a backend without it keeps every call on the provider's `/function/`.
+    It raises FunctionNotFound or NamespaceNotFound like `get_function`.
+    """
+    report = getattr(backend, "function_endpoints", None)
+    if report is None:
+        # Still check the function exists, so that both paths return 404 alike.
+        await backend.get_function(name, namespace)
+        return NO_ENDPOINTS
+    endpoints: FunctionEndpoints = await report(name, namespace)
+    return endpoints
+
+
+# The X-OpenFaaS-Internal value of the failures that a provider proxy makes,
+# as faas-netes sends it.
+PROXY_ERROR_MARKER = "proxy"
+
+
+def default_namespace(backend: "ProviderBackend") -> str:
+    """Return the namespace of an invocation whose path names none.
+
+    `default_namespace` is an optional string attribute of a backend. A
+    backend without it serves the OpenFaaS default namespace, openfaas-fn.
+    """
+    namespace = getattr(backend, "default_namespace", None)
+    if isinstance(namespace, str) and namespace:
+        return namespace
+    return constants.DEFAULT_NAMESPACE
+
+
+def internal_error_marker(backend: "ProviderBackend") -> str:
+    """Return the X-OpenFaaS-Internal value of the invocation failures a backend makes.
+
+    `internal_error_marker` is an optional string attribute of a backend. A
+    backend that only proxies, as the Kubernetes one, sets PROXY_ERROR_MARKER.
+    NOTE: without the attribute the value is the provider's name (the local
+    backend's failures carry `faashub-local`, which its tests assert), not
+    the `proxy` that faas-netes sends.
+    """
+    marker = getattr(backend, "internal_error_marker", None)
+    if isinstance(marker, str) and marker:
+        return marker
+    return backend.info().provider
 
 
 class ProviderBackend(Protocol):

@@ -17,7 +17,9 @@ that is not a call at all. In order:
    the call back with a short delay; no attempt is counted and no slot held.
 6. Wait for one of the worker's slots, then claim the call in its status
    record (`queue_worker.status`): a cancelled call is acknowledged without
-   running, and so is a duplicate delivery of a finished one.
+   running, and so is a duplicate delivery of a finished one. A first
+   delivery only reads the record, so a call that succeeds at once writes
+   its status once, at the end.
 7. Invoke the function. A 2xx response succeeds. A retried outcome (no
    response, X-OpenFaaS-Internal, or a status in the retry codes) records
    RETRYING and goes back to JetStream with the backoff delay, so no slot
@@ -66,6 +68,7 @@ from queue_worker.invoke import FunctionResult
 from queue_worker.messages import DeliveryInfo, HeldMessage, salvage_call
 from queue_worker.metrics import WorkerMetrics
 from queue_worker.policy import FunctionPolicy, RetryPolicy
+from queue_worker.replicas import ReplicaUrls
 from queue_worker.slots import Slots
 from queue_worker.status import Decision, RunningLease, StatusStore
 
@@ -127,6 +130,8 @@ class HandlerServices:
     callbacks: CallbackSender
     slots: Slots
     metrics: WorkerMetrics
+    replicas: ReplicaUrls | None = None
+    """The replica URL cache; None sends every call through the gateway."""
 
 
 class CallHandler:
@@ -250,6 +255,7 @@ class CallHandler:
                 call,
                 stream_seq=job.delivery.stream_seq,
                 max_attempts=policy.retry.attempts,
+                first_delivery=job.delivery.num_delivered == 1,
             )
         except errors.TemporaryError as exc:
             await self._postpone(job, exc)
@@ -286,13 +292,7 @@ class CallHandler:
         metrics.in_flight.inc()
         started_s = time.monotonic()
         try:
-            result = await invoke.invoke_function(
-                self._services.session,
-                call,
-                function_base_url=self._function_base_url,
-                http_timeout=self._invoke_timeout,
-                body=body,
-            )
+            result = await self._invoke(call, body)
         finally:
             metrics.in_flight.dec()
         duration_s = time.monotonic() - started_s
@@ -351,6 +351,36 @@ class CallHandler:
             )
         await self._finish(job, policy, record, lease, outcome)
 
+    async def _invoke(self, call: QueuedCall, body: bytes) -> FunctionResult:
+        """Invoke a replica directly if one is known, else through the gateway."""
+        replicas = self._services.replicas
+        replica_url = None if replicas is None else await replicas.url_for(call.ref)
+        if replica_url is not None:
+            assert replicas is not None
+            result = await invoke.invoke_replica(
+                self._services.session,
+                call,
+                replica_url=replica_url,
+                http_timeout=self._invoke_timeout,
+                body=body,
+            )
+            if result is not None:
+                return result
+            # The replica is gone, for example scaled down: the gateway's
+            # route finds the function's current replicas.
+            replicas.forget(call.ref, replica_url)
+            logger.debug(
+                "replica refused the connection; invoking through the gateway",
+                extra={"ctx": {"function": str(call.ref), "call_id": call.call_id}},
+            )
+        return await invoke.invoke_function(
+            self._services.session,
+            call,
+            function_base_url=self._function_base_url,
+            http_timeout=self._invoke_timeout,
+            body=body,
+        )
+
     def _retry_delay_s(
         self, result: FunctionResult, policy: RetryPolicy, *, attempt_number: int
     ) -> float:
@@ -366,7 +396,7 @@ class CallHandler:
         self,
         job: _Job,
         record: CallStatus,
-        revision: int,
+        revision: int | None,
         result: FunctionResult,
         delay_s: float,
     ) -> None:

@@ -9,6 +9,11 @@ ones. The result is the function's status, headers and body. When no response
 arrives, the worker makes one up, as OpenFaaS does: 503 when the gateway
 cannot be reached and 504 when the upstream timeout passes.
 
+`invoke_replica` sends the same request straight to a replica URL that the
+provider reported (`queue_worker.replicas`), skipping both proxy hops. It
+returns None when the replica refused the connection, so that the call goes
+through the gateway instead: the request never reached the function then.
+
 This module does not retry, post callbacks or acknowledge messages; see
 `queue_worker.handling` and `queue_worker.callback`.
 """
@@ -74,6 +79,50 @@ async def invoke_function(
     this coroutine raises only when it is cancelled.
     """
     url = function_url(function_base_url, call)
+    return await _send(session, call, url, http_timeout=http_timeout, body=body)
+
+
+async def invoke_replica(
+    session: aiohttp.ClientSession,
+    call: QueuedCall,
+    *,
+    replica_url: str,
+    http_timeout: aiohttp.ClientTimeout,
+    body: bytes | None = None,
+) -> FunctionResult | None:
+    """Send `call` to the replica at `replica_url` and return its response.
+
+    Returns None when the replica refused the connection, and otherwise
+    behaves as `invoke_function`. The function's exec timeout, which the
+    provider applies, does not apply here: `http_timeout` does.
+    """
+    url = replica_request_url(replica_url, call)
+    try:
+        return await _send(
+            session, call, url, http_timeout=http_timeout, body=body, refused=True
+        )
+    except aiohttp.ClientConnectorError:
+        return None
+
+
+def replica_request_url(replica_url: str, call: QueuedCall) -> yarl.URL:
+    """Return the replica URL of `call`, path and query kept verbatim."""
+    url = replica_url + (_percent_encode(call.path, safe=_PATH_SAFE) or "/")
+    if call.query:
+        url += "?" + _percent_encode(call.query, safe=_QUERY_SAFE)
+    return yarl.URL(url, encoded=True)
+
+
+async def _send(
+    session: aiohttp.ClientSession,
+    call: QueuedCall,
+    url: yarl.URL,
+    *,
+    http_timeout: aiohttp.ClientTimeout,
+    body: bytes | None,
+    refused: bool = False,
+) -> FunctionResult:
+    """Send the request; with `refused`, raise ClientConnectorError as it is."""
     try:
         async with session.request(
             call.method,
@@ -95,6 +144,12 @@ async def invoke_function(
             f"waiting for {call.ref}."
         )
         return internal_error(504, reason)
+    except aiohttp.ClientConnectorError as exc:
+        if refused:
+            raise
+        return internal_error(
+            503, f"The queue-worker could not invoke {call.ref}: {exc}"
+        )
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         # ValueError covers a request that aiohttp refuses to build, such as a
         # method that is not an HTTP token. The URL stays out of the reason

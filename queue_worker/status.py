@@ -4,8 +4,11 @@ The worker writes one record per state change of a call, keyed by the call
 id, in the `FAASHUB_CALL_STATUS` bucket. Writes that can race use the
 key-value revision:
 
-* `claim` starts an attempt: `create` a RUNNING record when there is none,
-  otherwise read it and decide. A CANCELLED record means the call must not
+* `claim` starts an attempt. On a first delivery it only reads the record:
+  with none stored, the call runs and its first write is the final record
+  (or a lease extension, see below), so a common call costs one write. On
+  a redelivery it `create`s a RUNNING record when there is none, otherwise
+  it reads the record and decides. A CANCELLED record means the call must not
   run. A final one (succeeded, failed, dead-lettered) written for the same
   message means this delivery is a duplicate. Any other record is updated
   to RUNNING with one more attempt, with the revision read. A revision
@@ -14,7 +17,8 @@ key-value revision:
 * `save` writes a later state with the revision of the worker's last write.
 
 A RUNNING record carries a lease (`lease_until_ns`, one ack_wait long),
-which `RunningLease` extends while the call runs. A second delivery of a
+which `RunningLease` extends while the call runs. A first delivery's lease
+is written only when the call outlasts a third of it. A second delivery of a
 call whose lease is current finds it BUSY and comes back when the lease
 ends. That happens when NATS redelivers a message that a live worker is
 still running, for example after a NATS restart lost the consumer's latest
@@ -31,6 +35,12 @@ The record's `extra` field carries what only the worker reads:
 * `throttled`: how many attempts got a 429 response, since those do not use
   up the retry budget;
 * `lease_until_ns`: the lease.
+
+NOTE: until a first delivery writes a record, the status API reports the
+call as queued, and a cancel succeeds without stopping it (the final record
+then replaces the cancelled one). A worker that dies then leaves no count
+of that attempt, and a second delivery of the same message runs the call
+again. The last needs NATS to lose the consumer's delivery state.
 
 NOTE: the lease compares wall-clock times written by different workers, so
 clocks that drift apart by more than ack_wait can let a second delivery run
@@ -85,7 +95,8 @@ class Claim:
 
     decision: Decision
     record: CallStatus
-    revision: int
+    revision: int | None
+    """The stored revision, or None when the record has not been written."""
 
 
 @dataclass(slots=True)
@@ -133,22 +144,36 @@ class StatusStore:
         return Stored(record, entry.revision)
 
     async def claim(
-        self, call: QueuedCall, *, stream_seq: int | None, max_attempts: int
+        self,
+        call: QueuedCall,
+        *,
+        stream_seq: int | None,
+        max_attempts: int,
+        first_delivery: bool = False,
     ) -> Claim:
         """Decide whether this delivery of `call` runs, and if so record it.
 
+        On a first delivery with no stored record, nothing is written and
+        the claim's revision is None: the next write creates the record.
         Raises NatsUnavailable when the bucket cannot be used, or when the
         record keeps changing under the worker.
         """
-        # Most calls have no record yet, so try the one-round-trip create first.
         fresh = self._started(
             None, call, stream_seq=stream_seq, max_attempts=max_attempts
         )
-        revision = await self._write(fresh, revision=None)
-        if revision is not None:
-            return Claim(Decision.RUN, fresh, revision)
-        for _ in range(MAX_CONFLICTS):
+        stored: Stored | None
+        if first_delivery:
             stored = await self.read(call.call_id)
+            if stored is None:
+                return Claim(Decision.RUN, fresh, None)
+        else:
+            # Most calls have no record yet, so try the one-round-trip create
+            # first.
+            revision = await self._write(fresh, revision=None)
+            if revision is not None:
+                return Claim(Decision.RUN, fresh, revision)
+            stored = await self.read(call.call_id)
+        for _ in range(MAX_CONFLICTS):
             if stored is None:
                 # Deleted or expired since the create failed.
                 record = fresh
@@ -172,6 +197,7 @@ class StatusStore:
                 revision = await self._write(record, revision=stored.revision)
             if revision is not None:
                 return Claim(Decision.RUN, record, revision)
+            stored = await self.read(call.call_id)
         raise errors.NatsUnavailable(
             f"The status record of call {call.call_id!r} changed {MAX_CONFLICTS} "
             "times while the worker tried to start it."
@@ -210,11 +236,12 @@ class StatusStore:
         )
 
     async def extend_lease(
-        self, record: CallStatus, *, revision: int
+        self, record: CallStatus, *, revision: int | None
     ) -> tuple[CallStatus, int] | None:
         """Extend a RUNNING record's lease; return it and its revision, or None.
 
-        None means someone else wrote the record since `revision`.
+        With revision None the record is created. None means someone else
+        wrote the record since `revision`.
         """
         extended = dataclasses.replace(
             record,
@@ -338,7 +365,9 @@ class RunningLease:
     for the next write.
     """
 
-    def __init__(self, store: StatusStore, record: CallStatus, revision: int) -> None:
+    def __init__(
+        self, store: StatusStore, record: CallStatus, revision: int | None
+    ) -> None:
         self._store = store
         self.record = record
         self.revision = revision
@@ -348,8 +377,8 @@ class RunningLease:
             self._interval_s, self._start
         )
 
-    async def stop(self) -> int:
-        """Stop extending and return the latest revision."""
+    async def stop(self) -> int | None:
+        """Stop extending and return the latest revision (None: not written)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

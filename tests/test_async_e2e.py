@@ -9,6 +9,7 @@ intact.
 
 import datetime
 import hashlib
+import shlex
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.stack import noop_function_argv
+from tests.conftest import free_port
 from tests.hub_support import CallbackReceiver, RunningHub, faashub, running_hub
 
 pytestmark = pytest.mark.timeout(60)
@@ -187,3 +190,46 @@ def test_body_over_max_413(hub: RunningHub) -> None:
 
     assert response.status_code == 413
     assert "10485760 bytes" in response.text
+
+
+def test_http_function_called_directly(hub: RunningHub) -> None:
+    # An http-mode function has a replica URL that the provider reports, so
+    # the worker invokes it without the gateway and the provider in between.
+    upstream_url = f"http://127.0.0.1:{free_port()}"
+    deployment = {
+        "service": "noop",
+        "image": "bench/noop",
+        "envProcess": shlex.join(noop_function_argv()),
+        "envVars": {"mode": "http", "upstream_url": upstream_url},
+    }
+    deployed = httpx.post(
+        f"{hub.url}/system/functions", json=deployment, auth=hub.auth, timeout=30
+    )
+    assert deployed.status_code in (200, 202), deployed.text
+    deadline = time.monotonic() + 30.0
+    while True:
+        report = httpx.get(
+            f"{hub.url}/system/function-endpoints/noop", auth=hub.auth, timeout=10
+        ).json()
+        if report["urls"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+
+    with CallbackReceiver() as receiver:
+        response = httpx.post(
+            f"{hub.url}/async-function/noop",
+            content=b"x",
+            headers={"X-Callback-Url": receiver.url},
+            timeout=30,
+        )
+        [callback] = receiver.wait_for(1)
+
+    assert report["urls"] == [upstream_url]
+    assert report["ttl_s"] > 0
+    assert response.status_code == 202
+    assert callback.headers["X-Function-Status"] == "200"
+    assert callback.headers["X-Call-Id"] == response.headers["X-Call-Id"]
+    missing = httpx.get(
+        f"{hub.url}/system/function-endpoints/absent", auth=hub.auth, timeout=10
+    )
+    assert missing.status_code == 404

@@ -32,6 +32,7 @@ from tests.queue_worker.conftest import (
     publish,
     recording_server,
     wait_for_empty_stream,
+    wait_for_state,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -202,6 +203,9 @@ async def test_worker_killed_mid_call_completes_once(
 
     await publish(js, call)
     await gateway.wait_for_requests(1)
+    # A first delivery writes its RUNNING record only once the call has run
+    # for a third of ack_wait. An attempt killed before that is not counted.
+    await wait_for_state(js, call.call_id, CallState.RUNNING)
     first.process.send_signal(signal.SIGKILL)
     await asyncio.wait_for(first.process.wait(), timeout=5)
     gateway.delay_s = 0.0

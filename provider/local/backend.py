@@ -35,6 +35,8 @@ from faashub import __version__, names
 from faashub.names import FunctionRef
 from faashub.settings import LocalProviderSettings
 from provider.backend import (
+    NO_ENDPOINTS,
+    FunctionEndpoints,
     FunctionExists,
     FunctionNotFound,
     InvalidRequest,
@@ -373,6 +375,18 @@ class LocalBackend:
             orchestration=ORCHESTRATION,
             version=VersionInfo(release=__version__),
         )
+
+    async def function_endpoints(self, name: str, namespace: str) -> FunctionEndpoints:
+        """Return the URLs of an http-mode function's responding replicas.
+
+        A classic function runs one process per request, so it has no URL,
+        and neither has a function at zero replicas: their calls go through
+        `invoke`. Raises FunctionNotFound or NamespaceNotFound.
+        """
+        function = self._lookup(name, namespace)
+        if function.http is None or function.replicas == 0:
+            return NO_ENDPOINTS
+        return FunctionEndpoints(urls=function.http.replica_urls())
 
     @contextlib.asynccontextmanager
     async def invoke(self, invocation: Invocation) -> AsyncIterator[InvocationResponse]:

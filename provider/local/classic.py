@@ -31,10 +31,10 @@ from provider.backend import (
     Invocation,
     InvocationResponse,
 )
+from provider.headers import canonical_header_name
 from provider.local import processes
 from provider.local.definition import FunctionSpec
 from provider.local.function_logs import FunctionLog
-from provider.local.headers import canonical_header_name
 
 logger = logging.getLogger(__name__)
 

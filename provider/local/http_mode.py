@@ -48,10 +48,10 @@ from provider.backend import (
     Invocation,
     InvocationResponse,
 )
+from provider.headers import canonical_header_name, end_to_end_headers
 from provider.local import processes
 from provider.local.definition import FunctionSpec
 from provider.local.function_logs import FunctionLog
-from provider.local.headers import canonical_header_name, end_to_end_headers
 
 logger = logging.getLogger(__name__)
 
@@ -306,6 +306,14 @@ class HttpFunction:
     def available_replicas(self) -> int:
         """The number of replicas whose process responds to HTTP now."""
         return sum(replica.available for replica in self._replicas)
+
+    def replica_urls(self) -> tuple[str, ...]:
+        """Return the base URLs of the replicas whose process responds now."""
+        return tuple(
+            replica.base_url.rstrip("/")
+            for replica in self._replicas
+            if replica.available
+        )
 
     def start(self, replicas: int) -> None:
         """Start `replicas` processes, each kept running until scaled down."""

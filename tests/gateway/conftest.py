@@ -77,6 +77,10 @@ class FakeProvider:
     callbacks: list[ReceivedRequest] = field(default_factory=list)
     callback_status: int = 200
     lookups: list[tuple[str, str]] = field(default_factory=list)
+    # Replica URLs that `GET /system/function-endpoints/NAME` reports, by
+    # name; any other name gets 404, so its calls go to `/function/`.
+    endpoints: dict[str, list[str]] = field(default_factory=dict)
+    endpoint_queries: list[tuple[str, str]] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     stream_abandoned: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -94,6 +98,7 @@ class FakeProvider:
         app.router.add_get("/system/info", self._info)
         app.router.add_get("/system/function/{name}", self._lookup)
         app.router.add_get("/system/logs", self._logs)
+        app.router.add_get("/system/function-endpoints/{name}", self._endpoints)
         app.router.add_route("*", "/system/{tail:.*}", self._system)
         app.router.add_route("*", "/function/{tail:.*}", self._function)
         app.router.add_post("/callback", self._callback)
@@ -138,6 +143,14 @@ class FakeProvider:
                 }
             )
         return web.Response(status=404)
+
+    async def _endpoints(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        namespace = request.query.get("namespace", "")
+        self.endpoint_queries.append((name, namespace))
+        if name not in self.endpoints:
+            return web.Response(status=404)
+        return web.json_response({"urls": self.endpoints[name], "ttl_s": 30})
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)

@@ -334,10 +334,19 @@ def test_invocation_logged_once(
 ) -> None:
     assert deploy(client, "logged", "cat").status_code == 202
 
+    def invoked_lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "function invoked"]
+
     with caplog.at_level(logging.INFO, logger="provider.api"):
         client.post("/function/logged", content=b"x", headers={"X-Call-Id": "c-42"})
+        # The provider logs the line after it sent the response, in its own
+        # thread, so the client can get here first.
+        deadline = time.monotonic() + 5
+        while not invoked_lines() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
 
-    lines = [r for r in caplog.records if r.getMessage() == "function invoked"]
+    lines = invoked_lines()
     assert len(lines) == 1
     context = log_context(lines[0])
     assert context["function"] == "logged.openfaas-fn"

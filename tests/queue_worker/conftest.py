@@ -3,8 +3,9 @@
 The fake gateway and the callback receiver are small aiohttp.web servers on
 free loopback ports that record every request and reply with what the test
 sets. The fake gateway also serves the worker's function lookups
-(`GET /system/function/NAME`) from its `functions` table, and records those
-lookups apart from the invocations.
+(`GET /system/function/NAME`) from its `functions` table, and its replica
+URL lookups (`GET /system/function-endpoints/NAME`) from `replica_urls`, and
+records both apart from the invocations.
 """
 
 import asyncio
@@ -94,10 +95,19 @@ class RecordingServer:
     """Seconds to wait before replying, by function name, over `delay_s`."""
     lookup_failures: int = 0
     """How many more lookups get a 503 response before the table is used."""
+    replica_urls: list[str] = field(default_factory=list)
+    """Replica URLs reported for every function; none by default."""
+    endpoint_lookups: list[str] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path.startswith("/system/function/"):
             return self.lookup(request)
+        if request.path.startswith("/system/function-endpoints/"):
+            name = request.path.removeprefix("/system/function-endpoints/")
+            self.endpoint_lookups.append(name)
+            return web.json_response(
+                {"name": name, "urls": self.replica_urls, "ttl_s": 0.5}
+            )
         raw_path, _, raw_query = request.raw_path.partition("?")
         self.requests.append(
             RecordedRequest(

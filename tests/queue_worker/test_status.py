@@ -321,3 +321,46 @@ async def test_call_running_elsewhere_waits_for_lease(
     assert record is not None
     assert record.state is CallState.SUCCEEDED
     assert record.attempts == 2
+
+
+async def test_first_delivery_claim_writes_nothing(bucket: KeyValue) -> None:
+    store = StatusStore(bucket, lease_s=LEASE_S)
+    call = make_call()
+
+    claim = await store.claim(call, stream_seq=7, max_attempts=3, first_delivery=True)
+
+    assert claim.decision is Decision.RUN
+    assert claim.revision is None
+    assert claim.record.state is CallState.RUNNING
+    assert claim.record.attempts == 1
+    assert await store.read(call.call_id) is None
+
+
+async def test_first_delivery_claim_sees_cancel(bucket: KeyValue) -> None:
+    store = StatusStore(bucket, lease_s=LEASE_S)
+    call = make_call()
+    await bucket.create(
+        status_key(call.call_id), cancelled_record(call.call_id).to_json()
+    )
+
+    claim = await store.claim(call, stream_seq=7, max_attempts=3, first_delivery=True)
+
+    assert claim.decision is Decision.CANCELLED
+
+
+async def test_first_delivery_writes_status_once(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    await jetstream.ensure_status_bucket(js)
+    status_stream = f"KV_{constants.STATUS_BUCKET}"
+    before = (await js.stream_info(status_stream)).state.last_seq
+    call = make_call()
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await publish(js, call)
+        record = await wait_for_state(js, call.call_id, CallState.SUCCEEDED)
+
+    after = (await js.stream_info(status_stream)).state.last_seq
+    assert after - before == 1
+    assert record.attempts == 1
+    assert record.started_at_ns is not None

@@ -1,9 +1,10 @@
-"""HTTP header helpers shared by the classic and http-mode runners.
+"""HTTP header helpers of the provider backends that forward invocations.
 
 Header names arrive lowercase from the ASGI server. Functions behind OpenFaaS
-see them in Go's canonical spelling (`X-Call-Id`), both as CGI variables in
-classic mode and on the wire in http mode, so the local backend spells them
-the same way.
+see them in Go's canonical spelling (`X-Call-Id`), so the backends spell
+them that way. The local backend passes them as CGI variables in classic
+mode and on the wire in http mode. The Kubernetes backend sends them to the
+function's Service.
 """
 
 from faashub import constants

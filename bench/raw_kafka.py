@@ -1,0 +1,125 @@
+"""The baseline of the Kafka connector: a raw aiokafka consume-and-POST loop.
+
+Run by the kafka-connector benchmark as a process of its own, as the
+connector is:
+
+    python -m bench.raw_kafka --brokers HOST:PORT --topic T --group G \\
+        --function-url URL --count N
+
+One task reads batches of records with `getmany` as a member of consumer
+group G, from the oldest offset, with aiokafka's automatic offset commits.
+`--concurrency` tasks each POST a record's value to the function. There is
+no ordering, no retry, no dead-letter topic and no topic map: it is the
+least work that moves records to a function, so it measures what this
+machine allows. The loop stops after `--count` records or `--time-limit-s`,
+whichever comes first, and prints one JSON line with what it did.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import aiohttp
+import uvloop
+from aiokafka import AIOKafkaConsumer
+
+FETCH_TIMEOUT_MS = 500
+FETCH_MAX_RECORDS = 500
+
+
+async def consume(
+    *,
+    brokers: str,
+    topic: str,
+    group: str,
+    function_url: str,
+    count: int,
+    concurrency: int,
+    time_limit_s: float,
+) -> dict[str, int | float]:
+    """Send up to `count` records to the function; return the sent and failed counts."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=brokers,
+        group_id=group,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    pending: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=2 * concurrency)
+    sent = failed = 0
+    started = time.monotonic()
+    deadline = started + time_limit_s
+
+    async def fetch() -> None:
+        fetched = 0
+        while fetched < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(
+                timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+            )
+            for records in batches.values():
+                for record in records:
+                    await pending.put(record.value or b"")
+                fetched += len(records)
+        for _ in range(concurrency):
+            await pending.put(None)
+
+    async def work(session: aiohttp.ClientSession) -> None:
+        nonlocal sent, failed
+        while (value := await pending.get()) is not None:
+            try:
+                async with session.post(function_url, data=value) as response:
+                    await response.read()
+                    status = response.status
+            except aiohttp.ClientError as exc:
+                # A baseline has no retries: count the loss, and the benchmark
+                # reports the missing invocation.
+                print(f"invocation failed: {exc!r}", file=sys.stderr)
+                status = 0
+            sent += 1
+            if not 200 <= status < 300:
+                failed += 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await asyncio.gather(fetch(), *(work(session) for _ in range(concurrency)))
+    finally:
+        await consumer.stop()
+    return {
+        "sent": sent,
+        "failed": failed,
+        "elapsed_s": round(time.monotonic() - started, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.raw_kafka", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--brokers", required=True)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--group", required=True, help="consumer group id")
+    parser.add_argument("--function-url", required=True)
+    parser.add_argument("--count", type=int, required=True, help="records to send")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--time-limit-s", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    outcome = uvloop.run(
+        consume(
+            brokers=args.brokers,
+            topic=args.topic,
+            group=args.group,
+            function_url=args.function_url,
+            count=args.count,
+            concurrency=args.concurrency,
+            time_limit_s=args.time_limit_s,
+        )
+    )
+    print(json.dumps(outcome), flush=True)
+    return 0 if outcome["sent"] == args.count else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The sync proxy sends calls straight to a replica the provider reports.
+
+The fake provider reports replica URLs on `/system/function-endpoints/NAME`
+for the names in `provider.endpoints`. The replica here is a second real
+HTTP server that records what it receives.
+"""
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+
+from faashub import __version__
+from tests.conftest import LOOPBACK, free_port
+from tests.gateway.conftest import FakeProvider, ReceivedRequest, RunningGateway
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Replica:
+    """A function replica: responds 200 with `replica <body>` and records requests."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.received: list[ReceivedRequest] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.received.append(
+            ReceivedRequest(
+                method=request.method,
+                path=request.rel_url.raw_path,
+                query=request.rel_url.raw_query_string,
+                headers=CIMultiDict(request.headers),
+                body=body,
+            )
+        )
+        return web.Response(
+            body=b"replica " + body, headers={"X-Replica": "yes", "Date": "old"}
+        )
+
+
+@pytest.fixture
+async def replica() -> AsyncIterator[Replica]:
+    served = Replica()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", served.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, LOOPBACK, port).start()
+    served.url = f"http://{LOOPBACK}:{port}"
+    try:
+        yield served
+    finally:
+        await runner.cleanup()
+
+
+def function_calls(provider: FakeProvider) -> list[ReceivedRequest]:
+    return [item for item in provider.received if item.path.startswith("/function/")]
+
+
+async def test_reported_replica_gets_call(
+    client: httpx.AsyncClient,
+    provider: FakeProvider,
+    replica: Replica,
+    gateway: RunningGateway,
+) -> None:
+    provider.endpoints["echo"] = [replica.url + "/"]
+
+    response = await client.post(
+        "/function/echo/a/b%20c?x=1&y=two",
+        content=b"hello",
+        headers={"X-Custom": "value", "Connection": "keep-alive, X-Hop"},
+    )
+
+    assert response.status_code == 200
+    assert response.content == b"replica hello"
+    assert response.headers["X-Replica"] == "yes"
+    assert response.headers["X-Served-By"] == f"faashub/{__version__}"
+    assert response.headers["Date"] != "old"
+    call_id = response.headers["X-Call-Id"]
+    assert function_calls(provider) == []
+    assert provider.endpoint_queries == [("echo", "")]
+
+    assert len(replica.received) == 1
+    received = replica.received[0]
+    assert received.method == "POST"
+    assert received.path == "/a/b%20c"
+    assert received.query == "x=1&y=two"
+    assert received.body == b"hello"
+    assert received.headers["X-Custom"] == "value"
+    assert received.headers["X-Call-Id"] == call_id
+    assert received.headers["X-Start-Time"] == response.headers["X-Start-Time"]
+    assert received.headers["X-Forwarded-For"] == LOOPBACK
+    assert received.headers["X-Forwarded-Host"] == gateway.url.removeprefix("http://")
+    assert "X-Hop" not in received.headers
+
+
+async def test_replica_header_names_canonical(
+    client: httpx.AsyncClient, provider: FakeProvider, replica: Replica
+) -> None:
+    provider.endpoints["echo"] = [replica.url]
+
+    await client.get("/function/echo", headers={"x-custom-thing": "1"})
+
+    raw_names = [name for name in replica.received[0].headers]
+    assert "X-Custom-Thing" in raw_names
+    assert "X-Call-Id" in raw_names
+    assert replica.received[0].path == "/"
+
+
+async def test_report_cached_across_calls(
+    client: httpx.AsyncClient, provider: FakeProvider, replica: Replica
+) -> None:
+    provider.endpoints["echo"] = [replica.url]
+
+    for _ in range(3):
+        response = await client.get("/function/echo.team-a")
+        assert response.status_code == 200
+
+    assert provider.endpoint_queries == [("echo", "team-a")]
+    assert len(replica.received) == 3
+
+
+async def test_refused_replica_falls_back(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    dead_url = f"http://{LOOPBACK}:{free_port()}"
+    provider.endpoints["echo"] = [dead_url]
+
+    first = await client.post("/function/echo", content=b"one")
+    second = await client.post("/function/echo", content=b"two")
+
+    assert first.status_code == 201
+    assert first.content == b"got one"
+    assert second.content == b"got two"
+    assert [item.body for item in function_calls(provider)] == [b"one", b"two"]
+    # The refusal dropped the report, so the second call asked again.
+    assert provider.endpoint_queries == [("echo", ""), ("echo", "")]
+
+
+async def test_refused_replica_chunked_upload(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    provider.endpoints["echo"] = [f"http://{LOOPBACK}:{free_port()}"]
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for index in range(3):
+            yield f"piece {index};".encode()
+
+    response = await client.post("/function/echo", content=pieces())
+
+    assert response.status_code == 201
+    assert response.content == b"got piece 0;piece 1;piece 2;"
+
+
+async def test_no_report_falls_back(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    response = await client.post("/function/echo", content=b"hi")
+
+    assert response.status_code == 201
+    assert response.content == b"got hi"
+    assert provider.endpoint_queries == [("echo", "")]
+    assert len(function_calls(provider)) == 1
+
+
+async def test_zero_replicas_falls_back(
+    client: httpx.AsyncClient, provider: FakeProvider, replica: Replica
+) -> None:
+    provider.endpoints["echo"] = []
+
+    response = await client.post("/function/echo", content=b"cold")
+
+    assert response.status_code == 201
+    assert response.content == b"got cold"
+    assert len(function_calls(provider)) == 1
+    assert replica.received == []
+
+
+async def test_non_http_report_falls_back(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    provider.endpoints["echo"] = ["file:///etc/passwd"]
+
+    response = await client.get("/function/echo")
+
+    assert response.status_code == 201
+    assert len(function_calls(provider)) == 1
