@@ -1,0 +1,165 @@
+"""Calls to the Kubernetes API, off the event loop, with one error type.
+
+The official `kubernetes` client is synchronous (urllib3), so `KubeApi.call`
+runs each call in a bounded thread pool and returns the response body as
+plain JSON (dicts with the API's camelCase keys). Plain JSON skips the
+client's model classes, which matters when the cache holds thousands of
+Deployments. Every failure, an error status or a transport error, becomes
+one `ApiError` carrying the status and the API's own message, and the
+backend turns that into the provider error its caller expects.
+
+`load_api_client` reads the cluster configuration: a kubeconfig file when
+one is named, else the in-cluster service account, else the default
+kubeconfig. This module does not decide what to call or how to map errors
+to HTTP statuses.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from provider.backend import ProviderStartError
+
+logger = logging.getLogger(__name__)
+
+# Seconds to connect to the API server and to wait for one non-watch response.
+CONNECT_TIMEOUT_S: Final = 5.0
+READ_TIMEOUT_S: Final = 30.0
+
+JsonObject = dict[str, Any]
+
+
+class ApiError(Exception):
+    """A failed Kubernetes API call: its HTTP status (0 for none) and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}" if status else message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def load_api_client(*, kubeconfig: str, context: str) -> client.ApiClient:
+    """Return an API client for the configured cluster, or raise ProviderStartError."""
+    configuration = client.Configuration()
+    try:
+        if kubeconfig:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig,
+                context=context or None,
+                client_configuration=configuration,
+            )
+        else:
+            try:
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            except ConfigException:
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    context=context or None, client_configuration=configuration
+                )
+    except (ConfigException, OSError) as exc:
+        raise ProviderStartError(
+            f"Cannot load the Kubernetes configuration: {exc}. Run the provider "
+            "in a pod with a service account, or name a kubeconfig file with "
+            "--kubeconfig (FAASHUB_KUBECONFIG)."
+        ) from exc
+    return client.ApiClient(configuration)
+
+
+def api_client_for_url(url: str) -> client.ApiClient:
+    """Return an API client for the API server at `url`, with no credentials."""
+    configuration = client.Configuration()
+    configuration.host = url
+    return client.ApiClient(configuration)
+
+
+class KubeApi:
+    """The typed API groups of one client, and a thread pool to call them in."""
+
+    def __init__(self, api_client: client.ApiClient, *, threads: int) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="kubernetes-api"
+        )
+
+    async def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one API method in the thread pool and return its JSON body.
+
+        Raise ApiError for an error status, a timeout or a transport failure.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, lambda: self.call_sync(method, *args, **kwargs)
+        )
+
+    def call_sync(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call one API method in this thread and return its JSON body."""
+        kwargs.setdefault("_request_timeout", (CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+        with translate_errors():
+            response = method(*args, _preload_content=False, **kwargs)
+            try:
+                data = response.data
+            finally:
+                response.release_conn()
+        return json.loads(data) if data else {}
+
+    def open_stream(
+        self, method: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> urllib3.BaseHTTPResponse:
+        """Start a streamed call (a watch or a pod log) in this thread.
+
+        The caller reads the returned response and releases it.
+        """
+        with translate_errors():
+            response: urllib3.BaseHTTPResponse = method(
+                *args, _preload_content=False, **kwargs
+            )
+        return response
+
+    def close(self) -> None:
+        """Stop the thread pool and close the client's connections."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.api_client.close()  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn the client's exceptions raised inside the block into ApiError."""
+    try:
+        yield
+    except ApiException as exc:
+        raise _from_api_exception(exc) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        raise ApiError(
+            0, "Unreachable", f"The Kubernetes API did not respond: {exc}"
+        ) from exc
+
+
+def _from_api_exception(exc: ApiException) -> ApiError:
+    """Read the status and the API's message from the Status body, if any."""
+    status = exc.status or 0
+    reason = exc.reason or ""
+    message = reason
+    body = exc.body
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if body:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            message = body[:500]
+        else:
+            if isinstance(parsed, dict):
+                message = str(parsed.get("message") or reason)
+                reason = str(parsed.get("reason") or reason)
+    return ApiError(status, reason, message)

@@ -1,0 +1,272 @@
+"""A function's log, read from its pods through the Kubernetes API.
+
+`PodLogStream` is the `LogStream` that `/system/logs` sends. It finds the
+function's pods by the label `faas_function=<name>` (or the one pod that
+`instance` names) and reads each pod's log with timestamps in a thread of
+its own, because the client's streaming reads block. Each line becomes one
+ndjson `logs.Message` (`name`, `namespace`, `instance` = the pod,
+`timestamp` as the kubelet wrote it, `text`).
+
+Without `follow` the stream ends when every pod's log is read. With
+`follow` it also looks for new pods every POD_POLL_INTERVAL_S, so a rollout
+or a scale-up keeps streaming, and it ends when the function is deleted or
+the client goes away. Without `tail` and `since`, only the last
+DEFAULT_HISTORY_S of each pod's log is read, as faas-netes does. The lines
+of different pods are interleaved in the order they arrive.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import urllib3
+
+from provider.kubernetes import objects
+from provider.kubernetes.kube import ApiError, JsonObject, KubeApi
+from provider.logs_api import parse_rfc3339
+from provider.types import LogRequest
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HISTORY_S: Final = 300
+POD_POLL_INTERVAL_S: Final = 2.0
+# A followed pod log may stay silent for long; a read that waits longer than
+# this ends that pod's stream.
+FOLLOW_READ_TIMEOUT_S: Final = 24 * 3600.0
+# A client that falls this many chunks of lines behind has its stream ended,
+# so a reader that stops reading cannot make the provider buffer without limit.
+MAX_BACKLOG_CHUNKS: Final = 10_000
+
+
+class PodLogStream:
+    """Chunks of ndjson log lines from the pods of one function."""
+
+    def __init__(
+        self,
+        kube: KubeApi,
+        request: LogRequest,
+        *,
+        namespace: str,
+        function_exists: Callable[[], bool],
+        poll_interval_s: float = POD_POLL_INTERVAL_S,
+    ) -> None:
+        self._kube = kube
+        self._request = request
+        self._namespace = namespace
+        self._function_exists = function_exists
+        self._poll_interval_s = poll_interval_s
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._stopping = threading.Event()
+        self._readers: dict[str, threading.Thread] = {}
+        self._finished: set[str] = set()
+        self._responses: set[urllib3.BaseHTTPResponse] = set()
+        self._responses_lock = threading.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        self._ended = False
+
+    async def start(self) -> None:
+        """List the pods and start reading their logs, or raise ApiError."""
+        await self._start_new_readers()
+        if self._request.follow:
+            self._poller = asyncio.create_task(
+                self._poll_pods(), name=f"pod-logs-{self._request.name}"
+            )
+        elif not self._readers:
+            self._queue.put_nowait(None)
+
+    def __aiter__(self) -> "PodLogStream":
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._ended:
+            raise StopAsyncIteration
+        chunk = await self._queue.get()
+        if chunk is None:
+            self._ended = True
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        """Stop every reader thread and the pod poller."""
+        self._stopping.set()
+        with self._responses_lock:
+            for response in self._responses:
+                response.shutdown()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+
+    async def _poll_pods(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(self._poll_interval_s)
+            if not self._function_exists():
+                self._queue.put_nowait(None)
+                return
+            try:
+                await self._start_new_readers()
+            except ApiError as exc:
+                logger.warning(
+                    "pod list for logs failed: %s",
+                    exc,
+                    extra={"ctx": {"function": self._request.name}},
+                )
+
+    async def _start_new_readers(self) -> None:
+        body = await self._kube.call(
+            self._kube.core.list_namespaced_pod,
+            self._namespace,
+            label_selector=f"{objects.FUNCTION_LABEL}={self._request.name}",
+        )
+        for pod in body.get("items") or []:
+            pod_name = self._pod_name(pod)
+            if pod_name and pod_name not in self._readers:
+                thread = threading.Thread(
+                    target=self._read_pod,
+                    args=(pod_name,),
+                    name=f"pod-log-{pod_name}",
+                    daemon=True,
+                )
+                self._readers[pod_name] = thread
+                thread.start()
+
+    def _pod_name(self, pod: JsonObject) -> str:
+        """Return the pod's name if it belongs to the request, else ""."""
+        metadata = pod.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        name = str(metadata.get("name") or "")
+        # NB: the label selector is checked here too, so a server that ignores
+        # it cannot mix another function's pods into this log.
+        if labels.get(objects.FUNCTION_LABEL) != self._request.name:
+            return ""
+        if self._request.instance and name != self._request.instance:
+            return ""
+        return name
+
+    def _log_arguments(self) -> dict[str, Any]:
+        request = self._request
+        arguments: dict[str, Any] = {
+            "container": request.name,
+            "follow": request.follow,
+            "timestamps": True,
+        }
+        if request.tail > 0:
+            arguments["tail_lines"] = request.tail
+        if request.since is not None:
+            elapsed_s = (datetime.now(UTC) - request.since).total_seconds()
+            arguments["since_seconds"] = max(1, math.ceil(elapsed_s))
+        elif request.tail <= 0:
+            arguments["since_seconds"] = DEFAULT_HISTORY_S
+        return arguments
+
+    def _read_pod(self, pod_name: str) -> None:
+        """Read one pod's log into the queue; runs in a thread of its own."""
+        try:
+            response = self._kube.open_stream(
+                self._kube.core.read_namespaced_pod_log,
+                pod_name,
+                self._namespace,
+                _request_timeout=(5.0, FOLLOW_READ_TIMEOUT_S),
+                **self._log_arguments(),
+            )
+        except (ApiError, ValueError) as exc:
+            # A pod whose container has not started yet has no log to read;
+            # the next poll tries it again.
+            logger.info(
+                "pod log not readable: %s",
+                exc,
+                extra={"ctx": {"function": self._request.name, "pod": pod_name}},
+            )
+            self._call_in_loop(self._reader_done, pod_name, True)
+            return
+        with self._responses_lock:
+            self._responses.add(response)
+        try:
+            if not self._stopping.is_set():
+                self._pump(pod_name, response)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if not self._stopping.is_set():
+                logger.info(
+                    "pod log stream ended: %s",
+                    exc,
+                    extra={"ctx": {"function": self._request.name, "pod": pod_name}},
+                )
+        finally:
+            with self._responses_lock:
+                self._responses.discard(response)
+            response.release_conn()
+        self._call_in_loop(self._reader_done, pod_name, False)
+
+    def _pump(self, pod_name: str, response: urllib3.BaseHTTPResponse) -> None:
+        buffer = b""
+        for chunk in response.stream(amt=None, decode_content=True):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            self._send_lines(pod_name, lines)
+            if self._stopping.is_set():
+                return
+        if buffer:
+            self._send_lines(pod_name, [buffer])
+
+    def _send_lines(self, pod_name: str, lines: list[bytes]) -> None:
+        messages = [self._message(pod_name, line) for line in lines if line]
+        data = b"".join(message for message in messages if message)
+        if data:
+            self._call_in_loop(self._enqueue, data)
+
+    def _message(self, pod_name: str, line: bytes) -> bytes:
+        """Return one ndjson message for a `TIMESTAMP TEXT` line, or b"" to skip it."""
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        timestamp, _, message = text.partition(" ")
+        since = self._request.since
+        try:
+            stamped_at = parse_rfc3339(timestamp)
+        except ValueError:
+            timestamp, message = "", text
+        else:
+            if since is not None and stamped_at < since:
+                return b""
+        record = {
+            "name": self._request.name,
+            "namespace": self._namespace,
+            "instance": pod_name,
+            "timestamp": timestamp,
+            "text": message,
+        }
+        return json.dumps(record, ensure_ascii=False).encode() + b"\n"
+
+    def _enqueue(self, data: bytes) -> None:
+        if self._queue.qsize() >= MAX_BACKLOG_CHUNKS:
+            logger.warning(
+                "log reader fell behind, ending its stream",
+                extra={"ctx": {"function": self._request.name}},
+            )
+            self._stopping.set()
+            self._queue.put_nowait(None)
+            return
+        self._queue.put_nowait(data)
+
+    def _reader_done(self, pod_name: str, failed: bool) -> None:
+        if self._request.follow:
+            if failed:
+                # Forget the pod, so the next poll reads it once its container
+                # runs.
+                self._readers.pop(pod_name, None)
+            return
+        self._finished.add(pod_name)
+        if len(self._finished) == len(self._readers):
+            self._queue.put_nowait(None)
+
+    def _call_in_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            self._stopping.set()

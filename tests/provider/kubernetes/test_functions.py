@@ -1,0 +1,377 @@
+"""Deploy, update, delete, scale and list functions on the emulated cluster.
+
+Each test sends the faas-provider requests that faas-cli sends and asserts
+the fields of the Deployment and Service that the emulator then stores.
+"""
+
+import base64
+from typing import Any
+
+import kmock
+import pytest
+
+from tests.conftest import wait_until
+from tests.provider.kubernetes.conftest import (
+    DEPLOYMENTS,
+    NAMESPACE,
+    SECRETS,
+    SERVICES,
+    RunningProvider,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def full_definition(**changes: Any) -> dict[str, Any]:
+    definition: dict[str, Any] = {
+        "service": "figlet",
+        "image": "ghcr.io/openfaas/figlet:latest",
+        "envProcess": "figlet",
+        "envVars": {"write_timeout": "10s", "GREETING": "hi"},
+        "labels": {"com.openfaas.scale.min": "2", "team": "blue"},
+        "annotations": {"topic": "orders,payments"},
+        "limits": {"memory": "128Mi", "cpu": "500m"},
+        "requests": {"memory": "64Mi"},
+        "secrets": ["api-key", "regcred"],
+        "readOnlyRootFilesystem": True,
+        "constraints": ["kubernetes.io/arch=arm64"],
+    }
+    definition.update(changes)
+    return definition
+
+
+async def create_secrets(provider: RunningProvider) -> None:
+    response = await provider.client.post(
+        "/system/secrets", json={"name": "api-key", "value": "hunter2"}
+    )
+    assert response.status_code == 202, response.text
+    provider.emulator.objects[SECRETS, NAMESPACE, "regcred"] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": "regcred", "namespace": NAMESPACE},
+        "data": {".dockerconfigjson": base64.b64encode(b"{}").decode()},
+    }
+
+
+async def deploy(provider: RunningProvider, **changes: Any) -> None:
+    response = await provider.client.post(
+        "/system/functions", json=full_definition(**changes)
+    )
+    assert response.status_code == 202, response.text
+
+
+async def test_deploy_builds_deployment(provider: RunningProvider) -> None:
+    await create_secrets(provider)
+    await deploy(provider)
+
+    deployment = provider.deployment("figlet")
+    metadata = deployment["metadata"]
+    assert metadata["namespace"] == NAMESPACE
+    assert metadata["labels"] == {
+        "faas_function": "figlet",
+        "com.openfaas.scale.min": "2",
+        "team": "blue",
+    }
+    assert metadata["annotations"] == {
+        "prometheus.io.scrape": "false",
+        "topic": "orders,payments",
+    }
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["selector"] == {"matchLabels": {"faas_function": "figlet"}}
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    template = spec["template"]
+    assert template["metadata"]["labels"]["faas_function"] == "figlet"
+    assert template["metadata"]["labels"]["uid"]
+    pod = template["spec"]
+    assert pod["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["volumes"] == [
+        {
+            "name": "figlet-projected-secrets",
+            "projected": {"sources": [{"secret": {"name": "api-key"}}]},
+        },
+        {"name": "temp", "emptyDir": {}},
+    ]
+    [container] = pod["containers"]
+    assert container["name"] == "figlet"
+    assert container["image"] == "ghcr.io/openfaas/figlet:latest"
+    assert container["imagePullPolicy"] == "Always"
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"}
+    ]
+    assert container["env"] == [
+        {"name": "fprocess", "value": "figlet"},
+        {"name": "GREETING", "value": "hi"},
+        {"name": "write_timeout", "value": "10s"},
+    ]
+    assert container["resources"] == {
+        "limits": {"memory": "128Mi", "cpu": "500m"},
+        "requests": {"memory": "64Mi"},
+    }
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["volumeMounts"] == [
+        {
+            "name": "figlet-projected-secrets",
+            "mountPath": "/var/openfaas/secrets",
+            "readOnly": True,
+        },
+        {"name": "temp", "mountPath": "/tmp"},
+    ]
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        assert probe["httpGet"]["path"] == "/_/health"
+        assert probe["httpGet"]["port"] == 8080
+
+
+async def test_deploy_builds_service(provider: RunningProvider) -> None:
+    await create_secrets(provider)
+    await deploy(provider)
+
+    service = provider.service("figlet")
+    assert service["metadata"]["annotations"]["topic"] == "orders,payments"
+    assert service["spec"] == {
+        "type": "ClusterIP",
+        "selector": {"faas_function": "figlet"},
+        "ports": [
+            {"name": "http", "protocol": "TCP", "port": 8080, "targetPort": 8080}
+        ],
+    }
+
+
+async def test_status_reads_deployment(provider: RunningProvider) -> None:
+    await create_secrets(provider)
+    await deploy(provider)
+    await provider.patch_object(
+        f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/figlet",
+        {"metadata": {"creationTimestamp": "2024-05-01T12:00:00Z"}},
+    )
+    await provider.mark_available("figlet", 1)
+    await wait_until(
+        lambda: (
+            provider.backend._cached.get("figlet", NAMESPACE) is not None
+            and provider.backend._cached.get("figlet", NAMESPACE).get("status")
+            is not None
+        ),
+        description="the watch to deliver the status",
+    )
+
+    response = await provider.client.get("/system/function/figlet")
+
+    assert response.status_code == 200, response.text
+    status = response.json()
+    assert status["name"] == "figlet"
+    assert status["namespace"] == NAMESPACE
+    assert status["image"] == "ghcr.io/openfaas/figlet:latest"
+    assert status["envProcess"] == "figlet"
+    assert status["envVars"] == {"GREETING": "hi", "write_timeout": "10s"}
+    assert status["labels"] == {"com.openfaas.scale.min": "2", "team": "blue"}
+    assert status["annotations"]["topic"] == "orders,payments"
+    assert status["secrets"] == ["api-key", "regcred"]
+    assert status["limits"] == {"memory": "128Mi", "cpu": "500m"}
+    assert status["requests"] == {"memory": "64Mi"}
+    assert status["readOnlyRootFilesystem"] is True
+    assert status["constraints"] == ["kubernetes.io/arch=arm64"]
+    assert status["replicas"] == 2
+    assert status["availableReplicas"] == 1
+    assert status["createdAt"] == "2024-05-01T12:00:00Z"
+
+    listed = await provider.client.get("/system/functions")
+    assert [item["name"] for item in listed.json()] == ["figlet"]
+
+
+async def test_deploy_without_scale_label(provider: RunningProvider) -> None:
+    response = await provider.client.post(
+        "/system/functions", json={"service": "plain", "image": "nginx"}
+    )
+
+    assert response.status_code == 202, response.text
+    deployment = provider.deployment("plain")
+    assert deployment["spec"]["replicas"] == 1
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["env"] == []
+    assert "volumes" not in deployment["spec"]["template"]["spec"]
+
+
+async def test_deploy_missing_secret_is_400(provider: RunningProvider) -> None:
+    response = await provider.client.post(
+        "/system/functions",
+        json={"service": "fn", "image": "nginx", "secrets": ["nope"]},
+    )
+
+    assert response.status_code == 400
+    assert "'nope'" in response.text
+    assert not provider.has_object(DEPLOYMENTS, NAMESPACE, "fn")
+
+
+async def test_deploy_twice_is_409(provider: RunningProvider) -> None:
+    body = {"service": "fn", "image": "nginx"}
+    first = await provider.client.post("/system/functions", json=body)
+    second = await provider.client.post("/system/functions", json=body)
+
+    assert first.status_code == 202
+    assert second.status_code == 409
+    assert "already exists" in second.text
+
+
+async def test_deploy_invalid_object_is_422(provider: RunningProvider) -> None:
+    provider.emulator["post", kmock.resource(DEPLOYMENTS)] << kmock.KubernetesError(
+        status=422,
+        reason="Invalid",
+        message='Deployment.apps "fn" is invalid: spec.template.spec.containers[0]'
+        ".resources.limits: Invalid value",
+    )
+
+    response = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "nginx"}
+    )
+
+    assert response.status_code == 422
+    assert "is invalid" in response.text
+
+
+async def test_forbidden_is_403(provider: RunningProvider) -> None:
+    provider.emulator["post", kmock.resource(DEPLOYMENTS)] << kmock.KubernetesError(
+        status=403,
+        reason="Forbidden",
+        message='deployments.apps is forbidden: User "faashub" cannot create',
+    )
+
+    response = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "nginx"}
+    )
+
+    assert response.status_code == 403
+    assert "forbidden" in response.text
+
+
+async def test_update_patches_deployment(provider: RunningProvider) -> None:
+    await create_secrets(provider)
+    await deploy(provider)
+    rollout_before = provider.deployment("figlet")["spec"]["template"]["metadata"][
+        "labels"
+    ]["uid"]
+    await provider.client.post(
+        "/system/scale-function/figlet", json={"serviceName": "figlet", "replicas": 3}
+    )
+
+    response = await provider.client.put(
+        "/system/functions",
+        json=full_definition(
+            image="ghcr.io/openfaas/figlet:2",
+            envVars={"GREETING": "hello"},
+            labels={"team": "red"},
+            annotations={},
+            secrets=[],
+            readOnlyRootFilesystem=False,
+        ),
+    )
+
+    assert response.status_code == 202, response.text
+    deployment = provider.deployment("figlet")
+    assert deployment["metadata"]["labels"] == {
+        "faas_function": "figlet",
+        "team": "red",
+    }
+    assert deployment["metadata"]["annotations"] == {"prometheus.io.scrape": "false"}
+    assert deployment["spec"]["replicas"] == 3
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["labels"]["uid"] != rollout_before
+    container = template["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/openfaas/figlet:2"
+    assert container["env"] == [
+        {"name": "fprocess", "value": "figlet"},
+        {"name": "GREETING", "value": "hello"},
+    ]
+    assert "volumes" not in template["spec"]
+    assert "imagePullSecrets" not in template["spec"]
+    assert "topic" not in provider.service("figlet")["metadata"]["annotations"]
+
+
+async def test_update_unknown_is_404(provider: RunningProvider) -> None:
+    response = await provider.client.put(
+        "/system/functions", json={"service": "ghost", "image": "nginx"}
+    )
+
+    assert response.status_code == 404
+    assert "'ghost'" in response.text
+
+
+async def test_delete_removes_objects(provider: RunningProvider) -> None:
+    await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+
+    response = await provider.client.request(
+        "DELETE", "/system/functions", json={"functionName": "fn"}
+    )
+
+    assert response.status_code == 202, response.text
+    assert not provider.has_object(DEPLOYMENTS, NAMESPACE, "fn")
+    assert not provider.has_object(SERVICES, NAMESPACE, "fn")
+    missing = await provider.client.get("/system/function/fn")
+    assert missing.status_code == 404
+
+
+async def test_delete_unknown_is_404(provider: RunningProvider) -> None:
+    response = await provider.client.request(
+        "DELETE", "/system/functions", json={"functionName": "ghost"}
+    )
+
+    assert response.status_code == 404
+
+
+async def test_scale_allows_zero(provider: RunningProvider) -> None:
+    await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+
+    for replicas in (40, 0):
+        response = await provider.client.post(
+            "/system/scale-function/fn",
+            json={"serviceName": "other", "replicas": replicas},
+        )
+        assert response.status_code == 202, response.text
+        assert provider.deployment("fn")["spec"]["replicas"] == replicas
+        status = (await provider.client.get("/system/function/fn")).json()
+        assert status.get("replicas", 0) == replicas
+
+
+async def test_scale_unknown_is_404(provider: RunningProvider) -> None:
+    response = await provider.client.post(
+        "/system/scale-function/ghost", json={"replicas": 1}
+    )
+
+    assert response.status_code == 404
+
+
+async def test_watch_sees_outside_change(provider: RunningProvider) -> None:
+    await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+
+    await provider.patch_object(
+        f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/fn",
+        {"spec": {"replicas": 7}},
+    )
+
+    async def replicas() -> int:
+        status = (await provider.client.get("/system/function/fn")).json()
+        return int(status.get("replicas", 0))
+
+    for _ in range(100):
+        if await replicas() == 7:
+            break
+        await provider.client.get("/healthz")
+    assert await replicas() == 7
+
+
+async def test_no_function_limit(provider: RunningProvider) -> None:
+    for index in range(20):
+        response = await provider.client.post(
+            "/system/functions", json={"service": f"fn-{index}", "image": "x"}
+        )
+        assert response.status_code == 202, response.text
+
+    listed = (await provider.client.get("/system/functions")).json()
+    assert len(listed) == 20
