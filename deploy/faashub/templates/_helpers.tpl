@@ -1,0 +1,314 @@
+{{/*
+Names, labels and the pieces every faashub container shares.
+*/}}
+
+{{- define "faashub.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-wide prefix of every object name. */}}
+{{- define "faashub.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "faashub.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "faashub.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "faashub.labels" -}}
+{{ include "faashub.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "faashub.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* Service names: every URL the components exchange is built from these. */}}
+{{- define "faashub.gatewayName" -}}
+{{ include "faashub.fullname" . }}-gateway
+{{- end -}}
+{{- define "faashub.providerName" -}}
+{{ include "faashub.fullname" . }}-provider
+{{- end -}}
+{{- define "faashub.natsName" -}}
+{{ include "faashub.fullname" . }}-nats
+{{- end -}}
+
+{{- define "faashub.gatewayUrl" -}}
+{{- if .Values.gatewayUrl -}}
+{{ .Values.gatewayUrl }}
+{{- else if .Values.connectorsOnly -}}
+{{ fail "connectorsOnly is true but gatewayUrl is empty: set gatewayUrl to the URL of the existing gateway, e.g. http://gateway.openfaas:8080" }}
+{{- else -}}
+http://{{ include "faashub.gatewayName" . }}:{{ .Values.gateway.service.port }}
+{{- end -}}
+{{- end -}}
+
+{{- define "faashub.natsUrl" -}}
+{{- if .Values.nats.enabled -}}
+nats://{{ include "faashub.natsName" . }}:4222
+{{- else if .Values.nats.url -}}
+{{ .Values.nats.url }}
+{{- else -}}
+{{ fail "nats.enabled is false but nats.url is empty: set nats.url to a NATS server with JetStream, or set nats.enabled=true" }}
+{{- end -}}
+{{- end -}}
+
+{{/* The environment every faashub component reads: logging. */}}
+{{- define "faashub.commonEnv" -}}
+- name: FAASHUB_LOG_LEVEL
+  value: {{ .Values.log.level | quote }}
+- name: FAASHUB_LOG_FORMAT
+  value: {{ .Values.log.format | quote }}
+{{- end -}}
+
+{{/*
+Where the gateway reads the credentials it requires on /system/* (OpenFaaS's
+secret_mount_path): the files basic-auth-user and basic-auth-password.
+*/}}
+{{- define "faashub.gatewayBasicAuthEnv" -}}
+{{- if .Values.basicAuth.enabled -}}
+- name: FAASHUB_AUTH_SECRET_MOUNT_PATH
+  value: /var/secrets/basic-auth
+{{- end }}
+{{- end -}}
+
+{{/* Where a queue-worker or connector reads the credentials it sends to the gateway. */}}
+{{- define "faashub.clientBasicAuthEnv" -}}
+{{- if .Values.basicAuth.enabled -}}
+- name: FAASHUB_GATEWAY_SECRET_MOUNT_PATH
+  value: /var/secrets/basic-auth
+{{- end }}
+{{- end -}}
+
+{{- define "faashub.basicAuthMount" -}}
+{{- if .Values.basicAuth.enabled -}}
+- name: basic-auth
+  mountPath: /var/secrets/basic-auth
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "faashub.basicAuthVolume" -}}
+{{- if .Values.basicAuth.enabled -}}
+- name: basic-auth
+  secret:
+    secretName: {{ .Values.basicAuth.secretName }}
+    items:
+      - key: basic-auth-user
+        path: basic-auth-user
+      - key: basic-auth-password
+        path: basic-auth-password
+{{- end }}
+{{- end -}}
+
+{{/*
+Pod-level fields shared by every faashub Deployment. Call with a dict of
+"root" (the chart context), "component" (that component's values) and, for
+a pod that calls the Kubernetes API, "automountToken" true.
+*/}}
+{{- define "faashub.podSpecCommon" -}}
+{{- $root := .root -}}
+automountServiceAccountToken: {{ .automountToken | default false }}
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+{{- with .component.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .component.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .component.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Container fields shared by every faashub container: image, security. */}}
+{{- define "faashub.containerCommon" -}}
+image: {{ include "faashub.image" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+securityContext:
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{/* Readiness and liveness probes on /healthz of the named port. */}}
+{{- define "faashub.probes" -}}
+{{- $probes := .root.Values.probes -}}
+readinessProbe:
+  httpGet:
+    path: /healthz
+    port: {{ .port }}
+  periodSeconds: {{ $probes.readiness.periodSeconds }}
+  timeoutSeconds: {{ $probes.readiness.timeoutSeconds }}
+  failureThreshold: {{ $probes.readiness.failureThreshold }}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: {{ .port }}
+  periodSeconds: {{ $probes.liveness.periodSeconds }}
+  timeoutSeconds: {{ $probes.liveness.timeoutSeconds }}
+  failureThreshold: {{ $probes.liveness.failureThreshold }}
+{{- end -}}
+
+{{/* Pod annotations that let Prometheus scrape /metrics on the given port. */}}
+{{- define "faashub.scrapeAnnotations" -}}
+{{- if .root.Values.metrics.annotations -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}
+
+{{/*
+A PodDisruptionBudget for a component with more than one replica. Call with
+"root", "name", "replicas" and "selector" (a dict of labels).
+*/}}
+{{- define "faashub.pdb" -}}
+{{- if gt (int .replicas) 1 }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .name }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "faashub.labels" .root | nindent 4 }}
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels:
+      {{- toYaml .selector | nindent 6 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The Deployment, Service and PodDisruptionBudget of one connector. Call with
+a dict of "root", "kind" (kafka, sqs or cron), "values" (that connector's
+values), "env", "volumeMounts" and "volumes" (YAML list items, may be empty)
+and "serviceAccountName" (may be empty).
+*/}}
+{{- define "faashub.connector" -}}
+{{- $root := .root -}}
+{{- $connectors := $root.Values.connectors -}}
+{{- $component := printf "%s-connector" .kind -}}
+{{- $name := printf "%s-%s" (include "faashub.fullname" $root) $component -}}
+{{- $selector := dict "app.kubernetes.io/name" (include "faashub.name" $root) "app.kubernetes.io/instance" $root.Release.Name "app.kubernetes.io/component" $component -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "faashub.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ $component }}
+spec:
+  replicas: {{ .values.replicas }}
+  selector:
+    matchLabels:
+      {{- toYaml $selector | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "faashub.labels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ $component }}
+      {{- with include "faashub.scrapeAnnotations" (dict "root" $root "port" $connectors.healthPort) }}
+      annotations:
+        {{- . | nindent 8 }}
+      {{- end }}
+    spec:
+      {{- with .serviceAccountName }}
+      serviceAccountName: {{ . }}
+      {{- end }}
+      {{- include "faashub.podSpecCommon" (dict "root" $root "component" .values) | nindent 6 }}
+      containers:
+        - name: {{ $component }}
+          {{- include "faashub.containerCommon" $root | nindent 10 }}
+          args: ["connector", {{ .kind | quote }}]
+          ports:
+            - name: metrics
+              containerPort: {{ $connectors.healthPort }}
+          env:
+            {{- include "faashub.commonEnv" $root | nindent 12 }}
+            - name: FAASHUB_GATEWAY_URL
+              value: {{ include "faashub.gatewayUrl" $root | quote }}
+            {{- include "faashub.clientBasicAuthEnv" $root | nindent 12 }}
+            - name: FAASHUB_ASYNC_INVOCATION
+              value: {{ $connectors.asyncInvocation | quote }}
+            - name: FAASHUB_CALLBACK_URL
+              value: {{ $connectors.callbackUrl | quote }}
+            - name: FAASHUB_CONTENT_TYPE
+              value: {{ $connectors.contentType | quote }}
+            - name: FAASHUB_UPSTREAM_TIMEOUT_S
+              value: {{ $connectors.upstreamTimeoutS | quote }}
+            - name: FAASHUB_REBUILD_INTERVAL_S
+              value: {{ $connectors.rebuildIntervalS | quote }}
+            - name: FAASHUB_MAX_INFLIGHT
+              value: {{ $connectors.maxInflight | quote }}
+            - name: FAASHUB_RETRY_ATTEMPTS
+              value: {{ $connectors.retryAttempts | quote }}
+            - name: FAASHUB_HEALTH_HOST
+              value: "0.0.0.0"
+            - name: FAASHUB_HEALTH_PORT
+              value: {{ $connectors.healthPort | quote }}
+            {{- with .env }}
+            {{- . | nindent 12 }}
+            {{- end }}
+            {{- with .values.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- include "faashub.probes" (dict "root" $root "port" "metrics") | nindent 10 }}
+          resources:
+            {{- toYaml .values.resources | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            {{- include "faashub.basicAuthMount" $root | nindent 12 }}
+            {{- with .volumeMounts }}
+            {{- . | nindent 12 }}
+            {{- end }}
+      volumes:
+        - name: tmp
+          emptyDir: {}
+        {{- include "faashub.basicAuthVolume" $root | nindent 8 }}
+        {{- with .volumes }}
+        {{- . | nindent 8 }}
+        {{- end }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "faashub.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ $component }}
+    faashub.dev/metrics: "true"
+spec:
+  selector:
+    {{- toYaml $selector | nindent 4 }}
+  ports:
+    - name: metrics
+      port: {{ $connectors.healthPort }}
+      targetPort: metrics
+{{- include "faashub.pdb" (dict "root" $root "name" $name "replicas" .values.replicas "selector" $selector) }}
+{{- end -}}

@@ -1,0 +1,873 @@
+"""Render the Helm chart in deploy/faashub and check the objects it makes.
+
+Helm's own template engine (helm-python-sdk, no cluster and no network)
+renders the chart for four value sets: the defaults, connectors only, the
+full stack with every connector and two named queues, and a highly available
+set. Every object is validated against the newest Kubernetes schemas that
+kubernetes-validate ships. The tests then check the wiring between the
+objects: URLs resolve to Services and container ports, and probes hit each
+component's health listener. Every FAASHUB_* variable must be a field of the
+component's settings class, the provider's RBAC must equal the rules that
+provider.kubernetes.rbac exports, and every secret reference must resolve.
+"""
+
+import base64
+import copy
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic_settings import BaseSettings
+
+from faashub import connector_settings, embedded_nats, settings
+from faashub.cli import main as cli_main
+from provider.kubernetes import rbac
+
+CHART_DIR = Path(__file__).resolve().parents[2] / "deploy" / "faashub"
+DOCKERFILE = CHART_DIR.parents[1] / "Dockerfile"
+RELEASE = "hub"
+NAMESPACE = "faashub"
+PREFIX = f"{RELEASE}-faashub"
+KUBERNETES_VERSION = kubernetes_validate.utils.latest_version()
+
+# Objects of custom resource kinds, which kubernetes-validate has no schema for.
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+Manifest = dict[str, Any]
+
+EXTERNAL_GATEWAY = "http://gateway.openfaas:8080"
+
+CONNECTORS = {
+    "kafkaConnector": {
+        "enabled": True,
+        "brokers": "kafka-0.kafka:9092,kafka-1.kafka:9092",
+        "topics": "orders,payments.*",
+        "ordering": "key",
+        "sasl": {"mechanism": "SCRAM-SHA-512", "secretName": "kafka-sasl"},
+        "tls": {
+            "enabled": True,
+            "secretName": "kafka-tls",
+            "certKey": "tls.crt",
+            "keyKey": "tls.key",
+        },
+    },
+    "sqsConnector": {
+        "enabled": True,
+        "queues": ["https://sqs.eu-west-1.amazonaws.com/123456789012/orders"],
+        "region": "eu-west-1",
+        "credentials": {"secretName": "aws-sqs"},
+    },
+    "cronConnector": {"enabled": True},
+}
+
+DEFAULT: dict[str, Any] = {}
+CONNECTORS_ONLY: dict[str, Any] = {
+    "connectorsOnly": True,
+    "gatewayUrl": EXTERNAL_GATEWAY,
+    "basicAuth": {"create": False},
+    **CONNECTORS,
+}
+FULL_STACK: dict[str, Any] = {
+    **CONNECTORS,
+    "queueWorker": {
+        "callbackSigning": {"secretName": "callback-signing"},
+        "queues": [
+            {"name": "slow", "maxInflight": 2},
+            {"name": "bulk", "replicas": 2},
+        ],
+    },
+    "metrics": {"serviceMonitor": {"enabled": True}},
+}
+HIGHLY_AVAILABLE: dict[str, Any] = {
+    **copy.deepcopy(FULL_STACK),
+    "gateway": {"replicas": 3},
+    "provider": {"replicas": 2},
+    "nats": {"replicas": 3},
+}
+HIGHLY_AVAILABLE["queueWorker"]["replicas"] = 3
+for _name in ("kafkaConnector", "sqsConnector", "cronConnector"):
+    HIGHLY_AVAILABLE[_name] = {**HIGHLY_AVAILABLE[_name], "replicas": 2}
+
+SCENARIOS = [
+    pytest.param(DEFAULT, id="default"),
+    pytest.param(CONNECTORS_ONLY, id="connectors-only"),
+    pytest.param(FULL_STACK, id="full-stack"),
+    pytest.param(HIGHLY_AVAILABLE, id="highly-available"),
+]
+
+# Secrets that the user creates, by scenario: (Secret name, key) pairs that
+# values.yaml and deploy/README.md document.
+EXTERNAL_SECRET_KEYS = {
+    "default": set(),
+    "connectors-only": {
+        ("basic-auth", "basic-auth-user"),
+        ("basic-auth", "basic-auth-password"),
+        ("kafka-sasl", "username"),
+        ("kafka-sasl", "password"),
+        ("kafka-tls", "ca.crt"),
+        ("kafka-tls", "tls.crt"),
+        ("kafka-tls", "tls.key"),
+        ("aws-sqs", "aws-access-key-id"),
+        ("aws-sqs", "aws-secret-access-key"),
+    },
+}
+EXTERNAL_SECRET_KEYS["full-stack"] = EXTERNAL_SECRET_KEYS["connectors-only"] - {
+    ("basic-auth", "basic-auth-user"),
+    ("basic-auth", "basic-auth-password"),
+} | {("callback-signing", "callback-signing-secret")}
+EXTERNAL_SECRET_KEYS["highly-available"] = EXTERNAL_SECRET_KEYS["full-stack"]
+
+# Container arguments of each component, and the settings class that reads
+# its FAASHUB_* variables. A class that does not exist yet is None.
+SETTINGS_BY_ARGS: dict[tuple[str, ...], type[BaseSettings] | None] = {
+    ("gateway",): settings.GatewaySettings,
+    ("queue-worker",): settings.WorkerSettings,
+    ("provider", "kubernetes"): getattr(settings, "KubernetesProviderSettings", None),
+    ("connector", "kafka"): connector_settings.KafkaConnectorSettings,
+    ("connector", "sqs"): getattr(connector_settings, "SqsConnectorSettings", None),
+    ("connector", "cron"): getattr(connector_settings, "CronConnectorSettings", None),
+}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm_python.Chart]:
+    with helm_python.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+def render(chart: helm_python.Chart, values: dict[str, Any]) -> list[Manifest]:
+    """Render the chart as a fresh install and return its objects."""
+    manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects: list[Manifest] = []
+    for path in sorted(manifests):
+        objects.extend(doc for doc in yaml.safe_load_all(manifests[path]) if doc)
+    return objects
+
+
+def scenario_id(request: pytest.FixtureRequest) -> str:
+    scenario: str = request.node.callspec.id
+    return scenario
+
+
+def find(objects: list[Manifest], kind: str, name: str) -> Manifest:
+    for item in objects:
+        if item["kind"] == kind and item["metadata"]["name"] == name:
+            return item
+    pytest.fail(f"no {kind} named {name}; rendered: {names(objects)}")
+
+
+def names(objects: list[Manifest]) -> list[str]:
+    return [f"{item['kind']}/{item['metadata']['name']}" for item in objects]
+
+
+def workloads(objects: list[Manifest]) -> list[Manifest]:
+    return [item for item in objects if item["kind"] in ("Deployment", "StatefulSet")]
+
+
+def faashub_containers(
+    objects: list[Manifest],
+) -> Iterator[tuple[Manifest, dict[str, Any]]]:
+    """Yield (workload, container) for each container that runs the faashub image."""
+    for workload in workloads(objects):
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            if container["image"].startswith("ghcr.io/faashub/faashub:"):
+                yield workload, container
+
+
+def env_values(container: dict[str, Any]) -> dict[str, str]:
+    """Map each variable to its value; one read from a Secret maps to "<secret>"."""
+    values: dict[str, str] = {}
+    for entry in container.get("env", []):
+        values[entry["name"]] = entry.get("value", "<secret>")
+    return values
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """Resolve a port name or number to the container's port number."""
+    for entry in container.get("ports", []):
+        if port in (entry["containerPort"], entry.get("name")):
+            number: int = entry["containerPort"]
+            return number
+    pytest.fail(f"container {container['name']} has no port {port!r}")
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def resolve_service_url(
+    objects: list[Manifest], url: str
+) -> tuple[Manifest, dict[str, Any], int]:
+    """Follow a URL to its Service, then to the workload and port behind it."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None, url
+    assert parts.port is not None, f"{url} names no port"
+    service = find(objects, "Service", parts.hostname)
+    ports = [entry for entry in service["spec"]["ports"] if entry["port"] == parts.port]
+    assert ports, f"Service {parts.hostname} does not expose port {parts.port}"
+    target = ports[0].get("targetPort", parts.port)
+    backends = [
+        workload
+        for workload in workloads(objects)
+        if selects(
+            service["spec"]["selector"],
+            workload["spec"]["template"]["metadata"]["labels"],
+        )
+    ]
+    assert len(backends) == 1, (
+        f"Service {parts.hostname} selects {len(backends)} workloads, expected 1"
+    )
+    container = backends[0]["spec"]["template"]["spec"]["containers"][0]
+    return backends[0], container, container_port(container, target)
+
+
+def component(workload: Manifest) -> str:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels["app.kubernetes.io/component"]
+
+
+@pytest.mark.parametrize("values", SCENARIOS)
+def test_scenario_objects_valid(
+    chart: helm_python.Chart, values: dict[str, Any]
+) -> None:
+    objects = render(chart, values)
+    assert objects
+    keys = [
+        (item["kind"], item["metadata"].get("namespace"), item["metadata"]["name"])
+        for item in objects
+    ]
+    assert len(keys) == len(set(keys)), f"duplicate objects: {sorted(keys)}"
+    for item in objects:
+        if (item["apiVersion"], item["kind"]) in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(item, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(
+                f"{item['kind']}/{item['metadata']['name']} is invalid for "
+                f"Kubernetes {KUBERNETES_VERSION}: {exc.message} at "
+                f"{'.'.join(str(part) for part in exc.path)}"
+            )
+
+
+def test_default_install_components(chart: helm_python.Chart) -> None:
+    objects = render(chart, DEFAULT)
+    assert {component(item) for item in workloads(objects)} == {
+        "gateway",
+        "queue-worker",
+        "provider",
+        "nats",
+    }
+    assert find(objects, "Secret", "basic-auth")
+    assert find(objects, "Namespace", "openfaas-fn")
+
+
+def test_connectors_only_components(chart: helm_python.Chart) -> None:
+    objects = render(chart, CONNECTORS_ONLY)
+    assert {component(item) for item in workloads(objects)} == {
+        "kafka-connector",
+        "sqs-connector",
+        "cron-connector",
+    }
+    kinds = {item["kind"] for item in objects}
+    assert "Secret" not in kinds
+    assert "StatefulSet" not in kinds
+    assert "Role" not in kinds
+    assert "ClusterRole" not in kinds
+    assert "Namespace" not in kinds
+
+
+@pytest.mark.parametrize("values", SCENARIOS)
+def test_env_names_are_settings_fields(
+    chart: helm_python.Chart, values: dict[str, Any]
+) -> None:
+    for workload, container in faashub_containers(render(chart, values)):
+        args = tuple(container["args"])
+        assert args in SETTINGS_BY_ARGS, f"unknown component arguments {args}"
+        settings_class = SETTINGS_BY_ARGS[args]
+        assert settings_class is not None, f"no settings class for {args} yet"
+        fields = {
+            settings.ENV_PREFIX + name.upper() for name in settings_class.model_fields
+        }
+        unknown = {
+            name
+            for name in env_values(container)
+            if name.startswith(settings.ENV_PREFIX)
+        } - fields
+        assert not unknown, (
+            f"{workload['metadata']['name']} sets {sorted(unknown)}, which "
+            f"{settings_class.__name__} does not have"
+        )
+
+
+@pytest.mark.parametrize("values", SCENARIOS)
+def test_env_loads_into_settings(
+    chart: helm_python.Chart,
+    values: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for workload, container in faashub_containers(render(chart, values)):
+        args = tuple(container["args"])
+        settings_class = SETTINGS_BY_ARGS[args]
+        assert settings_class is not None, f"no settings class for {args} yet"
+        with monkeypatch.context() as patch:
+            for name, value in env_values(container).items():
+                patch.setenv(name, value)
+            try:
+                settings_class()
+            except ValueError as exc:
+                pytest.fail(
+                    f"{workload['metadata']['name']}'s environment does not load "
+                    f"into {settings_class.__name__}: {exc}"
+                )
+
+
+@pytest.mark.parametrize("values", SCENARIOS)
+def test_component_urls_reach_services(
+    chart: helm_python.Chart, values: dict[str, Any]
+) -> None:
+    objects = render(chart, values)
+    targets = {
+        "FAASHUB_GATEWAY_URL": ("gateway", f"{PREFIX}-gateway"),
+        "FAASHUB_PROVIDER_URL": ("provider", f"{PREFIX}-provider"),
+        "FAASHUB_NATS_URL": ("nats", f"{PREFIX}-nats"),
+    }
+    checked = 0
+    for _, container in faashub_containers(objects):
+        env = env_values(container)
+        for variable, (expected_component, host) in targets.items():
+            if variable not in env:
+                continue
+            url = env[variable]
+            if values.get("connectorsOnly"):
+                if variable == "FAASHUB_GATEWAY_URL":
+                    assert url == EXTERNAL_GATEWAY
+                else:
+                    assert url == "", f"{variable}={url} without a NATS of the chart"
+                continue
+            assert urlsplit(url).hostname == host, f"{variable}={url}"
+            backend, backend_container, port = resolve_service_url(objects, url)
+            assert component(backend) == expected_component, f"{variable}={url}"
+            if expected_component == "nats":
+                assert port == 4222
+            else:
+                assert str(port) == env_values(backend_container)["FAASHUB_PORT"]
+            checked += 1
+    if not values.get("connectorsOnly"):
+        assert checked >= 4
+
+
+@pytest.mark.parametrize("values", SCENARIOS)
+def test_probes_hit_health_listener(
+    chart: helm_python.Chart, values: dict[str, Any]
+) -> None:
+    for workload, container in faashub_containers(render(chart, values)):
+        env = env_values(container)
+        if "FAASHUB_HEALTH_PORT" in env:
+            host, port = env["FAASHUB_HEALTH_HOST"], env["FAASHUB_HEALTH_PORT"]
+        else:
+            host, port = env["FAASHUB_HOST"], env["FAASHUB_PORT"]
+        assert host == "0.0.0.0", workload["metadata"]["name"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            action = container[probe]["httpGet"]
+            assert action["path"] == "/healthz"
+            assert str(container_port(container, action["port"])) == port
+
+
+@pytest.mark.parametrize("values", SCENARIOS)
+def test_containers_hardened(chart: helm_python.Chart, values: dict[str, Any]) -> None:
+    for workload in workloads(render(chart, values)):
+        pod = workload["spec"]["template"]["spec"]
+        name = workload["metadata"]["name"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            for bound in ("requests", "limits"):
+                assert set(container["resources"][bound]) >= {"cpu", "memory"}, name
+            assert "readinessProbe" in container, name
+            assert "livenessProbe" in container, name
+
+
+def rules_of(role: Manifest) -> set[tuple[str, str, frozenset[str]]]:
+    found = set()
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                found.add((group, resource, frozenset(rule["verbs"])))
+    return found
+
+
+def exported(rules: tuple[rbac.RbacRule, ...]) -> set[tuple[str, str, frozenset[str]]]:
+    return {(rule.api_group, rule.resource, frozenset(rule.verbs)) for rule in rules}
+
+
+@pytest.mark.parametrize(
+    ("cluster_wide", "kind", "expected"),
+    [
+        pytest.param(False, "Role", rbac.RBAC_RULES, id="role"),
+        pytest.param(
+            True,
+            "ClusterRole",
+            rbac.RBAC_RULES + rbac.NAMESPACE_RULES,
+            id="cluster-role",
+        ),
+    ],
+)
+def test_provider_rbac_matches_code(
+    chart: helm_python.Chart,
+    cluster_wide: bool,
+    kind: str,
+    expected: tuple[rbac.RbacRule, ...],
+) -> None:
+    objects = render(
+        chart,
+        {"provider": {"clusterWide": cluster_wide, "functionNamespace": "fn"}},
+    )
+    name = f"{PREFIX}-provider"
+    role = find(objects, kind, name)
+    assert rules_of(role) == exported(expected)
+    binding = find(objects, f"{kind}Binding", name)
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": kind,
+        "name": name,
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}
+    ]
+    if cluster_wide:
+        assert "namespace" not in role["metadata"]
+    else:
+        assert role["metadata"]["namespace"] == "fn"
+        assert binding["metadata"]["namespace"] == "fn"
+    deployment = find(objects, "Deployment", name)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == name
+    assert pod["automountServiceAccountToken"] is True
+    env = env_values(pod["containers"][0])
+    assert env["FAASHUB_CLUSTER_WIDE"] == str(cluster_wide).lower()
+    assert env["FAASHUB_FUNCTION_NAMESPACE"] == "fn"
+
+
+def test_only_provider_gets_api_token(chart: helm_python.Chart) -> None:
+    for workload in workloads(render(chart, FULL_STACK)):
+        if component(workload) in ("provider", "nats"):
+            continue
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+
+
+def secret_references(objects: list[Manifest]) -> set[tuple[str, str]]:
+    """Collect every (Secret name, key) that a pod reads, from env or volumes."""
+    found: set[tuple[str, str]] = set()
+    for workload in workloads(objects):
+        pod = workload["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            for entry in container.get("env", []):
+                reference = entry.get("valueFrom", {}).get("secretKeyRef")
+                if reference:
+                    found.add((reference["name"], reference["key"]))
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                items = volume["secret"].get("items")
+                assert items, f"secret volume {volume['name']} must list its keys"
+                for item in items:
+                    found.add((volume["secret"]["secretName"], item["key"]))
+    return found
+
+
+@pytest.mark.parametrize("values", SCENARIOS)
+def test_secret_references_resolve(
+    chart: helm_python.Chart, values: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
+    objects = render(chart, values)
+    created = {
+        (item["metadata"]["name"], key)
+        for item in objects
+        if item["kind"] == "Secret"
+        for key in item.get("data", {})
+    }
+    external = secret_references(objects) - created
+    assert external == EXTERNAL_SECRET_KEYS[scenario_id(request)]
+    readme = (CHART_DIR.parent / "README.md").read_text()
+    for _, key in external:
+        assert f"`{key}`" in readme, f"deploy/README.md does not document key {key}"
+
+
+def test_basic_auth_mounted_where_used(
+    chart: helm_python.Chart,
+) -> None:
+    objects = render(chart, FULL_STACK)
+    for workload, container in faashub_containers(objects):
+        env = env_values(container)
+        mounts = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
+        if component(workload) == "gateway":
+            assert env["FAASHUB_AUTH_SECRET_MOUNT_PATH"] == "/var/secrets/basic-auth"
+            assert "/var/secrets/basic-auth" in mounts
+        elif component(workload) == "provider":
+            assert "/var/secrets/basic-auth" not in mounts
+        else:
+            assert env["FAASHUB_GATEWAY_SECRET_MOUNT_PATH"] == "/var/secrets/basic-auth"
+            assert "/var/secrets/basic-auth" in mounts
+
+
+def basic_auth_password(objects: list[Manifest]) -> str:
+    secret = find(objects, "Secret", "basic-auth")
+    assert base64.b64decode(secret["data"]["basic-auth-user"]) == b"admin"
+    return base64.b64decode(secret["data"]["basic-auth-password"]).decode()
+
+
+def test_basic_auth_password_generated(chart: helm_python.Chart) -> None:
+    first = basic_auth_password(render(chart, DEFAULT))
+    second = basic_auth_password(render(chart, DEFAULT))
+    assert len(first) == 32
+    assert first.isalnum()
+    assert first != second
+
+
+def test_basic_auth_password_given(chart: helm_python.Chart) -> None:
+    objects = render(chart, {"basicAuth": {"password": "s3cret-Pass"}})
+    assert basic_auth_password(objects) == "s3cret-Pass"
+
+
+def test_basic_auth_disabled(chart: helm_python.Chart) -> None:
+    objects = render(chart, {"basicAuth": {"enabled": False}, **CONNECTORS})
+    assert "Secret" not in {item["kind"] for item in objects}
+    for workload, container in faashub_containers(objects):
+        env = env_values(container)
+        assert "FAASHUB_GATEWAY_SECRET_MOUNT_PATH" not in env
+        assert "FAASHUB_AUTH_SECRET_MOUNT_PATH" not in env
+        volumes = workload["spec"]["template"]["spec"]["volumes"]
+        assert "basic-auth" not in {volume["name"] for volume in volumes}
+
+
+def test_named_queues_get_workers(chart: helm_python.Chart) -> None:
+    objects = render(chart, FULL_STACK)
+    workers = {
+        env_values(container)["FAASHUB_QUEUE"]: (workload, env_values(container))
+        for workload, container in faashub_containers(objects)
+        if component(workload) == "queue-worker"
+    }
+    assert set(workers) == {"default", "slow", "bulk"}
+    assert workers["default"][0]["metadata"]["name"] == f"{PREFIX}-queue-worker"
+    assert workers["slow"][0]["metadata"]["name"] == f"{PREFIX}-queue-worker-slow"
+    assert workers["default"][1]["FAASHUB_MAX_INFLIGHT"] == "64"
+    assert workers["slow"][1]["FAASHUB_MAX_INFLIGHT"] == "2"
+    assert workers["bulk"][1]["FAASHUB_MAX_INFLIGHT"] == "64"
+    assert workers["bulk"][0]["spec"]["replicas"] == 2
+    assert workers["slow"][0]["spec"]["replicas"] == 1
+    for workload, env in workers.values():
+        assert env["FAASHUB_RETRY_ATTEMPTS"] == "10"
+        assert env["FAASHUB_RETRY_CODES"] == "408,429,500,502,503,504"
+        grace_s = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace_s > float(env["FAASHUB_SHUTDOWN_GRACE_S"])
+
+
+def test_pdbs_for_replicated_workloads(chart: helm_python.Chart) -> None:
+    objects = render(chart, HIGHLY_AVAILABLE)
+    budgets = [item for item in objects if item["kind"] == "PodDisruptionBudget"]
+    replicated = [item for item in workloads(objects) if item["spec"]["replicas"] > 1]
+    assert len(replicated) == 9
+    assert len(budgets) == len(replicated)
+    for workload in replicated:
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        covering = [
+            budget
+            for budget in budgets
+            if selects(budget["spec"]["selector"]["matchLabels"], labels)
+        ]
+        assert len(covering) == 1, workload["metadata"]["name"]
+        assert covering[0]["spec"]["maxUnavailable"] == 1
+
+
+def test_no_pdbs_for_single_replicas(chart: helm_python.Chart) -> None:
+    kinds = {item["kind"] for item in render(chart, FULL_STACK)}
+    assert "PodDisruptionBudget" in kinds  # the bulk queue has two replicas
+    kinds = {item["kind"] for item in render(chart, DEFAULT)}
+    assert "PodDisruptionBudget" not in kinds
+
+
+def test_metrics_scraped_on_metrics_port(chart: helm_python.Chart) -> None:
+    objects = render(chart, FULL_STACK)
+    scraped = 0
+    for workload, container in faashub_containers(objects):
+        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        if component(workload) in ("gateway", "provider"):
+            # Neither serves /metrics yet.
+            assert "prometheus.io/scrape" not in annotations
+            continue
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == "/metrics"
+        port = container_port(container, "metrics")
+        assert annotations["prometheus.io/port"] == str(port)
+        assert env_values(container)["FAASHUB_HEALTH_PORT"] == str(port)
+        scraped += 1
+    assert scraped == 6
+
+    monitor = find(objects, "ServiceMonitor", PREFIX)
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    monitored = [
+        item
+        for item in objects
+        if item["kind"] == "Service" and selects(selector, item["metadata"]["labels"])
+    ]
+    assert len(monitored) == scraped
+    for service in monitored:
+        assert "metrics" in {port["name"] for port in service["spec"]["ports"]}
+
+
+def test_kafka_connector_settings(chart: helm_python.Chart) -> None:
+    objects = render(chart, FULL_STACK)
+    deployment = find(objects, "Deployment", f"{PREFIX}-kafka-connector")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = env_values(container)
+    assert container["args"] == ["connector", "kafka"]
+    assert env["FAASHUB_BROKERS"] == "kafka-0.kafka:9092,kafka-1.kafka:9092"
+    assert env["FAASHUB_TOPICS"] == "orders,payments.*"
+    assert env["FAASHUB_ORDERING"] == "key"
+    assert env["FAASHUB_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert env["FAASHUB_TLS"] == "true"
+    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+    for variable in (
+        "FAASHUB_SASL_PASSWORD_FILE",
+        "FAASHUB_TLS_CA_FILE",
+        "FAASHUB_TLS_CERT_FILE",
+        "FAASHUB_TLS_KEY_FILE",
+    ):
+        assert str(Path(env[variable]).parent) in mounts, variable
+
+
+def test_sqs_connector_service_account(chart: helm_python.Chart) -> None:
+    role_arn = "arn:aws:iam::123456789012:role/faashub-sqs"
+    values = {
+        "sqsConnector": {
+            "enabled": True,
+            "queues": ["orders", "refunds"],
+            "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": role_arn}},
+        }
+    }
+    objects = render(chart, values)
+    name = f"{PREFIX}-sqs-connector"
+    account = find(objects, "ServiceAccount", name)
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role_arn
+    pod = find(objects, "Deployment", name)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == name
+    env = env_values(pod["containers"][0])
+    assert env["FAASHUB_SQS_QUEUES"] == "orders,refunds"
+    assert "AWS_ACCESS_KEY_ID" not in env
+
+
+def test_cron_replicas_claim_ticks_in_nats(chart: helm_python.Chart) -> None:
+    objects = render(chart, HIGHLY_AVAILABLE)
+    deployment = find(objects, "Deployment", f"{PREFIX}-cron-connector")
+    assert deployment["spec"]["replicas"] == 2
+    env = env_values(deployment["spec"]["template"]["spec"]["containers"][0])
+    assert env["FAASHUB_NATS_URL"] == f"nats://{PREFIX}-nats:4222"
+
+    url = "nats://nats.messaging:4222"
+    values = {**CONNECTORS_ONLY, "cronConnector": {"enabled": True, "natsUrl": url}}
+    objects = render(chart, values)
+    deployment = find(objects, "Deployment", f"{PREFIX}-cron-connector")
+    env = env_values(deployment["spec"]["template"]["spec"]["containers"][0])
+    assert env["FAASHUB_NATS_URL"] == url
+
+
+def test_external_nats_url(chart: helm_python.Chart) -> None:
+    url = "nats://nats.messaging:4222"
+    objects = render(chart, {"nats": {"enabled": False, "url": url}})
+    assert "StatefulSet" not in {item["kind"] for item in objects}
+    for workload, container in faashub_containers(objects):
+        env = env_values(container)
+        if "FAASHUB_NATS_URL" in env:
+            assert env["FAASHUB_NATS_URL"] == url, workload["metadata"]["name"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_nats_config_accepted_by_nats_server(
+    chart: helm_python.Chart, replicas: int, tmp_path: Path
+) -> None:
+    objects = render(chart, {"nats": {"replicas": replicas}})
+    config = find(objects, "ConfigMap", f"{PREFIX}-nats")["data"]["nats.conf"]
+    assert "store_dir: /data" in config
+    assert ("cluster {" in config) == (replicas > 1)
+    assert config.count("-headless:6222") == (replicas if replicas > 1 else 0)
+    config_path = tmp_path / "nats.conf"
+    config_path.write_text(config.replace("/data", str(tmp_path / "data")))
+    result = subprocess.run(
+        [str(embedded_nats.find_binary()), "--config", str(config_path), "-t"],
+        env={"POD_NAME": f"{PREFIX}-nats-0"},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+INVALID_VALUES = [
+    pytest.param({"gatewy": {}}, "additional properties 'gatewy'", id="top-level-typo"),
+    pytest.param(
+        {"queueWorker": {"maxInflght": 8}},
+        "additional properties 'maxInflght'",
+        id="nested-typo",
+    ),
+    pytest.param(
+        {"kafkaConnector": {"ordering": "random"}},
+        "/kafkaConnector/ordering",
+        id="ordering-enum",
+    ),
+    pytest.param({"gateway": {"replicas": -1}}, "/gateway/replicas", id="negative"),
+    pytest.param(
+        {"gateway": {"replicas": "3"}}, "/gateway/replicas", id="replicas-string"
+    ),
+    pytest.param(
+        {"queueWorker": {"queues": [{"name": "Slow_Queue"}]}},
+        "/queueWorker/queues/0/name",
+        id="queue-name",
+    ),
+    pytest.param(
+        {"queueWorker": {"queues": [{"name": "default"}]}},
+        "/queueWorker/queues/0/name",
+        id="queue-named-default",
+    ),
+    pytest.param(
+        {"queueWorker": {"retry": {"codes": "500;502"}}},
+        "/queueWorker/retry/codes",
+        id="retry-codes",
+    ),
+    pytest.param(
+        {"kafkaConnector": {"brokers": "kafka"}},
+        "/kafkaConnector/brokers",
+        id="broker-without-port",
+    ),
+    pytest.param(
+        {"sqsConnector": {"waitTimeS": 30}}, "/sqsConnector/waitTimeS", id="wait-time"
+    ),
+    pytest.param({"nats": {"maxFileStore": "8GB"}}, "/nats/maxFileStore", id="size"),
+    pytest.param({"log": {"level": "verbose"}}, "/log/level", id="log-level"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), INVALID_VALUES)
+def test_schema_rejects_invalid_values(
+    chart: helm_python.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm_python.HelmValuesError) as caught:
+        render(chart, values)
+    assert message in str(caught.value)
+
+
+INCONSISTENT_VALUES = [
+    pytest.param(
+        {"connectorsOnly": True, **CONNECTORS},
+        "connectorsOnly is true but gatewayUrl is empty",
+        id="connectors-only-without-gateway",
+    ),
+    pytest.param(
+        {"nats": {"enabled": False}},
+        "nats.enabled is false but nats.url is empty",
+        id="no-nats",
+    ),
+    pytest.param(
+        {"nats": {"replicas": 2}}, "nats.replicas is 2", id="two-nats-servers"
+    ),
+    pytest.param(
+        {"kafkaConnector": {"enabled": True}},
+        "kafkaConnector.brokers is empty",
+        id="kafka-without-brokers",
+    ),
+    pytest.param(
+        {
+            "kafkaConnector": {
+                "enabled": True,
+                "brokers": "kafka:9092",
+                "sasl": {"mechanism": "PLAIN"},
+            }
+        },
+        "kafkaConnector.sasl.secretName is empty",
+        id="sasl-without-secret",
+    ),
+    pytest.param(
+        {
+            "kafkaConnector": {
+                "enabled": True,
+                "brokers": "kafka:9092",
+                "tls": {"enabled": True, "secretName": "tls", "certKey": "tls.crt"},
+            }
+        },
+        "certKey and kafkaConnector.tls.keyKey go together",
+        id="cert-without-key",
+    ),
+    pytest.param(
+        {"sqsConnector": {"enabled": True}},
+        "sqsConnector.queues is empty",
+        id="sqs-without-queues",
+    ),
+    pytest.param(
+        {"queueWorker": {"queues": [{"name": "slow"}, {"name": "slow"}]}},
+        'lists the queue "slow" twice',
+        id="duplicate-queue",
+    ),
+    pytest.param(
+        {
+            "connectorsOnly": True,
+            "gatewayUrl": EXTERNAL_GATEWAY,
+            "cronConnector": {"enabled": True, "replicas": 2},
+        },
+        "cronConnector.replicas is 2 but no NATS server is set",
+        id="cron-replicas-without-nats",
+    ),
+    pytest.param(
+        {"provider": {"extraFunctionNamespaces": ["team-a"]}},
+        "needs provider.clusterWide=true",
+        id="namespaces-without-cluster-role",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), INCONSISTENT_VALUES)
+def test_template_rejects_inconsistent_values(
+    chart: helm_python.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm_python.HelmRenderError) as caught:
+        render(chart, values)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "args", [pytest.param(args, id=" ".join(args)) for args in SETTINGS_BY_ARGS]
+)
+def test_component_args_are_cli_commands(args: tuple[str, ...]) -> None:
+    parser = cli_main.build_parser()
+    try:
+        parsed = parser.parse_args(list(args))
+    except SystemExit:
+        pytest.fail(f"`faashub {' '.join(args)}` is not a command of the CLI")
+    assert callable(parsed.handler)
+
+
+def test_dockerfile_matches_chart(chart: helm_python.Chart) -> None:
+    dockerfile = DOCKERFILE.read_text()
+    assert re.search(r'^ENTRYPOINT \["faashub"\]$', dockerfile, re.MULTILINE)
+    user = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
+    run_as = chart.values["podSecurityContext"]
+    assert user[-1] == f"{run_as['runAsUser']}:{run_as['runAsGroup']}"
+    assert re.search(r"^FROM python:3\.11-slim\S* AS build$", dockerfile, re.MULTILINE)
+
+
+def test_helm_lint_strict_clean() -> None:
+    report = helm_python.lint(CHART_DIR, strict=True)
+    problems = [message for message in report["messages"] if message["severity"] >= 2]
+    assert not problems
+    assert not report["errors"]
