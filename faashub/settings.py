@@ -56,10 +56,21 @@ class GatewaySettings(CommonSettings):
         description="Base URL of the server that serves /system/logs; empty "
         "means the provider at provider_url.",
     )
+    callback_deny_networks: str = Field(
+        "",
+        description="Comma-separated networks (CIDR) that a redriven callback "
+        "dead letter may not reach, besides the link-local and cloud metadata "
+        "addresses that are always denied; set it as on the queue-worker.",
+    )
+    callback_allow: str = Field(
+        "",
+        description="Comma-separated host names or networks (CIDR); when set, "
+        "a redriven callback may reach only these, as on the queue-worker.",
+    )
     upstream_timeout_s: float = Field(
         60.0,
         gt=0,
-        description="Seconds a sync call may take before the gateway returns 502.",
+        description="Seconds a sync call may take before the gateway returns 504.",
     )
     function_cache_ttl_s: float = Field(
         5.0,
@@ -153,8 +164,8 @@ class GatewaySettings(CommonSettings):
     body_read_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="Seconds a client may take to send an async or /system/ "
-        "request body; a slower client gets 408.",
+        description="Seconds a client may take to send a request body (sync, "
+        "async or /system/); a slower client gets 408.",
     )
 
 

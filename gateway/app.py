@@ -26,6 +26,7 @@ from gateway.call_queue import CallQueue
 from gateway.dead_letters import DeadLetterStore
 from gateway.function_lookup import FunctionLookup
 from gateway.sync_proxy import SyncProxy
+from queue_worker import callback
 
 logger = logging.getLogger(__name__)
 
@@ -192,12 +193,28 @@ class GatewayApp:
         lookup = FunctionLookup(
             session, settings.provider_url, ttl_s=settings.function_cache_ttl_s
         )
-        self.dead_letters.bind(session=session, lookup=lookup)
+        # Redriven callbacks go where callers chose, so they get the same
+        # guarded session as the queue-worker's callbacks.
+        guard = callback.CallbackGuard.from_settings(
+            deny_networks=settings.callback_deny_networks,
+            allow=settings.callback_allow,
+        )
+        callback_session = callback.new_callback_session(
+            guard, limit=constants.CALLBACK_REDRIVE_CONNECTION_LIMIT
+        )
+        await stack.enter_async_context(callback_session)
+        self.dead_letters.bind(
+            session=session,
+            lookup=lookup,
+            callback_session=callback_session,
+            callback_guard=guard,
+        )
         self._handlers = _Handlers(
             sync=SyncProxy(
                 session,
                 settings.provider_url,
                 upstream_timeout_s=settings.upstream_timeout_s,
+                body_read_timeout_s=settings.body_read_timeout_s,
             ),
             async_accept=AsyncAccept(
                 self.queue,

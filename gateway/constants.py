@@ -84,6 +84,8 @@ DEAD_LETTER_IDS_PER_SCAN: Final = 50
 DEAD_LETTER_TIME_SLACK_S: Final = 3600.0
 # Upper bound on one callback POST made by a redrive of a callback dead letter.
 CALLBACK_REDRIVE_TIMEOUT_S: Final = 30.0
+# Connections open at once for redriven callbacks.
+CALLBACK_REDRIVE_CONNECTION_LIMIT: Final = 8
 # Request and response headers whose values the dead-letter API never shows.
 REDACTED_HEADERS: Final = frozenset(
     {"authorization", "cookie", "proxy-authorization", "set-cookie"}

@@ -50,6 +50,7 @@ from gateway import constants, errors, large_bodies
 from gateway.async_calls import find_queued
 from gateway.call_queue import CallQueue
 from gateway.function_lookup import FunctionLookup
+from queue_worker import callback
 
 logger = logging.getLogger(__name__)
 
@@ -143,15 +144,32 @@ class DeadLetterStore:
         self._queue = queue
         self._session: aiohttp.ClientSession | None = None
         self._lookup: FunctionLookup | None = None
+        self._callback_session: aiohttp.ClientSession | None = None
+        self._callback_guard = callback.CallbackGuard()
 
-    def bind(self, *, session: aiohttp.ClientSession, lookup: FunctionLookup) -> None:
-        """Give the store the HTTP session and the function lookup, once started."""
+    def bind(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        lookup: FunctionLookup,
+        callback_session: aiohttp.ClientSession,
+        callback_guard: callback.CallbackGuard,
+    ) -> None:
+        """Give the store its HTTP sessions and the function lookup, once started.
+
+        `callback_session` comes from `queue_worker.callback.new_callback_session`
+        with `callback_guard`, so a redriven callback reaches only addresses
+        that the queue-worker's callbacks may reach.
+        """
         self._session = session
         self._lookup = lookup
+        self._callback_session = callback_session
+        self._callback_guard = callback_guard
 
     def unbind(self) -> None:
         self._session = None
         self._lookup = None
+        self._callback_session = None
 
     async def list_matching(
         self, selected: DeadLetterFilter, *, limit: int, after_seq: int = 0
@@ -287,15 +305,21 @@ class DeadLetterStore:
                 "The worker rejected this callback URL, so the gateway does not post "
                 "to it either. Purge the dead letter instead."
             )
-        if not call.callback_url or self._session is None:
+        if not call.callback_url or self._callback_session is None:
             raise errors.InvalidRequest(
                 "The dead letter has no callback URL to post to."
+            )
+        refusal = callback.literal_refusal(self._callback_guard, call.callback_url)
+        if refusal:
+            raise errors.InvalidRequest(
+                f"The gateway does not post this callback: {refusal}. Purge the "
+                "dead letter instead."
             )
 
         # NB: error messages leave the URL out, because its query may hold a
         # token and the messages are logged and returned to the caller.
         try:
-            async with self._session.post(
+            async with self._callback_session.post(
                 call.callback_url,
                 data=letter.result_body,
                 headers=_callback_headers(letter),
@@ -315,6 +339,16 @@ class DeadLetterStore:
             raise errors.InvalidRequest(
                 "The callback URL is not valid, so it cannot be posted to. Purge "
                 "the dead letter instead."
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, callback.CallbackRefused):
+                raise errors.InvalidRequest(
+                    f"The gateway does not post this callback: {exc.os_error}. "
+                    "Purge the dead letter instead."
+                ) from exc
+            raise errors.ProviderUnavailable(
+                f"The callback POST failed ({str(exc) or type(exc).__name__}); "
+                "redrive it again once the receiver is up."
             ) from exc
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise errors.ProviderUnavailable(

@@ -22,7 +22,10 @@ busy replica and the function's exec timeout. The gateway's
 
 `upstream_timeout_s` bounds the time until the response headers arrive;
 after that it bounds each wait for the next piece of the body. A provider or
-replica that fails or is too slow gives 502. The proxy neither looks the
+replica that is too slow gives 504 naming the setting, and one that fails
+gives 502, both marked `X-OpenFaaS-Internal: gateway`. OpenFaaS's gateway
+returns 502 for both. The caller's request body must arrive whole within
+`body_read_timeout_s` of the first read, else 408. The proxy neither looks the
 function up nor retries, except once on the provider after a replica
 refused the connection: an unknown function is the provider's 404.
 """
@@ -41,7 +44,7 @@ from starlette.types import Receive, Scope, Send
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
-from gateway import asgi, constants
+from gateway import asgi, constants, limits
 from gateway.call_ids import new_call_id
 from gateway.log_throttle import WarningThrottle
 from gateway.replica_urls import ReplicaUrls
@@ -71,21 +74,37 @@ class _ClientDisconnected(Exception):
     """The caller went away while its request body was being forwarded."""
 
 
-class _RequestBody:
-    """A request body that arrives in several ASGI messages, read on demand."""
+class _BodyReadTimedOut(Exception):
+    """The caller did not send its request body within body_read_timeout_s."""
 
-    def __init__(self, first_chunk: bytes, receive: Receive) -> None:
+
+class _RequestBody:
+    """A request body that arrives in several ASGI messages, read on demand.
+
+    The whole body must arrive by `deadline_s` (event loop time).
+    """
+
+    def __init__(
+        self, first_chunk: bytes, receive: Receive, *, deadline_s: float
+    ) -> None:
         self._first_chunk = first_chunk
         self._receive = receive
+        self._deadline_s = deadline_s
         self.started = False
         self.complete = False
         self.disconnected = False
+        self.timed_out = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
         yield self._first_chunk
         while True:
-            message = await self._receive()
+            try:
+                async with asyncio.timeout_at(self._deadline_s):
+                    message = await self._receive()
+            except TimeoutError:
+                self.timed_out = True
+                raise _BodyReadTimedOut from None
             if message["type"] == "http.disconnect":
                 self.disconnected = True
                 raise _ClientDisconnected
@@ -110,11 +129,13 @@ class SyncProxy:
         provider_url: str,
         *,
         upstream_timeout_s: float,
+        body_read_timeout_s: float = 30.0,
         replicas: ReplicaUrls | None = None,
     ) -> None:
         self._session = session
         self._provider_url = provider_url.rstrip("/")
         self._upstream_timeout_s = upstream_timeout_s
+        self._body_read_timeout_s = body_read_timeout_s
         self._replicas = replicas or ReplicaUrls(session, provider_url)
         self._timeout_warnings = WarningThrottle(logger)
         self._unreachable_warnings = WarningThrottle(logger)
@@ -142,15 +163,23 @@ class SyncProxy:
         )
 
         # Read the first piece of the body. Most requests fit in one message
-        # and are sent as bytes. Longer ones are streamed.
-        message = await receive()
+        # and are sent as bytes. Longer ones are streamed, and their later
+        # pieces share the deadline set here.
+        try:
+            async with asyncio.timeout(self._body_read_timeout_s) as body_timeout:
+                message = await receive()
+        except TimeoutError:
+            await self._send_body_read_timeout(call, send)
+            return
         if message["type"] == "http.disconnect":
             return
         first_chunk: bytes = message.get("body", b"")
         request_body: _RequestBody | None = None
         data: bytes | AsyncIterator[bytes] | None = first_chunk or None
         if message.get("more_body", False):
-            request_body = _RequestBody(first_chunk, receive)
+            deadline_s = body_timeout.when()
+            assert deadline_s is not None
+            request_body = _RequestBody(first_chunk, receive, deadline_s=deadline_s)
             data = request_body.chunks()
 
         query: bytes = scope.get("query_string", b"")
@@ -204,7 +233,8 @@ class SyncProxy:
 
         A replica that refuses the connection never saw the request, so the
         request goes to the provider then, unless part of a streamed body was
-        already read. On failure, send the caller a 502 and return None.
+        already read. On failure, send the caller a 504 (timed out), 502
+        (failed) or 408 (the caller's body came too slowly) and return None.
         """
         upstream = f"the provider at {self._provider_url}"
         try:
@@ -241,15 +271,17 @@ class SyncProxy:
                     allow_redirects=False,
                 )
         except TimeoutError:
-            self._timeout_warnings.warning("function timed out", ctx=call.context())
-            text = (
-                f"Function {call.function!r} timed out: no response within "
-                f"{self._upstream_timeout_s:g} s (upstream_timeout_s). Make the "
-                "function faster, or raise the gateway's upstream timeout.\n"
-            )
+            if request_body is not None and request_body.timed_out:
+                await self._send_body_read_timeout(call, send)
+                return None
+            await self._send_upstream_timeout(call, send)
+            return None
         except aiohttp.ClientError as exc:
             if request_body is not None and request_body.disconnected:
                 logger.debug("caller went away during upload", extra=call.log_extra())
+                return None
+            if request_body is not None and request_body.timed_out:
+                await self._send_body_read_timeout(call, send)
                 return None
             error = str(exc) or repr(exc)
             self._unreachable_warnings.warning(
@@ -262,6 +294,19 @@ class SyncProxy:
             )
         await asgi.send_gateway_error(send, 502, text, headers=call.own_headers)
         return None
+
+    async def _send_upstream_timeout(self, call: "_Call", send: Send) -> None:
+        self._timeout_warnings.warning("function timed out", ctx=call.context())
+        text = (
+            f"Function {call.function!r} timed out: no response within "
+            f"{self._upstream_timeout_s:g} s (upstream_timeout_s). Make the "
+            "function faster, or raise the gateway's --upstream-timeout-s.\n"
+        )
+        await asgi.send_gateway_error(send, 504, text, headers=call.own_headers)
+
+    async def _send_body_read_timeout(self, call: "_Call", send: Send) -> None:
+        logger.debug("request body timed out", extra=call.log_extra())
+        await limits.send_body_read_timeout(send, timeout_s=self._body_read_timeout_s)
 
     async def _relay(
         self,
@@ -287,7 +332,10 @@ class SyncProxy:
         if is_head or (length is not None and length <= constants.SMALL_RESPONSE_BYTES):
             try:
                 body = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except TimeoutError:
+                await self._send_upstream_timeout(call, send)
+                return
+            except aiohttp.ClientError as exc:
                 error = _describe(exc)
                 self._broken_response_warnings.warning(
                     "provider response broke off", ctx=call.context(error=error)

@@ -361,22 +361,30 @@ class CallbackSender:
         return status, f"status {status}", False
 
     def _refusal_of_literal(self, url: str) -> str:
-        """Check a URL whose host is an IP literal, which skips the resolver."""
-        try:
-            host = yarl.URL(url).raw_host
-        except (TypeError, ValueError):
-            return ""  # aiohttp reports the invalid URL
-        if not host:
-            return ""
-        try:
-            ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return ""  # a name: GuardedResolver checks its addresses
-        try:
-            self._options.guard.check(host, host)
-        except CallbackRefused as exc:
-            return str(exc)
+        return literal_refusal(self._options.guard, url)
+
+
+def literal_refusal(guard: CallbackGuard, url: str) -> str:
+    """Check a URL whose host is an IP literal, which skips the resolver.
+
+    Returns why `guard` refuses it, or "" when it does not (a host name is
+    checked by GuardedResolver when the session connects).
+    """
+    try:
+        host = yarl.URL(url).raw_host
+    except (TypeError, ValueError):
+        return ""  # aiohttp reports the invalid URL
+    if not host:
         return ""
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return ""  # a name: GuardedResolver checks its addresses
+    try:
+        guard.check(host, host)
+    except CallbackRefused as exc:
+        return str(exc)
+    return ""
 
 
 def callback_headers(

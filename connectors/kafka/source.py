@@ -42,6 +42,7 @@ from connectors.kafka.dispatch import Dispatcher, PartitionWork, Record
 from connectors.kafka.publisher import RecordPublisher, dead_letter_matcher
 from connectors.kafka.records import record_message
 from connectors.kafka.subscription import select_topics
+from connectors.kafka.unreadable import UnreadableRecords
 from faashub import __version__
 from faashub.connector_settings import KafkaConnectorSettings, topic_list
 
@@ -62,6 +63,7 @@ class KafkaSource:
         self._producer: AIOKafkaProducer | None = None
         self._publisher: RecordPublisher | None = None
         self._dispatcher: Dispatcher | None = None
+        self._unreadable = UnreadableRecords(group_id=settings.group_id)
         self._subscribed: frozenset[str] = frozenset()
         self._paused: set[TopicPartition] = set()
         self._missing_warned: set[str] = set()
@@ -294,6 +296,7 @@ class KafkaSource:
         if not partitions:
             return
         self._paused -= partitions
+        self._unreadable.forget(partitions)
         report = await self._dispatcher.revoke(
             partitions, timeout_s=self._settings.drain_timeout_s
         )
@@ -355,6 +358,10 @@ class KafkaSource:
                 self._broker_outage.begin(f"fetch failed: {_describe(exc)}")
                 await self._until_stopped(asyncio.sleep(constants.CONNECT_RETRY_MIN_S))
                 continue
+            except UnicodeDecodeError as exc:
+                fetched = partitions or [work.partition for work in dispatcher.works]
+                await self._unreadable.recover(consumer, dispatcher, fetched, exc)
+                continue
             last_poll_s = time.monotonic()
             for partition, records in batches.items():
                 work = dispatcher.work_for(partition)
@@ -363,6 +370,7 @@ class KafkaSource:
                     continue
                 metrics.consumed(partition.topic, len(records))
                 dispatcher.submit(work, records)
+                self._unreadable.next_offsets[partition] = records[-1].offset + 1
 
     async def _wait_for_capacity(self) -> None:
         """Wait until a record finishes, stop() is called, or a second passes."""
@@ -410,6 +418,13 @@ class KafkaSource:
     async def _handle_record(self, record: Record) -> None:
         """Deliver one record, then write its dead letters and replies."""
         assert self._connector is not None and self._publisher is not None
+        if self._unreadable:
+            reason = self._unreadable.pop_reason(record)
+            if reason is not None:
+                functions = self._connector.topic_map.functions_for(record.topic)
+                for result in self._unreadable.results(record, reason, functions):
+                    await self._publisher.dead_letter(record, result)
+                return
         message = record_message(record, group_id=self._settings.group_id)
         report = await self._connector.deliver(message)
         for result in report.results:

@@ -503,6 +503,37 @@ async def test_redrive_refused_callback_fails(
 
 
 @pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        pytest.param(
+            "http://169.254.169.254/latest/meta-data/", "169.254.0.0/16", id="metadata"
+        ),
+        pytest.param(
+            "http://[::ffff:169.254.169.254]/", "169.254.0.0/16", id="mapped-ipv6"
+        ),
+        # 169.254.169.254 written as one decimal number: aiohttp refuses the
+        # URL before any lookup, as the worker does.
+        pytest.param("http://2852039166/", "not valid", id="decimal-host"),
+    ],
+)
+async def test_redrive_callback_to_denied_address_refused(
+    client: httpx.AsyncClient, nats_url: str, url: str, named: str
+) -> None:
+    # The worker failed this callback; a redrive must not post where the
+    # worker's guard would not.
+    await publish_dead_letter(nats_url, callback_letter("cb-4", url))
+
+    response = await client.post(
+        "/system/dead-letters/redrive", json={"call_ids": ["cb-4"]}
+    )
+
+    [failure] = response.json()["failed"]
+    assert named in failure["error"]
+    assert "Purge" in failure["error"]
+    assert await dead_letter_count(nats_url) == 1
+
+
+@pytest.mark.parametrize(
     ("body", "named"),
     [
         pytest.param(b"", "empty", id="no-body"),

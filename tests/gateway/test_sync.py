@@ -231,19 +231,40 @@ async def test_sync_stopped_provider_502(
     assert context["call_id"] == "id-502"
 
 
-async def test_sync_slow_provider_502(
+async def test_sync_slow_provider_504(
     nats_url: str, provider: FakeProvider, start_gateway: GatewayFactory
 ) -> None:
     gateway = await start_gateway(nats_url=nats_url, upstream_timeout_s=0.5)
 
     async with httpx.AsyncClient(base_url=gateway.url) as http_client:
-        response = await http_client.get("/function/slow")
+        response = await http_client.get(
+            "/function/slow", headers={"X-Call-Id": "id-504"}
+        )
 
-    assert response.status_code == 502
+    assert response.status_code == 504
     assert response.headers["X-OpenFaaS-Internal"] == "gateway"
+    assert response.headers["X-Call-Id"] == "id-504"
     assert "'slow'" in response.text
     assert "0.5 s" in response.text
+    assert "upstream_timeout_s" in response.text
     assert len(provider.received) == 1
+
+
+async def test_sync_slow_streamed_upload_504(
+    nats_url: str, provider: FakeProvider, start_gateway: GatewayFactory
+) -> None:
+    gateway = await start_gateway(nats_url=nats_url, upstream_timeout_s=0.5)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b"piece 0;"
+        yield b"piece 1;"
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        response = await http_client.post("/function/slow", content=pieces())
+
+    assert response.status_code == 504
+    assert response.headers["X-OpenFaaS-Internal"] == "gateway"
+    assert "upstream_timeout_s" in response.text
 
 
 async def test_sync_provider_404_passes_through(client: httpx.AsyncClient) -> None:
