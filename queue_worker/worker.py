@@ -186,9 +186,16 @@ class Worker:
             assert self._subscription is not None
             batch = min(self._capacity - len(self._held), constants.MAX_FETCH_BATCH)
             try:
-                messages = await self._subscription.fetch(
-                    batch, timeout=constants.FETCH_TIMEOUT_S
-                )
+                try:
+                    messages = await self._subscription.fetch(
+                        batch, timeout=constants.BATCH_FETCH_TIMEOUT_S
+                    )
+                except TimeoutError:
+                    # Nothing stored: wait for the next call on its own, so
+                    # that it starts at once (see BATCH_FETCH_TIMEOUT_S).
+                    messages = await self._subscription.fetch(
+                        1, timeout=constants.FETCH_TIMEOUT_S
+                    )
             except TimeoutError:
                 # No call arrived: normal for an idle queue.
                 self._retry_delay_s = constants.RETRY_MIN_S

@@ -534,3 +534,17 @@ async def test_nats_outage_is_logged_once(
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if m.startswith("nats unavailable")]) == 1
     assert any(m.startswith("nats available again") for m in messages)
+
+
+async def test_idle_worker_starts_a_lone_call_at_once(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    # A batch fetch on an empty queue held the first call that arrived until
+    # its batch filled or its 5 s wait ended; a lone call waited seconds.
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        for number in range(3):
+            await asyncio.sleep(0.7)
+            started_s = asyncio.get_running_loop().time()
+            await publish(js, make_call())
+            await gateway.wait_for_requests(number + 1, timeout_s=1.5)
+            assert asyncio.get_running_loop().time() - started_s < 1.5
