@@ -196,7 +196,11 @@ def function_pid(provider_pid: int) -> int:
 
 
 def deploy_noop_function(
-    gateway_url: str, *, port: int, timeout_s: float = START_TIMEOUT_S
+    gateway_url: str,
+    *,
+    port: int,
+    auth: tuple[str, str] | None = None,
+    timeout_s: float = START_TIMEOUT_S,
 ) -> str:
     """Deploy the no-op function on `port`, and wait until it responds through faashub.
 
@@ -210,7 +214,9 @@ def deploy_noop_function(
         "envVars": {"mode": "http", "upstream_url": function_url},
     }
     invoke_url = f"{gateway_url}/function/{NOOP_FUNCTION}"
-    with httpx.Client(timeout=10.0, trust_env=False) as client:
+    with httpx.Client(
+        timeout=10.0, trust_env=False, auth=httpx.BasicAuth(*auth) if auth else None
+    ) as client:
         response = client.post(f"{gateway_url}/system/functions", json=deployment)
         if response.status_code not in (200, 201, 202):
             raise BenchmarkError(

@@ -8,7 +8,8 @@ sends `POST /async-function/noop` with an X-Callback-Url for the load
 duration, so the gateway accepts, the worker drains and calls back, and the
 provider proxies, all at once. RSS is sampled every quarter second during
 the load and for a moment after it, and the peak is kept (load). The
-totals add up the hub and its four components. The function processes are
+totals add up the hub and its components (nats-server, provider, gateway,
+queue-worker and connectors). The function processes are
 the user's and are reported apart.
 
 Baseline side, per run: nats-server and `bench.apps:publish_app`, the
@@ -47,7 +48,7 @@ BODY_BYTES = 1024
 CONNECTIONS = 64
 SAMPLE_INTERVAL_S = 0.25
 READY_LINE = "faashub is up"
-HUB_PARTS = ("hub", "nats", "provider", "gateway", "worker")
+HUB_PARTS = ("hub", "nats", "provider", "gateway", "worker", "connectors")
 BASELINE_PARTS = ("nats", "app")
 COMPONENT_LIMIT_MIB = 100.0
 TOTAL_LIMIT_MIB = 300.0
@@ -169,6 +170,7 @@ def _hub_pids(hub_pid: int) -> dict[str, list[int]]:
                 "provider": "provider",
                 "gateway": "gateway",
                 "queue-worker": "worker",
+                "connector": "connectors",
             }
             parts.setdefault(part.get(argv[3], argv[3]), []).append(pid)
         else:
@@ -249,7 +251,16 @@ class Footprint(Benchmark):
             )
             ready_s = time.monotonic() - launched
             gateway_url = f"http://{LOOPBACK}:{port}"
-            stack.deploy_noop_function(gateway_url, port=free_port())
+            # `faashub up` protects /system with the credentials it generates.
+            credentials = context.work_dir / f"hub-{run + 1}" / "credentials"
+            stack.deploy_noop_function(
+                gateway_url,
+                port=free_port(),
+                auth=(
+                    (credentials / "basic-auth-user").read_text(),
+                    (credentials / "basic-auth-password").read_text(),
+                ),
+            )
             sample = self._measure_memory(
                 context,
                 scale,
