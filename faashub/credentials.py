@@ -12,6 +12,11 @@ in order: the FAASHUB_GATEWAY_USER and FAASHUB_GATEWAY_PASSWORD variables,
 the store that `faashub login` writes, then the credentials of the hub on
 this machine whose gateway URL matches.
 
+`faashub up` also generates a provider token (`provider-token` in the same
+folder), which the local provider requires as `Authorization: Bearer TOKEN`
+and the gateway sends, so that other users of the machine cannot reach the
+provider's unauthenticated port directly.
+
 This module never logs a password and keeps it out of `repr`. It does not
 check credentials; `gateway.auth` does that.
 """
@@ -31,6 +36,8 @@ PASSWORD_FILE = "basic-auth-password"
 HUB_CREDENTIALS_DIR = "credentials"
 # The gateway URL of the hub that wrote the credentials beside it.
 HUB_GATEWAY_FILE = "gateway-url"
+# The bearer token that the gateway sends to the provider of the hub.
+PROVIDER_TOKEN_FILE = "provider-token"
 DEFAULT_USER = "admin"
 LOGIN_STORE_NAME = "auth.json"
 
@@ -141,6 +148,43 @@ def ensure_hub_credentials(state_dir: Path) -> Credentials:
     for path in (user_path, password_path):
         path.chmod(0o600)
     return read_secret_mount(folder)
+
+
+def ensure_provider_token(state_dir: Path) -> Path:
+    """Return the path of the hub's provider token, generating it on the first start.
+
+    The file gets mode 0600 in the owner-only credentials folder, also when
+    it exists already.
+    """
+    folder = hub_credentials_dir(state_dir)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    path = folder / PROVIDER_TOKEN_FILE
+    if not path.exists():
+        _write_private(path, secrets.token_urlsafe(32))
+    path.chmod(0o600)
+    return path
+
+
+def read_token_file(path: Path, *, setting: str) -> str:
+    """Return the one token in the file at `path`, without its trailing newline.
+
+    `setting` names the setting or flag that gave the path, for messages.
+    Raises CredentialsError when the file cannot be read or is empty.
+    """
+    try:
+        token = path.expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialsError(
+            f"Cannot read the token file {path} ({exc.__class__.__name__}). "
+            f"Check --{setting.replace('_', '-')}."
+        ) from exc
+    if not token:
+        raise CredentialsError(
+            f"The token file {path} is empty. Put the token in it, or unset "
+            f"--{setting.replace('_', '-')}."
+        )
+    return token
 
 
 def record_hub_gateway(state_dir: Path, gateway_url: str) -> None:

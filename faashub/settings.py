@@ -143,6 +143,19 @@ class GatewaySettings(CommonSettings):
         gt=0,
         description="Seconds over which failed authentications are counted.",
     )
+    auth_lockout_exempt: str = Field(
+        "127.0.0.0/8,::1",
+        description="Comma-separated networks (CIDR) whose clients are never "
+        "locked out after failed authentications. The default exempts loopback, "
+        "so a local process sending bad passwords cannot lock out the hub's own "
+        "CLI and connectors; empty exempts none.",
+    )
+    provider_token_file: Path | None = Field(
+        None,
+        description="File with the bearer token that the gateway sends to the "
+        "provider's /system/* API (the provider's auth_token_file); unset sends "
+        "none.",
+    )
     max_header_count: int = Field(
         100,
         ge=1,
@@ -330,6 +343,12 @@ class LocalProviderSettings(CommonSettings):
     )
     max_secret_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest secret value in bytes."
+    )
+    auth_token_file: Path | None = Field(
+        None,
+        description="File with the bearer token that every request but /healthz "
+        "and /function/ must send (Authorization: Bearer TOKEN); unset leaves "
+        "the provider open to anyone who reaches its port.",
     )
     stop_grace_s: float = Field(
         2.0,

@@ -8,7 +8,9 @@ included) and the OpenAPI pages, goes to the FastAPI app of
 reverse order. The first is the NATS connection, in the background, so the
 gateway starts while NATS is down. The second is the shared aiohttp session
 that reaches the provider and callback receivers, and the third the FastAPI
-app's own lifespan.
+app's own lifespan. With a provider token, the lookups of functions and
+replica URLs under the provider's `/system/` go through a second session
+that sends the token, so the token never reaches a function replica.
 """
 
 import logging
@@ -25,6 +27,7 @@ from gateway.async_calls import AsyncCalls
 from gateway.call_queue import CallQueue
 from gateway.dead_letters import DeadLetterStore
 from gateway.function_lookup import FunctionLookup
+from gateway.replica_urls import ReplicaUrls
 from gateway.sync_proxy import SyncProxy
 from queue_worker import callback
 
@@ -57,6 +60,7 @@ class GatewayApp:
         self.dead_letters = DeadLetterStore(self.queue)
         self.system = system.create_app(settings, self.dead_letters)
         self._auth = auth.from_settings(settings)
+        self._provider_authorization = auth.provider_authorization(settings)
         # None when invocations are open, so the invoke routes skip the check.
         self._invoke_auth: auth.Authenticator | None = (
             self._auth if settings.auth_invoke else None
@@ -190,8 +194,21 @@ class GatewayApp:
             self.system.router.lifespan_context(self.system)
         )
 
+        provider_session = session
+        if self._provider_authorization:
+            provider_session = aiohttp.ClientSession(
+                headers={"Authorization": self._provider_authorization},
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_read=settings.upstream_timeout_s
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+            await stack.enter_async_context(provider_session)
         lookup = FunctionLookup(
-            session, settings.provider_url, ttl_s=settings.function_cache_ttl_s
+            provider_session,
+            settings.provider_url,
+            ttl_s=settings.function_cache_ttl_s,
         )
         # Redriven callbacks go where callers chose, so they get the same
         # guarded session as the queue-worker's callbacks.
@@ -215,6 +232,7 @@ class GatewayApp:
                 settings.provider_url,
                 upstream_timeout_s=settings.upstream_timeout_s,
                 body_read_timeout_s=settings.body_read_timeout_s,
+                replicas=ReplicaUrls(provider_session, settings.provider_url),
             ),
             async_accept=AsyncAccept(
                 self.queue,

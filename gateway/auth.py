@@ -11,7 +11,11 @@ matched.
 A client address that fails `max_failures` times within `failure_window_s`
 gets 429 with Retry-After, even with correct credentials, until the oldest
 of those failures is older than the window. The table of addresses is bounded, so a
-flood from many addresses costs bounded memory.
+flood from many addresses costs bounded memory. Addresses in the
+`auth_lockout_exempt` networks (loopback by default) are never locked out:
+otherwise any local process could lock the hub's own CLI and connectors out
+with a few bad passwords, while a generated 43-character password cannot be
+guessed over loopback at any rate the gateway serves.
 
 This module does not read settings files or environment variables
 (`faashub.credentials` does) and never logs a credential or an
@@ -21,6 +25,7 @@ Authorization header.
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
 import math
 import time
@@ -30,7 +35,7 @@ from pathlib import Path
 
 from starlette.types import Scope, Send
 
-from faashub import credentials
+from faashub import credentials, errors
 from faashub.credentials import Credentials
 from faashub.settings import GatewaySettings
 from gateway import asgi, constants
@@ -47,6 +52,8 @@ INVOKE_PREFIXES = (
 )
 # Failure histories kept at most; the oldest address is forgotten first.
 MAX_TRACKED_ADDRESSES = 10_000
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _CHALLENGE: asgi.Headers = [
     (b"www-authenticate", f'Basic realm="{REALM}", charset="UTF-8"'.encode()),
@@ -78,7 +85,40 @@ def from_settings(settings: GatewaySettings) -> "Authenticator | None":
         bearer_tokens=tokens,
         max_failures=settings.auth_max_failures,
         failure_window_s=settings.auth_failure_window_s,
+        lockout_exempt=parse_networks(
+            settings.auth_lockout_exempt, setting="auth_lockout_exempt"
+        ),
     )
+
+
+def parse_networks(text: str, *, setting: str) -> tuple[IPNetwork, ...]:
+    """Parse comma-separated CIDR networks; raise SettingsError naming a bad one."""
+    networks: list[IPNetwork] = []
+    for entry in text.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError as exc:
+            raise errors.SettingsError(
+                f"Invalid network {entry!r} in {setting}: use CIDR notation such "
+                "as 127.0.0.0/8 or ::1, separated by commas."
+            ) from exc
+    return tuple(networks)
+
+
+def provider_authorization(settings: GatewaySettings) -> str:
+    """Return the Authorization value the gateway sends the provider, or "".
+
+    Raises CredentialsError when provider_token_file cannot be read.
+    """
+    if settings.provider_token_file is None:
+        return ""
+    token = credentials.read_token_file(
+        settings.provider_token_file, setting="provider_token_file"
+    )
+    return f"Bearer {token}"
 
 
 def is_system_path(path: str) -> bool:
@@ -114,6 +154,7 @@ class Authenticator:
         bearer_tokens: Sequence[str] = (),
         max_failures: int,
         failure_window_s: float,
+        lockout_exempt: Sequence[IPNetwork] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._user = credentials.user.encode() if credentials else None
@@ -123,6 +164,7 @@ class Authenticator:
         self._window_s = failure_window_s
         self._clock = clock
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._lockout_exempt = tuple(lockout_exempt)
 
     def is_valid(self, authorization: bytes | None) -> bool:
         """Return whether an Authorization header value carries accepted credentials."""
@@ -160,8 +202,10 @@ class Authenticator:
         Called once per protected request, before its body is read.
         """
         address = _client_address(scope)
+        exempt = self._is_exempt(address)
+        # Called for exempt addresses too, since it also drops expired failures.
         retry_after_s = self._locked_for_s(address)
-        if retry_after_s > 0:
+        if retry_after_s > 0 and not exempt:
             await asgi.send_text(
                 send,
                 429,
@@ -173,7 +217,7 @@ class Authenticator:
         if self.is_valid(_authorization(scope)):
             self._failures.pop(address, None)
             return True
-        self._record_failure(address, path=scope["path"])
+        self._record_failure(address, path=scope["path"], exempt=exempt)
         await asgi.send_text(
             send,
             401,
@@ -183,6 +227,18 @@ class Authenticator:
             headers=_CHALLENGE,
         )
         return False
+
+    def _is_exempt(self, address: str) -> bool:
+        """Return whether `address` is in a network exempt from the lockout."""
+        if not self._lockout_exempt:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._lockout_exempt)
 
     def _locked_for_s(self, address: str) -> float:
         """Return the seconds `address` stays locked out, 0 when it is not."""
@@ -199,7 +255,7 @@ class Authenticator:
             return 0.0
         return history[0] + self._window_s - now
 
-    def _record_failure(self, address: str, *, path: str) -> None:
+    def _record_failure(self, address: str, *, path: str, exempt: bool) -> None:
         history = self._failures.get(address)
         if history is None:
             if len(self._failures) >= MAX_TRACKED_ADDRESSES:
@@ -214,7 +270,7 @@ class Authenticator:
                 "authentication failed",
                 extra={"ctx": {"client": address, "path": path}},
             )
-        elif len(history) == self._max_failures:
+        elif len(history) == self._max_failures and not exempt:
             logger.warning(
                 "client locked out after repeated authentication failures",
                 extra={

@@ -12,7 +12,9 @@ This is the control plane, so it uses FastAPI and httpx. The invocation
 routes (`gateway.sync_proxy`, `gateway.async_accept`) do not come through
 here, but the OpenAPI document built below describes them too. Basic
 auth is checked before a request reaches this app (`gateway.auth`), and the
-caller's Authorization header is not forwarded. A deploy or update whose
+caller's Authorization header is not forwarded. With a provider token, the
+gateway sends its own `Authorization: Bearer TOKEN` to the provider instead
+(not to a separate logs provider). A deploy or update whose
 function name, namespace, labels or annotations break the Kubernetes rules
 gets 400 here, before the provider sees it. Alert-driven scaling and the
 scale clamp of OpenFaaS CE are not implemented.
@@ -37,7 +39,7 @@ from faashub import __version__, names
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub.settings import GatewaySettings
-from gateway import asgi, constants, dead_letter_api, limits
+from gateway import asgi, auth, constants, dead_letter_api, limits
 from gateway.dead_letters import DeadLetterStore
 
 logger = logging.getLogger(__name__)
@@ -98,8 +100,11 @@ class SystemForwarder:
         upstream_timeout_s: float,
         logs_provider_url: str = "",
         body_read_timeout_s: float = 30.0,
+        provider_authorization: str = "",
     ) -> None:
         self._provider_url = provider_url.rstrip("/")
+        # The Authorization value for the provider, "" for none.
+        self._provider_authorization = provider_authorization
         self._body_read_timeout_s = body_read_timeout_s
         # OpenFaaS lets a separate log provider serve /system/logs.
         self._logs_provider_url = logs_provider_url.rstrip("/") or self._provider_url
@@ -152,6 +157,10 @@ class SystemForwarder:
             for name, value in request.headers.raw
             if name.decode("latin-1").lower() not in _REQUEST_HEADERS_NOT_FORWARDED
         ]
+        if self._provider_authorization and base_url == self._provider_url:
+            headers.append(
+                (b"authorization", self._provider_authorization.encode("latin-1"))
+            )
         try:
             async with asyncio.timeout(self._body_read_timeout_s):
                 body = await request.body()
@@ -193,7 +202,10 @@ class SystemForwarder:
         """Return the provider's info wrapped with the gateway's own."""
         client = self._require_client()
         try:
-            upstream = await client.get(f"{self._provider_url}/system/info")
+            upstream = await client.get(
+                f"{self._provider_url}/system/info",
+                headers=self.provider_headers(),
+            )
         except httpx.HTTPError as exc:
             return self._unreachable(exc, request_line="GET /system/info")
         try:
@@ -213,6 +225,12 @@ class SystemForwarder:
             version=VersionInfo(release=__version__, sha="", commit_message=""),
             arch=platform.machine(),
         )
+
+    def provider_headers(self) -> dict[str, str]:
+        """Return the headers that authenticate the gateway to the provider."""
+        if not self._provider_authorization:
+            return {}
+        return {"Authorization": self._provider_authorization}
 
     def _require_client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -270,6 +288,32 @@ def deployment_problem(body: bytes) -> str | None:
         names.validate_metadata(labels, annotations, function=service)
     except shared_errors.InvalidFunctionName as exc:
         return str(exc)
+    return _cron_schedule_problem(service, annotations)
+
+
+def _cron_schedule_problem(service: str, annotations: dict[str, str]) -> str | None:
+    """Return why the cron connector could not use the function's schedule, or None.
+
+    Only a function whose `topic` annotation includes `cron-function` is
+    checked, with the cron connector's own parser, so that a bad schedule is
+    a 400 at deploy rather than an error in the connector's log.
+    """
+    topic = annotations.get(shared.ANNOTATION_TOPIC)
+    if topic is None:
+        return None
+    # Imported here, so the gateway loads APScheduler only once a deploy
+    # carries a topic annotation.
+    from connectors.core.topic_map import parse_topic_annotation
+    from connectors.cron import constants as cron_constants
+    from connectors.cron.errors import InvalidSchedule
+    from connectors.cron.schedule import parse_schedule
+
+    if cron_constants.TOPIC not in parse_topic_annotation(topic):
+        return None
+    try:
+        parse_schedule(annotations)
+    except InvalidSchedule as exc:
+        return f"Invalid cron schedule for function {service!r}: {exc}"
     return None
 
 
@@ -299,6 +343,7 @@ def create_app(settings: GatewaySettings, dead_letters: DeadLetterStore) -> Fast
         upstream_timeout_s=settings.upstream_timeout_s,
         logs_provider_url=settings.logs_provider_url,
         body_read_timeout_s=settings.body_read_timeout_s,
+        provider_authorization=auth.provider_authorization(settings),
     )
     app = FastAPI(
         title="faashub gateway",

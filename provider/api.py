@@ -13,6 +13,13 @@ Four parts share one ASGI application:
 - `/healthz`: 200 `OK` once the backend is ready, 503 before that and while
   it stops.
 
+With an auth token configured, every request but `/healthz` and
+`/function/...` must carry `Authorization: Bearer TOKEN`, or gets 401. The
+token is compared in constant time. Invocations stay open because the
+gateway passes the caller's own Authorization header through to the
+function, and the gateway's invocation routes are open by default anyway.
+With no token the provider is open, as a faas-provider with basic auth off.
+
 Error bodies are plain-text sentences that name the offending value and the
 fix. The backend reports failures with the exceptions of `provider.backend`,
 and this module maps them to status codes. A StorageError names files of the
@@ -25,6 +32,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hmac
 import json
 import logging
 import math
@@ -105,8 +113,11 @@ INVOCATION_LINES_PER_S: Final = 20
 class ProviderApp:
     """The ASGI app: serves invocations and health, passes the rest to FastAPI."""
 
-    def __init__(self, backend: ProviderBackend) -> None:
+    def __init__(
+        self, backend: ProviderBackend, *, auth_token: str | None = None
+    ) -> None:
         self.backend = backend
+        self._auth_token = auth_token.encode() if auth_token else None
         self.start_error: BaseException | None = None
         self._internal_marker = internal_error_marker(backend)
         self._default_namespace = default_namespace(backend)
@@ -133,6 +144,11 @@ class ProviderApp:
                 return
             if path == HEALTH_PATH:
                 await self._serve_health(scope, send)
+                return
+            if self._auth_token is not None and not _has_bearer_token(
+                scope, self._auth_token
+            ):
+                await _send_unauthorized(send)
                 return
             if path == LOGS_PATH:
                 await self._serve_logs(scope, receive, send)
@@ -349,9 +365,20 @@ class _ResponseSender:
         await self._send({"type": "http.response.body", "body": b""})
 
 
-def create_app(backend: ProviderBackend) -> ProviderApp:
-    """Return the provider's ASGI application over `backend`."""
-    return ProviderApp(backend)
+def create_app(
+    backend: ProviderBackend, *, auth_token: str | None = None
+) -> ProviderApp:
+    """Return the provider's ASGI application over `backend`.
+
+    With `auth_token`, every route but `/healthz` and `/function/` needs
+    `Authorization: Bearer TOKEN`. Without it the app logs one warning.
+    """
+    if not auth_token:
+        logger.warning(
+            "no auth token configured: the provider's /system/* API is open to "
+            "anyone who reaches its port; set auth_token_file"
+        )
+    return ProviderApp(backend, auth_token=auth_token)
 
 
 def _build_system_app(
@@ -678,6 +705,31 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _has_bearer_token(scope: Scope, token: bytes) -> bool:
+    """Return whether the request carries `Authorization: Bearer <token>`."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, presented = bytes(value).strip().partition(b" ")
+            if scheme.lower() != b"bearer":
+                return False
+            return hmac.compare_digest(presented.strip(), token)
+    return False
+
+
+async def _send_unauthorized(send: Send) -> None:
+    body = (
+        b"Authentication required: send the provider's token as "
+        b"'Authorization: Bearer TOKEN' (the gateway's provider_token_file).\n"
+    )
+    headers = [
+        (b"content-type", TEXT_CONTENT_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"www-authenticate", b'Bearer realm="faashub-provider"'),
+    ]
+    await send({"type": "http.response.start", "status": 401, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_text(

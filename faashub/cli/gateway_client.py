@@ -54,7 +54,8 @@ def check_response(response: httpx.Response, action: str) -> None:
         raise GatewayError(
             f"{action} failed with HTTP 401: the gateway needs credentials. Run "
             "'faashub login', or set FAASHUB_GATEWAY_USER and "
-            "FAASHUB_GATEWAY_PASSWORD."
+            "FAASHUB_GATEWAY_PASSWORD. For a hub started with 'faashub up "
+            f"--state-dir DIR', set {credentials.ENV_STATE_DIR}=DIR instead."
         )
     raise GatewayError(
         f"{action} failed with HTTP {response.status_code}: {error_text(response)}"

@@ -34,6 +34,10 @@ Unless `--no-auth` is given, the hub generates gateway credentials into
 `<state dir>/credentials/` on its first start (owner-only files, as
 `faashub.credentials` describes), makes the gateway require them on
 `/system/*`, and gives the folder to the queue-workers and connectors.
+Even with `--no-auth`, it generates a provider token there, which the local
+provider requires on its `/system/*` API and the gateway sends, because the
+provider listens on a loopback port that every user of the machine can
+reach.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import ipaddress
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -129,8 +134,16 @@ def run(settings: HubSettings) -> int:
             secrets.append(name)
             value = value.get_secret_value()
         values[name] = value
+    from faashub.settings import default_state_dir
+
     os.environ[SETTINGS_VARIABLE] = json.dumps(
-        {"values": values, "paths": paths, "secrets": secrets}
+        {
+            "values": values,
+            "paths": paths,
+            "secrets": secrets,
+            # The supervisor does not import faashub.settings to compute it.
+            "default_state_dir": str(default_state_dir()),
+        }
     )
     sys.stdout.flush()
     sys.stderr.flush()
@@ -168,7 +181,10 @@ def main() -> int:
     settings = SimpleNamespace(**values)
     logs.configure(level=settings.log_level, log_format=settings.log_format)
     try:
-        return supervise(settings)  # type: ignore[arg-type]
+        return supervise(
+            settings,  # type: ignore[arg-type]
+            default_state_dir=Path(document["default_state_dir"]),
+        )
     except errors.FaashubError as exc:
         print(f"faashub: {exc}", file=sys.stderr)
         return 2
@@ -176,8 +192,12 @@ def main() -> int:
         return 130
 
 
-def supervise(settings: HubSettings) -> int:
-    """Start the hub, wait for a stop signal or a crash, and stop everything."""
+def supervise(settings: HubSettings, *, default_state_dir: Path | None = None) -> int:
+    """Start the hub, wait for a stop signal or a crash, and stop everything.
+
+    When the state folder is not `default_state_dir`, the hub prints the
+    FAASHUB_STATE_DIR line that the CLI needs to find its credentials.
+    """
     state_dir = settings.state_dir.expanduser().resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_state_dir(state_dir)
@@ -197,6 +217,8 @@ def supervise(settings: HubSettings) -> int:
         _wait_until_all_healthy(hub, timeout_s=settings.start_timeout_s)
         url = f"http://{_client_host(settings.host)}:{gateway_port}"
         print(f"faashub is up: gateway {url}", flush=True)
+        if default_state_dir is not None:
+            _print_state_dir_hint(state_dir, default_state_dir=default_state_dir)
         logger.info("hub started with state in %s", state_dir)
         return _supervise(hub)
     finally:
@@ -217,6 +239,17 @@ def _prepare_auth(settings: HubSettings, *, state_dir: Path, gateway_port: int) 
     print(
         f"gateway credentials: user {hub_credentials.user!r}, password in "
         f"{credentials.hub_credentials_dir(state_dir) / credentials.PASSWORD_FILE}",
+        flush=True,
+    )
+
+
+def _print_state_dir_hint(state_dir: Path, *, default_state_dir: Path) -> None:
+    """Print how the CLI finds the credentials of a hub outside the default folder."""
+    if state_dir == default_state_dir.expanduser().resolve():
+        return
+    print(
+        "To use the faashub CLI with this hub from another shell, run: "
+        f"export {credentials.ENV_STATE_DIR}={shlex.quote(str(state_dir))}",
         flush=True,
     )
 
@@ -285,6 +318,7 @@ def _start_components(
     auth_folder = str(credentials.hub_credentials_dir(state_dir))
     gateway_auth = ["--auth-secret-mount-path", auth_folder] if settings.auth else []
     client_auth = ["--gateway-secret-mount-path", auth_folder] if settings.auth else []
+    provider_token = str(credentials.ensure_provider_token(state_dir))
 
     nats_url = settings.nats_url
     if not nats_url:
@@ -320,6 +354,8 @@ def _start_components(
             str(state_dir),
             "--exec-timeout-s",
             str(settings.exec_timeout_s),
+            "--auth-token-file",
+            provider_token,
             *common,
         ],
         health_url=f"{provider_url}/healthz",
@@ -337,6 +373,8 @@ def _start_components(
             str(gateway_port),
             "--provider-url",
             provider_url,
+            "--provider-token-file",
+            provider_token,
             "--nats-url",
             nats_url,
             "--upstream-timeout-s",

@@ -9,6 +9,7 @@ which terminates every function process.
 
 import logging
 
+from faashub import credentials
 from faashub.settings import LocalProviderSettings
 from provider import api
 from provider.backend import ProviderStartError
@@ -21,8 +22,16 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: LocalProviderSettings) -> api.ProviderApp:
-    """Return the provider's ASGI application over a new local backend."""
-    return api.create_app(LocalBackend(settings))
+    """Return the provider's ASGI application over a new local backend.
+
+    Raises CredentialsError when auth_token_file is set but cannot be read.
+    """
+    token = None
+    if settings.auth_token_file is not None:
+        token = credentials.read_token_file(
+            settings.auth_token_file, setting="auth_token_file"
+        )
+    return api.create_app(LocalBackend(settings), auth_token=token)
 
 
 def run(settings: LocalProviderSettings) -> None:

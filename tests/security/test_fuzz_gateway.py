@@ -36,7 +36,7 @@ def fuzz_operations(schema_document: dict[str, Any], base_url: str) -> list[str]
         session.trust_env = False
         session.auth = (USER, PASSWORD)
         for result in schema.get_all_operations():
-            operation = result.ok()
+            operation = result.ok()  # type: ignore[union-attr]
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 try:
                     fuzz_operation(operation, mode, session, base_url, failures)

@@ -129,6 +129,8 @@ async def test_repeated_failures_locked_out(
         auth_password=PASSWORD,
         auth_max_failures=3,
         auth_failure_window_s=600,
+        # Loopback is exempt by default, and the test client is on loopback.
+        auth_lockout_exempt="",
     )
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
         failures = [

@@ -136,6 +136,7 @@ async def test_deploy_bad_metadata_400(
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
         for case in BAD_DEPLOYMENTS:
             deployment, named = case.values
+            assert isinstance(named, str)
             created = await client.post("/system/functions", json=deployment)
             updated = await client.put("/system/functions", json=deployment)
             assert created.status_code == 400, case.id
