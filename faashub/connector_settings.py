@@ -61,6 +61,13 @@ class ConnectorSettings(CommonSettings):
         description="Invoke through /async-function/ (the queue-worker runs the "
         "function later) instead of waiting on /function/.",
     )
+    invoke_replicas: bool = Field(
+        True,
+        description="With sync invocation, send each call straight to a function "
+        "replica that the gateway reports, instead of through the gateway's "
+        "/function/ route; calls of a function without reported replicas still "
+        "go through the gateway. Async invocations always go through the gateway.",
+    )
     callback_url: str = Field(
         "",
         description="X-Callback-Url sent with async invocations, where the "

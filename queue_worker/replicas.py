@@ -1,5 +1,7 @@
 """Replica URLs of functions, so the worker can invoke a replica directly.
 
+The event connectors use this cache too (`connectors.core.invoker`).
+
 Through the gateway, a call makes two proxy hops (gateway, then provider),
 which cost the queue-drain benchmark about 40 % of its CPU time per call.
 The provider reports where a function's replicas listen
@@ -12,7 +14,8 @@ in three cases. The report lists no URL (zero replicas, none responding yet,
 a classic function, or a backend that reports none). The report failed. Or
 a failed report is less than FAILED_REPORT_TTL_S old. `forget` drops a
 report after a URL refused the connection. Lookups of one function share one
-request. This module does not invoke functions (`queue_worker.invoke` does).
+request. This module does not invoke functions (`queue_worker.invoke` and
+`connectors.core.invoker` do).
 """
 
 import asyncio

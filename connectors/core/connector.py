@@ -11,23 +11,37 @@ decision, because only the source talks to its broker.
 Each final invocation is logged in one line: `function invoked` at INFO for
 a success, `function invocation failed` at WARNING for a failure, with the
 function, topic, status, duration, attempts, call id and the source's own
-fields (partition and offset for Kafka).
+fields (partition and offset for Kafka). Every failure is logged. Successes
+beyond `constants.RESULT_LINES_PER_S` in one second are only counted, and a
+`function invocations not logged` INFO line with that count follows in the
+first second with a success after them, or at `close()`.
+
+With sync invocation and `invoke_replicas` on, the invoker sends calls
+straight to function replicas (see `connectors.core.invoker`).
 """
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 
 from connectors.core import constants
-from connectors.core.invoker import InvocationResult, Invoker, Message, new_session
+from connectors.core.invoker import (
+    InvocationResult,
+    Invoker,
+    Message,
+    local_address_towards,
+    new_session,
+)
 from connectors.core.metrics import ConnectorMetrics
 from connectors.core.retry import RetryPolicy, SleepFunction
 from connectors.core.topic_map import EMPTY, TopicMap, TopicMapBuilder
 from faashub import __version__, credentials
 from faashub.connector_settings import ConnectorSettings
+from queue_worker.replicas import ReplicaUrls
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +101,7 @@ class Connector:
         self._invoker: Invoker | None = None
         self._map_task: asyncio.Task[None] | None = None
         self._unrouted_warned_s: dict[str, float] = {}
+        self._success_log = _SuccessLog()
 
     @property
     def topic_map(self) -> TopicMap:
@@ -102,6 +117,15 @@ class Connector:
         """Open the HTTP session and start refreshing the topic map."""
         settings = self.settings
         self._session = new_session(user_agent=f"faashub-{self.name}/{__version__}")
+        replicas = None
+        forwarded_for = ""
+        if settings.invoke_replicas and not settings.async_invocation:
+            replicas = ReplicaUrls(
+                self._session,
+                settings.gateway_url,
+                authorization=self._authorization,
+            )
+            forwarded_for = await local_address_towards(settings.gateway_url)
         self._invoker = Invoker(
             self._session,
             gateway_url=settings.gateway_url,
@@ -114,6 +138,8 @@ class Connector:
             content_type=settings.content_type,
             max_body_bytes=settings.max_body_bytes,
             authorization=self._authorization,
+            replicas=replicas,
+            forwarded_for=forwarded_for,
         )
         self._map_task = asyncio.create_task(self.topic_maps.run())
         if settings.callback_url and not settings.async_invocation:
@@ -148,6 +174,7 @@ class Connector:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self._success_log.flush()
 
     async def deliver(self, message: Message) -> DeliveryReport:
         """Invoke every function subscribed to the message's topic, concurrently."""
@@ -174,9 +201,7 @@ class Connector:
         self.metrics.invoked(function, result.status, duration_s=result.duration_s)
         if result.succeeded:
             if logger.isEnabledFor(logging.INFO):
-                logger.info(
-                    "function invoked", extra={"ctx": _result_context(result, message)}
-                )
+                self._success_log.invoked(result, message)
             return
         self.metrics.failed(function)
         context = _result_context(result, message)
@@ -199,6 +224,53 @@ class Connector:
             "no function subscribes to the topic, message skipped",
             extra={"ctx": context},
         )
+
+
+class _SuccessLog:
+    """The `function invoked` INFO lines, at most RESULT_LINES_PER_S a second.
+
+    Successes beyond that in one second are counted. The count goes out in one
+    `function invocations not logged` line when the next second with a success
+    begins, or at `flush()`, so a quiet period after a burst delays it.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._second = 0
+        self._written = 0
+        self._not_logged = 0
+        self._not_logged_since_s = 0.0
+
+    def invoked(self, result: InvocationResult, message: Message) -> None:
+        now_s = self._clock()
+        second = int(now_s)
+        if second != self._second:
+            self._second = second
+            self._written = 0
+            self.flush()
+        if self._written >= constants.RESULT_LINES_PER_S:
+            if not self._not_logged:
+                self._not_logged_since_s = now_s
+            self._not_logged += 1
+            return
+        self._written += 1
+        logger.info("function invoked", extra={"ctx": _result_context(result, message)})
+
+    def flush(self) -> None:
+        """Write the count of successes not logged so far, if there are any."""
+        if not self._not_logged:
+            return
+        logger.info(
+            "function invocations not logged",
+            extra={
+                "ctx": {
+                    "invocations": self._not_logged,
+                    "over_s": f"{self._clock() - self._not_logged_since_s:.1f}",
+                    "max_lines_per_s": constants.RESULT_LINES_PER_S,
+                }
+            },
+        )
+        self._not_logged = 0
 
 
 def _result_context(result: InvocationResult, message: Message) -> dict[str, object]:

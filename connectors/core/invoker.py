@@ -13,6 +13,19 @@ these headers, after the source's own (`X-Kafka-*` for Kafka):
 * `X-Callback-Url`, for async invocations when a callback URL is configured;
 * `Authorization`, when the connector has gateway credentials.
 
+With sync invocation and `replicas` given, the request goes straight to a
+function replica that the gateway reports (`GET
+/system/function-endpoints/NAME?namespace=NS`, cached by
+`queue_worker.replicas.ReplicaUrls`), which skips the gateway's and the
+provider's hops. It carries the same headers, minus `Authorization`, which is
+for the gateway only, plus those the gateway would add: `X-Start-Time` and
+`X-Forwarded-Host`/`X-Forwarded-For`, with every name in Go's canonical
+spelling. The request goes to the gateway's `/function/` instead when the
+report lists no URL (for example a function at zero replicas, which the
+gateway's route scales up), when the report failed less than a few seconds
+ago, and when the replica refuses the connection. Async invocations always
+go through the gateway, which queues them.
+
 Temporary failures are retried as `connectors.core.retry` describes. A
 gateway that refuses the connection is an outage, not a failure of the
 function: the invoker logs it once, waits and tries again for as long as it
@@ -24,14 +37,18 @@ does not choose the functions (see `connectors.core.topic_map`) and does not
 log results (see `connectors.core.connector`).
 """
 
+import asyncio
+import functools
 import hashlib
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
+import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from connectors.core import constants
@@ -40,6 +57,8 @@ from connectors.core.outage import Outage
 from connectors.core.retry import RetryPolicy, is_retryable, is_success
 from faashub import constants as shared
 from faashub import names
+from provider.headers import canonical_header_name
+from queue_worker.replicas import ReplicaUrls
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +69,11 @@ _CALL_ID_NAMESPACE_BYTES = CALL_ID_NAMESPACE.bytes
 # Upper bound on the pause between two attempts to reach a gateway that
 # refuses connections, so delivery resumes within seconds of its return.
 GATEWAY_PROBE_MAX_WAIT_S = 5.0
+
+# Functions behind OpenFaaS see header names as Go spells them, which the
+# gateway ensures on its way to a replica. Source headers repeat their names
+# from message to message, so the spellings are cached.
+_canonical_name = functools.lru_cache(maxsize=1024)(canonical_header_name)
 
 
 def _no_headers() -> Mapping[str, str]:
@@ -101,6 +125,7 @@ class _Response:
     body: bytes = b""
     error: str = ""
     gateway_unreachable: bool = False
+    replica_refused: bool = False
 
 
 class Invoker:
@@ -120,10 +145,15 @@ class Invoker:
         content_type: str = "",
         max_body_bytes: int = 0,
         authorization: str = "",
+        replicas: ReplicaUrls | None = None,
+        forwarded_for: str = "",
     ) -> None:
         self._session = session
         route = "/async-function/" if async_invocation else "/function/"
+        self._gateway_url = yarl.URL(gateway_url)
         self._base_url = gateway_url.rstrip("/") + route
+        # Async calls must reach the gateway, which queues them.
+        self._replicas = None if async_invocation else replicas
         self._retry = retry
         self._metrics = metrics
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -137,6 +167,14 @@ class Invoker:
             self._fixed_headers.append((constants.CONTENT_TYPE, content_type))
         if async_invocation and callback_url:
             self._fixed_headers.append((shared.CALLBACK_URL, callback_url))
+        # Headers of direct calls to a replica: the same minus Authorization,
+        # plus those the gateway adds.
+        self._replica_headers: list[tuple[str, str]] = [
+            *self._fixed_headers,
+            (shared.FORWARDED_HOST, self._gateway_url.host_port_subcomponent or ""),
+        ]
+        if forwarded_for:
+            self._replica_headers.append((shared.FORWARDED_FOR, forwarded_for))
         if authorization:
             self._fixed_headers.append(("Authorization", authorization))
 
@@ -171,7 +209,9 @@ class Invoker:
             (shared.CALL_ID, call_id),
         ]
         started_s = time.monotonic()
-        response = await self._send(url, headers, message.body, function=function)
+        response = await self._attempt(
+            url, headers, message, function=function, call_id=call_id
+        )
         attempts = 1
         if response.gateway_unreachable or self._should_retry(response, attempts):
             response, attempts = await self._retry_until_final(
@@ -242,7 +282,9 @@ class Invoker:
                     wait_s=wait_s,
                 )
             await self._retry.sleep(wait_s)
-            response = await self._send(url, headers, message.body, function=function)
+            response = await self._attempt(
+                url, headers, message, function=function, call_id=call_id
+            )
 
     def _log_retry(
         self,
@@ -268,6 +310,48 @@ class Invoker:
         context.update(message.context)
         logger.warning("invocation failed, retrying", extra={"ctx": context})
 
+    async def _attempt(
+        self,
+        url: str,
+        headers: list[tuple[str, str]],
+        message: Message,
+        *,
+        function: names.FunctionRef,
+        call_id: str,
+    ) -> _Response:
+        """Send one attempt to a reported replica if any, else to the gateway."""
+        if self._replicas is not None:
+            replica_url = await self._replicas.url_for(function)
+            if replica_url is not None:
+                response = await self._send(
+                    replica_url + "/",
+                    self._headers_for_replica(message, call_id),
+                    message.body,
+                    function=function,
+                    to_replica=True,
+                )
+                if not response.replica_refused:
+                    return response
+                # The replica is gone, for example scaled down: the gateway's
+                # route finds the function's current replicas.
+                self._replicas.forget(function, replica_url)
+                logger.debug(
+                    "replica refused the connection; invoking through the gateway",
+                    extra={"ctx": {"function": str(function), "error": response.error}},
+                )
+        return await self._send(url, headers, message.body, function=function)
+
+    def _headers_for_replica(
+        self, message: Message, call_id: str
+    ) -> list[tuple[str, str]]:
+        return [
+            *((_canonical_name(name), value) for name, value in message.headers),
+            (constants.TOPIC, message.topic),
+            *self._replica_headers,
+            (shared.CALL_ID, call_id),
+            (shared.START_TIME, str(time.time_ns())),
+        ]
+
     async def _send(
         self,
         url: str,
@@ -275,7 +359,9 @@ class Invoker:
         body: bytes,
         *,
         function: names.FunctionRef,
+        to_replica: bool = False,
     ) -> _Response:
+        upstream = "A replica of" if to_replica else "The gateway for"
         try:
             async with self._session.post(
                 url,
@@ -290,9 +376,15 @@ class Invoker:
                     body=await response.read(),
                     error=""
                     if is_success(response.status)
-                    else f"The gateway returned HTTP {response.status} for {function}.",
+                    else f"{upstream} {function} returned HTTP {response.status}.",
                 )
         except aiohttp.ClientConnectorError as exc:
+            if to_replica:
+                return _Response(
+                    status=503,
+                    error=f"Cannot connect to {url}: {exc.os_error or exc}",
+                    replica_refused=True,
+                )
             return _Response(
                 status=503,
                 error=f"Cannot connect to the gateway: {exc.os_error or exc}",
@@ -329,6 +421,32 @@ def call_id_for(identity: str, function: names.FunctionRef) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     text = digest.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+async def local_address_towards(gateway_url: str) -> str:
+    """Return this host's IP address on the route to the gateway, or "" if unknown.
+
+    It is what the gateway would see as the connector's address and send as
+    X-Forwarded-For. Connecting a UDP socket picks the route and the source
+    address without sending any packet.
+    """
+    url = yarl.URL(gateway_url)
+    if url.host is None or url.port is None:
+        return ""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(url.host, url.port, type=socket.SOCK_DGRAM)
+        family, kind, protocol, _, address = infos[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.connect(address)
+            return str(probe.getsockname()[0])
+    except (OSError, IndexError) as exc:
+        logger.debug(
+            "no local address towards the gateway; X-Forwarded-For not sent: %s",
+            exc,
+            extra={"ctx": {"gateway_url": gateway_url}},
+        )
+        return ""
 
 
 def new_session(*, user_agent: str) -> aiohttp.ClientSession:

@@ -1,0 +1,307 @@
+"""Direct calls to function replicas, and the rate-limited success lines."""
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from connectors.core import connector as connector_module
+from connectors.core.connector import Connector
+from connectors.core.constants import RESULT_LINES_PER_S
+from connectors.core.invoker import Message
+from faashub.connector_settings import ConnectorSettings
+from tests.conftest import LOOPBACK, free_port
+from tests.connectors.conftest import FakeGateway, settings_values
+
+pytestmark = pytest.mark.timeout(20)
+
+
+@dataclass
+class ReportingGateway(FakeGateway):
+    """A fake gateway that also reports replica URLs per function."""
+
+    replica_urls: dict[str, list[str]] = field(default_factory=dict)
+    """NAME -> the URLs that /system/function-endpoints/NAME lists."""
+    report_requests: list[tuple[str, str | None]] = field(default_factory=list)
+    """(path and query, Authorization header) of each report request."""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/system/namespaces", self._namespaces)
+        app.router.add_get("/system/functions", self._list_functions)
+        app.router.add_get("/system/function-endpoints/{name}", self._report)
+        app.router.add_post("/function/{name}", self._invoke)
+        app.router.add_post("/async-function/{name}", self._invoke)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, LOOPBACK, self.port).start()
+
+    async def _report(self, request: web.Request) -> web.Response:
+        self.report_requests.append(
+            (request.path_qs, request.headers.get("Authorization"))
+        )
+        urls = self.replica_urls.get(request.match_info["name"], [])
+        return web.json_response({"urls": urls, "ttl_s": 30})
+
+
+@dataclass
+class Replica:
+    """A function replica that records each request and echoes its body."""
+
+    port: int
+    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._invoke)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, LOOPBACK, self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _invoke(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in request.raw_headers
+        }
+        self.requests.append((request.path_qs, headers, body))
+        return web.Response(body=body)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[ReportingGateway]:
+    fake = ReportingGateway(port=free_port())
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+async def replica() -> AsyncIterator[Replica]:
+    server = Replica(port=free_port())
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def started(gateway: FakeGateway, **overrides: Any) -> AsyncIterator[Connector]:
+    values = settings_values(gateway_url=gateway.url, **overrides)
+    for kafka_only in ("commit_interval_s", "session_timeout_s"):
+        values.pop(kafka_only)
+    connector = Connector(ConnectorSettings(**values), name="test")
+    await connector.start()
+    try:
+        await asyncio.wait_for(connector.wait_until_ready(), 5)
+        yield connector
+    finally:
+        await connector.close()
+
+
+def message(body: bytes = b"hello") -> Message:
+    return Message(
+        topic="orders",
+        body=body,
+        headers=[("x-kafka-key", "k1")],
+        identity="orders/1",
+    )
+
+
+async def test_sync_call_goes_to_replica(
+    gateway: ReportingGateway, replica: Replica
+) -> None:
+    gateway.deploy("a", "orders")
+    gateway.replica_urls["a"] = [replica.url]
+
+    async with started(gateway, gateway_user="admin", gateway_password="pw") as hub:
+        report = await hub.deliver(message())
+
+    [result] = report.results
+    assert result.status == 200
+    assert result.body == b"hello"
+    assert gateway.invocations == []
+    [(path, headers, body)] = replica.requests
+    assert path == "/"
+    assert body == b"hello"
+    assert headers["X-Kafka-Key"] == "k1"
+    assert headers["X-Topic"] == "orders"
+    assert headers["X-Connector"] == "test-connector"
+    assert headers["X-Call-Id"] == result.call_id
+    assert headers["Content-Type"] == "text/plain"
+    assert abs(int(headers["X-Start-Time"]) - time.time_ns()) < 60 * 10**9
+    assert headers["X-Forwarded-Host"] == f"{LOOPBACK}:{gateway.port}"
+    assert headers["X-Forwarded-For"] == LOOPBACK
+    assert "Authorization" not in headers
+    credentials = "Basic " + base64.b64encode(b"admin:pw").decode()
+    assert gateway.report_requests == [
+        ("/system/function-endpoints/a?namespace=openfaas-fn", credentials)
+    ]
+
+
+async def test_report_cached_between_calls(
+    gateway: ReportingGateway, replica: Replica
+) -> None:
+    gateway.deploy("a", "orders")
+    gateway.replica_urls["a"] = [replica.url]
+
+    async with started(gateway) as hub:
+        for _ in range(3):
+            await hub.deliver(message())
+
+    assert len(replica.requests) == 3
+    assert len(gateway.report_requests) == 1
+
+
+async def test_no_replica_urls_uses_gateway(gateway: ReportingGateway) -> None:
+    gateway.deploy("a", "orders")
+
+    async with started(gateway) as hub:
+        report = await hub.deliver(message())
+
+    assert report.results[0].status == 200
+    [call] = gateway.received("a")
+    assert call.route == "function"
+    assert call.header("X-Start-Time") is None
+    assert len(gateway.report_requests) == 1
+
+
+async def test_refused_replica_falls_back(gateway: ReportingGateway) -> None:
+    gateway.deploy("a", "orders")
+    gateway.replica_urls["a"] = [f"http://{LOOPBACK}:{free_port()}"]
+
+    async with started(gateway) as hub:
+        first = await hub.deliver(message())
+        second = await hub.deliver(message())
+
+    assert first.results[0].status == 200
+    assert first.results[0].attempts == 1
+    assert second.results[0].status == 200
+    assert len(gateway.received("a")) == 2
+    # The refusal dropped the cached report, so the second call asked again.
+    assert len(gateway.report_requests) == 2
+
+
+async def test_report_failure_uses_gateway(gateway: FakeGateway) -> None:
+    # The plain fake gateway has no report route, so it returns 404.
+    gateway.deploy("a", "orders")
+
+    async with started(gateway) as hub:
+        report = await hub.deliver(message())
+
+    assert report.results[0].status == 200
+    assert len(gateway.received("a")) == 1
+
+
+async def test_async_invocation_skips_replicas(
+    gateway: ReportingGateway, replica: Replica
+) -> None:
+    gateway.deploy("a", "orders")
+    gateway.replica_urls["a"] = [replica.url]
+
+    async with started(gateway, async_invocation=True) as hub:
+        report = await hub.deliver(message())
+
+    assert report.results[0].status == 202
+    assert [call.route for call in gateway.received("a")] == ["async-function"]
+    assert replica.requests == []
+    assert gateway.report_requests == []
+
+
+async def test_invoke_replicas_off_uses_gateway(
+    gateway: ReportingGateway, replica: Replica
+) -> None:
+    gateway.deploy("a", "orders")
+    gateway.replica_urls["a"] = [replica.url]
+
+    async with started(gateway, invoke_replicas=False) as hub:
+        await hub.deliver(message())
+
+    assert len(gateway.received("a")) == 1
+    assert replica.requests == []
+    assert gateway.report_requests == []
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def success_lines(caplog: pytest.LogCaptureFixture, text: str) -> list[Any]:
+    return [record for record in caplog.records if record.getMessage() == text]
+
+
+async def test_success_lines_limited_per_second(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="connectors.core.connector")
+    gateway.deploy("a", "orders")
+    extra = 7
+
+    async with started(gateway) as hub:
+        clock = FakeClock()
+        hub._success_log = connector_module._SuccessLog(clock=clock)
+        for _ in range(RESULT_LINES_PER_S + extra):
+            await hub.deliver(message())
+        assert len(success_lines(caplog, "function invoked")) == RESULT_LINES_PER_S
+        assert success_lines(caplog, "function invocations not logged") == []
+
+        clock.now_s += 1.5
+        await hub.deliver(message())
+        [summary] = success_lines(caplog, "function invocations not logged")
+        assert summary.__dict__["ctx"]["invocations"] == extra
+        assert summary.__dict__["ctx"]["over_s"] == "1.5"
+        assert len(success_lines(caplog, "function invoked")) == RESULT_LINES_PER_S + 1
+
+
+async def test_summary_written_at_close(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="connectors.core.connector")
+    gateway.deploy("a", "orders")
+
+    async with started(gateway) as hub:
+        hub._success_log = connector_module._SuccessLog(clock=FakeClock())
+        for _ in range(RESULT_LINES_PER_S + 3):
+            await hub.deliver(message())
+
+    [summary] = success_lines(caplog, "function invocations not logged")
+    assert summary.__dict__["ctx"]["invocations"] == 3
+
+
+async def test_failures_always_logged(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="connectors.core.connector")
+    gateway.deploy("a", "orders")
+    gateway.respond("a", status=404)
+    count = RESULT_LINES_PER_S + 5
+
+    async with started(gateway) as hub:
+        hub._success_log = connector_module._SuccessLog(clock=FakeClock())
+        for _ in range(count):
+            await hub.deliver(message())
+
+    assert len(success_lines(caplog, "function invocation failed")) == count
