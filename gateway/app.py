@@ -1,7 +1,8 @@
 """The gateway's outer ASGI app: routing and the one lifespan.
 
 Requests under `/function/`, `/async-function/`, `/async-calls/` and
-`/healthz` go straight to the lean handlers; DELETE on `/async-function/`
+`/healthz` go straight to the lean handlers, and so does `GET /metrics`
+(Prometheus, open like `/healthz`, see `gateway.metrics`); DELETE on `/async-function/`
 cancels a call. Everything else, `/system/...` (the dead-letter API
 included) and the OpenAPI pages, goes to the FastAPI app of
 `gateway.system`. The lifespan opens three things and closes them in
@@ -27,6 +28,7 @@ from gateway.async_calls import AsyncCalls
 from gateway.call_queue import CallQueue
 from gateway.dead_letters import DeadLetterStore
 from gateway.function_lookup import FunctionLookup
+from gateway.metrics import METRICS_PATH, GatewayMetrics, ServiceCountRefresher
 from gateway.replica_urls import ReplicaUrls
 from gateway.sync_proxy import SyncProxy
 from queue_worker import callback
@@ -58,7 +60,11 @@ class GatewayApp:
             dead_letter_max_age_s=settings.dead_letter_max_age_s,
         )
         self.dead_letters = DeadLetterStore(self.queue)
-        self.system = system.create_app(settings, self.dead_letters)
+        self.metrics = GatewayMetrics()
+        self._service_counts: ServiceCountRefresher | None = None
+        self.system = system.create_app(
+            settings, self.dead_letters, metrics=self.metrics
+        )
         self._auth = auth.from_settings(settings)
         self._provider_authorization = auth.provider_authorization(settings)
         # None when invocations are open, so the invoke routes skip the check.
@@ -112,6 +118,9 @@ class GatewayApp:
             if path == constants.HEALTH_PATH:
                 await self._health(scope, send)
                 return
+            if path == METRICS_PATH:
+                await self._serve_metrics(scope, send)
+                return
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
@@ -137,6 +146,30 @@ class GatewayApp:
         else:
             await asgi.send_text(send, 503, f"Not ready: {reason}.\n")
 
+    async def _serve_metrics(self, scope: Scope, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await asgi.send_text(
+                send,
+                405,
+                "Only GET and HEAD are allowed on /metrics.\n",
+                headers=[(b"allow", b"GET, HEAD")],
+            )
+            return
+        if self._service_counts is not None:
+            await self._service_counts.refresh()
+        body, content_type = self.metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
         try:
@@ -159,6 +192,7 @@ class GatewayApp:
 
         await receive()  # lifespan.shutdown
         self._handlers = None
+        self._service_counts = None
         self.dead_letters.unbind()
         try:
             await self._exit_stack.aclose()
@@ -226,6 +260,9 @@ class GatewayApp:
             callback_session=callback_session,
             callback_guard=guard,
         )
+        self._service_counts = ServiceCountRefresher(
+            self.metrics, provider_session, settings.provider_url
+        )
         self._handlers = _Handlers(
             sync=SyncProxy(
                 session,
@@ -233,6 +270,7 @@ class GatewayApp:
                 upstream_timeout_s=settings.upstream_timeout_s,
                 body_read_timeout_s=settings.body_read_timeout_s,
                 replicas=ReplicaUrls(provider_session, settings.provider_url),
+                metrics=self.metrics,
             ),
             async_accept=AsyncAccept(
                 self.queue,

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import yarl
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from faashub import constants as shared
 from faashub import errors as shared_errors
@@ -47,6 +47,7 @@ from faashub import names
 from gateway import asgi, constants, limits
 from gateway.call_ids import new_call_id
 from gateway.log_throttle import WarningThrottle
+from gateway.metrics import GatewayMetrics
 from gateway.replica_urls import ReplicaUrls
 from provider.headers import canonical_header_name
 
@@ -120,7 +121,10 @@ class SyncProxy:
     """The ASGI handler of `/function/...`.
 
     `replicas` defaults to a ReplicaUrls cache on `session` and
-    `provider_url`.
+    `provider_url`. With `metrics`, each call with a valid function name is
+    counted: started before it goes upstream, and finished with the status
+    the caller got. A call whose caller leaves before any response is
+    counted as started only.
     """
 
     def __init__(
@@ -131,8 +135,10 @@ class SyncProxy:
         upstream_timeout_s: float,
         body_read_timeout_s: float = 30.0,
         replicas: ReplicaUrls | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._session = session
+        self._metrics = metrics
         self._provider_url = provider_url.rstrip("/")
         self._upstream_timeout_s = upstream_timeout_s
         self._body_read_timeout_s = body_read_timeout_s
@@ -148,7 +154,32 @@ class SyncProxy:
         except shared_errors.InvalidFunctionName as exc:
             await asgi.send_text(send, 400, f"{exc}\n")
             return
+        metrics = self._metrics
+        if metrics is None:
+            await self._proxy(scope, receive, send, name, path_suffix)
+            return
 
+        metrics.invocation_started(name)
+        started_s = time.perf_counter()
+        status = 0
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._proxy(scope, receive, send_and_note_status, name, path_suffix)
+        finally:
+            if status:
+                metrics.invocation_finished(
+                    name, status, time.perf_counter() - started_s
+                )
+
+    async def _proxy(
+        self, scope: Scope, receive: Receive, send: Send, name: str, path_suffix: str
+    ) -> None:
         headers, call_id = _upstream_headers(scope)
         start_time = str(time.time_ns())
         headers.append((shared.START_TIME, start_time))

@@ -6,7 +6,11 @@ status, headers and body come back unchanged. The response body is streamed,
 so `/system/logs` can stream ndjson. The gateway handles two parts itself:
 `GET /system/info` returns the provider's info wrapped with the gateway's
 version and architecture, as OpenFaaS does, and `/system/dead-letters` is the
-dead-letter API of `gateway.dead_letter_api`, never forwarded.
+dead-letter API of `gateway.dead_letter_api`, never forwarded. A `GET
+/system/functions` listing gets `invocationCount` from the gateway's
+`gateway_function_invocation_total` counters (`gateway.metrics`), as the
+OpenFaaS gateway fills it from Prometheus, because a call sent straight to a
+replica never reaches the provider's own counter.
 
 This is the control plane, so it uses FastAPI and httpx. The invocation
 routes (`gateway.sync_proxy`, `gateway.async_accept`) do not come through
@@ -41,6 +45,7 @@ from faashub import errors as shared_errors
 from faashub.settings import GatewaySettings
 from gateway import asgi, auth, constants, dead_letter_api, limits
 from gateway.dead_letters import DeadLetterStore
+from gateway.metrics import GatewayMetrics, listed_replicas
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +106,10 @@ class SystemForwarder:
         logs_provider_url: str = "",
         body_read_timeout_s: float = 30.0,
         provider_authorization: str = "",
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._provider_url = provider_url.rstrip("/")
+        self._metrics = metrics
         # The Authorization value for the provider, "" for none.
         self._provider_authorization = provider_authorization
         self._body_read_timeout_s = body_read_timeout_s
@@ -187,6 +194,16 @@ class SystemForwarder:
             return self._unreachable(
                 exc, request_line=f"{request.method} /system/{path}"
             )
+        if (
+            self._metrics is not None
+            and path == _FUNCTIONS_PATH
+            and request.method == "GET"
+            and upstream.status_code == 200
+            and "content-encoding" not in upstream.headers
+        ):
+            return await self._with_invocation_counts(
+                upstream, self._metrics, namespace=request.query_params.get("namespace")
+            )
 
         response = StreamingResponse(
             _raw_body(upstream),
@@ -196,6 +213,52 @@ class SystemForwarder:
         response.raw_headers = asgi.pass_response_headers(
             upstream.headers.raw, upstream.status_code
         )
+        return response
+
+    async def _with_invocation_counts(
+        self,
+        upstream: httpx.Response,
+        metrics: GatewayMetrics,
+        *,
+        namespace: str | None,
+    ) -> Response:
+        """Return the provider's function listing with the gateway's counts merged.
+
+        Each function the gateway has counted calls for gets that count as
+        `invocationCount`; the others keep the provider's value. A body that
+        is not a JSON list comes back unchanged.
+        """
+        try:
+            body = await upstream.aread()
+        finally:
+            await upstream.aclose()
+        headers = asgi.pass_response_headers(upstream.headers.raw, 200)
+        try:
+            listing = json.loads(body)
+        except ValueError:
+            listing = None
+        if not isinstance(listing, list):
+            response = Response(body, status_code=200)
+            response.raw_headers = headers
+            return response
+        counts = metrics.invocation_counts()
+        default_namespace = namespace or shared.DEFAULT_NAMESPACE
+        for entry in listing:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                continue
+            entry_namespace = entry.get("namespace") or default_namespace
+            count = counts.get(f"{entry['name']}.{entry_namespace}")
+            if count is not None:
+                entry["invocationCount"] = int(count)
+        metrics.set_service_counts(
+            listed_replicas(listing, namespace=default_namespace)
+        )
+        merged = json.dumps(listing).encode()
+        response = Response(merged, status_code=200)
+        response.raw_headers = [
+            (name, value) for name, value in headers if name != b"content-length"
+        ]
+        response.raw_headers.append((b"content-length", str(len(merged)).encode()))
         return response
 
     async def info(self) -> Response | GatewayInfo:
@@ -336,14 +399,23 @@ async def _raw_body(upstream: httpx.Response) -> AsyncIterator[bytes]:
         await upstream.aclose()
 
 
-def create_app(settings: GatewaySettings, dead_letters: DeadLetterStore) -> FastAPI:
-    """Build the FastAPI app of the management API."""
+def create_app(
+    settings: GatewaySettings,
+    dead_letters: DeadLetterStore,
+    *,
+    metrics: GatewayMetrics | None = None,
+) -> FastAPI:
+    """Build the FastAPI app of the management API.
+
+    With `metrics`, function listings get the gateway's invocation counts.
+    """
     forwarder = SystemForwarder(
         settings.provider_url,
         upstream_timeout_s=settings.upstream_timeout_s,
         logs_provider_url=settings.logs_provider_url,
         body_read_timeout_s=settings.body_read_timeout_s,
         provider_authorization=auth.provider_authorization(settings),
+        metrics=metrics,
     )
     app = FastAPI(
         title="faashub gateway",

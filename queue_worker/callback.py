@@ -12,7 +12,10 @@ hop-by-hop ones, `Content-Length` and `Host`), with these set on top:
   started the last attempt to the function's response;
 * `X-Retry` and `X-Retry-Max`: attempts made and the effective maximum, as
   OpenFaaS Pro sends them;
-* `X-Faashub-Signature`, when a signing secret is set (`queue_worker.signing`).
+* `X-Faashub-Signature`, when a signing secret is set (`queue_worker.signing`);
+* `traceparent` and `tracestate` (W3C Trace Context), when the caller sent
+  them with the call, in place of any the function responded with, so that
+  the callback belongs to the caller's trace.
 
 Only the final outcome of a call is posted. A delivery that gets no response
 or a 5xx status is tried again, up to callback_attempts tries in all, after
@@ -58,9 +61,13 @@ from queue_worker.policy import Jitter
 
 logger = logging.getLogger(__name__)
 
+# W3C Trace Context headers, copied from the queued call to the callback.
+TRACE_HEADERS = ("traceparent", "tracestate")
+
 # Function response headers that the callback request does not repeat:
 # hop-by-hop ones, the ones aiohttp computes, and the ones set below.
 _NOT_FORWARDED = constants.HOP_BY_HOP | {
+    *TRACE_HEADERS,
     "host",
     "content-length",
     constants.CALL_ID.lower(),
@@ -407,7 +414,17 @@ def callback_headers(
     headers.append((constants.DURATION_SECONDS, f"{duration_s:.6f}"))
     headers.append((constants.RETRY, str(retry)))
     headers.append((constants.RETRY_MAX, str(retry_max)))
+    headers.extend(trace_headers(call))
     return headers
+
+
+def trace_headers(call: QueuedCall) -> list[tuple[str, str]]:
+    """Return the call's `traceparent` and `tracestate` headers, if it has them."""
+    found = []
+    for name, value in call.headers.items():
+        if name.lower() in TRACE_HEADERS:
+            found.append((name.lower(), wire_text(value)))
+    return found
 
 
 def function_name(call: QueuedCall) -> str:

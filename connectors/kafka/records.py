@@ -14,6 +14,11 @@ The body is the record's value (empty for a null value). The headers are:
   `Offset`, `Key`, `Key-Enc` or `Timestamp` is sent as
   `X-Kafka-Header-<Name>`, so it cannot pass for the record's metadata.
   Repeated record headers stay repeated.
+* `traceparent` and `tracestate` (W3C Trace Context) as they are, besides
+  their `X-Kafka-*` copies, when the record has headers of these names (in
+  any case) with text values, so that the call joins the producer's trace.
+  Only the first `traceparent` is sent, because W3C Trace Context allows
+  one.
 
 Nothing is dropped: a value that is not valid in HTTP is encoded instead.
 """
@@ -21,6 +26,7 @@ Nothing is dropped: a value that is not valid in HTTP is encoded instead.
 import base64
 import re
 import urllib.parse
+from collections.abc import Sequence
 
 from aiokafka.structs import ConsumerRecord
 
@@ -36,6 +42,8 @@ _SENDABLE_VALUE = re.compile(
 # are kept as they are. '%' is allowed too, but is encoded so that the
 # encoding stays reversible.
 _TOKEN_CHARACTERS = "!#$&'*+-.^_`|~"
+# W3C Trace Context headers, passed on as they are.
+TRACE_HEADERS = ("traceparent", "tracestate")
 _RESERVED_SUFFIXES = frozenset(
     name[len(constants.HEADER_PREFIX) :].lower()
     for name in (
@@ -60,6 +68,7 @@ def record_message(record: "ConsumerRecord[bytes, bytes]", *, group_id: str) -> 
         add_value_header(headers, constants.KEY, record.key)
     for name, value in record.headers:
         add_value_header(headers, http_header_name(name), value or b"")
+    headers.extend(trace_context_headers(record.headers))
     return Message(
         topic=record.topic,
         body=record.value or b"",
@@ -67,6 +76,27 @@ def record_message(record: "ConsumerRecord[bytes, bytes]", *, group_id: str) -> 
         identity=record_identity(record, group_id=group_id),
         context={"partition": record.partition, "offset": record.offset},
     )
+
+
+def trace_context_headers(
+    record_headers: "Sequence[tuple[str, bytes | None]]",
+) -> list[tuple[str, str]]:
+    """Return the W3C `traceparent` and `tracestate` headers of a record."""
+    found: list[tuple[str, str]] = []
+    has_traceparent = False
+    for name, value in record_headers:
+        lowered = name.lower()
+        if lowered not in TRACE_HEADERS:
+            continue
+        text = header_text(value or b"")
+        if not text:
+            continue
+        if lowered == "traceparent":
+            if has_traceparent:
+                continue
+            has_traceparent = True
+        found.append((lowered, text))
+    return found
 
 
 def record_identity(record: "ConsumerRecord[bytes, bytes]", *, group_id: str) -> str:

@@ -10,7 +10,11 @@ The body is the message body as UTF-8 (SQS bodies are text). The headers are:
   are sent as text. A Binary value, or a string with control characters or
   spaces at either end, is sent as base64 followed by
   `X-SQS-Attr-<Name>-Enc: b64`. SQS attribute names contain only letters,
-  digits, '-', '_' and '.', which HTTP allows in header names.
+  digits, '-', '_' and '.', which HTTP allows in header names;
+* `traceparent` and `tracestate` (W3C Trace Context) as they are, besides
+  their `X-SQS-Attr-*` copies, when the message has String attributes of
+  these names (in any case) whose values are valid header text, so that the
+  call joins the sender's trace.
 
 `ReceivedMessage` keeps what the source needs to settle the message later:
 the receipt handle of this delivery and the receive count.
@@ -23,6 +27,9 @@ from typing import Any
 
 from connectors.core.invoker import Message
 from connectors.sqs import constants
+
+# W3C Trace Context headers, passed on as they are.
+TRACE_HEADERS = ("traceparent", "tracestate")
 
 # Text that a header value can carry as it is: no control characters, and no
 # space or tab at either end, where HTTP parsers strip it.
@@ -97,6 +104,7 @@ def function_message(received: ReceivedMessage) -> Message:
         headers.append((constants.MESSAGE_GROUP_ID, received.group_id))
     for name, value in sorted(received.message_attributes.items()):
         add_attribute_headers(headers, name, value)
+    headers.extend(trace_context_headers(received.message_attributes))
     return Message(
         topic=received.queue_name,
         body=received.body.encode("utf-8"),
@@ -104,6 +112,25 @@ def function_message(received: ReceivedMessage) -> Message:
         identity=message_identity(received),
         context=received.context,
     )
+
+
+def trace_context_headers(
+    attributes: dict[str, dict[str, Any]],
+) -> list[tuple[str, str]]:
+    """Return the W3C `traceparent` and `tracestate` headers of the attributes."""
+    found: list[tuple[str, str]] = []
+    for name, value in sorted(attributes.items()):
+        lowered = name.lower()
+        if lowered not in TRACE_HEADERS or "StringValue" not in value:
+            continue
+        text = str(value["StringValue"])
+        if not text or not _SENDABLE_TEXT.fullmatch(text):
+            continue
+        # W3C Trace Context allows one traceparent.
+        if lowered == "traceparent" and any(n == lowered for n, _ in found):
+            continue
+        found.append((lowered, text))
+    return found
 
 
 def message_identity(received: ReceivedMessage) -> str:

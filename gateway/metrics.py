@@ -1,0 +1,262 @@
+"""Prometheus metrics of the gateway, with the OpenFaaS gateway's names.
+
+Dashboards and alerts written for OpenFaaS work unchanged on these series:
+
+* `gateway_function_invocation_total` (function_name, code): sync calls
+  proxied by `/function/`, by the HTTP status the caller got;
+* `gateway_functions_seconds` (function_name, code): a histogram of their
+  duration, from the request to the end of the response;
+* `gateway_function_invocation_started` (function_name): calls that
+  started, counted before the function responds;
+* `gateway_service_count` (function_name): a function's desired replicas,
+  as the provider's function listing reports them.
+
+`function_name` is always `name.namespace`, as in OpenFaaS. Only calls that
+pass through the gateway's `/function/` route are counted. A queue-worker or
+connector that sends calls straight to a replica counts them in its own
+metrics (`faashub_worker_attempts`, `faashub_connector_invoked_total`).
+
+Each `GatewayMetrics` has a registry of its own, served at `GET /metrics`,
+so that several gateways in one process (as in tests) do not collide. The
+replica counts are refreshed from the provider when `/metrics` is scraped,
+at most once per `SERVICE_COUNT_REFRESH_S`, and whenever a function listing
+passes through `/system/functions`.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+import yarl
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from faashub import constants as shared
+from faashub import errors as shared_errors
+from faashub import names
+from gateway.log_throttle import WarningThrottle
+
+logger = logging.getLogger(__name__)
+
+METRICS_PATH = "/metrics"
+
+# Seconds a scrape reuses the replica counts of an earlier listing, so that
+# frequent scrapes send few listing requests to the provider.
+SERVICE_COUNT_REFRESH_S = 5.0
+# Upper bound on one listing request made for a scrape.
+SERVICE_COUNT_TIMEOUT_S = 2.0
+
+# Cached label children beyond this count are not kept, so that a flood of
+# calls to random function names cannot grow the cache without bound.
+# NOTE: the registry still keeps one series per name and status, as the
+# OpenFaaS gateway does for every name it proxies.
+MAX_CACHED_CHILDREN = 10_000
+
+
+class GatewayMetrics:
+    """The invocation counters, histogram and replica gauge of one gateway."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.invocations = Counter(
+            "gateway_function_invocation",
+            "Sync calls proxied to a function, by the HTTP status the caller got.",
+            ["function_name", "code"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "gateway_functions_seconds",
+            "Seconds from the start of a sync call to the end of its response.",
+            ["function_name", "code"],
+            registry=self.registry,
+        )
+        # A gauge that only rises: prometheus_client appends `_total` to the
+        # samples of every Counter, and the OpenFaaS name has no suffix.
+        # rate() and increase() treat it as they treat a counter.
+        self.started = Gauge(
+            "gateway_function_invocation_started",
+            "Sync calls that started, counted before the function responds.",
+            ["function_name"],
+            registry=self.registry,
+        )
+        self.service_count = Gauge(
+            "gateway_service_count",
+            "Desired replicas of a function, from the provider's listing.",
+            ["function_name"],
+            registry=self.registry,
+        )
+        # Label children by the function name in the request path: `labels()`
+        # takes a lock and builds a key on every call.
+        self._started_children: dict[str, Gauge] = {}
+        self._finished_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+
+    def invocation_started(self, function: str) -> None:
+        """Count one started call of `function` (`NAME` or `NAME.NAMESPACE`)."""
+        child = self._started_children.get(function)
+        if child is None:
+            child = self.started.labels(function_label(function))
+            if len(self._started_children) < MAX_CACHED_CHILDREN:
+                self._started_children[function] = child
+        child.inc()
+
+    def invocation_finished(self, function: str, code: int, duration_s: float) -> None:
+        """Count one finished call of `function` with status `code`."""
+        key = (function, code)
+        children = self._finished_children.get(key)
+        if children is None:
+            label = function_label(function)
+            children = (
+                self.invocations.labels(label, str(code)),
+                self.duration.labels(label, str(code)),
+            )
+            if len(self._finished_children) < MAX_CACHED_CHILDREN:
+                self._finished_children[key] = children
+        children[0].inc()
+        children[1].observe(duration_s)
+
+    def invocation_counts(self) -> dict[str, float]:
+        """Return the finished calls by `name.namespace`, summed over status codes."""
+        counts: dict[str, float] = {}
+        for family in self.invocations.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    label = sample.labels["function_name"]
+                    counts[label] = counts.get(label, 0.0) + sample.value
+        return counts
+
+    def set_service_counts(
+        self, replicas: dict[str, int], *, complete: bool = False
+    ) -> None:
+        """Set the replica gauge of each `name.namespace` in `replicas`.
+
+        With `complete`, `replicas` lists every function, so the series of a
+        function missing from it (removed since) are dropped.
+        """
+        if complete:
+            for family in self.service_count.collect():
+                for sample in family.samples:
+                    label = sample.labels["function_name"]
+                    if label not in replicas:
+                        self.service_count.remove(label)
+        for label, count in replicas.items():
+            self.service_count.labels(label).set(count)
+
+    def render(self) -> tuple[bytes, str]:
+        """Return the exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def function_label(function: str) -> str:
+    """Return `function` as `name.namespace`, the default namespace filled in.
+
+    A name that does not parse is used as it is; the sync proxy rejects such
+    names before it counts a call.
+    """
+    try:
+        return str(names.parse_function_ref(function))
+    except shared_errors.InvalidFunctionName:
+        return function
+
+
+def listed_replicas(listing: Iterable[Any], *, namespace: str = "") -> dict[str, int]:
+    """Return the desired replicas by `name.namespace` from a function listing.
+
+    Entries without a string `name` or an integer `replicas` are skipped. An
+    entry without a `namespace` is in `namespace`, or the default one.
+    """
+    replicas: dict[str, int] = {}
+    for entry in listing:
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("name")
+        count = entry.get("replicas")
+        if not isinstance(name, str) or not isinstance(count, int):
+            continue
+        entry_namespace = entry.get("namespace") or namespace
+        if not isinstance(entry_namespace, str) or not entry_namespace:
+            entry_namespace = shared.DEFAULT_NAMESPACE
+        replicas[f"{name}.{entry_namespace}"] = count
+    return replicas
+
+
+class ServiceCountRefresher:
+    """Refreshes `gateway_service_count` from the provider's listing at scrape time.
+
+    A failed listing keeps the previous values and logs a throttled warning,
+    so a scrape never fails because the provider is down.
+    """
+
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        session: aiohttp.ClientSession,
+        provider_url: str,
+        *,
+        refresh_s: float = SERVICE_COUNT_REFRESH_S,
+        timeout_s: float = SERVICE_COUNT_TIMEOUT_S,
+    ) -> None:
+        self._metrics = metrics
+        self._session = session
+        self._provider_url = provider_url.rstrip("/")
+        self._refresh_s = refresh_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._refreshed_at_s = -float("inf")
+        self._lock = asyncio.Lock()
+        self._warnings = WarningThrottle(logger)
+
+    async def refresh(self) -> None:
+        """List every function on the provider and set the replica gauges."""
+        async with self._lock:
+            if time.monotonic() - self._refreshed_at_s < self._refresh_s:
+                return
+            try:
+                replicas = await self._list_all()
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                self._warnings.warning(
+                    "cannot list functions for gateway_service_count: %s",
+                    str(exc) or repr(exc),
+                    ctx={"provider_url": self._provider_url},
+                )
+                return
+            self._metrics.set_service_counts(replicas, complete=True)
+            self._refreshed_at_s = time.monotonic()
+
+    async def _list_all(self) -> dict[str, int]:
+        # A provider without namespaces (404, or an empty list) lists all
+        # its functions without the query.
+        try:
+            namespaces = await self._get_json("/system/namespaces")
+        except ValueError:
+            namespaces = [""]
+        if not isinstance(namespaces, list) or not namespaces:
+            namespaces = [""]
+        replicas: dict[str, int] = {}
+        for namespace in namespaces:
+            if not isinstance(namespace, str):
+                continue
+            query = {"namespace": namespace} if namespace else {}
+            listing = await self._get_json("/system/functions", query=query)
+            if not isinstance(listing, list):
+                raise ValueError(
+                    f"the provider's /system/functions?namespace={namespace} "
+                    "returned no JSON list"
+                )
+            replicas.update(listed_replicas(listing, namespace=namespace))
+        return replicas
+
+    async def _get_json(self, path: str, *, query: dict[str, str] | None = None) -> Any:
+        url = yarl.URL(self._provider_url + path).with_query(query or {})
+        async with self._session.get(url, timeout=self._timeout) as response:
+            if response.status != 200:
+                raise ValueError(f"the provider's {path} returned {response.status}")
+            return json.loads(await response.read())

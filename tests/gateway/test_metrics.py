@@ -1,0 +1,178 @@
+"""Gateway metrics: OpenFaaS names at /metrics, and invocationCount in listings."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from faashub import constants as shared
+from gateway.metrics import GatewayMetrics
+from tests.conftest import LOOPBACK, free_port
+from tests.gateway.conftest import FakeProvider, GatewayFactory, wait_until_healthy
+
+pytestmark = pytest.mark.timeout(30)
+
+ECHO = "echo.openfaas-fn"
+
+
+class ListingProvider(FakeProvider):
+    """The fake provider, plus a function listing and namespaces."""
+
+    listing: list[dict[str, object]]
+    listings = 0
+
+    async def _system(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET" and request.path == "/system/functions":
+            self.listings += 1
+            return web.json_response(self.listing)
+        if request.method == "GET" and request.path == "/system/namespaces":
+            return web.json_response([shared.DEFAULT_NAMESPACE])
+        return await super()._system(request)
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[ListingProvider]:
+    fake = ListingProvider()
+    fake.deploy("echo")
+    fake.listing = [
+        {
+            "name": "echo",
+            "namespace": "openfaas-fn",
+            "replicas": 2,
+            "invocationCount": 7,
+        },
+        {"name": "idle", "replicas": 1, "invocationCount": 4},
+    ]
+    runner = web.AppRunner(fake.build_app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, LOOPBACK, port).start()
+    fake.url = f"http://{LOOPBACK}:{port}"
+    try:
+        yield fake
+    finally:
+        fake.release.set()
+        await runner.cleanup()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Return every sample of an exposition text by name and sorted labels."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def labels(function: str, code: str | None = None) -> tuple[tuple[str, str], ...]:
+    pairs = [("function_name", function)]
+    if code is not None:
+        pairs.append(("code", code))
+    return tuple(sorted(pairs))
+
+
+async def test_sync_calls_counted_by_name_and_code(
+    client: httpx.AsyncClient,
+) -> None:
+    for _ in range(3):
+        assert (await client.post("/function/echo", content=b"x")).status_code == 201
+    assert (await client.get("/function/echo.openfaas-fn/path")).status_code == 201
+    assert (await client.get("/function/missing")).status_code == 404
+    assert (await client.get("/function/bad..name")).status_code == 400
+
+    response = await client.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    found = samples(response.text)
+    assert found[("gateway_function_invocation_total", labels(ECHO, "201"))] == 4
+    assert found[("gateway_function_invocation_started", labels(ECHO))] == 4
+    assert found[("gateway_functions_seconds_count", labels(ECHO, "201"))] == 4
+    assert found[("gateway_functions_seconds_sum", labels(ECHO, "201"))] > 0
+    missing = "missing.openfaas-fn"
+    assert found[("gateway_function_invocation_total", labels(missing, "404"))] == 1
+    assert not any("bad" in str(key) for key in found)
+
+
+async def test_upstream_failure_counted_with_gateway_status(
+    nats_url: str, start_gateway: GatewayFactory
+) -> None:
+    gateway = await start_gateway(
+        nats_url=nats_url, provider_url=f"http://{LOOPBACK}:{free_port()}"
+    )
+    await wait_until_healthy(gateway.url)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        assert (await client.get("/function/echo")).status_code == 502
+        response = await client.get("/metrics")
+
+    # The replica counts cannot be listed, and the scrape still succeeds.
+    assert response.status_code == 200
+    found = samples(response.text)
+    assert found[("gateway_function_invocation_total", labels(ECHO, "502"))] == 1
+    assert not any(name == "gateway_service_count" for name, _ in found)
+
+
+async def test_service_count_from_listing(client: httpx.AsyncClient) -> None:
+    found = samples((await client.get("/metrics")).text)
+
+    assert found[("gateway_service_count", labels(ECHO))] == 2
+    assert found[("gateway_service_count", labels("idle.openfaas-fn"))] == 1
+
+
+async def test_listing_gets_gateway_invocation_count(
+    client: httpx.AsyncClient,
+) -> None:
+    for _ in range(3):
+        await client.post("/function/echo", content=b"x")
+    await client.get("/function/missing")
+
+    response = await client.get("/system/functions")
+
+    assert response.status_code == 200
+    assert response.headers["content-length"] == str(len(response.content))
+    by_name = {entry["name"]: entry for entry in response.json()}
+    assert by_name["echo"]["invocationCount"] == 3
+    assert by_name["echo"]["replicas"] == 2
+    # Never called through the gateway: the provider's own count stays.
+    assert by_name["idle"]["invocationCount"] == 4
+
+
+async def test_metrics_rejects_post(client: httpx.AsyncClient) -> None:
+    response = await client.post("/metrics")
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD"
+
+
+def test_service_count_drops_removed_functions() -> None:
+    metrics = GatewayMetrics()
+    metrics.set_service_counts({"a.ns": 1, "b.ns": 3}, complete=True)
+    metrics.set_service_counts({"b.ns": 2}, complete=True)
+
+    found = samples(metrics.render()[0].decode())
+
+    assert ("gateway_service_count", labels("a.ns")) not in found
+    assert found[("gateway_service_count", labels("b.ns"))] == 2
+
+
+def test_counts_summed_over_codes() -> None:
+    metrics = GatewayMetrics()
+    metrics.invocation_finished("fn", 200, 0.01)
+    metrics.invocation_finished("fn.openfaas-fn", 500, 0.02)
+    metrics.invocation_finished("other.team", 200, 0.03)
+
+    counts = metrics.invocation_counts()
+
+    assert counts == {"fn.openfaas-fn": 2.0, "other.team": 1.0}
+
+
+async def test_concurrent_scrapes_list_once(
+    client: httpx.AsyncClient, provider: ListingProvider
+) -> None:
+    responses = await asyncio.gather(*(client.get("/metrics") for _ in range(5)))
+
+    assert [response.status_code for response in responses] == [200] * 5
+    assert provider.listings == 1
