@@ -300,8 +300,8 @@ def _not_found(call_id: str) -> errors.CallNotFound:
 
 def _conflict(call_id: str, state: CallState) -> errors.CallConflict:
     return errors.CallConflict(
-        f"Call {call_id!r} is {state.value}; only a queued or retrying call can be "
-        "cancelled.",
+        f"Call {call_id!r} cannot be cancelled in state {state.value!r}; only a "
+        "queued or retrying call can be.",
         state=state.value,
     )
 

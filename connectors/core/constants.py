@@ -24,6 +24,9 @@ SYSTEM_REQUEST_TIMEOUT_S: Final = 10.0
 # Wait before the next attempt to build the first topic map, doubling from the
 # minimum up to the rebuild interval. Later refreshes follow the interval.
 FIRST_MAP_RETRY_MIN_S: Final = 0.5
+# Seconds after start during which an unreachable gateway, before the first
+# topic map, is logged at DEBUG only: it is most likely still starting.
+START_GRACE_S: Final = 10.0
 
 # Seconds between two WARNING lines about the same ongoing outage; repeats in
 # between go to DEBUG.

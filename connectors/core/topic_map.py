@@ -25,6 +25,7 @@ import fnmatch
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -197,6 +198,7 @@ class TopicMapBuilder:
     async def run(self) -> None:
         """Build the map now and after every interval, until cancelled."""
         retry_wait_s = constants.FIRST_MAP_RETRY_MIN_S
+        started_s = time.monotonic()
         # A session of its own, so that slow invocations holding connections
         # never delay a refresh.
         headers = {"Authorization": self._authorization} if self._authorization else {}
@@ -208,7 +210,16 @@ class TopicMapBuilder:
                 try:
                     self._install(await self.build(client))
                 except errors.TopicMapError as exc:
-                    self._outage.begin(str(exc))
+                    starting = (
+                        self._current is None
+                        and time.monotonic() - started_s < constants.START_GRACE_S
+                    )
+                    if starting:
+                        # `faashub up` starts the gateway and the connectors
+                        # together: a gateway still starting is no outage.
+                        logger.debug("gateway not reachable yet: %s", exc)
+                    else:
+                        self._outage.begin(str(exc))
                     if self._current is None:
                         await asyncio.sleep(retry_wait_s)
                         retry_wait_s = min(retry_wait_s * 2, self._rebuild_interval_s)

@@ -679,7 +679,7 @@ def _restart(hub: Hub, child: Child, code: int) -> bool:
         child.restarts.popleft()
     if len(child.restarts) >= MAX_RESTARTS:
         logger.error(
-            "%s exited with code %s, its %d. exit within %g s; stopping the hub",
+            "%s exited with code %s, %d times within %g s; stopping the hub",
             child.name,
             code,
             len(child.restarts) + 1,
