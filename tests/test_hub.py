@@ -164,7 +164,7 @@ def test_unknown_function_async_is_404(tmp_path: Path) -> None:
         # out of its memory.
         maps = Path(f"/proc/{hub.process.pid}/maps").read_text()
         command = Path(f"/proc/{hub.process.pid}/cmdline").read_bytes()
-        assert b"faashub.cli.supervisor" in command
+        assert b"faashub\x00up\x00" in command
         assert "pydantic_core" not in maps
 
 

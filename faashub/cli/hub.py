@@ -18,8 +18,9 @@ since restarting it again would only hide the fault. Each component keeps its
 port across restarts, so the others reach it again without being told.
 
 `faashub up` checks its settings with the full CLI loaded, then replaces
-its own process (same pid) with `python -m faashub.cli.supervisor`, which imports
-only the standard library and a few small faashub modules. The supervisor
+its own process (same pid) with `python -m faashub up ...`, which
+`faashub/__main__.py` turns into the supervisor: it imports only the
+standard library and a few small faashub modules. The supervisor
 stays resident as long as the hub runs, so this keeps about 30 MiB of
 pydantic and httpx out of its memory.
 
@@ -147,7 +148,9 @@ def run(settings: HubSettings) -> int:
     )
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "faashub.cli.supervisor"])
+    # The same command line again, so that ps and pkill still see `faashub up`.
+    shown = sys.argv[1:] if sys.argv[1:2] == ["up"] else ["up"]
+    os.execv(sys.executable, [sys.executable, "-m", "faashub", *shown])
 
 
 class _Secret:
