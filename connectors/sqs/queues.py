@@ -159,9 +159,13 @@ def describe(exc: BaseException) -> str:
         message = exc.response.get("Error", {}).get("Message", "") or str(exc)
         if code in QUEUE_MISSING_CODES:
             return f"the queue does not exist ({code}); create it or fix --sqs-queues"
-        if "AccessDenied" in code or code == "InvalidClientTokenId":
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if "AccessDenied" in code or code == "InvalidClientTokenId" or status == 403:
+            # Some SQS-compatible servers answer a denied JSON request with an
+            # XML body that botocore cannot parse: then only the 403 is known.
+            reason = code if message.startswith("<") else f"{code}: {message}"
             return (
-                f"access denied ({code}: {message}); grant this identity the "
+                f"access denied ({reason}); grant this identity the "
                 "sqs:ReceiveMessage, sqs:DeleteMessage, sqs:ChangeMessageVisibility "
                 "and sqs:GetQueueAttributes permissions"
             )
