@@ -23,11 +23,10 @@ MAX_FETCH_BATCH: Final = 100
 # How long an idle fetch waits for a message. Fetch returns as soon as one
 # arrives, so this only sets how often an idle worker sends a pull request.
 FETCH_TIMEOUT_S: Final = 5.0
-# How long a batch fetch waits. nats-py's fetch(N) with N > 1, once the
-# server has no stored message left, holds the first message that arrives
-# until N arrived or its timeout ended. So a batch fetch gets only this long,
-# and an empty queue is then waited on with fetch(1), which returns the
-# moment one call arrives.
+# Seconds a batch fetch waits. Once the server has no stored message left,
+# nats-py's fetch(N) with N > 1 keeps the first message that arrives until N
+# arrived or its timeout ended, so an empty queue is instead waited on with
+# fetch(1), which returns as soon as one call arrives.
 BATCH_FETCH_TIMEOUT_S: Final = 0.02
 # Messages fetched ahead of free slots: max_inflight divided by this, at
 # least 1 and at most MAX_PREFETCH. A prefetched message starts the moment a

@@ -65,7 +65,7 @@ def start_hub(
     """Start `faashub up` and wait for the line that announces the gateway URL.
 
     With `auth` (the hub's default) the gateway requires the credentials that
-    the hub generates, and `hub.auth` holds them for direct requests to
+    the hub generates, and `hub.auth` contains them for direct requests to
     /system; without it the hub runs with --no-auth.
     """
     port = port or free_port()

@@ -161,8 +161,8 @@ def describe(exc: BaseException) -> str:
             return f"the queue does not exist ({code}); create it or fix --sqs-queues"
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if "AccessDenied" in code or code == "InvalidClientTokenId" or status == 403:
-            # Some SQS-compatible servers answer a denied JSON request with an
-            # XML body that botocore cannot parse: then only the 403 is known.
+            # Some SQS-compatible servers return a denied JSON request's error
+            # as XML, which botocore cannot parse, so only the 403 is left.
             reason = code if message.startswith("<") else f"{code}: {message}"
             return (
                 f"access denied ({reason}); grant this identity the "

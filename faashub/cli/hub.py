@@ -111,9 +111,9 @@ class Hub:
 def run(settings: HubSettings) -> int:
     """Check the settings, then become the lean supervisor process (never returns).
 
-    The settings travel in an environment variable rather than on the command
-    line, where any user could read them; the supervisor removes it before it
-    starts a child.
+    The settings travel in an environment variable, because any user can read
+    a command line. The supervisor removes the variable before it starts a
+    child.
     """
     from faashub.queued_call import is_valid_token
 
@@ -608,7 +608,7 @@ def _die_with_parent() -> None:
 
 
 def _wait_until_all_healthy(hub: Hub, *, timeout_s: float) -> None:
-    """Wait until every started child with a health URL answers 200."""
+    """Wait until every started child with a health URL returns 200."""
     deadline = time.monotonic() + timeout_s
     waiting = [child for child in hub.children if child.health_url is not None]
     last_problem = dict.fromkeys((child.name for child in waiting), "no answer yet")
@@ -639,7 +639,7 @@ def _wait_until_all_healthy(hub: Hub, *, timeout_s: float) -> None:
 
 
 def _check_health(url: str) -> tuple[bool, str]:
-    """Return whether `url` answers 200, and what it answered otherwise."""
+    """Return whether `url` returns 200, and the response otherwise."""
     # The standard library rather than httpx: the hub process stays small.
     try:
         with _DIRECT.open(url, timeout=HEALTH_CHECK_TIMEOUT_S) as response:

@@ -9,7 +9,6 @@ does not hold, the Secret of an earlier install.
 
 import asyncio
 import base64
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +17,13 @@ import kmock
 import pytest
 import yaml
 
+from tests.provider.kubernetes.conftest import SECRETS, write_kubeconfig
+
 CHART_DIR = Path(__file__).resolve().parents[2] / "deploy" / "faashub"
 NAMESPACE = "faashub"
-SECRETS = "v1/secrets"
 KEPT_PASSWORD = "password-of-the-first-install"
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def write_kubeconfig(path: Path, server_url: str) -> Path:
-    """Write a kubeconfig whose one context reaches `server_url` without credentials."""
-    document = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": server_url}}],
-        "users": [{"name": "tester", "user": {}}],
-        "contexts": [
-            {"name": "emulator", "context": {"cluster": "emulator", "user": "tester"}}
-        ],
-        "current-context": "emulator",
-    }
-    path.write_text(json.dumps(document))
-    return path
 
 
 def rendered_password(kubeconfig: Path, values: dict[str, Any]) -> str:

@@ -334,7 +334,7 @@ wait_until_async = functools.partial(
 async def wait_for_stored(
     js: JetStreamContext, count: int, *, timeout_s: float = 10.0
 ) -> None:
-    """Wait until the calls stream holds `count` messages.
+    """Wait until the calls stream contains `count` messages.
 
     The server removes an acknowledged message a moment after the ack, so a
     single read right after a worker stops can still count it.

@@ -539,8 +539,8 @@ async def test_nats_outage_is_logged_once(
 async def test_idle_worker_starts_a_lone_call_at_once(
     nats_url: str, js: JetStreamContext, gateway: RecordingServer
 ) -> None:
-    # A batch fetch on an empty queue held the first call that arrived until
-    # its batch filled or its 5 s wait ended; a lone call waited seconds.
+    # A batch fetch on an empty queue can keep the first call that arrives
+    # until its batch fills or its 5 s wait ends, so a lone call would wait.
     async with running_worker(make_settings(nats_url, gateway.url)):
         for number in range(3):
             await asyncio.sleep(0.7)

@@ -49,16 +49,15 @@ def moto_server_command() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
-def sqs_endpoint() -> Iterator[str]:
-    """URL of a moto SQS server shared by the session, with fake credentials set."""
-    saved = {name: os.environ.get(name) for name in FAKE_AWS_ENVIRONMENT}
-    os.environ.update(FAKE_AWS_ENVIRONMENT)
+@contextlib.contextmanager
+def moto_server(environment: dict[str, str] | None = None) -> Iterator[str]:
+    """Run a moto server on a free port for the block and yield its URL."""
     port = free_port()
     process = subprocess.Popen(
         [moto_server_command(), "-H", LOOPBACK, "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **(environment or {})},
     )
     try:
         deadline = time.monotonic() + MOTO_START_TIMEOUT_S
@@ -75,6 +74,17 @@ def sqs_endpoint() -> Iterator[str]:
         yield f"http://{LOOPBACK}:{port}"
     finally:
         stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def sqs_endpoint() -> Iterator[str]:
+    """URL of a moto SQS server shared by the session, with fake credentials set."""
+    saved = {name: os.environ.get(name) for name in FAKE_AWS_ENVIRONMENT}
+    os.environ.update(FAKE_AWS_ENVIRONMENT)
+    try:
+        with moto_server() as url:
+            yield url
+    finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -1,24 +1,19 @@
 """An identity without access to a queue: logged with the queue, and retried.
 
-A moto server of its own enforces IAM (INITIAL_NO_AUTH_ACTION_COUNT lets the
-test create the queue first; every later request needs credentials that
-moto knows, which the test's fake ones are not).
+A moto server of its own enforces IAM. INITIAL_NO_AUTH_ACTION_COUNT lets the
+test create the queue first, and every later request needs credentials that
+moto has on record, which the test's fake ones are not.
 """
 
 import logging
-import os
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import LOOPBACK, free_port, stop_process
 from tests.connectors.conftest import FakeGateway, wait_until
 from tests.connectors.sqs.conftest import (
     create_queue,
-    moto_server_command,
+    moto_server,
     running_connector,
     sqs_settings,
 )
@@ -28,27 +23,10 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def enforcing_endpoint(sqs_endpoint: str) -> Iterator[str]:
-    """A moto server that checks IAM after its first request."""
+    """Yield the URL of a moto server that checks IAM after its first request."""
     # `sqs_endpoint` sets the fake credentials in the environment.
-    port = free_port()
-    process = subprocess.Popen(
-        [moto_server_command(), "-H", LOOPBACK, "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection((LOOPBACK, port), timeout=0.2):
-                    break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline
-                time.sleep(0.05)
-        yield f"http://{LOOPBACK}:{port}"
-    finally:
-        stop_process(process)
+    with moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "1"}) as url:
+        yield url
 
 
 async def test_access_denied_is_logged_and_retried(

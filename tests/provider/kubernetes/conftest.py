@@ -191,7 +191,7 @@ async def echo_server() -> AsyncIterator[EchoServer]:
 async def emulator() -> AsyncIterator[tuple[NamespacedEmulator, str]]:
     async with NamespacedEmulator() as emulated, kmock.Server(emulated) as server:
         for resource in (DEPLOYMENTS, SERVICES, SECRETS, PODS):
-            emulated.resources[resource] = {}
+            emulated.resources[resource] = emulated.ResourceInfo()
         yield emulated, str(server.url).rstrip("/")
 
 
