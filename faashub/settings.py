@@ -422,6 +422,12 @@ class KubernetesProviderSettings(CommonSettings):
         description="Threads that run calls to the Kubernetes API, so that many "
         "requests can wait on the API at once.",
     )
+    auth_token_file: Path | None = Field(
+        None,
+        description="File with the bearer token that every request but /healthz "
+        "and /function/ must send (Authorization: Bearer TOKEN); unset leaves "
+        "the provider open to anyone who reaches its port.",
+    )
 
 
 class HubSettings(CommonSettings):

@@ -9,6 +9,7 @@ running on the cluster when the provider stops.
 
 import logging
 
+from faashub import credentials
 from faashub.settings import KubernetesProviderSettings
 from provider import api
 from provider.backend import ProviderStartError
@@ -19,8 +20,16 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: KubernetesProviderSettings) -> api.ProviderApp:
-    """Return the provider's ASGI application over a new Kubernetes backend."""
-    return api.create_app(KubernetesBackend(settings))
+    """Return the provider's ASGI application over a new Kubernetes backend.
+
+    Raises CredentialsError when auth_token_file is set but cannot be read.
+    """
+    token = None
+    if settings.auth_token_file is not None:
+        token = credentials.read_token_file(
+            settings.auth_token_file, setting="auth_token_file"
+        )
+    return api.create_app(KubernetesBackend(settings), auth_token=token)
 
 
 def run(settings: KubernetesProviderSettings) -> None:

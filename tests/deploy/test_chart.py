@@ -542,13 +542,54 @@ def test_basic_auth_password_given(chart: helm_python.Chart) -> None:
 
 def test_basic_auth_disabled(chart: helm_python.Chart) -> None:
     objects = render(chart, {"basicAuth": {"enabled": False}, **CONNECTORS})
-    assert "Secret" not in {item["kind"] for item in objects}
+    secrets = {item["metadata"]["name"] for item in objects if item["kind"] == "Secret"}
+    assert "basic-auth" not in secrets
     for workload, container in faashub_containers(objects):
         env = env_values(container)
         assert "FAASHUB_GATEWAY_SECRET_MOUNT_PATH" not in env
         assert "FAASHUB_AUTH_SECRET_MOUNT_PATH" not in env
         volumes = workload["spec"]["template"]["spec"]["volumes"]
         assert "basic-auth" not in {volume["name"] for volume in volumes}
+
+
+def test_provider_token_shared_by_gateway_and_provider(
+    chart: helm_python.Chart,
+) -> None:
+    objects = render(chart, FULL_STACK)
+    secret = find(objects, "Secret", "hub-faashub-provider-token")
+    token = base64.b64decode(secret["data"]["provider-token"]).decode()
+    assert len(token) == 48
+    assert token.isalnum()
+    token_file = "/var/secrets/provider-token/provider-token"
+    expected_env = {
+        "gateway": "FAASHUB_PROVIDER_TOKEN_FILE",
+        "provider": "FAASHUB_AUTH_TOKEN_FILE",
+    }
+    seen = set()
+    for workload, container in faashub_containers(objects):
+        mounts = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
+        name = component(workload)
+        if name in expected_env:
+            assert env_values(container)[expected_env[name]] == token_file
+            assert "/var/secrets/provider-token" in mounts
+            volumes = workload["spec"]["template"]["spec"]["volumes"]
+            [volume] = [v for v in volumes if v["name"] == "provider-token"]
+            assert volume["secret"]["secretName"] == "hub-faashub-provider-token"
+            seen.add(name)
+        else:
+            # Workers and connectors reach the provider through the gateway.
+            assert "/var/secrets/provider-token" not in mounts, name
+    assert seen == set(expected_env)
+
+
+def test_provider_token_disabled(chart: helm_python.Chart) -> None:
+    objects = render(chart, {"providerToken": {"enabled": False}})
+    names = {item["metadata"]["name"] for item in objects if item["kind"] == "Secret"}
+    assert "hub-faashub-provider-token" not in names
+    for _, container in faashub_containers(objects):
+        env = env_values(container)
+        assert "FAASHUB_PROVIDER_TOKEN_FILE" not in env
+        assert "FAASHUB_AUTH_TOKEN_FILE" not in env
 
 
 def test_named_queues_get_workers(chart: helm_python.Chart) -> None:

@@ -1,10 +1,11 @@
-"""An upgrade keeps the basic-auth password that an earlier install generated.
+"""An upgrade keeps the basic-auth password and the provider token that an
+earlier install generated.
 
-The chart reads the gateway's Secret with Helm's `lookup`, which needs a
+The chart reads its earlier Secrets with Helm's `lookup`, which needs a
 cluster. No real Kubernetes API server can run here, so kmock's
 KubernetesEmulator plays it: Helm renders the chart cluster-aware
 (helm-python-sdk's `Config.render`) against the emulator, which holds, or
-does not hold, the Secret of an earlier install.
+does not hold, the Secrets of an earlier install.
 """
 
 import asyncio
@@ -22,69 +23,82 @@ from tests.provider.kubernetes.conftest import SECRETS, write_kubeconfig
 CHART_DIR = Path(__file__).resolve().parents[2] / "deploy" / "faashub"
 NAMESPACE = "faashub"
 KEPT_PASSWORD = "password-of-the-first-install"
+KEPT_TOKEN = "token-of-the-first-install"
+# The release is named "hub", so the chart's full name is "hub-faashub".
+TOKEN_SECRET = "hub-faashub-provider-token"
+
+Secret = dict[str, str]
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def rendered_password(kubeconfig: Path, values: dict[str, Any]) -> str:
-    """Render the chart as an upgrade would; return the Secret's password."""
+def rendered_secrets(kubeconfig: Path, values: dict[str, Any]) -> dict[str, Secret]:
+    """Render the chart as an upgrade would; return its Secrets, decoded."""
     with helm_python.Chart.load(CHART_DIR) as chart:
         config = helm_python.Config(kubeconfig_path=str(kubeconfig))
         manifests = config.render(
             chart, values, name="hub", namespace=NAMESPACE, is_upgrade=True
         )
+    secrets: dict[str, Secret] = {}
     for text in manifests.values():
         for document in yaml.safe_load_all(text):
             if document and document.get("kind") == "Secret":
-                if document["metadata"]["name"] == "basic-auth":
-                    encoded: str = document["data"]["basic-auth-password"]
-                    return base64.b64decode(encoded).decode()
-    raise AssertionError("the chart rendered no basic-auth Secret")
+                secrets[document["metadata"]["name"]] = {
+                    key: base64.b64decode(value).decode()
+                    for key, value in document["data"].items()
+                }
+    return secrets
 
 
 async def render_against_emulator(
-    tmp_path: Path, *, stored_password: str | None, values: dict[str, Any]
-) -> str:
+    tmp_path: Path, *, stored: dict[str, Secret], values: dict[str, Any]
+) -> dict[str, Secret]:
+    """Render against an emulated cluster that holds the `stored` Secrets."""
     async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
         # Discovery must name the kind, or Helm's lookup finds no resource.
         emulator.resources[SECRETS] = emulator.ResourceInfo(
             kind="Secret", singular="secret", namespaced=True, verbs={"get", "list"}
         )
-        if stored_password is not None:
-            emulator.objects[SECRETS, NAMESPACE, "basic-auth"] = {
+        for name, data in stored.items():
+            emulator.objects[SECRETS, NAMESPACE, name] = {
                 "apiVersion": "v1",
                 "kind": "Secret",
-                "metadata": {"name": "basic-auth", "namespace": NAMESPACE},
+                "metadata": {"name": name, "namespace": NAMESPACE},
                 "data": {
-                    "basic-auth-user": base64.b64encode(b"admin").decode(),
-                    "basic-auth-password": base64.b64encode(
-                        stored_password.encode()
-                    ).decode(),
+                    key: base64.b64encode(value.encode()).decode()
+                    for key, value in data.items()
                 },
             }
         kubeconfig = write_kubeconfig(
             tmp_path / "kubeconfig", str(server.url).rstrip("/")
         )
-        return await asyncio.to_thread(rendered_password, kubeconfig, values)
+        return await asyncio.to_thread(rendered_secrets, kubeconfig, values)
 
 
-async def test_upgrade_keeps_generated_password(tmp_path: Path) -> None:
-    password = await render_against_emulator(
-        tmp_path, stored_password=KEPT_PASSWORD, values={}
-    )
-    assert password == KEPT_PASSWORD
+STORED = {
+    "basic-auth": {"basic-auth-user": "admin", "basic-auth-password": KEPT_PASSWORD},
+    TOKEN_SECRET: {"provider-token": KEPT_TOKEN},
+}
 
 
-async def test_first_install_generates_password(tmp_path: Path) -> None:
-    first = await render_against_emulator(tmp_path, stored_password=None, values={})
-    second = await render_against_emulator(tmp_path, stored_password=None, values={})
-    assert len(first) == 32
-    assert first != second
+async def test_upgrade_keeps_generated_secrets(tmp_path: Path) -> None:
+    secrets = await render_against_emulator(tmp_path, stored=STORED, values={})
+    assert secrets["basic-auth"]["basic-auth-password"] == KEPT_PASSWORD
+    assert secrets[TOKEN_SECRET]["provider-token"] == KEPT_TOKEN
+
+
+async def test_first_install_generates_secrets(tmp_path: Path) -> None:
+    first = await render_against_emulator(tmp_path, stored={}, values={})
+    second = await render_against_emulator(tmp_path, stored={}, values={})
+    password = first["basic-auth"]["basic-auth-password"]
+    token = first[TOKEN_SECRET]["provider-token"]
+    assert len(password) == 32
+    assert len(token) == 48
+    assert password != second["basic-auth"]["basic-auth-password"]
+    assert token != second[TOKEN_SECRET]["provider-token"]
 
 
 async def test_given_password_wins_over_stored(tmp_path: Path) -> None:
     values = {"basicAuth": {"password": "chosen-by-the-operator"}}
-    password = await render_against_emulator(
-        tmp_path, stored_password=KEPT_PASSWORD, values=values
-    )
-    assert password == "chosen-by-the-operator"
+    secrets = await render_against_emulator(tmp_path, stored=STORED, values=values)
+    assert secrets["basic-auth"]["basic-auth-password"] == "chosen-by-the-operator"

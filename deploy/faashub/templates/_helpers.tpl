@@ -116,6 +116,33 @@ secret_mount_path): the files basic-auth-user and basic-auth-password.
 {{- end -}}
 
 {{/*
+The provider token: a Secret of one key, `provider-token`, mounted into the
+gateway (which sends it) and the provider (which checks it).
+*/}}
+{{- define "faashub.providerTokenSecretName" -}}
+{{ include "faashub.fullname" . }}-provider-token
+{{- end -}}
+
+{{- define "faashub.providerTokenMount" -}}
+{{- if .Values.providerToken.enabled -}}
+- name: provider-token
+  mountPath: /var/secrets/provider-token
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "faashub.providerTokenVolume" -}}
+{{- if .Values.providerToken.enabled -}}
+- name: provider-token
+  secret:
+    secretName: {{ include "faashub.providerTokenSecretName" . }}
+    items:
+      - key: provider-token
+        path: provider-token
+{{- end }}
+{{- end -}}
+
+{{/*
 Pod-level fields shared by every faashub Deployment. Call with a dict of
 "root" (the chart context), "component" (that component's values) and, for
 a pod that calls the Kubernetes API, "automountToken" true.

@@ -64,6 +64,7 @@ class Component:
 @dataclass
 class Hub:
     gateway_url: str
+    provider_url: str
     emulator_url: str
     auth: httpx.BasicAuth
     components: list[Component] = field(default_factory=list)
@@ -184,8 +185,13 @@ async def hub(
     worker_health_port, cron_health_port = free_port(), free_port()
     provider_url = f"http://{LOOPBACK}:{provider_port}"
     gateway_url = f"http://{LOOPBACK}:{gateway_port}"
+    # The provider token, as the chart mounts it into the gateway and the
+    # provider.
+    token_file = tmp_path / "provider-token"
+    token_file.write_text("token-of-this-test\n")
     hub = Hub(
         gateway_url=gateway_url,
+        provider_url=provider_url,
         emulator_url=emulator_url,
         auth=httpx.BasicAuth(USER, PASSWORD),
     )
@@ -209,6 +215,8 @@ async def hub(
                 template,
                 "--idle-check-interval-s",
                 "3600",
+                "--auth-token-file",
+                str(token_file),
             ],
             f"{provider_url}/healthz",
         ),
@@ -226,6 +234,8 @@ async def hub(
                 nats_url,
                 "--auth-secret-mount-path",
                 credentials,
+                "--provider-token-file",
+                str(token_file),
             ],
             f"{gateway_url}/healthz",
         ),
@@ -291,6 +301,11 @@ async def test_hub_runs_on_kubernetes_provider(
     async with httpx.AsyncClient(base_url=hub.gateway_url, timeout=30.0) as client:
         unauthorized = await client.get("/system/functions")
         assert unauthorized.status_code == 401
+        around_the_gateway = await client.post(
+            f"{hub.provider_url}/system/functions",
+            json={"service": "intruder", "image": "example/intruder:1"},
+        )
+        assert around_the_gateway.status_code == 401, around_the_gateway.text
 
         deployed = await client.post(
             "/system/functions",
