@@ -161,6 +161,8 @@ def test_invoke_failure_exits_nonzero(hub: RunningHub) -> None:
     result = faashub("invoke", "fails", gateway=hub.url)
     assert result.returncode == 1
     assert b"returned HTTP 500" in result.stderr
+    # The message starts on a line of its own in a terminal that shows both.
+    assert result.stdout.endswith(b"\n") or result.stderr.startswith(b"\n")
 
 
 @pytest.mark.parametrize(

@@ -259,7 +259,13 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     sys.stdout.buffer.write(response.content)
     sys.stdout.flush()
     if not response.is_success:
-        print(f"faashub: {name} returned HTTP {response.status_code}.", file=sys.stderr)
+        # The body stays byte for byte on stdout; the line break that keeps
+        # the message off the body's last line goes to stderr.
+        separator = "" if response.content.endswith(b"\n") else "\n"
+        print(
+            f"{separator}faashub: {name} returned HTTP {response.status_code}.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -149,8 +149,7 @@ async def test_status_reads_deployment(provider: RunningProvider) -> None:
     await provider.mark_available("figlet", 1)
     await wait_until(
         lambda: (
-            provider.backend._cached.get("figlet", NAMESPACE) is not None
-            and provider.backend._cached.get("figlet", NAMESPACE).get("status")
+            (provider.backend._cached.get("figlet", NAMESPACE) or {}).get("status")
             is not None
         ),
         description="the watch to deliver the status",
