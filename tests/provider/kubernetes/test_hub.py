@@ -19,7 +19,9 @@ replica available.
 """
 
 import asyncio
+import datetime
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,6 +36,7 @@ from tests.conftest import LOOPBACK, free_port
 from tests.hub_support import CallbackReceiver
 from tests.provider.kubernetes.conftest import (
     NAMESPACE,
+    PODS,
     EchoServer,
     NamespacedEmulator,
     write_kubeconfig,
@@ -296,7 +299,11 @@ async def hub(
 
 
 async def test_hub_runs_on_kubernetes_provider(
-    hub: Hub, echo_server: EchoServer, callback_receiver: CallbackReceiver
+    hub: Hub,
+    echo_server: EchoServer,
+    callback_receiver: CallbackReceiver,
+    emulator: tuple[NamespacedEmulator, str],
+    tmp_path: Path,
 ) -> None:
     async with httpx.AsyncClient(base_url=hub.gateway_url, timeout=30.0) as client:
         unauthorized = await client.get("/system/functions")
@@ -378,6 +385,57 @@ async def test_hub_runs_on_kubernetes_provider(
         called_back = json.loads(callback.body)
         assert called_back["path"] == f"/{NAMESPACE}/echo/"
         assert called_back["body"] == "async body"
+
+        # `faashub logs`, as a user runs it, reads the pod's log through the
+        # gateway and the provider.
+        emulated, _ = emulator
+        emulated.objects[PODS, NAMESPACE, "echo-abc"] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "echo-abc",
+                "namespace": NAMESPACE,
+                "labels": {"faas_function": "echo"},
+            },
+        }
+        log_requests: list[str] = []
+        # Recent enough for --since 10m, which drops older lines.
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        async def pod_log(request: Any) -> bytes:
+            log_requests.append(str(request.url))
+            return f"{stamp} handled sync-1\n".encode()
+
+        emulated["get", f"/api/v1/namespaces/{NAMESPACE}/pods/echo-abc/log"] << (
+            pod_log
+        )
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "faashub",
+            "logs",
+            "echo",
+            "--tail",
+            "1",
+            "--since",
+            "10m",
+            "--gateway",
+            hub.gateway_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={
+                **os.environ,
+                "HOME": str(tmp_path),
+                "FAASHUB_GATEWAY_USER": USER,
+                "FAASHUB_GATEWAY_PASSWORD": PASSWORD,
+            },
+        )
+        out, err = await asyncio.wait_for(cli.communicate(), 30.0)
+        assert cli.returncode == 0, err.decode()
+        assert out.decode() == f"{stamp} echo (echo-abc) handled sync-1\n"
+        [log_url] = log_requests
+        assert "tailLines=1" in log_url
+        assert "sinceSeconds=" in log_url
 
         def cron_calls() -> list[dict[str, Any]]:
             return [
