@@ -11,9 +11,10 @@ Four parts share one ASGI application:
   because FastAPI's routing would cost several times more per call on the
   hot path;
 - `/healthz`: 200 `OK` once the backend is ready, 503 before that and while
-  it stops.
+  it stops;
+- `/metrics`: Prometheus metrics (`provider.metrics`), open like `/healthz`.
 
-With an auth token configured, every request but `/healthz` and
+With an auth token configured, every request but `/healthz`, `/metrics` and
 `/function/...` must carry `Authorization: Bearer TOKEN`, or gets 401. The
 token is compared in constant time. Invocations stay open because the
 gateway passes the caller's own Authorization header through to the
@@ -70,6 +71,7 @@ from provider.backend import (
     function_endpoints,
     internal_error_marker,
 )
+from provider.metrics import METRICS_PATH, ProviderMetrics
 from provider.types import (
     DeleteFunctionRequest,
     FunctionDeployment,
@@ -106,6 +108,9 @@ _STATUS_BY_ERROR: Final[tuple[tuple[type[Exception], int], ...]] = (
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
+# The key in an invocation's context that marks a function that exists.
+_REACHED_KEY: Final = "_reached"
+
 # Most `function invoked` lines the provider writes in one second.
 INVOCATION_LINES_PER_S: Final = 20
 
@@ -126,6 +131,7 @@ class ProviderApp:
         )
         self._closing = asyncio.Event()
         self._invocation_log = _InvocationLog()
+        self.metrics = ProviderMetrics(backend)
 
     def _record_start_error(self, exc: BaseException) -> None:
         self.start_error = exc
@@ -144,6 +150,9 @@ class ProviderApp:
                 return
             if path == HEALTH_PATH:
                 await self._serve_health(scope, send)
+                return
+            if path == METRICS_PATH:
+                await self._serve_metrics(scope, send)
                 return
             if self._auth_token is not None and not _has_bearer_token(
                 scope, self._auth_token
@@ -189,6 +198,28 @@ class ProviderApp:
             },
         )
 
+    async def _serve_metrics(self, scope: Scope, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await _send_method_not_allowed(send, scope, allowed=("GET", "HEAD"))
+            return
+        body, content_type = await self.metrics.render()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"" if scope["method"] == "HEAD" else body,
+            }
+        )
+
     async def _serve_health(self, scope: Scope, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
             await _send_method_not_allowed(send, scope, allowed=("GET", "HEAD"))
@@ -202,9 +233,14 @@ class ProviderApp:
         context = {"function": "", "call_id": "", "method": scope["method"]}
         status = await self._route_invocation(scope, receive, send, context=context)
         if status:
-            self._invocation_log.invoked(
-                context, status=status, duration_s=time.perf_counter() - started_at
-            )
+            duration_s = time.perf_counter() - started_at
+            # Only functions that exist get a series, so that requests for
+            # made-up names cannot grow the metrics without bound.
+            if context.pop(_REACHED_KEY, ""):
+                self.metrics.invoked(
+                    context["function"], status=status, duration_s=duration_s
+                )
+            self._invocation_log.invoked(context, status=status, duration_s=duration_s)
 
     async def _route_invocation(
         self, scope: Scope, receive: Receive, send: Send, *, context: dict[str, str]
@@ -249,13 +285,19 @@ class ProviderApp:
         )
         context["function"] = str(ref)
         context["call_id"] = invocation.call_id
-        return await self._invoke(invocation, send)
+        return await self._invoke(invocation, send, context=context)
 
-    async def _invoke(self, invocation: Invocation, send: Send) -> int:
-        """Send the backend's response, or an error; return the status sent."""
+    async def _invoke(
+        self, invocation: Invocation, send: Send, *, context: dict[str, str]
+    ) -> int:
+        """Send the backend's response, or an error; return the status sent.
+
+        Marks `context` when the function exists, whatever the outcome.
+        """
         sending = _ResponseSender(send)
         try:
             async with self.backend.invoke(invocation) as response:
+                context[_REACHED_KEY] = "1"
                 await sending.send(response)
                 return response.status
         except (
@@ -272,6 +314,7 @@ class ProviderApp:
             await _send_text(send, status, _error_text(exc))
             return status
         except InvocationFailed as exc:
+            context[_REACHED_KEY] = "1"
             if not sending.started:
                 await _send_text(
                     send,

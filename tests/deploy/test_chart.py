@@ -643,21 +643,23 @@ def test_metrics_scraped_on_metrics_port(chart: helm_python.Chart) -> None:
     scraped = 0
     for workload, container in faashub_containers(objects):
         annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
-        if component(workload) in ("gateway", "provider"):
-            # Neither serves /metrics yet.
-            assert "prometheus.io/scrape" not in annotations
-            continue
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/path"] == "/metrics"
-        port = container_port(container, "metrics")
+        if component(workload) in ("gateway", "provider"):
+            # Both serve /metrics beside their API.
+            port = container_port(container, "http")
+            assert env_values(container)["FAASHUB_PORT"] == str(port)
+        else:
+            port = container_port(container, "metrics")
+            assert env_values(container)["FAASHUB_HEALTH_PORT"] == str(port)
         assert annotations["prometheus.io/port"] == str(port)
-        assert env_values(container)["FAASHUB_HEALTH_PORT"] == str(port)
         scraped += 1
-    assert scraped == 6
+    assert scraped == 8
 
     monitor = find(objects, "ServiceMonitor", PREFIX)
     selector = monitor["spec"]["selector"]["matchLabels"]
-    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    endpoint_ports = {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]}
+    assert endpoint_ports == {"metrics", "http"}
     monitored = [
         item
         for item in objects
@@ -665,7 +667,9 @@ def test_metrics_scraped_on_metrics_port(chart: helm_python.Chart) -> None:
     ]
     assert len(monitored) == scraped
     for service in monitored:
-        assert "metrics" in {port["name"] for port in service["spec"]["ports"]}
+        named = {port["name"] for port in service["spec"]["ports"]}
+        # Exactly one of the monitor's endpoints matches each Service.
+        assert len(named & endpoint_ports) == 1, service["metadata"]["name"]
 
 
 def test_kafka_connector_settings(chart: helm_python.Chart) -> None:
