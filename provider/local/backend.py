@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -81,6 +81,8 @@ class LocalFunction:
     log: FunctionLog
     http: HttpFunction | None = None
     invocation_count: int = 0
+    removed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the function is deleted; its running classic calls end."""
 
     @property
     def ref(self) -> FunctionRef:
@@ -277,6 +279,7 @@ class LocalBackend:
                 self._store.delete, current.spec.name, current.spec.namespace
             )
             del self._functions[current.spec.name]
+            current.removed.set()
             if current.http is not None:
                 await current.http.stop()
             self._logs.remove(current.ref)
@@ -397,7 +400,11 @@ class LocalBackend:
         function.invocation_count += 1
         if function.http is None:
             yield await classic.run(
-                function.spec, invocation, tracker=self._tracker, log=function.log
+                function.spec,
+                invocation,
+                tracker=self._tracker,
+                log=function.log,
+                removed=function.removed,
             )
         else:
             async with function.http.forward(invocation) as response:

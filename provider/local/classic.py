@@ -21,6 +21,7 @@ does not enforce `limits`, `requests` or `readOnlyRootFilesystem`.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Final
@@ -70,28 +71,48 @@ async def run(
     *,
     tracker: processes.ProcessTracker,
     log: FunctionLog,
+    removed: asyncio.Event,
 ) -> InvocationResponse:
     """Run the function's command once for `invocation` and return its response.
 
-    Raise FunctionFailed when the command cannot start or exits with a
-    non-zero code, and FunctionTimeout when it runs past the exec timeout.
+    Raise FunctionFailed when the command cannot start, exits with a non-zero
+    code or is killed because the function was removed (`removed` set), and
+    FunctionTimeout when it runs past the exec timeout.
     """
     context = {"function": spec.ref, "call_id": invocation.call_id}
     process = await _start(spec, invocation, tracker=tracker)
     started_at = time.monotonic()
     stderr = _StderrLog(log, instance=f"{spec.name}-{process.pid}")
+    communicating = asyncio.ensure_future(
+        _communicate(process, invocation.body, stderr=stderr)
+    )
+    removal = asyncio.ensure_future(removed.wait())
     try:
-        stdout = await asyncio.wait_for(
-            _communicate(process, invocation.body, stderr=stderr),
+        await asyncio.wait(
+            (communicating, removal),
             timeout=spec.exec_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
         )
-    except TimeoutError:
-        raise FunctionTimeout(
-            f"Function {spec.ref} did not finish within its exec timeout of "
-            f"{spec.exec_timeout_s:g} s and was killed. Raise exec_timeout in "
-            "its envVars if it needs longer, or set it to 0 for no timeout."
-        ) from None
+        if not communicating.done():
+            communicating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await communicating
+            if removal.done():
+                raise FunctionFailed(
+                    f"Function {spec.ref} was removed while this call ran, and "
+                    "its process was killed."
+                )
+            raise FunctionTimeout(
+                f"Function {spec.ref} did not finish within its exec timeout of "
+                f"{spec.exec_timeout_s:g} s and was killed. Raise exec_timeout in "
+                "its envVars if it needs longer, or set it to 0 for no timeout."
+            )
+        stdout = communicating.result()
     finally:
+        removal.cancel()
+        if not communicating.done():
+            # The caller went away (this task was cancelled).
+            communicating.cancel()
         # Runs on success too: children that the function left behind
         # would otherwise outlive the request.
         await tracker.kill(process)

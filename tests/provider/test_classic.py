@@ -1,5 +1,6 @@
 """Classic mode: one process per request, with the watchdog's CGI environment."""
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -234,6 +235,32 @@ def test_timeout_returns_504_and_kills_group(
     assert response.status_code == 504
     assert response.headers[INTERNAL] == "faashub-local"
     assert "1 s" in response.text
+    assert elapsed_s < 5
+    child_pid = int(pid_file.read_text())
+    wait_until(lambda: process_gone(child_pid), timeout_s=5, what="the child to die")
+
+
+def test_remove_ends_running_call(
+    client: httpx.Client, provider: RunningProvider, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    command = f"sh -c 'sleep 30 & echo $! > {pid_file}; wait'"
+    assert deploy(client, "hang", command).status_code == 202
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        with provider.client() as calling:
+            pending = pool.submit(calling.post, "/function/hang", content=b"")
+            wait_until(pid_file.exists, timeout_s=10, what="the call to start")
+            started = time.monotonic()
+            removed = client.request(
+                "DELETE", "/system/functions", json={"functionName": "hang"}
+            )
+            assert removed.status_code == 202, removed.text
+            response = pending.result(timeout=10)
+        elapsed_s = time.monotonic() - started
+
+    assert response.status_code == 500
+    assert "was removed while this call ran" in response.text
     assert elapsed_s < 5
     child_pid = int(pid_file.read_text())
     wait_until(lambda: process_gone(child_pid), timeout_s=5, what="the child to die")
