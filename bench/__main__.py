@@ -4,8 +4,7 @@
                         [--load auto|wrk|aiohttp] [--keep-logs]
     python -m bench list
 
-`run` without names runs every benchmark. A name of a pending slot prints
-why it is not measured yet and is skipped. The exit status is 0 when every
+`run` without names runs every benchmark. The exit status is 0 when every
 benchmark that ran completed, 1 when one could not complete, and 2 for an
 unknown name or missing tool. Whether a target is met never changes the
 exit status.
@@ -18,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import records
-from bench.benchmarks import pending, registry
+from bench.benchmarks import registry
 from bench.errors import BenchmarkError
 from bench.harness import RunOptions, run_benchmark
 from bench.load import choose_load_generator
@@ -71,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Keep the output of every server in a temporary folder and print its "
         "path. Without this flag the output is kept only when a benchmark fails.",
     )
-    commands.add_parser("list", help="List the benchmarks and the pending slots.")
+    run.add_argument(
+        "--calls",
+        type=_positive_int,
+        default=None,
+        help="Calls to queue in the benchmarks that take a count (backlog-1m: "
+        "default 1,000,000, 1,000 with --smoke).",
+    )
+    commands.add_parser("list", help="List the benchmarks.")
     return parser
 
 
@@ -90,30 +96,26 @@ def _positive_int(text: str) -> int:
 def list_benchmarks() -> int:
     for name, benchmark in registry().items():
         print(f"{name:<18} {benchmark.title}")
-    for name, slot in pending().items():
-        print(f"{name:<18} {slot.title} [{slot.reason}]")
     return 0
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     benchmarks = registry()
-    slots = pending()
     names: list[str] = args.names or list(benchmarks)
-    unknown = [name for name in names if name not in benchmarks and name not in slots]
+    unknown = [name for name in names if name not in benchmarks]
     if unknown:
-        known = ", ".join([*benchmarks, *slots])
+        known = ", ".join(benchmarks)
         print(
             f"Unknown benchmark {', '.join(map(repr, unknown))}. Known: {known}.",
             file=sys.stderr,
         )
         return 2
-    if any(name in benchmarks for name in names):
-        # Fail before any server starts when the load generator is missing.
-        try:
-            choose_load_generator(args.load, smoke=args.smoke)
-        except BenchmarkError as exc:
-            print(f"bench: {exc}", file=sys.stderr)
-            return 2
+    # Fail before any server starts when the load generator is missing.
+    try:
+        choose_load_generator(args.load, smoke=args.smoke)
+    except BenchmarkError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     options = RunOptions(
         smoke=args.smoke,
         runs=args.runs,
@@ -121,12 +123,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         load=args.load,
         command=["python", "-m", "bench", *argv],
         keep_logs=args.keep_logs,
+        calls=args.calls,
     )
     failed: list[str] = []
     for name in names:
-        if name in slots:
-            print(f"== {name}: {slots[name].reason}; skipped.", flush=True)
-            continue
         try:
             run_benchmark(benchmarks[name], options)
         except BenchmarkError as exc:

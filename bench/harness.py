@@ -87,6 +87,8 @@ class RunOptions:
     command: Sequence[str]
     keep_logs: bool = False
     """Keep the servers' log folder after a successful run too."""
+    calls: int | None = None
+    """Calls for the benchmarks that take a count, or None for their own default."""
 
 
 @dataclass
@@ -98,6 +100,8 @@ class Context:
     work_dir: Path
     """A folder for state (NATS store, provider state), removed afterwards."""
     load_choice: LoadChoice
+    calls: int | None = None
+    """The `--calls` option, for the benchmarks that take a count."""
     parameters: dict[str, Any] = field(default_factory=dict)
     """Settings of this benchmark (durations, counts) for the record."""
     notes: list[str] = field(default_factory=list)
@@ -217,6 +221,7 @@ def _measure(
             servers=servers,
             work_dir=work_dir,
             load_choice=options.load,
+            calls=options.calls,
         )
         measure = benchmark.prepare(context)
         for run in range(runs):

@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import nats
@@ -53,6 +54,27 @@ def purge(nats_url: str, stream: str) -> int:
             return 0
         await js.purge_stream(stream)
         return info.state.messages
+
+    return asyncio.run(_with_jetstream(nats_url, action))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """The message count and size of a stream."""
+
+    messages: int
+    bytes: int
+
+
+def stream_state(nats_url: str, stream: str) -> StreamState:
+    """Return the message count and size of `stream`, zeros if it does not exist."""
+
+    async def action(js: JetStreamContext) -> StreamState:
+        try:
+            info = await js.stream_info(stream)
+        except NotFoundError:
+            return StreamState(0, 0)
+        return StreamState(info.state.messages, info.state.bytes)
 
     return asyncio.run(_with_jetstream(nats_url, action))
 

@@ -60,6 +60,10 @@ LOOKUP_TIMEOUT_S: Final = 5.0
 # runs is delivered again.
 LEASE_MARGIN_S: Final = 0.1
 
+# `call finished` lines written for successful calls in one second; the rest
+# are counted in one line (see queue_worker.finished_log).
+FINISHED_LINES_PER_S: Final = 20
+
 # How long the worker keeps trying to store a dead letter or a final status
 # while NATS is unavailable, before it gives up on that message.
 PERSIST_TIMEOUT_S: Final = 30.0

@@ -63,6 +63,7 @@ from faashub.settings import WorkerSettings
 from queue_worker import backoff, constants, errors, invoke, status
 from queue_worker.callback import CallbackSender, Delivery, loggable_url
 from queue_worker.dead_letters import DeadLetterWriter
+from queue_worker.finished_log import FinishedLog
 from queue_worker.functions import FunctionLookup
 from queue_worker.invoke import FunctionResult
 from queue_worker.messages import DeliveryInfo, HeldMessage, salvage_call
@@ -163,6 +164,7 @@ class CallHandler:
             jitter="none",
         )
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._finished_log = FinishedLog()
 
     async def handle(self, held: HeldMessage) -> None:
         """Take one delivered message to an ack, a nak or a term."""
@@ -225,6 +227,7 @@ class CallHandler:
 
     async def close(self) -> None:
         """Wait briefly for background cleanups, then cancel what remains."""
+        self._finished_log.flush()
         if not self._cleanups:
             return
         _, pending = await asyncio.wait(set(self._cleanups), timeout=2.0)
@@ -492,7 +495,7 @@ class CallHandler:
         if call.body_ref and not outcome.reason and not callback_dead:
             self._delete_body_later(call)
         metrics.call_finished(job.function, outcome.state.value)
-        _log_finished(job, record, outcome, delivery)
+        self._log_finished(job, record, outcome, delivery)
 
     async def _store_final(
         self,
@@ -740,6 +743,22 @@ class CallHandler:
                 extra={"ctx": job.context},
             )
 
+    def _log_finished(
+        self,
+        job: _Job,
+        record: CallStatus | None,
+        outcome: _Outcome,
+        delivery: Delivery | None,
+    ) -> None:
+        if outcome.state is CallState.SUCCEEDED:
+            self._finished_log.succeeded(
+                lambda: _finished_context(job, record, outcome, delivery)
+            )
+            return
+        if logger.isEnabledFor(logging.WARNING):
+            context = _finished_context(job, record, outcome, delivery)
+            logger.warning("call finished", extra={"ctx": context})
+
     def _start_reference_ns(self, job: _Job) -> int:
         """Return when the call became due: its delay, acceptance, or storage."""
         accepted_ns = job.call.accepted_at_ns or job.delivery.stored_at_ns or 0
@@ -810,15 +829,12 @@ def _callback_dead_letter(
     )
 
 
-def _log_finished(
+def _finished_context(
     job: _Job,
     record: CallStatus | None,
     outcome: _Outcome,
     delivery: Delivery | None,
-) -> None:
-    level = logging.INFO if outcome.state is CallState.SUCCEEDED else logging.WARNING
-    if not logger.isEnabledFor(level):
-        return
+) -> dict[str, Any]:
     context: dict[str, Any] = {
         **job.context,
         "state": outcome.state.value,
@@ -831,7 +847,7 @@ def _log_finished(
         context["reason"] = outcome.reason
     if outcome.result.error:
         context["error"] = outcome.result.error
-    logger.log(level, "call finished", extra={"ctx": context})
+    return context
 
 
 def _callback_text(call: QueuedCall, delivery: Delivery | None) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench.benchmarks import pending, registry
+from bench.benchmarks import registry
 from bench.harness import BASELINE, FAASHUB
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,10 +60,12 @@ def test_benchmark_smoke_run(name: str, tmp_path: Path) -> None:
     record = only_record(tmp_path, name)
     assert record["mode"] == "smoke"
     assert record["runs"] == 1
-    assert BASELINE in record["sides"]
     assert FAASHUB in record["sides"]
     assert_every_side_measured(record)
-    assert record["ratios"], "no faashub / baseline ratio was computed"
+    if registry()[name].sides != (FAASHUB,):
+        # Only a benchmark of faashub alone, such as the backlog, has no ratio.
+        assert BASELINE in record["sides"]
+        assert record["ratios"], "no faashub / baseline ratio was computed"
     assert record["machine"]["nproc"] >= 1
     assert record["versions"]["nats-server"] != "unknown"
     assert f"record: {tmp_path}" in completed.stdout
@@ -86,15 +88,6 @@ def test_aiohttp_fallback_named(tmp_path: Path) -> None:
     assert "aiohttp" in record["versions"]["load_generator"]
     assert any("not comparable" in note for note in record["notes"])
     assert_every_side_measured(record)
-
-
-@pytest.mark.timeout(30)
-def test_pending_slot_skipped(tmp_path: Path) -> None:
-    slot = next(iter(pending()))
-    completed = run_bench("run", slot, "--results-dir", str(tmp_path))
-    assert completed.returncode == 0, completed.stderr
-    assert "not measured" in completed.stdout
-    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.timeout(30)
