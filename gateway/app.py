@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import aiohttp
 from starlette.types import Receive, Scope, Send
 
+from faashub import tracing
 from faashub.settings import GatewaySettings
 from gateway import asgi, auth, constants, limits, system
 from gateway.async_accept import AsyncAccept
@@ -97,6 +98,11 @@ class GatewayApp:
                 if handlers is None:
                     await _send_starting(send)
                     return
+                if tracing.enabled:
+                    await _serve_traced(
+                        handlers.sync, scope, receive, send, constants.FUNCTION_PREFIX
+                    )
+                    return
                 await handlers.sync(scope, receive, send)
                 return
             if path.startswith(constants.ASYNC_FUNCTION_PREFIX):
@@ -105,6 +111,14 @@ class GatewayApp:
                 elif scope["method"] == "DELETE":
                     await handlers.async_calls.cancel(
                         scope, send, prefix=constants.ASYNC_FUNCTION_PREFIX
+                    )
+                elif tracing.enabled:
+                    await _serve_traced(
+                        handlers.async_accept,
+                        scope,
+                        receive,
+                        send,
+                        constants.ASYNC_FUNCTION_PREFIX,
                     )
                 else:
                     await handlers.async_accept(scope, receive, send)
@@ -281,6 +295,25 @@ class GatewayApp:
             ),
             async_calls=AsyncCalls(self.queue),
         )
+
+
+async def _serve_traced(
+    handler: SyncProxy | AsyncAccept,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    prefix: str,
+) -> None:
+    """Serve an invocation inside a server span (trace export is on)."""
+    function, _ = asgi.split_invocation_path(scope, prefix)
+    await tracing.serve_traced(
+        handler,
+        scope,
+        receive,
+        send,
+        span_name=f"{scope['method']} {prefix}{{name}}",
+        function=function,
+    )
 
 
 async def _send_starting(send: Send) -> None:

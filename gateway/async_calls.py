@@ -88,7 +88,13 @@ class AsyncCalls:
             return
         logger.debug(
             "sent call status",
-            extra={"ctx": {"call_id": call_id, "state": status.state.value}},
+            extra={
+                "ctx": {
+                    "function": f"{status.function}.{status.namespace}",
+                    "call_id": call_id,
+                    "state": status.state.value,
+                }
+            },
         )
         await _send_json(send, 200, status.to_api())
 

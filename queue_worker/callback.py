@@ -15,7 +15,9 @@ hop-by-hop ones, `Content-Length` and `Host`), with these set on top:
 * `X-Faashub-Signature`, when a signing secret is set (`queue_worker.signing`);
 * `traceparent` and `tracestate` (W3C Trace Context), when the caller sent
   them with the call, in place of any the function responded with, so that
-  the callback belongs to the caller's trace.
+  the callback belongs to the caller's trace. With trace export on
+  (`faashub.tracing`), the `traceparent` is that of the callback's own span,
+  in the same trace.
 
 Only the final outcome of a call is posted. A delivery that gets no response
 or a 5xx status is tried again, up to callback_attempts tries in all, after
@@ -51,7 +53,7 @@ import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from faashub import constants
+from faashub import constants, tracing
 from faashub.dead_letter import Attempt
 from faashub.queued_call import QueuedCall
 from queue_worker import backoff, signing
@@ -63,6 +65,15 @@ logger = logging.getLogger(__name__)
 
 # W3C Trace Context headers, copied from the queued call to the callback.
 TRACE_HEADERS = ("traceparent", "tracestate")
+
+# Headers set by the connectors that name a call's source, by the log field
+# they fill.
+_SOURCE_HEADERS = {
+    "x-topic": "topic",
+    "x-kafka-partition": "partition",
+    "x-kafka-offset": "offset",
+    "x-sqs-message-id": "message_id",
+}
 
 # Function response headers that the callback request does not repeat:
 # hop-by-hop ones, the ones aiohttp computes, and the ones set below.
@@ -281,12 +292,46 @@ class CallbackSender:
         headers = callback_headers(
             call, result, duration_s=duration_s, retry=retry, retry_max=retry_max
         )
+        if tracing.enabled:
+            return await self._deliver_traced(call, result.body, headers)
+        return await self._deliver_in_session(call, result.body, headers)
+
+    async def _deliver_traced(
+        self, call: QueuedCall, body: bytes, headers: list[tuple[str, str]]
+    ) -> Delivery:
+        """Deliver inside a span that is a child of the call's trace context."""
+        span = tracing.start_span(
+            "queue-worker callback",
+            kind="client",
+            parent_headers=call.headers.items(),
+            attributes={
+                **tracing.function_attributes(str(call.ref)),
+                "faashub.call_id": call.call_id,
+                "url.full": loggable_url(call.callback_url),
+            },
+        )
+        try:
+            delivery = await self._deliver_in_session(
+                call, body, tracing.with_trace_headers(headers, span)
+            )
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.end()
+            raise
+        span.set_attribute("faashub.callback.tries", len(delivery.tries))
+        span.set_http_status(delivery.status if delivery.delivered else None)
+        span.end()
+        return delivery
+
+    async def _deliver_in_session(
+        self, call: QueuedCall, body: bytes, headers: list[tuple[str, str]]
+    ) -> Delivery:
         if self._session is not None:
-            return await self._deliver(call, result.body, headers, self._session)
+            return await self._deliver(call, body, headers, self._session)
         # TODO: a worker that passes new_callback_session()'s session avoids
         # one new connection per delivery here.
         async with new_callback_session(self._options.guard, limit=1) as session:
-            return await self._deliver(call, result.body, headers, session)
+            return await self._deliver(call, body, headers, session)
 
     async def _deliver(
         self,
@@ -446,10 +491,26 @@ def loggable_url(url: str) -> str:
         return scheme + separator + rest
 
 
+def call_source(call: QueuedCall) -> dict[str, object]:
+    """Return the log fields of a call's event source, from the connector headers.
+
+    A call that a connector queued carries its source in headers: the topic
+    (or SQS queue) in X-Topic, and X-Kafka-Partition and X-Kafka-Offset or
+    X-SQS-Message-ID. A call from any other caller has none of them.
+    """
+    source: dict[str, object] = {}
+    for name, value in call.headers.items():
+        field_name = _SOURCE_HEADERS.get(name.lower())
+        if field_name is not None:
+            source[field_name] = value
+    return source
+
+
 def _context(call: QueuedCall) -> dict[str, object]:
     return {
         "function": str(call.ref),
         "call_id": call.call_id,
+        **call_source(call),
         "callback_url": loggable_url(call.callback_url),
     }
 

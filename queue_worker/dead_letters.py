@@ -76,6 +76,7 @@ class DeadLetterWriter:
             "function response cut to fit the callback dead letter",
             extra={
                 "ctx": {
+                    "function": str(letter.call.ref),
                     "call_id": letter.call.call_id,
                     "response_bytes": len(letter.result_body),
                     "kept_bytes": keep,

@@ -54,14 +54,19 @@ from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
 from faashub import constants as shared
-from faashub import dead_letter
+from faashub import dead_letter, tracing
 from faashub import errors as shared_errors
 from faashub.call_status import CallState, CallStatus
 from faashub.dead_letter import Attempt, DeadLetter
 from faashub.queued_call import QueuedCall
 from faashub.settings import WorkerSettings
 from queue_worker import backoff, constants, errors, invoke, status
-from queue_worker.callback import CallbackSender, Delivery, loggable_url
+from queue_worker.callback import (
+    CallbackSender,
+    Delivery,
+    call_source,
+    loggable_url,
+)
 from queue_worker.dead_letters import DeadLetterWriter
 from queue_worker.finished_log import FinishedLog
 from queue_worker.functions import FunctionLookup
@@ -93,18 +98,21 @@ class _Job:
     delivery: DeliveryInfo
     function: str = dataclasses.field(init=False)
     """The function as `name.namespace`, for logs and metrics."""
+    context: dict[str, object] = dataclasses.field(init=False)
+    """The fields of every log line about this call."""
 
     def __post_init__(self) -> None:
         self.function = str(self.call.ref)
+        self.context = {
+            "function": self.function,
+            "call_id": self.call.call_id,
+            **call_source(self.call),
+        }
 
     @property
     def message(self) -> Msg:
         """The latest delivery of the message, which acks and naks go through."""
         return self.held.message
-
-    @property
-    def context(self) -> dict[str, object]:
-        return {"function": self.function, "call_id": self.call.call_id}
 
 
 @dataclass(slots=True)
@@ -355,6 +363,33 @@ class CallHandler:
         await self._finish(job, policy, record, lease, outcome)
 
     async def _invoke(self, call: QueuedCall, body: bytes) -> FunctionResult:
+        """Invoke the function, inside a span when trace export is on."""
+        if not tracing.enabled:
+            return await self._invoke_untraced(call, body)
+        span = tracing.start_span(
+            "queue-worker invoke",
+            kind="client",
+            parent_headers=call.headers.items(),
+            attributes={
+                **tracing.function_attributes(str(call.ref)),
+                "faashub.call_id": call.call_id,
+                "faashub.queue": call.queue,
+            },
+        )
+        try:
+            headers = dict(tracing.with_trace_headers(call.headers.items(), span))
+            result = await self._invoke_untraced(
+                dataclasses.replace(call, headers=headers), body
+            )
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.end()
+            raise
+        span.set_http_status(result.status)
+        span.end()
+        return result
+
+    async def _invoke_untraced(self, call: QueuedCall, body: bytes) -> FunctionResult:
         """Invoke a replica directly if one is known, else through the gateway."""
         replicas = self._services.replicas
         replica_url = None if replicas is None else await replicas.url_for(call.ref)
@@ -676,7 +711,13 @@ class CallHandler:
             logger.warning(
                 "stored body not deleted: %s",
                 _describe(exc),
-                extra={"ctx": {"call_id": call.call_id, "object": call.body_ref}},
+                extra={
+                    "ctx": {
+                        "function": str(call.ref),
+                        "call_id": call.call_id,
+                        "object": call.body_ref,
+                    }
+                },
             )
 
     async def _store_dead_letter(self, job: _Job, letter: DeadLetter) -> bool:

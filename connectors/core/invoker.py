@@ -38,6 +38,7 @@ log results (see `connectors.core.connector`).
 """
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -56,7 +57,7 @@ from connectors.core.metrics import ConnectorMetrics
 from connectors.core.outage import Outage
 from connectors.core.retry import RetryPolicy, is_retryable, is_success
 from faashub import constants as shared
-from faashub import names
+from faashub import names, tracing
 from provider.headers import canonical_header_name
 from queue_worker.replicas import ReplicaUrls
 
@@ -149,6 +150,7 @@ class Invoker:
         forwarded_for: str = "",
     ) -> None:
         self._session = session
+        self._connector = connector
         route = "/async-function/" if async_invocation else "/function/"
         self._gateway_url = yarl.URL(gateway_url)
         self._base_url = gateway_url.rstrip("/") + route
@@ -183,8 +185,47 @@ class Invoker:
     ) -> InvocationResult:
         """Invoke `function` with `message` until the outcome is final.
 
-        Returns the final outcome; raises only when cancelled.
+        Returns the final outcome; raises only when cancelled. With trace
+        export on, the invocation and its retries run inside one span.
         """
+        if tracing.enabled:
+            return await self._invoke_traced(function, message)
+        return await self._invoke(function, message)
+
+    async def _invoke_traced(
+        self, function: names.FunctionRef, message: Message
+    ) -> InvocationResult:
+        span = tracing.start_span(
+            f"{self._connector} invoke",
+            kind="consumer",
+            parent_headers=message.headers,
+            attributes={
+                **tracing.function_attributes(str(function)),
+                **tracing.source_attributes(
+                    self._connector, message.topic, message.context
+                ),
+                "faashub.call_id": call_id_for(message.identity, function),
+            },
+        )
+        try:
+            result = await self._invoke(
+                function,
+                dataclasses.replace(
+                    message, headers=tracing.with_trace_headers(message.headers, span)
+                ),
+            )
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.end()
+            raise
+        span.set_attribute("faashub.attempts", result.attempts)
+        span.set_http_status(result.status)
+        span.end()
+        return result
+
+    async def _invoke(
+        self, function: names.FunctionRef, message: Message
+    ) -> InvocationResult:
         call_id = call_id_for(message.identity, function)
         body_bytes = len(message.body)
         if self._max_body_bytes and body_bytes > self._max_body_bytes:
@@ -337,7 +378,15 @@ class Invoker:
                 self._replicas.forget(function, replica_url)
                 logger.debug(
                     "replica refused the connection; invoking through the gateway",
-                    extra={"ctx": {"function": str(function), "error": response.error}},
+                    extra={
+                        "ctx": {
+                            "function": str(function),
+                            "call_id": call_id,
+                            "topic": message.topic,
+                            **message.context,
+                            "error": response.error,
+                        }
+                    },
                 )
         return await self._send(url, headers, message.body, function=function)
 

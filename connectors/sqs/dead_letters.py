@@ -73,6 +73,7 @@ class DeadLetterQueue:
                 "ctx": {
                     **message.context,
                     "function": str(result.function),
+                    "call_id": result.call_id,
                     "status": result.status,
                     "dead_letter_queue": queue.name,
                 }

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from faashub import __version__, errors, logs, settings
+from faashub import __version__, errors, logs, settings, tracing
 from faashub.cli import options
 from faashub.connector_settings import (
     CronConnectorSettings,
@@ -28,7 +28,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
     logs.configure(
         level=gateway_settings.log_level, log_format=gateway_settings.log_format
     )
-    server.run(gateway_settings)
+    _run_traced(lambda: server.run(gateway_settings), service_name="faashub-gateway")
     return 0
 
 
@@ -39,7 +39,9 @@ def _run_queue_worker(args: argparse.Namespace) -> int:
     logs.configure(
         level=worker_settings.log_level, log_format=worker_settings.log_format
     )
-    server.run(worker_settings)
+    _run_traced(
+        lambda: server.run(worker_settings), service_name="faashub-queue-worker"
+    )
     return 0
 
 
@@ -72,7 +74,9 @@ def _run_kafka_connector(args: argparse.Namespace) -> int:
     logs.configure(
         level=connector_settings.log_level, log_format=connector_settings.log_format
     )
-    server.run(connector_settings)
+    _run_traced(
+        lambda: server.run(connector_settings), service_name="faashub-connector-kafka"
+    )
     return 0
 
 
@@ -83,7 +87,9 @@ def _run_sqs_connector(args: argparse.Namespace) -> int:
     logs.configure(
         level=connector_settings.log_level, log_format=connector_settings.log_format
     )
-    server.run(connector_settings)
+    _run_traced(
+        lambda: server.run(connector_settings), service_name="faashub-connector-sqs"
+    )
     return 0
 
 
@@ -94,8 +100,22 @@ def _run_cron_connector(args: argparse.Namespace) -> int:
     logs.configure(
         level=connector_settings.log_level, log_format=connector_settings.log_format
     )
-    server.run(connector_settings)
+    _run_traced(
+        lambda: server.run(connector_settings), service_name="faashub-connector-cron"
+    )
     return 0
+
+
+def _run_traced(run: Callable[[], None], *, service_name: str) -> None:
+    """Run a component with trace export, when the OTEL_* variables ask for it.
+
+    The spans still queued are exported after the component stops.
+    """
+    tracing.setup(default_service_name=service_name)
+    try:
+        run()
+    finally:
+        tracing.shutdown()
 
 
 def _run_hub(args: argparse.Namespace) -> int:
