@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from faashub import embedded_nats
 from tests.conftest import LOOPBACK, free_port
 from tests.hub_support import (
     CallbackReceiver,
@@ -243,7 +244,8 @@ def test_stop_leaves_no_process_behind(tmp_path: Path, stop_signal: int) -> None
         assert deployed.returncode == 0, deployed.stderr.decode()
         assert httpx.get(f"{hub.url}/function/echo").status_code == 201
         children = descendants(hub.process.pid)
-        # nats-server, provider, gateway, worker and the http-mode function.
+        # nats-server, provider, gateway, the workers process and the
+        # http-mode function.
         assert len(children) >= 5
     finally:
         code = stop_hub(hub, stop_signal)
@@ -266,14 +268,15 @@ def command_line(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
+def pids_running(hub_pid: int, command: str) -> list[int]:
+    """Return the hub's children whose command line contains ` COMMAND `."""
+    return [pid for pid in descendants(hub_pid) if f" {command} " in command_line(pid)]
+
+
 def test_crashed_component_is_restarted(tmp_path: Path) -> None:
     with running_hub(tmp_path / "state") as hub:
         deploy_wc(hub.url)
-        [gateway_pid] = [
-            pid
-            for pid in descendants(hub.process.pid)
-            if " gateway " in command_line(pid)
-        ]
+        [gateway_pid] = pids_running(hub.process.pid, "gateway")
         os.kill(gateway_pid, signal.SIGKILL)
 
         deadline = time.monotonic() + 30
@@ -289,16 +292,101 @@ def test_crashed_component_is_restarted(tmp_path: Path) -> None:
         assert hub.process.poll() is None
         assert any("restarted gateway" in line for line in hub.output)
 
+        # The queue-worker and the cron connector come back together.
+        [workers_pid] = pids_running(hub.process.pid, "up-workers")
+        os.kill(workers_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not any("restarted workers process" in line for line in hub.output):
+            assert time.monotonic() < deadline, "".join(hub.output[-30:])
+            time.sleep(0.1)
+        [restarted_pid] = pids_running(hub.process.pid, "up-workers")
+        assert restarted_pid != workers_pid
+        assert hub.process.poll() is None
+
+
+def service_health_urls(workers_command_line: str) -> dict[str, str]:
+    """Map each service of a workers process command line to its health URL."""
+    urls = {}
+    for service in workers_command_line.split(" -- "):
+        words = service.split()
+        name = words[words.index("--queue") + 1] if "--queue" in words else "cron"
+        host = words[words.index("--health-host") + 1]
+        port = words[words.index("--health-port") + 1]
+        urls[name] = f"http://{host}:{port}"
+    return urls
+
 
 def test_named_queues_get_their_own_worker(tmp_path: Path) -> None:
     with running_hub(tmp_path / "state", extra_args=["--queues", "slow,batch"]) as hub:
-        workers = [
-            command_line(pid)
-            for pid in descendants(hub.process.pid)
-            if " queue-worker " in command_line(pid)
-        ]
-    queues = sorted(line.split("--queue ")[1].split()[0] for line in workers)
-    assert queues == ["batch", "default", "slow"]
+        [workers_pid] = pids_running(hub.process.pid, "up-workers")
+        urls = service_health_urls(command_line(workers_pid))
+        assert sorted(urls) == ["batch", "cron", "default", "slow"]
+        # One process, but each service keeps its own health and metrics.
+        for name, url in urls.items():
+            health = httpx.get(f"{url}/healthz", timeout=5)
+            assert health.status_code == 200, name
+            assert health.text == "OK", name
+            metrics = httpx.get(f"{url}/metrics", timeout=5).text
+            if name == "cron":
+                assert "faashub_connector_" in metrics
+            else:
+                assert f'queue="{name}"' in metrics
+        assert pids_running(hub.process.pid, "queue-worker") == [workers_pid]
+        assert pids_running(hub.process.pid, "connector") == [workers_pid]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        pytest.param([], "at least one queue-worker or connector", id="none"),
+        pytest.param(
+            ["gateway", "--port", "1"], "cannot run 'gateway'", id="not-a-service"
+        ),
+    ],
+)
+def test_workers_process_rejects_bad_services(
+    arguments: list[str], expected: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "faashub", "up-workers", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert expected in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("environment_limit", "expected"),
+    [
+        pytest.param(None, "32MiB", id="default"),
+        pytest.param("200MiB", "200MiB", id="from-environment"),
+    ],
+)
+def test_embedded_nats_gets_memory_limit(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    environment_limit: str | None,
+    expected: str,
+) -> None:
+    if environment_limit is None:
+        monkeypatch.delenv("GOMEMLIMIT", raising=False)
+    else:
+        monkeypatch.setenv("GOMEMLIMIT", environment_limit)
+    process = embedded_nats.start(
+        host=LOOPBACK,
+        port=free_port(),
+        store_dir=tmp_path / "nats",
+        log_path=tmp_path / "nats.log",
+    )
+    try:
+        environ = Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert f"GOMEMLIMIT={expected}".encode() in environ
 
 
 def test_invalid_queue_name_is_rejected(tmp_path: Path) -> None:

@@ -3,14 +3,16 @@
 faashub side, per run: `faashub up` on a fresh state folder. `ready_s` is
 the time from launching it to its line `faashub is up`. The no-op function
 is deployed, and after a pause the resident memory (RSS) of the hub process,
-its nats-server, provider, gateway and queue-worker is read (idle). Then wrk
+its nats-server, provider, gateway and workers process (the queue-worker and
+the cron connector in one process) is read (idle). Then wrk
 sends `POST /async-function/noop` with an X-Callback-Url for the load
 duration, so the gateway accepts, the worker drains and calls back, and the
 provider proxies, all at once. RSS is sampled every quarter second during
 the load and for a moment after it, and the peak is kept (load). The
-totals add up the hub and its components (nats-server, provider, gateway,
-queue-worker and connectors). The function processes are
-the user's and are reported apart.
+totals add up the hub and its components (nats-server, provider, gateway
+and workers). A hub that runs its queue-workers and connectors as processes
+of their own has them counted under "workers" as well. The function
+processes are the user's and are reported apart.
 
 Baseline side, per run: nats-server and `bench.apps:publish_app`, the
 smallest Python process that accepts async calls, measured the same way
@@ -48,7 +50,7 @@ BODY_BYTES = 1024
 CONNECTIONS = 64
 SAMPLE_INTERVAL_S = 0.25
 READY_LINE = "faashub is up"
-HUB_PARTS = ("hub", "nats", "provider", "gateway", "worker", "connectors")
+HUB_PARTS = ("hub", "nats", "provider", "gateway", "workers")
 BASELINE_PARTS = ("nats", "app")
 COMPONENT_LIMIT_MIB = 100.0
 TOTAL_LIMIT_MIB = 300.0
@@ -100,7 +102,7 @@ def _targets() -> tuple[Target, ...]:
             COMPONENT_LIMIT_MIB,
             statistic="max",
         )
-        for part in ("provider", "gateway", "worker")
+        for part in ("provider", "gateway", "workers")
     ]
     targets.append(
         Target(
@@ -169,8 +171,9 @@ def _hub_pids(hub_pid: int) -> dict[str, list[int]]:
             part = {
                 "provider": "provider",
                 "gateway": "gateway",
-                "queue-worker": "worker",
-                "connector": "connectors",
+                "up-workers": "workers",
+                "queue-worker": "workers",
+                "connector": "workers",
             }
             parts.setdefault(part.get(argv[3], argv[3]), []).append(pid)
         else:

@@ -21,12 +21,15 @@ METRIC_PREFIX: Final = "faashub_connector_"
 # Seconds one `/system/...` request of the topic map builder may take.
 SYSTEM_REQUEST_TIMEOUT_S: Final = 10.0
 
-# Wait before the next attempt to build the first topic map, doubling from the
-# minimum up to the rebuild interval. Later refreshes follow the interval.
+# Wait before the next attempt to build the first topic map once START_GRACE_S
+# has passed, doubling from the minimum up to the rebuild interval. Later
+# refreshes follow the interval.
 FIRST_MAP_RETRY_MIN_S: Final = 0.5
 # Seconds after start during which an unreachable gateway, before the first
 # topic map, is logged at DEBUG only: it is most likely still starting.
 START_GRACE_S: Final = 10.0
+# Wait between attempts to build the first topic map within START_GRACE_S.
+FIRST_MAP_START_RETRY_S: Final = 0.1
 
 # Seconds between two WARNING lines about the same ongoing outage; repeats in
 # between go to DEBUG.

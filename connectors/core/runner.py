@@ -1,4 +1,4 @@
-"""The process around a connector: event loop, signals, health listener.
+"""The process around connectors: event loop, signals, health listeners.
 
 `run_connector(connector, source)` blocks until SIGTERM or SIGINT. On the
 first signal the source stops receiving, waits up to drain_timeout_s for
@@ -6,19 +6,93 @@ deliveries in flight and settles them. A second signal
 abandons the deliveries at once; their events come back from the source
 later, because they were never settled. Every connector's `server.run()`
 ends here, so they all stop the same way.
+
+`run_services(services)` does the same for several services in one event
+loop, each with its own health listener: `faashub up` runs its
+queue-workers and connectors this way in one process. A signal stops them
+all, and a service that fails stops the others, so that the process exits
+and its supervisor restarts it.
 """
 
 import asyncio
 import logging
 import signal
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
+
+from aiohttp import web
 
 from connectors.core.connector import Connector
 from connectors.core.health import start_health_listener
 from connectors.core.source import ConnectorSource
 
 logger = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """A long-running part of a process that `run_services` starts and stops."""
+
+    @property
+    def name(self) -> str:
+        """Short name for log lines, such as `cron connector`."""
+        ...
+
+    async def open(self) -> None:
+        """Prepare to run: open sessions and start the health listener."""
+        ...
+
+    async def run(self) -> None:
+        """Work until `stop()` is called, then drain and return.
+
+        If the task running it is cancelled, it abandons its work in flight.
+        """
+        ...
+
+    def stop(self) -> None:
+        """Ask `run()` to stop taking work, drain and return."""
+        ...
+
+    async def close(self) -> None:
+        """Undo `open()`; called once `run()` has returned, or if `open()` failed."""
+        ...
+
+
+class ConnectorService:
+    """A connector and its source, with the health listener on its settings' port."""
+
+    def __init__(self, connector: Connector, source: ConnectorSource) -> None:
+        self.connector = connector
+        self.source = source
+        self._health: web.AppRunner | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.connector.name} connector"
+
+    async def open(self) -> None:
+        settings = self.connector.settings
+        await self.connector.start()
+        self._health = await start_health_listener(
+            self.connector,
+            self.source,
+            host=settings.health_host,
+            port=settings.health_port,
+        )
+
+    async def run(self) -> None:
+        await self.source.run(self.connector)
+
+    def stop(self) -> None:
+        self.source.stop()
+
+    async def close(self) -> None:
+        try:
+            if self._health is not None:
+                await self._health.cleanup()
+                self._health = None
+        finally:
+            await self.connector.close()
+        logger.info("%s stopped", self.name)
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -34,23 +108,45 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 async def run_connector(connector: Connector, source: ConnectorSource) -> None:
     """Run `source` with `connector` until a signal stops it; then clean up."""
-    settings = connector.settings
-    await connector.start()
+    await run_services([ConnectorService(connector, source)])
+
+
+async def run_services(services: Sequence[Service]) -> None:
+    """Run every service until a signal or a failure stops them; then close them.
+
+    The services open in order and close in the reverse order. The first
+    exception that ends a service is raised again once all are closed.
+    """
+    opened: list[Service] = []
     try:
-        health = await start_health_listener(
-            connector, source, host=settings.health_host, port=settings.health_port
-        )
-        try:
-            await _run_until_signal(connector, source)
-        finally:
-            await health.cleanup()
+        for service in services:
+            try:
+                await service.open()
+            finally:
+                # close() also undoes a half-finished open().
+                opened.append(service)
+        await _run_until_signal(opened)
     finally:
-        await connector.close()
-    logger.info("%s connector stopped", connector.name)
+        await _close_all(opened)
 
 
-async def _run_until_signal(connector: Connector, source: ConnectorSource) -> None:
-    source_task = asyncio.create_task(source.run(connector))
+async def _close_all(services: list[Service]) -> None:
+    first_error: BaseException | None = None
+    for service in reversed(services):
+        try:
+            await service.close()
+        except Exception as exc:
+            logger.exception("closing the %s failed", service.name)
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+
+
+async def _run_until_signal(services: Sequence[Service]) -> None:
+    tasks = {
+        asyncio.create_task(service.run(), name=service.name): service
+        for service in services
+    }
     loop = asyncio.get_running_loop()
     signals_received = 0
 
@@ -59,24 +155,59 @@ async def _run_until_signal(connector: Connector, source: ConnectorSource) -> No
         signals_received += 1
         if signals_received == 1:
             logger.info("received %s, stopping", signum.name)
-            source.stop()
+            for service in services:
+                service.stop()
         else:
             logger.warning(
                 "received %s again, abandoning deliveries in flight", signum.name
             )
-            source_task.cancel()
+            for task in tasks:
+                task.cancel()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    failure: BaseException | None = None
+    stopping_others = False
     try:
-        await asyncio.wait({source_task})
+        pending = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    failure = failure or task.exception()
+            if signals_received or not pending or stopping_others:
+                continue
+            # A service ended without a signal, so the process must end:
+            # stop the others so that they drain before it exits.
+            stopping_others = True
+            for task in done:
+                logger.error(
+                    "the %s ended (%s); stopping the other services",
+                    tasks[task].name,
+                    _outcome(task),
+                )
+            for task in pending:
+                tasks[task].stop()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        if not source_task.done():
-            source_task.cancel()
-            await asyncio.wait({source_task})
-    if not source_task.cancelled():
-        # Re-raise what ended the source other than a signal, such as
-        # settings that cannot work.
-        source_task.result()
+        unfinished = [task for task in tasks if not task.done()]
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished)
+    if failure is not None:
+        # Re-raise what ended a service other than a signal, such as settings
+        # that cannot work.
+        raise failure
+
+
+def _outcome(task: "asyncio.Task[None]") -> str:
+    if task.cancelled():
+        return "cancelled"
+    error = task.exception()
+    if error is None:
+        return "returned"
+    return f"{type(error).__name__}: {error}"

@@ -220,6 +220,11 @@ class TopicMapBuilder:
                         logger.debug("gateway not reachable yet: %s", exc)
                     else:
                         self._outage.begin(str(exc))
+                    if self._current is None and starting:
+                        # `faashub up` starts the gateway at the same time, and
+                        # the connector is not ready before it has this map.
+                        await asyncio.sleep(constants.FIRST_MAP_START_RETRY_S)
+                        continue
                     if self._current is None:
                         await asyncio.sleep(retry_wait_s)
                         retry_wait_s = min(retry_wait_s * 2, self._rebuild_interval_s)

@@ -32,6 +32,7 @@ from datetime import datetime
 
 from connectors.core.connector import Connector
 from connectors.core.invoker import InvocationResult, Message
+from connectors.core.metrics import ConnectorMetrics
 from connectors.core.retry import SleepFunction as RetrySleepFunction
 from connectors.cron import constants
 from connectors.cron.errors import InvalidSchedule
@@ -64,6 +65,11 @@ class CronConnector(Connector):
         sleep: RetrySleepFunction = asyncio.sleep,
     ) -> None:
         super().__init__(settings, name=constants.CONNECTOR_NAME, sleep=sleep)
+        # One duration histogram for all functions: a histogram per function
+        # took 44 MiB for 10,000 schedules. The counters stay per function.
+        self.metrics = ConnectorMetrics(
+            constants.CONNECTOR_NAME, function_durations=False
+        )
         self.topic_maps = CronFunctionsBuilder.like(self.topic_maps)
         self.cron_metrics = CronMetrics(self.metrics.registry)
         # Many functions can share a tick. Without a bound, each would open a

@@ -2,10 +2,14 @@
 
 The hub process starts an embedded nats-server with JetStream (unless
 `--nats-url` names one) and waits until it listens. Then it starts the local
-provider, the gateway, the queue-workers and the connectors all at once, so
-that their Python imports share the cores, and waits until each passes its
-health check. Each component runs as its own child process with the same code
-that runs one component per pod on Kubernetes. Starting together is safe
+provider, the gateway and the workers process all at once, so that their
+Python imports share the cores, and waits until each passes its health check.
+The provider and the gateway run as child processes of their own. The
+workers process (`faashub.cli.up_workers`) runs every queue-worker and
+connector of the hub in one event loop, because each Python process costs
+about 50 MiB before it does any work. Every component runs the same code
+that runs one component per pod on Kubernetes, and keeps its own health and
+metrics listener on a port of its own. Starting together is safe
 because each one waits for what it needs: the gateway answers 502 until the
 provider listens, a worker postpones a call whose function it cannot look up
 yet without counting an attempt, and a connector keeps retrying until its
@@ -14,7 +18,9 @@ component is healthy.
 
 A component that exits on its own is restarted after a short wait; one that
 exits more than MAX_RESTARTS times within RESTART_WINDOW_S stops the hub,
-since restarting it again would only hide the fault. Each component keeps its
+since restarting it again would only hide the fault. A queue-worker or
+connector that fails ends the whole workers process, which is then
+restarted with all its services. Each component keeps its
 port across restarts, so the others reach it again without being told.
 
 `faashub up` checks its settings with the full CLI loaded, then replaces
@@ -24,9 +30,10 @@ standard library and a few small faashub modules. The supervisor
 stays resident as long as the hub runs, so this keeps about 30 MiB of
 pydantic and httpx out of its memory.
 
-On Ctrl-C or SIGTERM it stops the children in the reverse order: the workers
-first, which finish their calls in flight through the gateway, then the
-gateway, the provider and NATS last. Every
+On Ctrl-C or SIGTERM it stops the children in the reverse order: the
+workers process first, whose queue-workers and connectors finish their
+calls in flight through the gateway, then the gateway, the provider and
+NATS last. Every
 child also gets PR_SET_PDEATHSIG, so a hub killed with SIGKILL still takes
 its children with it. A lock file in the state folder keeps a second hub off
 the same data.
@@ -75,6 +82,11 @@ logger = logging.getLogger(__name__)
 LOCK_FILE_NAME = "hub.lock"
 # Carries the checked settings from `faashub up` to the supervisor process.
 SETTINGS_VARIABLE = "FAASHUB_SUPERVISOR_SETTINGS_JSON"
+# `python -m faashub up-workers SERVICE -- SERVICE ...` starts the workers
+# process, where each SERVICE is a queue-worker or connector command line.
+WORKERS_COMMAND = "up-workers"
+WORKERS_SEPARATOR = "--"
+WORKERS_PROCESS_NAME = "workers process"
 STOP_GRACE_S = 15.0
 HEALTH_POLL_INTERVAL_S = 0.1
 HEALTH_CHECK_TIMEOUT_S = 1.0
@@ -94,7 +106,8 @@ class Child:
     name: str
     launch: Callable[[], subprocess.Popen[bytes]]
     process: subprocess.Popen[bytes]
-    health_url: str | None = None
+    health_urls: tuple[str, ...] = ()
+    """The /healthz URLs that must return 200 before the hub is up."""
     stop_grace_s: float = STOP_GRACE_S
     restarts: deque[float] = field(default_factory=deque)
     """Monotonic times of the recent restarts."""
@@ -361,7 +374,7 @@ def _start_components(
             provider_token,
             *common,
         ],
-        health_url=f"{provider_url}/healthz",
+        health_urls=(f"{provider_url}/healthz",),
         start_timeout_s=settings.start_timeout_s,
     )
     gateway_url = f"http://{_client_host(settings.host)}:{gateway_port}"
@@ -385,20 +398,13 @@ def _start_components(
             *gateway_auth,
             *common,
         ],
-        health_url=f"{gateway_url}/healthz",
+        health_urls=(f"{gateway_url}/healthz",),
         start_timeout_s=settings.start_timeout_s,
     )
-    queues = [constants.DEFAULT_QUEUE, *_named_queues(settings.queues)]
-    for queue in queues:
+    workers = _WorkersProcess()
+    for queue in [constants.DEFAULT_QUEUE, *_named_queues(settings.queues)]:
         worker_health_port = _free_port()
-        name = (
-            "queue-worker"
-            if queue == constants.DEFAULT_QUEUE
-            else f"queue-worker-{queue}"
-        )
-        _start_child(
-            hub,
-            name,
+        workers.add(
             [
                 "queue-worker",
                 "--queue",
@@ -419,39 +425,84 @@ def _start_components(
                 *common,
             ],
             health_url=f"http://{internal_host}:{worker_health_port}/healthz",
-            start_timeout_s=settings.start_timeout_s,
             # The worker drains calls in flight before it exits.
             stop_grace_s=45.0,
         )
+    connector_common = [*client_auth, *common]
     if settings.kafka_brokers or settings.kafka_dev_broker:
-        _start_kafka_connector(
-            hub,
+        _add_kafka_connector(
+            workers,
             settings,
             gateway_url=gateway_url,
-            common=[*client_auth, *common],
+            common=connector_common,
             host=internal_host,
         )
     if settings.sqs_queues:
-        _start_sqs_connector(
-            hub,
+        _add_sqs_connector(
+            workers,
             settings,
             gateway_url=gateway_url,
-            common=[*client_auth, *common],
+            common=connector_common,
             host=internal_host,
         )
     if settings.cron:
-        _start_cron_connector(
-            hub,
+        _add_cron_connector(
+            workers,
             settings,
             gateway_url=gateway_url,
             nats_url=nats_url,
-            common=[*client_auth, *common],
+            common=connector_common,
             host=internal_host,
         )
+    _start_child(
+        hub,
+        WORKERS_PROCESS_NAME,
+        [WORKERS_COMMAND, *workers.arguments()],
+        health_urls=tuple(workers.health_urls),
+        start_timeout_s=settings.start_timeout_s,
+        stop_grace_s=workers.stop_grace_s,
+    )
 
 
-def _start_kafka_connector(
-    hub: Hub, settings: HubSettings, *, gateway_url: str, common: list[str], host: str
+@dataclass
+class _WorkersProcess:
+    """The services that the workers process runs, as their command lines."""
+
+    services: list[list[str]] = field(default_factory=list)
+    health_urls: list[str] = field(default_factory=list)
+    stop_grace_s: float = 0.0
+    """The maximum grace of its services, because they drain at the same time."""
+
+    def add(
+        self, arguments: list[str], *, health_url: str | None, stop_grace_s: float
+    ) -> None:
+        if WORKERS_SEPARATOR in arguments:
+            raise errors.HubStartError(
+                f"Cannot pass the value {WORKERS_SEPARATOR!r} to the "
+                f"{arguments[0]} command of the workers process. Choose another "
+                f"value for the setting that is {WORKERS_SEPARATOR!r}."
+            )
+        self.services.append(arguments)
+        if health_url is not None:
+            self.health_urls.append(health_url)
+        self.stop_grace_s = max(self.stop_grace_s, stop_grace_s)
+
+    def arguments(self) -> list[str]:
+        joined: list[str] = []
+        for arguments in self.services:
+            if joined:
+                joined.append(WORKERS_SEPARATOR)
+            joined.extend(arguments)
+        return joined
+
+
+def _add_kafka_connector(
+    workers: _WorkersProcess,
+    settings: HubSettings,
+    *,
+    gateway_url: str,
+    common: list[str],
+    host: str,
 ) -> None:
     health_port = _free_port()
     broker = (
@@ -459,9 +510,7 @@ def _start_kafka_connector(
         if settings.kafka_dev_broker
         else ["--brokers", settings.kafka_brokers]
     )
-    _start_child(
-        hub,
-        "kafka-connector",
+    workers.add(
         [
             "connector",
             "kafka",
@@ -477,13 +526,17 @@ def _start_kafka_connector(
         # The connector returns 503 until it reaches the brokers, which it
         # retries on its own; that must not fail the hub's start.
         health_url=None,
-        start_timeout_s=settings.start_timeout_s,
         stop_grace_s=20.0,
     )
 
 
-def _start_sqs_connector(
-    hub: Hub, settings: HubSettings, *, gateway_url: str, common: list[str], host: str
+def _add_sqs_connector(
+    workers: _WorkersProcess,
+    settings: HubSettings,
+    *,
+    gateway_url: str,
+    common: list[str],
+    host: str,
 ) -> None:
     health_port = _free_port()
     aws: list[str] = []
@@ -491,9 +544,7 @@ def _start_sqs_connector(
         aws += ["--region", settings.sqs_region]
     if settings.sqs_endpoint_url:
         aws += ["--endpoint-url", settings.sqs_endpoint_url]
-    _start_child(
-        hub,
-        "sqs-connector",
+    workers.add(
         [
             "connector",
             "sqs",
@@ -511,13 +562,12 @@ def _start_sqs_connector(
         # The connector returns 503 until it has looked up every queue, which
         # it retries on its own; that must not fail the hub's start.
         health_url=None,
-        start_timeout_s=settings.start_timeout_s,
         stop_grace_s=20.0,
     )
 
 
-def _start_cron_connector(
-    hub: Hub,
+def _add_cron_connector(
+    workers: _WorkersProcess,
     settings: HubSettings,
     *,
     gateway_url: str,
@@ -526,9 +576,7 @@ def _start_cron_connector(
     host: str,
 ) -> None:
     health_port = _free_port()
-    _start_child(
-        hub,
-        "cron-connector",
+    workers.add(
         [
             "connector",
             "cron",
@@ -544,7 +592,6 @@ def _start_cron_connector(
             *common,
         ],
         health_url=f"http://{host}:{health_port}/healthz",
-        start_timeout_s=settings.start_timeout_s,
         stop_grace_s=20.0,
     )
 
@@ -573,7 +620,7 @@ def _start_child(
     name: str,
     arguments: list[str],
     *,
-    health_url: str | None,
+    health_urls: tuple[str, ...],
     start_timeout_s: float,
     stop_grace_s: float = STOP_GRACE_S,
 ) -> None:
@@ -591,7 +638,7 @@ def _start_child(
 
     process = launch()
     child = Child(
-        name, launch, process, health_url=health_url, stop_grace_s=stop_grace_s
+        name, launch, process, health_urls=health_urls, stop_grace_s=stop_grace_s
     )
     hub.children.append(child)
     logger.info("started %s (pid %d)", name, process.pid)
@@ -608,30 +655,29 @@ def _die_with_parent() -> None:
 
 
 def _wait_until_all_healthy(hub: Hub, *, timeout_s: float) -> None:
-    """Wait until every started child with a health URL returns 200."""
+    """Wait until every health URL of every started child returns 200."""
     deadline = time.monotonic() + timeout_s
-    waiting = [child for child in hub.children if child.health_url is not None]
-    last_problem = dict.fromkeys((child.name for child in waiting), "no answer yet")
+    waiting = [(child, url) for child in hub.children for url in child.health_urls]
+    last_problem = dict.fromkeys((url for _, url in waiting), "no answer yet")
     while waiting:
         if hub.stop_requested:
             raise errors.HubStartError("The hub was asked to stop while starting.")
-        for child in list(waiting):
+        for child, url in list(waiting):
             code = child.process.poll()
             if code is not None:
                 raise errors.HubStartError(
                     f"The {child.name} exited with code {code} while starting; "
                     "its log is above."
                 )
-            assert child.health_url is not None
-            healthy, last_problem[child.name] = _check_health(child.health_url)
+            healthy, last_problem[url] = _check_health(url)
             if healthy:
-                logger.info("%s is healthy", child.name)
-                waiting.remove(child)
+                logger.info("%s is healthy", child.name, extra={"ctx": {"url": url}})
+                waiting.remove((child, url))
         if waiting and time.monotonic() > deadline:
-            child = waiting[0]
+            child, url = waiting[0]
             raise errors.HubStartError(
                 f"The {child.name} did not become healthy within {timeout_s:g} s "
-                f"(last check: {last_problem[child.name]}). Raise "
+                f"(last check of {url}: {last_problem[url]}). Raise "
                 "--start-timeout-s if this machine is slow."
             )
         if waiting:

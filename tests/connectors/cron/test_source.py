@@ -100,6 +100,32 @@ async def test_tick_invokes_with_headers(gateway: FakeGateway) -> None:
     assert call.header("X-Call-Id") == expected_id
 
 
+async def test_durations_share_one_histogram(gateway: FakeGateway) -> None:
+    deploy(gateway, "report", schedule="*/10 * * * * *")
+    deploy(gateway, "audit", schedule="*/10 * * * * *")
+    clock = FakeClock(START)
+    async with running_replica(cron_settings(gateway), clock) as replica:
+        await clock.advance(10)
+        await wait_until(lambda: len(gateway.received("report")) == 1)
+        await wait_until(lambda: len(gateway.received("audit")) == 1)
+        metrics = replica.connector.metrics.render().decode()
+
+    histogram_counts = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("faashub_connector_invocation_seconds_count{")
+    ]
+    assert histogram_counts == [
+        'faashub_connector_invocation_seconds_count{connector="cron",function=""} 2.0'
+    ]
+    for function in ("report", "audit"):
+        invoked = (
+            'faashub_connector_invoked_total{code="200",connector="cron",'
+            f'function="{function}.openfaas-fn"}} 1.0'
+        )
+        assert invoked in metrics
+
+
 async def test_other_subscribers_not_invoked(gateway: FakeGateway) -> None:
     deploy(gateway, "report", schedule="*/10 * * * * *")
     deploy(gateway, "hourly", schedule="@hourly")
