@@ -171,6 +171,11 @@ def call_subject(queue: str, namespace: str, function: str, key: str) -> str:
     return f"{constants.CALLS_SUBJECT_PREFIX}.{queue}.{namespace}.{function}.{key}"
 
 
+def function_filter_subject(namespace: str, function: str) -> str:
+    """Return the subject filter that matches every call of one function."""
+    return f"{constants.CALLS_SUBJECT_PREFIX}.*.{namespace}.{function}.*"
+
+
 def queue_filter_subject(queue: str) -> str:
     """Return the subject filter that matches every call of one queue."""
     return f"{constants.CALLS_SUBJECT_PREFIX}.{queue}.>"

@@ -150,6 +150,14 @@ class GatewaySettings(CommonSettings):
         "so a local process sending bad passwords cannot lock out the hub's own "
         "CLI and connectors; empty exempts none.",
     )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names or IP addresses, without port, "
+        "that /ui and /system requests may name in their Host header besides "
+        "localhost, 127.0.0.0/8 and [::1]. A gateway on a loopback address "
+        "always checks Host, against DNS rebinding; setting this makes any "
+        "gateway check it. Invocation routes are not checked.",
+    )
     provider_token_file: Path | None = Field(
         None,
         description="File with the bearer token that the gateway sends to the "

@@ -5,9 +5,11 @@ Requests under `/function/`, `/async-function/`, `/async-calls/` and
 (Prometheus, open like `/healthz`, see `gateway.metrics`); DELETE on `/async-function/`
 cancels a call. Everything else, `/system/...` (the dead-letter API
 included) and the OpenAPI pages, goes to the FastAPI app of
-`gateway.system`. The lifespan opens three things and closes them in
-reverse order. The first is the NATS connection, in the background, so the
-gateway starts while NATS is down. The second is the shared aiohttp session
+`gateway.system`. Requests under `/ui` go to the web console
+(`gateway.ui.console`), behind the same auth as `/system`. The lifespan
+opens three things and closes them in reverse order. The first is the
+NATS connection, in the background, so the gateway starts while NATS is
+down. The second is the shared aiohttp session
 that reaches the provider and callback receivers, and the third the FastAPI
 app's own lifespan. With a provider token, the lookups of functions and
 replica URLs under the provider's `/system/` go through a second session
@@ -29,17 +31,25 @@ from gateway.async_calls import AsyncCalls
 from gateway.call_queue import CallQueue
 from gateway.dead_letters import DeadLetterStore
 from gateway.function_lookup import FunctionLookup
+from gateway.log_throttle import WarningThrottle
 from gateway.metrics import METRICS_PATH, GatewayMetrics, ServiceCountRefresher
 from gateway.replica_urls import ReplicaUrls
 from gateway.sync_proxy import SyncProxy
+from gateway.ui import guard
+from gateway.ui.console import Console
 from queue_worker import callback
 
 logger = logging.getLogger(__name__)
+# A rebinding page can repeat its requests in a loop.
+_host_rejections = WarningThrottle(logger)
 
 # Headers that aiohttp would add by default and the data path must not add.
 # auto_decompress=False keeps bodies byte for byte, so an added
 # Accept-Encoding would hand the caller a compressed body it did not request.
 _SKIPPED_CLIENT_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+# Methods that change nothing, so a request from another origin may use them.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +74,21 @@ class GatewayApp:
         self.metrics = GatewayMetrics()
         self._service_counts: ServiceCountRefresher | None = None
         self.system = system.create_app(
-            settings, self.dead_letters, metrics=self.metrics
+            settings, self.dead_letters, metrics=self.metrics, queue=self.queue
+        )
+        self.console = Console(
+            settings,
+            system_app=self.system,
+            gateway=self,
+            dead_letters=self.dead_letters,
+            metrics=self.metrics,
+            queue=self.queue,
         )
         self._auth = auth.from_settings(settings)
+        # None when the gateway listens beyond loopback with no allowed_hosts.
+        self._host_check = guard.HostCheck.from_settings(
+            listen_host=settings.host, allowed_hosts=settings.allowed_hosts
+        )
         self._provider_authorization = auth.provider_authorization(settings)
         # None when invocations are open, so the invoke routes skip the check.
         self._invoke_auth: auth.Authenticator | None = (
@@ -78,8 +100,9 @@ class GatewayApp:
         self._exit_stack = AsyncExitStack()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A websocket scope has a path too; a lifespan scope has none.
+        path: str = scope.get("path", "")
         if scope["type"] == "http":
-            path: str = scope["path"]
             handlers = self._handlers
             if len(scope["headers"]) > self._max_header_count or (
                 limits.header_bytes(scope) > self._max_header_bytes
@@ -138,9 +161,46 @@ class GatewayApp:
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        if self._auth is not None and auth.is_system_path(path):
-            if not await self._auth.admit(scope, send):
+        elif scope["type"] == "websocket":
+            # No route of the gateway speaks WebSocket: refuse the handshake
+            # (the server answers it with 403).
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        is_console = path == auth.CONSOLE_PREFIX or path.startswith(
+            auth.CONSOLE_PREFIX + "/"
+        )
+        # The console's own responses carry these headers; so do its rejections.
+        reject_send = guard.with_security_headers(send) if is_console else send
+        if self._host_check is not None and auth.is_protected_path(path):
+            # Against DNS rebinding: a page of another site that resolves its
+            # own name to this gateway passes the Origin check below.
+            problem = self._host_check.problem(scope["headers"])
+            if problem is not None:
+                host = guard.header(scope["headers"], b"host") or ""
+                _host_rejections.warning(
+                    "rejected request for an unknown host",
+                    ctx={"path": path, "host": host[:200]},
+                )
+                await asgi.send_text(reject_send, 403, problem + "\n")
                 return
+        if self._auth is not None and auth.is_protected_path(path):
+            if not await self._auth.admit(scope, reject_send):
+                return
+        if (
+            scope["type"] == "http"
+            and scope["method"] not in _SAFE_METHODS
+            and auth.is_system_path(path)
+        ):
+            # Browsers resend basic-auth credentials with requests that other
+            # sites make; faas-cli and other API clients send no Origin.
+            problem = guard.cross_origin_problem(scope["headers"])
+            if problem is not None:
+                await asgi.send_text(send, 403, problem + "\n")
+                return
+        if is_console:
+            await self.console(scope, receive, send)
+            return
         await self.system(scope, receive, send)
 
     async def _health(self, scope: Scope, send: Send) -> None:

@@ -8,14 +8,16 @@ tokens. Each comparison runs in constant time (`hmac.compare_digest`) over
 every candidate, so the response time does not tell how much of a guess
 matched.
 
-A client address that fails `max_failures` times within `failure_window_s`
-gets 429 with Retry-After, even with correct credentials, until the oldest
-of those failures is older than the window. The table of addresses is bounded, so a
-flood from many addresses costs bounded memory. Addresses in the
-`auth_lockout_exempt` networks (loopback by default) are never locked out:
-otherwise any local process could lock the hub's own CLI and connectors out
-with a few bad passwords, while a generated 43-character password cannot be
-guessed over loopback at any rate the gateway serves.
+A request without an Authorization header gets the 401 challenge and does
+not count as a failure, because a browser sends its first request without
+credentials. A client address that fails `max_failures` times within
+`failure_window_s` gets 429 with Retry-After, even with correct credentials,
+until the oldest of those failures is older than the window. The table of
+addresses is bounded, so a flood from many addresses costs bounded memory.
+Addresses in the `auth_lockout_exempt` networks (loopback by default) are
+never locked out: otherwise any local process could lock the hub's own CLI
+and connectors out with a few bad passwords, while a generated 43-character
+password cannot be guessed over loopback at any rate the gateway serves.
 
 This module does not read settings files or environment variables
 (`faashub.credentials` does) and never logs a credential or an
@@ -44,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 REALM = "faashub"
 SYSTEM_PREFIX = "/system"
+# The web console. It deploys, removes, invokes and redrives, so it takes the
+# same auth as /system.
+CONSOLE_PREFIX = "/ui"
 # Routes that need credentials only when auth_invoke is on.
 INVOKE_PREFIXES = (
     constants.FUNCTION_PREFIX,
@@ -124,6 +129,13 @@ def provider_authorization(settings: GatewaySettings) -> str:
 def is_system_path(path: str) -> bool:
     """Return whether `path` is under the protected `/system` API."""
     return path == SYSTEM_PREFIX or path.startswith(SYSTEM_PREFIX + "/")
+
+
+def is_protected_path(path: str) -> bool:
+    """Return whether `path` is under `/system` or the `/ui` console."""
+    return is_system_path(path) or (
+        path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
+    )
 
 
 def _read_tokens(path: Path | None) -> list[str]:
@@ -214,10 +226,19 @@ class Authenticator:
                 headers=[(b"retry-after", str(math.ceil(retry_after_s)).encode())],
             )
             return False
-        if self.is_valid(_authorization(scope)):
+        authorization = _authorization(scope)
+        if self.is_valid(authorization):
             self._failures.pop(address, None)
             return True
-        self._record_failure(address, path=scope["path"], exempt=exempt)
+        if authorization is None:
+            # A browser sends its first request without credentials and
+            # resends it after the challenge, so this is no failed attempt.
+            logger.debug(
+                "request without credentials challenged",
+                extra={"ctx": {"client": address, "path": scope["path"]}},
+            )
+        else:
+            self._record_failure(address, path=scope["path"], exempt=exempt)
         await asgi.send_text(
             send,
             401,

@@ -43,7 +43,8 @@ from faashub import __version__, names
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub.settings import GatewaySettings
-from gateway import asgi, auth, constants, dead_letter_api, limits
+from gateway import asgi, async_call_list, auth, constants, dead_letter_api, limits
+from gateway.call_queue import CallQueue
 from gateway.dead_letters import DeadLetterStore
 from gateway.metrics import GatewayMetrics, listed_replicas
 
@@ -70,6 +71,9 @@ _FORWARDED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"
 
 # The provider route that streams for as long as the caller follows the logs.
 _LOGS_PATH = "logs"
+# Largest body the management API forwards. A secret of the local provider's
+# default 1 MiB limit, base64-encoded in JSON, fits with room to spare.
+MAX_SYSTEM_BODY_BYTES = 4 * 1024 * 1024
 # The gateway's own route under /system/, in the form of the forward route's
 # `{path}` parameter.
 _DEAD_LETTERS_PATH = constants.DEAD_LETTERS_PATH.removeprefix("/system/")
@@ -142,7 +146,11 @@ class SystemForwarder:
                 self._client = None
 
     async def forward(self, request: Request, path: str) -> Response:
-        """Send one management request to the provider and stream the response back."""
+        """Send one management request to the provider and stream the response back.
+
+        A body over MAX_SYSTEM_BODY_BYTES gets 413 as soon as it passes the
+        limit, so a large request never sits whole in the gateway's memory.
+        """
         if path == _DEAD_LETTERS_PATH or path.startswith(_DEAD_LETTERS_PATH + "/"):
             # The dead-letter routes did not match this method: never forward.
             return PlainTextResponse(
@@ -168,9 +176,14 @@ class SystemForwarder:
             headers.append(
                 (b"authorization", self._provider_authorization.encode("latin-1"))
             )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_SYSTEM_BODY_BYTES:
+            return _system_body_too_large(request.method, path)
         try:
             async with asyncio.timeout(self._body_read_timeout_s):
-                body = await request.body()
+                body = await _read_capped(request)
+        except _BodyTooLarge:
+            return _system_body_too_large(request.method, path)
         except TimeoutError:
             return PlainTextResponse(
                 limits.body_read_timeout_text(self._body_read_timeout_s),
@@ -399,15 +412,44 @@ async def _raw_body(upstream: httpx.Response) -> AsyncIterator[bytes]:
         await upstream.aclose()
 
 
+class _BodyTooLarge(Exception):
+    """The request body passed MAX_SYSTEM_BODY_BYTES."""
+
+
+async def _read_capped(request: Request) -> bytes:
+    """Read the request body, raising _BodyTooLarge past the limit."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_SYSTEM_BODY_BYTES:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _system_body_too_large(method: str, path: str) -> Response:
+    return PlainTextResponse(
+        f"The body of {method} /system/{path} is larger than "
+        f"{MAX_SYSTEM_BODY_BYTES // (1024 * 1024)} MiB, the limit of the "
+        "management API. Function definitions and secrets are far smaller; "
+        "check that the right file was sent.\n",
+        status_code=413,
+        headers={"Connection": "close"},
+    )
+
+
 def create_app(
     settings: GatewaySettings,
     dead_letters: DeadLetterStore,
     *,
     metrics: GatewayMetrics | None = None,
+    queue: CallQueue | None = None,
 ) -> FastAPI:
     """Build the FastAPI app of the management API.
 
     With `metrics`, function listings get the gateway's invocation counts.
+    With `queue`, the app serves the async-call listing of `gateway.async_call_list`.
     """
     forwarder = SystemForwarder(
         settings.provider_url,
@@ -437,6 +479,9 @@ def create_app(
 
     # Before the forward routes, which would match these paths too.
     app.include_router(dead_letter_api.create_router(dead_letters))
+    if queue is not None:
+        lister = async_call_list.AsyncCallLister(queue)
+        app.include_router(async_call_list.create_router(lister))
 
     # One route per method, each with its own operation id, because FastAPI
     # warns about an operation id shared by several methods.

@@ -201,3 +201,41 @@ async def test_header_limits_give_431(
     assert response.status_code == 431
     assert limit in response.text
     assert system.status_code == 431
+
+
+async def test_missing_credentials_not_a_failure(
+    nats_url: str, start_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A browser sends each first request without credentials.
+    gateway = await start_gateway(
+        nats_url=nats_url,
+        auth_user=USER,
+        auth_password=PASSWORD,
+        auth_max_failures=2,
+        auth_failure_window_s=600,
+        auth_lockout_exempt="",
+    )
+    with caplog.at_level(logging.DEBUG, logger="gateway.auth"):
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+            anonymous = [await client.get("/system/functions") for _ in range(3)]
+            after_anonymous = await client.get("/system/functions", auth=GOOD)
+            wrong = [
+                await client.get("/system/functions", auth=(USER, f"guess{n}"))
+                for n in range(2)
+            ]
+            after_wrong = await client.get("/system/functions", auth=GOOD)
+    assert [response.status_code for response in anonymous] == [401, 401, 401]
+    challenges = anonymous[0].headers.get_list("www-authenticate")
+    assert 'Basic realm="faashub", charset="UTF-8"' in challenges
+    assert after_anonymous.status_code == 202
+    assert [response.status_code for response in wrong] == [401, 401]
+    assert after_wrong.status_code == 429
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "gateway.auth" and record.levelno >= logging.WARNING
+    ]
+    assert warnings == [
+        "authentication failed",
+        "client locked out after repeated authentication failures",
+    ]

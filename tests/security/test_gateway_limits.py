@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from faashub.settings import GatewaySettings
-from gateway import limits
+from gateway import limits, system
 from tests.conftest import LOOPBACK, free_port
 from tests.gateway.conftest import (
     FakeProvider,
@@ -257,7 +257,8 @@ async def test_slow_body_gets_408(
     reader, writer = await open_socket(gateway.url)
     try:
         writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: gateway\r\n"
+            # A loopback gateway rejects /system requests for other hosts.
+            f"POST {path} HTTP/1.1\r\nHost: localhost\r\n"
             "Content-Length: 100\r\n\r\n".encode()
             + b'{"service": '
         )
@@ -268,3 +269,55 @@ async def test_slow_body_gets_408(
     assert reply.startswith(b"HTTP/1.1 408 ")
     assert b"body_read_timeout_s" in reply
     assert provider.received == []
+
+
+async def test_system_body_over_limit_413(
+    nats_url: str, start_gateway: GatewayFactory, provider: FakeProvider
+) -> None:
+    gateway = await start_gateway(nats_url=nats_url)
+    await wait_until_healthy(gateway.url)
+    limit = system.MAX_SYSTEM_BODY_BYTES
+    head = "POST /system/secrets HTTP/1.1\r\nHost: localhost\r\n"
+
+    # A declared length over the limit is refused before any body is read.
+    reader, writer = await open_socket(gateway.url)
+    try:
+        writer.write(f"{head}Content-Length: {limit + 1}\r\n\r\n".encode())
+        await writer.drain()
+        declared = await read_reply(reader)
+    finally:
+        await close_socket(writer)
+
+    # A chunked body is refused once it passes the limit, not at its end:
+    # the gateway answers and closes while the client still sends. Closing
+    # with unread data resets the connection, which can discard the answer
+    # on the client's side, so either outcome ends the upload early.
+    reader, writer = await open_socket(gateway.url)
+    sent = 0
+    streamed = b""
+    try:
+        writer.write(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"x" * (256 * 1024)
+        reply = asyncio.create_task(read_reply(reader))
+        while not reply.done() and sent < 8 * limit:
+            writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            sent += len(chunk)
+            try:
+                await writer.drain()
+            except ConnectionError:
+                break
+        try:
+            streamed = await reply
+        except ConnectionError:
+            pass
+    finally:
+        await close_socket(writer)
+    assert sent < 8 * limit, "the gateway read the whole oversized body"
+    assert streamed == b"" or streamed.startswith(b"HTTP/1.1 413 "), streamed[:200]
+
+    assert declared.startswith(b"HTTP/1.1 413 "), declared[:200]
+    assert b"4 MiB" in declared
+    assert provider.received == []
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        fits = await client.post("/system/secrets", content=b"x" * 1024)
+    assert fits.status_code == 202
