@@ -23,6 +23,7 @@ does not enforce `limits`, `requests` or `readOnlyRootFilesystem`.
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from typing import Final
 
@@ -48,13 +49,29 @@ def request_environment(spec: FunctionSpec, invocation: Invocation) -> dict[str,
     """Return the environment of the process that serves `invocation`."""
     env = spec.process_env()
     for name, value in _merge_headers(invocation.headers).items():
-        env["Http_" + canonical_header_name(name).replace("-", "_")] = value
+        env["Http_" + canonical_header_name(name).replace("-", "_")] = _raw(value)
     # Set after the headers, so a request header cannot replace them.
     env["Http_Method"] = invocation.method
     env["Http_Path"] = invocation.path
-    env["Http_Raw_Path"] = invocation.raw_path
-    env["Http_Query"] = invocation.query
+    env["Http_Raw_Path"] = _raw(invocation.raw_path)
+    env["Http_Query"] = _raw(invocation.query)
     return env
+
+
+def _raw(wire_text: str) -> str:
+    """Return a str that the OS encodes back to the bytes that came on the wire.
+
+    Header values and the query arrive as Latin-1 text, one character per
+    byte. Python encodes an environment value with the file system encoding
+    (UTF-8 here), which would turn each byte above 127 into two. Decoding the
+    bytes with that encoding and `surrogateescape` makes the process see the
+    request's own bytes, as a watchdog passes them.
+    """
+    if wire_text.isascii():
+        return wire_text
+    return wire_text.encode("latin-1").decode(
+        sys.getfilesystemencoding(), "surrogateescape"
+    )
 
 
 def _merge_headers(headers: list[tuple[str, str]]) -> dict[str, str]:

@@ -63,6 +63,19 @@ def test_request_headers_visible_as_http_vars(client: httpx.Client) -> None:
     assert env["Http_Content_Type"] == "a/b"
 
 
+def test_non_ascii_header_reaches_function_unchanged(client: httpx.Client) -> None:
+    command = """sh -c 'printf "%s" "$Http_X_Greeting"'"""
+    assert deploy(client, "greeting", command).status_code == 202
+    sent = "grüße ✓".encode()
+
+    response = client.post(
+        "/function/greeting", content=b"", headers=[(b"X-Greeting", sent)]
+    )
+
+    assert response.status_code == 200
+    assert response.content == sent
+
+
 def test_method_path_and_query_visible(client: httpx.Client) -> None:
     assert deploy(client, "env", "env").status_code == 202
 
