@@ -215,11 +215,24 @@ async def test_poison_message_to_configured_queue(
         sqs_endpoint, gateway.url, [url], dead_letter_queue=dead, retry_attempts=2
     )
 
-    async with running_connector(config):
+    async with running_connector(config) as running:
         await send_messages(sqs_endpoint, url, [b"poison"], attributes=ATTRIBUTES)
         [copy] = await receive_all(sqs_endpoint, dead, count=1)
         await asyncio.sleep(0.3)
         assert await queue_counts(sqs_endpoint, url) == (0, 0)
+        metrics = running.connector.metrics.render().decode()
+
+    topic = queue_name(url)
+    for line in (
+        # The retry comes back through SQS, as a second receipt.
+        f'faashub_connector_consumed_total{{connector="sqs",topic="{topic}"}} 2.0',
+        f'faashub_connector_dead_lettered_total{{connector="sqs",topic="{topic}"}} 1.0',
+        'faashub_connector_retried_total{connector="sqs",'
+        'function="broken.openfaas-fn"} 1.0',
+        'faashub_connector_failed_total{connector="sqs",'
+        'function="broken.openfaas-fn"} 1.0',
+    ):
+        assert line in metrics, metrics
 
     attributes: dict[str, Any] = copy["MessageAttributes"]
     assert copy["Body"] == "poison"
