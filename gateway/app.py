@@ -24,6 +24,7 @@ import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from faashub import tracing
+from faashub.callback_guard import CallbackGuard, new_callback_session
 from faashub.settings import GatewaySettings
 from gateway import asgi, auth, constants, limits, system
 from gateway.async_accept import AsyncAccept
@@ -37,7 +38,6 @@ from gateway.replica_urls import ReplicaUrls
 from gateway.sync_proxy import SyncProxy
 from gateway.ui import guard
 from gateway.ui.console import Console
-from queue_worker import callback
 
 logger = logging.getLogger(__name__)
 # A rebinding page can repeat its requests in a loop.
@@ -320,11 +320,11 @@ class GatewayApp:
         )
         # Redriven callbacks go where callers chose, so they get the same
         # guarded session as the queue-worker's callbacks.
-        guard = callback.CallbackGuard.from_settings(
+        guard = CallbackGuard.from_settings(
             deny_networks=settings.callback_deny_networks,
             allow=settings.callback_allow,
         )
-        callback_session = callback.new_callback_session(
+        callback_session = new_callback_session(
             guard, limit=constants.CALLBACK_REDRIVE_CONNECTION_LIMIT
         )
         await stack.enter_async_context(callback_session)

@@ -43,6 +43,7 @@ from nats.js import api as jsapi
 from faashub import constants as shared
 from faashub import dead_letter
 from faashub import errors as shared_errors
+from faashub.callback_guard import CallbackGuard, CallbackRefused, literal_refusal
 from faashub.dead_letter import DeadLetter
 from faashub.names import FunctionRef
 from faashub.queued_call import QueuedCall, call_key
@@ -50,7 +51,6 @@ from gateway import constants, errors, large_bodies
 from gateway.async_calls import find_queued
 from gateway.call_queue import CallQueue
 from gateway.function_lookup import FunctionLookup
-from queue_worker import callback
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class DeadLetterStore:
         self._session: aiohttp.ClientSession | None = None
         self._lookup: FunctionLookup | None = None
         self._callback_session: aiohttp.ClientSession | None = None
-        self._callback_guard = callback.CallbackGuard()
+        self._callback_guard = CallbackGuard()
 
     def bind(
         self,
@@ -153,11 +153,11 @@ class DeadLetterStore:
         session: aiohttp.ClientSession,
         lookup: FunctionLookup,
         callback_session: aiohttp.ClientSession,
-        callback_guard: callback.CallbackGuard,
+        callback_guard: CallbackGuard,
     ) -> None:
         """Give the store its HTTP sessions and the function lookup, once started.
 
-        `callback_session` comes from `queue_worker.callback.new_callback_session`
+        `callback_session` comes from `faashub.callback_guard.new_callback_session`
         with `callback_guard`, so a redriven callback reaches only addresses
         that the queue-worker's callbacks may reach.
         """
@@ -309,7 +309,7 @@ class DeadLetterStore:
             raise errors.InvalidRequest(
                 "The dead letter has no callback URL to post to."
             )
-        refusal = callback.literal_refusal(self._callback_guard, call.callback_url)
+        refusal = literal_refusal(self._callback_guard, call.callback_url)
         if refusal:
             raise errors.InvalidRequest(
                 f"The gateway does not post this callback: {refusal}. Purge the "
@@ -341,7 +341,7 @@ class DeadLetterStore:
                 "the dead letter instead."
             ) from exc
         except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, callback.CallbackRefused):
+            if isinstance(exc.os_error, CallbackRefused):
                 raise errors.InvalidRequest(
                     f"The gateway does not post this callback: {exc.os_error}. "
                     "Purge the dead letter instead."

@@ -28,36 +28,32 @@ undelivered callback as a dead letter; the function never runs again
 because of it.
 
 The callback URL is chosen by the caller of the gateway, so the worker
-guards where it connects (`CallbackGuard`). It resolves the host itself,
-checks every address, and connects only to the checked addresses, so a DNS
-answer that changes between check and connection (DNS rebinding) cannot
-bypass the check. Link-local networks (169.254.0.0/16, fe80::/10) and cloud
-metadata addresses are always denied, as are the networks of the
-callback_deny_networks setting; when callback_allow is set, only its hosts
-and networks are allowed. Loopback and private networks are allowed by
-default, so that `faashub up` can post callbacks to a receiver on the same
-machine. A refused callback is not retried: it is dead-lettered with the
-reason.
+connects only to addresses that its `CallbackGuard` allows, through a
+session from `new_callback_session` (both in `faashub.callback_guard`, which
+describes the rules). A refused callback is not retried: it is
+dead-lettered with the reason.
 """
 
 import asyncio
-import ipaddress
 import logging
-import socket
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
 import yarl
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from faashub import constants, tracing
+from faashub.callback_guard import (
+    CallbackGuard,
+    CallbackRefused,
+    is_guarded,
+    literal_refusal,
+    new_callback_session,
+)
 from faashub.dead_letter import Attempt
 from faashub.queued_call import QueuedCall
 from queue_worker import backoff, signing
-from queue_worker.constants import USER_AGENT
 from queue_worker.invoke import FunctionResult, request_body, wire_text
 from queue_worker.policy import Jitter
 
@@ -89,131 +85,6 @@ _NOT_FORWARDED = constants.HOP_BY_HOP | {
     constants.RETRY_MAX.lower(),
     constants.CALLBACK_SIGNATURE.lower(),
 }
-
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-# Addresses no callback may reach: link-local networks, where the AWS, GCP and
-# Azure metadata service (169.254.169.254) lives, AWS's IPv6 metadata address,
-# Alibaba Cloud's metadata address, and the unspecified and multicast ranges.
-ALWAYS_DENIED: tuple[IPNetwork, ...] = tuple(
-    ipaddress.ip_network(network)
-    for network in (
-        "169.254.0.0/16",
-        "fe80::/10",
-        "fd00:ec2::254/128",
-        "100.100.100.200/32",
-        "0.0.0.0/32",
-        "::/128",
-        "224.0.0.0/4",
-        "ff00::/8",
-    )
-)
-
-
-class CallbackRefused(OSError):
-    """The callback URL resolves to an address that callbacks may not reach."""
-
-
-@dataclass(frozen=True, slots=True)
-class CallbackGuard:
-    """Which addresses callbacks may connect to."""
-
-    denied: tuple[IPNetwork, ...] = ()
-    """Networks denied beside ALWAYS_DENIED."""
-    allowed_networks: tuple[IPNetwork, ...] = ()
-    allowed_hosts: frozenset[str] = frozenset()
-    """Host names allowed when an allow list is set; their addresses must
-    still not be denied."""
-
-    @classmethod
-    def from_settings(cls, *, deny_networks: str, allow: str) -> "CallbackGuard":
-        """Parse the comma-separated callback_deny_networks and callback_allow.
-
-        Raises ValueError naming the entry that is neither a network nor a host.
-        """
-        denied = tuple(_network(entry) for entry in _entries(deny_networks))
-        networks: list[IPNetwork] = []
-        hosts: set[str] = set()
-        for entry in _entries(allow):
-            try:
-                networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                hosts.add(entry.lower().rstrip("."))
-        return cls(denied, tuple(networks), frozenset(hosts))
-
-    @property
-    def has_allow_list(self) -> bool:
-        return bool(self.allowed_networks or self.allowed_hosts)
-
-    def check(self, host: str, address: str) -> None:
-        """Raise CallbackRefused unless `host` may be reached at `address`."""
-        ip = ipaddress.ip_address(address.partition("%")[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if any(ip in network for network in self.allowed_networks):
-            return
-        for network in (*ALWAYS_DENIED, *self.denied):
-            if ip in network:
-                raise CallbackRefused(
-                    f"callback refused: host {host!r} resolves to {ip}, in the "
-                    f"denied network {network} (link-local, cloud metadata or "
-                    "callback_deny_networks)"
-                )
-        if self.has_allow_list and host.lower().rstrip(".") not in self.allowed_hosts:
-            raise CallbackRefused(
-                f"callback refused: host {host!r} ({ip}) is not in callback_allow"
-            )
-
-
-class GuardedResolver(AbstractResolver):
-    """Resolves callback hosts, raising CallbackRefused if any address is denied.
-
-    Refusing the whole host, instead of connecting to its other addresses,
-    keeps a host that resolves partly to a metadata address from working by
-    chance.
-    """
-
-    def __init__(self, guard: CallbackGuard) -> None:
-        self._guard = guard
-        self._resolver = aiohttp.ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._resolver.resolve(host, port, family)
-        for result in results:
-            self._guard.check(host, result["host"])
-        return results
-
-    async def close(self) -> None:
-        await self._resolver.close()
-
-
-def new_callback_session(guard: CallbackGuard, *, limit: int) -> aiohttp.ClientSession:
-    """Return a session that connects only where `guard` allows.
-
-    Its connector resolves through `GuardedResolver`, so each connection goes
-    to an address that was checked. IP literals skip aiohttp's resolver, so
-    `CallbackSender` checks them itself before posting.
-    """
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit, resolver=GuardedResolver(guard)),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": USER_AGENT},
-        skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type"),
-        # NB: proxies from the environment would connect on the worker's
-        # behalf to an address that was never checked.
-        trust_env=False,
-    )
-    _GUARDED_SESSIONS.add(session)
-    return session
-
-
-# Sessions made by new_callback_session, so CallbackSender can tell them apart.
-_GUARDED_SESSIONS: "weakref.WeakSet[aiohttp.ClientSession]" = weakref.WeakSet()
 
 
 @dataclass(slots=True)
@@ -265,7 +136,7 @@ class CallbackSender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock_s: Callable[[], float] = time.time,
     ) -> None:
-        self._session = session if session in _GUARDED_SESSIONS else None
+        self._session = session if is_guarded(session) else None
         self._options = options
         self._timeout = aiohttp.ClientTimeout(total=options.timeout_s)
         self._wait = backoff.wait_strategy(
@@ -416,29 +287,6 @@ class CallbackSender:
         return literal_refusal(self._options.guard, url)
 
 
-def literal_refusal(guard: CallbackGuard, url: str) -> str:
-    """Check a URL whose host is an IP literal, which skips the resolver.
-
-    Returns why `guard` refuses it, or "" when it does not (a host name is
-    checked by GuardedResolver when the session connects).
-    """
-    try:
-        host = yarl.URL(url).raw_host
-    except (TypeError, ValueError):
-        return ""  # aiohttp reports the invalid URL
-    if not host:
-        return ""
-    try:
-        ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return ""  # a name: GuardedResolver checks its addresses
-    try:
-        guard.check(host, host)
-    except CallbackRefused as exc:
-        return str(exc)
-    return ""
-
-
 def callback_headers(
     call: QueuedCall,
     result: FunctionResult,
@@ -513,17 +361,3 @@ def _context(call: QueuedCall) -> dict[str, object]:
         **call_source(call),
         "callback_url": loggable_url(call.callback_url),
     }
-
-
-def _entries(text: str) -> list[str]:
-    return [entry.strip() for entry in text.split(",") if entry.strip()]
-
-
-def _network(entry: str) -> IPNetwork:
-    try:
-        return ipaddress.ip_network(entry, strict=False)
-    except ValueError as exc:
-        raise ValueError(
-            f"Invalid network {entry!r} in callback_deny_networks: use CIDR "
-            "notation such as 10.0.0.0/8 or fd00::/8."
-        ) from exc

@@ -80,10 +80,3 @@ METRICS_REFRESH_TIMEOUT_S: Final = 1.0
 # Seconds the worker waits for its own tasks to end once cancelled at close; a
 # task past this is left behind so that the process can still exit.
 CLOSE_TIMEOUT_S: Final = 5.0
-
-# How long the worker sends a function's calls through the gateway after the
-# provider reported no replica URLs for it, or the report failed, in seconds.
-FAILED_REPORT_TTL_S: Final = 5.0
-# Longest time a reported list of replica URLs is reused, whatever ttl_s the
-# provider sent, in seconds.
-REPLICA_URLS_MAX_TTL_S: Final = 30.0

@@ -59,6 +59,7 @@ from faashub import errors as shared_errors
 from faashub.call_status import CallState, CallStatus
 from faashub.dead_letter import Attempt, DeadLetter
 from faashub.queued_call import QueuedCall
+from faashub.replica_urls import ReplicaUrls
 from faashub.settings import WorkerSettings
 from queue_worker import backoff, constants, errors, invoke, status
 from queue_worker.callback import (
@@ -74,7 +75,6 @@ from queue_worker.invoke import FunctionResult
 from queue_worker.messages import DeliveryInfo, HeldMessage, salvage_call
 from queue_worker.metrics import WorkerMetrics
 from queue_worker.policy import FunctionPolicy, RetryPolicy
-from queue_worker.replicas import ReplicaUrls
 from queue_worker.slots import Slots
 from queue_worker.status import Decision, RunningLease, StatusStore
 

@@ -10,7 +10,7 @@ arrives, the worker makes one up, as OpenFaaS does: 503 when the gateway
 cannot be reached and 504 when the upstream timeout passes.
 
 `invoke_replica` sends the same request straight to a replica URL that the
-provider reported (`queue_worker.replicas`), skipping both proxy hops. It
+provider reported (`faashub.replica_urls`), skipping both proxy hops. It
 returns None when the replica refused the connection, so that the call goes
 through the gateway instead: the request never reached the function then.
 

@@ -36,22 +36,18 @@ from nats.js.object_store import ObjectStore
 
 from faashub import constants as shared
 from faashub import credentials, errors, jetstream
+from faashub.callback_guard import CallbackGuard, new_callback_session
 from faashub.queued_call import queue_filter_subject
+from faashub.replica_urls import ReplicaUrls
 from faashub.settings import WorkerSettings
 from queue_worker import callback, constants
-from queue_worker.callback import (
-    CallbackGuard,
-    CallbackOptions,
-    CallbackSender,
-    new_callback_session,
-)
+from queue_worker.callback import CallbackOptions, CallbackSender
 from queue_worker.dead_letters import DeadLetterWriter
 from queue_worker.functions import FunctionLookup
 from queue_worker.handling import CallHandler, HandlerServices
 from queue_worker.messages import HeldMessage, delivery_of
 from queue_worker.metrics import WorkerMetrics
 from queue_worker.policy import PolicyReader, default_retry_policy
-from queue_worker.replicas import ReplicaUrls
 from queue_worker.slots import Slots
 from queue_worker.status import StatusStore
 

@@ -41,7 +41,7 @@ from connectors.core.retry import RetryPolicy, SleepFunction
 from connectors.core.topic_map import EMPTY, TopicMap, TopicMapBuilder
 from faashub import __version__, credentials
 from faashub.connector_settings import ConnectorSettings
-from queue_worker.replicas import ReplicaUrls
+from faashub.replica_urls import ReplicaUrls
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ these headers, after the source's own (`X-Kafka-*` for Kafka):
 With sync invocation and `replicas` given, the request goes straight to a
 function replica that the gateway reports (`GET
 /system/function-endpoints/NAME?namespace=NS`, cached by
-`queue_worker.replicas.ReplicaUrls`), which skips the gateway's and the
+`faashub.replica_urls.ReplicaUrls`), which skips the gateway's and the
 provider's hops. It carries the same headers, minus `Authorization`, which is
 for the gateway only, plus those the gateway would add: `X-Start-Time` and
 `X-Forwarded-Host`/`X-Forwarded-For`, with every name in Go's canonical
@@ -58,8 +58,8 @@ from connectors.core.outage import Outage
 from connectors.core.retry import RetryPolicy, is_retryable, is_success
 from faashub import constants as shared
 from faashub import names, tracing
+from faashub.replica_urls import ReplicaUrls
 from provider.headers import canonical_header_name
-from queue_worker.replicas import ReplicaUrls
 
 logger = logging.getLogger(__name__)
 

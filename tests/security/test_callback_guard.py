@@ -11,16 +11,14 @@ import pytest
 from nats.js import JetStreamContext
 
 from faashub.call_status import CallState
-from faashub.queued_call import QueuedCall
-from queue_worker.callback import (
+from faashub.callback_guard import (
     CallbackGuard,
-    CallbackOptions,
     CallbackRefused,
-    CallbackSender,
-    Delivery,
     GuardedResolver,
     new_callback_session,
 )
+from faashub.queued_call import QueuedCall
+from queue_worker.callback import CallbackOptions, CallbackSender, Delivery
 from queue_worker.invoke import FunctionResult
 from tests.queue_worker.conftest import (
     RecordingServer,

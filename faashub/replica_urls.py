@@ -1,13 +1,15 @@
-"""Replica URLs of functions, so the worker can invoke a replica directly.
+"""Replica URLs of functions, so gateway clients can invoke a replica directly.
 
-The event connectors use this cache too (`connectors.core.invoker`).
+The queue-worker (`queue_worker.handling`) and the event connectors
+(`connectors.core.invoker`) use this cache. The gateway has its own, keyed
+and bounded differently, in front of the provider (`gateway.replica_urls`).
 
 Through the gateway, a call makes two proxy hops (gateway, then provider),
 which cost the queue-drain benchmark about 40 % of its CPU time per call.
 The provider reports where a function's replicas listen
 (`GET /system/function-endpoints/NAME?namespace=NS`, which the gateway
-forwards). This cache keeps each report for the `ttl_s` it carries, and
-hands out its URLs in turn.
+forwards). This cache keeps each report for the `ttl_s` it carries, at most
+MAX_TTL_S, and hands out its URLs in turn.
 
 `url_for` returns None, so that the call goes through the gateway as before,
 in three cases. The report lists no URL (zero replicas, none responding yet,
@@ -25,14 +27,23 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Final
 
 import aiohttp
 import yarl
 
 from faashub.names import FunctionRef
-from queue_worker import constants
 
 logger = logging.getLogger(__name__)
+
+# How long one report request to the gateway may take, in seconds.
+LOOKUP_TIMEOUT_S: Final = 5.0
+# How long calls of a function go through the gateway after the provider
+# reported no replica URLs for it, or the report failed, in seconds.
+FAILED_REPORT_TTL_S: Final = 5.0
+# Maximum time a reported list of replica URLs is reused, whatever ttl_s the
+# provider sent, in seconds.
+MAX_TTL_S: Final = 30.0
 
 
 @dataclass(slots=True)
@@ -51,7 +62,7 @@ class ReplicaUrls:
         gateway_url: str,
         *,
         authorization: str = "",
-        timeout_s: float = constants.LOOKUP_TIMEOUT_S,
+        timeout_s: float = LOOKUP_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
@@ -101,10 +112,10 @@ class ReplicaUrls:
             return self._failed(ref, str(exc) or type(exc).__name__)
         try:
             urls = tuple(str(item).rstrip("/") for item in document["urls"])
-            ttl_s = float(document.get("ttl_s", constants.FAILED_REPORT_TTL_S))
+            ttl_s = float(document.get("ttl_s", FAILED_REPORT_TTL_S))
         except (KeyError, TypeError, ValueError) as exc:
             return self._failed(ref, f"unexpected report: {exc!r}")
-        ttl_s = min(max(ttl_s, 0.0), constants.REPLICA_URLS_MAX_TTL_S)
+        ttl_s = min(max(ttl_s, 0.0), MAX_TTL_S)
         turn = itertools.cycle(urls) if urls else None
         return _Report(self._clock() + ttl_s, urls, turn)
 
@@ -114,4 +125,4 @@ class ReplicaUrls:
             reason,
             extra={"ctx": {"function": str(ref)}},
         )
-        return _Report(self._clock() + constants.FAILED_REPORT_TTL_S, (), None)
+        return _Report(self._clock() + FAILED_REPORT_TTL_S, (), None)
