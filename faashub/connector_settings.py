@@ -11,6 +11,7 @@ environment. The connectors themselves are in the `connectors` package.
 
 import re
 import string
+import urllib.parse
 from pathlib import Path
 from typing import Literal, Self
 
@@ -337,6 +338,13 @@ class SqsConnectorSettings(ConnectorSettings):
             check_sqs_queue(queue)
         return value
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint_url(cls, value: str) -> str:
+        if value:
+            check_endpoint_url(value)
+        return value
+
     @field_validator("dead_letter_queue")
     @classmethod
     def _check_dead_letter_queue(cls, value: str) -> str:
@@ -387,9 +395,21 @@ def broker_list(brokers: str) -> list[str]:
         raise ValueError("no broker given; set HOST:PORT, comma-separated")
     for entry in entries:
         host, colon, port = entry.rpartition(":")
-        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not colon or not host or not port.isdigit():
             raise ValueError(f"broker {entry!r} is not HOST:PORT")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"broker {entry!r} has a port outside 1 to 65535")
     return entries
+
+
+def check_endpoint_url(url: str) -> None:
+    """Raise ValueError unless `url` is an http or https URL with a host."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{url!r} is not an http or https URL with a host, such as "
+            "http://127.0.0.1:4566"
+        )
 
 
 def topic_list(topics: str) -> list[str]:

@@ -111,6 +111,8 @@ class Child:
     stop_grace_s: float = STOP_GRACE_S
     restarts: deque[float] = field(default_factory=deque)
     """Monotonic times of the recent restarts."""
+    log_path: Path | None = None
+    """The file its output goes to, when it is not the hub's own output."""
 
 
 @dataclass
@@ -137,6 +139,7 @@ def run(settings: HubSettings) -> int:
                 "'-' and '_'."
             )
     _check_sqs_queues(settings.sqs_queues)
+    _check_connector_addresses(settings)
     values: dict[str, Any] = {}
     paths: list[str] = []
     secrets: list[str] = []
@@ -350,7 +353,14 @@ def _start_components(
                 preexec_fn=_die_with_parent,
             )
 
-        hub.children.append(Child("nats-server", launch_nats, launch_nats()))
+        hub.children.append(
+            Child(
+                "nats-server",
+                launch_nats,
+                launch_nats(),
+                log_path=log_dir / "nats.log",
+            )
+        )
         nats_url = f"nats://{internal_host}:{nats_port}"
         logger.info("embedded nats-server listens on %s", nats_url)
 
@@ -607,6 +617,30 @@ def _check_sqs_queues(text: str) -> None:
             raise errors.SettingsError(f"Invalid --sqs-queues entry: {exc}.") from exc
 
 
+def _check_connector_addresses(settings: HubSettings) -> None:
+    """Raise SettingsError, naming the `up` flag, for a bad broker or endpoint.
+
+    The workers process would reject them too, but only after the rest of
+    the hub has started, and naming the connector's own flags.
+    """
+    from faashub.connector_settings import broker_list, check_endpoint_url
+
+    if settings.kafka_brokers:
+        try:
+            broker_list(settings.kafka_brokers)
+        except ValueError as exc:
+            raise errors.SettingsError(
+                f"Invalid --kafka-brokers (FAASHUB_KAFKA_BROKERS): {exc}."
+            ) from exc
+    if settings.sqs_endpoint_url:
+        try:
+            check_endpoint_url(settings.sqs_endpoint_url)
+        except ValueError as exc:
+            raise errors.SettingsError(
+                f"Invalid --sqs-endpoint-url (FAASHUB_SQS_ENDPOINT_URL): {exc}."
+            ) from exc
+
+
 def _named_queues(text: str) -> list[str]:
     """Return the named queues of `--queues`, checked by `run`, without repeats."""
     queues = [queue.strip() for queue in text.split(",") if queue.strip()]
@@ -728,11 +762,12 @@ def _restart(hub: Hub, child: Child, code: int) -> bool:
         child.restarts.popleft()
     if len(child.restarts) >= MAX_RESTARTS:
         logger.error(
-            "%s exited with code %s, %d times within %g s; stopping the hub",
+            "%s exited with code %s, %d times within %g s; stopping the hub%s",
             child.name,
             code,
             len(child.restarts) + 1,
             RESTART_WINDOW_S,
+            f" (its log: {child.log_path})" if child.log_path else "",
         )
         return False
     logger.warning(

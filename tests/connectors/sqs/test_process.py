@@ -12,6 +12,7 @@ import pytest
 
 from faashub import errors
 from faashub.cli import hub
+from faashub.connector_settings import SqsConnectorSettings
 from faashub.settings import HubSettings
 from tests.conftest import free_port
 from tests.connectors.conftest import FakeGateway, wait_until, wait_until_async
@@ -120,3 +121,32 @@ def test_hub_rejects_invalid_queue() -> None:
 
     with pytest.raises(errors.SettingsError, match="bad name"):
         hub.run(settings)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        pytest.param(
+            {"sqs_queues": "orders", "sqs_endpoint_url": "notaurl"},
+            "--sqs-endpoint-url",
+            id="endpoint",
+        ),
+        pytest.param(
+            {"kafka_brokers": "127.0.0.1:99999"},
+            "port outside 1 to 65535",
+            id="broker-port",
+        ),
+        pytest.param({"kafka_brokers": "nohostport"}, "--kafka-brokers", id="broker"),
+    ],
+)
+def test_hub_rejects_bad_connector_address(
+    fields: dict[str, str], message: str
+) -> None:
+    # Rejected before any component starts, naming the flag of `up`.
+    with pytest.raises(errors.SettingsError, match=message):
+        hub.run(HubSettings.model_validate(fields))
+
+
+def test_standalone_connector_rejects_bad_endpoint() -> None:
+    with pytest.raises(ValueError, match="not an http or https URL"):
+        SqsConnectorSettings(sqs_queues="orders", endpoint_url="notaurl")
