@@ -36,7 +36,7 @@ from starlette.types import Receive, Scope, Send
 
 from faashub import constants as shared
 from faashub import errors as shared_errors
-from faashub import names
+from faashub import jetstream, names
 from faashub.queued_call import QueuedCall
 from gateway import asgi, async_calls, constants, delays, errors, limits
 from gateway.call_ids import new_call_id
@@ -47,6 +47,9 @@ from gateway.log_throttle import WarningThrottle
 logger = logging.getLogger(__name__)
 
 _ALLOWED_METHODS = ", ".join(constants.ASYNC_METHODS)
+# Seconds between two checks that a queue has a worker (see
+# AsyncAccept._check_queue_served).
+UNSERVED_CHECK_INTERVAL_S = 60.0
 _REQUEST_ERROR_STATUS: dict[type[errors.GatewayError], int] = {
     errors.InvalidRequest: 400,
     errors.FunctionNotFound: 404,
@@ -112,6 +115,46 @@ class AsyncAccept:
         self._max_delay_s = max_delay_s
         self._queue_warnings = WarningThrottle(logger)
         self._provider_warnings = WarningThrottle(logger)
+        # Queue name -> monotonic time of its last check for a worker.
+        self._served_checked_at: dict[str, float] = {}
+        self._checks: set[asyncio.Task[None]] = set()
+
+    def _check_queue_served(self, queue: str, ref: names.FunctionRef) -> None:
+        """Warn in the background when no queue-worker ever consumed `queue`.
+
+        A call to such a queue is stored and answered 202, then waits until a
+        worker for the queue starts, which a user who deployed with a new
+        `com.openfaas.queue` annotation may not know to do. Each queue is
+        checked at most once per UNSERVED_CHECK_INTERVAL_S, so the accept path
+        pays one dictionary lookup per call.
+        """
+        now = time.monotonic()
+        checked_at = self._served_checked_at.get(queue)
+        if checked_at is not None and now - checked_at < UNSERVED_CHECK_INTERVAL_S:
+            return
+        self._served_checked_at[queue] = now
+        task = asyncio.create_task(self._warn_if_unserved(queue, ref))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _warn_if_unserved(self, queue: str, ref: names.FunctionRef) -> None:
+        try:
+            await self._queue.layout().js.consumer_info(
+                shared.CALLS_STREAM, jetstream.worker_durable_name(queue)
+            )
+        except nats.js.errors.NotFoundError:
+            logger.warning(
+                "no queue-worker has consumed queue %r yet: its calls wait until "
+                "one starts (faashub up --queues %s, or faashub queue-worker "
+                "--queue %s)",
+                queue,
+                queue,
+                queue,
+                extra={"ctx": {"function": str(ref), "queue": queue}},
+            )
+        except Exception as exc:
+            # Only a hint: a failed check must not disturb the accept path.
+            logger.debug("queue check failed: %s", exc, extra={"ctx": {"queue": queue}})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]
@@ -247,6 +290,7 @@ class AsyncAccept:
             not_before_ns=not_before_ns,
         )
         ack = await self._queue.publish(call, deduplicate=request.caller_call_id)
+        self._check_queue_served(function.queue, ref)
 
         # A duplicate PubAck means that JetStream already stored this call id,
         # so the call runs once. The caller still gets a 202 with that id,

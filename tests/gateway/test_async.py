@@ -1,14 +1,18 @@
 """The async accept path `/async-function/...` against real NATS JetStream."""
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+import nats
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from faashub import constants as shared
-from faashub.queued_call import QueuedCall
+from faashub import jetstream
+from faashub.queued_call import QueuedCall, queue_filter_subject
 from gateway.call_queue import message_size
 from tests.conftest import LOOPBACK, free_port
 from tests.gateway.conftest import (
@@ -437,3 +441,44 @@ async def test_async_nats_down_at_start_503(
 
     assert response.status_code == 503
     assert nats_server.url in response.text
+
+
+async def test_async_warns_once_about_unserved_queue(
+    client: httpx.AsyncClient,
+    provider: FakeProvider,
+    nats_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider.deploy("served-fn", annotations={"com.openfaas.queue": "served"})
+    provider.deploy("lonely-fn", annotations={"com.openfaas.queue": "lonely"})
+    connection = await nats.connect(nats_url)
+    try:
+        # What a queue-worker for "served" leaves: its durable consumer.
+        await connection.jetstream().add_consumer(
+            shared.CALLS_STREAM,
+            ConsumerConfig(
+                durable_name=jetstream.worker_durable_name("served"),
+                filter_subject=queue_filter_subject("served"),
+                ack_policy=AckPolicy.EXPLICIT,
+            ),
+        )
+    finally:
+        await connection.close()
+
+    with caplog.at_level(logging.WARNING, logger="gateway.async_accept"):
+        for name in ("served-fn", "lonely-fn", "lonely-fn"):
+            accepted = await client.post(f"/async-function/{name}", content=b"x")
+            assert accepted.status_code == 202, accepted.text
+
+        async def warned() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "no queue-worker" in r.getMessage()]
+
+        for _ in range(100):
+            if await warned():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # room for a wrong second warning
+
+    [warning] = await warned()
+    assert "'lonely'" in warning.getMessage()
+    assert "--queues lonely" in warning.getMessage()
