@@ -285,7 +285,10 @@ def test_key_not_matching_certificate_is_reported(tmp_path: Path) -> None:
     ("values", "message"),
     [
         pytest.param({"brokers": ""}, "no broker given", id="no-broker"),
-        pytest.param({"brokers": "host:99999"}, "is not HOST:PORT", id="bad-port"),
+        pytest.param(
+            {"brokers": "host:99999"}, "port outside 1 to 65535", id="bad-port"
+        ),
+        pytest.param({"brokers": "host"}, "is not HOST:PORT", id="no-port"),
         pytest.param({"topics": " , "}, "no topic given", id="no-topic"),
         pytest.param({"topics": "a/b"}, "not a Kafka topic name", id="bad-topic"),
         pytest.param(
