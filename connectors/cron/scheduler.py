@@ -192,6 +192,11 @@ class Scheduler:
             wait_s = self._seconds_to_next_tick(now)
             await self._wait(wait_s)
 
+    @property
+    def runs_in_flight(self) -> int:
+        """The runs started and not finished yet."""
+        return len(self._tasks)
+
     def stop(self) -> None:
         """Ask `run()` to return; it fires no more ticks."""
         self._stopping = True

@@ -150,7 +150,8 @@ def process_gone(pid: int) -> bool:
     """Return whether `pid` has exited (a zombie that awaits reaping counts)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # ProcessLookupError: reaped between the open and the read.
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
