@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(context)s"
@@ -68,3 +68,68 @@ def configure(*, level: str = "INFO", log_format: str = "text") -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     # One line per control-plane request (health checks, the CLI) is noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class LimitedLines:
+    """An INFO line written at most `per_second` times a second, the rest counted.
+
+    At thousands of successes a second, one line each costs a few percent of a
+    component's CPU. Lines beyond the limit in one second are only counted;
+    one `summary` line with that count follows when the next second with a
+    line begins, or at `flush()`.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        message: str,
+        *,
+        per_second: int,
+        summary: str,
+        count_field: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._message = message
+        self._per_second = per_second
+        self._summary = summary
+        self._count_field = count_field
+        self._clock = clock
+        self._second = 0
+        self._written = 0
+        self._not_logged = 0
+        self._not_logged_since_s = 0.0
+
+    def write(self, context: Callable[[], Mapping[str, Any]]) -> None:
+        """Write one line, building its context only when the line is written."""
+        if not self._logger.isEnabledFor(logging.INFO):
+            return
+        now_s = self._clock()
+        second = int(now_s)
+        if second != self._second:
+            self._second = second
+            self._written = 0
+            self.flush()
+        if self._written >= self._per_second:
+            if not self._not_logged:
+                self._not_logged_since_s = now_s
+            self._not_logged += 1
+            return
+        self._written += 1
+        self._logger.info(self._message, extra={"ctx": context()})
+
+    def flush(self) -> None:
+        """Write the count of lines not written so far, if there are any."""
+        if not self._not_logged:
+            return
+        self._logger.info(
+            self._summary,
+            extra={
+                "ctx": {
+                    self._count_field: self._not_logged,
+                    "over_s": f"{self._clock() - self._not_logged_since_s:.1f}",
+                    "max_lines_per_s": self._per_second,
+                }
+            },
+        )
+        self._not_logged = 0

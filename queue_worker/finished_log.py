@@ -15,51 +15,23 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from faashub.logs import LimitedLines
 from queue_worker import constants
 
-logger = logging.getLogger("queue_worker.handling")
 
-
-class FinishedLog:
-    """Writes `call finished` lines, at most FINISHED_LINES_PER_S successes a second."""
+class FinishedLog(LimitedLines):
+    """The `call finished` lines of successes, at most FINISHED_LINES_PER_S a second."""
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._second = 0
-        self._written = 0
-        self._not_logged = 0
-        self._not_logged_since_s = 0.0
+        super().__init__(
+            logging.getLogger("queue_worker.handling"),
+            "call finished",
+            per_second=constants.FINISHED_LINES_PER_S,
+            summary="calls finished, not logged",
+            count_field="calls",
+            clock=clock,
+        )
 
     def succeeded(self, context: Callable[[], Mapping[str, Any]]) -> None:
         """Log one success, building its context only when the line is written."""
-        if not logger.isEnabledFor(logging.INFO):
-            return
-        now_s = self._clock()
-        second = int(now_s)
-        if second != self._second:
-            self._second = second
-            self._written = 0
-            self.flush()
-        if self._written >= constants.FINISHED_LINES_PER_S:
-            if not self._not_logged:
-                self._not_logged_since_s = now_s
-            self._not_logged += 1
-            return
-        self._written += 1
-        logger.info("call finished", extra={"ctx": context()})
-
-    def flush(self) -> None:
-        """Write the count of successes not logged so far, if there are any."""
-        if not self._not_logged:
-            return
-        logger.info(
-            "calls finished, not logged",
-            extra={
-                "ctx": {
-                    "calls": self._not_logged,
-                    "over_s": f"{self._clock() - self._not_logged_since_s:.1f}",
-                    "max_lines_per_s": constants.FINISHED_LINES_PER_S,
-                }
-            },
-        )
-        self._not_logged = 0
+        self.write(context)

@@ -41,6 +41,7 @@ from connectors.core.retry import RetryPolicy, SleepFunction
 from connectors.core.topic_map import EMPTY, TopicMap, TopicMapBuilder
 from faashub import __version__, credentials
 from faashub.connector_settings import ConnectorSettings
+from faashub.logs import LimitedLines
 from faashub.replica_urls import ReplicaUrls
 
 logger = logging.getLogger(__name__)
@@ -226,51 +227,26 @@ class Connector:
         )
 
 
-class _SuccessLog:
+class _SuccessLog(LimitedLines):
     """The `function invoked` INFO lines, at most RESULT_LINES_PER_S a second.
 
-    Successes beyond that in one second are counted. The count goes out in one
-    `function invocations not logged` line when the next second with a success
-    begins, or at `flush()`, so a quiet period after a burst delays it.
+    The count of successes not logged goes out in one `function invocations
+    not logged` line when the next second with a success begins, or at
+    `flush()`, so a quiet period after a burst delays it.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._second = 0
-        self._written = 0
-        self._not_logged = 0
-        self._not_logged_since_s = 0.0
+        super().__init__(
+            logger,
+            "function invoked",
+            per_second=constants.RESULT_LINES_PER_S,
+            summary="function invocations not logged",
+            count_field="invocations",
+            clock=clock,
+        )
 
     def invoked(self, result: InvocationResult, message: Message) -> None:
-        now_s = self._clock()
-        second = int(now_s)
-        if second != self._second:
-            self._second = second
-            self._written = 0
-            self.flush()
-        if self._written >= constants.RESULT_LINES_PER_S:
-            if not self._not_logged:
-                self._not_logged_since_s = now_s
-            self._not_logged += 1
-            return
-        self._written += 1
-        logger.info("function invoked", extra={"ctx": _result_context(result, message)})
-
-    def flush(self) -> None:
-        """Write the count of successes not logged so far, if there are any."""
-        if not self._not_logged:
-            return
-        logger.info(
-            "function invocations not logged",
-            extra={
-                "ctx": {
-                    "invocations": self._not_logged,
-                    "over_s": f"{self._clock() - self._not_logged_since_s:.1f}",
-                    "max_lines_per_s": constants.RESULT_LINES_PER_S,
-                }
-            },
-        )
-        self._not_logged = 0
+        self.write(lambda: _result_context(result, message))
 
 
 def _result_context(result: InvocationResult, message: Message) -> dict[str, object]:
