@@ -162,8 +162,8 @@ class GatewayApp:
             await self._lifespan(receive, send)
             return
         elif scope["type"] == "websocket":
-            # No route of the gateway speaks WebSocket: refuse the handshake
-            # (the server answers it with 403).
+            # No route of the gateway uses WebSocket, so reject the handshake
+            # (uvicorn then responds with 403).
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})
             return

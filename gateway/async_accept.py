@@ -122,7 +122,7 @@ class AsyncAccept:
     def _check_queue_served(self, queue: str, ref: names.FunctionRef) -> None:
         """Warn in the background when no queue-worker ever consumed `queue`.
 
-        A call to such a queue is stored and answered 202, then waits until a
+        A call to such a queue is stored and gets 202, then waits until a
         worker for the queue starts, which a user who deployed with a new
         `com.openfaas.queue` annotation may not know to do. Each queue is
         checked at most once per UNSERVED_CHECK_INTERVAL_S, so the accept path

@@ -3,13 +3,13 @@
 The provider counts the invocations it proxies, by function and status
 code, and times them. At each scrape it also lists the functions of every
 namespace it serves and reports their desired and available replicas, so a
-dashboard sees what the backend sees without a second source. The names
+dashboard shows the backend's state without a second data source. The names
 start with `faashub_provider_`; `function_name` labels are `name.namespace`,
 as on the gateway's metrics.
 
 The endpoint is open, like `/healthz`: it names functions and counts, never
 bodies, secrets or environment values. A backend that fails to list its
-functions during a scrape still answers, with the invocation counters and
+functions during a scrape still returns the invocation counters, with
 `faashub_provider_up` at 0.
 """
 
@@ -34,8 +34,8 @@ METRICS_PATH = "/metrics"
 # Seconds, from a fast http-mode call to the default upstream timeout.
 DURATION_BUCKETS_S = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 
-# The most function series one scrape reports; a provider with more still
-# answers, with the rest summed up in faashub_provider_functions.
+# Maximum number of functions whose replica series one scrape reports.
+# Functions beyond it still count in faashub_provider_functions.
 MAX_REPORTED_FUNCTIONS = 10_000
 
 
@@ -47,7 +47,7 @@ class ProviderMetrics:
         self.registry = CollectorRegistry()
         self.invocations = Counter(
             "faashub_provider_invocations_total",
-            "Invocations the provider answered, by function and status code.",
+            "Invocations the provider responded to, by function and status code.",
             ["function_name", "code"],
             registry=self.registry,
         )
@@ -88,7 +88,7 @@ class ProviderMetrics:
         )
 
     def invoked(self, function_name: str, *, status: int, duration_s: float) -> None:
-        """Count one answered invocation of `function_name` (`name.namespace`)."""
+        """Count one finished invocation of `function_name` (`name.namespace`)."""
         self.invocations.labels(function_name, str(status)).inc()
         self.duration.labels(function_name).observe(duration_s)
 
@@ -98,7 +98,7 @@ class ProviderMetrics:
         try:
             await self._refresh_functions()
         except Exception as exc:
-            # A scrape must answer even when the backend cannot list.
+            # A scrape returns the counters even when the backend cannot list.
             logger.warning("metrics scrape could not list functions: %s", exc)
             self.up.set(0)
         else:

@@ -53,7 +53,7 @@ def rendered_secrets(kubeconfig: Path, values: dict[str, Any]) -> dict[str, Secr
 async def render_against_emulator(
     tmp_path: Path, *, stored: dict[str, Secret], values: dict[str, Any]
 ) -> dict[str, Secret]:
-    """Render against an emulated cluster that holds the `stored` Secrets."""
+    """Render against an emulated cluster that contains the `stored` Secrets."""
     async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
         # Discovery must name the kind, or Helm's lookup finds no resource.
         emulator.resources[SECRETS] = emulator.ResourceInfo(

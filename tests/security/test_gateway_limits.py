@@ -289,8 +289,8 @@ async def test_system_body_over_limit_413(
         await close_socket(writer)
 
     # A chunked body is refused once it passes the limit, not at its end:
-    # the gateway answers and closes while the client still sends. Closing
-    # with unread data resets the connection, which can discard the answer
+    # the gateway responds and closes while the client still sends. Closing
+    # with unread data resets the connection, which can discard the response
     # on the client's side, so either outcome ends the upload early.
     reader, writer = await open_socket(gateway.url)
     sent = 0
