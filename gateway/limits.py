@@ -17,6 +17,7 @@ with the message from `body_read_timeout_text`.
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import h11
 from starlette.types import Scope, Send
@@ -211,3 +212,28 @@ def http_protocol(
     return type(
         base.__name__, (base,), {"header_read_timeout_s": header_read_timeout_s}
     )
+
+
+# Bounds of the read that follows a body over its limit (see discard_rest).
+DISCARD_MAX_BYTES = 1024 * 1024
+DISCARD_TIMEOUT_S = 1.0
+
+
+async def discard_rest(stream: AsyncIterator[bytes]) -> None:
+    """Read and drop what follows of a body that passed its limit, within bounds.
+
+    A server that closes the connection while the client's data is still
+    unread makes the kernel reset it, which can discard the 413 before the
+    client reads it. So up to DISCARD_MAX_BYTES more are read, for at most
+    DISCARD_TIMEOUT_S, before the response; a larger or slower upload still
+    ends there.
+    """
+    discarded = 0
+    try:
+        async with asyncio.timeout(DISCARD_TIMEOUT_S):
+            async for chunk in stream:
+                discarded += len(chunk)
+                if discarded > DISCARD_MAX_BYTES:
+                    return
+    except TimeoutError:
+        return

@@ -420,9 +420,11 @@ async def _read_capped(request: Request) -> bytes:
     """Read the request body, raising _BodyTooLarge past the limit."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    async for chunk in stream:
         size += len(chunk)
         if size > MAX_SYSTEM_BODY_BYTES:
+            await limits.discard_rest(stream)
             raise _BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)

@@ -475,9 +475,11 @@ async def _read_body(request: Request, *, max_bytes: int) -> bytes | Response:
     if declared.isdigit() and int(declared) > max_bytes:
         return _body_too_large(request, max_bytes=max_bytes)
     body = bytearray()
-    async for chunk in request.stream():
+    stream = request.stream()
+    async for chunk in stream:
         body.extend(chunk)
         if len(body) > max_bytes:
+            await limits.discard_rest(stream)
             return _body_too_large(request, max_bytes=max_bytes)
     return bytes(body)
 

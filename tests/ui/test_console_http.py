@@ -455,7 +455,7 @@ def test_declared_length_over_cap_413(
 @pytest.mark.timeout(30)
 def test_chunked_body_over_cap_413(console_hub: ConsoleHub) -> None:
     # 320 KiB in 64 KiB chunks and no last chunk: the gateway must respond
-    # once the cap is passed, without waiting for the end of the body.
+    # soon after the cap is passed, without waiting for the end of the body.
     chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
     head = request_head(
         console_hub,
