@@ -9,7 +9,10 @@ Four parts share one ASGI application:
   stream must notice a client that disconnects while no line arrives;
 - `/function/NAME[.NAMESPACE][/PATH]`: invocation, a lean raw-ASGI handler,
   because FastAPI's routing would cost several times more per call on the
-  hot path;
+  hot path. A body that arrives in one ASGI message goes to the backend
+  whole. A longer one goes as a stream that reads from the caller only as
+  fast as the backend forwards it, so an upload of any size costs the
+  provider a few chunks of memory;
 - `/healthz`: 200 `OK` once the backend is ready, 503 before that and while
   it stops;
 - `/metrics`: Prometheus metrics (`provider.metrics`), open like `/healthz`.
@@ -49,8 +52,11 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from faashub import constants, errors, names
+from faashub.logs import LimitedLines
 from provider import logs_api
 from provider.backend import (
+    PROXY_ERROR_MARKER,
+    ClientDisconnected,
     Conflict,
     Forbidden,
     FunctionExists,
@@ -69,7 +75,6 @@ from provider.backend import (
     StorageError,
     default_namespace,
     function_endpoints,
-    internal_error_marker,
 )
 from provider.metrics import METRICS_PATH, ProviderMetrics
 from provider.types import (
@@ -124,13 +129,24 @@ class ProviderApp:
         self.backend = backend
         self._auth_token = auth_token.encode() if auth_token else None
         self.start_error: BaseException | None = None
-        self._internal_marker = internal_error_marker(backend)
         self._default_namespace = default_namespace(backend)
+        # One `function invoked` line per call is what an operator reads at
+        # low rates. At thousands of calls a second, the lines took about 9 %
+        # of the provider's py-spy samples (2-core VM, sync-proxy benchmark),
+        # so beyond INVOCATION_LINES_PER_S a second they are only counted.
+        self._invocation_log = LimitedLines(
+            logger,
+            "function invoked",
+            per_second=INVOCATION_LINES_PER_S,
+            summary="function invocations not logged",
+            count_field="invocations",
+        )
         self._system = _build_system_app(
-            backend, on_start_error=self._record_start_error
+            backend,
+            on_start_error=self._record_start_error,
+            on_stop=self._invocation_log.flush,
         )
         self._closing = asyncio.Event()
-        self._invocation_log = _InvocationLog()
         self.metrics = ProviderMetrics(backend)
 
     def _record_start_error(self, exc: BaseException) -> None:
@@ -240,7 +256,13 @@ class ProviderApp:
                 self.metrics.invoked(
                     context["function"], status=status, duration_s=duration_s
                 )
-            self._invocation_log.invoked(context, status=status, duration_s=duration_s)
+            self._invocation_log.write(
+                lambda: {
+                    **context,
+                    "status": status,
+                    "duration_s": round(duration_s, 6),
+                }
+            )
 
     async def _route_invocation(
         self, scope: Scope, receive: Receive, send: Send, *, context: dict[str, str]
@@ -265,7 +287,7 @@ class ProviderApp:
         except errors.InvalidFunctionName as exc:
             await _send_text(send, 400, str(exc))
             return 400
-        body = await _read_body(receive)
+        body = await _start_body(receive)
         if body is None:
             return 0  # the client disconnected, so no response can be sent
 
@@ -280,8 +302,9 @@ class ProviderApp:
                 (name.decode("latin-1"), value.decode("latin-1"))
                 for name, value in scope["headers"]
             ],
-            body=body,
+            body=body if isinstance(body, bytes) else b"",
             client_host=client[0] if client else "",
+            body_stream=None if isinstance(body, bytes) else body,
         )
         context["function"] = str(ref)
         context["call_id"] = invocation.call_id
@@ -293,6 +316,7 @@ class ProviderApp:
         """Send the backend's response, or an error; return the status sent.
 
         Marks `context` when the function exists, whatever the outcome.
+        Return 0 when the caller went away while it sent the body.
         """
         sending = _ResponseSender(send)
         try:
@@ -300,6 +324,9 @@ class ProviderApp:
                 context[_REACHED_KEY] = "1"
                 await sending.send(response)
                 return response.status
+        except ClientDisconnected:
+            _log_disconnect(invocation)
+            return 0
         except (
             InvalidRequest,
             NamespaceNotFound,
@@ -315,12 +342,18 @@ class ProviderApp:
             return status
         except InvocationFailed as exc:
             context[_REACHED_KEY] = "1"
+            stream = invocation.body_stream
+            if isinstance(stream, _RequestStream) and stream.disconnected:
+                # An HTTP client library reports the caller's disconnect as
+                # a failure of the upload to the function.
+                _log_disconnect(invocation)
+                return 0
             if not sending.started:
                 await _send_text(
                     send,
                     exc.status_code,
                     str(exc),
-                    internal=self._internal_marker,
+                    internal=PROXY_ERROR_MARKER,
                     retry_after=_retry_after(exc),
                 )
                 return exc.status_code
@@ -337,44 +370,6 @@ class ProviderApp:
                 },
             )
             return sending.status
-
-
-class _InvocationLog:
-    """The provider's `function invoked` INFO lines, at most a few per second.
-
-    One line per invocation is what an operator reads at low rates. At
-    thousands of calls a second, the lines took about 9 % of the provider's
-    py-spy samples (2-core VM, sync-proxy benchmark). So beyond
-    INVOCATION_LINES_PER_S in one second the rest are only counted, and the
-    next line that is written carries that count as `not_logged`.
-    """
-
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._second = 0
-        self._written = 0
-        self._not_logged = 0
-
-    def invoked(
-        self, context: dict[str, str], *, status: int, duration_s: float
-    ) -> None:
-        second = int(self._clock())
-        if second != self._second:
-            self._second = second
-            self._written = 0
-        if self._written >= INVOCATION_LINES_PER_S:
-            self._not_logged += 1
-            return
-        self._written += 1
-        fields: dict[str, object] = {
-            **context,
-            "status": status,
-            "duration_s": round(duration_s, 6),
-        }
-        if self._not_logged:
-            fields["not_logged"] = self._not_logged
-            self._not_logged = 0
-        logger.info("function invoked", extra={"ctx": fields})
 
 
 class _ResponseSender:
@@ -425,9 +420,15 @@ def create_app(
 
 
 def _build_system_app(
-    backend: ProviderBackend, *, on_start_error: Callable[[BaseException], None]
+    backend: ProviderBackend,
+    *,
+    on_start_error: Callable[[BaseException], None],
+    on_stop: Callable[[], None],
 ) -> FastAPI:
-    """Build the FastAPI app of `/system/*`, whose lifespan runs the backend."""
+    """Build the FastAPI app of `/system/*`, whose lifespan runs the backend.
+
+    `on_stop` runs once the backend has stopped.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -440,6 +441,7 @@ def _build_system_app(
             yield
         finally:
             await backend.stop()
+            on_stop()
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     for error_type, status_code in _STATUS_BY_ERROR:
@@ -734,20 +736,62 @@ def _split_function_path(scope: Scope) -> tuple[str, str]:
     return name, "/" + rest
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """Read the whole request body, or return None if the client disconnected.
+async def _start_body(receive: Receive) -> "bytes | _RequestStream | None":
+    """Read the first ASGI message of the request body.
 
-    NOTE: the body is held in memory with no size limit, because classic mode
-    needs all of it on stdin. A limit would go here, as a 413 response.
+    Return the whole body when it came in that message, as a small body
+    does, and otherwise a stream of the whole body, which reads the rest
+    from the caller as the backend consumes it. Return None when the caller
+    went away.
     """
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    first: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return first
+    return _RequestStream(first, receive)
+
+
+class _RequestStream:
+    """The chunks of a request body, read from the ASGI server on demand.
+
+    The ASGI server stops reading the socket while a few chunks wait for
+    `receive`, so reading only as fast as the backend writes keeps the
+    caller's upload in step with the function's reading. It can be iterated
+    once, and raises ClientDisconnected when the caller goes away first.
+    """
+
+    def __init__(self, first: bytes, receive: Receive) -> None:
+        self._pending = first
+        self._receive = receive
+        self._more = True
+        self.disconnected = False
+
+    def __aiter__(self) -> "_RequestStream":
+        return self
+
+    async def __anext__(self) -> bytes:
+        # Empty chunks are skipped: a chunked upload would read one as its end.
+        while not self._pending:
+            if not self._more:
+                raise StopAsyncIteration
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._more = False
+                self.disconnected = True
+                raise ClientDisconnected(
+                    "The caller closed the connection before the end of the body."
+                )
+            self._pending = message.get("body", b"")
+            self._more = message.get("more_body", False)
+        chunk, self._pending = self._pending, b""
+        return chunk
+
+
+def _log_disconnect(invocation: Invocation) -> None:
+    context = {"function": str(invocation.function), "call_id": invocation.call_id}
+    logger.debug("caller disconnected during the upload", extra={"ctx": context})
 
 
 def _has_bearer_token(scope: Scope, token: bytes) -> bool:

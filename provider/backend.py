@@ -25,7 +25,10 @@ raising the errors below, and the API turns each into a status code::
 
 The API marks responses built from an `InvocationFailed` with the
 `X-OpenFaaS-Internal` header, so a caller can tell a platform failure from
-an error status that the function itself returned.
+an error status that the function itself returned. Its value is `proxy`
+for every backend: the value that the proxy package of openfaas/faas-provider
+sets on the errors it makes itself, and faas-netes and faasd both serve
+invocations through that package.
 """
 
 from collections.abc import AsyncIterator
@@ -138,6 +141,14 @@ class FunctionTimeout(InvocationFailed):
     status_code = 504
 
 
+class ClientDisconnected(Exception):
+    """The caller closed its connection before it sent the whole request body.
+
+    Reading `Invocation.body_stream` raises it. A backend lets it propagate,
+    and the API then sends no response, because no one would read it.
+    """
+
+
 class LogStream(Protocol):
     """Chunks of ndjson log lines. `aclose` ends the stream early."""
 
@@ -157,6 +168,12 @@ class Invocation:
     percent-encoded, which a proxy forwards unchanged. `query` is the raw
     query string without the "?". Header names are lowercase, in the order
     received, with repeats kept.
+
+    The request body is `body` when it arrived whole before the call started.
+    Otherwise `body` is empty and `body_stream` yields the body's chunks as
+    the caller sends them, so that a backend forwards a large upload without
+    holding it. The stream can be read once. It raises ClientDisconnected
+    when the caller goes away before the end of the body.
     """
 
     function: FunctionRef
@@ -167,6 +184,7 @@ class Invocation:
     headers: list[tuple[str, str]]
     body: bytes
     client_host: str = ""
+    body_stream: AsyncIterator[bytes] | None = None
 
     @property
     def call_id(self) -> str:
@@ -235,8 +253,7 @@ async def function_endpoints(
     return endpoints
 
 
-# The X-OpenFaaS-Internal value of the failures that a provider proxy makes,
-# as faas-netes sends it.
+# The X-OpenFaaS-Internal value of the invocation failures a provider makes.
 PROXY_ERROR_MARKER = "proxy"
 
 
@@ -250,21 +267,6 @@ def default_namespace(backend: "ProviderBackend") -> str:
     if isinstance(namespace, str) and namespace:
         return namespace
     return constants.DEFAULT_NAMESPACE
-
-
-def internal_error_marker(backend: "ProviderBackend") -> str:
-    """Return the X-OpenFaaS-Internal value of the invocation failures a backend makes.
-
-    `internal_error_marker` is an optional string attribute of a backend. A
-    backend that only proxies, as the Kubernetes one, sets PROXY_ERROR_MARKER.
-    NOTE: without the attribute the value is the provider's name (the local
-    backend's failures carry `faashub-local`, which its tests assert), not
-    the `proxy` that faas-netes sends.
-    """
-    marker = getattr(backend, "internal_error_marker", None)
-    if isinstance(marker, str) and marker:
-        return marker
-    return backend.info().provider
 
 
 class ProviderBackend(Protocol):

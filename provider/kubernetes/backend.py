@@ -39,7 +39,6 @@ from faashub import __version__, names
 from faashub.names import FunctionRef
 from faashub.settings import KubernetesProviderSettings
 from provider.backend import (
-    PROXY_ERROR_MARKER,
     Conflict,
     Forbidden,
     FunctionExists,
@@ -180,11 +179,6 @@ class KubernetesBackend:
     def default_namespace(self) -> str:
         """The namespace of a call or request that names none: function_namespace."""
         return self._default_namespace
-
-    @property
-    def internal_error_marker(self) -> str:
-        """The X-OpenFaaS-Internal value of the failures this provider makes."""
-        return PROXY_ERROR_MARKER
 
     def info(self) -> ProviderInfo:
         """Return the provider's name, orchestration and faashub release."""

@@ -4,8 +4,9 @@ The function's address comes from the `function_address_template` setting,
 by default `http://{name}.{namespace}.svc.cluster.local:8080`, the cluster
 DNS name of its Service, so kube-proxy picks a ready pod. Tests set a
 template such as `http://127.0.0.1:9000/{namespace}/{name}` to reach local
-servers. The caller's path and query are appended byte for byte, and the
-response is streamed back unchanged except for hop-by-hop headers.
+servers. The caller's path and query are appended byte for byte. The request
+body streams to the function as the caller sends it, and the response
+streams back unchanged except for hop-by-hop headers.
 
 Failures become the errors the API tags with `X-OpenFaaS-Internal`: a
 connection that cannot be made is FunctionUnavailable (503), a response
@@ -21,9 +22,7 @@ from typing import Final
 
 import aiohttp
 import yarl
-from multidict import CIMultiDict
 
-from faashub import constants
 from faashub.names import FunctionRef
 from provider.backend import (
     FunctionFailed,
@@ -33,7 +32,7 @@ from provider.backend import (
     InvocationResponse,
     ProviderStartError,
 )
-from provider.headers import canonical_header_name, end_to_end_headers
+from provider.headers import end_to_end_headers, upstream_body, upstream_headers
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +105,8 @@ class FunctionProxy:
             response = await self._session.request(
                 invocation.method,
                 url,
-                headers=_upstream_headers(invocation),
-                data=invocation.body,
+                headers=upstream_headers(invocation),
+                data=upstream_body(invocation),
                 allow_redirects=False,
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
                 timeout=self._timeout,
@@ -151,18 +150,3 @@ async def _read_body(
         ) from exc
     except aiohttp.ClientError as exc:
         raise FunctionFailed(f"Function {ref} broke off its response: {exc}.") from exc
-
-
-def _upstream_headers(invocation: Invocation) -> CIMultiDict[str]:
-    """Return the caller's headers for the function, minus per-hop ones."""
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in end_to_end_headers(invocation.headers):
-        # aiohttp writes Host and Content-Length for the bytes it sends.
-        if name not in ("host", "content-length", "expect"):
-            headers.add(canonical_header_name(name), value)
-    original_host = dict(invocation.headers).get("host", "")
-    if original_host and constants.FORWARDED_HOST not in headers:
-        headers[constants.FORWARDED_HOST] = original_host
-    if invocation.client_host and constants.FORWARDED_FOR not in headers:
-        headers[constants.FORWARDED_FOR] = invocation.client_host
-    return headers

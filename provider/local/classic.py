@@ -16,8 +16,13 @@ instance. stdout is the response, so it is not a log. The whole process
 group is killed when the request ends, so nothing the function started
 outlives it.
 
-The body is buffered in both directions. This module does not stream, and it
-does not enforce `limits`, `requests` or `readOnlyRootFilesystem`.
+The request body streams into stdin as the caller sends it, so an upload is
+never held whole. stdout is held until the process exits, because the exit
+code decides between 200 and 500. A process that writes more than
+MAX_STDOUT_BYTES is killed and the call fails with 500. A caller that goes
+away during its upload ends the call too: the process is killed and no
+response is sent. This module does not enforce `limits`, `requests` or
+`readOnlyRootFilesystem`.
 """
 
 import asyncio
@@ -28,6 +33,7 @@ import time
 from typing import Final
 
 from provider.backend import (
+    ClientDisconnected,
     FunctionFailed,
     FunctionTimeout,
     Invocation,
@@ -43,6 +49,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
 # The start of a failed process's stderr that goes into the provider's log.
 MAX_LOGGED_STDERR_BYTES: Final = 4 * 1024
+# The largest response body, because stdout is held in memory until the exit.
+# NOTE: fixed until LocalProviderSettings has a setting for it.
+MAX_STDOUT_BYTES: Final = 64 * 1024 * 1024
 
 
 def request_environment(spec: FunctionSpec, invocation: Invocation) -> dict[str, str]:
@@ -93,15 +102,16 @@ async def run(
     """Run the function's command once for `invocation` and return its response.
 
     Raise FunctionFailed when the command cannot start, exits with a non-zero
-    code or is killed because the function was removed (`removed` set), and
-    FunctionTimeout when it runs past the exec timeout.
+    code, writes more than MAX_STDOUT_BYTES or is killed because the function
+    was removed (`removed` set), and FunctionTimeout when it runs past the
+    exec timeout. ClientDisconnected from the request body passes through.
     """
     context = {"function": spec.ref, "call_id": invocation.call_id}
     process = await _start(spec, invocation, tracker=tracker)
     started_at = time.monotonic()
     stderr = _StderrLog(log, instance=f"{spec.name}-{process.pid}")
     communicating = asyncio.ensure_future(
-        _communicate(process, invocation.body, stderr=stderr)
+        _communicate(process, invocation, stderr=stderr)
     )
     removal = asyncio.ensure_future(removed.wait())
     try:
@@ -124,7 +134,19 @@ async def run(
                 f"{spec.exec_timeout_s:g} s and was killed. Raise exec_timeout in "
                 "its envVars if it needs longer, or set it to 0 for no timeout."
             )
-        stdout = communicating.result()
+        try:
+            stdout = communicating.result()
+        except _OutputTooLarge:
+            logger.warning(
+                "function output too large, process killed",
+                extra={"ctx": {**context, "max_bytes": MAX_STDOUT_BYTES}},
+            )
+            raise FunctionFailed(
+                f"Function {spec.ref} wrote more than {MAX_STDOUT_BYTES} bytes to "
+                "stdout and was killed. A classic function's response is held "
+                "whole until it exits, so its size is limited. Return a larger "
+                "body from an http-mode function (mode=http in its envVars)."
+            ) from None
     finally:
         removal.cancel()
         if not communicating.done():
@@ -183,35 +205,73 @@ class _StderrLog:
         return text
 
 
+class _OutputTooLarge(Exception):
+    """The process wrote more than MAX_STDOUT_BYTES to stdout."""
+
+
 async def _communicate(
-    process: asyncio.subprocess.Process, body: bytes, *, stderr: _StderrLog
+    process: asyncio.subprocess.Process,
+    invocation: Invocation,
+    *,
+    stderr: _StderrLog,
 ) -> bytes:
-    """Write `body` to stdin while reading stdout and stderr, and return stdout."""
+    """Feed the request body to stdin while reading stdout and stderr.
+
+    Return stdout once the process has exited. The first failure (the caller
+    went away, or stdout is too large) cancels the other steps and is raised.
+    """
     assert process.stdin is not None, "spawned with a stdin pipe"
     assert process.stdout is not None, "spawned with a stdout pipe"
     assert process.stderr is not None, "spawned with a stderr pipe"
-    stdin = process.stdin
-
-    async def feed_stdin() -> None:
-        # NB: is_closing() and write() run without yielding to the event loop,
-        # so the pipe cannot close between them. Under uvloop, a write to a
-        # pipe that closed when the process exited raises RuntimeError.
-        try:
-            if body and not stdin.is_closing():
-                stdin.write(body)
-                await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the function exited without reading all of its input
-        finally:
-            stdin.close()
-
-    _, stdout, _ = await asyncio.gather(
-        feed_stdin(),
-        process.stdout.read(),
-        processes.read_lines(process.stderr, on_line=stderr.add_line),
-    )
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(_feed_stdin(process.stdin, invocation))
+            reading = group.create_task(_read_stdout(process.stdout))
+            group.create_task(
+                processes.read_lines(process.stderr, on_line=stderr.add_line)
+            )
+    except* (ClientDisconnected, _OutputTooLarge) as failures:
+        raise failures.exceptions[0] from None
     await process.wait()
-    return stdout
+    return reading.result()
+
+
+async def _feed_stdin(stdin: asyncio.StreamWriter, invocation: Invocation) -> None:
+    """Write the request body to stdin as it arrives, then close stdin."""
+    try:
+        if invocation.body_stream is None:
+            await _write_stdin(stdin, invocation.body)
+            return
+        async for chunk in invocation.body_stream:
+            if not await _write_stdin(stdin, chunk):
+                return
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the function exited without reading all of its input
+    finally:
+        stdin.close()
+
+
+async def _write_stdin(stdin: asyncio.StreamWriter, data: bytes) -> bool:
+    """Write `data` to stdin, or return False when the pipe is already closing."""
+    # NB: is_closing() and write() run without yielding to the event loop,
+    # so the pipe cannot close between them. Under uvloop, a write to a pipe
+    # that closed when the process exited raises RuntimeError.
+    if stdin.is_closing():
+        return False
+    if data:
+        stdin.write(data)
+        await stdin.drain()
+    return True
+
+
+async def _read_stdout(stdout: asyncio.StreamReader) -> bytes:
+    """Read stdout to its end, raising _OutputTooLarge past MAX_STDOUT_BYTES."""
+    output = bytearray()
+    while chunk := await stdout.read(processes.READ_CHUNK_BYTES):
+        if len(output) + len(chunk) > MAX_STDOUT_BYTES:
+            raise _OutputTooLarge
+        output += chunk
+    return bytes(output)
 
 
 async def _start(

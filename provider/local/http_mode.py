@@ -7,9 +7,11 @@ the port it must listen on at 127.0.0.1 (or to the port of the function's
 responding once any HTTP response, whatever the status, comes back from GET
 `/_/health`, the path the OpenFaaS watchdog reserves for health checks. Each
 request goes to the responding replica with the fewest requests in flight,
-taking turns among equals, and its response is streamed back unchanged. Both
-output streams of every replica go to the function's log as instance
-`<name>-<index>`, so an instance keeps its name across restarts.
+taking turns among equals. The request body streams to the process as the
+caller sends it, and the response streams back unchanged, so neither is held
+whole in the provider. The exec timeout covers the whole exchange, upload
+included. Both output streams of every replica go to the function's log as
+instance `<name>-<index>`, so an instance keeps its name across restarts.
 
 A replica whose process exits, or does not respond within the start timeout,
 is restarted after a delay that starts at 0.5 s and doubles up to 10 s. The
@@ -38,9 +40,7 @@ from typing import Final
 
 import aiohttp
 import yarl
-from multidict import CIMultiDict
 
-from faashub import constants
 from provider.backend import (
     FunctionFailed,
     FunctionTimeout,
@@ -48,7 +48,7 @@ from provider.backend import (
     Invocation,
     InvocationResponse,
 )
-from provider.headers import canonical_header_name, end_to_end_headers
+from provider.headers import end_to_end_headers, upstream_body, upstream_headers
 from provider.local import processes
 from provider.local.definition import FunctionSpec
 from provider.local.function_logs import FunctionLog
@@ -385,7 +385,9 @@ class HttpFunction:
         The returned replica counts the request as in flight; the caller ends that.
         """
         # NB: a refused connection means the request never reached the
-        # process, so sending it again cannot run the function twice.
+        # process, so sending it again cannot run the function twice. aiohttp
+        # reads no chunk of a streamed body before it connects, so the
+        # stream is still whole for the second attempt.
         for attempt in (1, 2):
             replica = await self._wait_for_replica()
             replica.in_flight += 1
@@ -393,8 +395,8 @@ class HttpFunction:
                 response = await self._session.request(
                     invocation.method,
                     _upstream_url(replica.base_url, invocation),
-                    headers=_upstream_headers(invocation),
-                    data=invocation.body,
+                    headers=upstream_headers(invocation),
+                    data=upstream_body(invocation),
                     allow_redirects=False,
                     skip_auto_headers=_SKIP_AUTO_HEADERS,
                     timeout=aiohttp.ClientTimeout(total=self.spec.exec_timeout_s),
@@ -554,21 +556,6 @@ def _describe_exit(exit_code: int | None) -> str:
             name = f"signal {-exit_code}"
         return f"was killed by {name} (exit code {exit_code})"
     return f"exited with code {exit_code}"
-
-
-def _upstream_headers(invocation: Invocation) -> CIMultiDict[str]:
-    """Return the caller's headers for the upstream request, minus per-hop ones."""
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in end_to_end_headers(invocation.headers):
-        # aiohttp writes Host and Content-Length for the bytes it sends.
-        if name not in ("host", "content-length", "expect"):
-            headers.add(canonical_header_name(name), value)
-    original_host = dict(invocation.headers).get("host", "")
-    if original_host and constants.FORWARDED_HOST not in headers:
-        headers[constants.FORWARDED_HOST] = original_host
-    if invocation.client_host and constants.FORWARDED_FOR not in headers:
-        headers[constants.FORWARDED_FOR] = invocation.client_host
-    return headers
 
 
 async def _finish_readers(readers: list[asyncio.Task[None]]) -> None:

@@ -181,7 +181,7 @@ def test_nonzero_exit_returns_500_with_internal_header(
         )
 
     assert response.status_code == 500
-    assert response.headers[INTERNAL] == "faashub-local"
+    assert response.headers[INTERNAL] == "proxy"
     assert "code 3" in response.text
     assert "partial" not in response.text
     failures = [
@@ -219,7 +219,7 @@ def test_command_not_found_returns_500(
         response = client.post("/function/typo", content=b"")
 
     assert response.status_code == 500
-    assert response.headers[INTERNAL] == "faashub-local"
+    assert response.headers[INTERNAL] == "proxy"
     assert "'no-such-command-xyz' not found" in response.text
     assert os.environ["PATH"] not in response.text
     assert "PATH" not in response.text
@@ -246,7 +246,7 @@ def test_timeout_returns_504_and_kills_group(
     elapsed_s = time.monotonic() - started
 
     assert response.status_code == 504
-    assert response.headers[INTERNAL] == "faashub-local"
+    assert response.headers[INTERNAL] == "proxy"
     assert "1 s" in response.text
     assert elapsed_s < 5
     child_pid = int(pid_file.read_text())

@@ -234,7 +234,7 @@ def test_exec_timeout_returns_504(client: httpx.Client, echo_command: str) -> No
     response = client.get("/function/echo/sleep/4")
 
     assert response.status_code == 504
-    assert response.headers[INTERNAL] == "faashub-local"
+    assert response.headers[INTERNAL] == "proxy"
     assert time.monotonic() - started < 3.5
 
 
@@ -289,7 +289,7 @@ def test_silent_process_returns_503(impatient_provider: RunningProvider) -> None
         status = client.get("/system/function/mute").json()
 
     assert response.status_code == 503
-    assert response.headers[INTERNAL] == "faashub-local"
+    assert response.headers[INTERNAL] == "proxy"
     assert "not responding" in response.text
     assert 0.9 < elapsed_s < 4
     assert "availableReplicas" not in status
@@ -338,7 +338,7 @@ def test_crash_loop_returns_503_at_once(
     for response, elapsed_s in responses:
         assert response.status_code == 503
         assert elapsed_s < 3
-        assert response.headers[INTERNAL] == "faashub-local"
+        assert response.headers[INTERNAL] == "proxy"
         assert 1 <= int(response.headers["retry-after"]) <= 10
         assert "exited with code 7" in response.text
         assert "restarts in" in response.text

@@ -58,6 +58,33 @@ async def test_invoke_reaches_service(provider: RunningProvider) -> None:
     assert echoed["headers"]["X-Call-Id"] == "c-1"
 
 
+async def test_invoke_streams_large_body(provider: RunningProvider) -> None:
+    await deploy(provider)
+    await provider.mark_available("fn", 1)
+    await wait_for_cache(provider, "fn", available=1)
+    block = b"0123456789abcdef" * 4096
+    # 960 KiB: the echo server takes bodies up to 1 MiB.
+    blocks = 15
+
+    async def upload() -> AsyncIterator[bytes]:
+        for _ in range(blocks):
+            yield block
+            # A pause makes the provider see a body that has not fully arrived.
+            await asyncio.sleep(0.01)
+
+    response = await provider.client.post(
+        "/function/fn",
+        content=upload(),
+        headers={"Content-Length": str(len(block) * blocks)},
+    )
+
+    assert response.status_code == 200, response.text
+    echoed = response.json()
+    assert echoed["body"] == (block * blocks).decode()
+    assert echoed["headers"]["Content-Length"] == str(len(block) * blocks)
+    assert "Transfer-Encoding" not in echoed["headers"]
+
+
 async def test_invoke_not_ready_is_503(provider: RunningProvider) -> None:
     await deploy(provider)
 
