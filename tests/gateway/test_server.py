@@ -1,5 +1,6 @@
 """`gateway.server.run`: the process contract the `faashub up` supervisor uses."""
 
+import gc
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from tests.conftest import LOOPBACK, free_port, stop_process
 pytestmark = pytest.mark.timeout(30)
 
 RUN_GATEWAY = """
+import gc
 import sys
 from faashub import logs
 from faashub.settings import GatewaySettings
@@ -25,7 +27,7 @@ from gateway import server
 logs.configure(level="INFO")
 server.run(GatewaySettings(port=int(sys.argv[1]), nats_url=sys.argv[2],
                            provider_url=sys.argv[3]))
-print("run returned", flush=True)
+print(f"run returned, gc frozen: {gc.get_freeze_count() > 0}", flush=True)
 """
 
 
@@ -70,7 +72,7 @@ def test_run_stops_on_signal(nats_url: str, stop_signal: signal.Signals) -> None
         stop_process(process)
 
     assert process.returncode == 0, stderr.decode()
-    assert stdout == b"run returned\n"
+    assert stdout == b"run returned, gc frozen: True\n"
     assert b"gateway stopped" in stderr
     assert b"closed nats connection" in stderr
 
@@ -84,3 +86,17 @@ def test_run_port_in_use_raises(nats_url: str) -> None:
 
         with pytest.raises(errors.HubStartError, match=str(port)):
             server.run(settings)
+
+
+def test_tune_gc_freezes_and_raises_gen0() -> None:
+    threshold = gc.get_threshold()
+    try:
+        server.tune_gc()
+        frozen = gc.get_freeze_count()
+        tuned = gc.get_threshold()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+    assert frozen > 0
+    assert tuned == (server.GC_GEN0_THRESHOLD, *threshold[1:])
