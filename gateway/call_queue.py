@@ -30,8 +30,13 @@ from nats.js.object_store import ObjectStore
 from faashub import constants as shared
 from faashub import jetstream
 from faashub.queued_call import QueuedCall
-from gateway import constants, errors, large_bodies
-from gateway.nats_client import EncodedHeaders, encode_headers, new_client
+from gateway import constants, errors, large_bodies, limits
+from gateway.nats_client import (
+    EncodedHeaders,
+    NatsClient,
+    encode_headers,
+    new_client,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +83,8 @@ class CallQueue:
         self._status_ttl_s = status_ttl_s
         self._dead_letter_max_age_s = dead_letter_max_age_s
         self._nc = new_client()
+        # The PubAck wait of every publish, on one timer (see SharedTimeout).
+        self._ack_timeout = limits.SharedTimeout(constants.PUBLISH_TIMEOUT_S)
         self._js: JetStreamContext | None = None
         self._layout: _Layout | None = None
         self._layout_error = "the JetStream streams have not been created yet"
@@ -195,6 +202,10 @@ class CallQueue:
     ) -> jsapi.PubAck:
         limit = self._nc.max_payload
         try:
+            if isinstance(self._nc, NatsClient):
+                return await self._nc.publish_to_stream(
+                    subject, body, headers, ack_timeout=self._ack_timeout
+                )
             return await js.publish(
                 subject,
                 body,

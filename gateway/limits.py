@@ -12,12 +12,15 @@ of the next one. `http_protocol` returns uvicorn's HTTP protocol class with
 a header deadline added (header_read_timeout_s), which answers 408 and
 closes the connection. The body size limit and the body read timeout are
 enforced where bodies are read (`gateway.async_accept`, `gateway.system`),
-with the message from `body_read_timeout_text`.
+with the message from `body_read_timeout_text`. `SharedTimeout` times out
+the accept path's body reads, and its waits for a PubAck, with one timer per
+kind instead of one per request.
 """
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import h11
 from starlette.types import Scope, Send
@@ -27,6 +30,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway import asgi
 
 logger = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
+# Upper bound of the interval between two checks of SharedTimeout.
+MAX_DEADLINE_CHECK_INTERVAL_S = 1.0
 
 
 def header_bytes(scope: Scope) -> int:
@@ -81,6 +88,65 @@ async def send_body_read_timeout(send: Send, *, timeout_s: float) -> None:
         body_read_timeout_text(timeout_s),
         headers=[(b"connection", b"close")],
     )
+
+
+class SharedTimeout:
+    """One timeout for many concurrent awaits, enforced by a periodic check.
+
+    An `asyncio.timeout` block schedules and cancels a timer handle each
+    time: about 6 µs on uvloop against 0.8 µs for `run` (timeit, Python
+    3.11, 2-core VM), and about 6 % of the py-spy samples of the gateway
+    under the async-accept benchmark. Here an await costs a dictionary
+    insert and removal. While awaits are pending, one timer checks them every
+    `check_interval_s` and cancels those past their deadline. So an await
+    times out between `timeout_s` and `timeout_s + check_interval_s` after
+    it started. Use one instance per event loop.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, not {timeout_s!r}.")
+        self.timeout_s = timeout_s
+        self.check_interval_s = min(MAX_DEADLINE_CHECK_INTERVAL_S, timeout_s / 4)
+        self._deadlines: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def run(self, awaitable: Awaitable[_Result]) -> _Result:
+        """Await `awaitable` in the current task, with TimeoutError past the deadline.
+
+        As with `asyncio.timeout`, a cancellation that comes from elsewhere
+        is passed on as CancelledError.
+        """
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("SharedTimeout.run must be awaited inside a task.")
+        loop = asyncio.get_running_loop()
+        cancelling = task.cancelling()
+        self._deadlines[task] = loop.time() + self.timeout_s
+        if self._timer is None:
+            self._timer = loop.call_later(self.check_interval_s, self._check, loop)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            # Only the check's own cancel, and no other, becomes a timeout.
+            if task in self._expired and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            del self._deadlines[task]
+            self._expired.discard(task)
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for task, deadline in self._deadlines.items():
+            if deadline <= now and task not in self._expired:
+                self._expired.add(task)
+                task.cancel()
+        if self._deadlines:
+            self._timer = loop.call_later(self.check_interval_s, self._check, loop)
+        else:
+            self._timer = None
 
 
 def _header_timeout_response(timeout_s: float) -> bytes:

@@ -1,12 +1,15 @@
-"""The gateway's NATS client writes the same header bytes as plain nats-py."""
+"""The gateway's NATS client: the header bytes of plain nats-py, and cheap PubAcks."""
 
+import asyncio
 import base64
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.js import api as jsapi
 
+from gateway import limits
 from gateway.nats_client import (
     EncodedHeaders,
     NatsClient,
@@ -75,3 +78,71 @@ async def test_plain_dict_takes_usual_path(nats_url: str) -> None:
 
     assert raw.headers is not None
     assert raw.headers["X-Plain"] == "yes"
+
+
+async def test_publish_to_stream_acks(nats_url: str) -> None:
+    client = NatsClient()
+    await client.connect(nats_url)
+    timeout = limits.SharedTimeout(5.0)
+    try:
+        js = client.jetstream()
+        await js.add_stream(jsapi.StreamConfig(name="ACKS", subjects=["a.>"]))
+        headers = EncodedHeaders({"Nats-Msg-Id": "one", "X-Call-Id": "one"})
+        first = await client.publish_to_stream(
+            "a.first", b"body", headers, ack_timeout=timeout
+        )
+        repeat = await client.publish_to_stream(
+            "a.first", b"body", headers, ack_timeout=timeout
+        )
+        # Concurrent publishes each get their own PubAck.
+        acks = await asyncio.gather(
+            *(
+                client.publish_to_stream(
+                    f"a.{index}", b"x", EncodedHeaders({}), ack_timeout=timeout
+                )
+                for index in range(20)
+            )
+        )
+        stored = await js.get_msg("ACKS", first.seq)
+    finally:
+        await client.close()
+
+    assert first.stream == "ACKS"
+    assert not first.duplicate
+    assert repeat.duplicate
+    assert repeat.seq == first.seq
+    assert sorted(ack.seq for ack in acks) == list(range(2, 22))
+    assert stored.data == b"body"
+    assert stored.headers is not None
+    assert stored.headers["X-Call-Id"] == "one"
+
+
+async def test_publish_to_stream_errors(nats_url: str) -> None:
+    client = NatsClient()
+    await client.connect(nats_url)
+    try:
+        js = client.jetstream()
+        await js.add_stream(jsapi.StreamConfig(name="ERRORS", subjects=["e.>"]))
+        # A plain subscriber receives the message but never sends a PubAck.
+        await client.subscribe("silent")
+
+        with pytest.raises(nats.js.errors.NoStreamResponseError):
+            await client.publish_to_stream(
+                "nowhere", b"x", EncodedHeaders({}), ack_timeout=limits.SharedTimeout(5)
+            )
+        with pytest.raises(nats.errors.TimeoutError):
+            await client.publish_to_stream(
+                "silent",
+                b"x",
+                EncodedHeaders({}),
+                ack_timeout=limits.SharedTimeout(0.2),
+            )
+        with pytest.raises(nats.js.errors.APIError):
+            await client.publish_to_stream(
+                "e.wrong",
+                b"x",
+                EncodedHeaders({"Nats-Expected-Stream": "OTHER"}),
+                ack_timeout=limits.SharedTimeout(5),
+            )
+    finally:
+        await client.close()
