@@ -6,12 +6,10 @@ the HTTP clients, and returns. Logging is configured by the caller
 (`faashub.logs`), so uvicorn's own log config and access log stay off.
 
 Once the app has started, `run` also tunes CPython's cyclic garbage
-collector for serving (`tune_gc`).
+collector for serving (`faashub.gc_tuning`).
 """
 
 import contextlib
-import gc
-import logging
 import signal
 import socket
 import threading
@@ -21,20 +19,13 @@ from types import FrameType
 import uvicorn
 
 from faashub import errors as shared_errors
+from faashub.gc_tuning import tune_gc
 from faashub.settings import GatewaySettings
 from gateway import constants, limits
 from gateway.app import GatewayApp
 
-logger = logging.getLogger(__name__)
-
 # Signals that stop the gateway gracefully.
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-# Allocations of container objects, net of deallocations, between two
-# collections of the youngest generation (CPython's default is 700). A request
-# on the accept path frees nearly all it allocates, so a larger threshold
-# rarely fills and promotes fewer in-flight objects to the older generations.
-GC_GEN0_THRESHOLD = 10_000
 
 
 def create_app(settings: GatewaySettings) -> GatewayApp:
@@ -64,39 +55,20 @@ def uvicorn_config(settings: GatewaySettings, app: GatewayApp) -> uvicorn.Config
     )
 
 
-def tune_gc() -> None:
-    """Freeze the objects that exist after start-up, and raise the gen0 threshold.
-
-    The gateway's modules, app and clients leave about 90,000 objects that
-    the collector tracks. Each collection of the oldest generation walked all
-    of them: under the async-accept benchmark (64 connections, 2-core VM,
-    Python 3.11) that was a pause of about 30 ms every second, the cause of
-    the accept path's p99. Frozen objects are never scanned again, and
-    reference counting still frees them, but a cycle among them is never
-    collected. Call this once, after start-up and in the serving process only.
-    """
-    gc.collect()
-    gc.freeze()
-    _, *older = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *older)
-    logger.debug(
-        "tuned garbage collector",
-        extra={"ctx": {"frozen": gc.get_freeze_count(), "gen0": GC_GEN0_THRESHOLD}},
-    )
-
-
 class GatewayServer(uvicorn.Server):
     """A uvicorn server that returns normally after a stop signal.
 
     Plain uvicorn re-raises a captured SIGTERM or SIGINT once it has shut
     down. That would kill the process, or raise KeyboardInterrupt in the
-    caller, before `run` could return. With `tune_gc`, it calls `tune_gc`
-    once the app has started.
+    caller, before `run` could return. With `tune_gc_after_start`, it calls
+    `faashub.gc_tuning.tune_gc` once the app has started.
     """
 
-    def __init__(self, config: uvicorn.Config, *, tune_gc: bool = False) -> None:
+    def __init__(
+        self, config: uvicorn.Config, *, tune_gc_after_start: bool = False
+    ) -> None:
         super().__init__(config)
-        self._tune_gc = tune_gc
+        self._tune_gc = tune_gc_after_start
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -131,7 +103,9 @@ def run(settings: GatewaySettings) -> None:
     Raises HubStartError when the gateway cannot start, for example because
     its port is in use; uvicorn has logged the cause by then.
     """
-    server = GatewayServer(uvicorn_config(settings, create_app(settings)), tune_gc=True)
+    server = GatewayServer(
+        uvicorn_config(settings, create_app(settings)), tune_gc_after_start=True
+    )
     failure = shared_errors.HubStartError(
         f"The gateway did not start on {settings.host}:{settings.port}; the log "
         "above gives the cause, for example a port already in use."

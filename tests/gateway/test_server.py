@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from faashub import errors
+from faashub import errors, gc_tuning
 from faashub.settings import GatewaySettings
 from gateway import server
 from tests.conftest import LOOPBACK, free_port, stop_process
@@ -91,7 +91,7 @@ def test_run_port_in_use_raises(nats_url: str) -> None:
 def test_tune_gc_freezes_and_raises_gen0() -> None:
     threshold = gc.get_threshold()
     try:
-        server.tune_gc()
+        gc_tuning.tune_gc()
         frozen = gc.get_freeze_count()
         tuned = gc.get_threshold()
     finally:
@@ -99,4 +99,4 @@ def test_tune_gc_freezes_and_raises_gen0() -> None:
         gc.set_threshold(*threshold)
 
     assert frozen > 0
-    assert tuned == (server.GC_GEN0_THRESHOLD, *threshold[1:])
+    assert tuned == (gc_tuning.GEN0_THRESHOLD, *threshold[1:])
