@@ -5,9 +5,11 @@ httptools when they are installed, no access log, no Server or Date header
 of its own). On SIGTERM or SIGINT the responses that follow a function's log
 end first, then uvicorn stops accepting connections, waits up to
 GRACEFUL_SHUTDOWN_S for requests in flight, and the API's lifespan stops the
-backend. `bind_listener` binds the TCP socket first, so that a taken address
-is a clear start error. The local and Kubernetes providers both use these;
-what a backend does when it stops is its own concern.
+backend. Once the app has started, a server from a process's `run` also
+tunes the garbage collector (`faashub.gc_tuning`). `bind_listener` binds
+the TCP socket first, so that a taken address is a clear start error. The
+local and Kubernetes providers both use these; what a backend does when it
+stops is its own concern.
 """
 
 import contextlib
@@ -21,6 +23,7 @@ from typing import Final
 
 import uvicorn
 
+from faashub.gc_tuning import tune_gc
 from provider import api
 from provider.backend import ProviderStartError
 
@@ -43,10 +46,20 @@ class ProviderServer(uvicorn.Server):
     """
 
     def __init__(
-        self, config: uvicorn.Config, *, on_shutdown: Callable[[], None]
+        self,
+        config: uvicorn.Config,
+        *,
+        on_shutdown: Callable[[], None],
+        tune_gc_after_start: bool = False,
     ) -> None:
         super().__init__(config)
         self._on_shutdown = on_shutdown
+        self._tune_gc = tune_gc_after_start
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self._tune_gc and self.started:
+            tune_gc()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._on_shutdown()
@@ -72,8 +85,14 @@ class ProviderServer(uvicorn.Server):
         self.should_exit = True
 
 
-def build_server(app: api.ProviderApp) -> ProviderServer:
-    """Return a server for `app`; run it on a listener from `bind_listener`."""
+def build_server(
+    app: api.ProviderApp, *, tune_gc_after_start: bool = False
+) -> ProviderServer:
+    """Return a server for `app`; run it on a listener from `bind_listener`.
+
+    Pass tune_gc_after_start only from a process's entry point, not in tests
+    that share the interpreter.
+    """
     config = uvicorn.Config(
         app,
         loop="auto",
@@ -86,7 +105,11 @@ def build_server(app: api.ProviderApp) -> ProviderServer:
         date_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    return ProviderServer(config, on_shutdown=app.end_log_streams)
+    return ProviderServer(
+        config,
+        on_shutdown=app.end_log_streams,
+        tune_gc_after_start=tune_gc_after_start,
+    )
 
 
 def bind_listener(host: str, port: int) -> socket.socket:

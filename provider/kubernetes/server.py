@@ -44,7 +44,7 @@ def run(settings: KubernetesProviderSettings) -> None:
     logger.info(
         "kubernetes provider listening", extra={"ctx": {"address": f"{host}:{port}"}}
     )
-    server = build_server(app)
+    server = build_server(app, tune_gc_after_start=True)
     try:
         server.run(sockets=[listener])
     except SystemExit:

@@ -22,6 +22,7 @@ from tests.provider.conftest import deploy, process_gone, wait_until
 pytestmark = pytest.mark.timeout(40)
 
 RUN_PROVIDER = """
+import gc
 import sys
 from pathlib import Path
 from faashub import logs
@@ -30,6 +31,7 @@ from provider.local import server
 
 logs.configure(level="INFO")
 server.run(LocalProviderSettings(port=int(sys.argv[1]), state_dir=Path(sys.argv[2])))
+print(f"run returned, gc frozen: {gc.get_freeze_count() > 0}", flush=True)
 """
 
 
@@ -37,6 +39,7 @@ class ProviderProcess:
     """A provider started with `run` in a child process."""
 
     def __init__(self, state_dir: Path, log_path: Path) -> None:
+        self.log_path = log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         with log_path.open("wb") as log_file:
@@ -112,6 +115,7 @@ def test_signal_stops_provider_and_functions(
     assert exit_code == 0
     assert time.monotonic() - started < 6
     assert process_gone(pid)
+    assert "run returned, gc frozen: True" in provider_process.log_path.read_text()
     wait_until(lambda: process_gone(guardian), timeout_s=5, what="the guardian")
 
 
