@@ -203,3 +203,64 @@ async def test_revoke_abandons_after_timeout() -> None:
     assert report.works[0].offsets.committable() is None
     assert work.handling == set()
     assert lanes.running == 0
+
+
+async def test_tasks_take_next_ready_record() -> None:
+    handler = Handler(delay_s=0.01)
+    tasks: set[asyncio.Task[object] | None] = set()
+
+    async def handle(record: Record) -> None:
+        tasks.add(asyncio.current_task())
+        await handler(record)
+
+    lanes = Dispatcher(ordering="none", max_inflight=2, handle=handle)
+    work = lanes.assign(P0)
+    lanes.submit(work, [make_record(0, n) for n in range(20)])
+
+    await settle(handler, 20)
+
+    assert len(tasks) == 2
+    assert work.offsets.committable() == 20
+
+
+async def test_revoke_spares_other_partitions_records() -> None:
+    handler = Handler(delay_s=0.05)
+    handler.blocked_keys.add(b"held")
+    lanes = dispatcher(handler, ordering="none", max_inflight=1)
+    first, other = lanes.assign(P0), lanes.assign(P1)
+    lanes.submit(first, [make_record(0, 0)])
+    lanes.submit(other, [make_record(1, 0, b"held")])
+    await asyncio.sleep(0.02)
+
+    # The one task handles P0's record, and P1's record waits behind it.
+    report = await asyncio.wait_for(lanes.revoke({P0}, timeout_s=5.0), 2.0)
+
+    assert report.finished == 1
+    assert report.abandoned == 0
+    await asyncio.sleep(0.02)
+    assert lanes.running == 1
+    assert len(other.handling) == 1
+    handler.release.set()
+    await settle(handler, 2)
+    assert other.offsets.committable() == 1
+    assert lanes.running == 0
+
+
+async def test_revoke_waits_for_record_not_task() -> None:
+    handler = Handler(delay_s=0.01)
+    handler.blocked_keys.add(b"held")
+    lanes = dispatcher(handler, ordering="none", max_inflight=1)
+    first, other = lanes.assign(P0), lanes.assign(P1)
+    lanes.submit(first, [make_record(0, 0)])
+    lanes.submit(other, [make_record(1, 0, b"held")])
+    await settle(handler, 1)
+
+    # The task that handled P0's record now holds P1's blocked one.
+    report = await asyncio.wait_for(lanes.revoke({P0}, timeout_s=5.0), 1.0)
+
+    assert report.finished == 0
+    assert report.abandoned == 0
+    assert len(other.handling) == 1
+    handler.release.set()
+    await settle(handler, 2)
+    assert other.offsets.committable() == 1
