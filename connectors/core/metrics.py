@@ -100,6 +100,8 @@ class ConnectorMetrics:
 
         self._counters: dict[tuple[str, ...], Counter] = {}
         self._histograms: dict[str, Histogram] = {}
+        # The children that one (function, status) outcome updates.
+        self._outcomes: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def consumed(self, topic: str, count: int = 1) -> None:
         """Count messages received from the source."""
@@ -107,12 +109,11 @@ class ConnectorMetrics:
 
     def invoked(self, function: str, status: int, *, duration_s: float) -> None:
         """Count an invocation with its final HTTP status and duration."""
-        self._counter(self._invoked, "invoked", function, str(status)).inc()
-        series = function if self._function_durations else ""
-        histogram = self._histograms.get(series)
-        if histogram is None:
-            histogram = self._duration.labels(self.connector, series)
-            self._histograms[series] = histogram
+        children = self._outcomes.get((function, status))
+        if children is None:
+            children = self._outcome_children(function, status)
+        counter, histogram = children
+        counter.inc()
         histogram.observe(duration_s)
 
     def failed(self, function: str) -> None:
@@ -141,6 +142,18 @@ class ConnectorMetrics:
     def render(self) -> bytes:
         """Return every metric in the Prometheus text format."""
         return generate_latest(self.registry)
+
+    def _outcome_children(
+        self, function: str, status: int
+    ) -> tuple[Counter, Histogram]:
+        counter = self._counter(self._invoked, "invoked", function, str(status))
+        series = function if self._function_durations else ""
+        histogram = self._histograms.get(series)
+        if histogram is None:
+            histogram = self._duration.labels(self.connector, series)
+            self._histograms[series] = histogram
+        children = self._outcomes[(function, status)] = (counter, histogram)
+        return children
 
     def _counter(self, family: Counter, name: str, *labels: str) -> Counter:
         key = (name, *labels)

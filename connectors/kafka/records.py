@@ -66,9 +66,10 @@ def record_message(record: "ConsumerRecord[bytes, bytes]", *, group_id: str) -> 
         headers.append((constants.TIMESTAMP, str(record.timestamp)))
     if record.key is not None:
         add_value_header(headers, constants.KEY, record.key)
-    for name, value in record.headers:
-        add_value_header(headers, http_header_name(name), value or b"")
-    headers.extend(trace_context_headers(record.headers))
+    if record.headers:
+        for name, value in record.headers:
+            add_value_header(headers, http_header_name(name), value or b"")
+        headers.extend(trace_context_headers(record.headers))
     return Message(
         topic=record.topic,
         body=record.value or b"",

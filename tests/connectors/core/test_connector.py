@@ -14,6 +14,7 @@ import pytest
 from connectors.core.connector import Connector
 from connectors.core.health import start_health_listener
 from connectors.core.invoker import CALL_ID_NAMESPACE, Message, call_id_for
+from faashub import __version__
 from faashub.connector_settings import ConnectorSettings
 from faashub.names import FunctionRef
 from tests.conftest import LOOPBACK, free_port
@@ -22,6 +23,7 @@ from tests.connectors.conftest import FakeGateway, settings_values
 pytestmark = pytest.mark.timeout(20)
 
 A = FunctionRef("a", "openfaas-fn")
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 class RecordedSleeps:
@@ -124,6 +126,50 @@ async def test_empty_content_type_sends_none(gateway: FakeGateway) -> None:
         await connector.deliver(message())
 
     assert gateway.received("a")[0].header("Content-Type") is None
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [pytest.param("text/plain", id="content-type"), pytest.param("", id="none")],
+)
+async def test_gateway_request_headers_exact(
+    gateway: FakeGateway, content_type: str
+) -> None:
+    gateway.deploy("a", "orders")
+    source_headers = [
+        ("X-Kafka-Offset", "7"),
+        ("x-kafka-tag", "a"),
+        ("x-kafka-tag", "b"),
+        ("traceparent", TRACEPARENT),
+    ]
+    settings = connector_settings(
+        gateway,
+        content_type=content_type,
+        gateway_user="admin",
+        gateway_password="pw",
+    )
+
+    async with started(settings) as connector:
+        # The second delivery repeats the message, as a redelivery does.
+        for _ in range(2):
+            await connector.deliver(message(headers=source_headers))
+
+    expected = [
+        ("Host", f"{LOOPBACK}:{gateway.port}"),
+        ("User-Agent", f"faashub-test/{__version__}"),
+        *source_headers,
+        ("X-Topic", "orders"),
+        ("X-Connector", "test-connector"),
+        ("X-Call-Id", call_id_for("orders/1", A)),
+        ("Authorization", "Basic YWRtaW46cHc="),
+        ("Content-Length", "5"),
+    ]
+    if content_type:
+        expected.append(("Content-Type", content_type))
+    first, second = gateway.received("a")
+    assert sorted(first.headers) == sorted(expected)
+    assert first.header_values("X-Kafka-Tag") == ["a", "b"]
+    assert second.headers == first.headers
 
 
 async def test_fan_out_runs_concurrently(gateway: FakeGateway) -> None:

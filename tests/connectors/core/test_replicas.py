@@ -15,8 +15,10 @@ from aiohttp import web
 from connectors.core import connector as connector_module
 from connectors.core.connector import Connector
 from connectors.core.constants import RESULT_LINES_PER_S
-from connectors.core.invoker import Message
+from connectors.core.invoker import Message, call_id_for
+from faashub import __version__
 from faashub.connector_settings import ConnectorSettings
+from faashub.names import FunctionRef
 from tests.conftest import LOOPBACK, free_port
 from tests.connectors.conftest import FakeGateway, settings_values
 
@@ -57,6 +59,8 @@ class Replica:
 
     port: int
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    header_lists: list[list[tuple[str, str]]] = field(default_factory=list)
+    """Each request's headers as sent, repeats and order kept."""
     _runner: web.AppRunner | None = None
 
     @property
@@ -76,11 +80,12 @@ class Replica:
 
     async def _invoke(self, request: web.Request) -> web.Response:
         body = await request.read()
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1")
+        header_list = [
+            (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in request.raw_headers
-        }
-        self.requests.append((request.path_qs, headers, body))
+        ]
+        self.header_lists.append(header_list)
+        self.requests.append((request.path_qs, dict(header_list), body))
         return web.Response(body=body)
 
 
@@ -156,6 +161,57 @@ async def test_sync_call_goes_to_replica(
     assert gateway.report_requests == [
         ("/system/function-endpoints/a?namespace=openfaas-fn", credentials)
     ]
+
+
+async def test_replica_request_headers_exact(
+    gateway: ReportingGateway, replica: Replica
+) -> None:
+    gateway.deploy("a", "orders")
+    gateway.replica_urls["a"] = [replica.url]
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    sent = Message(
+        topic="orders",
+        body=b"hello",
+        headers=[
+            ("X-Kafka-Offset", "7"),
+            ("x-kafka-tag", "a"),
+            ("x-kafka-tag", "b"),
+            ("traceparent", traceparent),
+        ],
+        identity="orders/1",
+    )
+
+    async with started(gateway, gateway_user="admin", gateway_password="pw") as hub:
+        # The second delivery repeats the message, as a redelivery does.
+        for _ in range(2):
+            await hub.deliver(sent)
+
+    expected = [
+        ("Host", f"{LOOPBACK}:{replica.port}"),
+        ("User-Agent", f"faashub-test/{__version__}"),
+        ("X-Kafka-Offset", "7"),
+        ("X-Kafka-Tag", "a"),
+        ("X-Kafka-Tag", "b"),
+        ("Traceparent", traceparent),
+        ("X-Topic", "orders"),
+        ("X-Connector", "test-connector"),
+        ("Content-Type", "text/plain"),
+        ("X-Forwarded-Host", f"{LOOPBACK}:{gateway.port}"),
+        ("X-Forwarded-For", LOOPBACK),
+        ("X-Call-Id", call_id_for("orders/1", FunctionRef("a", "openfaas-fn"))),
+        ("Content-Length", "5"),
+    ]
+    first, second = replica.header_lists
+    for headers in (first, second):
+        start_times = [value for name, value in headers if name == "X-Start-Time"]
+        assert len(start_times) == 1
+        assert start_times[0].isdigit()
+        rest = [item for item in headers if item[0] != "X-Start-Time"]
+        assert sorted(rest) == sorted(expected)
+        assert [value for name, value in headers if name == "X-Kafka-Tag"] == [
+            "a",
+            "b",
+        ]
 
 
 async def test_report_cached_between_calls(

@@ -6,6 +6,7 @@ import re
 import pytest
 from aiokafka.structs import ConsumerRecord
 
+from connectors.core.invoker import call_id_for
 from connectors.kafka.offsets import OffsetTracker
 from connectors.kafka.publisher import dead_letter_matcher, dead_letter_topic_for
 from connectors.kafka.records import (
@@ -15,6 +16,7 @@ from connectors.kafka.records import (
     record_message,
 )
 from connectors.kafka.subscription import select_topics
+from faashub.names import FunctionRef
 
 
 def make_record(
@@ -139,6 +141,19 @@ def test_identity_changes_with_timestamp() -> None:
     recreated = record_identity(make_record(timestamp=2), group_id="g")
 
     assert first != recreated
+
+
+def test_redelivered_record_keeps_call_id() -> None:
+    function = FunctionRef("a", "openfaas-fn")
+    first = record_message(make_record(), group_id="g")
+    redelivered = record_message(make_record(), group_id="g")
+    other_group = record_message(make_record(), group_id="h")
+    next_record = record_message(make_record(offset=8), group_id="g")
+
+    call_id = call_id_for(first.identity, function)
+    assert call_id_for(redelivered.identity, function) == call_id
+    assert call_id_for(other_group.identity, function) != call_id
+    assert call_id_for(next_record.identity, function) != call_id
 
 
 def test_offsets_commit_below_first_pending() -> None:
