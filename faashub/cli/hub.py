@@ -33,10 +33,23 @@ pydantic and httpx out of its memory.
 On Ctrl-C or SIGTERM it stops the children in the reverse order: the
 workers process first, whose queue-workers and connectors finish their
 calls in flight through the gateway, then the gateway, the provider and
-NATS last. Every
-child also gets PR_SET_PDEATHSIG, so a hub killed with SIGKILL still takes
-its children with it. A lock file in the state folder keeps a second hub off
-the same data.
+NATS last. A lock file in the state folder keeps a second hub off the same
+data.
+
+A supervisor killed with SIGKILL cannot stop its children, so two things
+keep that order without it. The workers process gets PR_SET_PDEATHSIG, so
+Linux sends it SIGTERM when the supervisor dies, and it drains at once.
+The other children get no such signal. A small `/bin/sh` script, the
+watcher (`WATCHER_SCRIPT`), reads their pids from a pipe whose write end
+only the supervisor holds. End of file on that pipe means that the
+supervisor is gone, and the watcher then waits for the workers process to
+exit and stops the gateway, the provider and nats-server in that order. So
+the calls that the workers process finishes while it drains are still
+acknowledged, and JetStream does not run them a second time after the next
+start. The supervisor also records those pids in `<state dir>/hub.pids`,
+and every start stops the processes that a previous hub left there
+(`_reap_leftovers`), after checking in /proc that each one still runs that
+component for this state folder.
 
 Unless `--no-auth` is given, the hub generates gateway credentials into
 `<state dir>/credentials/` on its first start (owner-only files, as
@@ -80,6 +93,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOCK_FILE_NAME = "hub.lock"
+# "ROLE PID" lines of the components that the watcher stops, in start order.
+PIDS_FILE_NAME = "hub.pids"
 # Carries the checked settings from `faashub up` to the supervisor process.
 SETTINGS_VARIABLE = "FAASHUB_SUPERVISOR_SETTINGS_JSON"
 # `python -m faashub up-workers SERVICE -- SERVICE ...` starts the workers
@@ -88,12 +103,95 @@ WORKERS_COMMAND = "up-workers"
 WORKERS_SEPARATOR = "--"
 WORKERS_PROCESS_NAME = "workers process"
 STOP_GRACE_S = 15.0
+# The workers process's grace: its queue-workers drain calls in flight for
+# up to their shutdown_grace_s (30 s by default) before it exits.
+WORKERS_STOP_GRACE_S = 45.0
 HEALTH_POLL_INTERVAL_S = 0.1
 HEALTH_CHECK_TIMEOUT_S = 1.0
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 RESTART_DELAY_S = 1.0
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# Watcher roles: the components that it stops, and the workers process that
+# it waits for. The watcher itself is recorded in the pids file too.
+ROLE_NATS = "nats-server"
+ROLE_PROVIDER = "provider"
+ROLE_GATEWAY = "gateway"
+ROLE_WORKERS = "workers"
+ROLE_WATCHER = "watcher"
+WATCHER_NAME = "faashub-hub-watcher"
+# Seconds the watcher gives each component to stop after SIGTERM, as the
+# supervisor does, before it sends SIGKILL.
+WATCHER_STOP_GRACE_S = int(STOP_GRACE_S)
+# Seconds a starting hub waits for the watcher of a previous hub to finish
+# its ordered stop, before it stops what is left itself.
+LEFTOVER_WATCHER_WAIT_S = 60.0
+# The watcher, run as `/bin/sh -c WATCHER_SCRIPT WATCHER_NAME WORKERS_WAIT_S
+# STOP_GRACE_S` with the read end of the supervisor's pipe as stdin. Each line
+# on the pipe is "ROLE PID" for a (re)started component, or "stopped" once the
+# supervisor has stopped everything itself. End of file without "stopped"
+# means that the supervisor died. The workers process then gets SIGTERM
+# through PR_SET_PDEATHSIG and drains. The watcher waits up to WORKERS_WAIT_S
+# for it to exit, then stops the gateway, the provider and nats-server in
+# that order, each with SIGTERM and, after STOP_GRACE_S, SIGKILL.
+# Before it signals a pid, it checks that the pid still runs that component,
+# because Linux may have given the pid to another process meanwhile. It
+# ignores SIGHUP and SIGINT, so that closing the terminal or Ctrl-C does not
+# end it early.
+WATCHER_SCRIPT = r"""
+trap '' HUP INT PIPE
+workers_wait_s=$1
+stop_grace_s=$2
+workers= gateway= provider= nats=
+while read -r role pid; do
+    case $role in
+        workers) workers=$pid ;;
+        gateway) gateway=$pid ;;
+        provider) provider=$pid ;;
+        nats-server) nats=$pid ;;
+        stopped) exit 0 ;;
+    esac
+done
+
+is_running() {
+    # A zombie has exited even before its new parent reaps it.
+    line=
+    read -r line < "/proc/$1/stat" 2>/dev/null || return 1
+    rest=${line##*) }
+    [ "${rest%% *}" != Z ]
+}
+
+wait_for_exit() {
+    ticks=$(($2 * 10))
+    while [ "$ticks" -gt 0 ] && is_running "$1"; do
+        sleep 0.1 2>/dev/null || sleep 1
+        ticks=$((ticks - 1))
+    done
+    ! is_running "$1"
+}
+
+stop_component() {
+    [ -n "$1" ] || return 0
+    command_line=$(tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null) || return 0
+    case $command_line in
+        *"$2 "*) ;;
+        *) return 0 ;;
+    esac
+    kill -TERM "$1" 2>/dev/null || return 0
+    if ! wait_for_exit "$1" "$stop_grace_s"; then
+        echo "faashub: the $2 (pid $1) did not stop within $stop_grace_s s;" \
+            "killing it" >&2
+        kill -KILL "$1" 2>/dev/null
+    fi
+}
+
+echo "faashub: the hub supervisor is gone; stopping the hub in order" >&2
+[ -z "$workers" ] || wait_for_exit "$workers" "$workers_wait_s"
+stop_component "$gateway" gateway
+stop_component "$provider" provider
+stop_component "$nats" nats-server
+echo "faashub: the hub is stopped" >&2
+"""
 # Health checks go straight to the children, never through an HTTP proxy
 # named in the environment.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -113,6 +211,18 @@ class Child:
     """Monotonic times of the recent restarts."""
     log_path: Path | None = None
     """The file its output goes to, when it is not the hub's own output."""
+    role: str | None = None
+    """Its name for the watcher and the pids file (ROLE_*)."""
+
+
+@dataclass
+class Watcher:
+    """The watcher process, and the write end of the pipe that it reads."""
+
+    process: subprocess.Popen[bytes]
+    pipe: IO[bytes]
+    broken: bool = False
+    """True once a write failed: the watcher is gone."""
 
 
 @dataclass
@@ -121,6 +231,41 @@ class Hub:
 
     children: list[Child] = field(default_factory=list)
     stop_requested: int = 0
+    state_dir: Path | None = None
+    watcher: Watcher | None = None
+
+    def record(self, child: Child) -> None:
+        """Tell the watcher, and the pids file, that `child` runs with a new pid."""
+        if child.role is None:
+            return
+        if self.watcher is not None and not self.watcher.broken:
+            try:
+                self.watcher.pipe.write(f"{child.role} {child.process.pid}\n".encode())
+                self.watcher.pipe.flush()
+            except OSError as exc:
+                self.watcher.broken = True
+                logger.warning(
+                    "the hub watcher (pid %d) is gone (%s): if this supervisor "
+                    "is killed, the next 'faashub up' stops what it left running",
+                    self.watcher.process.pid,
+                    exc.strerror or exc,
+                )
+        self.write_pids_file()
+
+    def write_pids_file(self) -> None:
+        if self.state_dir is None:
+            return
+        lines = [
+            f"{child.role} {child.process.pid}\n"
+            for child in self.children
+            if child.role is not None
+        ]
+        if self.watcher is not None:
+            lines.append(f"{ROLE_WATCHER} {self.watcher.process.pid}\n")
+        path = self.state_dir / PIDS_FILE_NAME
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text("".join(lines), encoding="utf-8")
+        temporary.replace(path)
 
 
 def run(settings: HubSettings) -> int:
@@ -227,9 +372,10 @@ def supervise(settings: HubSettings, *, default_state_dir: Path | None = None) -
             "127.0.0.1 unless this network is trusted",
             settings.host,
         )
-    hub = Hub()
+    hub = Hub(state_dir=state_dir)
     previous_handlers = _install_signal_handlers(hub)
     try:
+        _reap_leftovers(state_dir)
         gateway_port = _check_gateway_port(settings.host, settings.port)
         _prepare_auth(settings, state_dir=state_dir, gateway_port=gateway_port)
         _start_components(hub, settings, state_dir=state_dir, gateway_port=gateway_port)
@@ -339,28 +485,32 @@ def _start_components(
     client_auth = ["--gateway-secret-mount-path", auth_folder] if settings.auth else []
     provider_token = str(credentials.ensure_provider_token(state_dir))
 
+    hub.watcher = _start_watcher()
+    hub.write_pids_file()
     nats_url = settings.nats_url
     if not nats_url:
         nats_port = _free_port()
 
         def launch_nats() -> subprocess.Popen[bytes]:
+            # No PR_SET_PDEATHSIG: the watcher stops it after the workers
+            # process, if the supervisor dies.
             return embedded_nats.start(
                 host=internal_host,
                 port=nats_port,
                 store_dir=state_dir / "nats",
                 log_path=log_dir / "nats.log",
                 timeout_s=settings.start_timeout_s,
-                preexec_fn=_die_with_parent,
             )
 
-        hub.children.append(
-            Child(
-                "nats-server",
-                launch_nats,
-                launch_nats(),
-                log_path=log_dir / "nats.log",
-            )
+        nats = Child(
+            "nats-server",
+            launch_nats,
+            launch_nats(),
+            log_path=log_dir / "nats.log",
+            role=ROLE_NATS,
         )
+        hub.children.append(nats)
+        hub.record(nats)
         nats_url = f"nats://{internal_host}:{nats_port}"
         logger.info("embedded nats-server listens on %s", nats_url)
 
@@ -386,6 +536,7 @@ def _start_components(
         ],
         health_urls=(f"{provider_url}/healthz",),
         start_timeout_s=settings.start_timeout_s,
+        role=ROLE_PROVIDER,
     )
     gateway_url = f"http://{_client_host(settings.host)}:{gateway_port}"
     _start_child(
@@ -410,6 +561,7 @@ def _start_components(
         ],
         health_urls=(f"{gateway_url}/healthz",),
         start_timeout_s=settings.start_timeout_s,
+        role=ROLE_GATEWAY,
     )
     workers = _WorkersProcess()
     for queue in [constants.DEFAULT_QUEUE, *_named_queues(settings.queues)]:
@@ -435,8 +587,7 @@ def _start_components(
                 *common,
             ],
             health_url=f"http://{internal_host}:{worker_health_port}/healthz",
-            # The worker drains calls in flight before it exits.
-            stop_grace_s=45.0,
+            stop_grace_s=WORKERS_STOP_GRACE_S,
         )
     connector_common = [*client_auth, *common]
     if settings.kafka_brokers or settings.kafka_dev_broker:
@@ -471,6 +622,10 @@ def _start_components(
         health_urls=tuple(workers.health_urls),
         start_timeout_s=settings.start_timeout_s,
         stop_grace_s=workers.stop_grace_s,
+        role=ROLE_WORKERS,
+        # It drains at once when the supervisor dies, and the watcher stops
+        # the others only after it has exited.
+        dies_with_supervisor=True,
     )
 
 
@@ -639,6 +794,42 @@ def _check_connector_addresses(settings: HubSettings) -> None:
             raise errors.SettingsError(
                 f"Invalid --sqs-endpoint-url (FAASHUB_SQS_ENDPOINT_URL): {exc}."
             ) from exc
+    if settings.sqs_queues:
+        _check_sqs_region(settings.sqs_region)
+
+
+def _check_sqs_region(region: str) -> None:
+    """Raise SettingsError, naming `--sqs-region`, unless SQS gets a valid region.
+
+    Without `--sqs-region`, the region comes from the standard AWS chain
+    (AWS_REGION, AWS_DEFAULT_REGION, the shared config file), read by
+    botocore as the connector would.
+    """
+    from faashub.connector_settings import check_aws_region
+
+    if region:
+        try:
+            check_aws_region(region)
+        except ValueError as exc:
+            raise errors.SettingsError(
+                f"Invalid --sqs-region (FAASHUB_SQS_REGION): {exc}."
+            ) from exc
+        return
+    import botocore.session
+
+    chain_region = botocore.session.get_session().get_config_variable("region")
+    if not chain_region:
+        raise errors.SettingsError(
+            "No AWS region is configured for --sqs-queues: set --sqs-region "
+            "(FAASHUB_SQS_REGION), or AWS_REGION in the environment."
+        )
+    try:
+        check_aws_region(chain_region)
+    except ValueError as exc:
+        raise errors.SettingsError(
+            f"Invalid AWS region from AWS_REGION, AWS_DEFAULT_REGION or the AWS "
+            f"config file: {exc}. Set --sqs-region (FAASHUB_SQS_REGION)."
+        ) from exc
 
 
 def _named_queues(text: str) -> list[str]:
@@ -657,9 +848,15 @@ def _start_child(
     health_urls: tuple[str, ...],
     start_timeout_s: float,
     stop_grace_s: float = STOP_GRACE_S,
+    role: str | None = None,
+    dies_with_supervisor: bool = False,
 ) -> None:
     if hub.stop_requested:
         raise errors.HubStartError("The hub was asked to stop while starting.")
+    supervisor_pid = os.getpid()
+
+    def die_with_supervisor() -> None:
+        _die_with_parent(supervisor_pid)
 
     def launch() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -667,25 +864,37 @@ def _start_child(
             stdin=subprocess.DEVNULL,
             # Own session: Ctrl-C reaches only the hub, which stops them in order.
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_supervisor if dies_with_supervisor else None,
         )
 
     process = launch()
     child = Child(
-        name, launch, process, health_urls=health_urls, stop_grace_s=stop_grace_s
+        name,
+        launch,
+        process,
+        health_urls=health_urls,
+        stop_grace_s=stop_grace_s,
+        role=role,
     )
     hub.children.append(child)
+    hub.record(child)
     logger.info("started %s (pid %d)", name, process.pid)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to send SIGTERM to this child when the hub process dies."""
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to send SIGTERM to this child when the hub process dies.
+
+    Runs in the child between fork and exec. If the supervisor died before
+    prctl took effect, no signal would ever come, so the child exits at once.
+    """
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         # Not Linux: the children are still stopped by a normal hub exit.
-        pass
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def _wait_until_all_healthy(hub: Hub, *, timeout_s: float) -> None:
@@ -787,7 +996,155 @@ def _restart(hub: Hub, child: Child, code: int) -> bool:
     except errors.HubStartError as exc:
         logger.error("%s could not be restarted: %s", child.name, exc)
         return False
+    hub.record(child)
     logger.info("restarted %s (pid %d)", child.name, child.process.pid)
+    return True
+
+
+def _start_watcher() -> Watcher:
+    """Start the watcher that stops the hub in order if the supervisor dies."""
+    read_end, write_end = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [
+                "/bin/sh",
+                "-c",
+                WATCHER_SCRIPT,
+                WATCHER_NAME,
+                str(int(WORKERS_STOP_GRACE_S)),
+                str(WATCHER_STOP_GRACE_S),
+            ],
+            stdin=read_end,
+            # Own session: Ctrl-C and a closed terminal reach only the hub.
+            start_new_session=True,
+        )
+    except OSError as exc:
+        os.close(write_end)
+        raise errors.HubStartError(
+            f"Cannot start the hub watcher with /bin/sh: {exc.strerror or exc}. "
+            "The hub needs a POSIX shell at /bin/sh."
+        ) from exc
+    finally:
+        os.close(read_end)
+    logger.debug("started the hub watcher (pid %d)", process.pid)
+    return Watcher(process, os.fdopen(write_end, "wb"))
+
+
+def _stop_watcher(hub: Hub) -> None:
+    """Tell the watcher that every component has stopped, and wait for it."""
+    watcher, hub.watcher = hub.watcher, None
+    if watcher is None:
+        return
+    try:
+        watcher.pipe.write(b"stopped\n")
+        watcher.pipe.close()
+    except OSError:
+        # It is gone already; nothing is left for it to stop.
+        pass
+    try:
+        watcher.process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        logger.warning(
+            "the hub watcher (pid %d) did not exit; killing it", watcher.process.pid
+        )
+        watcher.process.kill()
+        watcher.process.wait()
+
+
+def _reap_leftovers(state_dir: Path) -> None:
+    """Stop the components that a killed hub left running on this state folder.
+
+    `<state dir>/hub.pids` names them. A pid counts only while /proc shows
+    that it still runs that component with this state folder, because the
+    kernel reuses pids. The watcher of that hub, if it still runs, is given
+    LEFTOVER_WATCHER_WAIT_S to finish its ordered stop first.
+    """
+    path = state_dir / PIDS_FILE_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    recorded: dict[str, int] = {}
+    for line in text.splitlines():
+        role, _, pid_text = line.partition(" ")
+        if pid_text.isdigit():
+            recorded[role] = int(pid_text)
+    watcher_pid = recorded.pop(ROLE_WATCHER, None)
+    if watcher_pid is not None and _runs(watcher_pid, ROLE_WATCHER, state_dir):
+        logger.warning(
+            "waiting up to %g s for the previous hub's watcher (pid %d) to stop "
+            "the components that hub left running",
+            LEFTOVER_WATCHER_WAIT_S,
+            watcher_pid,
+        )
+        _wait_for_exit(watcher_pid, timeout_s=LEFTOVER_WATCHER_WAIT_S)
+    for role in (ROLE_WORKERS, ROLE_GATEWAY, ROLE_PROVIDER, ROLE_NATS):
+        pid = recorded.get(role)
+        if pid is None or not _runs(pid, role, state_dir):
+            continue
+        logger.warning(
+            "stopping the %s (pid %d) that a previous hub left running on %s",
+            role,
+            pid,
+            state_dir,
+        )
+        try:
+            os.kill(pid, signal.SIGTERM)
+            if not _wait_for_exit(pid, timeout_s=STOP_GRACE_S):
+                logger.warning("the %s (pid %d) did not stop; killing it", role, pid)
+                os.kill(pid, signal.SIGKILL)
+                _wait_for_exit(pid, timeout_s=STOP_GRACE_S)
+        except ProcessLookupError:
+            # It exited between the check and the signal.
+            continue
+    path.unlink(missing_ok=True)
+
+
+def _runs(pid: int, role: str, state_dir: Path) -> bool:
+    """Return whether `pid` is a living `role` process of the hub on `state_dir`."""
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if not _is_running(pid):
+        return False
+    words = [argument.decode(errors="replace") for argument in arguments]
+    folder = str(state_dir)
+    if role == ROLE_WATCHER:
+        # The watcher's command line does not name the state folder, but
+        # only the hub that recorded it in this folder started it.
+        return WATCHER_NAME in words
+    if role == ROLE_NATS:
+        return Path(words[0]).name == embedded_nats.BINARY_NAME and any(
+            folder in word for word in words
+        )
+    command = {
+        ROLE_WORKERS: WORKERS_COMMAND,
+        ROLE_GATEWAY: "gateway",
+        ROLE_PROVIDER: "provider",
+    }[role]
+    return words[1:4] == ["-m", "faashub", command] and any(
+        folder in word for word in words
+    )
+
+
+def _is_running(pid: int) -> bool:
+    """Return whether `pid` exists and has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state is the first field after the parenthesised command name.
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_for_exit(pid: int, *, timeout_s: float) -> bool:
+    """Wait until `pid` has exited; return False if it still runs at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while _is_running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
     return True
 
 
@@ -795,6 +1152,9 @@ def _stop_all(hub: Hub) -> None:
     for child in reversed(hub.children):
         _stop_child(child)
     hub.children.clear()
+    _stop_watcher(hub)
+    if hub.state_dir is not None:
+        (hub.state_dir / PIDS_FILE_NAME).unlink(missing_ok=True)
 
 
 def _stop_child(child: Child) -> None:
