@@ -281,6 +281,8 @@ class KafkaConnectorSettings(ConnectorSettings):
 # SQS rule for queue names: 1 to 80 letters, digits, '-' and '_', plus the
 # '.fifo' suffix that marks a FIFO queue (it counts towards the 80).
 _SQS_QUEUE_NAME = re.compile(r"^(?=.{1,80}$)[A-Za-z0-9_-]+(\.fifo)?$")
+# One DNS label, because botocore builds the endpoint's host name from it.
+_AWS_REGION = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 # SQS refuses a visibility timeout above 12 hours, for a receive and for
 # ChangeMessageVisibility alike.
 SQS_MAX_VISIBILITY_S = 43200
@@ -409,6 +411,20 @@ def check_endpoint_url(url: str) -> None:
         raise ValueError(
             f"{url!r} is not an http or https URL with a host, such as "
             "http://127.0.0.1:4566"
+        )
+
+
+def check_aws_region(region: str) -> None:
+    """Raise ValueError unless `region` can be an AWS region name, such as us-east-1.
+
+    botocore puts the region into the endpoint's host name, so it accepts one
+    DNS label that is not only digits, and rejects anything else when the
+    client is created.
+    """
+    if not _AWS_REGION.match(region) or region.isdigit():
+        raise ValueError(
+            f"{region!r} is not an AWS region name: use letters, digits and '-', "
+            "such as us-east-1"
         )
 
 
