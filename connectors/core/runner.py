@@ -25,6 +25,7 @@ from aiohttp import web
 from connectors.core.connector import Connector
 from connectors.core.health import start_health_listener
 from connectors.core.source import ConnectorSource
+from faashub.gc_tuning import tune_gc
 
 logger = logging.getLogger(__name__)
 
@@ -106,16 +107,25 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-async def run_connector(connector: Connector, source: ConnectorSource) -> None:
+async def run_connector(
+    connector: Connector, source: ConnectorSource, *, tune_gc_after_open: bool = False
+) -> None:
     """Run `source` with `connector` until a signal stops it; then clean up."""
-    await run_services([ConnectorService(connector, source)])
+    await run_services(
+        [ConnectorService(connector, source)], tune_gc_after_open=tune_gc_after_open
+    )
 
 
-async def run_services(services: Sequence[Service]) -> None:
+async def run_services(
+    services: Sequence[Service], *, tune_gc_after_open: bool = False
+) -> None:
     """Run every service until a signal or a failure stops them; then close them.
 
     The services open in order and close in the reverse order. The first
-    exception that ends a service is raised again once all are closed.
+    exception that ends a service is raised again once all are closed. With
+    tune_gc_after_open, which only a process's entry point should pass, the
+    garbage collector is tuned once every service has opened
+    (`faashub.gc_tuning`).
     """
     opened: list[Service] = []
     try:
@@ -125,6 +135,8 @@ async def run_services(services: Sequence[Service]) -> None:
             finally:
                 # close() also undoes a half-finished open().
                 opened.append(service)
+        if tune_gc_after_open:
+            tune_gc()
         await _run_until_signal(opened)
     finally:
         await _close_all(opened)

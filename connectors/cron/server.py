@@ -18,4 +18,6 @@ def run(settings: CronConnectorSettings) -> None:
 
 async def serve(settings: CronConnectorSettings) -> None:
     """Run the connector in the current event loop until a signal stops it."""
-    await run_connector(CronConnector(settings), CronSource(settings))
+    await run_connector(
+        CronConnector(settings), CronSource(settings), tune_gc_after_open=True
+    )

@@ -43,4 +43,4 @@ async def serve(settings: KafkaConnectorSettings) -> None:
             "posts results to the callback URL instead"
         )
     connector = Connector(settings, name=constants.CONNECTOR_NAME)
-    await run_connector(connector, source)
+    await run_connector(connector, source, tune_gc_after_open=True)

@@ -22,4 +22,4 @@ async def serve(settings: SqsConnectorSettings) -> None:
     # Built first, so that a missing --sqs-queues fails before anything starts.
     source = SqsSource(settings)
     connector = SqsConnector(settings)
-    await run_connector(connector, source)
+    await run_connector(connector, source, tune_gc_after_open=True)

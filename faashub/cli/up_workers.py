@@ -173,7 +173,7 @@ def run(arguments: Sequence[str]) -> None:
         )
         tracing.setup(default_service_name=TRACE_SERVICE_NAME)
         try:
-            run_event_loop(run_services(services))
+            run_event_loop(run_services(services, tune_gc_after_open=True))
         finally:
             tracing.shutdown()
     finally:

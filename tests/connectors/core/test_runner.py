@@ -7,12 +7,14 @@ queue-worker and connectors this way.
 """
 
 import asyncio
+import gc
 import os
 import signal
 
 import pytest
 
 from connectors.core.runner import run_services
+from faashub import gc_tuning
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -97,3 +99,29 @@ async def test_failed_open_closes_opened_services() -> None:
         await asyncio.wait_for(run_services([opened, broken, never_opened]), 5)
 
     assert events == ["open worker", "open cron", "close cron", "close worker"]
+
+
+async def test_tuning_freezes_heap_after_open() -> None:
+    events: list[str] = []
+    service = RecordingService("worker", events, fail_run_after_s=0.01)
+    threshold = gc.get_threshold()
+    try:
+        with pytest.raises(RuntimeError, match="worker broke"):
+            await run_services([service], tune_gc_after_open=True)
+        frozen = gc.get_freeze_count()
+        tuned = gc.get_threshold()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+    assert frozen > 0
+    assert tuned[0] == gc_tuning.GEN0_THRESHOLD
+
+
+async def test_services_leave_heap_unfrozen_by_default() -> None:
+    service = RecordingService("worker", [], fail_run_after_s=0.01)
+
+    with pytest.raises(RuntimeError, match="worker broke"):
+        await run_services([service])
+
+    assert gc.get_freeze_count() == 0
