@@ -90,31 +90,41 @@ async def ensure_status_bucket(
 ) -> KeyValue:
     """Return the call-status bucket, creating it if it is missing.
 
-    With `ttl_s`, an existing bucket gets that max age too.
+    With `ttl_s`, an existing bucket gets that max age too. Direct gets are
+    switched on in an existing bucket that lacks them, because the worker
+    reads records with batched direct gets.
     """
     try:
         bucket = await js.key_value(constants.STATUS_BUCKET)
     except BucketNotFoundError:
         pass
     else:
-        if ttl_s is not None:
-            # A key-value bucket is the stream KV_<bucket>; its max age is the TTL.
-            info = await js.stream_info(f"KV_{constants.STATUS_BUCKET}")
-            if info.config.max_age != ttl_s:
-                info.config.max_age = ttl_s
-                if (
-                    info.config.duplicate_window
-                    and info.config.duplicate_window > ttl_s
-                ):
-                    info.config.duplicate_window = ttl_s
-                await js.update_stream(info.config)
-        return bucket
+        # A key-value bucket is the stream KV_<bucket>; its max age is the TTL.
+        info = await js.stream_info(f"KV_{constants.STATUS_BUCKET}")
+        config = info.config
+        changed = False
+        if ttl_s is not None and config.max_age != ttl_s:
+            config.max_age = ttl_s
+            if config.duplicate_window and config.duplicate_window > ttl_s:
+                config.duplicate_window = ttl_s
+            changed = True
+        if not config.allow_direct:
+            # NB: on a replicated bucket, direct gets may be served by a
+            # follower that has not applied the latest write yet.
+            config.allow_direct = True
+            changed = True
+        if not changed:
+            return bucket
+        await js.update_stream(config)
+        # The bucket object chose direct or API gets from the old config.
+        return await js.key_value(constants.STATUS_BUCKET)
     return await js.create_key_value(
         config=jsapi.KeyValueConfig(
             bucket=constants.STATUS_BUCKET,
             history=1,
             ttl=ttl_s or DEFAULT_STATUS_TTL_S,
             storage=jsapi.StorageType.FILE,
+            direct=True,
         )
     )
 

@@ -74,6 +74,16 @@ ATTEMPT_LOG_MAX: Final = 50
 # Maximum length of the error text kept per attempt, in characters.
 ERROR_TEXT_MAX: Final = 300
 
+# Status reads that start in one event-loop turn share one batched direct get
+# (`queue_worker.status_reads`), of at most this many keys. Larger turns are
+# split into several requests. With the default max_inflight of 64, a turn
+# has at most 64 claims.
+STATUS_READ_MAX_BATCH: Final = 128
+# How long a batched status read waits for its end-of-batch reply, and a status
+# write for its PubAck, before the call is postponed or the write retried. The
+# same as nats-py's default JetStream API timeout.
+STATUS_REQUEST_TIMEOUT_S: Final = 5.0
+
 # Maximum wait for the consumer's pending count when /metrics is scraped.
 METRICS_REFRESH_TIMEOUT_S: Final = 1.0
 

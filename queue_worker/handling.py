@@ -58,6 +58,7 @@ from faashub import dead_letter, tracing
 from faashub import errors as shared_errors
 from faashub.call_status import CallState, CallStatus
 from faashub.dead_letter import Attempt, DeadLetter
+from faashub.names import FunctionRef
 from faashub.queued_call import QueuedCall
 from faashub.replica_urls import ReplicaUrls
 from faashub.settings import WorkerSettings
@@ -96,13 +97,16 @@ class _Job:
     held: HeldMessage
     call: QueuedCall
     delivery: DeliveryInfo
+    ref: FunctionRef = dataclasses.field(init=False)
+    """The call's function, built and validated once per delivery."""
     function: str = dataclasses.field(init=False)
     """The function as `name.namespace`, for logs and metrics."""
     context: dict[str, object] = dataclasses.field(init=False)
     """The fields of every log line about this call."""
 
     def __post_init__(self) -> None:
-        self.function = str(self.call.ref)
+        self.ref = self.call.ref
+        self.function = str(self.ref)
         self.context = {
             "function": self.function,
             "call_id": self.call.call_id,
@@ -191,7 +195,7 @@ class CallHandler:
             return
 
         try:
-            function = await self._services.functions.get(call.ref)
+            function = await self._services.functions.get(job.ref)
         except errors.TemporaryError as exc:
             await self._postpone(job, exc)
             return
@@ -199,7 +203,7 @@ class CallHandler:
             await self._dead_letter_unrun(
                 job,
                 reason=dead_letter.REASON_FUNCTION_NOT_FOUND,
-                detail=f"Function {call.ref} was not found when the call was due.",
+                detail=f"Function {job.ref} was not found when the call was due.",
                 status_code=404,
                 policy=self._default_policy,
             )
@@ -218,7 +222,7 @@ class CallHandler:
         # The per-function limit first, so that a busy function's calls go
         # back at once instead of queueing for the worker's slots.
         slots = self._services.slots
-        if not slots.reserve(call.ref, policy.max_inflight):
+        if not slots.reserve(job.ref, policy.max_inflight):
             await self._nak(job, delay_s=_busy_delay_s())
             return
         try:
@@ -231,7 +235,7 @@ class CallHandler:
             finally:
                 slots.release()
         finally:
-            slots.unreserve(call.ref)
+            slots.unreserve(job.ref)
 
     async def close(self) -> None:
         """Wait briefly for background cleanups, then cancel what remains."""

@@ -66,6 +66,8 @@ from faashub.call_status import CallState, CallStatus, status_key
 from faashub.dead_letter import Attempt
 from faashub.queued_call import QueuedCall
 from queue_worker import constants, errors
+from queue_worker.status_reads import BatchedStatusReader
+from queue_worker.status_writes import StatusWriter
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +118,24 @@ class StatusStore:
         *,
         lease_s: float,
         clock_ns: Callable[[], int] = time.time_ns,
+        reader: BatchedStatusReader | None = None,
+        writer: StatusWriter | None = None,
     ) -> None:
+        """With `reader`, reads go through it, so concurrent reads share requests.
+
+        With both `reader` and `writer`, writes go through `writer`.
+        """
         self._kv = kv
+        self._reader = reader
+        self._writer = writer if reader is not None else None
         self.lease_s = lease_s
         self._lease_ns = int(lease_s * 1e9)
         self._clock_ns = clock_ns
 
     async def read(self, call_id: str) -> Stored | None:
         """Return the call's record and revision, or None if there is none."""
+        if self._reader is not None:
+            return await self._read_batched(call_id)
         key = status_key(call_id)
         try:
             entry = await self._kv.get(key)
@@ -131,17 +143,20 @@ class StatusStore:
             return None
         except (nats.errors.Error, TimeoutError) as exc:
             raise _unavailable("read the status of", call_id, exc) from exc
-        try:
-            record = CallStatus.from_json(entry.value or b"")
-        except shared_errors.InvalidQueuedCall as exc:
-            logger.warning(
-                "unreadable status record is replaced: %s",
-                exc,
-                extra={"ctx": {"call_id": call_id}},
-            )
-            record = None
         assert entry.revision is not None
-        return Stored(record, entry.revision)
+        return _stored(call_id, entry.value or b"", entry.revision)
+
+    async def _read_batched(self, call_id: str) -> Stored | None:
+        assert self._reader is not None
+        try:
+            value = await self._reader.read(status_key(call_id))
+        except errors.NatsUnavailable as exc:
+            raise errors.NatsUnavailable(
+                f"Cannot read the status of call {call_id!r}: {exc}"
+            ) from exc
+        if value is None or value.deleted:
+            return None
+        return _stored(call_id, value.data, value.revision)
 
     async def claim(
         self,
@@ -255,6 +270,8 @@ class StatusStore:
 
     async def _write(self, record: CallStatus, *, revision: int | None) -> int | None:
         data = record_json(record)
+        if self._writer is not None:
+            return await self._write_through_writer(record.key, data, revision)
         try:
             if revision is None:
                 return await self._kv.create(record.key, data)
@@ -263,6 +280,22 @@ class StatusStore:
             return None
         except (nats.errors.Error, TimeoutError) as exc:
             raise _unavailable("store the status of", record.call_id, exc) from exc
+
+    async def _write_through_writer(
+        self, key: str, data: bytes, revision: int | None
+    ) -> int | None:
+        assert self._writer is not None
+        assert self._reader is not None
+        written = await self._writer.write(key, data, last=revision or 0)
+        if written is not None or revision is not None:
+            return written
+        # A key whose latest entry is a delete marker has no value, but a
+        # create expecting no entry at all fails on it. nats-py's
+        # KeyValue.create retries with the marker's revision, and so does this.
+        latest = await self._reader.read(key)
+        if latest is None or not latest.deleted:
+            return None
+        return await self._writer.write(key, data, last=latest.revision)
 
     def _started(
         self,
@@ -307,6 +340,19 @@ class StatusStore:
         )
 
 
+def _stored(call_id: str, data: bytes, revision: int) -> Stored:
+    try:
+        record: CallStatus | None = CallStatus.from_json(data)
+    except shared_errors.InvalidQueuedCall as exc:
+        logger.warning(
+            "unreadable status record is replaced: %s",
+            exc,
+            extra={"ctx": {"call_id": call_id}},
+        )
+        record = None
+    return Stored(record, revision)
+
+
 def record_json(record: CallStatus) -> bytes:
     """Return the same JSON as `record.to_json()`, without its deep copy.
 
@@ -315,10 +361,12 @@ def record_json(record: CallStatus) -> bytes:
     """
     fields = {field.name: getattr(record, field.name) for field in _RECORD_FIELDS}
     fields["state"] = record.state.value
-    return json.dumps(fields, separators=(",", ":")).encode()
+    return _JSON_ENCODER.encode(fields).encode()
 
 
 _RECORD_FIELDS = dataclasses.fields(CallStatus)
+# `json.dumps` with any option builds a new encoder on every call.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def decide(

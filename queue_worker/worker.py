@@ -50,6 +50,8 @@ from queue_worker.metrics import WorkerMetrics
 from queue_worker.policy import PolicyReader, default_retry_policy
 from queue_worker.slots import Slots
 from queue_worker.status import StatusStore
+from queue_worker.status_reads import BatchedStatusReader
+from queue_worker.status_writes import StatusWriter
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ class Worker:
         self._session: aiohttp.ClientSession | None = None
         self._callback_session: aiohttp.ClientSession | None = None
         self._handler: CallHandler | None = None
+        self._status_reader: BatchedStatusReader | None = None
+        self._status_writer: StatusWriter | None = None
         self._slots = Slots(settings.max_inflight)
         self._fetcher: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -329,7 +333,7 @@ class Worker:
                 policies=PolicyReader(self._default_policy),
                 authorization=authorization,
             ),
-            status=StatusStore(status_bucket, lease_s=settings.ack_wait_s),
+            status=self._new_status_store(status_bucket),
             dead_letters=DeadLetterWriter(
                 js, bodies, max_payload_bytes=lambda: self._nc.max_payload
             ),
@@ -350,6 +354,40 @@ class Worker:
             services,
             default_policy=self._default_policy,
             function_base_url=self._function_base_url,
+        )
+
+    def _new_status_store(self, bucket: KeyValue) -> StatusStore:
+        """Return the status store, with batched reads from nats-server 2.11 on.
+
+        nats-server 2.11 added the batched direct get. Against older servers
+        the store reads and writes through nats-py's key-value client.
+        """
+        lease_s = self._settings.ack_wait_s
+        version = self._nc.connected_server_version
+        if (version.major, version.minor) < (2, 11):
+            logger.info(
+                "nats-server %s lacks the batched direct get, so status records "
+                "are read one at a time",
+                version,
+            )
+            return StatusStore(bucket, lease_s=lease_s)
+        self._status_reader = BatchedStatusReader(
+            self._nc,
+            stream=f"KV_{shared.STATUS_BUCKET}",
+            subject_prefix=f"$KV.{shared.STATUS_BUCKET}.",
+            timeout_s=constants.STATUS_REQUEST_TIMEOUT_S,
+            max_batch=constants.STATUS_READ_MAX_BATCH,
+        )
+        self._status_writer = StatusWriter(
+            self._nc,
+            subject_prefix=f"$KV.{shared.STATUS_BUCKET}.",
+            timeout_s=constants.STATUS_REQUEST_TIMEOUT_S,
+        )
+        return StatusStore(
+            bucket,
+            lease_s=lease_s,
+            reader=self._status_reader,
+            writer=self._status_writer,
         )
 
     async def _unsubscribe(self) -> None:
@@ -452,6 +490,17 @@ class Worker:
                 )
         if self._handler is not None:
             await self._handler.close()
+        if self._status_reader is not None:
+            reader = self._status_reader
+            await reader.close()
+            if self._status_writer is not None:
+                await self._status_writer.close()
+            logger.info(
+                "status reads: %d in %d batched requests",
+                reader.reads,
+                reader.requests,
+                extra={"ctx": {"requests_by_size": reader.batch_sizes}},
+            )
         if self._session is not None:
             await self._session.close()
         if self._callback_session is not None:

