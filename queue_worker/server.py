@@ -19,6 +19,7 @@ import signal
 from aiohttp import web
 
 from faashub import errors
+from faashub.gc_tuning import tune_gc
 from faashub.settings import WorkerSettings
 from queue_worker.worker import Worker
 
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 def run(settings: WorkerSettings) -> None:
     """Run a queue-worker until SIGTERM or SIGINT, then stop it cleanly."""
+    # Each call allocates many short-lived objects (futures, tasks, requests),
+    # so the collector runs often: keep it off the start-up heap.
+    tune_gc()
     try:
         import uvloop
     except ImportError:

@@ -29,9 +29,11 @@ from tests.queue_worker.conftest import (
 pytestmark = pytest.mark.timeout(30)
 
 RUN_WORKER = (
+    "import gc, sys; "
     "from faashub import logs; from faashub.settings import WorkerSettings; "
     "from queue_worker import server; logs.configure(level='INFO'); "
-    "server.run(WorkerSettings())"
+    "server.run(WorkerSettings()); "
+    "print(f'run returned, gc frozen: {gc.get_freeze_count() > 0}', file=sys.stderr)"
 )
 
 
@@ -136,6 +138,7 @@ async def test_sigterm_lets_running_call_finish(
     assert exit_code == 0, log
     assert "received SIGTERM, stopping" in log
     assert "call finished" in log
+    assert "run returned, gc frozen: True" in log
     assert gateway.completed == 1
     assert [r.header("X-Call-Id") for r in receiver.requests] == [call.call_id]
     await wait_for_empty_stream(js, timeout_s=2.0)
