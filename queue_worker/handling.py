@@ -528,6 +528,7 @@ class CallHandler:
 
         # The lease holds until here: the call counts as running until its
         # callback is delivered or dead-lettered.
+        job.held.recording = True
         revision = await lease.stop() if isinstance(lease, RunningLease) else lease
         await self._store_final(job, record, revision, outcome, policy, delivery)
         await self._ack(job)

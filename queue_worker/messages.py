@@ -44,6 +44,8 @@ class HeldMessage:
     message: Msg
     delivery: DeliveryInfo
     """Read once: nats-py parses the reply subject anew on every access."""
+    recording: bool = False
+    """True once the call's outcome is final and only storing it and the ack remain."""
 
 
 def delivery_of(message: Msg) -> DeliveryInfo:

@@ -465,11 +465,22 @@ class Worker:
             "waiting up to %g s for %d calls in flight", grace_s, len(self._held)
         )
         _, pending = await asyncio.wait(set(self._held), timeout=grace_s)
-        if pending:
+        recording = sum(1 for task in pending if self._held[task].recording)
+        if recording:
+            # Their callbacks are posted, but NATS did not take the final
+            # status or the ack in time, as when nats-server is stopped first.
+            logger.warning(
+                "%d calls finished but not acknowledged after %g s, because NATS "
+                "did not respond (JetStream redelivers them after ack_wait, and they run "
+                "again)",
+                recording,
+                grace_s,
+            )
+        if len(pending) > recording:
             logger.warning(
                 "abandoning %d calls still running after %g s (JetStream "
                 "redelivers them after ack_wait)",
-                len(pending),
+                len(pending) - recording,
                 grace_s,
             )
 
@@ -506,7 +517,12 @@ class Worker:
         if self._callback_session is not None:
             await self._callback_session.close()
         # close() flushes buffered acks before it disconnects.
-        await self._nc.close()
+        try:
+            await self._nc.close()
+        except RuntimeError as exc:
+            # uvloop raises when nats-py flushes into a transport that the
+            # lost server already closed. The buffered acks are lost anyway.
+            logger.warning("closing the nats connection failed: %s", _describe(exc))
         logger.info("queue-worker stopped")
 
     async def _pause_before_retry(self) -> None:

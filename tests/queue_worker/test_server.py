@@ -6,6 +6,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -142,6 +143,60 @@ async def test_sigterm_lets_running_call_finish(
     assert gateway.completed == 1
     assert [r.header("X-Call-Id") for r in receiver.requests] == [call.call_id]
     await wait_for_empty_stream(js, timeout_s=2.0)
+
+
+def process_with_argument(argument: str) -> int:
+    """Return the pid of the one process whose command line contains `argument`."""
+    found = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _cmdline_contains(entry, argument)
+    ]
+    assert len(found) == 1, f"processes with {argument!r}: {found}"
+    return found[0]
+
+
+def _cmdline_contains(entry: Path, argument: str) -> bool:
+    try:
+        return argument.encode() in (entry / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+async def test_drain_names_calls_nats_did_not_ack(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+    start_worker: StartWorker,
+    tmp_path: Path,
+) -> None:
+    nats_pid = process_with_argument(str(tmp_path / "nats"))
+    gateway.delay_s = 1.0
+    call = make_call(callback_url=f"{receiver.url}/done")
+    worker = await start_worker(
+        FAASHUB_NATS_URL=nats_url,
+        FAASHUB_GATEWAY_URL=gateway.url,
+        FAASHUB_SHUTDOWN_GRACE_S="1",
+    )
+    await worker.wait_for_health(200)
+    await publish(js, call)
+    await gateway.wait_for_requests(1)
+
+    # The callback is posted while nats-server is frozen, so the final status
+    # and the ack cannot be stored before the drain ends.
+    os.kill(nats_pid, signal.SIGSTOP)
+    try:
+        await receiver.wait_for_requests(1)
+        worker.process.send_signal(signal.SIGTERM)
+        exit_code, log = await worker.wait_for_exit(timeout_s=20.0)
+    finally:
+        os.kill(nats_pid, signal.SIGCONT)
+
+    assert exit_code == 0, log
+    assert "1 calls finished but not acknowledged after 1 s" in log
+    assert "abandoning" not in log
+    assert "Traceback" not in log
 
 
 async def test_health_is_503_without_nats(start_worker: StartWorker) -> None:
