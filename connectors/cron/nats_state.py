@@ -27,6 +27,7 @@ a catch-up run after a restart, never a tick.
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 
 import nats
@@ -57,6 +58,8 @@ class CronState:
         self._client: Client | None = None
         self._leases: KeyValue | None = None
         self._last_fired: KeyValue | None = None
+        self._outage_started_s: float | None = None
+        self._closing = False
 
     @property
     def claims_ticks(self) -> bool:
@@ -68,11 +71,17 @@ class CronState:
 
         The client reconnects on its own afterwards, without a limit.
         """
+        self._closing = False
         self._client = await nats.connect(
             self._nats_url,
             name=f"faashub-cron-{self._owner}",
             max_reconnect_attempts=-1,
             allow_reconnect=True,
+            # Without these callbacks nats-py logs every failed reconnect at
+            # ERROR with a traceback, where one line per outage is enough.
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
         )
         js = self._client.jetstream()
         if self._claim_ticks:
@@ -91,8 +100,37 @@ class CronState:
             },
         )
 
+    async def _on_error(self, exc: Exception) -> None:
+        self._begin_outage(str(exc) or type(exc).__name__)
+
+    async def _on_disconnected(self) -> None:
+        self._begin_outage("disconnected")
+
+    async def _on_reconnected(self) -> None:
+        if self._outage_started_s is None:
+            return
+        lasted_s = time.monotonic() - self._outage_started_s
+        self._outage_started_s = None
+        logger.info(
+            "cron state in NATS available again after %.1f s",
+            lasted_s,
+            extra={"ctx": {"owner": self._owner}},
+        )
+
+    def _begin_outage(self, reason: str) -> None:
+        if self._outage_started_s is not None or self._closing:
+            return
+        self._outage_started_s = time.monotonic()
+        logger.warning(
+            "cron state in NATS unavailable, reconnecting: %s",
+            reason,
+            extra={"ctx": {"owner": self._owner}},
+        )
+
     async def close(self) -> None:
         """Close the NATS connection."""
+        # nats-py calls disconnected_cb on a close too.
+        self._closing = True
         if self._client is not None:
             await self._client.close()
             self._client = None
