@@ -26,7 +26,9 @@ When partitions are revoked (a rebalance, or the connector stopping), their
 records that have not started are dropped. They are not committed, so the
 partition's next owner consumes them again. Records being handled get up
 to the drain timeout to finish; the rest are cancelled and come back too.
-That bounds what a rebalance delivers twice by the in-flight window.
+The commit stops at the oldest record that is not final, so in `key` and
+`none` mode records that finished after it are delivered twice as well: up
+to the partition's buffer, not only the in-flight window.
 """
 
 import asyncio
