@@ -345,6 +345,7 @@ class GatewayApp:
                 body_read_timeout_s=settings.body_read_timeout_s,
                 replicas=ReplicaUrls(provider_session, settings.provider_url),
                 metrics=self.metrics,
+                authenticator=self._auth,
             ),
             async_accept=AsyncAccept(
                 self.queue,
@@ -352,6 +353,7 @@ class GatewayApp:
                 max_body_bytes=settings.max_body_bytes,
                 max_delay_s=settings.max_delay_s,
                 body_read_timeout_s=settings.body_read_timeout_s,
+                authenticator=self._auth,
             ),
             async_calls=AsyncCalls(self.queue),
         )

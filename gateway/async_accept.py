@@ -17,8 +17,10 @@ Before storing, it checks what a caller can fix at once:
 A body too large for one NATS message goes to the object store
 (`gateway.call_queue`). The caller's X-Call-Id is the de-duplication key, so
 a retried accept inside the stream's duplicate window stores the call once.
-A call without one gets a new random id and no de-duplication key, because
-no retry can repeat an id that the caller never saw.
+A call without one gets a new random id and no de-duplication key, which
+spares nats-server the duplicate window's bookkeeping. A 503 after a PubAck
+timeout carries the id, and a retry with it is not stored again while the
+first call waits in the stream (`gateway.call_queue`).
 
 This is the hot path of the gateway: it uses no framework and logs each call
 at DEBUG only.
@@ -39,6 +41,7 @@ from faashub import errors as shared_errors
 from faashub import jetstream, names
 from faashub.queued_call import QueuedCall
 from gateway import asgi, async_calls, constants, delays, errors, limits
+from gateway.auth import Authenticator
 from gateway.call_ids import new_call_id
 from gateway.call_queue import CallQueue
 from gateway.function_lookup import FunctionLookup
@@ -59,6 +62,10 @@ _REQUEST_ERROR_STATUS: dict[type[errors.GatewayError], int] = {
 _ALLOW_HEADER = (b"allow", _ALLOWED_METHODS.encode())
 _SERVED_BY_HEADER = (shared.SERVED_BY.lower().encode(), constants.SERVED_BY.encode())
 _EMPTY_BODY = (b"content-length", b"0")
+# Retry-After of a 503 while the queue is unavailable, in seconds. NOTE: a
+# guess at how long NATS takes to come back, while the gateway itself
+# reconnects every second.
+_QUEUE_RETRY_AFTER = (b"retry-after", b"5")
 _ACCEPTED_BODY = {"type": "http.response.body", "body": b""}
 # Request headers that are not stored with the call: hop-by-hop ones, Host and
 # Content-Length (the worker's HTTP client sets both), and X-Call-Id and
@@ -102,7 +109,11 @@ class _CallHeaders:
 
 
 class AsyncAccept:
-    """The ASGI handler of `/async-function/...`."""
+    """The ASGI handler of `/async-function/...`.
+
+    An Authorization header that `authenticator` accepts carries the
+    gateway's own credentials, so it is not stored with the call.
+    """
 
     def __init__(
         self,
@@ -112,8 +123,10 @@ class AsyncAccept:
         max_body_bytes: int,
         max_delay_s: float,
         body_read_timeout_s: float = 30.0,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self._queue = queue
+        self._authenticator = authenticator
         self._body_read_timeout_s = body_read_timeout_s
         self._body_deadlines = limits.SharedTimeout(body_read_timeout_s)
         self._lookup = lookup
@@ -187,7 +200,7 @@ class AsyncAccept:
             except shared_errors.InvalidFunctionName as exc:
                 await asgi.send_text(send, 400, f"{exc}\n")
                 return
-        request = _read_call_headers(scope)
+        request = _read_call_headers(scope, self._authenticator)
         if request.callback_url:
             problem = _callback_url_problem(request.callback_url)
             if problem is not None:
@@ -217,8 +230,12 @@ class AsyncAccept:
             await asgi.send_text(send, status, f"{exc}\n")
             return
         except (errors.QueueUnavailable, errors.ProviderUnavailable) as exc:
+            # The call id lets the caller retry a call that may be stored
+            # without storing it twice.
+            headers = [(b"x-call-id", request.call_id.encode("latin-1"))]
             if isinstance(exc, errors.QueueUnavailable):
                 status, throttle = 503, self._queue_warnings
+                headers.append(_QUEUE_RETRY_AFTER)
             else:
                 status, throttle = 502, self._provider_warnings
             throttle.warning(
@@ -230,10 +247,17 @@ class AsyncAccept:
                     "status": status,
                 },
             )
-            await asgi.send_gateway_error(send, status, f"{exc}\n")
+            await asgi.send_gateway_error(send, status, f"{exc}\n", headers=headers)
             return
         except _BodyReadTimedOut:
-            logger.debug("request body timed out", extra=_context(ref, request.call_id))
+            logger.info(
+                "request body timed out",
+                extra=_context(
+                    ref,
+                    request.call_id,
+                    body_read_timeout_s=self._body_read_timeout_s,
+                ),
+            )
             await limits.send_body_read_timeout(
                 send, timeout_s=self._body_read_timeout_s
             )
@@ -344,13 +368,17 @@ class AsyncAccept:
             )
 
 
-def _read_call_headers(scope: Scope) -> _CallHeaders:
+def _read_call_headers(
+    scope: Scope, authenticator: Authenticator | None
+) -> _CallHeaders:
     """Read the call's own headers and the ones to store, in one pass.
 
     Repeated headers are joined with ", ", or "; " for Cookie, as RFC 9110
     allows. Hop-by-hop headers and the reserved `Faashub-*` and `Nats-*`
     names are not stored. X-Forwarded-Host and X-Forwarded-For are added
-    unless the caller sent them. X-Callback-Url stays, as in OpenFaaS.
+    unless the caller sent them. X-Callback-Url stays, as in OpenFaaS. An
+    Authorization header that `authenticator` accepts is not stored, but any
+    other Authorization header is.
     """
     # NB: ASGI servers pass header names in lowercase.
     call_id = callback_url = host = ""
@@ -368,6 +396,9 @@ def _read_call_headers(scope: Scope) -> _CallHeaders:
             continue
         if raw_name.startswith(_RESERVED_PREFIXES):
             continue
+        if raw_name == b"authorization" and authenticator is not None:
+            if authenticator.is_valid(raw_value):
+                continue
         name = raw_name.decode("latin-1")
         value = raw_value.decode("latin-1")
         if name in stored:

@@ -51,10 +51,24 @@ def message_size(headers: dict[str, str], body: bytes) -> int:
     return len(encode_headers(headers)) + len(body)
 
 
+# JetStream's header that makes a publish conditional on the last sequence
+# stored under its subject, and the API error code that the server returns
+# when the condition fails (checked against nats-server 2.15 by
+# tests/gateway/test_async.py).
+_EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+_WRONG_LAST_SEQUENCE_ERR_CODE = 10071
+
+
 def _message_headers(call: QueuedCall, *, deduplicate: bool) -> dict[str, str]:
     headers = call.to_nats_headers()
     if not deduplicate:
         del headers[shared.NATS_MSG_ID]
+        return headers
+    # Each call id has a subject of its own, so "0" lets the server store
+    # the call only while no call with this id waits in the stream. That
+    # also catches a retry of a generated id, which was stored without
+    # Nats-Msg-Id after a PubAck timeout.
+    headers[_EXPECTED_LAST_SUBJECT_SEQUENCE] = "0"
     return headers
 
 
@@ -146,9 +160,11 @@ class CallQueue:
         """Store one call in the stream and return the PubAck.
 
         With `deduplicate`, the call id is the message's Nats-Msg-Id, so
-        JetStream stores a repeat within the duplicate window once. Without
-        it, the server skips that bookkeeping, which suits an id that the
-        gateway has just generated.
+        JetStream stores a repeat within the duplicate window once, and it
+        rejects the message while a call with the same id waits in the
+        stream. Both cases return a PubAck with `duplicate` set. Without
+        `deduplicate`, the server skips that bookkeeping, which suits an id
+        that the gateway has just generated.
 
         A body that does not fit in one message beside the headers goes to
         the object store first, and the message refers to it. Raises
@@ -217,10 +233,17 @@ class CallQueue:
             # because NATS restarted with an empty store. Create it again.
             self._mark_layout_missing("the calls stream does not exist")
             raise self._unavailable("the calls stream does not exist") from exc
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE_ERR_CODE:
+                # The subject already contains this call id: a retry of a
+                # call that is stored and has not run yet.
+                return jsapi.PubAck(stream=shared.CALLS_STREAM, seq=0, duplicate=True)
+            raise self._unavailable(f"publishing failed: {exc!r}") from exc
         except nats.errors.TimeoutError as exc:
-            # NB: without a PubAck the call may or may not be stored. A
-            # caller's X-Call-Id is the message's Nats-Msg-Id, so JetStream
-            # drops a retry with the same id inside the duplicate window.
+            # NB: without a PubAck the call may or may not be stored. The 503
+            # carries the call id, and a retry with it is published with
+            # Nats-Msg-Id and Nats-Expected-Last-Subject-Sequence, so
+            # JetStream drops it while the first call waits in the stream.
             raise self._unavailable(
                 "NATS did not acknowledge the call within "
                 f"{constants.PUBLISH_TIMEOUT_S:g} s",
@@ -336,8 +359,10 @@ class CallQueue:
         )
         return errors.QueueUnavailable(
             f"The async queue is unavailable: {reason}. {stored} Retry later with "
-            "the same X-Call-Id: JetStream stores a call id only once within "
-            f"{self._duplicate_window_s:g} s, so the call runs once.",
+            "the X-Call-Id of this response. JetStream does not store that id "
+            "again while a call with it waits in the queue, nor within "
+            f"{self._duplicate_window_s:g} s of a call that the caller sent "
+            "with that X-Call-Id.",
             outcome_unknown=outcome_unknown,
         )
 

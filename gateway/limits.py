@@ -75,8 +75,10 @@ def body_read_timeout_text(timeout_s: float) -> str:
     """Return the 408 message for a body that did not arrive in time."""
     return (
         f"The request body did not arrive within {timeout_s:g} s "
-        "(body_read_timeout_s). Send the body at once, or raise the gateway's "
-        "--body-read-timeout-s.\n"
+        "(body_read_timeout_s). Send the body faster, or raise the gateway's "
+        "limit: --body-read-timeout-s of 'faashub gateway', or the environment "
+        "variable FAASHUB_BODY_READ_TIMEOUT_S, which 'faashub up' passes on to "
+        "its gateway.\n"
     )
 
 

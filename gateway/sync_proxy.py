@@ -45,6 +45,7 @@ from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
 from gateway import asgi, constants, limits
+from gateway.auth import Authenticator
 from gateway.call_ids import new_call_id
 from gateway.log_throttle import WarningThrottle
 from gateway.metrics import GatewayMetrics
@@ -124,7 +125,8 @@ class SyncProxy:
     `provider_url`. With `metrics`, each call with a valid function name is
     counted: started before it goes upstream, and finished with the status
     the caller got. A call whose caller leaves before any response is
-    counted as started only.
+    counted as started only. An Authorization header that `authenticator`
+    accepts carries the gateway's own credentials, so it is not forwarded.
     """
 
     def __init__(
@@ -136,8 +138,10 @@ class SyncProxy:
         body_read_timeout_s: float = 30.0,
         replicas: ReplicaUrls | None = None,
         metrics: GatewayMetrics | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self._session = session
+        self._authenticator = authenticator
         self._metrics = metrics
         self._provider_url = provider_url.rstrip("/")
         self._upstream_timeout_s = upstream_timeout_s
@@ -180,7 +184,7 @@ class SyncProxy:
     async def _proxy(
         self, scope: Scope, receive: Receive, send: Send, name: str, path_suffix: str
     ) -> None:
-        headers, call_id = _upstream_headers(scope)
+        headers, call_id = _upstream_headers(scope, self._authenticator)
         start_time = str(time.time_ns())
         headers.append((shared.START_TIME, start_time))
         call = _Call(
@@ -336,7 +340,10 @@ class SyncProxy:
         await asgi.send_gateway_error(send, 504, text, headers=call.own_headers)
 
     async def _send_body_read_timeout(self, call: "_Call", send: Send) -> None:
-        logger.debug("request body timed out", extra=call.log_extra())
+        logger.info(
+            "request body timed out",
+            extra=call.log_extra(body_read_timeout_s=self._body_read_timeout_s),
+        )
         await limits.send_body_read_timeout(send, timeout_s=self._body_read_timeout_s)
 
     async def _relay(
@@ -477,8 +484,19 @@ class _Call:
         return {"ctx": self.context(**fields)}
 
 
-def _upstream_headers(scope: Scope) -> tuple[list[tuple[str, str]], str]:
+def _upstream_headers(
+    scope: Scope, authenticator: Authenticator | None
+) -> tuple[list[tuple[str, str]], str]:
     """Return the headers to forward, and the call id to use.
+
+    An Authorization header that `authenticator` accepts is dropped, because
+    the gateway's credentials must never reach a function. Any other
+    Authorization header is forwarded, as OpenFaaS does.
+
+    aiohttp (3.14) writes header values as UTF-8, so a value is decoded as
+    UTF-8 to reach the function with the bytes the caller sent. A value that
+    is not valid UTF-8 reaches it with U+FFFD (bytes ef bf bd) in place of
+    each invalid sequence.
 
     NB: ASGI servers pass header names in lowercase, so plain comparisons
     with lowercase names are enough.
@@ -490,7 +508,10 @@ def _upstream_headers(scope: Scope) -> tuple[list[tuple[str, str]], str]:
     connection_tokens: set[str] = set()
     for raw_name, raw_value in scope["headers"]:
         name = raw_name.decode("latin-1")
-        value = raw_value.decode("latin-1")
+        if raw_value.isascii():
+            value = raw_value.decode("ascii")
+        else:
+            value = raw_value.decode("utf-8", errors="replace")
         if name in _REQUEST_HEADERS_NOT_FORWARDED:
             if name == "host":
                 host = value
@@ -498,9 +519,13 @@ def _upstream_headers(scope: Scope) -> tuple[list[tuple[str, str]], str]:
                 connection_tokens.update(asgi.connection_tokens(value))
             continue
         if name == "x-call-id":
-            call_id = call_id or value
+            # Latin-1, because the response echoes the id as Latin-1 bytes.
+            call_id = call_id or raw_value.decode("latin-1")
             continue
-        if name == "x-forwarded-host":
+        if name == "authorization":
+            if authenticator is not None and authenticator.is_valid(raw_value):
+                continue
+        elif name == "x-forwarded-host":
             forwarded_host = True
         elif name == "x-forwarded-for":
             forwarded_for = True

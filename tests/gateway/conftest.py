@@ -50,6 +50,8 @@ class ReceivedRequest:
     query: str
     headers: CIMultiDict[str]
     body: bytes
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
+    """The header lines as bytes, for checks of their exact encoding."""
 
 
 @dataclass
@@ -123,6 +125,7 @@ class FakeProvider:
             query=request.rel_url.raw_query_string,
             headers=CIMultiDict(request.headers),
             body=await request.read(),
+            raw_headers=request.raw_headers,
         )
         self.received.append(received)
         return received

@@ -2,6 +2,8 @@
 
 import asyncio
 import logging
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -60,8 +62,7 @@ async def test_async_accepts_call(client: httpx.AsyncClient, nats_url: str) -> N
     assert headers["Faashub-Callback-Url"] == CALLBACK_URL
     assert headers["Faashub-Call-Id"] == call_id
     assert headers["Faashub-Accepted-At-Ns"] == start_time
-    # A generated id cannot be repeated by a retry, so it needs no
-    # de-duplication key.
+    # A generated id is published without a de-duplication key.
     assert "Nats-Msg-Id" not in headers
     # The caller's headers, and the call headers the function will see.
     assert headers["x-custom"] == "value"
@@ -428,6 +429,45 @@ async def test_async_survives_nats_restart(
 
     messages = await stored_messages(nats_server.url)
     assert [message.data for message in messages] == [b"before", b"after"]
+
+
+@pytest.mark.timeout(60)
+async def test_async_retry_after_ack_timeout_stored_once(
+    nats_server_factory: Callable[..., NatsServer], start_gateway: GatewayFactory
+) -> None:
+    nats_server = nats_server_factory()
+    nats_server.start()
+    assert nats_server.process is not None
+    pid = nats_server.process.pid
+    gateway = await start_gateway(nats_url=nats_server.url)
+    await wait_until_healthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as http_client:
+        # A stopped server keeps the connection open but sends no PubAck, so
+        # the gateway cannot tell whether it stored the call.
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            unknown = await http_client.post("/async-function/echo", content=b"once")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert unknown.status_code == 503
+        assert unknown.headers["X-OpenFaaS-Internal"] == "gateway"
+        assert "may or may not be stored" in unknown.text
+        assert unknown.headers["Retry-After"].isdigit()
+        call_id = unknown.headers["X-Call-Id"]
+        assert uuid.UUID(call_id)
+
+        retry = await http_client.post(
+            "/async-function/echo", content=b"once", headers={"X-Call-Id": call_id}
+        )
+        assert retry.status_code == 202
+        assert retry.headers["X-Call-Id"] == call_id
+
+    [message] = await stored_messages(nats_server.url)
+    assert message.data == b"once"
+    assert message.headers["Faashub-Call-Id"] == call_id
+    # The gateway generated the id, so the first publish had no Nats-Msg-Id.
+    assert "Nats-Msg-Id" not in message.headers
 
 
 async def test_async_nats_down_at_start_503(

@@ -7,6 +7,7 @@ so that the test sets its body read timeout directly.
 """
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -81,14 +82,27 @@ async def proxy_url(provider: FakeProvider) -> AsyncIterator[str]:
     "body_start", [b"", b'{"partial": '], ids=["no-body", "part-of-body"]
 )
 async def test_sync_slow_body_gets_408(
-    proxy_url: str, provider: FakeProvider, body_start: bytes
+    proxy_url: str,
+    provider: FakeProvider,
+    body_start: bytes,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.sync_proxy")
+
     reply = await stalled_upload_reply(proxy_url, body_start)
 
     assert reply.startswith(b"HTTP/1.1 408 ")
     assert b"body_read_timeout_s" in reply
     assert b"0.5 s" in reply
     assert b"connection: close" in reply.lower()
+    # The message names a setting that both 'faashub gateway' and
+    # 'faashub up' accept.
+    assert b"--body-read-timeout-s of 'faashub gateway'" in reply
+    assert b"FAASHUB_BODY_READ_TIMEOUT_S" in reply
+    [record] = [r for r in caplog.records if r.message == "request body timed out"]
+    assert record.levelno == logging.INFO
+    assert record.ctx["function"] == "echo"
+    assert record.ctx["body_read_timeout_s"] == BODY_TIMEOUT_S
     if not body_start:
         assert provider.received == []
 

@@ -35,6 +35,7 @@ class Replica:
                 query=request.rel_url.raw_query_string,
                 headers=CIMultiDict(request.headers),
                 body=body,
+                raw_headers=request.raw_headers,
             )
         )
         return web.Response(
@@ -190,3 +191,43 @@ async def test_non_http_report_falls_back(
 
     assert response.status_code == 201
     assert len(function_calls(provider)) == 1
+
+
+def raw_header(received: ReceivedRequest, name: bytes) -> bytes:
+    """Return the bytes of the one header called `name`, in any case."""
+    [value] = [
+        value for key, value in received.raw_headers if key.lower() == name.lower()
+    ]
+    return value
+
+
+# Each header the caller sends, and the bytes the function must receive.
+HEADER_BYTES = [
+    (b"X-Ascii", b"plain value", b"plain value"),
+    (b"X-Utf8", b"h\xc3\xa9llo \xe2\x82\xac", b"h\xc3\xa9llo \xe2\x82\xac"),
+    # A value that is not UTF-8 gets U+FFFD for each invalid byte.
+    (b"X-Latin1", b"h\xe9llo", b"h\xef\xbf\xbdllo"),
+]
+
+
+@pytest.mark.parametrize("route", ["replica", "provider"])
+async def test_header_bytes_reach_function(
+    client: httpx.AsyncClient,
+    provider: FakeProvider,
+    replica: Replica,
+    route: str,
+) -> None:
+    if route == "replica":
+        provider.endpoints["echo"] = [replica.url]
+    headers = [(name, sent) for name, sent, _ in HEADER_BYTES]
+
+    response = await client.post("/function/echo", content=b"x", headers=headers)
+
+    assert response.status_code in (200, 201)
+    if route == "replica":
+        [received] = replica.received
+    else:
+        [received] = function_calls(provider)
+        assert replica.received == []
+    for name, _, expected in HEADER_BYTES:
+        assert raw_header(received, name) == expected, name

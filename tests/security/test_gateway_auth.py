@@ -11,7 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway.conftest import GatewayFactory, wait_until_healthy
+from tests.gateway.conftest import (
+    FakeProvider,
+    GatewayFactory,
+    stored_messages,
+    wait_until_healthy,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -239,3 +244,62 @@ async def test_missing_credentials_not_a_failure(
         "authentication failed",
         "client locked out after repeated authentication failures",
     ]
+
+
+async def test_gateway_credentials_not_forwarded(
+    nats_url: str, start_gateway: GatewayFactory, provider: FakeProvider, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("gateway-token\n")
+    gateway = await start_gateway(
+        nats_url=nats_url,
+        auth_user=USER,
+        auth_password=PASSWORD,
+        auth_tokens_file=tokens,
+        auth_invoke=True,
+    )
+    await wait_until_healthy(gateway.url)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        # A connector sends the gateway's credentials to pass auth_invoke.
+        with_basic = await client.post("/function/echo", content=b"1", auth=GOOD)
+        with_token = await client.post(
+            "/function/echo",
+            content=b"2",
+            headers={"Authorization": "Bearer gateway-token"},
+        )
+        queued = await client.post("/async-function/echo", content=b"3", auth=GOOD)
+
+    assert with_basic.status_code == 201
+    assert with_token.status_code == 201
+    assert queued.status_code == 202
+    function_calls = [r for r in provider.received if r.path == "/function/echo"]
+    assert [r.body for r in function_calls] == [b"1", b"2"]
+    for received in function_calls:
+        assert "Authorization" not in received.headers
+    [message] = await stored_messages(nats_url)
+    assert "authorization" not in {name.lower() for name in message.headers}
+
+
+async def test_user_authorization_forwarded(
+    nats_url: str, start_gateway: GatewayFactory, provider: FakeProvider
+) -> None:
+    gateway = await start_gateway(
+        nats_url=nats_url, auth_user=USER, auth_password=PASSWORD
+    )
+    await wait_until_healthy(gateway.url)
+    user_token = {"Authorization": "Bearer token-for-the-function"}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        sync = await client.post("/function/echo", content=b"1", headers=user_token)
+        gateway_basic = await client.post("/function/echo", content=b"2", auth=GOOD)
+        queued = await client.post(
+            "/async-function/echo", content=b"3", headers=user_token
+        )
+
+    assert sync.status_code == 201
+    assert gateway_basic.status_code == 201
+    assert queued.status_code == 202
+    first, second = [r for r in provider.received if r.path == "/function/echo"]
+    assert first.headers["Authorization"] == "Bearer token-for-the-function"
+    assert "Authorization" not in second.headers
+    [message] = await stored_messages(nats_url)
+    assert message.headers["authorization"] == "Bearer token-for-the-function"

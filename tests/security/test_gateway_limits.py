@@ -7,6 +7,7 @@ so that status shows a request got through.
 
 import asyncio
 import json
+import logging
 
 import httpx
 import pytest
@@ -250,8 +251,13 @@ async def test_h11_slow_headers_get_408(nats_url: str, provider: FakeProvider) -
     "path", ["/async-function/echo", "/system/functions"], ids=["async", "system"]
 )
 async def test_slow_body_gets_408(
-    nats_url: str, start_gateway: GatewayFactory, provider: FakeProvider, path: str
+    nats_url: str,
+    start_gateway: GatewayFactory,
+    provider: FakeProvider,
+    path: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.async_accept")
     gateway = await start_gateway(nats_url=nats_url, body_read_timeout_s=BODY_TIMEOUT_S)
     await wait_until_healthy(gateway.url)
     reader, writer = await open_socket(gateway.url)
@@ -268,7 +274,13 @@ async def test_slow_body_gets_408(
         await close_socket(writer)
     assert reply.startswith(b"HTTP/1.1 408 ")
     assert b"body_read_timeout_s" in reply
+    assert b"FAASHUB_BODY_READ_TIMEOUT_S" in reply
     assert provider.received == []
+    if path.startswith("/async-function/"):
+        [record] = [r for r in caplog.records if r.message == "request body timed out"]
+        assert record.levelno == logging.INFO
+        assert record.ctx["function"] == "echo.openfaas-fn"
+        assert record.ctx["body_read_timeout_s"] == BODY_TIMEOUT_S
 
 
 async def test_system_body_over_limit_413(
