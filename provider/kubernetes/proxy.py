@@ -32,7 +32,12 @@ from provider.backend import (
     InvocationResponse,
     ProviderStartError,
 )
-from provider.headers import end_to_end_headers, upstream_body, upstream_headers
+from provider.headers import (
+    end_to_end_headers,
+    upstream_body,
+    upstream_failure_message,
+    upstream_headers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +106,12 @@ class FunctionProxy:
         # Marked as encoded, so yarl neither resolves dot segments nor changes
         # a percent-escape of the caller's path.
         url = yarl.URL(self.base_url(ref) + target, encoded=True)
+        headers = upstream_headers(invocation)
         try:
             response = await self._session.request(
                 invocation.method,
                 url,
-                headers=upstream_headers(invocation),
+                headers=headers,
                 data=upstream_body(invocation),
                 allow_redirects=False,
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
@@ -122,7 +128,7 @@ class FunctionProxy:
                 "its pods are ready with kubectl."
             ) from exc
         except aiohttp.ClientError as exc:
-            raise FunctionFailed(f"Function {ref} failed to respond: {exc}.") from exc
+            raise FunctionFailed(upstream_failure_message(invocation, exc)) from exc
         try:
             yield InvocationResponse(
                 status=response.status,

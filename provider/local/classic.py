@@ -30,6 +30,7 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Final
 
 from provider.backend import (
@@ -135,7 +136,7 @@ async def run(
                 "its envVars if it needs longer, or set it to 0 for no timeout."
             )
         try:
-            stdout = communicating.result()
+            stdout_chunks = communicating.result()
         except _OutputTooLarge:
             logger.warning(
                 "function output too large, process killed",
@@ -168,13 +169,15 @@ async def run(
             f"{duration_s:.3f} s. Read its stderr with GET "
             f"/system/logs?name={spec.name} ('faashub logs {spec.name}')."
         )
+    headers = [
+        ("Content-Type", _response_content_type(spec, invocation)),
+        ("Content-Length", str(sum(len(chunk) for chunk in stdout_chunks))),
+    ]
+    if len(stdout_chunks) <= 1:
+        body = b"".join(stdout_chunks)
+        return InvocationResponse(status=200, headers=headers, body=body)
     return InvocationResponse(
-        status=200,
-        headers=[
-            ("Content-Type", _response_content_type(spec, invocation)),
-            ("Content-Length", str(len(stdout))),
-        ],
-        body=stdout,
+        status=200, headers=headers, stream=_send_chunks(stdout_chunks)
     )
 
 
@@ -214,11 +217,12 @@ async def _communicate(
     invocation: Invocation,
     *,
     stderr: _StderrLog,
-) -> bytes:
+) -> list[bytes]:
     """Feed the request body to stdin while reading stdout and stderr.
 
-    Return stdout once the process has exited. The first failure (the caller
-    went away, or stdout is too large) cancels the other steps and is raised.
+    Return the chunks of stdout once the process has exited. The first
+    failure (the caller went away, or stdout is too large) cancels the other
+    steps and is raised.
     """
     assert process.stdin is not None, "spawned with a stdin pipe"
     assert process.stdout is not None, "spawned with a stdout pipe"
@@ -264,14 +268,30 @@ async def _write_stdin(stdin: asyncio.StreamWriter, data: bytes) -> bool:
     return True
 
 
-async def _read_stdout(stdout: asyncio.StreamReader) -> bytes:
-    """Read stdout to its end, raising _OutputTooLarge past MAX_STDOUT_BYTES."""
-    output = bytearray()
+async def _read_stdout(stdout: asyncio.StreamReader) -> list[bytes]:
+    """Read stdout to its end as chunks, raising _OutputTooLarge past MAX_STDOUT_BYTES.
+
+    The chunks are kept apart, because joining them would copy the output.
+    """
+    chunks: list[bytes] = []
+    size = 0
     while chunk := await stdout.read(processes.READ_CHUNK_BYTES):
-        if len(output) + len(chunk) > MAX_STDOUT_BYTES:
+        size += len(chunk)
+        if size > MAX_STDOUT_BYTES:
             raise _OutputTooLarge
-        output += chunk
-    return bytes(output)
+        chunks.append(chunk)
+    return chunks
+
+
+async def _send_chunks(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    """Yield the chunks in order, removing each from the list as it goes.
+
+    The list is then the only reference, so a chunk's memory is freed once
+    the API has sent it.
+    """
+    chunks.reverse()
+    while chunks:
+        yield chunks.pop()
 
 
 async def _start(

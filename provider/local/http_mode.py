@@ -48,7 +48,12 @@ from provider.backend import (
     Invocation,
     InvocationResponse,
 )
-from provider.headers import end_to_end_headers, upstream_body, upstream_headers
+from provider.headers import (
+    end_to_end_headers,
+    upstream_body,
+    upstream_failure_message,
+    upstream_headers,
+)
 from provider.local import processes
 from provider.local.definition import FunctionSpec
 from provider.local.function_logs import FunctionLog
@@ -388,6 +393,7 @@ class HttpFunction:
         # process, so sending it again cannot run the function twice. aiohttp
         # reads no chunk of a streamed body before it connects, so the
         # stream is still whole for the second attempt.
+        headers = upstream_headers(invocation)
         for attempt in (1, 2):
             replica = await self._wait_for_replica()
             replica.in_flight += 1
@@ -395,7 +401,7 @@ class HttpFunction:
                 response = await self._session.request(
                     invocation.method,
                     _upstream_url(replica.base_url, invocation),
-                    headers=upstream_headers(invocation),
+                    headers=headers,
                     data=upstream_body(invocation),
                     allow_redirects=False,
                     skip_auto_headers=_SKIP_AUTO_HEADERS,
@@ -434,9 +440,7 @@ class HttpFunction:
                 await asyncio.sleep(REFUSED_RETRY_DELAY_S)
             except aiohttp.ClientError as exc:
                 replica.in_flight -= 1
-                raise FunctionFailed(
-                    f"Function {self.spec.ref} failed to respond: {exc}."
-                ) from exc
+                raise FunctionFailed(upstream_failure_message(invocation, exc)) from exc
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _pick_replica(self) -> HttpReplica | None:

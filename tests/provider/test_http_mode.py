@@ -84,6 +84,34 @@ def test_invoke_forwards_request(client: httpx.Client, echo_command: str) -> Non
     assert seen["headers"]["X-Forwarded-For"] == "127.0.0.1"
 
 
+def test_non_ascii_header_reaches_function_unchanged(
+    client: httpx.Client, echo_command: str
+) -> None:
+    deploy_echo(client, echo_command)
+    sent = "grüße ✓".encode()
+
+    seen = echo(client, headers=[(b"X-Greeting", sent)])
+
+    # The echo server decodes header bytes as Latin-1, so encoding them back
+    # gives the bytes that reached it.
+    assert seen["headers"]["X-Greeting"].encode("latin-1") == sent
+
+
+def test_invalid_utf8_header_returns_400(
+    client: httpx.Client, echo_command: str
+) -> None:
+    deploy_echo(client, echo_command)
+    echo(client)
+
+    response = client.post(
+        "/function/echo", content=b"", headers=[(b"X-Greeting", b"gr\xfc\xdfe")]
+    )
+
+    assert response.status_code == 400
+    assert INTERNAL not in response.headers
+    assert "header X-Greeting is not valid UTF-8" in response.text
+
+
 def test_invoke_forwards_raw_path_and_query(
     provider: RunningProvider, client: httpx.Client, echo_command: str
 ) -> None:

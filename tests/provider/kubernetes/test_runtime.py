@@ -47,7 +47,9 @@ async def test_invoke_reaches_service(provider: RunningProvider) -> None:
     await wait_for_cache(provider, "fn", available=1)
 
     response = await provider.client.post(
-        "/function/fn/a%2Fb/c?x=1", content=b"ping", headers={"X-Call-Id": "c-1"}
+        "/function/fn/a%2Fb/c?x=1",
+        content=b"ping",
+        headers=[(b"X-Call-Id", b"c-1"), (b"X-Greeting", "grüße ✓".encode())],
     )
 
     assert response.status_code == 200, response.text
@@ -56,6 +58,8 @@ async def test_invoke_reaches_service(provider: RunningProvider) -> None:
     assert echoed["path"] == "/openfaas-fn/fn/a%2Fb/c?x=1"
     assert echoed["body"] == "ping"
     assert echoed["headers"]["X-Call-Id"] == "c-1"
+    # The echo server decodes header bytes as UTF-8.
+    assert echoed["headers"]["X-Greeting"] == "grüße ✓"
 
 
 async def test_invoke_streams_large_body(provider: RunningProvider) -> None:
