@@ -323,10 +323,21 @@ class SyncProxy:
                 "cannot reach upstream",
                 ctx=call.context(upstream=upstream, error=error),
             )
-            text = (
-                f"Cannot reach {upstream} for function {call.function!r}: "
-                f"{error}. Check that the provider and the function are running.\n"
-            )
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                text = (
+                    f"Cannot reach {upstream} for function {call.function!r}: "
+                    f"{error}. Check that the provider and the function are "
+                    "running.\n"
+                )
+            else:
+                # Connected, then the function broke off: the address and
+                # aiohttp's wording would only mislead.
+                text = (
+                    f"Function {call.function!r} closed the connection before it "
+                    f"sent a whole response ({type(exc).__name__}). Check the "
+                    "function's logs: it may have crashed or stopped reading "
+                    "the request body.\n"
+                )
         await asgi.send_gateway_error(send, 502, text, headers=call.own_headers)
         return None
 

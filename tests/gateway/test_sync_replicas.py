@@ -5,6 +5,7 @@ for the names in `provider.endpoints`. The replica here is a second real
 HTTP server that records what it receives.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -231,3 +232,28 @@ async def test_header_bytes_reach_function(
         assert replica.received == []
     for name, _, expected in HEADER_BYTES:
         assert raw_header(received, name) == expected, name
+
+
+async def test_replica_closing_early_is_named(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    async def hang_up(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    provider.endpoints["echo"] = [f"http://{LOOPBACK}:{port}"]
+    try:
+        response = await client.post("/function/echo", content=b"x" * 100_000)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert response.status_code == 502
+    assert response.headers["X-OpenFaaS-Internal"] == "gateway"
+    assert "closed the connection before it sent a whole response" in response.text
+    assert LOOPBACK not in response.text
+    assert function_calls(provider) == []
