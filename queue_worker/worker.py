@@ -354,6 +354,7 @@ class Worker:
             services,
             default_policy=self._default_policy,
             function_base_url=self._function_base_url,
+            gateway_authorization=authorization,
         )
 
     def _new_status_store(self, bucket: KeyValue) -> StatusStore:
@@ -470,9 +471,9 @@ class Worker:
             # Their callbacks are posted, but NATS did not take the final
             # status or the ack in time, as when nats-server is stopped first.
             logger.warning(
-                "%d calls finished but not acknowledged after %g s, because NATS "
-                "did not respond (JetStream redelivers them after ack_wait, and they run "
-                "again)",
+                "%d calls finished but not acknowledged after %g s, because "
+                "NATS did not respond (JetStream redelivers them after "
+                "ack_wait, and they run again)",
                 recording,
                 grace_s,
             )
