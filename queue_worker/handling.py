@@ -157,9 +157,12 @@ class CallHandler:
         *,
         default_policy: RetryPolicy,
         function_base_url: str,
+        gateway_authorization: str = "",
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._services = services
+        self._gateway_authorization = gateway_authorization
+        self._invocations_need_auth = False
         self._default_policy = default_policy
         self._function_base_url = function_base_url
         self._invoke_timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_s)
@@ -415,13 +418,40 @@ class CallHandler:
                 "replica refused the connection; invoking through the gateway",
                 extra={"ctx": {"function": str(call.ref), "call_id": call.call_id}},
             )
-        return await invoke.invoke_function(
+        result = await invoke.invoke_function(
             self._services.session,
             call,
             function_base_url=self._function_base_url,
             http_timeout=self._invoke_timeout,
             body=body,
+            authorization=self._authorization_if_needed(),
         )
+        if (
+            result.status == 401
+            and self._gateway_authorization
+            and not self._invocations_need_auth
+        ):
+            # The gateway checks credentials on invocations (its auth_invoke
+            # setting). They are not sent before, because a gateway that does
+            # not check them would forward them to the function.
+            self._invocations_need_auth = True
+            logger.info(
+                "gateway requires credentials for invocations; sending them from "
+                "now on",
+                extra={"ctx": {"function": str(call.ref), "call_id": call.call_id}},
+            )
+            result = await invoke.invoke_function(
+                self._services.session,
+                call,
+                function_base_url=self._function_base_url,
+                http_timeout=self._invoke_timeout,
+                body=body,
+                authorization=self._gateway_authorization,
+            )
+        return result
+
+    def _authorization_if_needed(self) -> str:
+        return self._gateway_authorization if self._invocations_need_auth else ""
 
     def _retry_delay_s(
         self, result: FunctionResult, policy: RetryPolicy, *, attempt_number: int

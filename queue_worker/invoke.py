@@ -70,16 +70,25 @@ async def invoke_function(
     function_base_url: str,
     http_timeout: aiohttp.ClientTimeout,
     body: bytes | None = None,
+    authorization: str = "",
 ) -> FunctionResult:
     """Send `call` to the function and return its response.
 
     `function_base_url` is the gateway's `/function/` URL with a trailing
     slash. `body` replaces the call's inline body, for a body read from the
-    object store. Transport errors and timeouts become 503 and 504 results, so
-    this coroutine raises only when it is cancelled.
+    object store. `authorization`, the gateway's credentials, replaces the
+    caller's Authorization header. Transport errors and timeouts become 503
+    and 504 results, so this coroutine raises only when it is cancelled.
     """
     url = function_url(function_base_url, call)
-    return await _send(session, call, url, http_timeout=http_timeout, body=body)
+    return await _send(
+        session,
+        call,
+        url,
+        http_timeout=http_timeout,
+        body=body,
+        authorization=authorization,
+    )
 
 
 async def invoke_replica(
@@ -121,13 +130,22 @@ async def _send(
     http_timeout: aiohttp.ClientTimeout,
     body: bytes | None,
     refused: bool = False,
+    authorization: str = "",
 ) -> FunctionResult:
     """Send the request; with `refused`, raise ClientConnectorError as it is."""
+    headers = request_headers(call)
+    if authorization:
+        headers = {
+            name: value
+            for name, value in headers.items()
+            if name.lower() != "authorization"
+        }
+        headers["Authorization"] = authorization
     try:
         async with session.request(
             call.method,
             url,
-            headers=request_headers(call),
+            headers=headers,
             data=request_body(call.body if body is None else body),
             timeout=http_timeout,
             allow_redirects=False,

@@ -11,7 +11,9 @@ these headers, after the source's own (`X-Kafka-*` for Kafka):
   uses it to drop a repeated async call within its duplicate window, and a
   function can use it to skip work it has already done;
 * `X-Callback-Url`, for async invocations when a callback URL is configured;
-* `Authorization`, when the connector has gateway credentials.
+* `Authorization`, with the connector's gateway credentials, only after the
+  gateway answered an invocation with 401 (its auth_invoke setting), because
+  a gateway that does not check them would forward them to the function.
 
 With sync invocation and `replicas` given, the request goes straight to a
 function replica that the gateway reports (`GET
@@ -183,7 +185,7 @@ class Invoker:
             self._fixed_headers.append((constants.CONTENT_TYPE, content_type))
         if async_invocation and callback_url:
             self._fixed_headers.append((shared.CALLBACK_URL, callback_url))
-        # Headers of direct calls to a replica: the same minus Authorization,
+        # Headers of direct calls to a replica: the same, never Authorization,
         # plus those the gateway adds.
         self._replica_headers: list[tuple[str, str]] = [
             *self._fixed_headers,
@@ -191,8 +193,11 @@ class Invoker:
         ]
         if forwarded_for:
             self._replica_headers.append((shared.FORWARDED_FOR, forwarded_for))
-        if authorization:
-            self._fixed_headers.append(("Authorization", authorization))
+        # The gateway credentials go with invocations only once the gateway
+        # has answered one with 401, because a gateway that does not check
+        # them (OpenFaaS CE) forwards them to the function.
+        self._authorization = authorization
+        self._invocations_need_auth = False
 
     async def invoke(
         self, function: names.FunctionRef, message: Message
@@ -384,12 +389,30 @@ class Invoker:
                         }
                     },
                 )
-        return await self._send(
+        response = await self._send(
             self._gateway_request_url(function),
             self._headers_for_gateway(message, call_id),
             message.body,
             function=function,
         )
+        if (
+            response.status == 401
+            and self._authorization
+            and not self._invocations_need_auth
+        ):
+            self._invocations_need_auth = True
+            logger.info(
+                "gateway requires credentials for invocations; sending them from "
+                "now on",
+                extra={"ctx": {"function": str(function), "call_id": call_id}},
+            )
+            response = await self._send(
+                self._gateway_request_url(function),
+                self._headers_for_gateway(message, call_id),
+                message.body,
+                function=function,
+            )
+        return response
 
     def _gateway_request_url(self, function: names.FunctionRef) -> yarl.URL:
         url = self._urls.get(function)
@@ -408,12 +431,15 @@ class Invoker:
     def _headers_for_gateway(
         self, message: Message, call_id: str
     ) -> list[tuple[str, str]]:
-        return [
+        headers = [
             *message.headers,
             (constants.TOPIC, message.topic),
             *self._fixed_headers,
             (shared.CALL_ID, call_id),
         ]
+        if self._invocations_need_auth:
+            headers.append(("Authorization", self._authorization))
+        return headers
 
     def _headers_for_replica(
         self, message: Message, call_id: str

@@ -95,6 +95,8 @@ class FakeGateway:
     behaviour: dict[str, FunctionBehaviour] = field(default_factory=dict)
     invocations: list[Invocation] = field(default_factory=list)
     system_requests: int = 0
+    required_authorization: str = ""
+    """When set, invocations without this Authorization header get 401."""
     active: int = 0
     max_active: int = 0
     _runner: web.AppRunner | None = None
@@ -176,6 +178,11 @@ class FakeGateway:
                 received_s=time.monotonic(),
             )
         )
+        if (
+            self.required_authorization
+            and request.headers.get("Authorization") != self.required_authorization
+        ):
+            return web.Response(status=401, text="credentials required")
         if function not in self.functions:
             return web.Response(status=404, text=f"function {function} not found")
 

@@ -145,6 +145,45 @@ async def test_function_headers_do_not_override_call_headers(
     assert callback.header("X-Duration-Seconds") != "99"
 
 
+async def test_credentials_sent_after_401(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    # The gateway checks credentials on invocations (auth_invoke) and answers
+    # the first request, which carries none, with 401.
+    gateway.replies = [(401, {})]
+    calls = [make_call(), make_call()]
+    settings = make_settings(
+        nats_url, gateway.url, gateway_user="admin", gateway_password="pw"
+    )
+
+    async with running_worker(settings):
+        await publish(js, calls[0])
+        await wait_for_empty_stream(js)
+        await publish(js, calls[1])
+        await wait_for_empty_stream(js)
+
+    sent = [request.header("Authorization") for request in gateway.requests]
+    assert sent == [None, "Basic YWRtaW46cHc=", "Basic YWRtaW46cHc="]
+    for call in calls:
+        record = await call_status(js, call.call_id)
+        assert record is not None
+        assert record.state is CallState.SUCCEEDED
+
+
+async def test_no_credentials_without_401(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    settings = make_settings(
+        nats_url, gateway.url, gateway_user="admin", gateway_password="pw"
+    )
+
+    async with running_worker(settings):
+        await publish(js, make_call())
+        await wait_for_empty_stream(js)
+
+    assert [request.header("Authorization") for request in gateway.requests] == [None]
+
+
 async def test_call_without_callback_is_acked(
     nats_url: str,
     js: JetStreamContext,

@@ -161,7 +161,6 @@ async def test_gateway_request_headers_exact(
         ("X-Topic", "orders"),
         ("X-Connector", "test-connector"),
         ("X-Call-Id", call_id_for("orders/1", A)),
-        ("Authorization", "Basic YWRtaW46cHc="),
         ("Content-Length", "5"),
     ]
     if content_type:
@@ -170,6 +169,33 @@ async def test_gateway_request_headers_exact(
     assert sorted(first.headers) == sorted(expected)
     assert first.header_values("X-Kafka-Tag") == ["a", "b"]
     assert second.headers == first.headers
+
+
+async def test_credentials_sent_after_401(gateway: FakeGateway) -> None:
+    gateway.deploy("a", "orders")
+    gateway.required_authorization = "Basic YWRtaW46cHc="
+    settings = connector_settings(gateway, gateway_user="admin", gateway_password="pw")
+
+    async with started(settings) as connector:
+        first = await connector.deliver(message())
+        second = await connector.deliver(message())
+
+    assert [result.status for result in first.results] == [200]
+    assert [result.status for result in second.results] == [200]
+    sent = [call.header("Authorization") for call in gateway.received("a")]
+    assert sent == [None, "Basic YWRtaW46cHc=", "Basic YWRtaW46cHc="]
+
+
+async def test_no_credentials_without_401(gateway: FakeGateway) -> None:
+    gateway.deploy("a", "orders")
+    settings = connector_settings(gateway, gateway_user="admin", gateway_password="pw")
+
+    async with started(settings) as connector:
+        for _ in range(2):
+            await connector.deliver(message())
+
+    sent = [call.header("Authorization") for call in gateway.received("a")]
+    assert sent == [None, None]
 
 
 async def test_fan_out_runs_concurrently(gateway: FakeGateway) -> None:
