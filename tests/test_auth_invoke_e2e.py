@@ -1,0 +1,90 @@
+"""Invocations through a hub whose gateway requires credentials on them too.
+
+With `auth_invoke` on, the gateway checks its credentials on `/function/`
+and `/async-function/` as on `/system/`. The queue-worker then has to send
+them when it runs a queued call through the gateway, and the function must
+still not receive them.
+"""
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.hub_support import CallbackReceiver, RunningHub, faashub, running_hub
+
+pytestmark = pytest.mark.timeout(90)
+
+# Prints the Authorization header the function received, "none" without one.
+SHOW_AUTHORIZATION = "sh -c 'echo \"${Http_Authorization:-none}\"'"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
+    state_dir: Path = tmp_path_factory.mktemp("hub") / "state"
+    previous = os.environ.get("FAASHUB_AUTH_INVOKE")
+    # `faashub up` passes its environment on to its gateway.
+    os.environ["FAASHUB_AUTH_INVOKE"] = "true"
+    try:
+        with running_hub(state_dir) as running:
+            for name, command in (
+                ("digest", "sha256sum"),
+                ("show-auth", SHOW_AUTHORIZATION),
+            ):
+                deployed = faashub(
+                    "deploy", "--name", name, "--fprocess", command, gateway=running.url
+                )
+                assert deployed.returncode == 0, deployed.stderr.decode()
+            yield running
+    finally:
+        if previous is None:
+            os.environ.pop("FAASHUB_AUTH_INVOKE", None)
+        else:
+            os.environ["FAASHUB_AUTH_INVOKE"] = previous
+
+
+def test_invocation_without_credentials_is_401(hub: RunningHub) -> None:
+    response = httpx.post(f"{hub.url}/function/digest", content=b"x", timeout=30)
+
+    assert response.status_code == 401
+
+
+def test_queued_call_runs_with_credentials(hub: RunningHub) -> None:
+    with CallbackReceiver() as receiver:
+        accepted = httpx.post(
+            f"{hub.url}/async-function/digest",
+            content=b"hello",
+            headers={"X-Callback-Url": receiver.url},
+            auth=hub.auth,
+            timeout=30,
+        )
+        [callback] = receiver.wait_for(1)
+
+    assert accepted.status_code == 202
+    assert callback.headers["X-Function-Status"] == "200"
+    expected = hashlib.sha256(b"hello").hexdigest()
+    assert callback.body.decode().split()[0] == expected
+
+
+def test_function_never_sees_gateway_credentials(hub: RunningHub) -> None:
+    with CallbackReceiver() as receiver:
+        accepted = httpx.post(
+            f"{hub.url}/async-function/show-auth",
+            content=b"",
+            headers={"X-Callback-Url": receiver.url},
+            auth=hub.auth,
+            timeout=30,
+        )
+        [callback] = receiver.wait_for(1)
+    direct = httpx.post(
+        f"{hub.url}/function/show-auth", content=b"", auth=hub.auth, timeout=30
+    )
+
+    assert accepted.status_code == 202
+    assert callback.headers["X-Function-Status"] == "200"
+    assert callback.body.strip() == b"none"
+    assert direct.status_code == 200
+    assert direct.content.strip() == b"none"
