@@ -15,6 +15,7 @@ topic and group names, so tests do not see each other's records.
 
 import asyncio
 import contextlib
+import errno
 import functools
 import subprocess
 import time
@@ -138,7 +139,19 @@ class FakeGateway:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, LOOPBACK, self.port).start()
+        # A restart binds the same port again. A client socket of this machine
+        # can hold it for a moment as its local port, so try for a while.
+        deadline_s = time.monotonic() + 5.0
+        while True:
+            try:
+                await web.TCPSite(self._runner, LOOPBACK, self.port).start()
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline_s:
+                    await self._runner.cleanup()
+                    self._runner = None
+                    raise
+            await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         if self._runner is not None:
