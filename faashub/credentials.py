@@ -23,6 +23,7 @@ check credentials; `gateway.auth` does that.
 
 import base64
 import json
+import logging
 import os
 import secrets
 from collections.abc import Mapping
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from faashub import errors
+
+logger = logging.getLogger(__name__)
 
 USER_FILE = "basic-auth-user"
 PASSWORD_FILE = "basic-auth-password"
@@ -124,6 +127,40 @@ def gateway_authorization(*, secret_mount_path: str, user: str, password: str) -
         setting_prefix="gateway",
     )
     return found.authorization() if found else ""
+
+
+class InvocationCredentials:
+    """Gateway credentials for invocations, sent only once the gateway requires them.
+
+    A gateway that does not check credentials on `/function/` (OpenFaaS CE,
+    or faashub without auth_invoke) would pass them on to the function. So
+    invocations go without them until the gateway rejects one with 401, and
+    carry them from then on.
+    """
+
+    def __init__(self, authorization: str) -> None:
+        self._authorization = authorization
+        self._required = False
+
+    @property
+    def header(self) -> str:
+        """Return the Authorization value to send with an invocation, or ""."""
+        return self._authorization if self._required else ""
+
+    def require_after(self, status: int, *, context: Mapping[str, object]) -> bool:
+        """Return True when `status` is the first 401, so the invocation is repeated.
+
+        From then on `header` returns the credentials. `context` names the
+        invocation in the log line.
+        """
+        if status != 401 or not self._authorization or self._required:
+            return False
+        self._required = True
+        logger.info(
+            "gateway requires credentials for invocations; sending them from now on",
+            extra={"ctx": dict(context)},
+        )
+        return True
 
 
 def hub_credentials_dir(state_dir: Path) -> Path:

@@ -57,6 +57,7 @@ from faashub import constants as shared
 from faashub import dead_letter, tracing
 from faashub import errors as shared_errors
 from faashub.call_status import CallState, CallStatus
+from faashub.credentials import InvocationCredentials
 from faashub.dead_letter import Attempt, DeadLetter
 from faashub.names import FunctionRef
 from faashub.queued_call import QueuedCall
@@ -161,8 +162,7 @@ class CallHandler:
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._services = services
-        self._gateway_authorization = gateway_authorization
-        self._invocations_need_auth = False
+        self._credentials = InvocationCredentials(gateway_authorization)
         self._default_policy = default_policy
         self._function_base_url = function_base_url
         self._invoke_timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_s)
@@ -418,40 +418,23 @@ class CallHandler:
                 "replica refused the connection; invoking through the gateway",
                 extra={"ctx": {"function": str(call.ref), "call_id": call.call_id}},
             )
-        result = await invoke.invoke_function(
+        result = await self._invoke_through_gateway(call, body)
+        context = {"function": str(call.ref), "call_id": call.call_id}
+        if self._credentials.require_after(result.status, context=context):
+            result = await self._invoke_through_gateway(call, body)
+        return result
+
+    async def _invoke_through_gateway(
+        self, call: QueuedCall, body: bytes
+    ) -> FunctionResult:
+        return await invoke.invoke_function(
             self._services.session,
             call,
             function_base_url=self._function_base_url,
             http_timeout=self._invoke_timeout,
             body=body,
-            authorization=self._authorization_if_needed(),
+            authorization=self._credentials.header,
         )
-        if (
-            result.status == 401
-            and self._gateway_authorization
-            and not self._invocations_need_auth
-        ):
-            # The gateway checks credentials on invocations (its auth_invoke
-            # setting). They are not sent before, because a gateway that does
-            # not check them would forward them to the function.
-            self._invocations_need_auth = True
-            logger.info(
-                "gateway requires credentials for invocations; sending them from "
-                "now on",
-                extra={"ctx": {"function": str(call.ref), "call_id": call.call_id}},
-            )
-            result = await invoke.invoke_function(
-                self._services.session,
-                call,
-                function_base_url=self._function_base_url,
-                http_timeout=self._invoke_timeout,
-                body=body,
-                authorization=self._gateway_authorization,
-            )
-        return result
-
-    def _authorization_if_needed(self) -> str:
-        return self._gateway_authorization if self._invocations_need_auth else ""
 
     def _retry_delay_s(
         self, result: FunctionResult, policy: RetryPolicy, *, attempt_number: int

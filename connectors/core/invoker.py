@@ -12,7 +12,7 @@ these headers, after the source's own (`X-Kafka-*` for Kafka):
   function can use it to skip work it has already done;
 * `X-Callback-Url`, for async invocations when a callback URL is configured;
 * `Authorization`, with the connector's gateway credentials, only after the
-  gateway answered an invocation with 401 (its auth_invoke setting), because
+  gateway rejected an invocation with 401 (its auth_invoke setting), because
   a gateway that does not check them would forward them to the function.
 
 With sync invocation and `replicas` given, the request goes straight to a
@@ -61,6 +61,7 @@ from connectors.core.outage import Outage
 from connectors.core.retry import RetryPolicy, is_retryable, is_success
 from faashub import constants as shared
 from faashub import names, tracing
+from faashub.credentials import InvocationCredentials
 from faashub.replica_urls import ReplicaUrls
 from provider.headers import canonical_header_name
 
@@ -193,11 +194,7 @@ class Invoker:
         ]
         if forwarded_for:
             self._replica_headers.append((shared.FORWARDED_FOR, forwarded_for))
-        # The gateway credentials go with invocations only once the gateway
-        # has answered one with 401, because a gateway that does not check
-        # them (OpenFaaS CE) forwards them to the function.
-        self._authorization = authorization
-        self._invocations_need_auth = False
+        self._credentials = InvocationCredentials(authorization)
 
     async def invoke(
         self, function: names.FunctionRef, message: Message
@@ -389,30 +386,21 @@ class Invoker:
                         }
                     },
                 )
-        response = await self._send(
+        response = await self._send_to_gateway(message, function, call_id)
+        context = {"function": str(function), "call_id": call_id}
+        if self._credentials.require_after(response.status, context=context):
+            response = await self._send_to_gateway(message, function, call_id)
+        return response
+
+    async def _send_to_gateway(
+        self, message: Message, function: names.FunctionRef, call_id: str
+    ) -> _Response:
+        return await self._send(
             self._gateway_request_url(function),
             self._headers_for_gateway(message, call_id),
             message.body,
             function=function,
         )
-        if (
-            response.status == 401
-            and self._authorization
-            and not self._invocations_need_auth
-        ):
-            self._invocations_need_auth = True
-            logger.info(
-                "gateway requires credentials for invocations; sending them from "
-                "now on",
-                extra={"ctx": {"function": str(function), "call_id": call_id}},
-            )
-            response = await self._send(
-                self._gateway_request_url(function),
-                self._headers_for_gateway(message, call_id),
-                message.body,
-                function=function,
-            )
-        return response
 
     def _gateway_request_url(self, function: names.FunctionRef) -> yarl.URL:
         url = self._urls.get(function)
@@ -437,8 +425,8 @@ class Invoker:
             *self._fixed_headers,
             (shared.CALL_ID, call_id),
         ]
-        if self._invocations_need_auth:
-            headers.append(("Authorization", self._authorization))
+        if self._credentials.header:
+            headers.append(("Authorization", self._credentials.header))
         return headers
 
     def _headers_for_replica(
