@@ -14,7 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hub_support import CallbackReceiver, RunningHub, faashub, running_hub
+from tests.hub_support import (
+    CallbackReceiver,
+    ReceivedCallback,
+    RunningHub,
+    faashub,
+    running_hub,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -52,16 +58,24 @@ def test_invocation_without_credentials_is_401(hub: RunningHub) -> None:
     assert response.status_code == 401
 
 
-def test_queued_call_runs_with_credentials(hub: RunningHub) -> None:
+def queue_and_wait(
+    hub: RunningHub, function: str, body: bytes
+) -> tuple[httpx.Response, ReceivedCallback]:
+    """Queue a call with the hub's credentials; return the 202 and its callback."""
     with CallbackReceiver() as receiver:
         accepted = httpx.post(
-            f"{hub.url}/async-function/digest",
-            content=b"hello",
+            f"{hub.url}/async-function/{function}",
+            content=body,
             headers={"X-Callback-Url": receiver.url},
             auth=hub.auth,
             timeout=30,
         )
         [callback] = receiver.wait_for(1)
+    return accepted, callback
+
+
+def test_queued_call_runs_with_credentials(hub: RunningHub) -> None:
+    accepted, callback = queue_and_wait(hub, "digest", b"hello")
 
     assert accepted.status_code == 202
     assert callback.headers["X-Function-Status"] == "200"
@@ -70,15 +84,7 @@ def test_queued_call_runs_with_credentials(hub: RunningHub) -> None:
 
 
 def test_function_never_sees_gateway_credentials(hub: RunningHub) -> None:
-    with CallbackReceiver() as receiver:
-        accepted = httpx.post(
-            f"{hub.url}/async-function/show-auth",
-            content=b"",
-            headers={"X-Callback-Url": receiver.url},
-            auth=hub.auth,
-            timeout=30,
-        )
-        [callback] = receiver.wait_for(1)
+    accepted, callback = queue_and_wait(hub, "show-auth", b"")
     direct = httpx.post(
         f"{hub.url}/function/show-auth", content=b"", auth=hub.auth, timeout=30
     )

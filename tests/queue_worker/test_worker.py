@@ -148,7 +148,7 @@ async def test_function_headers_do_not_override_call_headers(
 async def test_credentials_sent_after_401(
     nats_url: str, js: JetStreamContext, gateway: RecordingServer
 ) -> None:
-    # The gateway checks credentials on invocations (auth_invoke) and answers
+    # The gateway checks credentials on invocations (auth_invoke) and rejects
     # the first request, which carries none, with 401.
     gateway.replies = [(401, {})]
     calls = [make_call(), make_call()]
