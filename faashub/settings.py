@@ -516,3 +516,15 @@ class HubSettings(CommonSettings):
         description="Protect the gateway's /system/* API with credentials that "
         "the hub generates into <state_dir>/credentials on its first start.",
     )
+    auth_invoke: bool = Field(
+        False,
+        description="Also require those credentials on /function/, "
+        "/async-function/ and /async-calls/; the hub's queue-workers and "
+        "connectors send them. Needs auth on.",
+    )
+    body_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client may take to send a request body to the "
+        "gateway (sync, async or /system/); a slower client gets 408.",
+    )

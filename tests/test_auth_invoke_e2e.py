@@ -7,7 +7,6 @@ still not receive them.
 """
 
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,25 +30,16 @@ SHOW_AUTHORIZATION = "sh -c 'echo \"${Http_Authorization:-none}\"'"
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     state_dir: Path = tmp_path_factory.mktemp("hub") / "state"
-    previous = os.environ.get("FAASHUB_AUTH_INVOKE")
-    # `faashub up` passes its environment on to its gateway.
-    os.environ["FAASHUB_AUTH_INVOKE"] = "true"
-    try:
-        with running_hub(state_dir) as running:
-            for name, command in (
-                ("digest", "sha256sum"),
-                ("show-auth", SHOW_AUTHORIZATION),
-            ):
-                deployed = faashub(
-                    "deploy", "--name", name, "--fprocess", command, gateway=running.url
-                )
-                assert deployed.returncode == 0, deployed.stderr.decode()
-            yield running
-    finally:
-        if previous is None:
-            os.environ.pop("FAASHUB_AUTH_INVOKE", None)
-        else:
-            os.environ["FAASHUB_AUTH_INVOKE"] = previous
+    with running_hub(state_dir, extra_args=["--auth-invoke"]) as running:
+        for name, command in (
+            ("digest", "sha256sum"),
+            ("show-auth", SHOW_AUTHORIZATION),
+        ):
+            deployed = faashub(
+                "deploy", "--name", name, "--fprocess", command, gateway=running.url
+            )
+            assert deployed.returncode == 0, deployed.stderr.decode()
+        yield running
 
 
 def test_invocation_without_credentials_is_401(hub: RunningHub) -> None:

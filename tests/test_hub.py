@@ -410,3 +410,51 @@ def test_invalid_queue_name_is_rejected(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "'bad.name'" in result.stderr
+
+
+def test_auth_invoke_without_auth_is_rejected(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "faashub",
+            "up",
+            "--port",
+            str(free_port()),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--auth-invoke",
+            "--no-auth",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--auth-invoke" in result.stderr
+    assert "--no-auth" in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_body_read_timeout_reaches_gateway(tmp_path: Path) -> None:
+    with running_hub(
+        tmp_path / "state", extra_args=["--body-read-timeout-s", "1"]
+    ) as hub:
+        deploy_wc(hub.url)
+        host, port = hub.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as connection:
+            # Ten of the hundred bytes announced, then nothing more.
+            connection.sendall(
+                b"POST /async-function/wc HTTP/1.1\r\n"
+                + f"Host: {host}\r\n".encode()
+                + b"Content-Length: 100\r\n\r\n"
+                + b"x" * 10
+            )
+            started = time.monotonic()
+            answer = connection.recv(4096)
+            waited_s = time.monotonic() - started
+
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"within 1 s" in answer
+    assert waited_s < 5

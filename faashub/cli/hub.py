@@ -285,6 +285,11 @@ def run(settings: HubSettings) -> int:
             )
     _check_sqs_queues(settings.sqs_queues)
     _check_connector_addresses(settings)
+    if settings.auth_invoke and not settings.auth:
+        raise errors.SettingsError(
+            "--auth-invoke needs the hub's credentials, and --no-auth turns them "
+            "off. Drop one of the two flags."
+        )
     values: dict[str, Any] = {}
     paths: list[str] = []
     secrets: list[str] = []
@@ -556,6 +561,9 @@ def _start_components(
             nats_url,
             "--upstream-timeout-s",
             str(settings.upstream_timeout_s),
+            "--body-read-timeout-s",
+            str(settings.body_read_timeout_s),
+            *(["--auth-invoke"] if settings.auth_invoke else []),
             *gateway_auth,
             *common,
         ],
