@@ -352,6 +352,13 @@ class LocalProviderSettings(CommonSettings):
     max_secret_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest secret value in bytes."
     )
+    max_classic_output_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="Largest response of one classic-mode call in bytes. A "
+        "classic function's stdout is held in memory until it exits, so a "
+        "process that writes more is killed and its call gets 500.",
+    )
     auth_token_file: Path | None = Field(
         None,
         description="File with the bearer token that every request but /healthz "

@@ -405,6 +405,7 @@ class LocalBackend:
                 tracker=self._tracker,
                 log=function.log,
                 removed=function.removed,
+                max_output_bytes=self._settings.max_classic_output_bytes,
             )
         else:
             async with function.http.forward(invocation) as response:

@@ -18,10 +18,10 @@ outlives it.
 
 The request body streams into stdin as the caller sends it, so an upload is
 never held whole. stdout is held until the process exits, because the exit
-code decides between 200 and 500. A process that writes more than
-MAX_STDOUT_BYTES is killed and the call fails with 500. A caller that goes
-away during its upload ends the call too: the process is killed and no
-response is sent. This module does not enforce `limits`, `requests` or
+code decides between 200 and 500. A process that writes more than the
+provider's max_classic_output_bytes is killed and the call fails with 500.
+A caller that goes away during its upload ends the call too: the process is
+killed and no response is sent. This module does not enforce `limits`, `requests` or
 `readOnlyRootFilesystem`.
 """
 
@@ -50,9 +50,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
 # The start of a failed process's stderr that goes into the provider's log.
 MAX_LOGGED_STDERR_BYTES: Final = 4 * 1024
-# The largest response body, because stdout is held in memory until the exit.
-# NOTE: fixed until LocalProviderSettings has a setting for it.
-MAX_STDOUT_BYTES: Final = 64 * 1024 * 1024
 
 
 def request_environment(spec: FunctionSpec, invocation: Invocation) -> dict[str, str]:
@@ -99,20 +96,25 @@ async def run(
     tracker: processes.ProcessTracker,
     log: FunctionLog,
     removed: asyncio.Event,
+    max_output_bytes: int,
 ) -> InvocationResponse:
     """Run the function's command once for `invocation` and return its response.
 
-    Raise FunctionFailed when the command cannot start, exits with a non-zero
-    code, writes more than MAX_STDOUT_BYTES or is killed because the function
-    was removed (`removed` set), and FunctionTimeout when it runs past the
-    exec timeout. ClientDisconnected from the request body passes through.
+    stdout is held in memory until the exit, so it may be at most
+    `max_output_bytes` long. Raise FunctionFailed when the command cannot
+    start, exits with a non-zero code, writes more than that or is killed
+    because the function was removed (`removed` set), and FunctionTimeout
+    when it runs past the exec timeout. ClientDisconnected from the request
+    body passes through.
     """
     context = {"function": spec.ref, "call_id": invocation.call_id}
     process = await _start(spec, invocation, tracker=tracker)
     started_at = time.monotonic()
     stderr = _StderrLog(log, instance=f"{spec.name}-{process.pid}")
     communicating = asyncio.ensure_future(
-        _communicate(process, invocation, stderr=stderr)
+        _communicate(
+            process, invocation, stderr=stderr, max_output_bytes=max_output_bytes
+        )
     )
     removal = asyncio.ensure_future(removed.wait())
     try:
@@ -140,13 +142,15 @@ async def run(
         except _OutputTooLarge:
             logger.warning(
                 "function output too large, process killed",
-                extra={"ctx": {**context, "max_bytes": MAX_STDOUT_BYTES}},
+                extra={"ctx": {**context, "max_bytes": max_output_bytes}},
             )
             raise FunctionFailed(
-                f"Function {spec.ref} wrote more than {MAX_STDOUT_BYTES} bytes to "
+                f"Function {spec.ref} wrote more than {max_output_bytes} bytes to "
                 "stdout and was killed. A classic function's response is held "
-                "whole until it exits, so its size is limited. Return a larger "
-                "body from an http-mode function (mode=http in its envVars)."
+                "whole until it exits, so its size is limited by the provider's "
+                "--max-classic-output-bytes. Return a larger body from an "
+                "http-mode function (mode=http in its envVars), or raise that "
+                "limit."
             ) from None
     finally:
         removal.cancel()
@@ -209,7 +213,7 @@ class _StderrLog:
 
 
 class _OutputTooLarge(Exception):
-    """The process wrote more than MAX_STDOUT_BYTES to stdout."""
+    """The process wrote more than its limit to stdout."""
 
 
 async def _communicate(
@@ -217,6 +221,7 @@ async def _communicate(
     invocation: Invocation,
     *,
     stderr: _StderrLog,
+    max_output_bytes: int,
 ) -> list[bytes]:
     """Feed the request body to stdin while reading stdout and stderr.
 
@@ -230,7 +235,9 @@ async def _communicate(
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(_feed_stdin(process.stdin, invocation))
-            reading = group.create_task(_read_stdout(process.stdout))
+            reading = group.create_task(
+                _read_stdout(process.stdout, max_bytes=max_output_bytes)
+            )
             group.create_task(
                 processes.read_lines(process.stderr, on_line=stderr.add_line)
             )
@@ -268,8 +275,8 @@ async def _write_stdin(stdin: asyncio.StreamWriter, data: bytes) -> bool:
     return True
 
 
-async def _read_stdout(stdout: asyncio.StreamReader) -> list[bytes]:
-    """Read stdout to its end as chunks, raising _OutputTooLarge past MAX_STDOUT_BYTES.
+async def _read_stdout(stdout: asyncio.StreamReader, *, max_bytes: int) -> list[bytes]:
+    """Read stdout to its end as chunks, raising _OutputTooLarge past `max_bytes`.
 
     The chunks are kept apart, because joining them would copy the output.
     """
@@ -277,7 +284,7 @@ async def _read_stdout(stdout: asyncio.StreamReader) -> list[bytes]:
     size = 0
     while chunk := await stdout.read(processes.READ_CHUNK_BYTES):
         size += len(chunk)
-        if size > MAX_STDOUT_BYTES:
+        if size > max_bytes:
             raise _OutputTooLarge
         chunks.append(chunk)
     return chunks

@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from faashub.settings import LocalProviderSettings
-from provider.local import classic
 from tests.provider.conftest import (
     RunningProvider,
     deploy,
@@ -269,18 +268,28 @@ def test_large_classic_output_held_once(client: httpx.Client) -> None:
     assert growth < limit, f"memory grew by {growth} bytes"
 
 
-def test_classic_output_over_limit_returns_500(
-    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(classic, "MAX_STDOUT_BYTES", MIB)
-    command = "head -c 1100000 /dev/zero"
-    assert deploy(client, "talker", command).status_code == 202
+def test_classic_output_over_limit_returns_500(tmp_path: Path) -> None:
+    settings = LocalProviderSettings(
+        state_dir=tmp_path / "state", max_classic_output_bytes=MIB
+    )
+    running = start_provider(settings)
+    try:
+        with running.client() as client:
+            for name, size in (("at-limit", MIB), ("over-limit", MIB + 1)):
+                command = f"head -c {size} /dev/zero"
+                assert deploy(client, name, command).status_code == 202
 
-    response = client.post("/function/talker", content=b"")
+            at_limit = client.post("/function/at-limit", content=b"")
+            over_limit = client.post("/function/over-limit", content=b"")
+    finally:
+        running.stop()
 
-    assert response.status_code == 500
-    assert response.headers["X-OpenFaaS-Internal"] == "proxy"
-    assert f"more than {MIB} bytes" in response.text
+    assert at_limit.status_code == 200
+    assert len(at_limit.content) == MIB
+    assert over_limit.status_code == 500
+    assert over_limit.headers["X-OpenFaaS-Internal"] == "proxy"
+    assert f"more than {MIB} bytes" in over_limit.text
+    assert "--max-classic-output-bytes" in over_limit.text
 
 
 def test_caller_disconnect_kills_classic_process(
