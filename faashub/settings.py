@@ -352,6 +352,12 @@ class LocalProviderSettings(CommonSettings):
     max_secret_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest secret value in bytes."
     )
+    max_system_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="Largest request body of the /system/* API in bytes; a "
+        "longer one gets 413.",
+    )
     max_classic_output_bytes: int = Field(
         64 * 1024 * 1024,
         gt=0,
@@ -389,6 +395,12 @@ class KubernetesProviderSettings(CommonSettings):
     function_namespace: str = Field(
         constants.DEFAULT_NAMESPACE,
         description="Namespace of a function whose request names none.",
+    )
+    max_system_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="Largest request body of the /system/* API in bytes; a "
+        "longer one gets 413.",
     )
     cluster_wide: bool = Field(
         True,

@@ -96,7 +96,17 @@ MAX_REPORTED_VALIDATION_ERRORS: Final = 5
 # The order in which a 405 lists the allowed methods.
 METHOD_ORDER: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
+# The largest /system/* request body when the settings give none. The largest
+# valid one is a secret of max_secret_bytes, base64-encoded in JSON.
+DEFAULT_MAX_SYSTEM_BODY_BYTES: Final = 16 * 1024 * 1024
+
+
+class _BodyTooLarge(Exception):
+    """A /system/* request body longer than max_system_body_bytes."""
+
+
 _STATUS_BY_ERROR: Final[tuple[tuple[type[Exception], int], ...]] = (
+    (_BodyTooLarge, 413),
     (InvalidRequest, 400),
     (errors.InvalidFunctionName, 400),
     (NamespaceNotFound, 404),
@@ -124,7 +134,11 @@ class ProviderApp:
     """The ASGI app: serves invocations and health, passes the rest to FastAPI."""
 
     def __init__(
-        self, backend: ProviderBackend, *, auth_token: str | None = None
+        self,
+        backend: ProviderBackend,
+        *,
+        auth_token: str | None = None,
+        max_system_body_bytes: int = DEFAULT_MAX_SYSTEM_BODY_BYTES,
     ) -> None:
         self.backend = backend
         self._auth_token = auth_token.encode() if auth_token else None
@@ -143,6 +157,7 @@ class ProviderApp:
         )
         self._system = _build_system_app(
             backend,
+            max_body_bytes=max_system_body_bytes,
             on_start_error=self._record_start_error,
             on_stop=self._invocation_log.flush,
         )
@@ -404,24 +419,31 @@ class _ResponseSender:
 
 
 def create_app(
-    backend: ProviderBackend, *, auth_token: str | None = None
+    backend: ProviderBackend,
+    *,
+    auth_token: str | None = None,
+    max_system_body_bytes: int = DEFAULT_MAX_SYSTEM_BODY_BYTES,
 ) -> ProviderApp:
     """Return the provider's ASGI application over `backend`.
 
     With `auth_token`, every route but `/healthz` and `/function/` needs
-    `Authorization: Bearer TOKEN`. Without it the app logs one warning.
+    `Authorization: Bearer TOKEN`. Without it the app logs one warning. A
+    `/system/*` request body longer than `max_system_body_bytes` gets 413.
     """
     if not auth_token:
         logger.warning(
             "no auth token configured: the provider's /system/* API is open to "
             "anyone who reaches its port; set auth_token_file"
         )
-    return ProviderApp(backend, auth_token=auth_token)
+    return ProviderApp(
+        backend, auth_token=auth_token, max_system_body_bytes=max_system_body_bytes
+    )
 
 
 def _build_system_app(
     backend: ProviderBackend,
     *,
+    max_body_bytes: int,
     on_start_error: Callable[[BaseException], None],
     on_stop: Callable[[], None],
 ) -> FastAPI:
@@ -455,21 +477,27 @@ def _build_system_app(
 
     @app.post("/system/functions")
     async def create_function(request: Request) -> Response:
-        deployment = _parse_body(FunctionDeployment, await request.body())
+        deployment = _parse_body(
+            FunctionDeployment, await _read_body(request, max_body_bytes)
+        )
         _validate_names(deployment)
         await backend.create_function(deployment)
         return Response(status_code=202)
 
     @app.put("/system/functions")
     async def update_function(request: Request) -> Response:
-        deployment = _parse_body(FunctionDeployment, await request.body())
+        deployment = _parse_body(
+            FunctionDeployment, await _read_body(request, max_body_bytes)
+        )
         _validate_names(deployment)
         await backend.update_function(deployment)
         return Response(status_code=202)
 
     @app.delete("/system/functions")
     async def delete_function(request: Request, namespace: str = "") -> Response:
-        delete = _parse_body(DeleteFunctionRequest, await request.body())
+        delete = _parse_body(
+            DeleteFunctionRequest, await _read_body(request, max_body_bytes)
+        )
         if not delete.function_name:
             raise InvalidRequest(
                 "functionName is empty: send the name of the function to delete, "
@@ -503,7 +531,9 @@ def _build_system_app(
         name: str, request: Request, namespace: str = ""
     ) -> Response:
         # The name comes from the path, as in faas-netes, so serviceName is ignored.
-        scale = _parse_body(ScaleServiceRequest, await request.body())
+        scale = _parse_body(
+            ScaleServiceRequest, await _read_body(request, max_body_bytes)
+        )
         if scale.replicas < 0:
             raise InvalidRequest(
                 f"Invalid replicas {scale.replicas} for function {name!r}: use 0 "
@@ -524,7 +554,7 @@ def _build_system_app(
 
     @app.post("/system/secrets")
     async def create_secret(request: Request, namespace: str = "") -> Response:
-        secret = _parse_body(Secret, await request.body())
+        secret = _parse_body(Secret, await _read_body(request, max_body_bytes))
         await backend.create_secret(
             secret.name, namespace or secret.namespace, value=_secret_value(secret)
         )
@@ -532,7 +562,7 @@ def _build_system_app(
 
     @app.put("/system/secrets")
     async def update_secret(request: Request, namespace: str = "") -> Response:
-        secret = _parse_body(Secret, await request.body())
+        secret = _parse_body(Secret, await _read_body(request, max_body_bytes))
         await backend.update_secret(
             secret.name, namespace or secret.namespace, value=_secret_value(secret)
         )
@@ -540,7 +570,7 @@ def _build_system_app(
 
     @app.delete("/system/secrets")
     async def delete_secret(request: Request, namespace: str = "") -> Response:
-        secret = _parse_body(Secret, await request.body())
+        secret = _parse_body(Secret, await _read_body(request, max_body_bytes))
         await backend.delete_secret(secret.name, namespace or secret.namespace)
         return Response(status_code=202)
 
@@ -624,6 +654,33 @@ def _validate_names(deployment: FunctionDeployment) -> None:
         names.validate_label(deployment.namespace, what="namespace")
     names.validate_metadata(
         deployment.labels, deployment.annotations, function=deployment.service
+    )
+
+
+async def _read_body(request: Request, limit_bytes: int) -> bytes:
+    """Return the request body, or raise _BodyTooLarge once it passes the limit.
+
+    A Content-Length over the limit is refused before any of the body is
+    read, and a longer chunked body as soon as its length passes the limit.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise _body_too_large(limit_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise _body_too_large(limit_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _body_too_large(limit_bytes: int) -> _BodyTooLarge:
+    return _BodyTooLarge(
+        f"The request body is larger than the provider's limit of {limit_bytes} "
+        "bytes for /system/* requests. Send a smaller body, or raise "
+        "--max-system-body-bytes (FAASHUB_MAX_SYSTEM_BODY_BYTES) of the provider."
     )
 
 

@@ -29,7 +29,11 @@ def create_app(settings: KubernetesProviderSettings) -> api.ProviderApp:
         token = credentials.read_token_file(
             settings.auth_token_file, setting="auth_token_file"
         )
-    return api.create_app(KubernetesBackend(settings), auth_token=token)
+    return api.create_app(
+        KubernetesBackend(settings),
+        auth_token=token,
+        max_system_body_bytes=settings.max_system_body_bytes,
+    )
 
 
 def run(settings: KubernetesProviderSettings) -> None:

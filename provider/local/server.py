@@ -31,7 +31,11 @@ def create_app(settings: LocalProviderSettings) -> api.ProviderApp:
         token = credentials.read_token_file(
             settings.auth_token_file, setting="auth_token_file"
         )
-    return api.create_app(LocalBackend(settings), auth_token=token)
+    return api.create_app(
+        LocalBackend(settings),
+        auth_token=token,
+        max_system_body_bytes=settings.max_system_body_bytes,
+    )
 
 
 def run(settings: LocalProviderSettings) -> None:

@@ -1,5 +1,7 @@
 """The faas-provider management API: status codes, error bodies, JSON shapes."""
 
+import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import pytest
 
 from faashub.settings import LocalProviderSettings
 from provider.local import server
-from tests.provider.conftest import deploy
+from tests.provider.conftest import deploy, start_provider
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -557,3 +559,34 @@ def test_function_without_slash_returns_404(client: httpx.Client, method: str) -
     assert response.headers["content-type"].startswith("text/plain")
     assert f"No route for {method} /function." in response.text
     assert "/function/NAME" in response.text
+
+
+def test_system_body_over_limit_returns_413(tmp_path: Path) -> None:
+    settings = LocalProviderSettings(
+        state_dir=tmp_path / "state", max_system_body_bytes=1024
+    )
+    running = start_provider(settings)
+    try:
+        with running.client() as client:
+            padding = "x" * 2000
+            declared = deploy(client, "big", "cat", envVars={"padding": padding})
+            body = json.dumps({"service": "chunked", "envProcess": "cat"}).encode()
+
+            def chunks() -> Iterator[bytes]:
+                # No Content-Length: the provider counts as the body arrives.
+                yield body[:-1]
+                yield b" " * 2000
+                yield body[-1:]
+
+            streamed = client.post("/system/functions", content=chunks())
+            small = deploy(client, "small", "cat")
+            listed = client.get("/system/functions").json()
+    finally:
+        running.stop()
+
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert "limit of 1024 bytes" in response.text
+        assert "--max-system-body-bytes" in response.text
+    assert small.status_code == 202
+    assert [status["name"] for status in listed] == ["small"]
