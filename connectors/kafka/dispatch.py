@@ -22,13 +22,16 @@ final, and `fetchable()` names the partitions with room for more records:
 a partition with `buffer_records` records not final is left out until half
 of them are.
 
-When partitions are revoked (a rebalance, or the connector stopping), their
-records that have not started are dropped. They are not committed, so the
-partition's next owner consumes them again. Records being handled get up
-to the drain timeout to finish; the rest are cancelled and come back too.
-The commit stops at the oldest record that is not final, so in `key` and
-`none` mode records that finished after it are delivered twice as well: up
-to the partition's buffer, not only the in-flight window.
+When partitions are revoked (a rebalance, or the connector stopping), the
+commit stops at the oldest record that is not final, and the partition's
+next owner consumes everything from there again. So a revoke keeps running
+the waiting records that lie before the partition's last finished or
+running record, in their lanes, and drops only the ones after it, which no
+finished record follows. Without that, in `key` and `none` mode, one record
+waiting behind a busy key would send every finished record after it to the
+next owner once more. Records being handled and the kept ones get up to
+the drain timeout to finish; the rest are cancelled, and come back with the
+dropped ones.
 """
 
 import asyncio
@@ -62,13 +65,18 @@ class PartitionWork:
     """The last offset committed by this connector during this assignment."""
     lanes: dict[object, deque[Record]] = field(default_factory=dict)
     """Busy lanes, each with the records that wait behind its current one."""
-    handling: set["asyncio.Task[None]"] = field(default_factory=set)
-    """Tasks that are handling a record of this partition now, one record each."""
+    handling: dict["asyncio.Task[None]", int] = field(default_factory=dict)
+    """Tasks that are handling a record of this partition now, with its offset."""
     full: bool = False
     """Whether the partition is left out of fetches until half its buffer drains."""
     revoked: bool = False
+    """Set once the partition is revoked: it takes no new records."""
+    run_below: int = 0
+    """Of a revoked partition, only waiting records before this offset run."""
+    kept: int = 0
+    """Of a revoked partition, the waiting records that still run."""
     drained: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set once the partition is revoked and none of its records is being handled."""
+    """Set once the partition is revoked and none of its kept records is left."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +88,8 @@ class RevokeReport:
     """Records whose handling finished within the drain timeout."""
     abandoned: int
     """Records cancelled while being handled, delivered again later."""
+    dropped: int = 0
+    """Records that never started, delivered again later."""
 
 
 class Dispatcher:
@@ -160,20 +170,25 @@ class Dispatcher:
     ) -> RevokeReport:
         """Stop the partitions' records, wait up to `timeout_s` for those running.
 
-        Returns the revoked works, whose offset trackers hold the final
-        offsets to commit.
+        The waiting records before each partition's last finished or running
+        record run too, within the same time. Returns the revoked works,
+        whose offset trackers hold the final offsets to commit.
         """
-        works = self._remove(partitions)
-        handled = sum(len(work.handling) for work in works)
+        works, dropped = self._remove(partitions, keep_gaps=True)
+        started = sum(len(work.handling) + work.kept for work in works)
         # A task moves on to other partitions' records once it finishes one
         # of these, so the wait is for the partitions to drain, not the tasks.
         waits = [
-            asyncio.create_task(work.drained.wait()) for work in works if work.handling
+            asyncio.create_task(work.drained.wait())
+            for work in works
+            if not work.drained.is_set()
         ]
         if waits:
             await asyncio.wait(waits, timeout=timeout_s)
             for wait in waits:
                 wait.cancel()
+        never_started = sum(work.kept for work in works)
+        self._stop_kept(works)
         still_running = {task for work in works for task in work.handling}
         for task in still_running:
             task.cancel()
@@ -181,44 +196,93 @@ class Dispatcher:
             await asyncio.wait(still_running)
         return RevokeReport(
             works,
-            finished=handled - len(still_running),
+            finished=started - never_started - len(still_running),
             abandoned=len(still_running),
+            dropped=dropped + never_started,
         )
 
     def cancel_all(self) -> list[PartitionWork]:
         """Cancel every record at once; return the works for a final commit."""
-        works = self._remove(list(self._works))
+        works, _ = self._remove(list(self._works), keep_gaps=False)
         for work in works:
             for task in work.handling:
                 task.cancel()
         return works
 
-    def _remove(self, partitions: Iterable[TopicPartition]) -> list[PartitionWork]:
+    def _remove(
+        self, partitions: Iterable[TopicPartition], *, keep_gaps: bool
+    ) -> tuple[list[PartitionWork], int]:
+        """Revoke the partitions; return their works and the records dropped.
+
+        With `keep_gaps`, waiting records before a partition's last finished
+        or running one are kept, because dropping them would leave a gap.
+        """
         works = [
             work
             for partition in partitions
             if (work := self._works.pop(partition, None)) is not None
         ]
+        dropped = 0
         for work in works:
             work.revoked = True
-            work.lanes.clear()
-            if not work.handling:
-                work.drained.set()
+            work.run_below = self._last_started(work) if keep_gaps else 0
+            for lane_key, lane in list(work.lanes.items()):
+                kept = deque(
+                    record for record in lane if record.offset < work.run_below
+                )
+                dropped += len(lane) - len(kept)
+                work.kept += len(kept)
+                work.lanes[lane_key] = kept
         if works:
-            self._ready = deque(item for item in self._ready if not item[0].revoked)
-        return works
+            ready: deque[tuple[PartitionWork, object, Record]] = deque()
+            for item in self._ready:
+                work, _, record = item
+                if not work.revoked:
+                    ready.append(item)
+                elif record.offset < work.run_below:
+                    work.kept += 1
+                    ready.append(item)
+                else:
+                    dropped += 1
+            self._ready = ready
+        for work in works:
+            if not work.handling and not work.kept:
+                work.drained.set()
+        return works, dropped
+
+    @staticmethod
+    def _last_started(work: PartitionWork) -> int:
+        """Return the offset of the partition's last finished or running record."""
+        offsets = list(work.handling.values())
+        last_final = work.offsets.last_final()
+        if last_final is not None:
+            offsets.append(last_final)
+        return max(offsets, default=-1)
+
+    def _stop_kept(self, works: list[PartitionWork]) -> None:
+        """Drop the kept records of `works` that have not started."""
+        for work in works:
+            work.run_below = 0
+            work.kept = 0
+            work.lanes.clear()
+        self._ready = deque(item for item in self._ready if not item[0].revoked)
 
     def _start_ready(self) -> None:
         while (item := self._take_ready()) is not None:
             work = item[0]
-            work.handling.add(asyncio.create_task(self._run(item)))
+            work.handling[asyncio.create_task(self._run(item))] = item[2].offset
 
     def _take_ready(self) -> tuple[PartitionWork, object, Record] | None:
         """Take a free slot and the next ready record, or return None without both."""
         ready = self._ready
         while self._running < self._max_inflight and ready:
             item = ready.popleft()
-            if not item[0].revoked:
+            work = item[0]
+            if not work.revoked:
+                self._running += 1
+                return item
+            if item[2].offset < work.run_below:
+                work.kept -= 1
                 self._running += 1
                 return item
         return None
@@ -239,7 +303,7 @@ class Dispatcher:
             if next_item is None:
                 return
             item = next_item
-            next_item[0].handling.add(task)
+            next_item[0].handling[task] = next_item[2].offset
             # Slots that cancelled records left free get tasks of their own.
             self._start_ready()
 
@@ -268,8 +332,8 @@ class Dispatcher:
         finally:
             # Runs on cancellation too, which must give the slot back.
             self._running -= 1
-            work.handling.discard(task)
-            if work.revoked and not work.handling:
+            del work.handling[task]
+            if work.revoked and not work.handling and not work.kept:
                 work.drained.set()
 
     def _finish(self, work: PartitionWork, lane_key: object, record: Record) -> None:
@@ -277,11 +341,14 @@ class Dispatcher:
         if work.full and work.offsets.pending <= self._buffer_records // 2:
             work.full = False
             self.capacity_freed.set()
-        if lane_key is not _UNORDERED and not work.revoked:
+        if lane_key is not _UNORDERED:
             self._next_in_lane(work, lane_key)
 
     def _next_in_lane(self, work: PartitionWork, lane_key: object) -> None:
-        lane = work.lanes[lane_key]
+        lane = work.lanes.get(lane_key)
+        if lane is None:
+            # The lanes of a revoked partition were cleared.
+            return
         if lane:
             self._ready.append((work, lane_key, lane.popleft()))
         else:

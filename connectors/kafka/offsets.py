@@ -47,6 +47,14 @@ class OffsetTracker:
             self._finished.discard(done)
             self._next_offset = done + 1
 
+    def last_final(self) -> int | None:
+        """Return the highest offset that is final, or None if none is."""
+        if self._finished:
+            return max(self._finished)
+        if self._next_offset is None:
+            return None
+        return self._next_offset - 1
+
     def committable(self) -> int | None:
         """Return the offset to commit now, or None if no record is final yet."""
         if self._order:

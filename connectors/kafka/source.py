@@ -312,6 +312,7 @@ class KafkaSource:
                     "partitions": _partition_list(partitions),
                     "finished": report.finished,
                     "abandoned": report.abandoned,
+                    "dropped": report.dropped,
                 }
             },
         )

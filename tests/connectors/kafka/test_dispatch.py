@@ -180,11 +180,56 @@ async def test_revoke_finishes_running_and_drops_waiting() -> None:
 
     assert report.finished == 1
     assert report.abandoned == 0
+    assert report.dropped == 4
     assert [r.offset for r in handler.handled] == [0]
     assert report.works[0].offsets.committable() == 1
     assert lanes.work_for(P0) is None
     await asyncio.sleep(0.3)
     assert len(handler.handled) == 1
+    assert lanes.running == 0
+
+
+async def test_revoke_runs_waiting_records_before_finished_ones() -> None:
+    handler = Handler(delay_s=0.2)
+    lanes = dispatcher(handler, ordering="key")
+    work = lanes.assign(P0)
+    keys = [b"a", b"a", b"b", b"b"]
+    lanes.submit(work, [make_record(0, n, key) for n, key in enumerate(keys)])
+    await asyncio.sleep(0.05)
+
+    # Offsets 0 and 2 run. 1 waits behind 0 and would leave a gap before 2,
+    # so it runs too; 3 has no finished record after it and is dropped.
+    report = await lanes.revoke({P0}, timeout_s=2.0)
+
+    assert sorted(r.offset for r in handler.handled) == [0, 1, 2]
+    assert report.finished == 3
+    assert report.abandoned == 0
+    assert report.dropped == 1
+    assert report.works[0].offsets.committable() == 3
+    await asyncio.sleep(0.3)
+    assert len(handler.handled) == 3
+    assert lanes.running == 0
+
+
+async def test_revoke_drops_kept_records_at_timeout() -> None:
+    handler = Handler(delay_s=0.01)
+    handler.blocked_keys.add(b"stuck")
+    lanes = dispatcher(handler, ordering="key")
+    work = lanes.assign(P0)
+    keys = [b"stuck", b"stuck", b"b"]
+    lanes.submit(work, [make_record(0, n, key) for n, key in enumerate(keys)])
+    await settle(handler, 1)
+
+    report = await lanes.revoke({P0}, timeout_s=0.1)
+
+    assert [r.offset for r in handler.handled] == [2]
+    assert report.finished == 0
+    assert report.abandoned == 1
+    assert report.dropped == 1
+    assert report.works[0].offsets.committable() is None
+    handler.release.set()
+    await asyncio.sleep(0.05)
+    assert [r.offset for r in handler.handled] == [2]
     assert lanes.running == 0
 
 
@@ -201,7 +246,7 @@ async def test_revoke_abandons_after_timeout() -> None:
     assert report.finished == 0
     assert report.abandoned == 1
     assert report.works[0].offsets.committable() is None
-    assert work.handling == set()
+    assert not work.handling
     assert lanes.running == 0
 
 
