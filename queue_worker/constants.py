@@ -16,18 +16,14 @@ USER_AGENT: Final = f"faashub-queue-worker/{__version__}"
 # callback receiver can distinguish platform failures from function failures.
 INTERNAL_ERROR_SOURCE: Final = "queue-worker"
 
-# Maximum batch size of one fetch. Larger batches do not drain faster:
-# with nats-py, fetch(100) and fetch(1000) each drained about 32 k msg/s in one
-# measurement on a 2-core machine.
+# Maximum batch size of one pull request. Larger batches do not drain
+# faster: with nats-py, fetch(100) and fetch(1000) each drained about 32 k
+# msg/s in one measurement on a 2-core machine.
 MAX_FETCH_BATCH: Final = 100
-# How long an idle fetch waits for a message. Fetch returns as soon as one
-# arrives, so this only sets how often an idle worker sends a pull request.
+# How long a pull request waits on the server for the rest of its batch.
+# Each call starts as soon as it arrives, so this only sets how often an
+# idle worker sends a pull request.
 FETCH_TIMEOUT_S: Final = 5.0
-# Seconds a batch fetch waits. Once the server has no stored message left,
-# nats-py's fetch(N) with N > 1 keeps the first message that arrives until N
-# arrived or its timeout ended, so an empty queue is instead waited on with
-# fetch(1), which returns as soon as one call arrives.
-BATCH_FETCH_TIMEOUT_S: Final = 0.02
 # Messages fetched ahead of free slots: max_inflight divided by this, at
 # least 1 and at most MAX_PREFETCH. A prefetched message starts the moment a
 # slot frees instead of one fetch round trip later; its lease is renewed

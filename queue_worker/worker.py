@@ -1,7 +1,8 @@
 """The pull loop: fetch queued calls from JetStream and hand them to the handler.
 
 A `Worker` binds the durable pull consumer of one queue (several workers may
-share it) and runs each fetched message in a task of its own, which
+share it), pulls from it through `queue_worker.pull`, and runs each
+fetched message in a task of its own, which
 `queue_worker.handling` takes to an ack, a nak or a term. The worker keeps
 at most max_inflight calls running plus a small prefetch window of calls
 waiting for a slot, and fetches only what fits, so no fetched message waits
@@ -48,6 +49,7 @@ from queue_worker.handling import CallHandler, HandlerServices
 from queue_worker.messages import HeldMessage, delivery_of
 from queue_worker.metrics import WorkerMetrics
 from queue_worker.policy import PolicyReader, default_retry_policy
+from queue_worker.pull import PullConsumer
 from queue_worker.slots import Slots
 from queue_worker.status import StatusStore
 from queue_worker.status_reads import BatchedStatusReader
@@ -88,7 +90,7 @@ class Worker:
         self.metrics = WorkerMetrics(queue=settings.queue)
 
         self._nc = NatsClient()
-        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._subscription: PullConsumer | None = None
         self._session: aiohttp.ClientSession | None = None
         self._callback_session: aiohttp.ClientSession | None = None
         self._handler: CallHandler | None = None
@@ -153,9 +155,9 @@ class Worker:
         self._slots.close()
         self._room_freed.set()
         if self._fetcher is not None:
-            # NB: the fetch loop also checks _stopping on every turn, because on
-            # Python 3.11 asyncio.wait_for (inside nats-py's fetch) can swallow
-            # a cancellation that arrives with a message (CPython gh-86296).
+            # NB: the fetch loop also checks _stopping on every turn, so that
+            # it ends even if a library it awaits swallows the cancellation,
+            # as asyncio.wait_for can on Python 3.11 (CPython gh-86296).
             self._fetcher.cancel()
 
     async def refresh_metrics(self) -> None:
@@ -186,20 +188,11 @@ class Worker:
             assert self._subscription is not None
             batch = min(self._capacity - len(self._held), constants.MAX_FETCH_BATCH)
             try:
-                try:
-                    messages = await self._subscription.fetch(
-                        batch, timeout=constants.BATCH_FETCH_TIMEOUT_S
-                    )
-                except TimeoutError:
-                    # Nothing stored: wait for the next call on its own, so
-                    # that it starts at once (see BATCH_FETCH_TIMEOUT_S).
-                    messages = await self._subscription.fetch(
-                        1, timeout=constants.FETCH_TIMEOUT_S
-                    )
-            except TimeoutError:
-                # No call arrived: normal for an idle queue.
-                self._retry_delay_s = constants.RETRY_MIN_S
-                continue
+                # Calls start as they arrive (`_start_call`), so the request
+                # may wait for the whole FETCH_TIMEOUT_S on an idle queue.
+                await self._subscription.pull(
+                    batch, expires_s=constants.FETCH_TIMEOUT_S
+                )
             except nats.errors.Error as exc:
                 # The consumer or the JetStream API is gone (deleted, or the
                 # server lost its state): wait, then bind again.
@@ -208,8 +201,6 @@ class Worker:
                 await self._bind_until_done()
                 continue
             self._retry_delay_s = constants.RETRY_MIN_S
-            for message in messages:
-                self._start_call(message)
 
     async def _connect(self) -> None:
         try:
@@ -271,9 +262,14 @@ class Worker:
         # add_consumer creates the consumer, or updates it to this config.
         await js.add_consumer(shared.CALLS_STREAM, config)
         await self._unsubscribe()
-        self._subscription = await js.pull_subscribe_bind(
-            self._durable, shared.CALLS_STREAM
+        subscription = PullConsumer(
+            self._nc,
+            stream=shared.CALLS_STREAM,
+            durable=self._durable,
+            on_message=self._start_call,
         )
+        await subscription.subscribe()
+        self._subscription = subscription
         logger.info(
             "consumer bound",
             extra={
