@@ -111,11 +111,13 @@ class QueuedCall:
             )
         function = _required(message_headers, constants.META_FUNCTION)
         namespace = _required(message_headers, constants.META_NAMESPACE)
-        try:
-            names.validate_label(function)
-            names.validate_label(namespace, what="namespace")
-        except errors.InvalidFunctionName as exc:
-            raise errors.InvalidQueuedCall(str(exc)) from exc
+        if function not in _VALID_LABELS or namespace not in _VALID_LABELS:
+            try:
+                names.validate_label(function)
+                names.validate_label(namespace, what="namespace")
+            except errors.InvalidFunctionName as exc:
+                raise errors.InvalidQueuedCall(str(exc)) from exc
+            _remember_labels(function, namespace)
         queue = message_headers.get(constants.META_QUEUE, constants.DEFAULT_QUEUE)
         if not is_valid_token(queue):
             raise errors.InvalidQueuedCall(
@@ -125,7 +127,7 @@ class QueuedCall:
         caller_headers = {
             name: value
             for name, value in message_headers.items()
-            if not is_reserved_header(name)
+            if not name.lower().startswith(_RESERVED_PREFIXES)
         }
         return cls(
             function=function,
@@ -147,6 +149,19 @@ class QueuedCall:
 
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_RESERVED_PREFIXES = constants.RESERVED_HEADER_PREFIXES
+
+# Function and namespace names that passed `names.validate_label`, so that
+# the calls of one function skip the regular expression. The set starts over
+# when it is full.
+_VALID_LABELS: set[str] = set()
+_VALID_LABELS_MAX = 4096
+
+
+def _remember_labels(*labels: str) -> None:
+    if len(_VALID_LABELS) >= _VALID_LABELS_MAX:
+        _VALID_LABELS.clear()
+    _VALID_LABELS.update(labels)
 
 
 def is_valid_token(value: str) -> bool:

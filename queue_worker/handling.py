@@ -102,17 +102,22 @@ class _Job:
     """The call's function, built and validated once per delivery."""
     function: str = dataclasses.field(init=False)
     """The function as `name.namespace`, for logs and metrics."""
-    context: dict[str, object] = dataclasses.field(init=False)
-    """The fields of every log line about this call."""
+    _context: dict[str, object] | None = dataclasses.field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.ref = self.call.ref
         self.function = str(self.ref)
-        self.context = {
-            "function": self.function,
-            "call_id": self.call.call_id,
-            **call_source(self.call),
-        }
+
+    @property
+    def context(self) -> dict[str, object]:
+        """The fields of every log line about this call, built on first use."""
+        if self._context is None:
+            self._context = {
+                "function": self.function,
+                "call_id": self.call.call_id,
+                **call_source(self.call),
+            }
+        return self._context
 
     @property
     def message(self) -> Msg:
@@ -456,7 +461,7 @@ class CallHandler:
         delay_s: float,
     ) -> None:
         now_ns = self._clock_ns()
-        record = dataclasses.replace(
+        record = status.replaced(
             record,
             state=CallState.RETRYING,
             next_attempt_at_ns=now_ns + int(delay_s * _NS_PER_S),
@@ -573,7 +578,7 @@ class CallHandler:
         reason = outcome.reason
         if not reason and delivery is not None and not delivery.delivered:
             reason = dead_letter.REASON_CALLBACK_FAILED
-        final = dataclasses.replace(
+        final = status.replaced(
             record,
             state=outcome.state,
             max_attempts=policy.attempts,

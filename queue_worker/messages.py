@@ -17,12 +17,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import nats.errors
 from nats.aio.msg import Msg
 
 from faashub import constants, names
 from faashub import errors as shared_errors
 from faashub.queued_call import QueuedCall, is_reserved_header, is_valid_token
+
+# Token counts of a JetStream reply subject without a domain, and the minimum
+# with one. nats-py 2.16 accepts the same two.
+_V1_TOKENS = 9
+_V2_MIN_TOKENS = 11
 
 # An HTTP method is a token (RFC 9110, section 9.1).
 _METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}$")
@@ -49,16 +53,35 @@ class HeldMessage:
 
 
 def delivery_of(message: Msg) -> DeliveryInfo:
-    """Return the message's delivery metadata; parts it lacks are None."""
-    try:
-        metadata = message.metadata
-    except (nats.errors.Error, ValueError, IndexError):
-        return DeliveryInfo(stream_seq=None, num_delivered=1, stored_at_ns=None)
-    return DeliveryInfo(
-        stream_seq=metadata.sequence.stream,
-        num_delivered=metadata.num_delivered,
-        stored_at_ns=int(metadata.timestamp.timestamp() * 1e9),
-    )
+    """Return the message's delivery metadata, with None for the parts it lacks.
+
+    JetStream puts the metadata in the reply subject, in one of two layouts:
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.
+    <time ns>.<pending>`, or the same fields after a domain and an account
+    hash, with more tokens after them. The subject is split here rather than
+    through nats-py's `Msg.metadata`, which builds a `datetime` and three
+    more objects per message.
+    """
+    tokens = (message.reply or "").split(".")
+    if len(tokens) == _V1_TOKENS:
+        fields = tokens[4:8]
+    elif len(tokens) >= _V2_MIN_TOKENS:
+        fields = tokens[6:10]
+    else:
+        fields = []
+    if (
+        len(fields) == 4
+        and tokens[0] == "$JS"
+        and tokens[1] == "ACK"
+        and all(field.isdigit() for field in fields)
+    ):
+        delivered, stream_seq, _, stored_at_ns = fields
+        return DeliveryInfo(
+            stream_seq=int(stream_seq),
+            num_delivered=int(delivered),
+            stored_at_ns=int(stored_at_ns),
+        )
+    return DeliveryInfo(stream_seq=None, num_delivered=1, stored_at_ns=None)
 
 
 def salvage_call(

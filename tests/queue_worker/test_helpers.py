@@ -3,10 +3,12 @@
 import re
 
 import pytest
+from nats.aio.msg import Msg
 
 from faashub import errors
 from queue_worker import callback, invoke, worker
 from queue_worker.invoke import FunctionResult
+from queue_worker.messages import DeliveryInfo, delivery_of
 from tests.queue_worker.conftest import make_call
 
 BASE = "http://gateway:8080/function/"
@@ -197,3 +199,55 @@ def test_invalid_nats_url(nats_url: str, message: str) -> None:
         worker.nats_servers(nats_url)
 
     assert "pw" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        pytest.param(
+            "$JS.ACK.CALLS.worker.3.120.99.1796441469577871132.4",
+            DeliveryInfo(120, 3, 1796441469577871132),
+            id="without-domain",
+        ),
+        pytest.param(
+            "$JS.ACK._.hash.CALLS.worker.2.7.5.1796441469577871132.0.token",
+            DeliveryInfo(7, 2, 1796441469577871132),
+            id="with-domain",
+        ),
+        pytest.param(
+            "$JS.ACK.hub.hash.CALLS.worker.1.8.6.1796441469577871132.0",
+            DeliveryInfo(8, 1, 1796441469577871132),
+            id="with-domain-no-token",
+        ),
+        pytest.param(
+            "$JS.ACK.CALLS.worker.x.120.99.1796441469577871132.4",
+            DeliveryInfo(None, 1, None),
+            id="not-a-number",
+        ),
+        pytest.param(
+            "$JS.ACK.CALLS.worker.3.120.99.1796441469577871132",
+            DeliveryInfo(None, 1, None),
+            id="too-short",
+        ),
+        pytest.param("_INBOX.abc.1", DeliveryInfo(None, 1, None), id="not-jetstream"),
+        pytest.param("", DeliveryInfo(None, 1, None), id="no-reply"),
+    ],
+)
+def test_delivery_of(reply: str, expected: DeliveryInfo) -> None:
+    message = Msg(_client=None, subject="faashub.calls.x", reply=reply)
+
+    assert delivery_of(message) == expected
+
+
+def test_delivery_of_matches_nats_py() -> None:
+    reply = "$JS.ACK.CALLS.worker.4.51.50.1796441469577871000.9"
+    message = Msg(_client=None, subject="faashub.calls.x", reply=reply)
+    metadata = message.metadata
+
+    delivery = delivery_of(message)
+
+    assert delivery.stream_seq == metadata.sequence.stream
+    assert delivery.num_delivered == metadata.num_delivered
+    assert delivery.stored_at_ns is not None
+    # nats-py keeps microseconds, in a float.
+    assert abs(delivery.stored_at_ns - metadata.timestamp.timestamp() * 1e9) < 1_000

@@ -295,6 +295,35 @@ def test_record_json_matches_to_json() -> None:
     assert status.record_json(record) == record.to_json()
 
 
+def test_replaced_matches_dataclasses_replace() -> None:
+    record = CallStatus(
+        call_id="c-1",
+        function="echo",
+        namespace=constants.DEFAULT_NAMESPACE,
+        state=CallState.RUNNING,
+        attempts=1,
+        extra={"stream_seq": 3},
+    )
+    changes = {"state": CallState.SUCCEEDED, "finished_at_ns": 9, "extra": {}}
+
+    copy = status.replaced(record, **changes)
+
+    assert copy == dataclasses.replace(record, **changes)
+    assert status.record_json(copy) == copy.to_json()
+    assert copy is not record
+    assert record.state is CallState.RUNNING
+    assert record.extra == {"stream_seq": 3}
+
+
+def test_replaced_rejects_unknown_field() -> None:
+    record = CallStatus(
+        call_id="c-1", function="echo", namespace="ns", state=CallState.RUNNING
+    )
+
+    with pytest.raises(TypeError, match="no field 'stat'"):
+        status.replaced(record, stat=CallState.SUCCEEDED)
+
+
 async def test_call_running_elsewhere_waits_for_lease(
     nats_url: str,
     js: JetStreamContext,
