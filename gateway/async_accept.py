@@ -69,7 +69,9 @@ _QUEUE_RETRY_AFTER = (b"retry-after", b"5")
 _ACCEPTED_BODY = {"type": "http.response.body", "body": b""}
 # Request headers that are not stored with the call: hop-by-hop ones, Host and
 # Content-Length (the worker's HTTP client sets both), and X-Call-Id and
-# X-Start-Time, which the gateway sets itself.
+# X-Start-Time. The worker sends the function those two from the call's
+# Faashub-Call-Id and Faashub-Accepted-At-Ns, so storing them would only
+# repeat those values in every message.
 _NOT_STORED = frozenset(
     name.encode()
     for name in shared.HOP_BY_HOP
@@ -325,9 +327,7 @@ class AsyncAccept:
             query=scope.get("query_string", b"").decode("latin-1"),
             callback_url=request.callback_url,
             accepted_at_ns=accepted_at_ns,
-            headers=_with_call_headers(
-                request.stored, call_id=request.call_id, start_time=accepted_at_ns
-            ),
+            headers=request.stored,
             body=body,
             queue=function.queue,
             not_before_ns=not_before_ns,
@@ -426,15 +426,6 @@ def _read_call_headers(
         not_before=not_before,
         stored=stored,
     )
-
-
-def _with_call_headers(
-    stored: dict[str, str], *, call_id: str, start_time: int
-) -> dict[str, str]:
-    """Add X-Call-Id and X-Start-Time, which the function receives, in place."""
-    stored[shared.CALL_ID] = call_id
-    stored[shared.START_TIME] = str(start_time)
-    return stored
 
 
 async def _send_accepted(send: Send, *, call_id: str, accepted_at_ns: int) -> None:

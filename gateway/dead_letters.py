@@ -68,6 +68,9 @@ _CALLBACK_HEADERS_NOT_REPEATED = shared.HOP_BY_HOP | {
     shared.FUNCTION_NAME.lower(),
 }
 
+# Request headers that the worker sets from a call's metadata when it runs it.
+_SET_BY_WORKER = frozenset({shared.CALL_ID.lower(), shared.START_TIME.lower()})
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DeadLetterFilter:
@@ -277,12 +280,16 @@ class DeadLetterStore:
             layout = self._queue.layout()
             body = await large_bodies.read_body(layout.bodies, old.body_ref)
 
-        # The same request under a new id, to run at once.
+        # The same request under a new id, to run at once. Calls stored by
+        # older gateways repeat the old id in X-Call-Id and X-Start-Time,
+        # which the worker sets from the new call's metadata instead.
         accepted_at_ns = time.time_ns()
         new_call_id = str(uuid.uuid4())
-        headers = dict(old.headers)
-        headers[shared.CALL_ID] = new_call_id
-        headers[shared.START_TIME] = str(accepted_at_ns)
+        headers = {
+            name: value
+            for name, value in old.headers.items()
+            if name.lower() not in _SET_BY_WORKER
+        }
         new = dataclasses.replace(
             old,
             call_id=new_call_id,

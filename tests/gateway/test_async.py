@@ -16,16 +16,18 @@ from faashub import constants as shared
 from faashub import jetstream
 from faashub.queued_call import QueuedCall, queue_filter_subject
 from gateway.call_queue import message_size
-from tests.conftest import LOOPBACK, free_port
+from tests.conftest import LOOPBACK, free_port, wait_until_async
 from tests.gateway.conftest import (
     FakeProvider,
     GatewayFactory,
     NatsServer,
+    RunningGateway,
     read_object,
     stored_messages,
     wait_until_healthy,
     wait_until_unhealthy,
 )
+from tests.queue_worker.conftest import make_settings, running_worker
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -64,12 +66,13 @@ async def test_async_accepts_call(client: httpx.AsyncClient, nats_url: str) -> N
     assert headers["Faashub-Accepted-At-Ns"] == start_time
     # A generated id is published without a de-duplication key.
     assert "Nats-Msg-Id" not in headers
-    # The caller's headers, and the call headers the function will see.
+    # The caller's headers. The worker sends X-Call-Id and X-Start-Time from
+    # the metadata above, so the message does not repeat them.
     assert headers["x-custom"] == "value"
     assert headers["content-type"] == "application/octet-stream"
     assert headers["x-callback-url"] == CALLBACK_URL
-    assert headers["X-Call-Id"] == call_id
-    assert headers["X-Start-Time"] == start_time
+    assert "X-Call-Id" not in headers
+    assert "X-Start-Time" not in headers
     assert headers["X-Forwarded-For"] == LOOPBACK
     assert "X-Forwarded-Host" in headers
 
@@ -88,9 +91,54 @@ async def test_async_keeps_caller_call_id(
     assert response.status_code == 202
     assert response.headers["X-Call-Id"] == "caller-id-1"
     [message] = await stored_messages(nats_url)
-    assert message.headers["X-Call-Id"] == "caller-id-1"
+    assert message.headers["Faashub-Call-Id"] == "caller-id-1"
     assert message.headers["Nats-Msg-Id"] == "caller-id-1"
+    assert "X-Call-Id" not in message.headers
     assert "x-call-id" not in message.headers
+
+
+@pytest.mark.parametrize(
+    "caller_headers",
+    [
+        pytest.param({}, id="generated-id"),
+        pytest.param({"X-Call-Id": "caller-id-2", "X-Start-Time": "1"}, id="caller-id"),
+    ],
+)
+@pytest.mark.parametrize("via_replica", [False, True], ids=["gateway", "replica"])
+async def test_async_function_gets_call_headers(
+    nats_url: str,
+    gateway: RunningGateway,
+    client: httpx.AsyncClient,
+    provider: FakeProvider,
+    caller_headers: dict[str, str],
+    via_replica: bool,
+) -> None:
+    if via_replica:
+        # The fake provider's function route plays the replica.
+        provider.endpoints["echo"] = [f"{provider.url}/function/echo"]
+    response = await client.post(
+        "/async-function/echo", content=b"x", headers=caller_headers
+    )
+    assert response.status_code == 202
+
+    settings = make_settings(nats_url, gateway.url, invoke_replicas=via_replica)
+    async with running_worker(settings):
+
+        async def invoked() -> bool:
+            return bool(provider.received)
+
+        await wait_until_async(invoked, timeout_s=10, description="the invocation")
+
+    # The worker sets both headers from the call's metadata. The gateway's
+    # sync route, which the worker calls unless it reaches a replica, sets
+    # X-Start-Time again, to its own time.
+    [invocation] = provider.received
+    assert invocation.headers.getall("X-Call-Id") == [response.headers["X-Call-Id"]]
+    [start_time] = invocation.headers.getall("X-Start-Time")
+    if via_replica:
+        assert start_time == response.headers["X-Start-Time"]
+    else:
+        assert int(start_time) >= int(response.headers["X-Start-Time"])
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH"])
@@ -350,7 +398,7 @@ async def test_async_exact_max_payload_fits(
     assert at_limit.status_code == 202
     assert over_limit.status_code == 202
     messages = await stored_messages(nats_server.url)
-    by_id = {message.headers["X-Call-Id"]: message for message in messages}
+    by_id = {message.headers["Faashub-Call-Id"]: message for message in messages}
     assert list(by_id) == ["call-1", "call-2", "call-3"]
     assert len(by_id["call-2"].data) == limit - header_bytes
     assert "Faashub-Body-Ref" not in by_id["call-2"].headers
