@@ -103,6 +103,10 @@ class SharedTimeout:
     `check_interval_s` and cancels those past their deadline. So an await
     times out between `timeout_s` and `timeout_s + check_interval_s` after
     it started. Use one instance per event loop.
+
+    `watch` is cheaper still for a bare future, such as a reply that another
+    callback resolves. The check then fails the future itself with
+    TimeoutError, so no task is looked up or cancelled.
     """
 
     def __init__(self, timeout_s: float) -> None:
@@ -112,7 +116,23 @@ class SharedTimeout:
         self.check_interval_s = min(MAX_DEADLINE_CHECK_INTERVAL_S, timeout_s / 4)
         self._deadlines: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
+        self._future_deadlines: dict[asyncio.Future[Any], float] = {}
         self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, future: asyncio.Future[Any]) -> None:
+        """Fail `future` with TimeoutError if it is still pending past the deadline.
+
+        The caller awaits the future itself, and calls `unwatch` once it no
+        longer waits, whatever the outcome.
+        """
+        loop = future.get_loop()
+        self._future_deadlines[future] = loop.time() + self.timeout_s
+        if self._timer is None:
+            self._timer = loop.call_later(self.check_interval_s, self._check, loop)
+
+    def unwatch(self, future: asyncio.Future[Any]) -> None:
+        """Stop watching `future`. A future that is not watched is ignored."""
+        self._future_deadlines.pop(future, None)
 
     async def run(self, awaitable: Awaitable[_Result]) -> _Result:
         """Await `awaitable` in the current task, with TimeoutError past the deadline.
@@ -145,7 +165,16 @@ class SharedTimeout:
             if deadline <= now and task not in self._expired:
                 self._expired.add(task)
                 task.cancel()
-        if self._deadlines:
+        expired = [
+            future
+            for future, deadline in self._future_deadlines.items()
+            if deadline <= now
+        ]
+        for future in expired:
+            del self._future_deadlines[future]
+            if not future.done():
+                future.set_exception(TimeoutError())
+        if self._deadlines or self._future_deadlines:
             self._timer = loop.call_later(self.check_interval_s, self._check, loop)
         else:
             self._timer = None

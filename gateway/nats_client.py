@@ -53,6 +53,9 @@ _NEWLINES_TO_SPACES = str.maketrans({"\r": " ", "\n": " "})
 # the bound keeps callers that invent names from growing the set forever.
 _CHECKED_NAMES: set[str] = set()
 _CHECKED_NAMES_MAX = 4096
+_DECODER = json.JSONDecoder()
+# The PubAck fields of a publish that is neither batched nor to a counter.
+_PUB_ACK_KEYS = frozenset({"stream", "seq", "domain", "duplicate"})
 _EXPECTED_PARAMETERS = [
     "self",
     "subject",
@@ -154,6 +157,7 @@ class NatsClient(Client):
         token = f"s{self._stream_replies:x}"
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._resp_map[token] = future
+        ack_timeout.watch(future)
         try:
             await self.publish(
                 subject,
@@ -161,20 +165,21 @@ class NatsClient(Client):
                 reply=self._resp_sub_prefix.decode() + token,
                 headers=headers,
             )
-            reply = await ack_timeout.run(future)
+            reply = await future
         except TimeoutError as exc:
             raise nats.errors.TimeoutError from exc
         finally:
             self._resp_map.pop(token, None)
+            ack_timeout.unwatch(future)
         if (
             reply.headers
             and reply.headers.get(jsapi.Header.STATUS) == NO_RESPONDERS_STATUS
         ):
             raise nats.js.errors.NoStreamResponseError
-        response = json.loads(reply.data)
+        response = _parse_reply(reply.data)
         if "error" in response:
             raise nats.js.errors.APIError.from_error(response["error"])
-        return jsapi.PubAck.from_response(response)
+        return _pub_ack(response)
 
     async def _send_publish(
         self,
@@ -195,6 +200,42 @@ class NatsClient(Client):
         await self._send_command(publish)
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
+
+
+def _parse_reply(data: bytes) -> dict[str, Any]:
+    """Parse a JetStream API reply, a JSON object with nothing before or after it.
+
+    `json.loads` on bytes first detects the encoding and then strips
+    whitespace with two regular expressions. `raw_decode` skips both, at
+    about a third of the cost for a PubAck (timeit, Python 3.11, 2-core VM).
+    """
+    try:
+        response, end = _DECODER.raw_decode(data.decode())
+        if end == len(data) and isinstance(response, dict):
+            return response
+    except ValueError:
+        pass
+    # Another shape, which json.loads parses or rejects as nats-py would.
+    parsed: dict[str, Any] = json.loads(data)
+    return parsed
+
+
+def _pub_ack(response: dict[str, Any]) -> jsapi.PubAck:
+    """Build a PubAck from its JSON object, as `PubAck.from_response` would.
+
+    `from_response` looks up the dataclass fields on every call, which
+    takes about 2.5 times as long as this (timeit, Python 3.11, 2-core VM).
+    A PubAck for a plain publish has only the fields set here, so any other
+    shape goes through `from_response`.
+    """
+    if "stream" in response and "seq" in response and response.keys() <= _PUB_ACK_KEYS:
+        return jsapi.PubAck(
+            stream=response["stream"],
+            seq=response["seq"],
+            domain=response.get("domain"),
+            duplicate=response.get("duplicate"),
+        )
+    return jsapi.PubAck.from_response(response)
 
 
 def new_client() -> Client:

@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import json
 
 import nats
 import nats.errors
@@ -13,6 +14,8 @@ from gateway import limits
 from gateway.nats_client import (
     EncodedHeaders,
     NatsClient,
+    _parse_reply,
+    _pub_ack,
     encode_headers,
     fast_path_supported,
 )
@@ -146,3 +149,28 @@ async def test_publish_to_stream_errors(nats_url: str) -> None:
             )
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(b'{"stream":"S","seq":7}', id="plain"),
+        pytest.param(b'{"stream":"S","seq":7,"duplicate":true}', id="duplicate"),
+        pytest.param(b'{"stream":"S","seq":7,"domain":"hub"}', id="domain"),
+        pytest.param(b'{"stream":"S","seq":7,"val":"12"}', id="counter"),
+        pytest.param(b'{"stream":"S","seq":7,"batch":"b1","count":3}', id="batch"),
+        pytest.param(b' {"stream":"S","seq":7}\r\n', id="whitespace"),
+        pytest.param('{"stream":"Ström","seq":7}'.encode(), id="non-ascii"),
+    ],
+)
+def test_pub_ack_same_as_nats_py(reply: bytes) -> None:
+    expected = jsapi.PubAck.from_response(json.loads(reply))
+
+    assert _pub_ack(_parse_reply(reply)) == expected
+
+
+def test_parse_reply_invalid_json_raises() -> None:
+    with pytest.raises(json.JSONDecodeError):
+        _parse_reply(b'{"stream":')
+    with pytest.raises(json.JSONDecodeError):
+        _parse_reply(b'{"stream":"S"} trailing')

@@ -94,6 +94,48 @@ async def test_cancel_at_expiry_stays_cancel() -> None:
     assert outcome == []
 
 
+async def test_watched_future_times_out() -> None:
+    timeout = limits.SharedTimeout(TIMEOUT_S)
+    never = asyncio.get_running_loop().create_future()
+    timeout.watch(never)
+
+    with pytest.raises(TimeoutError):
+        await never
+
+    timeout.unwatch(never)
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+
+
+async def test_watched_future_result_kept() -> None:
+    timeout = limits.SharedTimeout(TIMEOUT_S)
+    loop = asyncio.get_running_loop()
+    slow = loop.create_future()
+    quick = loop.create_future()
+    timeout.watch(slow)
+    timeout.watch(quick)
+    loop.call_soon(quick.set_result, "done")
+
+    assert await quick == "done"
+    timeout.unwatch(quick)
+    with pytest.raises(TimeoutError):
+        await slow
+    timeout.unwatch(slow)
+    assert quick.result() == "done"
+
+
+async def test_unwatched_future_not_failed() -> None:
+    timeout = limits.SharedTimeout(TIMEOUT_S)
+    future = asyncio.get_running_loop().create_future()
+    timeout.watch(future)
+    timeout.unwatch(future)
+
+    await asyncio.sleep(TIMEOUT_S * 2 + timeout.check_interval_s)
+
+    assert not future.done()
+
+
 def test_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="timeout_s must be positive"):
         limits.SharedTimeout(0)
