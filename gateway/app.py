@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import aiohttp
 from starlette.types import Receive, Scope, Send
 
-from faashub import tracing
+from faashub import credentials, tracing
 from faashub.callback_guard import CallbackGuard, new_callback_session
 from faashub.settings import GatewaySettings
 from gateway import asgi, auth, constants, limits, system
@@ -66,6 +66,7 @@ class GatewayApp:
         self.settings = settings
         self.queue = CallQueue(
             settings.nats_url,
+            nats_token=credentials.read_nats_token(settings.nats_token_file),
             duplicate_window_s=settings.duplicate_window_s,
             status_ttl_s=settings.status_ttl_s,
             dead_letter_max_age_s=settings.dead_letter_max_age_s,

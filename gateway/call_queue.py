@@ -91,8 +91,10 @@ class CallQueue:
         duplicate_window_s: float,
         status_ttl_s: float | None = None,
         dead_letter_max_age_s: float | None = None,
+        nats_token: str | None = None,
     ) -> None:
         self._nats_url = nats_url
+        self._nats_token = nats_token
         self._duplicate_window_s = duplicate_window_s
         self._status_ttl_s = status_ttl_s
         self._dead_letter_max_age_s = dead_letter_max_age_s
@@ -298,6 +300,7 @@ class CallQueue:
         await self._nc.connect(
             self._nats_url,
             name="faashub-gateway",
+            token=self._nats_token,
             max_reconnect_attempts=-1,
             reconnect_time_wait=constants.NATS_RECONNECT_WAIT_S,
             connect_timeout=constants.NATS_CONNECT_TIMEOUT_S,

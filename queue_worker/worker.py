@@ -81,6 +81,7 @@ class Worker:
         _validate_queue_name(settings.queue)
         self._settings = settings
         self._nats_servers = nats_servers(settings.nats_url)
+        self._nats_token = credentials.read_nats_token(settings.nats_token_file)
         self._function_base_url = function_base_url(settings.gateway_url)
         self._default_policy = default_retry_policy(settings)
         self._durable = jetstream.worker_durable_name(settings.queue)
@@ -207,6 +208,7 @@ class Worker:
             await self._nc.connect(
                 self._nats_servers,
                 name="faashub-queue-worker",
+                token=self._nats_token,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=constants.RECONNECT_WAIT_S,
                 error_cb=self._on_nats_error,

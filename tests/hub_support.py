@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,6 +31,20 @@ class RunningHub:
     drain: threading.Thread | None = None
     auth: httpx.BasicAuth | None = None
     """The hub's generated gateway credentials; None when it runs with --no-auth."""
+
+    def nats_url(self) -> str:
+        """Return the URL of the hub's embedded NATS server, from its log."""
+        for line in self.output:
+            found = re.search(r"embedded nats-server listens on (nats://\S+)", line)
+            if found:
+                return found.group(1)
+        raise AssertionError(
+            "the hub did not log its NATS URL:\n" + "".join(self.output)
+        )
+
+    def nats_token(self) -> str:
+        """Return the token that the hub's embedded NATS server requires."""
+        return (self.state_dir / "credentials" / "nats-token").read_text().strip()
 
 
 # State folders of the running hubs by gateway URL, so that `faashub()` lets

@@ -8,7 +8,6 @@ process that a test starts is checked, by pid, to be gone at its end.
 
 import asyncio
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -95,17 +94,9 @@ def hub_processes(hub: RunningHub) -> dict[str, int]:
     return {role: int(pid) for role, pid in (line.split() for line in lines)}
 
 
-def nats_url(hub: RunningHub) -> str:
-    for line in hub.output:
-        found = re.search(r"embedded nats-server listens on (nats://\S+)", line)
-        if found:
-            return found.group(1)
-    raise AssertionError("the hub did not log its NATS URL:\n" + "".join(hub.output))
-
-
-async def unacknowledged_calls(url: str) -> tuple[int, int]:
+async def unacknowledged_calls(hub: RunningHub) -> tuple[int, int]:
     """Return the default queue's pending and unacknowledged call counts."""
-    client = await nats.connect(url)
+    client = await nats.connect(hub.nats_url(), token=hub.nats_token())
     try:
         info = await client.jetstream().consumer_info(
             constants.CALLS_STREAM,
@@ -175,7 +166,7 @@ def test_killed_supervisor_acknowledges_calls_in_flight(
         again = start_hub(tmp_path / "state")
         started_pids.extend([again.process.pid, *descendants(again.process.pid)])
         try:
-            pending, unacknowledged = asyncio.run(unacknowledged_calls(nats_url(again)))
+            pending, unacknowledged = asyncio.run(unacknowledged_calls(again))
             time.sleep(1.0)  # a call run again would post its callback by now
         finally:
             stop_hub(again)

@@ -49,9 +49,16 @@ class CronState:
     """One replica's NATS connection and buckets; `owner` names it in claims."""
 
     def __init__(
-        self, nats_url: str, *, owner: str, claim_ticks: bool, lease_ttl_s: float
+        self,
+        nats_url: str,
+        *,
+        owner: str,
+        claim_ticks: bool,
+        lease_ttl_s: float,
+        token: str | None = None,
     ) -> None:
         self._nats_url = nats_url
+        self._token = token
         self._owner = owner
         self._claim_ticks = claim_ticks
         self._lease_ttl_s = lease_ttl_s
@@ -75,6 +82,7 @@ class CronState:
         self._client = await nats.connect(
             self._nats_url,
             name=f"faashub-cron-{self._owner}",
+            token=self._token,
             max_reconnect_attempts=-1,
             allow_reconnect=True,
             # Without these callbacks nats-py logs every failed reconnect at

@@ -47,7 +47,7 @@ from connectors.cron.scheduler import (
     format_instant,
     utc_now,
 )
-from faashub import names
+from faashub import credentials, names
 from faashub.connector_settings import CronConnectorSettings
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ class CronSource:
             owner = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
             self.nats_state = CronState(
                 settings.nats_url,
+                token=credentials.read_nats_token(settings.nats_token_file),
                 owner=owner,
                 claim_ticks=not settings.async_invocation,
                 lease_ttl_s=settings.lease_ttl_s,

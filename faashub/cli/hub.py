@@ -493,8 +493,12 @@ def _start_components(
     hub.watcher = _start_watcher()
     hub.write_pids_file()
     nats_url = settings.nats_url
+    nats_auth: list[str] = []
     if not nats_url:
         nats_port = _free_port()
+        nats_token_path = credentials.ensure_nats_token(state_dir)
+        nats_token = credentials.read_nats_token(nats_token_path)
+        nats_auth = ["--nats-token-file", str(nats_token_path)]
 
         def launch_nats() -> subprocess.Popen[bytes]:
             # No PR_SET_PDEATHSIG: the watcher stops it after the workers
@@ -505,6 +509,7 @@ def _start_components(
                 store_dir=state_dir / "nats",
                 log_path=log_dir / "nats.log",
                 timeout_s=settings.start_timeout_s,
+                token=nats_token,
             )
 
         nats = Child(
@@ -559,6 +564,7 @@ def _start_components(
             provider_token,
             "--nats-url",
             nats_url,
+            *nats_auth,
             "--upstream-timeout-s",
             str(settings.upstream_timeout_s),
             "--body-read-timeout-s",
@@ -583,6 +589,7 @@ def _start_components(
                 gateway_url,
                 "--nats-url",
                 nats_url,
+                *nats_auth,
                 "--health-host",
                 internal_host,
                 "--health-port",
@@ -620,6 +627,7 @@ def _start_components(
             settings,
             gateway_url=gateway_url,
             nats_url=nats_url,
+            nats_auth=nats_auth,
             common=connector_common,
             host=internal_host,
         )
@@ -745,6 +753,7 @@ def _add_cron_connector(
     *,
     gateway_url: str,
     nats_url: str,
+    nats_auth: list[str],
     common: list[str],
     host: str,
 ) -> None:
@@ -758,6 +767,7 @@ def _add_cron_connector(
             # Claims in NATS keep a tick to one run if a second replica runs.
             "--nats-url",
             nats_url,
+            *nats_auth,
             "--health-host",
             host,
             "--health-port",

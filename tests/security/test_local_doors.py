@@ -1,12 +1,13 @@
 """Local access to the hub by other users of its machine, and the CLI's hints.
 
 One `faashub up` in a non-default state folder serves the hub checks: the
-provider token, the lockout exemption of loopback, the FAASHUB_STATE_DIR
-hint and the rejection of unusable cron schedules at deploy. The
-authenticator's lockout rules and the CLI's 401 message are checked
-directly, without a hub.
+provider token, the token of the embedded NATS server, the lockout exemption
+of loopback, the FAASHUB_STATE_DIR hint and the rejection of unusable cron
+schedules at deploy. The authenticator's lockout rules and the CLI's 401
+message are checked directly, without a hub.
 """
 
+import socket
 import stat
 import subprocess
 import sys
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
-from faashub import errors
+from faashub import constants, credentials, errors
 from faashub.cli.gateway_client import GatewayError, check_response
 from faashub.credentials import Credentials
 from faashub.settings import GatewaySettings
@@ -69,6 +71,40 @@ def test_provider_token_owner_only(hub: RunningHub) -> None:
     assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
     assert len(token_path.read_text().strip()) >= 32
     assert token_path.read_text().strip() not in "".join(hub.output)
+
+
+def test_nats_token_owner_only(hub: RunningHub) -> None:
+    token = hub.nats_token()
+    token_path = hub.state_dir / "credentials" / "nats-token"
+    config_path = hub.state_dir / "nats" / "nats-server.conf"
+    assert stat.S_IMODE(token_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+    assert len(token) >= 32
+    assert token not in "".join(hub.output)
+    for pid in descendants(hub.process.pid):
+        try:
+            command_line = Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            continue
+        assert token not in command_line
+
+
+async def test_nats_rejects_missing_token(hub: RunningHub) -> None:
+    # The NATS protocol by hand: nats-py leaves a socket open when it fails.
+    host, port = hub.nats_url().removeprefix("nats://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        info = connection.recv(4096)
+        connection.sendall(b'CONNECT {"verbose":false}\r\nPING\r\n')
+        answer = connection.recv(4096)
+    assert b'"auth_required":true' in info
+    assert answer.startswith(b"-ERR 'Authorization Violation'")
+
+    client = await nats.connect(hub.nats_url(), token=hub.nats_token())
+    try:
+        info = await client.jetstream().stream_info(constants.CALLS_STREAM)
+    finally:
+        await client.close()
+    assert info.config.name == constants.CALLS_STREAM
 
 
 def test_provider_rejects_missing_token(hub: RunningHub) -> None:
@@ -329,3 +365,14 @@ def test_provider_token_file_empty(tmp_path: Path) -> None:
     with pytest.raises(errors.SettingsError, match="provider-token-file"):
         auth.provider_authorization(missing)
     assert auth.provider_authorization(GatewaySettings()) == ""
+
+
+def test_nats_token_file_errors_name_the_setting(tmp_path: Path) -> None:
+    missing = tmp_path / "missing-token"
+    empty = tmp_path / "empty-token"
+    empty.write_text("\n")
+
+    assert credentials.read_nats_token(None) is None
+    for path in (missing, empty):
+        with pytest.raises(credentials.CredentialsError, match="--nats-token-file"):
+            credentials.read_nats_token(path)
