@@ -44,13 +44,13 @@ from starlette.types import Message, Receive, Scope, Send
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
+from faashub.headers import canonical_header_name
 from gateway import asgi, constants, limits
 from gateway.auth import Authenticator
 from gateway.call_ids import new_call_id
 from gateway.log_throttle import WarningThrottle
 from gateway.metrics import GatewayMetrics
 from gateway.replica_urls import ReplicaUrls
-from provider.headers import canonical_header_name
 
 logger = logging.getLogger(__name__)
 

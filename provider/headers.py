@@ -21,14 +21,10 @@ import aiohttp
 from multidict import CIMultiDict
 
 from faashub import constants
+from faashub.headers import canonical_header_name
 from provider.backend import InvalidRequest, Invocation
 
 logger = logging.getLogger(__name__)
-
-
-def canonical_header_name(name: str) -> str:
-    """Spell a header name as Go does: `x-call-id` becomes `X-Call-Id`."""
-    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
 
 
 def end_to_end_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -62,8 +62,8 @@ from connectors.core.retry import RetryPolicy, is_retryable, is_success
 from faashub import constants as shared
 from faashub import names, tracing
 from faashub.credentials import InvocationCredentials
+from faashub.headers import canonical_header_name
 from faashub.replica_urls import ReplicaUrls
-from provider.headers import canonical_header_name
 
 logger = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Final
 
+from faashub.headers import canonical_header_name
 from provider.backend import (
     ClientDisconnected,
     FunctionFailed,
@@ -40,7 +41,6 @@ from provider.backend import (
     Invocation,
     InvocationResponse,
 )
-from provider.headers import canonical_header_name
 from provider.local import processes
 from provider.local.definition import FunctionSpec
 from provider.local.function_logs import FunctionLog
