@@ -9,19 +9,27 @@ objects: URLs resolve to Services and container ports, and probes hit each
 component's health listener. Every FAASHUB_* variable must be a field of the
 component's settings class, the provider's RBAC must equal the rules that
 provider.kubernetes.rbac exports, and every secret reference must resolve.
+The rendered NATS configuration runs in a real nats-server, which must
+reject clients without the chart's token and serve the probes without it.
 """
 
+import asyncio
 import base64
+import contextlib
 import copy
+import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import helm_python
+import httpx
 import kubernetes_validate
+import nats
 import pytest
 import yaml
 from pydantic_settings import BaseSettings
@@ -29,6 +37,7 @@ from pydantic_settings import BaseSettings
 from faashub import connector_settings, embedded_nats, settings
 from faashub.cli import main as cli_main
 from provider.kubernetes import rbac
+from tests.conftest import LOOPBACK, free_port
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "deploy" / "faashub"
 DOCKERFILE = CHART_DIR.parents[1] / "Dockerfile"
@@ -43,6 +52,11 @@ CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 Manifest = dict[str, Any]
 
 EXTERNAL_GATEWAY = "http://gateway.openfaas:8080"
+EXTERNAL_NATS = "nats://nats.messaging:4222"
+
+NATS_TOKEN_SECRET = f"{PREFIX}-nats-token"
+NATS_TOKEN_DIR = "/var/secrets/nats-token"
+NATS_TOKEN_FILE = f"{NATS_TOKEN_DIR}/nats-token"
 
 CONNECTORS = {
     "kafkaConnector": {
@@ -233,17 +247,8 @@ def component(workload: Manifest) -> str:
     return labels["app.kubernetes.io/component"]
 
 
-@pytest.mark.parametrize("values", SCENARIOS)
-def test_scenario_objects_valid(
-    chart: helm_python.Chart, values: dict[str, Any]
-) -> None:
-    objects = render(chart, values)
-    assert objects
-    keys = [
-        (item["kind"], item["metadata"].get("namespace"), item["metadata"]["name"])
-        for item in objects
-    ]
-    assert len(keys) == len(set(keys)), f"duplicate objects: {sorted(keys)}"
+def assert_valid(objects: list[Manifest]) -> None:
+    """Fail on the first object that the Kubernetes schemas reject."""
     for item in objects:
         if (item["apiVersion"], item["kind"]) in CUSTOM_KINDS:
             continue
@@ -255,6 +260,20 @@ def test_scenario_objects_valid(
                 f"Kubernetes {KUBERNETES_VERSION}: {exc.message} at "
                 f"{'.'.join(str(part) for part in exc.path)}"
             )
+
+
+@pytest.mark.parametrize("values", SCENARIOS)
+def test_scenario_objects_valid(
+    chart: helm_python.Chart, values: dict[str, Any]
+) -> None:
+    objects = render(chart, values)
+    assert objects
+    keys = [
+        (item["kind"], item["metadata"].get("namespace"), item["metadata"]["name"])
+        for item in objects
+    ]
+    assert len(keys) == len(set(keys)), f"duplicate objects: {sorted(keys)}"
+    assert_valid(objects)
 
 
 def test_default_install_components(chart: helm_python.Chart) -> None:
@@ -592,6 +611,172 @@ def test_provider_token_disabled(chart: helm_python.Chart) -> None:
         assert "FAASHUB_AUTH_TOKEN_FILE" not in env
 
 
+def nats_token(objects: list[Manifest]) -> str:
+    secret = find(objects, "Secret", NATS_TOKEN_SECRET)
+    assert set(secret["data"]) == {"nats-token"}
+    return base64.b64decode(secret["data"]["nats-token"]).decode()
+
+
+def nats_token_volume(workload: Manifest) -> dict[str, Any] | None:
+    volumes = workload["spec"]["template"]["spec"].get("volumes", [])
+    found = [volume for volume in volumes if volume["name"] == "nats-token"]
+    assert len(found) <= 1, workload["metadata"]["name"]
+    return found[0] if found else None
+
+
+def test_nats_token_generated(chart: helm_python.Chart) -> None:
+    tokens = [nats_token(render(chart, DEFAULT)) for _ in range(20)]
+    assert len(set(tokens)) == len(tokens)
+    for token in tokens:
+        assert len(token) == 48
+        assert token.isalnum()
+        # The server parses $NATS_TOKEN as a config value, where a leading
+        # digit can turn it into a number. A random alphanumeric first
+        # character is a digit in 10 of 62 cases, so 20 renders miss such a
+        # generator in about 3% of runs.
+        assert token[0].isalpha(), token
+
+
+def test_nats_requires_token(chart: helm_python.Chart) -> None:
+    objects = render(chart, DEFAULT)
+    config = find(objects, "ConfigMap", f"{PREFIX}-nats")["data"]["nats.conf"]
+    assert re.search(r"^authorization \{\n  token: \$NATS_TOKEN\n\}$", config, re.M)
+    statefulset = find(objects, "StatefulSet", f"{PREFIX}-nats")
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    [variable] = [entry for entry in container["env"] if entry["name"] == "NATS_TOKEN"]
+    assert variable["valueFrom"]["secretKeyRef"] == {
+        "name": NATS_TOKEN_SECRET,
+        "key": "nats-token",
+    }
+
+
+def test_nats_token_mounted_in_clients(chart: helm_python.Chart) -> None:
+    objects = render(chart, FULL_STACK)
+    nats_token(objects)
+    clients = []
+    for workload, container in faashub_containers(objects):
+        env = env_values(container)
+        mounts = [
+            mount
+            for mount in container.get("volumeMounts", [])
+            if mount["name"] == "nats-token"
+        ]
+        volume = nats_token_volume(workload)
+        name = workload["metadata"]["name"]
+        if "FAASHUB_NATS_URL" not in env:
+            # The provider and the Kafka and SQS connectors do not use NATS.
+            assert "FAASHUB_NATS_TOKEN_FILE" not in env, name
+            assert not mounts, name
+            assert volume is None, name
+            continue
+        assert env["FAASHUB_NATS_TOKEN_FILE"] == NATS_TOKEN_FILE, name
+        assert mounts == [
+            {"name": "nats-token", "mountPath": NATS_TOKEN_DIR, "readOnly": True}
+        ], name
+        assert volume is not None, name
+        assert volume["secret"] == {
+            "secretName": NATS_TOKEN_SECRET,
+            "items": [{"key": "nats-token", "path": "nats-token"}],
+        }, name
+        clients.append(component(workload))
+    assert sorted(clients) == [
+        "cron-connector",
+        "gateway",
+        "queue-worker",
+        "queue-worker",
+        "queue-worker",
+    ]
+
+
+EXTERNAL_NATS_VALUES = [
+    pytest.param(
+        {"nats": {"enabled": False, "url": EXTERNAL_NATS}},
+        {"gateway", "queue-worker", "cron-connector"},
+        id="nats-url",
+    ),
+    pytest.param(
+        {
+            "connectorsOnly": True,
+            "gatewayUrl": EXTERNAL_GATEWAY,
+            "basicAuth": {"create": False},
+            "cronConnector": {"natsUrl": EXTERNAL_NATS},
+        },
+        {"cron-connector"},
+        id="connectors-only-cron",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "clients"), EXTERNAL_NATS_VALUES)
+def test_external_nats_token_secret(
+    chart: helm_python.Chart, values: dict[str, Any], clients: set[str]
+) -> None:
+    values = copy.deepcopy(values)
+    values.setdefault("cronConnector", {})["enabled"] = True
+    values["nats"] = {
+        **values.get("nats", {}),
+        "tokenSecret": {"name": "nats-client", "key": "token"},
+    }
+    objects = render(chart, values)
+    secrets = {item["metadata"]["name"] for item in objects if item["kind"] == "Secret"}
+    assert NATS_TOKEN_SECRET not in secrets
+    assert "StatefulSet" not in {item["kind"] for item in objects}
+    seen = set()
+    for workload, container in faashub_containers(objects):
+        env = env_values(container)
+        if "FAASHUB_NATS_URL" not in env:
+            assert "FAASHUB_NATS_TOKEN_FILE" not in env, component(workload)
+            continue
+        assert env["FAASHUB_NATS_URL"] == EXTERNAL_NATS
+        assert env["FAASHUB_NATS_TOKEN_FILE"] == NATS_TOKEN_FILE
+        volume = nats_token_volume(workload)
+        assert volume is not None
+        assert volume["secret"] == {
+            "secretName": "nats-client",
+            "items": [{"key": "token", "path": "nats-token"}],
+        }
+        mount_paths = {mount["mountPath"] for mount in container["volumeMounts"]}
+        assert NATS_TOKEN_DIR in mount_paths
+        seen.add(component(workload))
+    assert seen == clients
+
+
+@pytest.mark.parametrize(("values", "clients"), EXTERNAL_NATS_VALUES)
+def test_external_nats_without_token(
+    chart: helm_python.Chart, values: dict[str, Any], clients: set[str]
+) -> None:
+    values = copy.deepcopy(values)
+    values.setdefault("cronConnector", {})["enabled"] = True
+    objects = render(chart, values)
+    secrets = {item["metadata"]["name"] for item in objects if item["kind"] == "Secret"}
+    assert NATS_TOKEN_SECRET not in secrets
+    seen = set()
+    for workload, container in faashub_containers(objects):
+        env = env_values(container)
+        assert "FAASHUB_NATS_TOKEN_FILE" not in env
+        assert nats_token_volume(workload) is None
+        if "FAASHUB_NATS_URL" in env:
+            assert env["FAASHUB_NATS_URL"] == EXTERNAL_NATS
+            seen.add(component(workload))
+    assert seen == clients
+
+
+def test_external_nats_objects_valid(chart: helm_python.Chart) -> None:
+    values = {
+        "nats": {
+            "enabled": False,
+            "url": EXTERNAL_NATS,
+            "tokenSecret": {"name": "nats-client"},
+        },
+        "cronConnector": {"enabled": True, "replicas": 2},
+    }
+    objects = render(chart, values)
+    assert_valid(objects)
+    assert ("nats-client", "nats-token") in secret_references(objects)
+    readme = (CHART_DIR.parent / "README.md").read_text()
+    assert "`nats.tokenSecret.name`" in readme
+
+
 def test_named_queues_get_workers(chart: helm_python.Chart) -> None:
     objects = render(chart, FULL_STACK)
     workers = {
@@ -752,12 +937,122 @@ def test_nats_config_accepted_by_nats_server(
     config_path.write_text(config.replace("/data", str(tmp_path / "data")))
     result = subprocess.run(
         [str(embedded_nats.find_binary()), "--config", str(config_path), "-t"],
-        env={"POD_NAME": f"{PREFIX}-nats-0"},
+        env={"POD_NAME": f"{PREFIX}-nats-0", "NATS_TOKEN": "a-token"},
         capture_output=True,
         text=True,
         timeout=20,
     )
     assert result.returncode == 0, result.stderr
+
+
+def local_nats_config(
+    config: str, *, store_dir: Path, port: int, http_port: int
+) -> str:
+    """Rewrite the chart's nats.conf for loopback ports and a local store_dir."""
+    replacements = {
+        "port: 4222\n": f"listen: {LOOPBACK}:{port}\n",
+        "http_port: 8222\n": f"http: {LOOPBACK}:{http_port}\n",
+        "store_dir: /data\n": f"store_dir: {str(store_dir)!r}\n",
+    }
+    for line, local in replacements.items():
+        assert line in config, f"nats.conf no longer contains {line!r}"
+        config = config.replace(line, local)
+    return config
+
+
+@pytest.mark.timeout(60)
+async def test_nats_server_enforces_chart_token(
+    chart: helm_python.Chart, tmp_path: Path
+) -> None:
+    objects = render(chart, DEFAULT)
+    token = nats_token(objects)
+    config = find(objects, "ConfigMap", f"{PREFIX}-nats")["data"]["nats.conf"]
+    port, http_port = free_port(), free_port()
+    config_path = tmp_path / "nats.conf"
+    config_path.write_text(
+        local_nats_config(
+            config, store_dir=tmp_path / "data", port=port, http_port=http_port
+        )
+    )
+    with (tmp_path / "nats.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            str(embedded_nats.find_binary()),
+            "--config",
+            str(config_path),
+            env={"POD_NAME": f"{PREFIX}-nats-0", "NATS_TOKEN": token},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        await check_token_enforced(objects, token=token, port=port, http_port=http_port)
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await process.wait()
+
+
+async def check_token_enforced(
+    objects: list[Manifest], *, token: str, port: int, http_port: int
+) -> None:
+    statefulset = find(objects, "StatefulSet", f"{PREFIX}-nats")
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    monitor = f"http://{LOOPBACK}:{http_port}"
+
+    # The probes send no token, so each must pass on the monitoring port once
+    # JetStream is up.
+    async with httpx.AsyncClient(base_url=monitor) as client:
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            action = container[probe]["httpGet"]
+            assert container_port(container, action["port"]) == 8222
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    response = await client.get(action["path"])
+                except httpx.TransportError:
+                    response = None
+                if response is not None and response.status_code == 200:
+                    break
+                assert time.monotonic() < deadline, f"{probe} {action['path']} failed"
+                await asyncio.sleep(0.1)
+
+    assert await connect_reply(port, token=None) == REJECTED
+    assert await connect_reply(port, token="not-the-token") == REJECTED
+    assert await connect_reply(port, token=token) == b"PONG\r\n"
+
+    # With the token, a client also reaches JetStream.
+    connection = await nats.connect(
+        f"nats://{LOOPBACK}:{port}", token=token, allow_reconnect=False
+    )
+    try:
+        info = await connection.jetstream().account_info()
+        assert info.limits is not None
+    finally:
+        await connection.close()
+
+
+REJECTED = b"-ERR 'Authorization Violation'\r\n"
+
+
+async def connect_reply(port: int, *, token: str | None) -> bytes:
+    """Send a NATS CONNECT with `token` as auth_token and a PING, and return the reply.
+
+    The raw protocol shows the server's own reply, which is PONG for an
+    accepted client and -ERR for a rejected one.
+    """
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        greeting = await reader.readline()
+        assert greeting.startswith(b"INFO "), greeting
+        options: dict[str, Any] = {"verbose": False, "pedantic": False}
+        if token is not None:
+            options["auth_token"] = token
+        writer.write(b"CONNECT " + json.dumps(options).encode() + b"\r\nPING\r\n")
+        await writer.drain()
+        return await reader.readline()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 INVALID_VALUES = [
@@ -801,6 +1096,11 @@ INVALID_VALUES = [
     ),
     pytest.param({"nats": {"maxFileStore": "8GB"}}, "/nats/maxFileStore", id="size"),
     pytest.param({"log": {"level": "verbose"}}, "/log/level", id="log-level"),
+    pytest.param(
+        {"nats": {"tokenSecret": {"secret": "nats-client"}}},
+        "additional properties 'secret'",
+        id="token-secret-typo",
+    ),
 ]
 
 
@@ -872,6 +1172,21 @@ INCONSISTENT_VALUES = [
         },
         "cronConnector.replicas is 2 but no NATS server is set",
         id="cron-replicas-without-nats",
+    ),
+    pytest.param(
+        {"nats": {"tokenSecret": {"name": "nats-client"}}},
+        "nats.tokenSecret.name is set, but no component connects",
+        id="token-secret-for-chart-nats",
+    ),
+    pytest.param(
+        {
+            "connectorsOnly": True,
+            "gatewayUrl": EXTERNAL_GATEWAY,
+            "nats": {"tokenSecret": {"name": "nats-client"}},
+            "cronConnector": {"enabled": True},
+        },
+        "nats.tokenSecret.name is set, but no component connects",
+        id="token-secret-without-nats",
     ),
     pytest.param(
         {"provider": {"extraFunctionNamespaces": ["team-a"]}},

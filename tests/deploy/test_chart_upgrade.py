@@ -1,5 +1,5 @@
-"""An upgrade keeps the basic-auth password and the provider token that an
-earlier install generated.
+"""An upgrade keeps the basic-auth password, the provider token and the NATS
+token that an earlier install generated.
 
 The chart reads its earlier Secrets with Helm's `lookup`, which needs a
 cluster. No real Kubernetes API server can run here, so kmock's
@@ -24,8 +24,10 @@ CHART_DIR = Path(__file__).resolve().parents[2] / "deploy" / "faashub"
 NAMESPACE = "faashub"
 KEPT_PASSWORD = "password-of-the-first-install"
 KEPT_TOKEN = "token-of-the-first-install"
+KEPT_NATS_TOKEN = "nats-token-of-the-first-install"
 # The release is named "hub", so the chart's full name is "hub-faashub".
 TOKEN_SECRET = "hub-faashub-provider-token"
+NATS_TOKEN_SECRET = "hub-faashub-nats-token"
 
 Secret = dict[str, str]
 
@@ -78,6 +80,7 @@ async def render_against_emulator(
 STORED = {
     "basic-auth": {"basic-auth-user": "admin", "basic-auth-password": KEPT_PASSWORD},
     TOKEN_SECRET: {"provider-token": KEPT_TOKEN},
+    NATS_TOKEN_SECRET: {"nats-token": KEPT_NATS_TOKEN},
 }
 
 
@@ -85,6 +88,7 @@ async def test_upgrade_keeps_generated_secrets(tmp_path: Path) -> None:
     secrets = await render_against_emulator(tmp_path, stored=STORED, values={})
     assert secrets["basic-auth"]["basic-auth-password"] == KEPT_PASSWORD
     assert secrets[TOKEN_SECRET]["provider-token"] == KEPT_TOKEN
+    assert secrets[NATS_TOKEN_SECRET]["nats-token"] == KEPT_NATS_TOKEN
 
 
 async def test_first_install_generates_secrets(tmp_path: Path) -> None:
@@ -92,13 +96,27 @@ async def test_first_install_generates_secrets(tmp_path: Path) -> None:
     second = await render_against_emulator(tmp_path, stored={}, values={})
     password = first["basic-auth"]["basic-auth-password"]
     token = first[TOKEN_SECRET]["provider-token"]
+    nats_token = first[NATS_TOKEN_SECRET]["nats-token"]
     assert len(password) == 32
     assert len(token) == 48
+    assert len(nats_token) == 48
     assert password != second["basic-auth"]["basic-auth-password"]
     assert token != second[TOKEN_SECRET]["provider-token"]
+    assert nats_token != second[NATS_TOKEN_SECRET]["nats-token"]
 
 
 async def test_given_password_wins_over_stored(tmp_path: Path) -> None:
     values = {"basicAuth": {"password": "chosen-by-the-operator"}}
     secrets = await render_against_emulator(tmp_path, stored=STORED, values=values)
     assert secrets["basic-auth"]["basic-auth-password"] == "chosen-by-the-operator"
+
+
+async def test_upgrade_generates_missing_nats_token(tmp_path: Path) -> None:
+    # An upgrade from a chart without the NATS token, or after the Secret was
+    # deleted to rotate it, generates a new one and keeps the other Secrets.
+    stored = {name: data for name, data in STORED.items() if name != NATS_TOKEN_SECRET}
+    secrets = await render_against_emulator(tmp_path, stored=stored, values={})
+    assert secrets[TOKEN_SECRET]["provider-token"] == KEPT_TOKEN
+    nats_token = secrets[NATS_TOKEN_SECRET]["nats-token"]
+    assert len(nats_token) == 48
+    assert nats_token != KEPT_NATS_TOKEN

@@ -143,6 +143,66 @@ gateway (which sends it) and the provider (which checks it).
 {{- end -}}
 
 {{/*
+The NATS token: a Secret of one key, `nats-token`, that the chart generates
+when it runs NATS, which then requires it from every client. For a NATS
+server you run, nats.tokenSecret names an existing Secret and its key. The
+clients (gateway, queue-workers, cron connector) get the token as the file
+/var/secrets/nats-token/nats-token.
+*/}}
+{{- define "faashub.natsTokenSecretName" -}}
+{{ include "faashub.fullname" . }}-nats-token
+{{- end -}}
+
+{{/* "true" when the chart runs NATS itself, else empty. */}}
+{{- define "faashub.chartRunsNats" -}}
+{{- if and .Values.nats.enabled (not .Values.connectorsOnly) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Secret `name` and `key` that hold a client's NATS token, as YAML, or
+nothing when the client sends no token. Call with "root" and "chartNats",
+which is true when the client connects to the NATS server of this chart.
+*/}}
+{{- define "faashub.natsTokenSecretRef" -}}
+{{- if .chartNats -}}
+name: {{ include "faashub.natsTokenSecretName" .root }}
+key: nats-token
+{{- else if .root.Values.nats.tokenSecret.name -}}
+name: {{ .root.Values.nats.tokenSecret.name }}
+key: {{ .root.Values.nats.tokenSecret.key }}
+{{- end -}}
+{{- end -}}
+
+{{/* The next three take the arguments of faashub.natsTokenSecretRef. */}}
+{{- define "faashub.natsTokenEnv" -}}
+{{- if include "faashub.natsTokenSecretRef" . -}}
+- name: FAASHUB_NATS_TOKEN_FILE
+  value: /var/secrets/nats-token/nats-token
+{{- end }}
+{{- end -}}
+
+{{- define "faashub.natsTokenMount" -}}
+{{- if include "faashub.natsTokenSecretRef" . -}}
+- name: nats-token
+  mountPath: /var/secrets/nats-token
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "faashub.natsTokenVolume" -}}
+{{- with include "faashub.natsTokenSecretRef" . | fromYaml -}}
+- name: nats-token
+  secret:
+    secretName: {{ .name }}
+    items:
+      - key: {{ .key }}
+        path: nats-token
+{{- end }}
+{{- end -}}
+
+{{/*
 Pod-level fields shared by every faashub Deployment. Call with a dict of
 "root" (the chart context), "component" (that component's values) and, for
 a pod that calls the Kubernetes API, "automountToken" true.
