@@ -76,9 +76,8 @@ def body_read_timeout_text(timeout_s: float) -> str:
     return (
         f"The request body did not arrive within {timeout_s:g} s "
         "(body_read_timeout_s). Send the body faster, or raise the gateway's "
-        "limit: --body-read-timeout-s of 'faashub gateway', or the environment "
-        "variable FAASHUB_BODY_READ_TIMEOUT_S, which 'faashub up' passes on to "
-        "its gateway.\n"
+        "limit: --body-read-timeout-s of 'faashub gateway' or 'faashub up', or "
+        "the environment variable FAASHUB_BODY_READ_TIMEOUT_S.\n"
     )
 
 
