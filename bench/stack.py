@@ -74,8 +74,14 @@ def wait_until_ready(
             )
 
 
-def start_nats(servers: Servers, *, store_dir: Path) -> Component:
-    """Start nats-server with JetStream, storing in `store_dir`."""
+def start_nats(
+    servers: Servers, *, store_dir: Path, go_memory_limit_mib: int | None = None
+) -> Component:
+    """Start nats-server with JetStream, storing in `store_dir`.
+
+    `go_memory_limit_mib` becomes the server's GOMEMLIMIT, as `faashub up`
+    sets it; None leaves the Go runtime's default.
+    """
     port = free_port()
     store_dir.mkdir(parents=True, exist_ok=True)
     config = embedded_nats.write_config(
@@ -88,7 +94,14 @@ def start_nats(servers: Servers, *, store_dir: Path) -> Component:
         binary = embedded_nats.find_binary()
     except Exception as exc:
         raise BenchmarkError(str(exc)) from exc
-    process = servers.start("nats-server", [str(binary), "--config", str(config)])
+    env = (
+        None
+        if go_memory_limit_mib is None
+        else {embedded_nats.GO_MEMORY_LIMIT_VARIABLE: f"{go_memory_limit_mib}MiB"}
+    )
+    process = servers.start(
+        "nats-server", [str(binary), "--config", str(config)], env=env
+    )
     return Component("nats-server", process, f"nats://{LOOPBACK}:{port}", port)
 
 
