@@ -24,7 +24,8 @@ that is not a call at all. In order:
    response, X-OpenFaaS-Internal, or a status in the retry codes) records
    RETRYING and goes back to JetStream with the backoff delay, so no slot
    is held while it waits. 429 is back-pressure and does not use up an
-   attempt. Out of attempts, the call is dead-lettered
+   attempt, and neither does a gateway that refuses the connection. Out of
+   attempts, the call is dead-lettered
    (`attempts-exhausted`), and so is a call whose next attempt would pass
    its max event age (`expired`). Any other status is final: FAILED, and
    dead-lettered as `rejected` so that it can be inspected and redriven.
@@ -842,7 +843,9 @@ def classify(result: FunctionResult, policy: RetryPolicy) -> str:
     """Return whether `result` succeeded, is retried, throttled or rejected."""
     if 200 <= result.status < 300:
         return _SUCCEEDED
-    if result.status == 429:
+    if result.status == 429 or result.gateway_unreachable:
+        # Back-pressure, or a gateway that is down: retried with backoff
+        # within the max event age, without using up an attempt.
         return _THROTTLED
     if result.error or _header(result, shared.OPENFAAS_INTERNAL) is not None:
         return _RETRIED

@@ -61,6 +61,8 @@ class FunctionResult:
     body: bytes = b""
     error: str = ""
     """Reason that no function response arrived, or "" when one did."""
+    gateway_unreachable: bool = False
+    """The worker could not connect to the gateway, so no function saw the call."""
 
 
 async def invoke_function(
@@ -165,9 +167,15 @@ async def _send(
     except aiohttp.ClientConnectorError as exc:
         if refused:
             raise
-        return internal_error(
-            503, f"The queue-worker could not invoke {call.ref}: {exc}"
+        # Only the gateway's URL gets here, so the gateway is down or
+        # restarting: an outage of the platform, not a failure of the call.
+        result = internal_error(
+            503,
+            f"The queue-worker could not reach the gateway to invoke {call.ref}: "
+            f"{exc}",
         )
+        result.gateway_unreachable = True
+        return result
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         # ValueError covers a request that aiohttp refuses to build, such as a
         # method that is not an HTTP token. The URL stays out of the reason

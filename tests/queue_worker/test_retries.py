@@ -14,6 +14,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from faashub.call_status import CallState
+from tests.conftest import LOOPBACK, free_port
 from tests.queue_worker.conftest import (
     RecordingServer,
     call_status,
@@ -22,6 +23,7 @@ from tests.queue_worker.conftest import (
     make_call,
     make_settings,
     publish,
+    recording_server,
     running_worker,
     wait_for_dead_letters,
     wait_for_empty_stream,
@@ -386,6 +388,39 @@ async def test_failed_lookup_delays_without_attempt(
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if m.startswith("function lookups failing")]) == 1
     assert any(m.startswith("function lookups work again") for m in messages)
+
+
+async def test_gateway_outage_uses_no_attempt(
+    nats_url: str, js: JetStreamContext, receiver: RecordingServer
+) -> None:
+    port = free_port()
+    first, second = make_call(), make_call(callback_url=f"{receiver.url}/done")
+    # One attempt in all: a gateway that refuses connections must not use it.
+    settings = make_settings(nats_url, f"http://{LOOPBACK}:{port}", retry_attempts=1)
+
+    async with running_worker(settings):
+        # The first call puts the function in the worker's lookup cache.
+        async with recording_server(port) as gateway:
+            await publish(js, first)
+            await gateway.wait_for_requests(1)
+            await wait_for_empty_stream(js)
+        await publish(js, second)
+        await wait_for_state(js, second.call_id, CallState.RETRYING)
+        await asyncio.sleep(0.3)
+        async with recording_server(port) as restarted:
+            await receiver.wait_for_requests(1)
+            await wait_for_empty_stream(js)
+
+    assert len(restarted.requests) == 1
+    assert receiver.requests[0].header("X-Function-Status") == "200"
+    record = await call_status(js, second.call_id)
+    assert record is not None
+    assert record.state is CallState.SUCCEEDED
+    assert record.attempts >= 2
+    refused = record.extra["attempt_log"][0]
+    assert refused["status"] == 503
+    assert "could not reach the gateway" in refused["error"]
+    assert await dead_letters(js) == []
 
 
 async def test_delayed_call_starts_no_earlier(
