@@ -21,6 +21,7 @@ changes an existing one.
 
 import logging
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
@@ -30,6 +31,12 @@ from nats.js.object_store import ObjectStore
 from faashub import constants
 
 logger = logging.getLogger(__name__)
+
+# Added to a NATS authorization error, which names no setting by itself.
+_TOKEN_HINT = (
+    "; the NATS server refused this client's credentials: check the token in "
+    "--nats-token-file (FAASHUB_NATS_TOKEN_FILE)"
+)
 
 DEFAULT_DUPLICATE_WINDOW_S = 120.0
 DEFAULT_DEAD_LETTER_MAX_AGE_S = 14 * 24 * 3600.0
@@ -189,3 +196,13 @@ async def ensure_cron_last_fired_bucket(js: JetStreamContext) -> KeyValue:
 def worker_durable_name(queue: str) -> str:
     """Return the durable consumer name of the workers serving `queue`."""
     return f"{constants.WORKER_DURABLE_PREFIX}-{queue}"
+
+
+def describe_nats_error(exc: BaseException) -> str:
+    """Describe an error of the NATS client, naming the token setting on a refusal."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, nats.errors.AuthorizationError) or (
+        "Authorization Violation" in text
+    ):
+        text += _TOKEN_HINT
+    return text

@@ -384,7 +384,12 @@ class CallQueue:
             level,
             "nats connection error; reconnecting every %d s",
             constants.NATS_RECONNECT_WAIT_S,
-            extra={"ctx": {"url": self._nats_url, "error": repr(exc)}},
+            extra={
+                "ctx": {
+                    "url": self._nats_url,
+                    "error": jetstream.describe_nats_error(exc),
+                }
+            },
         )
 
     async def _on_disconnected(self) -> None:

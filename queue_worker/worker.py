@@ -542,7 +542,7 @@ class Worker:
         logger.info("nats available again after %.1f s", lasted_s)
 
     async def _on_nats_error(self, exc: Exception) -> None:
-        self._begin_outage(_describe(exc))
+        self._begin_outage(jetstream.describe_nats_error(exc))
 
     async def _on_disconnected(self) -> None:
         self._begin_outage("disconnected")

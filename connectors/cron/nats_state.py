@@ -109,7 +109,7 @@ class CronState:
         )
 
     async def _on_error(self, exc: Exception) -> None:
-        self._begin_outage(str(exc) or type(exc).__name__)
+        self._begin_outage(jetstream.describe_nats_error(exc))
 
     async def _on_disconnected(self) -> None:
         self._begin_outage("disconnected")

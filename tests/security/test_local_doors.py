@@ -18,9 +18,10 @@ from typing import Any
 
 import httpx
 import nats
+import nats.errors
 import pytest
 
-from faashub import constants, credentials, errors
+from faashub import constants, credentials, errors, jetstream
 from faashub.cli.gateway_client import GatewayError, check_response
 from faashub.credentials import Credentials
 from faashub.settings import GatewaySettings
@@ -376,3 +377,12 @@ def test_nats_token_file_errors_name_the_setting(tmp_path: Path) -> None:
     for path in (missing, empty):
         with pytest.raises(credentials.CredentialsError, match="--nats-token-file"):
             credentials.read_nats_token(path)
+
+
+def test_nats_refusal_names_the_token_setting() -> None:
+    refused = jetstream.describe_nats_error(nats.errors.AuthorizationError())
+    other = jetstream.describe_nats_error(nats.errors.NoServersError())
+
+    assert "--nats-token-file" in refused
+    assert "FAASHUB_NATS_TOKEN_FILE" in refused
+    assert "--nats-token-file" not in other
