@@ -46,6 +46,7 @@ from faashub.settings import GatewaySettings
 from gateway import asgi, async_call_list, auth, constants, dead_letter_api, limits
 from gateway.call_queue import CallQueue
 from gateway.dead_letters import DeadLetterStore
+from gateway.log_throttle import WarningThrottle
 from gateway.metrics import GatewayMetrics, listed_replicas
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class SystemForwarder:
     ) -> None:
         self._provider_url = provider_url.rstrip("/")
         self._metrics = metrics
+        # Every management request fails alike while the provider is down.
+        self._unreachable_warnings = WarningThrottle(logger)
         # The Authorization value for the provider, "" for none.
         self._provider_authorization = provider_authorization
         self._body_read_timeout_s = body_read_timeout_s
@@ -318,9 +321,9 @@ class SystemForwarder:
 
     def _unreachable(self, exc: httpx.HTTPError, *, request_line: str) -> Response:
         cause = "timed out" if isinstance(exc, httpx.TimeoutException) else str(exc)
-        logger.warning(
+        self._unreachable_warnings.warning(
             "cannot reach provider",
-            extra={"ctx": {"request": request_line, "error": cause or repr(exc)}},
+            ctx={"request": request_line, "error": cause or repr(exc)},
         )
         return PlainTextResponse(
             f"Cannot reach the provider at {self._provider_url} for {request_line}: "

@@ -1,6 +1,7 @@
 """The management API `/system/...`, `/healthz` and the OpenAPI document."""
 
 import json
+import logging
 import platform
 from collections.abc import Callable
 
@@ -87,6 +88,21 @@ async def test_system_stopped_provider_502(
     assert listed.headers["X-OpenFaaS-Internal"] == "gateway"
     assert info.status_code == 502
     assert dead_url in info.text
+
+
+async def test_stopped_provider_warns_once_per_interval(
+    nats_url: str, start_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead_url = f"http://{LOOPBACK}:{free_port()}"
+    gateway = await start_gateway(nats_url=nats_url, provider_url=dead_url)
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.system"):
+        async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+            answers = [await http_client.get("/system/functions") for _ in range(5)]
+
+    assert [answer.status_code for answer in answers] == [502] * 5
+    lines = [r for r in caplog.records if r.getMessage() == "cannot reach provider"]
+    assert [r.levelno for r in lines] == [logging.WARNING] + [logging.DEBUG] * 4
 
 
 async def test_system_info_shape(client: httpx.AsyncClient) -> None:
