@@ -171,8 +171,7 @@ async def _send(
         # restarting: an outage of the platform, not a failure of the call.
         result = internal_error(
             503,
-            f"The queue-worker could not reach the gateway to invoke {call.ref}: "
-            f"{exc}",
+            f"The queue-worker could not reach the gateway to invoke {call.ref}: {exc}",
         )
         result.gateway_unreachable = True
         return result

@@ -19,7 +19,9 @@ To add a connector:
 `connectors.kafka` is the reference implementation.
 """
 
-from typing import Protocol
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from connectors.core.connector import Connector
 
@@ -52,3 +54,21 @@ class ConnectorSource(Protocol):
     def stop(self) -> None:
         """Ask `run()` to stop receiving, drain and return."""
         ...
+
+
+async def until_stopped(awaitable: Awaitable[Any], stopping: asyncio.Event) -> bool:
+    """Await `awaitable` unless `stopping` is set first; return whether it finished.
+
+    A source's run() waits this way for what may take long (the first topic
+    map, a broker that is down), so that stop() ends it even then.
+    """
+    task = asyncio.ensure_future(awaitable)
+    stop = asyncio.create_task(stopping.wait())
+    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    await asyncio.wait({task})
+    return False

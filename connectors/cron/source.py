@@ -34,6 +34,7 @@ from connectors.core.connector import Connector
 from connectors.core.invoker import InvocationResult, Message
 from connectors.core.metrics import ConnectorMetrics
 from connectors.core.retry import SleepFunction as RetrySleepFunction
+from connectors.core.source import until_stopped
 from connectors.cron import constants
 from connectors.cron.errors import InvalidSchedule
 from connectors.cron.functions import CronFunctionsBuilder
@@ -142,15 +143,16 @@ class CronSource:
         """Schedule the functions until `stop()`; see the module docstring."""
         if not isinstance(connector, CronConnector):
             raise TypeError("CronSource runs with a CronConnector only.")
-        if self.nats_state is not None:
-            self._state = "connecting to NATS"
-            await self.nats_state.start()
-        elif not self._settings.async_invocation:
-            logger.warning(
-                "sync invocation without nats_url: every replica fires every "
-                "tick, so run one replica only, or set --nats-url"
-            )
         try:
+            if self.nats_state is not None:
+                self._state = "connecting to NATS"
+                if not await until_stopped(self.nats_state.start(), self._stopping):
+                    return
+            elif not self._settings.async_invocation:
+                logger.warning(
+                    "sync invocation without nats_url: every replica fires every "
+                    "tick, so run one replica only, or set --nats-url"
+                )
             await self._schedule(connector)
         finally:
             if self.nats_state is not None:
@@ -158,7 +160,8 @@ class CronSource:
 
     async def _schedule(self, connector: CronConnector) -> None:
         self._state = "waiting for the function list from the gateway"
-        await connector.wait_until_ready()
+        if not await until_stopped(connector.wait_until_ready(), self._stopping):
+            return
         builder = connector.topic_maps
 
         async def fire(

@@ -37,6 +37,7 @@ from aiokafka.structs import TopicPartition
 
 from connectors.core.connector import Connector
 from connectors.core.outage import Outage
+from connectors.core.source import until_stopped
 from connectors.kafka import client_config, constants
 from connectors.kafka.dispatch import Dispatcher, PartitionWork, Record
 from connectors.kafka.publisher import RecordPublisher, dead_letter_matcher
@@ -121,16 +122,7 @@ class KafkaSource:
 
     async def _until_stopped(self, awaitable: Awaitable[Any]) -> bool:
         """Await `awaitable` unless stop() comes first; return whether it finished."""
-        task = asyncio.ensure_future(awaitable)
-        stop = asyncio.create_task(self._stop_requested.wait())
-        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if task.done():
-            task.result()
-            return True
-        task.cancel()
-        await asyncio.wait({task})
-        return False
+        return await until_stopped(awaitable, self._stop_requested)
 
     # Connection ---------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from connectors.core.connector import Connector
 from connectors.core.invoker import InvocationResult
 from connectors.core.outage import Outage
 from connectors.core.retry import is_retryable
+from connectors.core.source import until_stopped
 from connectors.sqs import constants
 from connectors.sqs.dead_letters import DeadLetterQueue
 from connectors.sqs.delivery import OutcomeMemory, Outcomes, SqsConnector
@@ -166,16 +167,7 @@ class SqsSource:
 
     async def _until_stopped(self, awaitable: Awaitable[Any]) -> bool:
         """Await `awaitable` unless stop() comes first; return whether it finished."""
-        task = asyncio.ensure_future(awaitable)
-        stop = asyncio.create_task(self._stop_requested.wait())
-        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if task.done():
-            task.result()
-            return True
-        task.cancel()
-        await asyncio.wait({task})
-        return False
+        return await until_stopped(awaitable, self._stop_requested)
 
     # Polling ------------------------------------------------------------------
 

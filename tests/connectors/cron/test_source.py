@@ -21,7 +21,7 @@ from connectors.cron.source import CronConnector, CronSource
 from faashub import constants
 from faashub.connector_settings import CronConnectorSettings
 from faashub.names import FunctionRef
-from tests.conftest import wait_until
+from tests.conftest import LOOPBACK, free_port, wait_until
 from tests.connectors.conftest import FakeGateway, settings_values
 from tests.connectors.cron.conftest import FakeClock, settle
 
@@ -406,3 +406,28 @@ async def test_equal_schedules_shared(
         "broken-too.openfaas-fn",
         "broken.openfaas-fn",
     ]
+
+
+async def test_stop_ends_wait_for_first_function_list() -> None:
+    clock = FakeClock(START)
+    # No gateway answers, so the first function list never arrives.
+    values = settings_values(gateway_url=f"http://{LOOPBACK}:{free_port()}")
+    values.pop("commit_interval_s")
+    values.pop("session_timeout_s")
+    settings = CronConnectorSettings(**values)
+    connector = CronConnector(settings)
+    await connector.start()
+    source = CronSource(settings, now=clock.now, sleep=clock.sleep)
+    task = asyncio.create_task(source.run(connector))
+    try:
+        await wait_until(
+            lambda: source.state.startswith("waiting for the function list"),
+            description="the cron source to wait for the gateway",
+        )
+        source.stop()
+        await asyncio.wait_for(task, timeout=2)
+    finally:
+        task.cancel()
+        await connector.close()
+
+    assert source.state != "ready"
