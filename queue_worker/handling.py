@@ -425,8 +425,9 @@ class CallHandler:
                 extra={"ctx": {"function": str(call.ref), "call_id": call.call_id}},
             )
         result = await self._invoke_through_gateway(call, body)
-        context = {"function": str(call.ref), "call_id": call.call_id}
-        if self._credentials.require_after(result.status, context=context):
+        if result.status == 401 and self._credentials.require_after(
+            result.status, context={"function": str(call.ref), "call_id": call.call_id}
+        ):
             result = await self._invoke_through_gateway(call, body)
         return result
 

@@ -387,8 +387,9 @@ class Invoker:
                     },
                 )
         response = await self._send_to_gateway(message, function, call_id)
-        context = {"function": str(function), "call_id": call_id}
-        if self._credentials.require_after(response.status, context=context):
+        if response.status == 401 and self._credentials.require_after(
+            response.status, context={"function": str(function), "call_id": call_id}
+        ):
             response = await self._send_to_gateway(message, function, call_id)
         return response
 
