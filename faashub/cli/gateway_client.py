@@ -1,7 +1,9 @@
 """Gateway access for the user commands: the URL, an HTTP client and errors.
 
 The gateway comes from `--gateway`, then `OPENFAAS_URL`, then a stack file's
-`provider.gateway`, then http://127.0.0.1:8080, as faas-cli picks it. The
+`provider.gateway`, then http://127.0.0.1:8080, as faas-cli picks it. Before
+that default comes the URL that `faashub up` recorded in the state folder
+that FAASHUB_STATE_DIR names, the folder its start-up hint exports. The
 client sends the credentials that `faashub.credentials.find_cli_credentials`
 picks for that gateway, if any.
 """
@@ -9,6 +11,7 @@ picks for that gateway, if any.
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -24,7 +27,19 @@ class GatewayError(errors.FaashubError):
 def resolve_gateway(flag_value: str | None, stack_gateway: str | None = None) -> str:
     """Pick the gateway URL: flag, OPENFAAS_URL, the stack file, then the default."""
     url = flag_value or os.environ.get("OPENFAAS_URL") or stack_gateway
-    return (url or constants.DEFAULT_GATEWAY_URL).rstrip("/")
+    return (url or _hub_gateway() or constants.DEFAULT_GATEWAY_URL).rstrip("/")
+
+
+def _hub_gateway() -> str:
+    """Return the gateway URL that the hub of FAASHUB_STATE_DIR recorded, or ""."""
+    state_dir = os.environ.get(credentials.ENV_STATE_DIR)
+    if not state_dir:
+        return ""
+    folder = credentials.hub_credentials_dir(Path(state_dir).expanduser())
+    try:
+        return (folder / credentials.HUB_GATEWAY_FILE).read_text("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 @contextmanager

@@ -7,6 +7,7 @@ schedules at deploy. The authenticator's lockout rules and the CLI's 401
 message are checked directly, without a hub.
 """
 
+import os
 import socket
 import stat
 import subprocess
@@ -170,6 +171,28 @@ def test_hub_prints_state_dir_export(hub: RunningHub) -> None:
     assert expected in announced
     password = (hub.state_dir / "credentials" / "basic-auth-password").read_text()
     assert password not in announced
+
+
+def test_state_dir_export_points_the_cli_at_the_hub(hub: RunningHub) -> None:
+    # The hub listens on a free port, not 8080: the exported folder alone
+    # must lead the CLI to it, with its credentials.
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("OPENFAAS_URL", "FAASHUB_GATEWAY_USER")
+    }
+    environ["FAASHUB_STATE_DIR"] = str(hub.state_dir)
+    result = subprocess.run(
+        [sys.executable, "-m", "faashub", "list"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert hub.port != 8080
+    assert result.returncode == 0, result.stderr
 
 
 def test_cli_401_names_state_dir(hub: RunningHub, tmp_path: Path) -> None:
