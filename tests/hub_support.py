@@ -70,6 +70,30 @@ def faashub(
     )
 
 
+def run_up(
+    state_dir: Path, *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `faashub up` on a free port with `arguments`, for a start that must fail."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "faashub",
+            "up",
+            "--port",
+            str(free_port()),
+            "--state-dir",
+            str(state_dir),
+            *arguments,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def start_hub(
     state_dir: Path,
     port: int | None = None,

@@ -28,6 +28,7 @@ from tests.hub_support import (
     faashub,
     is_alive,
     parse_json,
+    run_up,
     running_hub,
     start_hub,
     stop_hub,
@@ -391,47 +392,14 @@ def test_embedded_nats_gets_memory_limit(
 
 
 def test_invalid_queue_name_is_rejected(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "faashub",
-            "up",
-            "--port",
-            str(free_port()),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--queues",
-            "ok,bad.name",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_up(tmp_path / "state", "--queues", "ok,bad.name")
     assert result.returncode != 0
     assert "'bad.name'" in result.stderr
 
 
 def test_auth_invoke_without_auth_is_rejected(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "faashub",
-            "up",
-            "--port",
-            str(free_port()),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--auth-invoke",
-            "--no-auth",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_up(tmp_path / "state", "--auth-invoke", "--no-auth")
+
     assert result.returncode == 2
     assert "--auth-invoke" in result.stderr
     assert "--no-auth" in result.stderr

@@ -10,7 +10,6 @@ import asyncio
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,13 +21,13 @@ import pytest
 
 from faashub import constants, jetstream
 from faashub.cli.hub import PIDS_FILE_NAME
-from tests.conftest import free_port
 from tests.hub_support import (
     CallbackReceiver,
     RunningHub,
     descendants,
     faashub,
     is_alive,
+    run_up,
     start_hub,
     stop_hub,
 )
@@ -262,25 +261,12 @@ def test_up_rejects_bad_sqs_region(
         if name not in ("AWS_REGION", "AWS_DEFAULT_REGION", "FAASHUB_SQS_REGION")
     }
     environment["AWS_CONFIG_FILE"] = str(tmp_path / "no-aws-config")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "faashub",
-            "up",
-            "--port",
-            str(free_port()),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--sqs-queues",
-            "orders",
-            *region_arguments,
-        ],
+    result = run_up(
+        tmp_path / "state",
+        "--sqs-queues",
+        "orders",
+        *region_arguments,
         env=environment,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
     )
     assert result.returncode == 2
     assert expected in result.stderr
