@@ -1,4 +1,4 @@
-"""How faashub spells HTTP header names for functions.
+"""The spelling of HTTP header names that faashub passes on to functions.
 
 ASGI servers and aiohttp hand header names over in lowercase. Functions
 behind OpenFaaS see them in Go's canonical spelling (`X-Call-Id`), and

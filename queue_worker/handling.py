@@ -237,6 +237,9 @@ class CallHandler:
         try:
             if not await slots.acquire():
                 # The worker is stopping: leave the call to another worker.
+                # NOTE: nats-server 2.15.1 did not keep this nak across its own
+                # restart in a test, so when NATS restarts too (faashub up),
+                # the call comes back only after ack_wait.
                 await self._nak(job, delay_s=None)
                 return
             try:

@@ -422,7 +422,7 @@ def test_body_read_timeout_reaches_gateway(tmp_path: Path) -> None:
             )
             started = time.monotonic()
             answer = b""
-            # The gateway closes the connection after its answer.
+            # The gateway closes the connection after its response.
             while chunk := connection.recv(4096):
                 answer += chunk
             waited_s = time.monotonic() - started

@@ -173,7 +173,7 @@ def test_hub_prints_state_dir_export(hub: RunningHub) -> None:
     assert password not in announced
 
 
-def test_state_dir_export_points_the_cli_at_the_hub(hub: RunningHub) -> None:
+def test_state_dir_export_finds_gateway(hub: RunningHub) -> None:
     # The hub listens on a free port, not 8080: the exported folder alone
     # must lead the CLI to it, with its credentials.
     environ = {

@@ -410,7 +410,7 @@ async def test_equal_schedules_shared(
 
 async def test_stop_ends_wait_for_first_function_list() -> None:
     clock = FakeClock(START)
-    # No gateway answers, so the first function list never arrives.
+    # No gateway listens, so the first function list never arrives.
     values = settings_values(gateway_url=f"http://{LOOPBACK}:{free_port()}")
     values.pop("commit_interval_s")
     values.pop("session_timeout_s")
