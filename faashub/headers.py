@@ -11,3 +11,29 @@ way when they pass headers on to a function.
 def canonical_header_name(name: str) -> str:
     """Spell a header name as Go does: `x-call-id` becomes `X-Call-Id`."""
     return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def non_utf8_value_message(name: str, component: str) -> str:
+    """Return the 400 message for a header value whose bytes are not UTF-8.
+
+    aiohttp writes header text as UTF-8, so such a value cannot reach a
+    function unchanged. The message names the header but not its value,
+    because a header can carry a credential.
+    """
+    return (
+        f"The value of header {canonical_header_name(name)} is not valid UTF-8. "
+        f"The {component} forwards a non-ASCII header value to a function only as "
+        "UTF-8. Send it as UTF-8, or encode it as ASCII (percent-encoding or "
+        "base64)."
+    )
+
+
+def is_utf8(value: bytes) -> bool:
+    """Tell whether `value` is valid UTF-8 (ASCII included)."""
+    if value.isascii():
+        return True
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -39,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import jetstream, names
+from faashub.headers import is_utf8, non_utf8_value_message
 from faashub.queued_call import QueuedCall
 from gateway import asgi, async_calls, constants, delays, errors, limits
 from gateway.auth import Authenticator
@@ -108,6 +109,8 @@ class _CallHeaders:
     not_before: str | None
     stored: dict[str, str]
     """The headers stored with the call, without X-Call-Id and X-Start-Time."""
+    invalid_header: str = ""
+    """The first stored header whose value is not UTF-8, or "" if none."""
 
 
 class AsyncAccept:
@@ -203,6 +206,10 @@ class AsyncAccept:
                 await asgi.send_text(send, 400, f"{exc}\n")
                 return
         request = _read_call_headers(scope, self._authenticator)
+        if request.invalid_header:
+            message = non_utf8_value_message(request.invalid_header, "gateway")
+            await asgi.send_text(send, 400, f"{message}\n")
+            return
         if request.callback_url:
             problem = _callback_url_problem(request.callback_url)
             if problem is not None:
@@ -378,10 +385,12 @@ def _read_call_headers(
     names are not stored. X-Forwarded-Host and X-Forwarded-For are added
     unless the caller sent them. X-Callback-Url stays, as in OpenFaaS. An
     Authorization header that `authenticator` accepts is not stored, but any
-    other Authorization header is.
+    other Authorization header is. The first stored header whose value is not
+    UTF-8 is named in `invalid_header`, because the worker could not send it
+    to the function unchanged.
     """
     # NB: ASGI servers pass header names in lowercase.
-    call_id = callback_url = host = ""
+    call_id = callback_url = host = invalid_header = ""
     delay_seconds = not_before = None
     content_length = 0
     stored: dict[str, str] = {}
@@ -401,6 +410,8 @@ def _read_call_headers(
                 continue
         name = raw_name.decode("latin-1")
         value = raw_value.decode("latin-1")
+        if not raw_value.isascii() and not is_utf8(raw_value):
+            invalid_header = invalid_header or name
         if name in stored:
             separator = "; " if name == "cookie" else ", "
             stored[name] += separator + value
@@ -425,6 +436,7 @@ def _read_call_headers(
         delay_seconds=delay_seconds,
         not_before=not_before,
         stored=stored,
+        invalid_header=invalid_header,
     )
 
 

@@ -44,8 +44,8 @@ from starlette.types import Message, Receive, Scope, Send
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
-from faashub.headers import canonical_header_name
-from gateway import asgi, constants, limits
+from faashub.headers import canonical_header_name, is_utf8, non_utf8_value_message
+from gateway import asgi, constants, errors, limits
 from gateway.auth import Authenticator
 from gateway.call_ids import new_call_id
 from gateway.log_throttle import WarningThrottle
@@ -184,7 +184,11 @@ class SyncProxy:
     async def _proxy(
         self, scope: Scope, receive: Receive, send: Send, name: str, path_suffix: str
     ) -> None:
-        headers, call_id = _upstream_headers(scope, self._authenticator)
+        try:
+            headers, call_id = _upstream_headers(scope, self._authenticator)
+        except errors.InvalidRequest as exc:
+            await asgi.send_text(send, 400, f"{exc}\n")
+            return
         start_time = str(time.time_ns())
         headers.append((shared.START_TIME, start_time))
         call = _Call(
@@ -505,9 +509,9 @@ def _upstream_headers(
     Authorization header is forwarded, as OpenFaaS does.
 
     aiohttp (3.14) writes header values as UTF-8, so a value is decoded as
-    UTF-8 to reach the function with the bytes the caller sent. A value that
-    is not valid UTF-8 reaches it with U+FFFD (bytes ef bf bd) in place of
-    each invalid sequence.
+    UTF-8 to reach the function with the bytes the caller sent. A forwarded
+    value that is not valid UTF-8 raises InvalidRequest, as the provider's
+    proxies do, instead of reaching the function changed.
 
     NB: ASGI servers pass header names in lowercase, so plain comparisons
     with lowercase names are enough.
@@ -519,9 +523,11 @@ def _upstream_headers(
     connection_tokens: set[str] = set()
     for raw_name, raw_value in scope["headers"]:
         name = raw_name.decode("latin-1")
+        utf8 = True
         if raw_value.isascii():
             value = raw_value.decode("ascii")
         else:
+            utf8 = is_utf8(raw_value)
             value = raw_value.decode("utf-8", errors="replace")
         if name in _REQUEST_HEADERS_NOT_FORWARDED:
             if name == "host":
@@ -540,6 +546,8 @@ def _upstream_headers(
             forwarded_host = True
         elif name == "x-forwarded-for":
             forwarded_for = True
+        if not utf8:
+            raise errors.InvalidRequest(non_utf8_value_message(name, "gateway"))
         headers.append((name, value))
 
     # Headers named in Connection apply to that connection only (RFC 9110,

@@ -21,7 +21,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from faashub import constants
-from faashub.headers import canonical_header_name
+from faashub.headers import canonical_header_name, non_utf8_value_message
 from provider.backend import InvalidRequest, Invocation
 
 logger = logging.getLogger(__name__)
@@ -73,12 +73,7 @@ def _utf8_header_value(name: str, value: str) -> str:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeDecodeError:
         # The value is not echoed, because a header can carry a credential.
-        raise InvalidRequest(
-            f"The value of header {canonical_header_name(name)} is not valid "
-            "UTF-8. The provider forwards a non-ASCII header value to an "
-            "http-mode or Kubernetes function only as UTF-8. Send it as UTF-8, "
-            "or encode it as ASCII (percent-encoding or base64)."
-        ) from None
+        raise InvalidRequest(non_utf8_value_message(name, "provider")) from None
 
 
 def upstream_body(invocation: Invocation) -> bytes | AsyncIterator[bytes]:

@@ -237,8 +237,8 @@ def wire_text(value: str) -> str:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeError:
         # NOTE: aiohttp can only write header text as UTF-8, so a value whose
-        # bytes are not UTF-8 (legacy latin-1 text) reaches the function
-        # UTF-8 encoded instead of byte for byte.
+        # bytes are not UTF-8 reaches the function UTF-8 encoded. The gateway
+        # rejects such values, so only calls stored by older gateways get here.
         return value
 
 

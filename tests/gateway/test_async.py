@@ -81,6 +81,22 @@ async def test_async_accepts_call(client: httpx.AsyncClient, nats_url: str) -> N
     assert call.callback_url == CALLBACK_URL
 
 
+async def test_async_rejects_non_utf8_header(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    response = await client.post(
+        "/async-function/echo",
+        content=b"x",
+        headers=[(b"X-Utf8", b"h\xc3\xa9llo"), (b"X-Latin1", b"secret h\xe9llo")],
+    )
+
+    assert response.status_code == 400
+    assert "header X-Latin1 is not valid UTF-8" in response.text
+    assert "Send it as UTF-8" in response.text
+    assert "secret" not in response.text
+    assert await stored_messages(nats_url) == []
+
+
 async def test_async_keeps_caller_call_id(
     client: httpx.AsyncClient, nats_url: str
 ) -> None:

@@ -206,8 +206,6 @@ def raw_header(received: ReceivedRequest, name: bytes) -> bytes:
 HEADER_BYTES = [
     (b"X-Ascii", b"plain value", b"plain value"),
     (b"X-Utf8", b"h\xc3\xa9llo \xe2\x82\xac", b"h\xc3\xa9llo \xe2\x82\xac"),
-    # A value that is not UTF-8 gets U+FFFD for each invalid byte.
-    (b"X-Latin1", b"h\xe9llo", b"h\xef\xbf\xbdllo"),
 ]
 
 
@@ -232,6 +230,30 @@ async def test_header_bytes_reach_function(
         assert replica.received == []
     for name, _, expected in HEADER_BYTES:
         assert raw_header(received, name) == expected, name
+
+
+@pytest.mark.parametrize("route", ["replica", "provider"])
+async def test_non_utf8_header_rejected(
+    client: httpx.AsyncClient,
+    provider: FakeProvider,
+    replica: Replica,
+    route: str,
+) -> None:
+    if route == "replica":
+        provider.endpoints["echo"] = [replica.url]
+
+    response = await client.post(
+        "/function/echo",
+        content=b"x",
+        headers=[(b"X-Latin1", b"secret h\xe9llo")],
+    )
+
+    assert response.status_code == 400
+    assert "header X-Latin1 is not valid UTF-8" in response.text
+    assert "Send it as UTF-8" in response.text
+    assert "secret" not in response.text
+    assert replica.received == []
+    assert function_calls(provider) == []
 
 
 async def test_replica_closing_early_is_named(
