@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from faashub import credentials, tracing
 from faashub.callback_guard import CallbackGuard, new_callback_session
+from faashub.names import FunctionRef
 from faashub.settings import GatewaySettings
 from gateway import asgi, auth, constants, limits, system
 from gateway.async_accept import AsyncAccept
@@ -73,6 +74,8 @@ class GatewayApp:
         )
         self.dead_letters = DeadLetterStore(self.queue)
         self.metrics = GatewayMetrics()
+        # Async calls accepted per function, counted by AsyncAccept for the console.
+        self.async_accepted: dict[FunctionRef, int] = {}
         self._service_counts: ServiceCountRefresher | None = None
         self.system = system.create_app(
             settings, self.dead_letters, metrics=self.metrics, queue=self.queue
@@ -84,6 +87,7 @@ class GatewayApp:
             dead_letters=self.dead_letters,
             metrics=self.metrics,
             queue=self.queue,
+            async_accepted=self.async_accepted,
         )
         self._auth = auth.from_settings(settings)
         # None when the gateway listens beyond loopback with no allowed_hosts.
@@ -355,6 +359,7 @@ class GatewayApp:
                 max_delay_s=settings.max_delay_s,
                 body_read_timeout_s=settings.body_read_timeout_s,
                 authenticator=self._auth,
+                accepted=self.async_accepted,
             ),
             async_calls=AsyncCalls(self.queue),
         )

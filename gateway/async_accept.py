@@ -129,8 +129,14 @@ class AsyncAccept:
         max_delay_s: float,
         body_read_timeout_s: float = 30.0,
         authenticator: Authenticator | None = None,
+        accepted: dict[names.FunctionRef, int] | None = None,
     ) -> None:
         self._queue = queue
+        # Calls stored per function since the gateway started, duplicates not
+        # counted; the console's chart reads it. One dict update per call.
+        self.accepted: dict[names.FunctionRef, int] = (
+            {} if accepted is None else accepted
+        )
         self._authenticator = authenticator
         self._body_read_timeout_s = body_read_timeout_s
         self._body_deadlines = limits.SharedTimeout(body_read_timeout_s)
@@ -348,6 +354,8 @@ class AsyncAccept:
         # be lost silently, so the response asks for a new id.
         if ack.duplicate:
             await self._check_duplicate_is_same_function(call)
+        else:
+            self.accepted[ref] = self.accepted.get(ref, 0) + 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "queued call",

@@ -6,8 +6,10 @@ admitted it, with the same credentials as `/system/*`. Pages:
 * `GET /ui`: every function of every namespace the provider lists, with the
   deploy form and a remove button per function;
 * `GET /ui/functions/{namespace}/{name}`: one function, its invoke form, its
-  recent async calls (`gateway.async_call_list`) and a chart of its calls;
-* `GET /ui/dead-letters`: the dead letters, with redrive and purge.
+  recent async calls (`gateway.async_call_list`) and a chart of its sync
+  and async calls (see `function_metrics`);
+* `GET /ui/dead-letters[?after_seq=N]`: the dead letters, `DEAD_LETTERS_SHOWN`
+  a page, with redrive and purge.
 
 The console's script calls the JSON routes under `/ui/api/`. Each route that
 changes state checks the request against forgery first (`gateway.ui.guard`).
@@ -22,6 +24,7 @@ import importlib.resources
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -45,13 +48,18 @@ from gateway.dead_letters import (
     Report,
     Selection,
 )
+from gateway.log_throttle import WarningThrottle
 from gateway.metrics import GatewayMetrics
 from gateway.ui import guard, invoke, pages
+from gateway.ui.async_outcomes import AsyncOutcomes
 
 logger = logging.getLogger(__name__)
 
-# Dead letters the page lists at most, oldest first.
+# Dead letters one page of the dead-letter list shows at most, oldest first.
 DEAD_LETTERS_SHOWN = 200
+# Largest after_seq the dead-letter page accepts. JetStream stream sequences
+# are unsigned 64-bit numbers, and the page's scan starts at after_seq + 1.
+MAX_AFTER_SEQ = 2**64 - 2
 # Async calls a function page lists at most.
 CALLS_SHOWN = 20
 # Call ids one redrive or purge request of the console may name.
@@ -86,12 +94,18 @@ class Console:
         dead_letters: DeadLetterStore,
         metrics: GatewayMetrics,
         queue: CallQueue,
+        async_accepted: Mapping[names.FunctionRef, int],
     ) -> None:
         self._settings = settings
         self._system_app = system_app
         self._gateway = gateway
         self._dead_letters = dead_letters
         self._metrics = metrics
+        self._queue = queue
+        self._async_accepted = async_accepted
+        self._async_outcomes = AsyncOutcomes(queue)
+        # An open function page requests its counts every 2 s.
+        self._outcome_warnings = WarningThrottle(logger)
         self._lister = AsyncCallLister(queue)
         self._app = Starlette(
             routes=[
@@ -188,18 +202,31 @@ class Console:
         )
 
     async def dead_letters_page(self, request: Request) -> Response:
+        try:
+            after_seq = parse_after_seq(request.query_params.getlist("after_seq"))
+        except errors.InvalidRequest as exc:
+            return HTMLResponse(
+                pages.error_page("Invalid dead-letter page", str(exc)), 400
+            )
         letters: list[dict[str, Any]] = []
-        truncated = False
+        next_after_seq: int | None = None
+        stored_count: int | None = None
         problem = ""
         try:
             found, truncated = await self._dead_letters.list_matching(
-                DeadLetterFilter(), limit=DEAD_LETTERS_SHOWN, after_seq=0
+                DeadLetterFilter(), limit=DEAD_LETTERS_SHOWN, after_seq=after_seq
             )
             letters = [summary(stored) for stored in found]
+            if truncated and found:
+                next_after_seq = found[-1].seq
+            stored_count = await self._stored_dead_letters()
         except errors.QueueUnavailable as exc:
             problem = str(exc)
+        listing = pages.DeadLetterListing(
+            after_seq=after_seq, next_after_seq=next_after_seq, stored=stored_count
+        )
         return HTMLResponse(
-            pages.dead_letters_page(letters, truncated=truncated, problem=problem),
+            pages.dead_letters_page(letters, listing=listing, problem=problem),
             status_code=503 if problem else 200,
         )
 
@@ -218,7 +245,9 @@ class Console:
             ref = _function_ref(request)
         except errors.InvalidRequest as exc:
             return _json_error(400, str(exc))
-        return JSONResponse(function_metrics(self._metrics, str(ref)))
+        document = function_metrics(self._metrics, str(ref))
+        document["async_calls"] = await self._async_counts(ref)
+        return JSONResponse(document)
 
     async def deploy(self, request: Request) -> Response:
         document = await self._checked_json(request, max_bytes=MAX_JSON_BYTES)
@@ -320,7 +349,13 @@ class Console:
             "console redrove dead letters",
             extra={"ctx": {"redriven": len(report.done), "failed": len(failed)}},
         )
-        return JSONResponse({"redriven": report.done, "failed": failed})
+        return JSONResponse(
+            {
+                "redriven": report.done,
+                "failed": failed,
+                "stored": await self._stored_or_none(),
+            }
+        )
 
     async def purge(self, request: Request) -> Response:
         selection = await self._selection(request)
@@ -335,7 +370,13 @@ class Console:
             "console purged dead letters",
             extra={"ctx": {"purged": len(report.done), "failed": len(failed)}},
         )
-        return JSONResponse({"purged": report.done, "failed": failed})
+        return JSONResponse(
+            {
+                "purged": report.done,
+                "failed": failed,
+                "stored": await self._stored_or_none(),
+            }
+        )
 
     # Helpers.
 
@@ -383,6 +424,48 @@ class Console:
             )
         return Selection(call_ids=tuple(dict.fromkeys(call_ids)))
 
+    async def _async_counts(self, ref: names.FunctionRef) -> dict[str, Any]:
+        """Return the async calls of `ref` accepted and finished, as totals.
+
+        `finished` is None while NATS is unavailable, and the chart then
+        plots accepted calls only.
+        """
+        finished: dict[str, int] | None = None
+        skipped: int | None = None
+        try:
+            outcomes = await self._async_outcomes.counts(ref)
+        except errors.QueueUnavailable as exc:
+            self._outcome_warnings.warning(
+                "cannot count async outcomes: %s", exc, ctx={"function": str(ref)}
+            )
+        else:
+            finished = outcomes.by_state
+            skipped = outcomes.skipped
+        return {
+            "accepted": self._async_accepted.get(ref, 0),
+            "finished": finished,
+            "not_counted": skipped,
+        }
+
+    async def _stored_dead_letters(self) -> int:
+        """Return how many dead letters the stream stores; raise QueueUnavailable."""
+        js = self._queue.layout().js
+        with self._queue.translate_errors("count the dead letters"):
+            info = await js.stream_info(shared.DEAD_LETTER_STREAM)
+        return info.state.messages
+
+    async def _stored_or_none(self) -> int | None:
+        """Return the stored dead letters after a redrive or purge, or None.
+
+        The redrive or purge itself succeeded, so a failed count only leaves
+        the page's total as it was.
+        """
+        try:
+            return await self._stored_dead_letters()
+        except errors.QueueUnavailable as exc:
+            logger.warning("cannot count dead letters: %s", exc)
+            return None
+
     def _system_client(self) -> httpx.AsyncClient:
         """Return a client that sends requests to the /system app in process."""
         return httpx.AsyncClient(
@@ -420,10 +503,29 @@ class Console:
 
 
 def function_metrics(metrics: GatewayMetrics, label: str) -> dict[str, Any]:
-    """Return the gateway's counters for one function (`name.namespace`).
+    """Return the gateway's `/function/` counters for one function (`name.namespace`).
 
-    The console's chart samples this every few seconds and plots the
-    differences: calls per second, and the share of 5xx responses.
+    The route adds `async_calls` (see `Console._async_counts`). The chart
+    samples the route every 2 s and plots the differences between samples,
+    in calls per second on one axis:
+
+    * requests that finished through this gateway's `/function/` route
+      (`gateway_function_invocation_total`), blue. These are the sync calls,
+      and the attempts of async calls that the queue-worker sends through
+      the gateway: those of classic functions and of functions without
+      reported replicas (docs/async.md);
+    * async calls that this gateway accepted (`AsyncAccept.accepted`), green;
+    * async calls that a queue-worker finished as succeeded, failed or
+      dead-lettered (`gateway.ui.async_outcomes`), purple.
+
+    The red line is the share of errors, from 0 to 100 %: 5xx responses of
+    `/function/` plus async calls finished as failed or dead-lettered,
+    divided by `/function/` requests plus finished async calls. Every total
+    restarts at zero with the gateway, and the chart then takes the new
+    total as that interval's count.
+
+    NOTE: an async call whose attempts go through `/function/` counts on
+    both sides of the share, so such calls weigh more than sync calls in it.
     """
     by_code: dict[str, float] = {}
     for family in metrics.invocations.collect():
@@ -453,6 +555,34 @@ def function_metrics(metrics: GatewayMetrics, label: str) -> dict[str, Any]:
         "server_errors": int(server_errors),
         "duration_seconds_sum": duration_sum_s,
     }
+
+
+def parse_after_seq(values: list[str]) -> int:
+    """Return the dead-letter page's after_seq, 0 when absent; raise InvalidRequest.
+
+    Only ASCII digits pass: `int()` also takes other Unicode digits, and a
+    string of more than 4300 digits raises ValueError.
+    """
+    if not values:
+        return 0
+    if len(values) > 1:
+        raise errors.InvalidRequest(
+            "Parameter after_seq is given more than once; give it once."
+        )
+    text = values[0]
+    excerpt = text if len(text) <= 40 else text[:40] + "..."
+    max_digits = len(str(MAX_AFTER_SEQ))
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(text) > max_digits
+        or int(text) > MAX_AFTER_SEQ
+    ):
+        raise errors.InvalidRequest(
+            f"Invalid after_seq {excerpt!r}: expected a whole number from 0 to "
+            f"{MAX_AFTER_SEQ}."
+        )
+    return int(text)
 
 
 def _function_ref(request: Request) -> names.FunctionRef:

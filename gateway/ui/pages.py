@@ -9,6 +9,7 @@ style: `console.js` and `console.css` under `/ui/static/` add the behaviour,
 and the lists read without them.
 """
 
+import dataclasses
 import html
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -246,8 +247,16 @@ def function_page(
     )
     chart = (
         "<section><h2>Invocations per second</h2>"
-        '<p class="muted">Sync calls through this gateway\'s /function/ route, '
-        "sampled every 2 s; the red line is the share of 5xx responses.</p>"
+        '<p class="muted">Sampled every 2 s from this gateway\'s counters.</p>'
+        '<ul class="legend">'
+        '<li><span class="swatch rate"></span>requests through /function/: sync '
+        "calls, and async attempts the queue-worker sends through the gateway</li>"
+        '<li><span class="swatch accepted"></span>async calls accepted</li>'
+        '<li><span class="swatch finished"></span>async calls finished by the '
+        "queue-worker</li>"
+        '<li><span class="swatch errors"></span>share of errors (0 to 100 %): '
+        "5xx responses of /function/ and async calls that failed or were "
+        "dead-lettered</li></ul>"
         '<div id="chart" class="chart"></div></section>'
     )
     recent = (
@@ -262,17 +271,37 @@ def function_page(
     )
 
 
-def dead_letters_page(
-    letters: Iterable[Mapping[str, Any]], *, truncated: bool, problem: str
-) -> str:
-    """Return the dead-letter list with redrive and purge controls."""
-    rows = "".join(
-        f'<tr data-call-id="{_attribute(letter.get("call_id", ""))}">'
-        '<td><input type="checkbox" name="selected" '
-        f'value="{_attribute(letter.get("call_id", ""))}" aria-label="select"></td>'
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetterListing:
+    """The position of one page of the dead-letter list in the stream."""
+
+    after_seq: int
+    """The page lists dead letters with a greater sequence; 0 on the first page."""
+    next_after_seq: int | None
+    """The after_seq of the next page, or None when no more dead letters follow."""
+    stored: int | None
+    """Dead letters in the stream on all pages together; None when unknown."""
+
+
+def dead_letters_url(after_seq: int) -> str:
+    """Return the console path of the dead-letter page after `after_seq`."""
+    if not after_seq:
+        return "/ui/dead-letters"
+    return f"/ui/dead-letters?after_seq={after_seq}"
+
+
+def _dead_letter_row(letter: Mapping[str, Any]) -> str:
+    call_id = letter.get("call_id", "")
+    return (
+        f'<tr data-call-id="{_attribute(call_id)}" '
+        f'data-seq="{_attribute(letter.get("seq", ""))}">'
+        # autocomplete=off: Firefox restores checkbox states by position on a
+        # reload, which would select other dead letters once rows are gone.
+        '<td><input type="checkbox" name="selected" autocomplete="off" '
+        f'value="{_attribute(call_id)}" aria-label="select"></td>'
         f"<td>{_text(letter.get('function', ''))}.{_text(letter.get('namespace', ''))}"
         "</td>"
-        f"<td><code>{_text(letter.get('call_id', ''))}</code></td>"
+        f"<td><code>{_text(call_id)}</code></td>"
         f"<td>{_text(letter.get('kind', ''))}</td>"
         f"<td>{_text(letter.get('reason', ''))}"
         f'<div class="muted">{_text(letter.get("detail", ""))}</div></td>'
@@ -281,25 +310,65 @@ def dead_letters_page(
         '<td class="actions"><button type="button" data-action="redrive">Redrive'
         '</button> <button type="button" class="danger" data-action="purge">Purge'
         "</button></td></tr>"
-        for letter in letters
     )
+
+
+def _dead_letter_counts(shown_count: int, listing: DeadLetterListing) -> str:
+    """Return the line with the number of dead letters shown and stored."""
+    of_stored = ""
+    if listing.stored is not None:
+        of_stored = f' of <span id="stored-count">{_text(listing.stored)}</span>'
+    position = "oldest first"
+    if listing.after_seq:
+        position += f", after sequence {_text(listing.after_seq)}"
+    return (
+        '<p id="dead-letter-counts" class="muted">Showing '
+        f'<span id="shown-count">{_text(shown_count)}</span>{of_stored} dead letters, '
+        f"{position}.</p>"
+    )
+
+
+def _pager(listing: DeadLetterListing) -> str:
+    links = []
+    if listing.after_seq:
+        links.append(
+            f'<a href="{_attribute(dead_letters_url(0))}" rel="first">First page</a>'
+        )
+    if listing.next_after_seq is not None:
+        href = dead_letters_url(listing.next_after_seq)
+        links.append(f'<a href="{_attribute(href)}" rel="next">Next page</a>')
+    if not links:
+        return ""
+    return f'<nav class="pager" aria-label="dead-letter pages">{" ".join(links)}</nav>'
+
+
+def dead_letters_page(
+    letters: Iterable[Mapping[str, Any]], *, listing: DeadLetterListing, problem: str
+) -> str:
+    """Return one page of the dead-letter list with redrive and purge controls."""
+    rows = [_dead_letter_row(letter) for letter in letters]
     if rows:
         table = (
             '<div class="toolbar"><button type="button" data-action="redrive-selected">'
             'Redrive selected</button> <button type="button" class="danger" '
-            'data-action="purge-selected">Purge selected</button></div>'
-            '<table id="dead-letters"><thead><tr><th></th><th>Function</th>'
+            'data-action="purge-selected">Purge selected</button> '
+            '<span id="selected-count" class="muted">0 selected</span></div>'
+            '<table id="dead-letters"><thead><tr><th><input type="checkbox" '
+            'id="select-page" autocomplete="off" '
+            'aria-label="select every dead letter on this page" '
+            'title="Select every dead letter on this page"></th><th>Function</th>'
             "<th>Call id</th><th>Kind</th><th>Reason</th><th>Attempts</th>"
-            f"<th>Dead-lettered at</th><th></th></tr></thead><tbody>{rows}</tbody>"
-            "</table>"
+            f"<th>Dead-lettered at</th><th></th></tr></thead><tbody>{''.join(rows)}"
+            "</tbody></table>"
+        )
+    elif listing.after_seq:
+        table = (
+            '<p class="muted" id="dead-letters">No dead letters after sequence '
+            f"{_text(listing.after_seq)}.</p>"
         )
     else:
         table = '<p class="muted" id="dead-letters">No dead letters.</p>'
-    if truncated:
-        table += (
-            '<p class="muted">Only the oldest dead letters are shown; list the '
-            "rest with GET /system/dead-letters?after_seq=N.</p>"
-        )
+    body = _dead_letter_counts(len(rows), listing) + table + _pager(listing)
     if problem:
-        table = f'<p class="error">{_text(problem)}</p>' + table
-    return _document("Dead letters", table, page="dead-letters", data={})
+        body = f'<p class="error">{_text(problem)}</p>' + _pager(listing)
+    return _document("Dead letters", body, page="dead-letters", data={})

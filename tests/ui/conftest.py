@@ -5,14 +5,19 @@
 * `flaky` fails (`exit 1`, so a 500) until its flag file exists, and has
   one attempt, so its async calls are dead-lettered at once;
 * `parked` is on a named queue that no worker serves, so its async calls
-  stay `queued`.
+  stay `queued`;
+* `doomed` always fails and has one attempt; `doomed_dead_letters` makes
+  enough of its dead letters for a second page of the dead-letter list.
 """
 
 import shlex
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -81,4 +86,44 @@ def console_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleHub
         flaky = f"sh -c {shlex.quote(f'test -f {shlex.quote(str(flag_file))} && cat')}"
         deploy(client, "flaky", flaky, **{"com.openfaas.retry.attempts": "1"})
         deploy(client, "parked", "cat", **{"com.openfaas.queue": "parked"})
+        deploy(client, "doomed", "false", **{"com.openfaas.retry.attempts": "1"})
         yield ConsoleHub(hub, client, receiver, flag_file)
+
+
+@contextmanager
+def doomed_dead_letters(
+    console_hub: ConsoleHub, count: int, *, timeout_s: float = 60.0
+) -> Iterator[list[dict[str, Any]]]:
+    """Dead-letter `count` new calls of `doomed`, and purge all of its at the end.
+
+    Yields the new dead letters as `GET /system/dead-letters` lists them.
+    """
+    client = console_hub.client
+    prefix = f"doomed-{uuid.uuid4().hex[:8]}"
+    call_ids = {f"{prefix}-{index}" for index in range(count)}
+    try:
+        for call_id in sorted(call_ids):
+            response = client.post(
+                "/async-function/doomed", content=b"x", headers={"X-Call-Id": call_id}
+            )
+            assert response.status_code == 202, response.text
+        deadline = time.monotonic() + timeout_s
+        while True:
+            listing = client.get(
+                "/system/dead-letters", params={"function": "doomed", "limit": 1000}
+            ).json()
+            new_letters = [
+                letter
+                for letter in listing["dead_letters"]
+                if letter["call_id"] in call_ids
+            ]
+            if len(new_letters) == count:
+                break
+            assert time.monotonic() < deadline, (
+                f"{len(new_letters)} of {count} dead letters"
+            )
+            time.sleep(0.2)
+        yield new_letters
+    finally:
+        purged = client.delete("/system/dead-letters", params={"function": "doomed"})
+        assert purged.status_code == 200, purged.text

@@ -1,4 +1,5 @@
-"""The console in headless Chromium: list, invoke, follow, redrive, deploy.
+"""The console in headless Chromium: list, invoke, follow, redrive, deploy,
+the chart, and selecting and purging on a later dead-letter page.
 
 Debian's `chromium` package provides the browser, driven by Playwright's
 Python package; no browser is downloaded. Without /usr/bin/chromium the
@@ -27,7 +28,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.ui.conftest import SCRIPT_ANNOTATION, ConsoleHub
+from gateway.ui.console import DEAD_LETTERS_SHOWN
+from tests.ui.conftest import SCRIPT_ANNOTATION, ConsoleHub, doomed_dead_letters
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -340,3 +342,86 @@ def test_purge_of_gone_letter_shows_error(page: Page, console_hub: ConsoleHub) -
     expect(notice).to_contain_text(f"{call_id} (not found)")
     expect(notice).to_have_class("error")
     expect(row).to_have_count(0)
+
+
+def raised_heights(points: str) -> list[float]:
+    """Return the heights of a chart line's points above the time axis (y 130)."""
+    return [130 - float(pair.split(",")[1]) for pair in points.split()]
+
+
+def test_chart_plots_async_calls(page: Page, console_hub: ConsoleHub) -> None:
+    page.goto("/ui/functions/openfaas-fn/echo")
+    expect(page.locator("ul.legend")).to_contain_text("async calls accepted")
+    expect(page.locator("#chart svg")).to_be_visible()
+    for index in range(4):
+        response = console_hub.client.post(
+            "/async-function/echo",
+            content=b"chart",
+            headers={"X-Call-Id": f"chart-{uuid.uuid4()}-{index}"},
+        )
+        assert response.status_code == 202
+    # Samples come every 2 s; the calls show in the first interval after them.
+    for line_class in ("accepted", "finished"):
+        line = page.locator(f"#chart polyline.{line_class}")
+        heights: list[float] = []
+        for _ in range(40):
+            heights = raised_heights(line.get_attribute("points") or "")
+            if heights and max(heights) > 0:
+                break
+            page.wait_for_timeout(250)
+        assert heights
+        assert max(heights) > 0, line_class
+    caption = page.locator("#chart text.label").last.text_content() or ""
+    assert "async accepted" in caption
+    save_screenshot(page, "chart-async")
+
+
+def test_later_page_select_all_purges_there(
+    page: Page, console_hub: ConsoleHub
+) -> None:
+    client = console_hub.client
+    with doomed_dead_letters(console_hub, DEAD_LETTERS_SHOWN + 3):
+        first_page = client.get(
+            "/system/dead-letters", params={"limit": DEAD_LETTERS_SHOWN}
+        ).json()
+        after_seq = first_page["next_after_seq"]
+        everything = client.get("/system/dead-letters", params={"limit": 1000}).json()
+        total = everything["count"]
+        later = [item for item in everything["dead_letters"] if item["seq"] > after_seq]
+
+        page.goto("/ui/dead-letters")
+        page.click("nav.pager a[rel=next]")
+        expect(page).to_have_url(re.compile(f"after_seq={after_seq}$"))
+        rows = page.locator("#dead-letters tbody tr")
+        expect(rows).to_have_count(len(later))
+        expect(page.locator("#shown-count")).to_have_text(str(len(later)))
+        expect(page.locator("#stored-count")).to_have_text(str(total))
+        expect(page.locator("nav.pager a[rel=first]")).to_be_visible()
+
+        # The header box selects this page's rows, and shows a partial
+        # selection as indeterminate.
+        select_page = page.locator("#select-page")
+        select_page.check()
+        expect(page.locator("#selected-count")).to_have_text(f"{len(later)} selected")
+        rows.first.locator("input[name=selected]").uncheck()
+        expect(page.locator("#selected-count")).to_have_text(
+            f"{len(later) - 1} selected"
+        )
+        assert select_page.evaluate("box => box.indeterminate") is True
+        rows.first.locator("input[name=selected]").check()
+        assert select_page.evaluate("box => box.checked") is True
+        save_screenshot(page, "dead-letters-later-page")
+
+        page.click("button[data-action=purge-selected]")
+        expect(page.locator("#notice")).to_have_text(
+            f"Purged {len(later)} dead letter(s)."
+        )
+        expect(rows).to_have_count(0)
+        expect(page.locator("#shown-count")).to_have_text("0")
+        expect(page.locator("#stored-count")).to_have_text(str(total - len(later)))
+        expect(page.locator("#selected-count")).to_have_text("0 selected")
+
+        left = client.get("/system/dead-letters", params={"limit": 1000}).json()
+        assert [item["seq"] for item in left["dead_letters"]] == [
+            item["seq"] for item in first_page["dead_letters"]
+        ]

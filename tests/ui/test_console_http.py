@@ -3,11 +3,14 @@ forgery checks, escaping, the listing and the metrics JSON."""
 
 import base64
 import socket
+import time
 import uuid
+from typing import Any
 
 import httpx
 import pytest
 
+from gateway.ui.async_outcomes import MIN_READ_INTERVAL_S
 from tests.ui.conftest import SCRIPT_ANNOTATION, ConsoleHub, deploy
 
 pytestmark = pytest.mark.timeout(60)
@@ -334,6 +337,92 @@ def test_metrics_json_counts_server_errors(console_hub: ConsoleHub) -> None:
     assert console_hub.client.post("/function/flaky", content=b"e").status_code == 500
     after = console_hub.client.get(path).json()
     assert after["server_errors"] - before["server_errors"] == 1
+
+
+def wait_for_async_counts(
+    console_hub: ConsoleHub,
+    path: str,
+    *,
+    expected: dict[str, int],
+    before: dict[str, Any],
+    timeout_s: float = 20.0,
+) -> dict[str, Any]:
+    """Poll the metrics JSON until the finished async calls rose by `expected`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = console_hub.client.get(path).json()
+        finished = after["async_calls"]["finished"]
+        change = {
+            state: finished[state] - before["async_calls"]["finished"][state]
+            for state in expected
+        }
+        if change == expected or time.monotonic() > deadline:
+            assert change == expected
+            return after
+        time.sleep(0.3)
+
+
+def read_fresh_metrics(console_hub: ConsoleHub, path: str) -> dict[str, Any]:
+    """Return the metrics JSON after a new read of the status records.
+
+    A request within MIN_READ_INTERVAL_S of the previous read reuses its
+    counts, which may leave out records of earlier tests.
+    """
+    time.sleep(MIN_READ_INTERVAL_S)
+    document: dict[str, Any] = console_hub.client.get(path).json()
+    return document
+
+
+def test_metrics_json_counts_async_calls(console_hub: ConsoleHub) -> None:
+    path = "/ui/api/functions/openfaas-fn/echo/metrics"
+    before = read_fresh_metrics(console_hub, path)
+    for index in range(3):
+        response = console_hub.client.post(
+            "/async-function/echo",
+            content=b"a",
+            headers={"X-Call-Id": f"counted-{uuid.uuid4()}-{index}"},
+        )
+        assert response.status_code == 202
+        console_hub.wait_for_state(response.headers["X-Call-Id"], "succeeded")
+    after = wait_for_async_counts(
+        console_hub, path, expected={"succeeded": 3, "failed": 0}, before=before
+    )
+    accepted = after["async_calls"]["accepted"] - before["async_calls"]["accepted"]
+    assert accepted == 3
+    assert (
+        after["async_calls"]["finished"]["dead-lettered"]
+        == (before["async_calls"]["finished"]["dead-lettered"])
+    )
+    assert after["async_calls"]["not_counted"] == 0
+
+
+def test_metrics_json_skips_duplicate_accept(console_hub: ConsoleHub) -> None:
+    path = "/ui/api/functions/openfaas-fn/parked/metrics"
+    before = console_hub.client.get(path).json()["async_calls"]["accepted"]
+    call_id = f"twice-{uuid.uuid4()}"
+    for _ in range(2):
+        response = console_hub.client.post(
+            "/async-function/parked", content=b"d", headers={"X-Call-Id": call_id}
+        )
+        assert response.status_code == 202
+    after = console_hub.client.get(path).json()["async_calls"]["accepted"]
+    assert after - before == 1
+
+
+def test_metrics_json_counts_dead_letters(console_hub: ConsoleHub) -> None:
+    path = "/ui/api/functions/openfaas-fn/doomed/metrics"
+    before = read_fresh_metrics(console_hub, path)
+    call_id = f"doomed-{uuid.uuid4()}"
+    response = console_hub.client.post(
+        "/async-function/doomed", content=b"d", headers={"X-Call-Id": call_id}
+    )
+    assert response.status_code == 202
+    console_hub.wait_for_state(call_id, "dead-lettered")
+    wait_for_async_counts(
+        console_hub, path, expected={"dead-lettered": 1, "succeeded": 0}, before=before
+    )
+    purged = console_hub.client.delete(f"/system/dead-letters/{call_id}")
+    assert purged.status_code == 200
 
 
 @pytest.mark.parametrize(

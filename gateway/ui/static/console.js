@@ -1,5 +1,6 @@
-// Behaviour of the faashub console pages: deploy, remove, invoke, redrive,
-// purge, live async-call status and the invocation chart.
+// Behaviour of the faashub console pages: deploy, remove, invoke, the
+// selection, redrive and purge of dead letters, live async-call status and
+// the invocation chart.
 //
 // Every value shown is set with textContent or as an SVG attribute, never
 // as HTML. Every request that changes state is JSON with the
@@ -301,17 +302,27 @@ function svgElement(name, attributes) {
   return element;
 }
 
-// Draw calls per second (blue, left axis) and the 5xx share (red, 0-100 %).
+// The rate lines of the chart, all in calls per second on the left axis.
+// The class names match console.css and the legend on the page.
+const CHART_SERIES = [
+  { key: "sync", className: "rate", label: "/function/" },
+  { key: "accepted", className: "accepted", label: "async accepted" },
+  { key: "finished", className: "finished", label: "async finished" },
+];
+
+// Draw the rate lines and the share of errors (red, 0-100 %).
 function drawChart(container, points) {
   const width = 600;
   const height = 160;
   const pad = 30;
   const svg = svgElement("svg", { viewBox: "0 0 " + width + " " + height, role: "img", class: "chart-svg" });
   const title = svgElement("title", {});
-  const last = points.length ? points[points.length - 1] : { rate: 0, errorShare: 0 };
-  title.textContent = "Calls per second: " + last.rate.toFixed(2) + ", 5xx share: " + (last.errorShare * 100).toFixed(0) + " %";
+  const last = points.length ? points[points.length - 1] : { sync: 0, accepted: 0, finished: 0, errorShare: 0 };
+  const now = CHART_SERIES.map((series) => last[series.key].toFixed(2) + " " + series.label).join(", ") +
+    " calls/s, " + (last.errorShare * 100).toFixed(0) + " % errors";
+  title.textContent = "Now: " + now;
   svg.append(title);
-  const maxRate = Math.max(1, ...points.map((point) => point.rate));
+  const maxRate = Math.max(1, ...points.flatMap((point) => CHART_SERIES.map((series) => point[series.key])));
   svg.append(svgElement("line", { x1: pad, y1: height - pad, x2: width - 5, y2: height - pad, class: "axis" }));
   svg.append(svgElement("line", { x1: pad, y1: 5, x2: pad, y2: height - pad, class: "axis" }));
   const top = svgElement("text", { x: 2, y: 14, class: "label" });
@@ -319,38 +330,65 @@ function drawChart(container, points) {
   svg.append(top);
   const xOf = (index) => pad + (index * (width - pad - 5)) / (CHART_SAMPLES - 1);
   const yOf = (fraction) => height - pad - fraction * (height - pad - 5);
-  const rateLine = points.map((point, index) => xOf(index) + "," + yOf(point.rate / maxRate)).join(" ");
+  for (const series of CHART_SERIES) {
+    const line = points.map((point, index) => xOf(index) + "," + yOf(point[series.key] / maxRate)).join(" ");
+    svg.append(svgElement("polyline", { points: line, class: series.className }));
+  }
   const errorLine = points.map((point, index) => xOf(index) + "," + yOf(point.errorShare)).join(" ");
-  svg.append(svgElement("polyline", { points: rateLine, class: "rate" }));
   svg.append(svgElement("polyline", { points: errorLine, class: "errors" }));
   const caption = svgElement("text", { x: pad + 5, y: height - 8, class: "label" });
-  caption.textContent = "now: " + last.rate.toFixed(2) + " calls/s, " + (last.errorShare * 100).toFixed(0) + " % 5xx";
+  caption.textContent = "now: " + now + (last.notCounted ? "; some async outcomes were not counted" : "");
   svg.append(caption);
   container.replaceChildren(svg);
+}
+
+// Return the totals of one metrics sample that the chart takes differences of.
+function chartTotals(sample) {
+  const calls = sample.async_calls || {};
+  const finished = calls.finished || {};
+  const asyncFailed = (finished.failed || 0) + (finished["dead-lettered"] || 0);
+  return {
+    sync: sample.total,
+    syncErrors: sample.server_errors,
+    accepted: calls.accepted || 0,
+    finished: (finished.succeeded || 0) + asyncFailed,
+    asyncErrors: asyncFailed,
+    notCounted: calls.not_counted || 0,
+  };
+}
+
+// Return current - previous, or current when the total went down because
+// the gateway restarted and its counters began again at zero.
+function increase(current, previous) {
+  return current >= previous ? current - previous : current;
 }
 
 function setUpChart(base) {
   const container = document.getElementById("chart");
   const points = [];
   let previous = null;
+  let previousAt = 0;
   async function sample() {
     const response = await fetch(base + "/metrics", { credentials: "same-origin" });
     if (!response.ok) return;
-    const current = await response.json();
+    const counters = await response.json();
+    const current = chartTotals(counters);
     if (previous !== null) {
-      const seconds = Math.max(current.at - previous.at, 0.001);
-      let calls = current.total - previous.total;
-      let errors = current.server_errors - previous.server_errors;
-      if (calls < 0 || errors < 0) {
-        // The counters restarted from zero with the gateway, so the new
-        // totals are the calls since the restart, within this interval.
-        calls = current.total;
-        errors = current.server_errors;
-      }
-      points.push({ rate: calls / seconds, errorShare: calls > 0 ? errors / calls : 0 });
+      const seconds = Math.max(counters.at - previousAt, 0.001);
+      const change = {};
+      for (const key of Object.keys(current)) change[key] = increase(current[key], previous[key]);
+      const ended = change.sync + change.finished;
+      points.push({
+        sync: change.sync / seconds,
+        accepted: change.accepted / seconds,
+        finished: change.finished / seconds,
+        errorShare: ended > 0 ? (change.syncErrors + change.asyncErrors) / ended : 0,
+        notCounted: change.notCounted > 0,
+      });
       if (points.length > CHART_SAMPLES) points.shift();
     }
     previous = current;
+    previousAt = counters.at;
     drawChart(container, points);
   }
   sample();
@@ -367,12 +405,39 @@ function setUpFunctionPage() {
 
 // Dead-letters page.
 
-async function actOnDeadLetters(action, callIds) {
+function deadLetterRows() {
+  return Array.from(document.querySelectorAll("#dead-letters tbody tr"));
+}
+
+// Keep the page's counts and the select-all box true to the rows left.
+function updateDeadLetterCounts(stored) {
+  const rows = deadLetterRows();
+  const boxes = rows.map((row) => row.querySelector("input[name=selected]"));
+  const checked = boxes.filter((box) => box.checked).length;
+  const shownCount = document.getElementById("shown-count");
+  if (shownCount) shownCount.textContent = String(rows.length);
+  const storedCount = document.getElementById("stored-count");
+  if (storedCount && typeof stored === "number") storedCount.textContent = String(stored);
+  const selectedCount = document.getElementById("selected-count");
+  if (selectedCount) selectedCount.textContent = checked + " selected";
+  const selectPage = document.getElementById("select-page");
+  if (selectPage) {
+    selectPage.checked = boxes.length > 0 && checked === boxes.length;
+    selectPage.indeterminate = checked > 0 && checked < boxes.length;
+  }
+}
+
+// Redrive or purge the dead letters of the call ids in `rows`, then remove
+// the rows that the response lists by sequence.
+// NOTE: the gateway selects by call id, so a call id dead-lettered more than
+// once has all its dead letters acted on, those on other pages too.
+async function actOnDeadLetters(action, rows) {
+  const callIds = [...new Set(rows.map((row) => row.dataset.callId))];
   if (!callIds.length) {
     showNotice("Select at least one dead letter.", true);
     return;
   }
-  if (action === "purge" && !window.confirm("Purge " + callIds.length + " dead letter(s)? This cannot be undone.")) return;
+  if (action === "purge" && !window.confirm("Purge the dead letters of " + callIds.length + " call id(s)? This cannot be undone.")) return;
   const result = await sendJson("POST", "/ui/api/dead-letters/" + action, { call_ids: callIds });
   if (!result.ok) {
     showNotice(action + " failed: " + detailOf(result), true);
@@ -380,13 +445,14 @@ async function actOnDeadLetters(action, callIds) {
   }
   const done = action === "redrive" ? result.data.redriven : result.data.purged;
   const failed = result.data.failed;
-  // A dead letter that is not found was redriven or purged elsewhere, so its
-  // row is stale.
-  const notFound = failed.filter((item) => item.error === "not found");
-  for (const item of [...done, ...notFound]) {
-    const row = document.querySelector('tr[data-call-id="' + CSS.escape(item.call_id) + '"]');
-    if (row) row.remove();
+  // A dead letter that is not found was redriven or purged elsewhere, so the
+  // rows of its call id are stale.
+  const doneSeqs = new Set(done.map((item) => String(item.seq)));
+  const goneIds = new Set(failed.filter((item) => item.error === "not found").map((item) => item.call_id));
+  for (const row of deadLetterRows()) {
+    if (doneSeqs.has(row.dataset.seq) || goneIds.has(row.dataset.callId)) row.remove();
   }
+  updateDeadLetterCounts(result.data.stored);
   const verb = action === "redrive" ? "Redrove " : "Purged ";
   let message = verb + done.length + " dead letter(s).";
   if (failed.length) message += " Failed: " + failed.map((item) => item.call_id + " (" + item.error + ")").join(", ");
@@ -395,16 +461,24 @@ async function actOnDeadLetters(action, callIds) {
 
 function setUpDeadLettersPage() {
   for (const button of document.querySelectorAll("tr button[data-action]")) {
-    button.addEventListener("click", () => {
-      const callId = button.closest("tr").dataset.callId;
-      actOnDeadLetters(button.dataset.action, [callId]);
+    button.addEventListener("click", () => actOnDeadLetters(button.dataset.action, [button.closest("tr")]));
+  }
+  const table = document.getElementById("dead-letters");
+  if (table) table.addEventListener("change", () => updateDeadLetterCounts());
+  // Selects the rows of this page only: other pages are other documents.
+  const selectPage = document.getElementById("select-page");
+  if (selectPage) {
+    selectPage.addEventListener("change", () => {
+      for (const box of document.querySelectorAll("#dead-letters input[name=selected]")) box.checked = selectPage.checked;
+      updateDeadLetterCounts();
     });
   }
-  const selected = () => Array.from(document.querySelectorAll("input[name=selected]:checked"), (box) => box.value);
+  const selectedRows = () => deadLetterRows().filter((row) => row.querySelector("input[name=selected]").checked);
   for (const action of ["redrive", "purge"]) {
     const button = document.querySelector("button[data-action=" + action + "-selected]");
-    if (button) button.addEventListener("click", () => actOnDeadLetters(action, selected()));
+    if (button) button.addEventListener("click", () => actOnDeadLetters(action, selectedRows()));
   }
+  updateDeadLetterCounts();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
