@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 _FILTER_FIELDS = ("function", "namespace", "queue", "reason", "kind", "since", "until")
 _LIST_FIELDS = frozenset(_FILTER_FIELDS) | {"limit", "after_seq"}
+# Largest after_seq a list accepts. JetStream stream sequences are unsigned
+# 64-bit numbers, and a list starts at after_seq + 1.
+MAX_AFTER_SEQ = 2**64 - 2
 _KINDS = ("call", "callback")
 _NS_PER_S = 1_000_000_000
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -94,7 +97,7 @@ def create_router(store: DeadLetterStore) -> APIRouter:
                 low=1,
                 high=constants.DEAD_LETTER_LIST_MAX_LIMIT,
             )
-            after = _integer("after_seq", after_seq, default=0, low=0, high=None)
+            after = parse_after_seq(after_seq)
             found, truncated = await store.list_matching(
                 selected, limit=count, after_seq=after
             )
@@ -331,16 +334,25 @@ def _time(values: Mapping[str, Any], name: str) -> int | None:
     return (moment - _EPOCH) // _ONE_MICROSECOND * 1000
 
 
-def _integer(
-    name: str, text: str | None, *, default: int, low: int, high: int | None
-) -> int:
+def parse_after_seq(text: str | None) -> int:
+    """Return a list's `after_seq` parameter, 0 when absent; raise InvalidRequest."""
+    return _integer("after_seq", text, default=0, low=0, high=MAX_AFTER_SEQ)
+
+
+def _integer(name: str, text: str | None, *, default: int, low: int, high: int) -> int:
+    """Return `text` as a whole number from `low` to `high`; raise InvalidRequest.
+
+    Only ASCII digits pass: `int()` also takes other Unicode digits, and
+    raises ValueError for a string of more than 4300 digits.
+    """
     if text is None:
         return default
-    value = int(text) if text.isdigit() else -1
-    if value < low or (high is not None and value > high):
-        expected = f"from {low} to {high}" if high is not None else f"from {low} up"
+    fits = text.isascii() and text.isdigit() and len(text) <= len(str(high))
+    value = int(text) if fits else -1
+    if value < low or value > high:
+        excerpt = text if len(text) <= 40 else text[:40] + "..."
         raise errors.InvalidRequest(
-            f"Invalid {name} {text!r}: expected a whole number {expected}."
+            f"Invalid {name} {excerpt!r}: expected a whole number from {low} to {high}."
         )
     return value
 

@@ -38,7 +38,7 @@ from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
 from faashub.settings import GatewaySettings
-from gateway import asgi, errors, limits
+from gateway import asgi, dead_letter_api, errors, limits
 from gateway.async_call_list import AsyncCallLister
 from gateway.call_queue import CallQueue
 from gateway.dead_letter_api import summary
@@ -57,9 +57,6 @@ logger = logging.getLogger(__name__)
 
 # Dead letters one page of the dead-letter list shows at most, oldest first.
 DEAD_LETTERS_SHOWN = 200
-# Largest after_seq the dead-letter page accepts. JetStream stream sequences
-# are unsigned 64-bit numbers, and the page's scan starts at after_seq + 1.
-MAX_AFTER_SEQ = 2**64 - 2
 # Async calls a function page lists at most.
 CALLS_SHOWN = 20
 # Call ids one redrive or purge request of the console may name.
@@ -558,31 +555,12 @@ def function_metrics(metrics: GatewayMetrics, label: str) -> dict[str, Any]:
 
 
 def parse_after_seq(values: list[str]) -> int:
-    """Return the dead-letter page's after_seq, 0 when absent; raise InvalidRequest.
-
-    Only ASCII digits pass: `int()` also takes other Unicode digits, and a
-    string of more than 4300 digits raises ValueError.
-    """
-    if not values:
-        return 0
+    """Return the dead-letter page's after_seq, 0 when absent; raise InvalidRequest."""
     if len(values) > 1:
         raise errors.InvalidRequest(
             "Parameter after_seq is given more than once; give it once."
         )
-    text = values[0]
-    excerpt = text if len(text) <= 40 else text[:40] + "..."
-    max_digits = len(str(MAX_AFTER_SEQ))
-    if (
-        not text.isascii()
-        or not text.isdigit()
-        or len(text) > max_digits
-        or int(text) > MAX_AFTER_SEQ
-    ):
-        raise errors.InvalidRequest(
-            f"Invalid after_seq {excerpt!r}: expected a whole number from 0 to "
-            f"{MAX_AFTER_SEQ}."
-        )
-    return int(text)
+    return dead_letter_api.parse_after_seq(values[0] if values else None)
 
 
 def _function_ref(request: Request) -> names.FunctionRef:

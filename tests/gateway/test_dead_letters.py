@@ -235,6 +235,14 @@ async def test_list_beyond_one_batch(client: httpx.AsyncClient, nats_url: str) -
         pytest.param({"limit": "0"}, "'0'", id="limit-zero"),
         pytest.param({"limit": "1001"}, "'1001'", id="limit-high"),
         pytest.param({"after_seq": "-1"}, "'-1'", id="after-seq"),
+        pytest.param({"after_seq": "\u00b2"}, "'\u00b2'", id="after-seq-unicode-digit"),
+        pytest.param(
+            {"after_seq": "9" * 5000}, "'" + "9" * 40 + "...'", id="after-seq-long"
+        ),
+        pytest.param(
+            {"after_seq": str(2**64 - 1)}, "from 0 to", id="after-seq-over-u64"
+        ),
+        pytest.param({"limit": "\u0661"}, "'\u0661'", id="limit-arabic-digit"),
         pytest.param({"functon": "echo"}, "'functon'", id="unknown-parameter"),
         pytest.param(
             {"function": "echo.team-a", "namespace": "team-b"},

@@ -7,7 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.ui.console import DEAD_LETTERS_SHOWN, MAX_AFTER_SEQ
+from gateway.dead_letter_api import MAX_AFTER_SEQ
+from gateway.ui.console import DEAD_LETTERS_SHOWN
 from tests.ui.conftest import ConsoleHub, doomed_dead_letters
 
 pytestmark = pytest.mark.timeout(120)
