@@ -20,7 +20,6 @@ and have none of faashub's checks.
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import nats
@@ -29,6 +28,8 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import BadRequestError
 from starlette.types import Receive, Scope, Send
+
+from bench.asgi import EMPTY_BODY, OK_EMPTY, read_body, send_json, serve_lifespan
 
 ACCEPT_STREAM = "BENCH_ACCEPT"
 ACCEPT_SUBJECT_PREFIX = "bench.accept"
@@ -56,40 +57,6 @@ _ACCEPTED = {
     "status": 202,
     "headers": [(b"content-length", b"0")],
 }
-_EMPTY_BODY = {"type": "http.response.body", "body": b""}
-_OK = {
-    "type": "http.response.start",
-    "status": 200,
-    "headers": [(b"content-length", b"0")],
-}
-
-
-async def _read_body(receive: Receive) -> bytes:
-    """Read the whole request body."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _serve_lifespan(
-    receive: Receive,
-    send: Send,
-    *,
-    on_startup: Callable[[], Awaitable[None]],
-    on_shutdown: Callable[[], Awaitable[None]],
-) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await on_startup()
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await on_shutdown()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 class _PublishState:
@@ -124,16 +91,16 @@ async def _close_nats() -> None:
 async def publish_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Publish the body to JetStream, wait for the PubAck, respond 202."""
     if scope["type"] == "lifespan":
-        await _serve_lifespan(
+        await serve_lifespan(
             receive, send, on_startup=_connect_nats, on_shutdown=_close_nats
         )
         return
-    body = await _read_body(receive)
+    body = await read_body(receive)
     assert _publish.js is not None
     function = scope["path"].rsplit("/", 1)[-1] or "unnamed"
     await _publish.js.publish(f"{ACCEPT_SUBJECT_PREFIX}.{function}", body)
     await send(_ACCEPTED)
-    await send(_EMPTY_BODY)
+    await send(EMPTY_BODY)
 
 
 class _ProxyState:
@@ -161,12 +128,12 @@ async def _close_session() -> None:
 async def proxy_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Forward the request to the upstream and relay its response."""
     if scope["type"] == "lifespan":
-        await _serve_lifespan(
+        await serve_lifespan(
             receive, send, on_startup=_open_session, on_shutdown=_close_session
         )
         return
     assert _proxy.session is not None
-    body = await _read_body(receive)
+    body = await read_body(receive)
     url = _proxy.upstream_url + scope["raw_path"].decode("latin-1")
     query: bytes = scope["query_string"]
     if query:
@@ -207,17 +174,13 @@ class _CallbackStats:
 _callbacks = _CallbackStats()
 
 
-async def _nothing() -> None:
-    return None
-
-
 async def callback_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Count every POST as one callback, and serve the counts on STATS_PATH."""
     if scope["type"] == "lifespan":
-        await _serve_lifespan(receive, send, on_startup=_nothing, on_shutdown=_nothing)
+        await serve_lifespan(receive, send)
         return
     path: str = scope["path"]
-    await _read_body(receive)
+    await read_body(receive)
     if path == STATS_PATH:
         body = json.dumps(
             {
@@ -227,17 +190,7 @@ async def callback_app(scope: Scope, receive: Receive, send: Send) -> None:
                 "last_ns": _callbacks.last_ns,
             }
         ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, body)
         return
     if path == RESET_PATH:
         _callbacks.count = _callbacks.failed = 0
@@ -250,8 +203,8 @@ async def callback_app(scope: Scope, receive: Receive, send: Send) -> None:
         _callbacks.last_ns = now_ns
         if not _succeeded(scope["headers"]):
             _callbacks.failed += 1
-    await send(_OK)
-    await send(_EMPTY_BODY)
+    await send(OK_EMPTY)
+    await send(EMPTY_BODY)
 
 
 def _succeeded(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -107,6 +107,7 @@ class Context:
     notes: list[str] = field(default_factory=list)
     """Remarks for the report and the record, such as a fallback taken."""
     _load: LoadGenerator | None = None
+    _warmed: set[str] = field(default_factory=set)
 
     @property
     def load(self) -> LoadGenerator:
@@ -122,6 +123,30 @@ class Context:
 
     def load_name(self) -> str:
         return self._load.name if self._load is not None else "none"
+
+    def warm_up(
+        self,
+        side: str,
+        url: str,
+        *,
+        duration_s: float,
+        connections: int,
+        body_bytes: int,
+    ) -> bool:
+        """Send load to `url` for `duration_s` before the first measurement of `side`.
+
+        Returns whether it sent any, so that the caller can clear what the
+        warm-up left behind. It sends none for a later measurement of the
+        same side or when `duration_s` is 0.
+        """
+        first = side not in self._warmed
+        self._warmed.add(side)
+        if not first or duration_s <= 0:
+            return False
+        self.load.run(
+            url, connections=connections, duration_s=duration_s, body_bytes=body_bytes
+        )
+        return True
 
 
 Measure = Callable[[str, int], Sample]

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -260,20 +260,21 @@ class Servers:
         timeout_s: float,
     ) -> None:
         """Wait until `port` accepts connections, or raise if `process` exits first."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self._check_running(name, process)
+
+        def listening() -> str | None:
             try:
                 with socket.create_connection((LOOPBACK, port), timeout=0.5):
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchmarkError(
-                    f"{name} did not listen on port {port} within {timeout_s:g} s; "
-                    f"its output is in {self.log_path(name)}."
-                )
-            time.sleep(POLL_INTERVAL_S)
+                    return None
+            except OSError as exc:
+                return type(exc).__name__
+
+        self._wait(
+            name,
+            process,
+            listening,
+            goal=f"listen on port {port}",
+            timeout_s=timeout_s,
+        )
 
     def wait_for_health(
         self,
@@ -284,25 +285,51 @@ class Servers:
         timeout_s: float,
     ) -> None:
         """Wait until GET `url` returns 200, or raise if `process` exits first."""
-        deadline = time.monotonic() + timeout_s
-        last_problem = "no response yet"
         with httpx.Client(timeout=1.0, trust_env=False) as client:
-            while True:
-                self._check_running(name, process)
+
+            def healthy() -> str | None:
                 try:
                     response = client.get(url)
-                    if response.status_code == 200:
-                        return
-                    last_problem = f"status {response.status_code}"
                 except httpx.TransportError as exc:
-                    last_problem = type(exc).__name__
-                if time.monotonic() > deadline:
-                    raise BenchmarkError(
-                        f"{name} did not become healthy at {url} within "
-                        f"{timeout_s:g} s (last check: {last_problem}); its output "
-                        f"is in {self.log_path(name)}."
-                    )
-                time.sleep(POLL_INTERVAL_S)
+                    return type(exc).__name__
+                if response.status_code == 200:
+                    return None
+                return f"status {response.status_code}"
+
+            self._wait(
+                name,
+                process,
+                healthy,
+                goal=f"become healthy at {url}",
+                timeout_s=timeout_s,
+            )
+
+    def _wait(
+        self,
+        name: str,
+        process: subprocess.Popen[bytes],
+        check: Callable[[], str | None],
+        *,
+        goal: str,
+        timeout_s: float,
+    ) -> None:
+        """Call `check` until it returns None, the process exits or time runs out.
+
+        `check` returns None on success and the problem it found otherwise,
+        which the error of a timeout names.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._check_running(name, process)
+            problem = check()
+            if problem is None:
+                return
+            if time.monotonic() > deadline:
+                raise BenchmarkError(
+                    f"{name} did not {goal} within {timeout_s:g} s (last check: "
+                    f"{problem}); its output is in {self.log_path(name)}."
+                )
+            time.sleep(POLL_INTERVAL_S)
 
     def _check_running(self, name: str, process: subprocess.Popen[bytes]) -> None:
         code = process.poll()

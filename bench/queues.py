@@ -27,6 +27,8 @@ T = TypeVar("T")
 # Publishes in flight at once while prefilling: JetStream acknowledges
 # concurrent publishes far faster than one at a time.
 PREFILL_WINDOW = 500
+# The stream behind the key-value bucket of faashub's call status records.
+STATUS_STREAM = f"KV_{constants.STATUS_BUCKET}"
 
 
 async def _with_jetstream(
@@ -56,6 +58,12 @@ def purge(nats_url: str, stream: str) -> int:
         return info.state.messages
 
     return asyncio.run(_with_jetstream(nats_url, action))
+
+
+def purge_calls(nats_url: str) -> None:
+    """Purge faashub's calls stream and its status records, so a run starts empty."""
+    purge(nats_url, constants.CALLS_STREAM)
+    purge(nats_url, STATUS_STREAM)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,7 @@ stops after `--count` messages or `--time-limit-s`, whichever comes first,
 and prints one JSON line with what it did.
 """
 
-import argparse
 import asyncio
-import json
 import sys
 import time
 
@@ -27,6 +25,8 @@ import nats
 import nats.errors
 import uvloop
 from nats.aio.msg import Msg
+
+from bench import raw_loop
 
 FETCH_BATCH = 100
 FETCH_TIMEOUT_S = 1.0
@@ -63,8 +63,7 @@ async def drain(
             for message in messages:
                 await pending.put(message)
             fetched += len(messages)
-        for _ in range(concurrency):
-            await pending.put(None)
+        await raw_loop.stop_workers(pending, concurrency)
 
     async def work(session: aiohttp.ClientSession) -> None:
         nonlocal processed, failed
@@ -88,10 +87,8 @@ async def drain(
             if not 200 <= status < 300:
                 failed += 1
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
     try:
-        async with aiohttp.ClientSession(connector=connector) as session:
-            await asyncio.gather(fetch(), *(work(session) for _ in range(concurrency)))
+        await raw_loop.run_workers(fetch, work, concurrency=concurrency)
     finally:
         await nc.close()
     return {
@@ -102,17 +99,13 @@ async def drain(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.raw_drain", description=__doc__.split("\n\n")[0]
+    parser = raw_loop.argument_parser(
+        "bench.raw_drain", __doc__.split("\n\n")[0], count_help="messages to drain"
     )
     parser.add_argument("--nats-url", required=True)
     parser.add_argument("--stream", required=True)
     parser.add_argument("--consumer", required=True, help="durable pull consumer")
-    parser.add_argument("--function-url", required=True)
     parser.add_argument("--callback-url", required=True)
-    parser.add_argument("--count", type=int, required=True, help="messages to drain")
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--time-limit-s", type=float, default=300.0)
     args = parser.parse_args(argv)
     outcome = uvloop.run(
         drain(
@@ -126,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             time_limit_s=args.time_limit_s,
         )
     )
-    print(json.dumps(outcome), flush=True)
-    return 0 if outcome["processed"] == args.count else 1
+    return raw_loop.print_outcome(
+        outcome, done=int(outcome["processed"]), count=args.count
+    )
 
 
 if __name__ == "__main__":

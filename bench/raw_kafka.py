@@ -15,15 +15,15 @@ machine allows. The loop stops after `--count` records or `--time-limit-s`,
 whichever comes first, and prints one JSON line with what it did.
 """
 
-import argparse
 import asyncio
-import json
 import sys
 import time
 
 import aiohttp
 import uvloop
 from aiokafka import AIOKafkaConsumer
+
+from bench import raw_loop
 
 FETCH_TIMEOUT_MS = 500
 FETCH_MAX_RECORDS = 500
@@ -62,8 +62,7 @@ async def consume(
                 for record in records:
                     await pending.put(record.value or b"")
                 fetched += len(records)
-        for _ in range(concurrency):
-            await pending.put(None)
+        await raw_loop.stop_workers(pending, concurrency)
 
     async def work(session: aiohttp.ClientSession) -> None:
         nonlocal sent, failed
@@ -81,10 +80,8 @@ async def consume(
             if not 200 <= status < 300:
                 failed += 1
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
     try:
-        async with aiohttp.ClientSession(connector=connector) as session:
-            await asyncio.gather(fetch(), *(work(session) for _ in range(concurrency)))
+        await raw_loop.run_workers(fetch, work, concurrency=concurrency)
     finally:
         await consumer.stop()
     return {
@@ -95,16 +92,12 @@ async def consume(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.raw_kafka", description=__doc__.split("\n\n")[0]
+    parser = raw_loop.argument_parser(
+        "bench.raw_kafka", __doc__.split("\n\n")[0], count_help="records to send"
     )
     parser.add_argument("--brokers", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group", required=True, help="consumer group id")
-    parser.add_argument("--function-url", required=True)
-    parser.add_argument("--count", type=int, required=True, help="records to send")
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--time-limit-s", type=float, default=300.0)
     args = parser.parse_args(argv)
     outcome = uvloop.run(
         consume(
@@ -117,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             time_limit_s=args.time_limit_s,
         )
     )
-    print(json.dumps(outcome), flush=True)
-    return 0 if outcome["sent"] == args.count else 1
+    return raw_loop.print_outcome(outcome, done=int(outcome["sent"]), count=args.count)
 
 
 if __name__ == "__main__":

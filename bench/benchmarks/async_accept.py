@@ -26,7 +26,7 @@ from bench.harness import (
     Sample,
     Target,
 )
-from bench.processes import CpuMeter, cpu_per_call_us, free_port
+from bench.processes import CpuMeter, cpu_per_call_us
 from faashub import constants
 
 BODY_BYTES = 1024
@@ -77,13 +77,8 @@ class AsyncAccept(Benchmark):
             body_bytes=BODY_BYTES,
         )
         servers = context.servers
-        nats_server = stack.start_nats(servers, store_dir=context.work_dir / "nats")
-        provider = stack.start_provider(
-            servers, state_dir=context.work_dir / "provider"
-        )
-        stack.wait_until_ready(servers, nats_server)
-        gateway = stack.start_gateway(
-            servers, provider_url=provider.url, nats_url=nats_server.url
+        nats_server, provider, gateway = stack.start_hub(
+            servers, work_dir=context.work_dir
         )
         baseline = stack.start_asgi_app(
             servers,
@@ -91,8 +86,8 @@ class AsyncAccept(Benchmark):
             name="publish-app",
             env={"BENCH_NATS_URL": nats_server.url},
         )
-        stack.wait_until_ready(servers, provider, gateway, baseline)
-        stack.deploy_noop_function(gateway.url, port=free_port())
+        stack.wait_until_ready(servers, baseline)
+        stack.deploy_noop_function(gateway.url)
 
         targets = {
             BASELINE: (
@@ -118,19 +113,17 @@ class AsyncAccept(Benchmark):
                 }
             ),
         }
-        warmed: set[str] = set()
 
         def measure(side: str, run: int) -> Sample:
             url, stream = targets[side]
-            if side not in warmed and scale.warmup_s > 0:
-                context.load.run(
-                    url,
-                    connections=CONNECTIONS,
-                    duration_s=scale.warmup_s,
-                    body_bytes=BODY_BYTES,
-                )
+            if context.warm_up(
+                side,
+                url,
+                duration_s=scale.warmup_s,
+                connections=CONNECTIONS,
+                body_bytes=BODY_BYTES,
+            ):
                 queues.purge(nats_server.url, stream)
-            warmed.add(side)
             meters[side].start()
             result = context.load.run(
                 url,

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import httpx
 
-from bench import apps, queues, stack
-from bench.benchmarks.queue_drain import STATUS_STREAM
+from bench import arrivals, queues, stack
 from bench.errors import BenchmarkError
 from bench.harness import FAASHUB, Benchmark, Context, Measure, Metric, Sample
-from bench.processes import Servers, free_port, python_module_argv, rss_mib
+from bench.processes import Servers, python_module_argv, rss_mib
 from faashub import constants, embedded_nats
 
 BODY_BYTES = 1024
@@ -110,31 +109,24 @@ class Backlog(Benchmark):
             nats_go_memory_limit_mib=embedded_nats.DEFAULT_GO_MEMORY_LIMIT_MIB,
         )
         servers = context.servers
+        receiver = stack.start_asgi_app(servers, "callback_app", name="callback-app")
         # The memory limit that `faashub up` gives its embedded server, so the
         # run shows the memory the hub ships with rather than Go's headroom:
         # without it, nats-server held about 1.9 times its live heap.
-        nats_server = stack.start_nats(
+        hub = stack.start_hub(
             servers,
-            store_dir=context.work_dir / "nats",
+            work_dir=context.work_dir,
+            also_ready=(receiver,),
             go_memory_limit_mib=embedded_nats.DEFAULT_GO_MEMORY_LIMIT_MIB,
         )
-        provider = stack.start_provider(
-            servers, state_dir=context.work_dir / "provider"
-        )
-        receiver = stack.start_asgi_app(servers, "callback_app", name="callback-app")
-        stack.wait_until_ready(servers, nats_server)
-        gateway = stack.start_gateway(
-            servers, provider_url=provider.url, nats_url=nats_server.url
-        )
-        stack.wait_until_ready(servers, provider, receiver, gateway)
-        stack.deploy_noop_function(gateway.url, port=free_port())
+        nats_server, gateway = hub.nats_server, hub.gateway
+        stack.deploy_noop_function(gateway.url)
         callback_url = f"{receiver.url}/callback"
         accept_url = f"{gateway.url}/async-function/{stack.NOOP_FUNCTION}"
 
         def measure(side: str, run: int) -> Sample:
-            queues.purge(nats_server.url, constants.CALLS_STREAM)
-            queues.purge(nats_server.url, STATUS_STREAM)
-            _reset_callbacks(receiver.url)
+            queues.purge_calls(nats_server.url)
+            arrivals.reset(receiver.url)
             sample = _accept(
                 servers,
                 url=accept_url,
@@ -246,23 +238,23 @@ def _drain(
     with httpx.Client(timeout=5.0, trust_env=False) as client:
 
         def record() -> None:
-            if _callback_count(client, receiver_url):
+            if arrivals.read(client, receiver_url).count:
                 worker.add(rss_mib(worker_pid))
             nats.add(rss_mib(nats_pid))
 
         _sample_until(
-            lambda: _callback_count(client, receiver_url) >= stop_after,
+            lambda: arrivals.read(client, receiver_url).count >= stop_after,
             deadline=deadline,
             record=record,
         )
-        stats = client.get(receiver_url + apps.STATS_PATH).json()
-    count = int(stats["count"])
+        drained = arrivals.read(client, receiver_url)
+    count = drained.count
     if count < 2:
         raise BenchmarkError(
             f"The queue-worker delivered {count} callbacks within {time_limit_s:g} s, "
             "too few for a rate; see its log."
         )
-    drain_s = (int(stats["last_ns"]) - int(stats["first_ns"])) / 1e9
+    drain_s = (drained.last_ns - drained.first_ns) / 1e9
     return {
         "drained": float(count),
         "drain_per_s": (count - 1) / drain_s,
@@ -290,17 +282,6 @@ def _sample_until(
         if done() or time.monotonic() > deadline:
             return
         time.sleep(SAMPLE_INTERVAL_S)
-
-
-def _callback_count(client: httpx.Client, receiver_url: str) -> int:
-    response = client.get(receiver_url + apps.STATS_PATH)
-    response.raise_for_status()
-    return int(response.json()["count"])
-
-
-def _reset_callbacks(receiver_url: str) -> None:
-    with httpx.Client(timeout=5.0, trust_env=False) as client:
-        client.post(receiver_url + apps.RESET_PATH).raise_for_status()
 
 
 def _loader_result(log_path: Path) -> dict[str, float | str]:

@@ -35,7 +35,6 @@ import asyncio
 import json
 import math
 import os
-import subprocess
 import time
 from array import array
 from collections import defaultdict
@@ -47,6 +46,8 @@ import aiohttp
 import httpx
 from starlette.types import Receive, Scope, Send
 
+from bench import stack
+from bench.asgi import EMPTY_BODY, OK_EMPTY, send_json, serve_lifespan
 from bench.errors import BenchmarkError
 from bench.harness import (
     FAASHUB,
@@ -58,14 +59,7 @@ from bench.harness import (
     Target,
 )
 from bench.load import percentile
-from bench.processes import (
-    LOOPBACK,
-    CpuMeter,
-    Servers,
-    free_port,
-    python_module_argv,
-    rss_mib,
-)
+from bench.processes import CpuMeter, Servers, rss_mib
 from connectors.cron import constants as cron
 from connectors.cron.scheduler import format_instant
 
@@ -118,76 +112,49 @@ class CronConnector(Benchmark):
             concurrency=CONCURRENCY,
         )
         servers = context.servers
-        target_port = free_port()
-        target = servers.start(
-            "target",
-            python_module_argv(
-                "uvicorn",
-                f"{__name__}:target_app",
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(target_port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-                "--lifespan",
-                "on",
-            ),
+        target = stack.start_asgi_app(
+            servers,
+            "target_app",
+            module=__name__,
+            name="target",
             env={SCHEDULES_ENV: str(scale.schedules)},
         )
-        servers.wait_for_port("target", target, target_port, timeout_s=START_TIMEOUT_S)
-        target_url = f"http://{LOOPBACK}:{target_port}"
+        stack.wait_until_ready(servers, target)
 
-        def start_sender(side: str) -> tuple[str, "subprocess.Popen[bytes]"]:
+        def start_sender(side: str) -> stack.Component:
             if side == FAASHUB:
-                health_port = free_port()
-                argv = python_module_argv(
-                    "faashub",
-                    "connector",
-                    "cron",
-                    "--gateway-url",
-                    target_url,
-                    "--health-host",
-                    LOOPBACK,
-                    "--health-port",
-                    str(health_port),
+                return stack.start_connector(
+                    servers, "cron", name="cron-connector", gateway_url=target.url
                 )
-                return "cron-connector", servers.start("cron-connector", argv)
-            argv = python_module_argv(
+            return stack.start_module(
+                servers,
+                "raw-cron-loop",
                 __name__,
                 "baseline",
                 "--target-url",
-                target_url,
+                target.url,
                 "--schedules",
                 str(scale.schedules),
                 "--concurrency",
                 str(CONCURRENCY),
             )
-            return "raw-cron-loop", servers.start("raw-cron-loop", argv)
 
         def measure(side: str, run: int) -> Sample:
             with httpx.Client(timeout=10.0, trust_env=False) as client:
-                client.post(target_url + RESET_PATH).raise_for_status()
-                name, process = start_sender(side)
+                client.post(target.url + RESET_PATH).raise_for_status()
+                sender = start_sender(side)
                 try:
                     return _measure_window(
                         servers,
                         client,
-                        name=name,
-                        process=process,
+                        sender=sender,
                         target=target,
-                        target_url=target_url,
                         scale=scale,
                         notes=context.notes,
                         label=f"run {run + 1} {side}",
                     )
                 finally:
-                    servers.stop(process)
+                    servers.stop(sender.process)
 
         return measure
 
@@ -196,15 +163,14 @@ def _measure_window(
     servers: Servers,
     client: httpx.Client,
     *,
-    name: str,
-    process: "subprocess.Popen[bytes]",
-    target: "subprocess.Popen[bytes]",
-    target_url: str,
+    sender: stack.Component,
+    target: stack.Component,
     scale: _Scale,
     notes: list[str],
     label: str,
 ) -> Sample:
     """Wait for the sender's first invocation, then measure `scale.window_s` ticks."""
+    name, process, target_url = sender.name, sender.process, target.url
     deadline = time.monotonic() + START_TIMEOUT_S
     while _count(client, target_url, 0, 2**62) == 0:
         if process.poll() is not None:
@@ -225,7 +191,7 @@ def _measure_window(
     end_tick_s = first_tick_s + scale.window_s
     expected = scale.schedules * scale.window_s
     _sleep_until(first_tick_s - 0.5)
-    meter = CpuMeter({"sender": process.pid, "target": target.pid})
+    meter = CpuMeter({"sender": process.pid, "target": target.process.pid})
     meter.start()
     metered_from = time.monotonic()
     rss_peak = 0.0
@@ -299,12 +265,6 @@ class _Arrivals:
 
 _arrivals = _Arrivals()
 _SCHEDULED_AT = cron.SCHEDULED_AT.lower().encode()
-_OK = {
-    "type": "http.response.start",
-    "status": 200,
-    "headers": [(b"content-length", b"0")],
-}
-_EMPTY_BODY = {"type": "http.response.body", "body": b""}
 
 
 def _function_listing(count: int) -> bytes:
@@ -324,6 +284,11 @@ def _function_listing(count: int) -> bytes:
     return json.dumps(functions).encode()
 
 
+async def _list_functions() -> None:
+    count = int(os.environ.get(SCHEDULES_ENV, "0"))
+    _arrivals.listing = _function_listing(count)
+
+
 def function_name(index: int) -> str:
     """Return the name of the scheduled function number `index`."""
     return f"tick-{index}"
@@ -332,15 +297,8 @@ def function_name(index: int) -> str:
 async def target_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Serve the function list, record invocations and serve their delays."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                count = int(os.environ.get(SCHEDULES_ENV, "0"))
-                _arrivals.listing = _function_listing(count)
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send, on_startup=_list_functions)
+        return
     arrived_ns = time.time_ns()
     while True:
         message = await receive()
@@ -349,13 +307,13 @@ async def target_app(scope: Scope, receive: Receive, send: Send) -> None:
     path: str = scope["path"]
     if path.startswith("/function/"):
         _record(scope["headers"], arrived_ns)
-        await send(_OK)
-        await send(_EMPTY_BODY)
+        await send(OK_EMPTY)
+        await send(EMPTY_BODY)
         return
     if path == "/system/namespaces":
-        await _send_json(send, json.dumps([NAMESPACE]).encode())
+        await send_json(send, json.dumps([NAMESPACE]).encode())
     elif path == "/system/functions":
-        await _send_json(send, _arrivals.listing)
+        await send_json(send, _arrivals.listing)
     elif path == COUNT_PATH:
         from_ms, until_ms = _window_ms(scope)
         count = sum(
@@ -363,18 +321,19 @@ async def target_app(scope: Scope, receive: Receive, send: Send) -> None:
             for tick, number in list(_arrivals.per_tick.items())
             if from_ms <= tick < until_ms
         )
-        await _send_json(send, json.dumps({"count": count}).encode())
+        await send_json(send, json.dumps({"count": count}).encode())
     elif path == STATS_PATH:
-        await _send_json(send, json.dumps(_delay_stats(*_window_ms(scope))).encode())
+        stats = _delay_stats(*_window_ms(scope))
+        await send_json(send, json.dumps(stats).encode())
     elif path == RESET_PATH:
         _arrivals.tick_ms = array("q")
         _arrivals.delay_us = array("q")
         _arrivals.per_tick.clear()
-        await send(_OK)
-        await send(_EMPTY_BODY)
+        await send(OK_EMPTY)
+        await send(EMPTY_BODY)
     else:
-        await send({**_OK, "status": 404})
-        await send(_EMPTY_BODY)
+        await send({**OK_EMPTY, "status": 404})
+        await send(EMPTY_BODY)
 
 
 def _record(headers: list[tuple[bytes, bytes]], arrived_ns: int) -> None:
@@ -412,20 +371,6 @@ def _delay_stats(from_ms: int, until_ms: int) -> dict[str, float]:
         "p99_ms": percentile(delays_ms, 99),
         "max_ms": delays_ms[-1],
     }
-
-
-async def _send_json(send: Send, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 # The baseline: a raw loop that fires every function at each whole second.

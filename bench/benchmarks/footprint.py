@@ -258,7 +258,6 @@ class Footprint(Benchmark):
             credentials = context.work_dir / f"hub-{run + 1}" / "credentials"
             stack.deploy_noop_function(
                 gateway_url,
-                port=free_port(),
                 auth=(
                     (credentials / "basic-auth-user").read_text(),
                     (credentials / "basic-auth-password").read_text(),

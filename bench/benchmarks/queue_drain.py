@@ -22,14 +22,9 @@ of every process involved is divided by the calls drained, to show where a
 call's time goes.
 """
 
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
-
-from bench import apps, queues, stack
-from bench.errors import BenchmarkError
+from bench import arrivals, queues, raw_loop, stack
 from bench.harness import (
     BASELINE,
     FAASHUB,
@@ -40,22 +35,12 @@ from bench.harness import (
     Sample,
     Target,
 )
-from bench.processes import (
-    CpuMeter,
-    Servers,
-    cpu_per_call_us,
-    free_port,
-    python_module_argv,
-    rss_mib,
-)
-from faashub import constants
+from bench.processes import rss_mib
 
 BODY_BYTES = 1024
 CONCURRENCY = 64
 BASELINE_STREAM = "BENCH_DRAIN"
 BASELINE_CONSUMER = "bench-raw-drain"
-STATUS_STREAM = f"KV_{constants.STATUS_BUCKET}"
-POLL_INTERVAL_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +51,6 @@ class _Scale:
 
 FULL = _Scale(calls=50_000, time_limit_s=240)
 SMOKE = _Scale(calls=300, time_limit_s=30)
-
-
-@dataclass(frozen=True, slots=True)
-class _CallbackStats:
-    count: int
-    failed: int
-    first_ns: int
-    last_ns: int
 
 
 class QueueDrain(Benchmark):
@@ -115,17 +92,11 @@ class QueueDrain(Benchmark):
             concurrency=CONCURRENCY,
         )
         servers = context.servers
-        nats_server = stack.start_nats(servers, store_dir=context.work_dir / "nats")
-        provider = stack.start_provider(
-            servers, state_dir=context.work_dir / "provider"
-        )
         receiver = stack.start_asgi_app(servers, "callback_app", name="callback-app")
-        stack.wait_until_ready(servers, nats_server)
-        gateway = stack.start_gateway(
-            servers, provider_url=provider.url, nats_url=nats_server.url
+        nats_server, provider, gateway = stack.start_hub(
+            servers, work_dir=context.work_dir, also_ready=(receiver,)
         )
-        stack.wait_until_ready(servers, provider, receiver, gateway)
-        function_url = stack.deploy_noop_function(gateway.url, port=free_port())
+        function_url = stack.deploy_noop_function(gateway.url)
         callback_url = f"{receiver.url}/callback"
         body = b"x" * BODY_BYTES
         busy_pids = {
@@ -147,8 +118,7 @@ class QueueDrain(Benchmark):
                     body=body,
                 )
             else:
-                queues.purge(nats_server.url, constants.CALLS_STREAM)
-                queues.purge(nats_server.url, STATUS_STREAM)
+                queues.purge_calls(nats_server.url)
                 queues.prefill_calls(
                     nats_server.url,
                     function=stack.NOOP_FUNCTION,
@@ -162,7 +132,9 @@ class QueueDrain(Benchmark):
                 return stack.start_worker(
                     servers, gateway_url=gateway.url, nats_url=nats_server.url
                 )
-            argv = python_module_argv(
+            return stack.start_module(
+                servers,
+                "raw-drain",
                 "bench.raw_drain",
                 "--nats-url",
                 nats_server.url,
@@ -170,127 +142,69 @@ class QueueDrain(Benchmark):
                 BASELINE_STREAM,
                 "--consumer",
                 BASELINE_CONSUMER,
-                "--function-url",
-                f"{function_url}/",
                 "--callback-url",
                 callback_url,
-                "--count",
-                str(scale.calls),
-                "--concurrency",
-                str(CONCURRENCY),
-                "--time-limit-s",
-                str(scale.time_limit_s),
+                *raw_loop.loop_options(
+                    function_url=f"{function_url}/",
+                    count=scale.calls,
+                    concurrency=CONCURRENCY,
+                    time_limit_s=scale.time_limit_s,
+                ),
             )
-            process = servers.start("raw-drain", argv)
-            return stack.Component("raw-drain", process, "", 0)
+
+        watch = arrivals.DrainWatch(
+            receiver_url=receiver.url,
+            expected=scale.calls,
+            time_limit_s=scale.time_limit_s,
+            other_pids=busy_pids,
+            drainer_part="drainer",
+            noun="callback",
+        )
 
         def measure(side: str, run: int) -> Sample:
             prefill(side)
-            _reset_callbacks(receiver.url)
-            launched = time.monotonic()
-            drainer = start_drainer(side)
-            try:
-                sample = _wait_for_callbacks(
-                    servers,
-                    drainer,
-                    receiver_url=receiver.url,
-                    expected=scale.calls,
-                    launched=launched,
-                    time_limit_s=scale.time_limit_s,
-                    other_pids=busy_pids,
-                )
-            finally:
-                servers.stop(drainer.process)
-            if sample["completed"] < scale.calls:
-                context.notes.append(
-                    f"run {run + 1} {side}: {sample['completed']:.0f} of "
-                    f"{scale.calls} callbacks arrived within {scale.time_limit_s:g} s; "
-                    "the rate covers those only."
-                )
-            return sample
+            memory = _DrainerMemory()
+            drain = watch.measure(
+                servers,
+                lambda: start_drainer(side),
+                label=f"run {run + 1} {side}",
+                notes=context.notes,
+                on_poll=memory.sample,
+            )
+            return {
+                "calls_per_s": drain.rate_per_s,
+                "drain_s": drain.drain_s,
+                "wall_s": drain.wall_s,
+                "completed": drain.arrivals.count,
+                "failed": drain.arrivals.failed,
+                "rss_first_mib": memory.first,
+                "rss_peak_mib": memory.peak,
+                "rss_last_mib": memory.last,
+                **drain.cpu_per_arrival_us(),
+            }
 
         return measure
 
 
-def _reset_callbacks(receiver_url: str) -> None:
-    with httpx.Client(timeout=5.0, trust_env=False) as client:
-        client.post(receiver_url + apps.RESET_PATH).raise_for_status()
+@dataclass(slots=True)
+class _DrainerMemory:
+    """The drainer's resident memory in MiB, sampled at each poll.
 
-
-def _callback_stats(client: httpx.Client, receiver_url: str) -> _CallbackStats:
-    response = client.get(receiver_url + apps.STATS_PATH)
-    response.raise_for_status()
-    data = response.json()
-    return _CallbackStats(
-        count=int(data["count"]),
-        failed=int(data["failed"]),
-        first_ns=int(data["first_ns"]),
-        last_ns=int(data["last_ns"]),
-    )
-
-
-def _wait_for_callbacks(
-    servers: Servers,
-    drainer: stack.Component,
-    *,
-    receiver_url: str,
-    expected: int,
-    launched: float,
-    time_limit_s: float,
-    other_pids: Mapping[str, int],
-) -> Sample:
-    """Poll the receiver until all callbacks arrived, the drainer exits or time ends.
-
-    The CPU time of the drainer and of `other_pids` is measured from the
-    first callback seen to the end, like the rate.
+    `first` is the sample at the first callback, which leaves out start-up.
     """
-    deadline = launched + time_limit_s
-    rss_first = rss_peak = rss_last = 0.0
-    meter = CpuMeter({"drainer": drainer.process.pid, **other_pids})
-    metered_from = -1
-    with httpx.Client(timeout=5.0, trust_env=False) as client:
-        while True:
-            stats = _callback_stats(client, receiver_url)
-            if stats.count and metered_from < 0:
-                meter.start()
-                metered_from = stats.count
-            rss = rss_mib(drainer.process.pid)
-            if rss is not None:
-                rss_last = rss
-                rss_peak = max(rss_peak, rss)
-                if stats.count and not rss_first:
-                    rss_first = rss
-            if stats.count >= expected:
-                break
-            if drainer.process.poll() is not None:
-                # The raw drain exits by itself: read its last callbacks too.
-                stats = _callback_stats(client, receiver_url)
-                break
-            if time.monotonic() > deadline:
-                break
-            time.sleep(POLL_INTERVAL_S)
-    cpu_used = meter.stop() if metered_from >= 0 else {}
-    if stats.count < 2:
-        raise BenchmarkError(
-            f"{drainer.name} delivered {stats.count} of {expected} callbacks within "
-            f"{time_limit_s:g} s, too few for a rate; see its log in "
-            f"{servers.log_path(drainer.name)}."
-        )
-    drain_s = (stats.last_ns - stats.first_ns) / 1e9
-    # The wall time ends at the last callback, measured on the monotonic clock
-    # that the receiver also uses.
-    wall_s = stats.last_ns / 1e9 - launched
-    return {
-        "calls_per_s": (stats.count - 1) / drain_s,
-        "drain_s": drain_s,
-        "wall_s": wall_s,
-        "completed": stats.count,
-        "failed": stats.failed,
-        "rss_first_mib": rss_first,
-        "rss_peak_mib": rss_peak,
-        "rss_last_mib": rss_last,
-        **cpu_per_call_us(cpu_used, stats.count - metered_from),
-    }
+
+    first: float = 0.0
+    peak: float = 0.0
+    last: float = 0.0
+
+    def sample(self, drainer: stack.Component, seen: arrivals.Arrivals) -> None:
+        rss = rss_mib(drainer.process.pid)
+        if rss is None:
+            return
+        self.last = rss
+        self.peak = max(self.peak, rss)
+        if seen.count and not self.first:
+            self.first = rss
 
 
 BENCHMARK = QueueDrain()

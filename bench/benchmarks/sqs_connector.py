@@ -57,7 +57,6 @@ from bench.processes import (
     Servers,
     cpu_per_call_us,
     free_port,
-    python_module_argv,
 )
 
 BODY_BYTES = 1024
@@ -118,16 +117,9 @@ class SqsConnectorBenchmark(Benchmark):
         )
         servers = context.servers
         moto = _start_moto(servers)
-        nats_server = stack.start_nats(servers, store_dir=context.work_dir / "nats")
-        provider = stack.start_provider(
-            servers, state_dir=context.work_dir / "provider"
-        )
-        stack.wait_until_ready(servers, nats_server, moto)
-        gateway = stack.start_gateway(
-            servers, provider_url=provider.url, nats_url=nats_server.url
-        )
-        stack.wait_until_ready(servers, provider, gateway)
-        function_url = stack.deploy_noop_function(gateway.url, port=free_port())
+        hub = stack.start_hub(servers, work_dir=context.work_dir, also_ready=(moto,))
+        gateway = hub.gateway
+        function_url = stack.deploy_noop_function(gateway.url)
 
         def measure(side: str, run: int) -> Sample:
             queue_url = _filled_queue(moto.url, count=scale.messages)
@@ -155,7 +147,7 @@ class SqsConnectorBenchmark(Benchmark):
                     time_limit_s=scale.time_limit_s,
                 )
             finally:
-                servers.stop(drainer)
+                servers.stop(drainer.process)
             if sample["completed"] < scale.messages:
                 context.notes.append(
                     f"run {run + 1} {side}: {sample['completed']:.0f} of "
@@ -229,13 +221,13 @@ def _remaining(client: Any, queue_url: str) -> int:
 
 def _subscribe(gateway_url: str, function_url: str, queue_name: str) -> None:
     """Give the no-op function the run's queue as its `topic` annotation."""
-    deployment = {
-        "service": stack.NOOP_FUNCTION,
-        "image": "bench/noop",
-        "envProcess": " ".join(stack.noop_function_argv()),
-        "envVars": {"mode": "http", "upstream_url": function_url},
-        "annotations": {TOPIC_ANNOTATION: queue_name},
-    }
+    deployment = stack.function_deployment(
+        stack.NOOP_FUNCTION,
+        script=stack.NOOP_FUNCTION_SCRIPT,
+        image="bench/noop",
+        function_url=function_url,
+        annotations={TOPIC_ANNOTATION: queue_name},
+    )
     with httpx.Client(timeout=30.0, trust_env=False) as client:
         response = client.put(f"{gateway_url}/system/functions", json=deployment)
     if response.status_code not in (200, 202):
@@ -247,33 +239,32 @@ def _subscribe(gateway_url: str, function_url: str, queue_name: str) -> None:
 
 def _start_connector(
     servers: Servers, *, moto_url: str, gateway_url: str, queue: str
-) -> Any:
-    argv = python_module_argv(
-        "faashub",
-        "connector",
+) -> stack.Component:
+    return stack.start_connector(
+        servers,
         "sqs",
-        "--sqs-queues",
-        queue,
-        "--endpoint-url",
-        moto_url,
-        "--region",
-        REGION,
-        "--gateway-url",
-        gateway_url,
-        "--health-host",
-        LOOPBACK,
-        "--health-port",
-        str(free_port()),
-        "--log-level",
-        "WARNING",
+        name="sqs-connector",
+        gateway_url=gateway_url,
+        options=(
+            "--sqs-queues",
+            queue,
+            "--endpoint-url",
+            moto_url,
+            "--region",
+            REGION,
+            "--log-level",
+            "WARNING",
+        ),
+        env=FAKE_CREDENTIALS,
     )
-    return servers.start("sqs-connector", argv, env=FAKE_CREDENTIALS)
 
 
 def _start_raw_loop(
     servers: Servers, *, moto_url: str, queue: str, function_url: str, scale: _Scale
-) -> Any:
-    argv = python_module_argv(
+) -> stack.Component:
+    return stack.start_module(
+        servers,
+        "raw-sqs-loop",
         "bench.benchmarks.sqs_connector",
         "--endpoint-url",
         moto_url,
@@ -285,13 +276,13 @@ def _start_raw_loop(
         str(scale.messages),
         "--time-limit-s",
         str(scale.time_limit_s),
+        env=FAKE_CREDENTIALS,
     )
-    return servers.start("raw-sqs-loop", argv, env=FAKE_CREDENTIALS)
 
 
 def _wait_until_drained(
     servers: Servers,
-    drainer: Any,
+    drainer: stack.Component,
     *,
     moto: stack.Component,
     queue_url: str,
@@ -302,7 +293,7 @@ def _wait_until_drained(
     client = _sqs_client(moto.url)
     deadline = time.monotonic() + time_limit_s
 
-    meter = CpuMeter({"drainer": drainer.pid, "moto": moto.process.pid})
+    meter = CpuMeter({"drainer": drainer.process.pid, "moto": moto.process.pid})
     # The drain starts after the last poll that found the queue untouched; a
     # fast drainer may empty a small queue before the next poll.
     untouched_s = time.monotonic()
@@ -314,7 +305,7 @@ def _wait_until_drained(
         if remaining == expected:
             untouched_s = now_s
             meter.start()
-        if remaining == 0 or drainer.poll() is not None or now_s > deadline:
+        if remaining == 0 or drainer.process.poll() is not None or now_s > deadline:
             break
         time.sleep(POLL_INTERVAL_S)
     end_s = time.monotonic()
@@ -323,10 +314,9 @@ def _wait_until_drained(
     drained = expected - remaining
     if drained < 2:
         raise BenchmarkError(
-            f"The drainer took {drained} of {expected} messages within "
+            f"{drainer.name} took {drained} of {expected} messages within "
             f"{time_limit_s:g} s, too few for a rate; see its log in "
-            f"{servers.log_path('sqs-connector')} or "
-            f"{servers.log_path('raw-sqs-loop')}."
+            f"{servers.log_path(drainer.name)}."
         )
     drain_s = end_s - untouched_s
     return {

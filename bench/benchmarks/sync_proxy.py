@@ -32,7 +32,7 @@ from bench.harness import (
     Sample,
     Target,
 )
-from bench.processes import CpuMeter, cpu_per_call_us, free_port
+from bench.processes import CpuMeter, cpu_per_call_us
 
 BODY_BYTES = 1024
 CONNECTIONS = 64
@@ -89,16 +89,9 @@ class SyncProxy(Benchmark):
             body_bytes=BODY_BYTES,
         )
         servers = context.servers
-        nats_server = stack.start_nats(servers, store_dir=context.work_dir / "nats")
-        provider = stack.start_provider(
-            servers, state_dir=context.work_dir / "provider"
-        )
-        stack.wait_until_ready(servers, nats_server)
-        gateway = stack.start_gateway(
-            servers, provider_url=provider.url, nats_url=nats_server.url
-        )
-        stack.wait_until_ready(servers, provider, gateway)
-        function_url = stack.deploy_noop_function(gateway.url, port=free_port())
+        hub = stack.start_hub(servers, work_dir=context.work_dir)
+        gateway, provider = hub.gateway, hub.provider
+        function_url = stack.deploy_noop_function(gateway.url)
         proxy = stack.start_asgi_app(
             servers,
             "proxy_app",
@@ -122,18 +115,16 @@ class SyncProxy(Benchmark):
                 "gateway": gateway.process.pid,
             }
         )
-        warmed: set[str] = set()
 
         def measure(side: str, run: int) -> Sample:
             url = urls[side]
-            if side not in warmed and scale.warmup_s > 0:
-                context.load.run(
-                    url,
-                    connections=CONNECTIONS,
-                    duration_s=scale.warmup_s,
-                    body_bytes=BODY_BYTES,
-                )
-            warmed.add(side)
+            context.warm_up(
+                side,
+                url,
+                duration_s=scale.warmup_s,
+                connections=CONNECTIONS,
+                body_bytes=BODY_BYTES,
+            )
             meter.start()
             loaded = context.load.run(
                 url,
