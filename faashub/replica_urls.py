@@ -1,23 +1,30 @@
-"""Replica URLs of functions, so gateway clients can invoke a replica directly.
+"""Replica URLs of functions, so that a caller can invoke a replica directly.
 
-The queue-worker (`queue_worker.handling`) and the event connectors
-(`connectors.core.invoker`) use this cache. The gateway has its own, keyed
-and bounded differently, in front of the provider (`gateway.replica_urls`).
+A call that goes through the gateway makes two proxy hops (gateway, then
+provider). In the queue-drain benchmark they cost about 40 % of the CPU time
+per call. The provider reports where a function's replicas listen
+(`GET /system/function-endpoints/NAME?namespace=NS`, which returns
+`{"urls": [...], "ttl_s": ...}`), and the gateway forwards that route.
+`ReplicaUrlCache` keeps each report for the `ttl_s` it carries, at most
+MAX_TTL_S, and hands out its URLs in turn. Two caches are built on it:
 
-Through the gateway, a call makes two proxy hops (gateway, then provider),
-which cost the queue-drain benchmark about 40 % of its CPU time per call.
-The provider reports where a function's replicas listen
-(`GET /system/function-endpoints/NAME?namespace=NS`, which the gateway
-forwards). This cache keeps each report for the `ttl_s` it carries, at most
-MAX_TTL_S, and hands out its URLs in turn.
+* `ReplicaUrls` here, which the queue-worker (`queue_worker.handling`) and
+  the event connectors (`connectors.core.invoker`) use. It requests reports
+  from the gateway, with an Authorization header, and is keyed by
+  `FunctionRef`;
+* `gateway.replica_urls.ReplicaUrls`, which the gateway's sync proxy uses to
+  skip the provider's hop. It requests reports from the provider, is keyed
+  by the function name as the caller wrote it, keeps a bounded number of
+  reports and accepts only http:// and https:// URLs.
 
-`url_for` returns None, so that the call goes through the gateway as before,
-in three cases. The report lists no URL (zero replicas, none responding yet,
-a classic function, or a backend that reports none). The report failed. Or
-a failed report is less than FAILED_REPORT_TTL_S old. `forget` drops a
-report after a URL refused the connection. Lookups of one function share one
-request. This module does not invoke functions (`queue_worker.invoke` and
-`connectors.core.invoker` do).
+`url_for` returns None, so that the call takes its usual route, in three
+cases. The report lists no URL (zero replicas, none responding yet, a
+classic function, or a backend that reports none). The report failed, for
+example with 404 for an unknown function. Or a failed report is less than
+FAILED_REPORT_TTL_S old. `forget` drops a report after a URL refused the
+connection. Lookups of one function share one request. This module does not
+invoke functions (`queue_worker.invoke`, `connectors.core.invoker` and
+`gateway.sync_proxy` do).
 """
 
 import asyncio
@@ -25,9 +32,9 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import aiohttp
 import yarl
@@ -38,12 +45,16 @@ logger = logging.getLogger(__name__)
 
 # How long one report request to the gateway may take, in seconds.
 LOOKUP_TIMEOUT_S: Final = 5.0
-# How long calls of a function go through the gateway after the provider
+# How long calls of a function take their usual route after the provider
 # reported no replica URLs for it, or the report failed, in seconds.
 FAILED_REPORT_TTL_S: Final = 5.0
 # Maximum time a reported list of replica URLs is reused, whatever ttl_s the
-# provider sent, in seconds.
+# provider sent, in seconds. A replica that went away is noticed within this
+# time even when no connection to it is refused.
 MAX_TTL_S: Final = 30.0
+
+# The key of a cached report.
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(slots=True)
@@ -53,8 +64,146 @@ class _Report:
     turn: Iterator[str] | None
 
 
-class ReplicaUrls:
-    """A short-lived cache of each function's replica URLs."""
+class ReplicaUrlCache(Generic[K]):
+    """A short-lived cache of each function's replica URLs, keyed by `K`.
+
+    `server_url` is the gateway or provider that serves
+    `/system/function-endpoints/`. `locate` returns the function name and
+    namespace of a key for that request. `route` names the route calls
+    take without a replica URL ("gateway" or "provider"), for the log.
+    `authorization` is sent with each report request, never to a replica.
+    With `max_reports`, a new key beyond that many reports first drops the
+    expired ones, and all of them when none has expired. With
+    `http_urls_only`, a report that lists a URL other than http:// or
+    https:// fails as a whole.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        server_url: str,
+        *,
+        locate: Callable[[K], tuple[str, str]],
+        route: str,
+        timeout_s: float,
+        authorization: str = "",
+        max_reports: int | None = None,
+        http_urls_only: bool = False,
+        log: logging.Logger = logger,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self._base_url = server_url.rstrip("/") + "/system/function-endpoints/"
+        self._locate = locate
+        self._route = route
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._headers = {"Authorization": authorization} if authorization else {}
+        self._max_reports = max_reports
+        self._http_urls_only = http_urls_only
+        self._log = log
+        self._clock = clock
+        self._reports: dict[K, _Report] = {}
+        self._pending: dict[K, asyncio.Task[_Report]] = {}
+
+    async def url_for(self, key: K) -> str | None:
+        """Return a replica's base URL for the next call of `key`, or None.
+
+        A failed report gives None, never an exception.
+        """
+        report = self._reports.get(key)
+        if report is None or report.expires_at <= self._clock():
+            report = await self._refresh(key)
+        turn = report.turn
+        if turn is None:
+            return None
+        return next(turn)
+
+    def forget(self, key: K, url: str) -> None:
+        """Drop the report of `key` after `url` refused a connection."""
+        report = self._reports.get(key)
+        if report is not None and url in report.urls:
+            del self._reports[key]
+
+    async def _refresh(self, key: K) -> _Report:
+        task = self._pending.get(key)
+        if task is None:
+            task = asyncio.create_task(self._query(key))
+            self._pending[key] = task
+            task.add_done_callback(lambda _: self._pending.pop(key, None))
+        # Shielded, so that one cancelled caller does not fail the others.
+        report = await asyncio.shield(task)
+        max_reports = self._max_reports
+        if (
+            max_reports is not None
+            and len(self._reports) >= max_reports
+            and key not in self._reports
+        ):
+            self._drop_expired(max_reports)
+        self._reports[key] = report
+        return report
+
+    def _drop_expired(self, max_reports: int) -> None:
+        now = self._clock()
+        expired = [key for key, kept in self._reports.items() if kept.expires_at <= now]
+        for key in expired:
+            del self._reports[key]
+        if len(self._reports) >= max_reports:
+            # Every report is still fresh: start over rather than grow.
+            self._reports.clear()
+
+    async def _query(self, key: K) -> _Report:
+        name, namespace = self._locate(key)
+        url = yarl.URL(self._base_url + name).with_query(namespace=namespace)
+        try:
+            async with self._session.get(
+                url, headers=self._headers, timeout=self._timeout
+            ) as response:
+                if response.status != 200:
+                    # 404 is an unknown function, which the usual route
+                    # reports properly. Another status is a provider that
+                    # does not report replicas.
+                    return self._failed(key, f"status {response.status}")
+                document = json.loads(await response.read())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return self._failed(key, str(exc) or type(exc).__name__)
+        try:
+            urls = tuple(self._checked_url(item) for item in document["urls"])
+            ttl_s = float(document.get("ttl_s", FAILED_REPORT_TTL_S))
+        except (KeyError, TypeError, ValueError) as exc:
+            return self._failed(key, f"unexpected report: {exc!r}")
+        ttl_s = min(max(ttl_s, 0.0), MAX_TTL_S)
+        turn = itertools.cycle(urls) if urls else None
+        return _Report(self._clock() + ttl_s, urls, turn)
+
+    def _checked_url(self, item: object) -> str:
+        """Return a reported URL without a trailing slash.
+
+        Raise ValueError for a URL other than http:// or https:// when
+        `http_urls_only` is set.
+        """
+        if self._http_urls_only and (
+            not isinstance(item, str) or not item.startswith(("http://", "https://"))
+        ):
+            raise ValueError(f"replica URL {item!r} is not an http:// or https:// URL")
+        return str(item).rstrip("/")
+
+    def _failed(self, key: K, reason: str) -> _Report:
+        self._log.debug(
+            "replica urls not reported; calls go through the %s: %s",
+            self._route,
+            reason,
+            extra={"ctx": {"function": str(key)}},
+        )
+        return _Report(self._clock() + FAILED_REPORT_TTL_S, (), None)
+
+
+class ReplicaUrls(ReplicaUrlCache[FunctionRef]):
+    """The replica URL cache of the queue-worker and the connectors.
+
+    It requests reports from the gateway at `gateway_url`, sending
+    `authorization` with each request, and keeps one report for each
+    function it calls.
+    """
 
     def __init__(
         self,
@@ -65,64 +214,16 @@ class ReplicaUrls:
         timeout_s: float = LOOKUP_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._session = session
-        # Sent to the gateway's /system route only, never to a replica.
-        self._headers = {"Authorization": authorization} if authorization else {}
-        self._base_url = gateway_url.rstrip("/") + "/system/function-endpoints/"
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._clock = clock
-        self._reports: dict[FunctionRef, _Report] = {}
-        self._pending: dict[FunctionRef, asyncio.Task[_Report]] = {}
-
-    async def url_for(self, ref: FunctionRef) -> str | None:
-        """Return a replica's base URL for the next call of `ref`, or None."""
-        report = self._reports.get(ref)
-        if report is None or report.expires_at <= self._clock():
-            task = self._pending.get(ref)
-            if task is None:
-                task = asyncio.create_task(self._query(ref))
-                self._pending[ref] = task
-                task.add_done_callback(lambda _: self._pending.pop(ref, None))
-            # Shielded, so that one cancelled caller does not fail the others.
-            report = await asyncio.shield(task)
-            self._reports[ref] = report
-        if report.turn is None:
-            return None
-        return next(report.turn)
-
-    def forget(self, ref: FunctionRef, url: str) -> None:
-        """Drop the report of `ref` after `url` refused a connection."""
-        report = self._reports.get(ref)
-        if report is not None and url in report.urls:
-            del self._reports[ref]
-
-    async def _query(self, ref: FunctionRef) -> _Report:
-        url = yarl.URL(self._base_url + ref.name).with_query(namespace=ref.namespace)
-        try:
-            async with self._session.get(
-                url, headers=self._headers, timeout=self._timeout
-            ) as response:
-                if response.status != 200:
-                    # 404 is a function deleted meanwhile, which the gateway
-                    # path reports properly. Any other status is a provider
-                    # that does not report replicas.
-                    return self._failed(ref, f"status {response.status}")
-                document = json.loads(await response.read())
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            return self._failed(ref, str(exc) or type(exc).__name__)
-        try:
-            urls = tuple(str(item).rstrip("/") for item in document["urls"])
-            ttl_s = float(document.get("ttl_s", FAILED_REPORT_TTL_S))
-        except (KeyError, TypeError, ValueError) as exc:
-            return self._failed(ref, f"unexpected report: {exc!r}")
-        ttl_s = min(max(ttl_s, 0.0), MAX_TTL_S)
-        turn = itertools.cycle(urls) if urls else None
-        return _Report(self._clock() + ttl_s, urls, turn)
-
-    def _failed(self, ref: FunctionRef, reason: str) -> _Report:
-        logger.debug(
-            "replica urls not reported; calls go through the gateway: %s",
-            reason,
-            extra={"ctx": {"function": str(ref)}},
+        super().__init__(
+            session,
+            gateway_url,
+            locate=_locate_ref,
+            route="gateway",
+            timeout_s=timeout_s,
+            authorization=authorization,
+            clock=clock,
         )
-        return _Report(self._clock() + FAILED_REPORT_TTL_S, (), None)
+
+
+def _locate_ref(ref: FunctionRef) -> tuple[str, str]:
+    return ref.name, ref.namespace

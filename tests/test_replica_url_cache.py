@@ -1,0 +1,296 @@
+"""`faashub.replica_urls.ReplicaUrlCache` against a real report server.
+
+The server is a small aiohttp app on the loopback interface that responds to
+`/system/function-endpoints/NAME` as the provider and the gateway do. These
+tests cover the constructor parameters. The worker, connector and gateway
+tests cover the calls that use the cache.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from faashub.names import FunctionRef
+from faashub.replica_urls import (
+    FAILED_REPORT_TTL_S,
+    MAX_TTL_S,
+    ReplicaUrlCache,
+    ReplicaUrls,
+)
+from tests.conftest import LOOPBACK
+
+pytestmark = pytest.mark.timeout(20)
+
+
+@dataclass
+class ReportServer:
+    """A report server that returns `reports[NAME]` and records each request."""
+
+    reports: dict[str, Any] = field(default_factory=dict)
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+    """(path and query, Authorization header) of each request."""
+    url: str = ""
+
+    async def report(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path_qs, request.headers.get("Authorization")))
+        name = request.match_info["name"]
+        if name not in self.reports:
+            return web.Response(status=404, text="not found")
+        return web.json_response(self.reports[name])
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test advances it."""
+
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ReportServer]:
+    reports = ReportServer()
+    app = web.Application()
+    app.router.add_get("/system/function-endpoints/{name}", reports.report)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, LOOPBACK, 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    reports.url = f"http://{LOOPBACK}:{port}/"
+    yield reports
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client_session:
+        yield client_session
+
+
+def split_key(key: str) -> tuple[str, str]:
+    name, _, namespace = key.partition("/")
+    return name, namespace
+
+
+def new_cache(
+    session: aiohttp.ClientSession,
+    server: ReportServer,
+    clock: FakeClock,
+    **options: Any,
+) -> ReplicaUrlCache[str]:
+    return ReplicaUrlCache(
+        session,
+        server.url,
+        locate=split_key,
+        route="provider",
+        timeout_s=5.0,
+        clock=clock,
+        **options,
+    )
+
+
+async def test_urls_handed_out_in_turn(
+    server: ReportServer, session: aiohttp.ClientSession
+) -> None:
+    server.reports["echo"] = {"urls": ["http://a:1/", "http://b:2"], "ttl_s": 10}
+    cache = new_cache(session, server, FakeClock())
+
+    urls = [await cache.url_for("echo/team") for _ in range(3)]
+
+    assert urls == ["http://a:1", "http://b:2", "http://a:1"]
+    assert server.requests == [("/system/function-endpoints/echo?namespace=team", None)]
+
+
+@pytest.mark.parametrize(
+    ("report", "expected_url", "kept_s"),
+    [
+        pytest.param(
+            {"urls": ["http://a:1"], "ttl_s": 3600},
+            "http://a:1",
+            MAX_TTL_S,
+            id="ttl-capped",
+        ),
+        pytest.param(
+            {"urls": ["http://a:1"], "ttl_s": 2},
+            "http://a:1",
+            2.0,
+            id="ttl-reported",
+        ),
+        pytest.param(None, None, FAILED_REPORT_TTL_S, id="failed"),
+    ],
+)
+async def test_report_kept_for_ttl(
+    server: ReportServer,
+    session: aiohttp.ClientSession,
+    report: dict[str, Any] | None,
+    expected_url: str | None,
+    kept_s: float,
+) -> None:
+    if report is not None:
+        server.reports["echo"] = report
+    clock = FakeClock()
+    cache = new_cache(session, server, clock)
+
+    first = await cache.url_for("echo/")
+    clock.now_s += kept_s - 0.1
+    second = await cache.url_for("echo/")
+    requests_within_ttl = len(server.requests)
+    clock.now_s += 0.2
+    await cache.url_for("echo/")
+
+    assert first == expected_url
+    assert second == expected_url
+    assert requests_within_ttl == 1
+    assert len(server.requests) == 2
+
+
+async def test_forget_drops_report(
+    server: ReportServer, session: aiohttp.ClientSession
+) -> None:
+    server.reports["echo"] = {"urls": ["http://a:1"], "ttl_s": 10}
+    cache = new_cache(session, server, FakeClock())
+
+    url = await cache.url_for("echo/")
+    cache.forget("echo/", "http://other:9")
+    await cache.url_for("echo/")
+    requests_after_other_url = len(server.requests)
+    assert url is not None
+    cache.forget("echo/", url)
+    await cache.url_for("echo/")
+
+    assert requests_after_other_url == 1
+    assert len(server.requests) == 2
+
+
+async def test_authorization_sent_to_server(
+    server: ReportServer, session: aiohttp.ClientSession
+) -> None:
+    server.reports["echo"] = {"urls": ["http://a:1"], "ttl_s": 10}
+    cache = ReplicaUrls(
+        session, server.url, authorization="Bearer secret", clock=FakeClock()
+    )
+
+    url = await cache.url_for(FunctionRef("echo", "team"))
+
+    assert url == "http://a:1"
+    assert server.requests == [
+        ("/system/function-endpoints/echo?namespace=team", "Bearer secret")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("http_urls_only", "expected"),
+    [
+        pytest.param(False, "ftp://a:1", id="any-scheme"),
+        pytest.param(True, None, id="http-only"),
+    ],
+)
+async def test_scheme_check_follows_option(
+    server: ReportServer,
+    session: aiohttp.ClientSession,
+    http_urls_only: bool,
+    expected: str | None,
+) -> None:
+    server.reports["echo"] = {"urls": ["ftp://a:1"], "ttl_s": 10}
+    cache = new_cache(session, server, FakeClock(), http_urls_only=http_urls_only)
+
+    assert await cache.url_for("echo/") == expected
+
+
+async def test_max_reports_drops_expired_first(
+    server: ReportServer, session: aiohttp.ClientSession
+) -> None:
+    server.reports["short"] = {"urls": ["http://s:1"], "ttl_s": 1}
+    server.reports["long"] = {"urls": ["http://l:1"], "ttl_s": 10}
+    server.reports["new"] = {"urls": ["http://n:1"], "ttl_s": 10}
+    server.reports["last"] = {"urls": ["http://x:1"], "ttl_s": 10}
+    clock = FakeClock()
+    cache = new_cache(session, server, clock, max_reports=2)
+
+    await cache.url_for("short/")
+    await cache.url_for("long/")
+    clock.now_s += 2
+    # "short" has expired, so "new" takes its place and "long" stays.
+    await cache.url_for("new/")
+    await cache.url_for("long/")
+    await cache.url_for("new/")
+    requested_before_last = len(server.requests)
+    # Both kept reports are fresh, so "last" replaces them.
+    await cache.url_for("last/")
+    await cache.url_for("long/")
+
+    requested = [path.split("?")[0] for path, _ in server.requests]
+    assert requested_before_last == 3
+    assert requested == [
+        "/system/function-endpoints/short",
+        "/system/function-endpoints/long",
+        "/system/function-endpoints/new",
+        "/system/function-endpoints/last",
+        "/system/function-endpoints/long",
+    ]
+
+
+async def test_max_reports_clears_when_all_fresh(
+    server: ReportServer, session: aiohttp.ClientSession
+) -> None:
+    for name in ("a", "b", "c"):
+        server.reports[name] = {"urls": [f"http://{name}:1"], "ttl_s": 10}
+    cache = new_cache(session, server, FakeClock(), max_reports=2)
+
+    await cache.url_for("a/")
+    await cache.url_for("b/")
+    await cache.url_for("c/")
+    await cache.url_for("c/")
+    await cache.url_for("a/")
+
+    requested = [path.split("?")[0] for path, _ in server.requests]
+    assert requested == [
+        "/system/function-endpoints/a",
+        "/system/function-endpoints/b",
+        "/system/function-endpoints/c",
+        "/system/function-endpoints/a",
+    ]
+
+
+async def test_unbounded_without_max_reports(
+    server: ReportServer, session: aiohttp.ClientSession
+) -> None:
+    names = [f"f{index}" for index in range(50)]
+    for name in names:
+        server.reports[name] = {"urls": [f"http://{name}:1"], "ttl_s": 10}
+    cache = new_cache(session, server, FakeClock())
+
+    for name in names:
+        await cache.url_for(f"{name}/")
+    for name in names:
+        await cache.url_for(f"{name}/")
+
+    assert len(server.requests) == len(names)
+
+
+async def test_failure_logged_with_route(
+    server: ReportServer,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("tests.replica_url_cache")
+    caplog.set_level(logging.DEBUG, logger=log.name)
+    server.reports["echo"] = {"ttl_s": 10}
+    cache = new_cache(session, server, FakeClock(), log=log)
+
+    assert await cache.url_for("echo/") is None
+
+    [record] = [r for r in caplog.records if r.name == log.name]
+    assert record.getMessage().startswith(
+        "replica urls not reported; calls go through the provider: unexpected report"
+    )
+    assert "KeyError('urls')" in record.getMessage()
+    assert record.__dict__["ctx"] == {"function": "echo/"}
