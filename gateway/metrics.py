@@ -32,18 +32,12 @@ from typing import Any
 
 import aiohttp
 import yarl
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import Counter, Gauge, Histogram
 
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
+from faashub.metrics import ComponentMetrics, keep_child
 from gateway.log_throttle import WarningThrottle
 
 logger = logging.getLogger(__name__)
@@ -63,37 +57,33 @@ SERVICE_COUNT_TIMEOUT_S = 2.0
 MAX_CACHED_CHILDREN = 10_000
 
 
-class GatewayMetrics:
+class GatewayMetrics(ComponentMetrics):
     """The invocation counters, histogram and replica gauge of one gateway."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.invocations = Counter(
+        super().__init__()
+        self.invocations = self.counter(
             "gateway_function_invocation",
             "Sync calls proxied to a function, by the HTTP status the caller got.",
             ["function_name", "code"],
-            registry=self.registry,
         )
-        self.duration = Histogram(
+        self.duration = self.histogram(
             "gateway_functions_seconds",
             "Seconds from the start of a sync call to the end of its response.",
             ["function_name", "code"],
-            registry=self.registry,
         )
         # A gauge that only rises: prometheus_client appends `_total` to the
         # samples of every Counter, and the OpenFaaS name has no suffix.
         # rate() and increase() treat it as they treat a counter.
-        self.started = Gauge(
+        self.started = self.gauge(
             "gateway_function_invocation_started",
             "Sync calls that started, counted before the function responds.",
             ["function_name"],
-            registry=self.registry,
         )
-        self.service_count = Gauge(
+        self.service_count = self.gauge(
             "gateway_service_count",
             "Desired replicas of a function, from the provider's listing.",
             ["function_name"],
-            registry=self.registry,
         )
         # Label children by the function name in the request path: `labels()`
         # takes a lock and builds a key on every call.
@@ -104,9 +94,12 @@ class GatewayMetrics:
         """Count one started call of `function` (`NAME` or `NAME.NAMESPACE`)."""
         child = self._started_children.get(function)
         if child is None:
-            child = self.started.labels(function_label(function))
-            if len(self._started_children) < MAX_CACHED_CHILDREN:
-                self._started_children[function] = child
+            child = keep_child(
+                self._started_children,
+                function,
+                self.started.labels(function_label(function)),
+                max_size=MAX_CACHED_CHILDREN,
+            )
         child.inc()
 
     def invocation_finished(self, function: str, code: int, duration_s: float) -> None:
@@ -115,12 +108,15 @@ class GatewayMetrics:
         children = self._finished_children.get(key)
         if children is None:
             label = function_label(function)
-            children = (
-                self.invocations.labels(label, str(code)),
-                self.duration.labels(label, str(code)),
+            children = keep_child(
+                self._finished_children,
+                key,
+                (
+                    self.invocations.labels(label, str(code)),
+                    self.duration.labels(label, str(code)),
+                ),
+                max_size=MAX_CACHED_CHILDREN,
             )
-            if len(self._finished_children) < MAX_CACHED_CHILDREN:
-                self._finished_children[key] = children
         children[0].inc()
         children[1].observe(duration_s)
 
@@ -153,7 +149,7 @@ class GatewayMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return self.exposition()
 
 
 def function_label(function: str) -> str:

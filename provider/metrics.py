@@ -16,15 +16,7 @@ functions during a scrape still returns the invocation counters, with
 import logging
 import time
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-
+from faashub.metrics import ComponentMetrics
 from provider.backend import ProviderBackend
 
 logger = logging.getLogger(__name__)
@@ -39,52 +31,45 @@ DURATION_BUCKETS_S = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 MAX_REPORTED_FUNCTIONS = 10_000
 
 
-class ProviderMetrics:
+class ProviderMetrics(ComponentMetrics):
     """The invocation counters and the per-scrape function gauges of one provider."""
 
     def __init__(self, backend: ProviderBackend) -> None:
+        super().__init__()
         self._backend = backend
-        self.registry = CollectorRegistry()
-        self.invocations = Counter(
+        self.invocations = self.counter(
             "faashub_provider_invocations_total",
             "Invocations the provider responded to, by function and status code.",
             ["function_name", "code"],
-            registry=self.registry,
         )
-        self.duration = Histogram(
+        self.duration = self.histogram(
             "faashub_provider_invocation_seconds",
             "Seconds from an invocation's arrival to the end of its response.",
             ["function_name"],
             buckets=DURATION_BUCKETS_S,
-            registry=self.registry,
         )
-        self.functions = Gauge(
+        self.functions = self.gauge(
             "faashub_provider_functions",
             "Functions deployed, by namespace.",
             ["namespace"],
-            registry=self.registry,
         )
-        self.replicas = Gauge(
+        self.replicas = self.gauge(
             "faashub_provider_function_replicas",
             "Replicas a function should have.",
             ["function_name"],
-            registry=self.registry,
         )
-        self.available_replicas = Gauge(
+        self.available_replicas = self.gauge(
             "faashub_provider_function_available_replicas",
             "Replicas of a function that can serve now.",
             ["function_name"],
-            registry=self.registry,
         )
-        self.up = Gauge(
+        self.up = self.gauge(
             "faashub_provider_up",
             "1 when the last scrape could list the functions, 0 when it could not.",
-            registry=self.registry,
         )
-        self.scrape_seconds = Gauge(
+        self.scrape_seconds = self.gauge(
             "faashub_provider_scrape_seconds",
             "Seconds the last scrape took to list the functions.",
-            registry=self.registry,
         )
 
     def invoked(self, function_name: str, *, status: int, duration_s: float) -> None:
@@ -104,7 +89,7 @@ class ProviderMetrics:
         else:
             self.up.set(1)
         self.scrape_seconds.set(time.perf_counter() - started_at)
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return self.exposition()
 
     async def _refresh_functions(self) -> None:
         counts: dict[str, int] = {}

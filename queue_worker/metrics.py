@@ -8,14 +8,9 @@ Queue depth comes from the consumer's state, which the worker reads when
 `/metrics` is scraped rather than on a timer.
 """
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import Counter
+
+from faashub.metrics import ComponentMetrics
 
 # From 10 ms to 6 hours, the default max event age: a queued call usually
 # starts within milliseconds, a backlogged or delayed one much later.
@@ -36,65 +31,56 @@ START_DELAY_BUCKETS_S = (
 )
 
 
-class WorkerMetrics:
+class WorkerMetrics(ComponentMetrics):
     """The counters, gauges and histogram of one worker."""
 
     def __init__(self, *, queue: str) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self._queue = queue
-        self.queue_depth = Gauge(
+        self.queue_depth = self.gauge(
             "faashub_worker_queue_depth",
             "Calls stored for this queue that no worker has received yet.",
             ["queue"],
-            registry=self.registry,
         )
-        self.queue_unacknowledged = Gauge(
+        self.queue_unacknowledged = self.gauge(
             "faashub_worker_queue_unacknowledged",
             "Calls received by a worker and not finished: running, waiting for "
             "a retry, or delayed.",
             ["queue"],
-            registry=self.registry,
         )
-        self.in_flight = Gauge(
+        self.in_flight = self.gauge(
             "faashub_worker_calls_in_flight",
             "Calls this worker is running now.",
-            registry=self.registry,
         )
-        self.attempts = Counter(
+        self.attempts = self.counter(
             "faashub_worker_attempts",
             "Invocations of queued calls, retries included.",
             ["function"],
-            registry=self.registry,
         )
-        self.retries = Counter(
+        self.retries = self.counter(
             "faashub_worker_retries",
             "Invocations that failed and were scheduled again.",
             ["function"],
-            registry=self.registry,
         )
-        self.calls = Counter(
+        self.calls = self.counter(
             "faashub_worker_calls",
             "Calls that reached a final state, by state.",
             ["function", "state"],
-            registry=self.registry,
         )
-        self.dead_letters = Counter(
+        self.dead_letters = self.counter(
             "faashub_worker_dead_letters",
             "Dead letters written, by kind (call or callback) and reason.",
             ["kind", "reason"],
-            registry=self.registry,
         )
-        self.callback_failures = Counter(
+        self.callback_failures = self.counter(
             "faashub_worker_callback_failures",
             "Callback deliveries that failed (each try counts once).",
-            registry=self.registry,
         )
-        self.start_delay = Histogram(
+        self.start_delay = self.histogram(
             "faashub_worker_start_delay_seconds",
             "Seconds from a call's acceptance (or the time it was delayed to) "
             "to the start of its first attempt.",
             buckets=START_DELAY_BUCKETS_S,
-            registry=self.registry,
         )
 
         # Labelled children by metric and label values: `labels()` takes a
@@ -131,4 +117,4 @@ class WorkerMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return self.exposition()

@@ -1,0 +1,85 @@
+"""Prometheus building blocks that the gateway, worker and provider share.
+
+Each component declares its own metrics (names, labels, help text and
+buckets) in `gateway.metrics`, `queue_worker.metrics` and `provider.metrics`.
+This module contains what they share. `ComponentMetrics` gives each instance
+a registry of its own, so that several gateways or workers in one process
+(as in tests) do not collide, and renders that registry in the Prometheus
+text format. `keep_child` fills a bounded cache of label children, because
+`labels()` takes a lock and builds a key on every call, which adds up on a
+per-call path.
+This module serves no HTTP route: each component serves `/metrics` itself.
+"""
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# The key and the value of a cache of label children.
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class ComponentMetrics:
+    """A registry of its own, with helpers that declare metrics in it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+
+    def counter(
+        self, name: str, documentation: str, labelnames: Sequence[str] = ()
+    ) -> Counter:
+        """Declare a counter in this registry.
+
+        prometheus_client appends `_total` to a counter's samples, and drops
+        the suffix from `name` first if it is there.
+        """
+        return Counter(name, documentation, labelnames, registry=self.registry)
+
+    def gauge(
+        self, name: str, documentation: str, labelnames: Sequence[str] = ()
+    ) -> Gauge:
+        """Declare a gauge in this registry."""
+        return Gauge(name, documentation, labelnames, registry=self.registry)
+
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        buckets: Sequence[float] = Histogram.DEFAULT_BUCKETS,
+    ) -> Histogram:
+        """Declare a histogram in this registry.
+
+        `buckets` are upper bounds in ascending order. Without them, the
+        histogram has prometheus_client's default buckets.
+        """
+        return Histogram(
+            name, documentation, labelnames, buckets=buckets, registry=self.registry
+        )
+
+    def exposition(self) -> tuple[bytes, str]:
+        """Return the registry's metrics in the Prometheus text format, and its type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def keep_child(cache: dict[K, V], key: K, child: V, *, max_size: int | None) -> V:
+    """Store `child` in `cache` under `key` unless `cache` is full, and return it.
+
+    A label child (or a tuple of them) is looked up with a plain `dict.get`
+    on the per-call path, and passed here on a miss. With `max_size`, the
+    children beyond that many are used but not kept, so that calls with
+    made-up label values cannot grow the cache without bound.
+    """
+    if max_size is None or len(cache) < max_size:
+        cache[key] = child
+    return child
