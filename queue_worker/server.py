@@ -18,7 +18,7 @@ import signal
 
 from aiohttp import web
 
-from faashub import errors
+from faashub import health
 from faashub.gc_tuning import tune_gc
 from faashub.settings import WorkerSettings
 from queue_worker.worker import Worker
@@ -77,34 +77,20 @@ async def serve(settings: WorkerSettings) -> None:
 async def start_health_listener(
     worker: Worker, *, host: str, port: int
 ) -> web.AppRunner:
-    """Serve `/healthz` and `/metrics` on host:port; return the runner to clean up."""
+    """Serve `/healthz` and `/metrics` on host:port, and return the runner.
 
-    async def healthz(request: web.Request) -> web.Response:
-        state = worker.state
-        if state == "ready":
-            return web.Response(text="OK")
-        return web.Response(status=503, text=state)
+    The caller cleans the runner up when the process stops. Raise
+    SettingsError when the address cannot be bound.
+    """
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def render_metrics() -> tuple[bytes, str]:
         await worker.refresh_metrics()
-        body, content_type = worker.metrics.render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        return worker.metrics.render()
 
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    # The handlers return at once, so a short shutdown timeout is enough.
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+    return await health.start_health_listener(
+        state=lambda: worker.state,
+        render_metrics=render_metrics,
+        host=host,
+        port=port,
+        log=logger,
     )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise errors.SettingsError(
-            f"Cannot listen for /healthz on {host}:{port}: {exc.strerror or exc}. "
-            "Choose a free port with --health-port."
-        ) from exc
-    logger.info("health listener ready", extra={"ctx": {"address": f"{host}:{port}"}})
-    return runner

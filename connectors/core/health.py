@@ -3,7 +3,8 @@
 `GET /healthz` returns 200 with body `OK` once the first topic map is built
 and the source is consuming, and 503 with a short reason before that and
 while stopping. `GET /metrics` returns the connector's Prometheus metrics.
-The listener runs on aiohttp in the connector's own event loop.
+The listener (`faashub.health`) runs on aiohttp in the connector's own
+event loop.
 """
 
 import logging
@@ -13,7 +14,7 @@ from aiohttp import web
 from connectors.core.connector import Connector
 from connectors.core.metrics import CONTENT_TYPE
 from connectors.core.source import ConnectorSource
-from faashub import errors
+from faashub import health
 
 logger = logging.getLogger(__name__)
 
@@ -28,34 +29,19 @@ def health_state(connector: Connector, source: ConnectorSource) -> str:
 async def start_health_listener(
     connector: Connector, source: ConnectorSource, *, host: str, port: int
 ) -> web.AppRunner:
-    """Serve `/healthz` and `/metrics` on host:port; return the runner to clean up."""
+    """Serve `/healthz` and `/metrics` on host:port, and return the runner.
 
-    async def healthz(request: web.Request) -> web.Response:
-        state = health_state(connector, source)
-        if state == "ready":
-            return web.Response(text="OK")
-        return web.Response(status=503, text=state)
+    The caller cleans the runner up when the process stops. Raise
+    SettingsError when the address cannot be bound.
+    """
 
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(
-            body=connector.metrics.render(), headers={"Content-Type": CONTENT_TYPE}
-        )
+    async def render_metrics() -> tuple[bytes, str]:
+        return connector.metrics.render(), CONTENT_TYPE
 
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    # Both handlers return at once, so a short shutdown timeout is enough.
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+    return await health.start_health_listener(
+        state=lambda: health_state(connector, source),
+        render_metrics=render_metrics,
+        host=host,
+        port=port,
+        log=logger,
     )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise errors.SettingsError(
-            f"Cannot listen for /healthz on {host}:{port}: {exc.strerror or exc}. "
-            "Choose a free port with --health-port."
-        ) from exc
-    logger.info("health listener ready", extra={"ctx": {"address": f"{host}:{port}"}})
-    return runner
