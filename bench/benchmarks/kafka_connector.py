@@ -61,7 +61,7 @@ class _Scale:
     time_limit_s: float
 
 
-FULL = _Scale(records=20_000, time_limit_s=120)
+FULL = _Scale(records=60_000, time_limit_s=180)
 SMOKE = _Scale(records=200, time_limit_s=30)
 
 
