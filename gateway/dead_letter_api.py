@@ -12,18 +12,22 @@ Routes (JSON in and out; errors are `{"detail": "..."}`):
   full (`?kind=` picks one kind). Header values of Authorization, Cookie,
   Proxy-Authorization and Set-Cookie are redacted, the callback URL loses
   its credentials and query, and bodies are base64.
-* `POST /system/dead-letters/redrive` with `{"call_ids": [...]}`,
-  `{"filter": {...}}` (the listing's filters) or `{"all": true}`: returns
+* `POST /system/dead-letters/redrive` with `{"call_ids": [...]}` (every dead
+  letter of each call id), `{"seqs": [...]}` (the dead letters at these
+  stream sequences, as the listing's `seq` gives them), `{"filter": {...}}`
+  (the listing's filters) or `{"all": true}`: returns
   `{"redriven": [...], "failed": [...]}`, each item with `call_id`, `kind`,
   `seq`, and `new_call_id` for a redriven call or `error` for a failure.
 * `DELETE /system/dead-letters` with the same selection, as a JSON body or as
-  query parameters (`call_id`, repeatable; `all=true`; or the filters), and
-  `DELETE /system/dead-letters/{call_id}`: purge, returning
+  query parameters (`call_id` or `seq`, repeatable; `all=true`; or the
+  filters), and `DELETE /system/dead-letters/{call_id}`: purge, returning
   `{"purged": [...], "failed": [...]}`.
 
-A selection that matches nothing is a 200 with empty lists. A selection with
-no ids, no filter condition and no `all` is a 400, so that an empty request
-never purges everything. The work itself is in `gateway.dead_letters`.
+A selection that matches nothing is a 200 with empty lists, except that each
+selected seq the stream does not store is a `failed` item with `call_id` and
+`kind` null and the error `not found`. A selection with no ids, no seqs, no
+filter condition and no `all` is a 400, so that an empty request never
+purges everything. The work itself is in `gateway.dead_letters`.
 """
 
 import base64
@@ -59,12 +63,17 @@ _LIST_FIELDS = frozenset(_FILTER_FIELDS) | {"limit", "after_seq"}
 # Largest after_seq a list accepts. JetStream stream sequences are unsigned
 # 64-bit numbers, and a list starts at after_seq + 1.
 MAX_AFTER_SEQ = 2**64 - 2
+MAX_SEQ = 2**64 - 1
+# Max seqs in one redrive or purge request. The console's requests have the
+# same limit.
+MAX_SELECTED_SEQS = 500
 _KINDS = ("call", "callback")
 _NS_PER_S = 1_000_000_000
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _ONE_MICROSECOND = datetime.timedelta(microseconds=1)
 _SELECTION_HELP = (
-    'Send {"call_ids": ["..."]}, {"filter": {"function": "...", ...}} or {"all": true}.'
+    'Send {"call_ids": ["..."]}, {"seqs": [17, 18]}, '
+    '{"filter": {"function": "...", ...}} or {"all": true}.'
 )
 
 
@@ -236,7 +245,7 @@ def parse_selection_body(body: bytes) -> Selection:
         raise errors.InvalidRequest(
             f"The request body must be a JSON object. {_SELECTION_HELP}"
         )
-    _reject_unknown(document.keys(), frozenset({"call_ids", "filter", "all"}))
+    _reject_unknown(document.keys(), frozenset({"call_ids", "seqs", "filter", "all"}))
     call_ids = document.get("call_ids")
     if call_ids is not None and (
         not isinstance(call_ids, list)
@@ -256,37 +265,91 @@ def parse_selection_body(body: bytes) -> Selection:
     all_selected = document.get("all", False)
     if not isinstance(all_selected, bool):
         raise errors.InvalidRequest("all must be true or false.")
+    seqs = document.get("seqs")
     return _selection(
         call_ids=call_ids or [],
+        seqs=[] if seqs is None else parse_seqs(seqs),
         selected=None if raw_filter is None else parse_filter(raw_filter),
         all_selected=all_selected,
     )
 
 
+def parse_seqs(value: Any) -> list[int]:
+    """Check a JSON list of stream sequences and return it, or raise InvalidRequest.
+
+    A list is valid with 1 to MAX_SELECTED_SEQS whole numbers from 1 to
+    MAX_SEQ. JSON true and false are rejected although Python counts them as
+    integers.
+    """
+    if not isinstance(value, list) or not value:
+        raise errors.InvalidRequest(
+            f"Invalid seqs {_excerpt(value)}: expected a non-empty list of stream "
+            "sequences, such as [17, 18], as the seq of each listed dead letter."
+        )
+    if len(value) > MAX_SELECTED_SEQS:
+        raise errors.InvalidRequest(
+            f"seqs has {len(value)} items, more than the {MAX_SELECTED_SEQS} one "
+            "request may select. Send them in several requests, or select by a "
+            "filter."
+        )
+    for item in value:
+        if (
+            not isinstance(item, int)
+            or isinstance(item, bool)
+            or not 1 <= item <= MAX_SEQ
+        ):
+            raise errors.InvalidRequest(
+                f"Invalid seq {_excerpt(item)} in seqs: expected a whole number "
+                f"from 1 to {MAX_SEQ}, the seq of a listed dead letter."
+            )
+    return value
+
+
+def _excerpt(value: Any) -> str:
+    """Return `value` as JSON, cut to 40 characters for an error message."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
 def parse_selection_query(values: Any) -> Selection:
-    """Parse a selection from query parameters (`call_id`, `all`, the filters)."""
-    _reject_unknown(values.keys(), frozenset(_FILTER_FIELDS) | {"call_id", "all"})
+    """Parse a selection from query parameters (`call_id`, `seq`, `all`, filters)."""
+    _reject_unknown(
+        values.keys(), frozenset(_FILTER_FIELDS) | {"call_id", "seq", "all"}
+    )
     call_ids: list[str] = values.getlist("call_id")
     if any(not call_id for call_id in call_ids):
         raise errors.InvalidRequest("call_id must not be empty.")
+    seq_texts: list[str] = values.getlist("seq")
+    if len(seq_texts) > MAX_SELECTED_SEQS:
+        raise errors.InvalidRequest(
+            f"seq is given {len(seq_texts)} times, more than the "
+            f"{MAX_SELECTED_SEQS} one request may select. Send several requests."
+        )
+    seqs = [_integer("seq", text, default=0, low=1, high=MAX_SEQ) for text in seq_texts]
     all_text = values.get("all")
     if all_text not in (None, "true", "false"):
         raise errors.InvalidRequest(f"Invalid all {all_text!r}: use true or false.")
     has_filter = any(values.get(name) is not None for name in _FILTER_FIELDS)
     return _selection(
         call_ids=call_ids,
+        seqs=seqs,
         selected=parse_filter(values) if has_filter else None,
         all_selected=all_text == "true",
     )
 
 
 def _selection(
-    *, call_ids: list[str], selected: DeadLetterFilter | None, all_selected: bool
+    *,
+    call_ids: list[str],
+    seqs: list[int],
+    selected: DeadLetterFilter | None,
+    all_selected: bool,
 ) -> Selection:
-    given = [bool(call_ids), selected is not None, all_selected]
+    given = [bool(call_ids), bool(seqs), selected is not None, all_selected]
     if sum(given) > 1:
         raise errors.InvalidRequest(
-            f"Give one of call ids, a filter or all, not several. {_SELECTION_HELP}"
+            "Give one of call ids, seqs, a filter or all, not several. "
+            f"{_SELECTION_HELP}"
         )
     if selected is not None and selected.is_empty:
         raise errors.InvalidRequest(
@@ -297,6 +360,8 @@ def _selection(
         raise errors.InvalidRequest(f"The selection is empty. {_SELECTION_HELP}")
     if all_selected:
         return Selection(all=True)
+    if seqs:
+        return Selection(seqs=tuple(dict.fromkeys(seqs)))
     return Selection(call_ids=tuple(dict.fromkeys(call_ids)), filter=selected)
 
 

@@ -21,7 +21,13 @@ The worker writes dead letters into the `FAASHUB_DEAD_LETTERS` stream (see
 * a purge deletes dead letters, and the large body each refers to once no
   other dead letter or queued call uses it.
 
-Every operation reports each dead letter it touched, and why any failed.
+A redrive or purge selects by call ids (every dead letter of each id), by a
+filter, all, or by stream sequences. A selection by sequences reads each
+message with a direct get, so it acts on exactly the dead letters given even
+when one call id has several.
+
+Every operation reports each dead letter it touched, and why any failed. A
+selected sequence that the stream no longer stores is reported as not found.
 """
 
 import dataclasses
@@ -55,6 +61,8 @@ from gateway.function_lookup import FunctionLookup
 logger = logging.getLogger(__name__)
 
 _NS_PER_S = 1_000_000_000
+# The error of a report item whose dead letter the stream no longer stores.
+NOT_FOUND = "not found"
 # Seconds a fetch waits when the scan expects more messages; JetStream
 # returns them at once when they are there.
 _FETCH_TIMEOUT_S = 2.0
@@ -113,14 +121,23 @@ class DeadLetterFilter:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Selection:
-    """The dead letters a redrive or purge acts on: ids, a filter, or all.
+    """The dead letters a redrive or purge acts on: ids, seqs, a filter, or all.
 
     With call ids, a filter narrows them further (the API uses its kind).
+    Seqs select single dead letters and combine with nothing else.
     """
 
     call_ids: tuple[str, ...] = ()
+    seqs: tuple[int, ...] = ()
+    """Stream sequences of single dead letters."""
     filter: DeadLetterFilter | None = None
     all: bool = False
+
+    def __post_init__(self) -> None:
+        if self.seqs and (self.call_ids or self.filter is not None or self.all):
+            raise ValueError(
+                "A selection by seqs cannot also have call ids, a filter or all."
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -215,7 +232,9 @@ class DeadLetterStore:
         """Redrive every selected dead letter; see the module docstring."""
         report = Report()
         with self._queue.translate_errors("redrive dead letters"):
-            async with aclosing(self._scan_selection(selection)) as stored_letters:
+            async with aclosing(
+                self._scan_selection(selection, report)
+            ) as stored_letters:
                 async for stored in stored_letters:
                     await self._redrive_one(stored, report)
         logger.info(
@@ -228,7 +247,9 @@ class DeadLetterStore:
         """Delete every selected dead letter and the large bodies they alone use."""
         report = Report()
         with self._queue.translate_errors("purge dead letters"):
-            async with aclosing(self._scan_selection(selection)) as stored_letters:
+            async with aclosing(
+                self._scan_selection(selection, report)
+            ) as stored_letters:
                 async for stored in stored_letters:
                     await self._purge_one(stored, report)
         logger.info(
@@ -409,8 +430,14 @@ class DeadLetterStore:
     # Scans.
 
     async def _scan_selection(
-        self, selection: Selection
+        self, selection: Selection, report: Report
     ) -> AsyncGenerator[StoredDeadLetter, None]:
+        """Yield the selected dead letters, and report the selected seqs it skips."""
+        if selection.seqs:
+            async with aclosing(self._read_seqs(selection.seqs, report)) as by_seqs:
+                async for stored in by_seqs:
+                    yield stored
+            return
         if not selection.call_ids:
             async with aclosing(
                 self._scan_filter(selection.filter or DeadLetterFilter())
@@ -424,6 +451,49 @@ class DeadLetterStore:
             async for stored in by_ids:
                 if selected.matches(stored.letter):
                     yield stored
+
+    async def _read_seqs(
+        self, seqs: tuple[int, ...], report: Report
+    ) -> AsyncGenerator[StoredDeadLetter, None]:
+        """Yield the dead letter stored at each of `seqs`, in the order given.
+
+        A seq with no message, or one that is not a readable dead letter, goes
+        to `report.failed` instead.
+        """
+        for seq in dict.fromkeys(seqs):
+            stored = await self._read_seq(seq)
+            if isinstance(stored, str):
+                report.failed.append(
+                    {"call_id": None, "kind": None, "seq": seq, "error": stored}
+                )
+            else:
+                yield stored
+
+    async def _read_seq(self, seq: int) -> StoredDeadLetter | str:
+        """Return the dead letter at `seq`, or the error to report for it."""
+        js = self._queue.layout().js
+        try:
+            message = await js.get_msg(shared.DEAD_LETTER_STREAM, seq, direct=True)
+        except nats.js.errors.NotFoundError:
+            logger.debug("selected dead letter not found", extra={"ctx": {"seq": seq}})
+            return NOT_FOUND
+        prefix = f"{shared.DEAD_LETTER_SUBJECT_PREFIX}."
+        if not (message.subject or "").startswith(prefix):
+            logger.warning(
+                "selected message is not a dead letter",
+                extra={"ctx": {"seq": seq, "subject": message.subject}},
+            )
+            return f"not a dead letter: the message's subject is {message.subject!r}"
+        try:
+            letter = DeadLetter.from_nats(message.headers, message.data or b"")
+        except shared_errors.InvalidQueuedCall as exc:
+            logger.warning(
+                "selected dead letter is unreadable",
+                extra={"ctx": {"seq": seq, "error": str(exc)}},
+            )
+            return f"not a readable dead letter: {exc}"
+        stored_at = message.time or datetime.datetime.fromtimestamp(0, tz=datetime.UTC)
+        return StoredDeadLetter(seq=seq, stored_at=stored_at, letter=letter)
 
     async def _scan_ids(
         self, call_ids: list[str]

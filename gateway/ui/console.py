@@ -59,8 +59,8 @@ logger = logging.getLogger(__name__)
 DEAD_LETTERS_SHOWN = 200
 # Async calls a function page lists at most.
 CALLS_SHOWN = 20
-# Call ids one redrive or purge request of the console may name.
-MAX_SELECTED_IDS = 500
+# Max call ids or seqs in one redrive or purge request of the console.
+MAX_SELECTED_IDS = dead_letter_api.MAX_SELECTED_SEQS
 # Extra seconds an in-process invocation may take beyond upstream_timeout_s.
 INVOKE_TIMEOUT_MARGIN_S = 10.0
 # Request body bytes an invocation route reads at most: room for a body of
@@ -404,9 +404,26 @@ class Console:
             return _json_error(400, f"The request body is not valid JSON: {exc}.")
 
     async def _selection(self, request: Request) -> Selection | Response:
+        """Return the request's seqs or call ids, or an error response to send.
+
+        The console's script sends `{"seqs": [...]}`, so that a row acts on
+        its own dead letter only. `{"call_ids": [...]}` still selects every
+        dead letter of each id.
+        """
         document = await self._checked_json(request, max_bytes=MAX_JSON_BYTES)
         if isinstance(document, Response):
             return document
+        if isinstance(document, dict) and "seqs" in document:
+            if "call_ids" in document:
+                return _json_error(
+                    400,
+                    'Send either {"seqs": [...]} or {"call_ids": [...]}, not both.',
+                )
+            try:
+                seqs = dead_letter_api.parse_seqs(document["seqs"])
+            except errors.InvalidRequest as exc:
+                return _json_error(400, str(exc))
+            return Selection(seqs=tuple(dict.fromkeys(seqs)))
         call_ids = document.get("call_ids") if isinstance(document, dict) else None
         if (
             not isinstance(call_ids, list)
@@ -416,8 +433,9 @@ class Console:
         ):
             return _json_error(
                 400,
-                'Send {"call_ids": [...]} with 1 to '
-                f"{MAX_SELECTED_IDS} non-empty call ids.",
+                f'Send {{"seqs": [...]}} with 1 to {MAX_SELECTED_IDS} seqs, or '
+                f'{{"call_ids": [...]}} with 1 to {MAX_SELECTED_IDS} non-empty '
+                "call ids.",
             )
         return Selection(call_ids=tuple(dict.fromkeys(call_ids)))
 
@@ -612,8 +630,9 @@ def _body_too_large(request: Request, *, max_bytes: int) -> Response:
 def _not_found(selection: Selection, report: Report) -> list[dict[str, Any]]:
     """Return a failure item for each selected call id the store did not touch.
 
-    The store reports only the dead letters it found, so an id that another
-    user already redrove or purged would otherwise be missing from the response.
+    The store reports only the dead letters it found for call ids, so an id
+    that another user already redrove or purged would otherwise be missing from
+    the response. It reports a missing seq itself.
     """
     touched = {item["call_id"] for item in (*report.done, *report.failed)}
     return [

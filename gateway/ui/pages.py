@@ -292,13 +292,15 @@ def dead_letters_url(after_seq: int) -> str:
 
 def _dead_letter_row(letter: Mapping[str, Any]) -> str:
     call_id = letter.get("call_id", "")
+    seq = _attribute(letter.get("seq", ""))
+    # The script selects a row's dead letter by its stream sequence, because a
+    # call id may have several dead letters.
     return (
-        f'<tr data-call-id="{_attribute(call_id)}" '
-        f'data-seq="{_attribute(letter.get("seq", ""))}">'
+        f'<tr data-call-id="{_attribute(call_id)}" data-seq="{seq}">'
         # autocomplete=off: Firefox restores checkbox states by position on a
         # reload, which would select other dead letters once rows are gone.
         '<td><input type="checkbox" name="selected" autocomplete="off" '
-        f'value="{_attribute(call_id)}" aria-label="select"></td>'
+        f'value="{seq}" aria-label="select"></td>'
         f"<td>{_text(letter.get('function', ''))}.{_text(letter.get('namespace', ''))}"
         "</td>"
         f"<td><code>{_text(call_id)}</code></td>"

@@ -28,6 +28,8 @@ from faashub.dead_letter import (
     DeadLetter,
 )
 from faashub.queued_call import QueuedCall
+from gateway.dead_letter_api import MAX_SELECTED_SEQS
+from gateway.dead_letters import DeadLetterFilter, Selection
 from tests.gateway.conftest import (
     FakeProvider,
     GatewayFactory,
@@ -755,3 +757,237 @@ async def test_scan_consumers_removed(client: httpx.AsyncClient, nats_url: str) 
     finally:
         await connection.close()
     assert info.state.consumer_count == 0
+
+
+# Selection by stream sequence.
+
+
+async def test_redrive_one_seq_of_call(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    call_seq = await publish_dead_letter(nats_url, call_letter("two-1"))
+    callback_seq = await publish_dead_letter(
+        nats_url, callback_letter("two-1", "http://127.0.0.1:9/done")
+    )
+
+    response = await client.post(
+        "/system/dead-letters/redrive", json={"seqs": [call_seq]}
+    )
+
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["failed"] == []
+    [item] = report["redriven"]
+    assert item["seq"] == call_seq
+    assert item["call_id"] == "two-1"
+    assert item["kind"] == "call"
+    [message] = await stored_messages(nats_url)
+    call = QueuedCall.from_nats(message.headers, message.data)
+    assert call.call_id == item["new_call_id"]
+    assert call.original_call_id == "two-1"
+    listing = (await client.get("/system/dead-letters")).json()["dead_letters"]
+    assert [letter["seq"] for letter in listing] == [callback_seq]
+    assert listing[0]["kind"] == "callback"
+
+
+async def test_purge_one_seq_of_call(client: httpx.AsyncClient, nats_url: str) -> None:
+    call_seq = await publish_dead_letter(nats_url, call_letter("two-2"))
+    callback_seq = await publish_dead_letter(
+        nats_url, callback_letter("two-2", "http://127.0.0.1:9/done")
+    )
+
+    response = await client.request(
+        "DELETE", "/system/dead-letters", json={"seqs": [callback_seq]}
+    )
+
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["failed"] == []
+    assert report["purged"] == [
+        {"call_id": "two-2", "kind": "callback", "seq": callback_seq}
+    ]
+    listing = (await client.get("/system/dead-letters")).json()["dead_letters"]
+    assert [letter["seq"] for letter in listing] == [call_seq]
+    assert await stored_messages(nats_url) == []
+
+
+async def test_purge_by_query_seqs(client: httpx.AsyncClient, nats_url: str) -> None:
+    seqs = [await publish_dead_letter(nats_url, call_letter("qs-1")) for _ in range(3)]
+
+    response = await client.delete(
+        "/system/dead-letters", params=[("seq", str(seqs[0])), ("seq", str(seqs[2]))]
+    )
+
+    assert response.status_code == 200, response.text
+    assert [item["seq"] for item in response.json()["purged"]] == [seqs[0], seqs[2]]
+    listing = (await client.get("/system/dead-letters")).json()["dead_letters"]
+    assert [letter["seq"] for letter in listing] == [seqs[1]]
+
+
+async def test_missing_seq_not_found(client: httpx.AsyncClient, nats_url: str) -> None:
+    purged_seq = await publish_dead_letter(nats_url, call_letter("gone-1"))
+    kept_seq = await publish_dead_letter(nats_url, call_letter("gone-2"))
+    first = await client.request(
+        "DELETE", "/system/dead-letters", json={"seqs": [purged_seq]}
+    )
+    assert first.status_code == 200, first.text
+    max_seq = 2**64 - 1
+
+    response = await client.request(
+        "DELETE",
+        "/system/dead-letters",
+        json={"seqs": [purged_seq, kept_seq, 9999, max_seq]},
+    )
+
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert [item["seq"] for item in report["purged"]] == [kept_seq]
+    assert report["failed"] == [
+        {"call_id": None, "kind": None, "seq": seq, "error": "not found"}
+        for seq in (purged_seq, 9999, max_seq)
+    ]
+    assert await dead_letter_count(nats_url) == 0
+
+
+async def test_redrive_missing_seq_not_found(client: httpx.AsyncClient) -> None:
+    response = await client.post("/system/dead-letters/redrive", json={"seqs": [42]})
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "redriven": [],
+        "failed": [{"call_id": None, "kind": None, "seq": 42, "error": "not found"}],
+    }
+
+
+async def test_unreadable_seq_fails(client: httpx.AsyncClient, nats_url: str) -> None:
+    await publish_dead_letter(nats_url, call_letter("ok-1"))
+    connection = await nats.connect(nats_url)
+    try:
+        ack = await connection.jetstream().publish(
+            f"{shared.DEAD_LETTER_SUBJECT_PREFIX}.default.x.y.z", b"not a dead letter"
+        )
+    finally:
+        await connection.close()
+
+    response = await client.request(
+        "DELETE", "/system/dead-letters", json={"seqs": [ack.seq]}
+    )
+
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["purged"] == []
+    [failure] = report["failed"]
+    assert failure["seq"] == ack.seq
+    assert failure["call_id"] is None
+    assert failure["error"].startswith("not a readable dead letter")
+    assert await dead_letter_count(nats_url) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        pytest.param(b'{"seqs": []}', "Invalid seqs []", id="empty"),
+        pytest.param(b'{"seqs": "17"}', 'Invalid seqs "17"', id="not-list"),
+        pytest.param(b'{"seqs": [0]}', "Invalid seq 0 ", id="zero"),
+        pytest.param(b'{"seqs": [-3]}', "Invalid seq -3 ", id="negative"),
+        pytest.param(
+            b'{"seqs": [18446744073709551616]}',
+            "Invalid seq 18446744073709551616 ",
+            id="above-uint64",
+        ),
+        pytest.param(b'{"seqs": ["17"]}', 'Invalid seq "17" ', id="string"),
+        pytest.param(b'{"seqs": [1.5]}', "Invalid seq 1.5 ", id="fraction"),
+        pytest.param(b'{"seqs": [true]}', "Invalid seq true ", id="boolean"),
+        pytest.param(b'{"seqs": [null]}', "Invalid seq null ", id="null"),
+        pytest.param(
+            b'{"seqs": [1], "call_ids": ["a"]}', "not several", id="seqs-and-ids"
+        ),
+        pytest.param(b'{"seqs": [1], "all": true}', "not several", id="seqs-and-all"),
+        pytest.param(
+            b'{"seqs": [1], "filter": {"kind": "call"}}',
+            "not several",
+            id="seqs-and-filter",
+        ),
+    ],
+)
+async def test_invalid_seqs_400(
+    client: httpx.AsyncClient, nats_url: str, body: bytes, named: str
+) -> None:
+    seq = await publish_dead_letter(nats_url, call_letter("keep-seq"))
+    assert seq == 1
+
+    redrive = await client.post("/system/dead-letters/redrive", content=body)
+    purge = await client.request("DELETE", "/system/dead-letters", content=body)
+
+    for response in (redrive, purge):
+        assert response.status_code == 400, response.text
+        assert named in response.json()["detail"]
+    assert await dead_letter_count(nats_url) == 1
+
+
+async def test_invalid_seq_detail_names_range(client: httpx.AsyncClient) -> None:
+    response = await client.post("/system/dead-letters/redrive", json={"seqs": [0]})
+
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert "from 1 to 18446744073709551615" in detail
+    assert "seq of a listed dead letter" in detail
+
+
+async def test_too_many_seqs_400(client: httpx.AsyncClient, nats_url: str) -> None:
+    await publish_dead_letter(nats_url, call_letter("keep-many"))
+    seqs = list(range(1, MAX_SELECTED_SEQS + 2))
+
+    too_many = await client.post("/system/dead-letters/redrive", json={"seqs": seqs})
+    at_limit = await client.request(
+        "DELETE", "/system/dead-letters", json={"seqs": seqs[:-1]}
+    )
+
+    assert too_many.status_code == 400
+    assert f"seqs has {MAX_SELECTED_SEQS + 1} items" in too_many.json()["detail"]
+    assert at_limit.status_code == 200, at_limit.text
+    assert [item["seq"] for item in at_limit.json()["purged"]] == [1]
+    assert len(at_limit.json()["failed"]) == MAX_SELECTED_SEQS - 1
+    assert await dead_letter_count(nats_url) == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        pytest.param([("seq", "abc")], "Invalid seq 'abc'", id="not-number"),
+        pytest.param([("seq", "0")], "Invalid seq '0'", id="zero"),
+        pytest.param([("seq", "")], "Invalid seq ''", id="empty"),
+        pytest.param(
+            [("seq", "18446744073709551616")],
+            "Invalid seq '18446744073709551616'",
+            id="above-uint64",
+        ),
+        pytest.param([("seq", "1"), ("call_id", "a")], "not several", id="with-ids"),
+    ],
+)
+async def test_invalid_query_seq_400(
+    client: httpx.AsyncClient,
+    nats_url: str,
+    params: list[tuple[str, str]],
+    named: str,
+) -> None:
+    await publish_dead_letter(nats_url, call_letter("keep-query"))
+
+    response = await client.delete("/system/dead-letters", params=params)
+
+    assert response.status_code == 400, response.text
+    assert named in response.json()["detail"]
+    assert await dead_letter_count(nats_url) == 1
+
+
+@pytest.mark.parametrize(
+    "others",
+    [
+        pytest.param({"call_ids": ("a",)}, id="ids"),
+        pytest.param({"filter": DeadLetterFilter(kind="call")}, id="filter"),
+        pytest.param({"all": True}, id="all"),
+    ],
+)
+def test_selection_seqs_exclusive(others: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="cannot also have"):
+        Selection(seqs=(1,), **others)

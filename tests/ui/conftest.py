@@ -7,9 +7,12 @@
 * `parked` is on a named queue that no worker serves, so its async calls
   stay `queued`;
 * `doomed` always fails and has one attempt; `doomed_dead_letters` makes
-  enough of its dead letters for a second page of the dead-letter list.
+  enough of its dead letters for a second page of the dead-letter list, and
+  `letters_of_one_call` stores two dead letters of one call id.
 """
 
+import asyncio
+import concurrent.futures
 import shlex
 import time
 import uuid
@@ -20,8 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
+from faashub import constants as shared
+from faashub import jetstream
+from faashub.dead_letter import (
+    REASON_ATTEMPTS_EXHAUSTED,
+    REASON_CALLBACK_FAILED,
+    DeadLetter,
+)
+from faashub.queued_call import QueuedCall
 from tests.hub_support import CallbackReceiver, RunningHub, running_hub
 
 SCRIPT_ANNOTATION = "<script>alert('annotation')</script>"
@@ -127,3 +139,73 @@ def doomed_dead_letters(
     finally:
         purged = client.delete("/system/dead-letters", params={"function": "doomed"})
         assert purged.status_code == 200, purged.text
+
+
+@contextmanager
+def letters_of_one_call(console_hub: ConsoleHub) -> Iterator[tuple[str, list[int]]]:
+    """Store a `call` and a `callback` dead letter of one new call id of `doomed`.
+
+    Yields the call id and the two stream sequences, and purges what is left
+    of them at the end.
+    """
+    call_id = f"twice-{uuid.uuid4().hex[:8]}"
+    at_ns = time.time_ns()
+    call = QueuedCall(
+        function="doomed",
+        namespace=shared.DEFAULT_NAMESPACE,
+        call_id=call_id,
+        method="POST",
+        path="",
+        query="",
+        callback_url="http://127.0.0.1:9/done",
+        accepted_at_ns=at_ns,
+        headers={"Content-Type": "text/plain"},
+        body=b"x",
+    )
+    letters = [
+        DeadLetter(
+            kind="call",
+            reason=REASON_ATTEMPTS_EXHAUSTED,
+            call=call,
+            dead_lettered_at_ns=at_ns,
+        ),
+        DeadLetter(
+            kind="callback",
+            reason=REASON_CALLBACK_FAILED,
+            call=call,
+            dead_lettered_at_ns=at_ns,
+            result_status=500,
+        ),
+    ]
+    # A thread of its own, because the sync Playwright tests own this thread's
+    # event loop.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        seqs = executor.submit(
+            asyncio.run, _publish_dead_letters(console_hub, letters)
+        ).result()
+    try:
+        yield call_id, seqs
+    finally:
+        purged = console_hub.client.delete(
+            "/system/dead-letters", params={"call_id": call_id}
+        )
+        assert purged.status_code == 200, purged.text
+
+
+async def _publish_dead_letters(
+    console_hub: ConsoleHub, letters: list[DeadLetter]
+) -> list[int]:
+    """Store `letters` as the worker would, and return their stream sequences."""
+    hub = console_hub.hub
+    connection = await nats.connect(hub.nats_url(), token=hub.nats_token())
+    try:
+        js = connection.jetstream()
+        await jetstream.ensure_dead_letter_stream(js)
+        seqs = []
+        for letter in letters:
+            headers, body = letter.to_nats()
+            ack = await js.publish(letter.subject(), body, headers=headers)
+            seqs.append(ack.seq)
+        return seqs
+    finally:
+        await connection.close()

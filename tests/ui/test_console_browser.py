@@ -1,5 +1,6 @@
 """The console in headless Chromium: list, invoke, follow, redrive, deploy,
-the chart, and selecting and purging on a later dead-letter page.
+the chart, selecting and purging on a later dead-letter page, and purging
+one of two dead letters of a call id.
 
 Debian's `chromium` package provides the browser, driven by Playwright's
 Python package; no browser is downloaded. Without /usr/bin/chromium the
@@ -29,7 +30,12 @@ from playwright.sync_api import (
 )
 
 from gateway.ui.console import DEAD_LETTERS_SHOWN
-from tests.ui.conftest import SCRIPT_ANNOTATION, ConsoleHub, doomed_dead_letters
+from tests.ui.conftest import (
+    SCRIPT_ANNOTATION,
+    ConsoleHub,
+    doomed_dead_letters,
+    letters_of_one_call,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -425,3 +431,29 @@ def test_later_page_select_all_purges_there(
         assert [item["seq"] for item in left["dead_letters"]] == [
             item["seq"] for item in first_page["dead_letters"]
         ]
+
+
+def test_tick_one_of_two_rows_of_call(page: Page, console_hub: ConsoleHub) -> None:
+    client = console_hub.client
+    with letters_of_one_call(console_hub) as (call_id, seqs):
+        call_seq, callback_seq = seqs
+        # The page after call_seq - 1 starts with the two rows, however many
+        # dead letters earlier tests left.
+        page.goto(f"/ui/dead-letters?after_seq={call_seq - 1}")
+        rows = page.locator(f"#dead-letters tr[data-call-id='{call_id}']")
+        expect(rows).to_have_count(2)
+        stored = int(page.locator("#stored-count").text_content() or "")
+
+        callback_row = page.locator(f"#dead-letters tr[data-seq='{callback_seq}']")
+        callback_row.locator("input[name=selected]").check()
+        expect(page.locator("#selected-count")).to_have_text("1 selected")
+        page.click("button[data-action=purge-selected]")
+
+        expect(page.locator("#notice")).to_have_text("Purged 1 dead letter(s).")
+        expect(rows).to_have_count(1)
+        expect(page.locator(f"#dead-letters tr[data-seq='{call_seq}']")).to_be_visible()
+        expect(page.locator("#stored-count")).to_have_text(str(stored - 1))
+        left = client.get(f"/system/dead-letters/{call_id}")
+        assert left.status_code == 200, left.text
+        assert left.json()["seq"] == call_seq
+        assert left.json()["kind"] == "call"

@@ -1,4 +1,5 @@
-"""Paging of the console's dead-letter list, and acting on a later page."""
+"""Paging of the console's dead-letter list, and acting on a later page or
+on one dead letter of a call id that has two."""
 
 import re
 from collections.abc import Iterator
@@ -7,11 +8,13 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.dead_letter_api import MAX_AFTER_SEQ
-from gateway.ui.console import DEAD_LETTERS_SHOWN
-from tests.ui.conftest import ConsoleHub, doomed_dead_letters
+from gateway.dead_letter_api import MAX_AFTER_SEQ, MAX_SEQ
+from gateway.ui.console import DEAD_LETTERS_SHOWN, MAX_SELECTED_IDS
+from tests.ui.conftest import ConsoleHub, doomed_dead_letters, letters_of_one_call
 
 pytestmark = pytest.mark.timeout(120)
+
+CONSOLE_HEADERS = {"X-Faashub-Console": "1"}
 
 ROW_SEQ = re.compile(r'<tr data-call-id="[^"]*" data-seq="(\d+)">')
 NEXT_LINK = re.compile(r'<a href="/ui/dead-letters\?after_seq=(\d+)" rel="next">')
@@ -153,3 +156,77 @@ def test_purge_on_later_page_acts_there(
     assert result["stored"] == total - 2
     assert stored_count(client) == total - 2
     assert api_seqs(client, after_seq=0) == first_seqs
+
+
+def test_purge_one_seq_of_call(console_hub: ConsoleHub) -> None:
+    client = console_hub.client
+    with letters_of_one_call(console_hub) as (call_id, seqs):
+        call_seq, callback_seq = seqs
+        total = stored_count(client)
+
+        response = client.post(
+            "/ui/api/dead-letters/purge",
+            json={"seqs": [callback_seq]},
+            headers=CONSOLE_HEADERS,
+        )
+
+        assert response.status_code == 200, response.text
+        result = response.json()
+        assert result["purged"] == [
+            {"call_id": call_id, "kind": "callback", "seq": callback_seq}
+        ]
+        assert result["failed"] == []
+        assert result["stored"] == total - 1
+        left = client.get(f"/system/dead-letters/{call_id}")
+        assert left.status_code == 200, left.text
+        assert left.json()["seq"] == call_seq
+        assert left.json()["kind"] == "call"
+
+
+@pytest.mark.parametrize(
+    ("action", "done_key"), [("redrive", "redriven"), ("purge", "purged")]
+)
+def test_missing_seq_not_found(
+    console_hub: ConsoleHub, action: str, done_key: str
+) -> None:
+    response = console_hub.client.post(
+        f"/ui/api/dead-letters/{action}",
+        json={"seqs": [MAX_SEQ]},
+        headers=CONSOLE_HEADERS,
+    )
+
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result[done_key] == []
+    assert result["failed"] == [
+        {"call_id": None, "kind": None, "seq": MAX_SEQ, "error": "not found"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("document", "named"),
+    [
+        pytest.param({"seqs": []}, "Invalid seqs []", id="empty"),
+        pytest.param({"seqs": [0]}, "Invalid seq 0 ", id="zero"),
+        pytest.param({"seqs": ["7"]}, 'Invalid seq "7" ', id="string"),
+        pytest.param({"seqs": [MAX_SEQ + 1]}, f"Invalid seq {MAX_SEQ + 1} ", id="big"),
+        pytest.param(
+            {"seqs": list(range(1, MAX_SELECTED_IDS + 2))},
+            f"seqs has {MAX_SELECTED_IDS + 1} items",
+            id="too-many",
+        ),
+        pytest.param({"seqs": [1], "call_ids": ["a"]}, "not both", id="with-ids"),
+    ],
+)
+def test_invalid_seqs_400(
+    console_hub: ConsoleHub, document: dict[str, Any], named: str
+) -> None:
+    total = stored_count(console_hub.client)
+
+    response = console_hub.client.post(
+        "/ui/api/dead-letters/purge", json=document, headers=CONSOLE_HEADERS
+    )
+
+    assert response.status_code == 400, response.text
+    assert named in response.json()["detail"]
+    assert stored_count(console_hub.client) == total

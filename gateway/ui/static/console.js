@@ -427,35 +427,40 @@ function updateDeadLetterCounts(stored) {
   }
 }
 
-// Redrive or purge the dead letters of the call ids in `rows`, then remove
-// the rows that the response lists by sequence.
-// NOTE: the gateway selects by call id, so a call id dead-lettered more than
-// once has all its dead letters acted on, those on other pages too.
+// Redrive or purge the dead letters of `rows`, selected by their stream
+// sequences so that each row acts on its own dead letter only, then remove
+// the rows that the response lists.
 async function actOnDeadLetters(action, rows) {
-  const callIds = [...new Set(rows.map((row) => row.dataset.callId))];
-  if (!callIds.length) {
+  // NOTE: JavaScript numbers are exact up to 2**53, so a larger sequence
+  // would be sent rounded.
+  const seqs = [...new Set(rows.map((row) => Number(row.dataset.seq)))];
+  if (!seqs.length) {
     showNotice("Select at least one dead letter.", true);
     return;
   }
-  if (action === "purge" && !window.confirm("Purge the dead letters of " + callIds.length + " call id(s)? This cannot be undone.")) return;
-  const result = await sendJson("POST", "/ui/api/dead-letters/" + action, { call_ids: callIds });
+  if (action === "purge" && !window.confirm("Purge " + seqs.length + " dead letter(s)? This cannot be undone.")) return;
+  const result = await sendJson("POST", "/ui/api/dead-letters/" + action, { seqs: seqs });
   if (!result.ok) {
     showNotice(action + " failed: " + detailOf(result), true);
     return;
   }
   const done = action === "redrive" ? result.data.redriven : result.data.purged;
   const failed = result.data.failed;
-  // A dead letter that is not found was redriven or purged elsewhere, so the
-  // rows of its call id are stale.
-  const doneSeqs = new Set(done.map((item) => String(item.seq)));
-  const goneIds = new Set(failed.filter((item) => item.error === "not found").map((item) => item.call_id));
+  // A dead letter that is not found was redriven or purged elsewhere, so its
+  // row is stale too.
+  const goneSeqs = failed.filter((item) => item.error === "not found").map((item) => item.seq);
+  const removedSeqs = new Set([...done.map((item) => item.seq), ...goneSeqs].map(String));
+  const callIdOfSeq = new Map(rows.map((row) => [row.dataset.seq, row.dataset.callId]));
   for (const row of deadLetterRows()) {
-    if (doneSeqs.has(row.dataset.seq) || goneIds.has(row.dataset.callId)) row.remove();
+    if (removedSeqs.has(row.dataset.seq)) row.remove();
   }
   updateDeadLetterCounts(result.data.stored);
   const verb = action === "redrive" ? "Redrove " : "Purged ";
   let message = verb + done.length + " dead letter(s).";
-  if (failed.length) message += " Failed: " + failed.map((item) => item.call_id + " (" + item.error + ")").join(", ");
+  // The gateway cannot name the call id of a dead letter it no longer stores,
+  // so the message takes it from the row.
+  const label = (item) => item.call_id || callIdOfSeq.get(String(item.seq)) || "seq " + item.seq;
+  if (failed.length) message += " Failed: " + failed.map((item) => label(item) + " (" + item.error + ")").join(", ");
   showNotice(message, failed.length > 0);
 }
 
