@@ -23,79 +23,66 @@ at `/metrics`. The label children are cached, so counting costs a dict
 lookup and a lock per event.
 """
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram
 
 from connectors.core import constants
+from faashub.metrics import ComponentMetrics
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-class ConnectorMetrics:
+class ConnectorMetrics(ComponentMetrics):
     """The metrics of one connector, registered in their own registry."""
 
     def __init__(self, connector: str, *, function_durations: bool = True) -> None:
+        super().__init__()
         self.connector = connector
         # One histogram series costs about 4.4 KiB with the default buckets
         # (prometheus_client 0.26, measured with 10,000 functions), so a
         # connector with thousands of functions may keep one for all of them.
         self._function_durations = function_durations
-        self.registry = CollectorRegistry()
         prefix = constants.METRIC_PREFIX
 
-        self._consumed = Counter(
+        self._consumed = self.counter(
             prefix + "consumed",
             "Messages received from the source.",
             ["connector", "topic"],
-            registry=self.registry,
         )
 
-        self._invoked = Counter(
+        self._invoked = self.counter(
             prefix + "invoked",
             "Invocations with a final outcome, by HTTP status.",
             ["connector", "function", "code"],
-            registry=self.registry,
         )
 
-        self._failed = Counter(
+        self._failed = self.counter(
             prefix + "failed",
             "Invocations whose final outcome is a failure.",
             ["connector", "function"],
-            registry=self.registry,
         )
 
-        self._retried = Counter(
+        self._retried = self.counter(
             prefix + "retried",
             "Invocation attempts after the first.",
             ["connector", "function"],
-            registry=self.registry,
         )
 
-        self._dead_lettered = Counter(
+        self._dead_lettered = self.counter(
             prefix + "dead_lettered",
             "Messages written to a dead-letter destination.",
             ["connector", "topic"],
-            registry=self.registry,
         )
 
-        self._duration = Histogram(
+        self._duration = self.histogram(
             prefix + "invocation_seconds",
             "Seconds from the first attempt of an invocation to its final outcome.",
             ["connector", "function"],
-            registry=self.registry,
         )
 
-        self._lag = Gauge(
+        self._lag = self.gauge(
             prefix + "lag",
             "Messages in the source that are not final yet.",
             ["connector", "topic", "partition"],
-            registry=self.registry,
         )
 
         self._counters: dict[tuple[str, ...], Counter] = {}
@@ -141,7 +128,8 @@ class ConnectorMetrics:
 
     def render(self) -> bytes:
         """Return every metric in the Prometheus text format."""
-        return generate_latest(self.registry)
+        body, _ = self.exposition()
+        return body
 
     def _outcome_children(
         self, function: str, status: int
