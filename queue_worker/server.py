@@ -14,13 +14,13 @@ The pull loop itself is in `queue_worker.worker`.
 
 import asyncio
 import logging
-import signal
 
 from aiohttp import web
 
 from faashub import health
 from faashub.gc_tuning import tune_gc
 from faashub.settings import WorkerSettings
+from faashub.stop_signals import StopSignals
 from queue_worker.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -47,26 +47,13 @@ async def serve(settings: WorkerSettings) -> None:
         worker, host=settings.health_host, port=settings.health_port
     )
     worker_task = asyncio.create_task(worker.run())
-    loop = asyncio.get_running_loop()
-    signals_received = 0
-
-    def on_signal(signum: signal.Signals) -> None:
-        nonlocal signals_received
-        signals_received += 1
-        if signals_received == 1:
-            logger.info("received %s, stopping", signum.name)
-            worker.stop()
-        else:
-            logger.warning("received %s again, abandoning calls in flight", signum.name)
-            worker_task.cancel()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    signals = StopSignals(
+        stop=worker.stop, abandon=worker_task.cancel, work_in_flight="calls", log=logger
+    )
     try:
-        await asyncio.wait({worker_task})
+        with signals:
+            await asyncio.wait({worker_task})
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
         await health.cleanup()
     if not worker_task.cancelled():
         # Re-raise what ended the worker other than a signal, such as a

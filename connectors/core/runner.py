@@ -16,7 +16,6 @@ and its supervisor restarts it.
 
 import asyncio
 import logging
-import signal
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol
 
@@ -26,6 +25,7 @@ from connectors.core.connector import Connector
 from connectors.core.health import start_health_listener
 from connectors.core.source import ConnectorSource
 from faashub.gc_tuning import tune_gc
+from faashub.stop_signals import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -159,52 +159,44 @@ async def _run_until_signal(services: Sequence[Service]) -> None:
         asyncio.create_task(service.run(), name=service.name): service
         for service in services
     }
-    loop = asyncio.get_running_loop()
-    signals_received = 0
 
-    def on_signal(signum: signal.Signals) -> None:
-        nonlocal signals_received
-        signals_received += 1
-        if signals_received == 1:
-            logger.info("received %s, stopping", signum.name)
-            for service in services:
-                service.stop()
-        else:
-            logger.warning(
-                "received %s again, abandoning deliveries in flight", signum.name
-            )
-            for task in tasks:
-                task.cancel()
+    def stop_all() -> None:
+        for service in services:
+            service.stop()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    def cancel_all() -> None:
+        for task in tasks:
+            task.cancel()
+
+    signals = StopSignals(
+        stop=stop_all, abandon=cancel_all, work_in_flight="deliveries", log=logger
+    )
     failure: BaseException | None = None
     stopping_others = False
     try:
-        pending = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(
-                pending, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    failure = failure or task.exception()
-            if signals_received or not pending or stopping_others:
-                continue
-            # A service ended without a signal, so the process must end:
-            # stop the others so that they drain before it exits.
-            stopping_others = True
-            for task in done:
-                logger.error(
-                    "the %s ended (%s); stopping the other services",
-                    tasks[task].name,
-                    _outcome(task),
+        with signals:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending, return_when=asyncio.FIRST_COMPLETED
                 )
-            for task in pending:
-                tasks[task].stop()
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        failure = failure or task.exception()
+                if signals.received or not pending or stopping_others:
+                    continue
+                # A service ended without a signal, so the process must end:
+                # stop the others so that they drain before it exits.
+                stopping_others = True
+                for task in done:
+                    logger.error(
+                        "the %s ended (%s); stopping the other services",
+                        tasks[task].name,
+                        _outcome(task),
+                    )
+                for task in pending:
+                    tasks[task].stop()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
         unfinished = [task for task in tasks if not task.done()]
         for task in unfinished:
             task.cancel()
