@@ -241,6 +241,41 @@ def test_stop_during_long_calls_is_quiet(
     assert "JetStream redelivers" in output
 
 
+@pytest.mark.timeout(150)
+def test_second_ctrl_c_hurries_the_stop(
+    tmp_path: Path, started_pids: list[int]
+) -> None:
+    # The default shutdown grace: a first Ctrl-C would wait 30 s for the calls.
+    hub = start_hub(tmp_path / "state")
+    started_pids.extend([hub.process.pid, *descendants(hub.process.pid)])
+    with CallbackReceiver() as receiver:
+        try:
+            started = deploy_slow(hub, tmp_path, sleep_s=60)
+            queue_calls(hub, receiver, 1)
+            wait_until(
+                lambda: len(list(started.iterdir())) == 1,
+                timeout_s=30,
+                message="the call did not start",
+            )
+            started_pids.extend(descendants(hub.process.pid))
+            hub.process.send_signal(signal.SIGINT)
+            wait_until(
+                lambda: "waiting up to 30 s for 1 calls" in "".join(hub.output),
+                timeout_s=20,
+                message="the workers process did not start draining",
+            )
+            second_at = time.monotonic()
+            hub.process.send_signal(signal.SIGINT)
+            hub.process.wait(timeout=20)
+            stop_s = time.monotonic() - second_at
+        finally:
+            code = stop_hub(hub, signal.SIGTERM)
+    output = "".join(hub.output)
+    assert code == 0, output
+    assert "second stop signal: hurrying workers process" in output
+    assert stop_s < 15, output
+
+
 @pytest.mark.parametrize(
     ("region_arguments", "expected"),
     [

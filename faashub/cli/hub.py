@@ -232,6 +232,8 @@ class Hub:
 
     children: list[Child] = field(default_factory=list)
     stop_requested: int = 0
+    stop_signals: int = 0
+    """Stop signals received; a second one during the stop hurries it."""
     state_dir: Path | None = None
     watcher: Watcher | None = None
 
@@ -970,6 +972,7 @@ def _check_health(url: str) -> tuple[bool, str]:
 def _install_signal_handlers(hub: Hub) -> dict[int, Callable[..., object] | int | None]:
     def request_stop(signal_number: int, frame: FrameType | None) -> None:
         hub.stop_requested = signal_number
+        hub.stop_signals += 1
 
     previous: dict[int, Callable[..., object] | int | None] = {}
     for signal_number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -1175,20 +1178,35 @@ def _wait_for_exit(pid: int, *, timeout_s: float) -> bool:
 
 def _stop_all(hub: Hub) -> None:
     for child in reversed(hub.children):
-        _stop_child(child)
+        _stop_child(child, hub)
     hub.children.clear()
     _stop_watcher(hub)
     if hub.state_dir is not None:
         (hub.state_dir / PIDS_FILE_NAME).unlink(missing_ok=True)
 
 
-def _stop_child(child: Child) -> None:
+def _stop_child(child: Child, hub: Hub | None = None) -> None:
+    """Stop `child` with SIGTERM, and SIGKILL after its stop grace.
+
+    A stop signal that reaches the hub while it waits is passed on as
+    another SIGTERM: the workers process then abandons the calls it is
+    still draining, as a second Ctrl-C does to a component run alone.
+    """
     process = child.process
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=child.stop_grace_s)
-        except subprocess.TimeoutExpired:
+        signals_seen = hub.stop_signals if hub is not None else 0
+        deadline = time.monotonic() + child.stop_grace_s
+        while process.poll() is None and time.monotonic() < deadline:
+            if hub is not None and hub.stop_signals > signals_seen:
+                signals_seen = hub.stop_signals
+                logger.info("second stop signal: hurrying %s", child.name)
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        if process.poll() is None:
             logger.warning(
                 "%s did not stop within %g s; killing it",
                 child.name,
