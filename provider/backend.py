@@ -19,7 +19,7 @@ raising the errors below, and the API turns each into a status code::
     ├── StorageError         500: the backend could not persist its state
     ├── ProviderStartError   the backend could not start (the process exits)
     └── InvocationFailed     an invocation that produced no function response
-        ├── FunctionFailed       500: the process failed or could not start
+        ├── FunctionFailed       500: the provider could not run or reach the function
         ├── FunctionUnavailable  503: the function is not responding
         └── FunctionTimeout      504: the function ran past its exec timeout
 
@@ -28,7 +28,9 @@ The API marks responses built from an `InvocationFailed` with the
 an error status that the function itself returned. Its value is `proxy`
 for every backend: the value that the proxy package of openfaas/faas-provider
 sets on the errors it makes itself, and faas-netes and faasd both serve
-invocations through that package.
+invocations through that package. A backend therefore returns a function's
+own failure, such as a classic process's non-zero exit, as an
+InvocationResponse and does not raise.
 """
 
 from collections.abc import AsyncIterator
@@ -115,7 +117,7 @@ class InvocationFailed(ProviderError):
 
 
 class FunctionFailed(InvocationFailed):
-    """The function process exited with an error or could not be started."""
+    """The provider could not start, reach or keep running the function's process."""
 
     status_code = 500
 

@@ -23,6 +23,16 @@ provider's max_classic_output_bytes is killed and the call fails with 500.
 A caller that goes away during its upload ends the call too: the process is
 killed and no response is sent. This module does not enforce `limits`, `requests` or
 `readOnlyRootFilesystem`.
+
+A failure of the function itself (a non-zero exit, a run past the exec
+timeout, too much stdout) is returned as the function's own response, a 500
+or a 504 without `X-OpenFaaS-Internal`, so a queue-worker applies the
+function's retry codes to it. The OpenFaaS classic watchdog
+(openfaas/classic-watchdog, handler.go) marks none of its errors either: a
+non-zero exit is a 500, and an exec timeout is a 408, where faashub keeps
+the 504 of its http mode. Only failures of the provider (the command cannot
+start, the function was removed during the call) raise FunctionFailed,
+which the API marks as internal.
 """
 
 import asyncio
@@ -37,7 +47,6 @@ from faashub.headers import canonical_header_name
 from provider.backend import (
     ClientDisconnected,
     FunctionFailed,
-    FunctionTimeout,
     Invocation,
     InvocationResponse,
 )
@@ -48,6 +57,7 @@ from provider.local.function_logs import FunctionLog
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
+ERROR_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
 # The start of a failed process's stderr that goes into the provider's log.
 MAX_LOGGED_STDERR_BYTES: Final = 4 * 1024
 
@@ -101,11 +111,11 @@ async def run(
     """Run the function's command once for `invocation` and return its response.
 
     stdout is held in memory until the exit, so it may be at most
-    `max_output_bytes` long. Raise FunctionFailed when the command cannot
-    start, exits with a non-zero code, writes more than that or is killed
-    because the function was removed (`removed` set), and FunctionTimeout
-    when it runs past the exec timeout. ClientDisconnected from the request
-    body passes through.
+    `max_output_bytes` long. A command that exits with a non-zero code or
+    writes more than that gets a 500 response, and one that runs past the
+    exec timeout a 504. Raise FunctionFailed when the command cannot start
+    or is killed because the function was removed (`removed` set).
+    ClientDisconnected from the request body passes through.
     """
     context = {"function": spec.ref, "call_id": invocation.call_id}
     process = await _start(spec, invocation, tracker=tracker)
@@ -132,10 +142,11 @@ async def run(
                     f"Function {spec.ref} was removed while this call ran, and "
                     "its process was killed."
                 )
-            raise FunctionTimeout(
+            return _error_response(
+                504,
                 f"Function {spec.ref} did not finish within its exec timeout of "
                 f"{spec.exec_timeout_s:g} s and was killed. Raise exec_timeout in "
-                "its envVars if it needs longer, or set it to 0 for no timeout."
+                "its envVars if it needs longer, or set it to 0 for no timeout.",
             )
         try:
             stdout_chunks = communicating.result()
@@ -144,14 +155,15 @@ async def run(
                 "function output too large, process killed",
                 extra={"ctx": {**context, "max_bytes": max_output_bytes}},
             )
-            raise FunctionFailed(
+            return _error_response(
+                500,
                 f"Function {spec.ref} wrote more than {max_output_bytes} bytes to "
                 "stdout and was killed. A classic function's response is held "
                 "whole until it exits, so its size is limited by the provider's "
                 "--max-classic-output-bytes. Return a larger body from an "
                 "http-mode function (mode=http in its envVars), or raise that "
-                "limit."
-            ) from None
+                "limit.",
+            )
     finally:
         removal.cancel()
         if not communicating.done():
@@ -168,10 +180,11 @@ async def run(
             stderr.start(),
             extra={"ctx": {**context, "exit_code": process.returncode}},
         )
-        raise FunctionFailed(
+        return _error_response(
+            500,
             f"Function {spec.ref} exited with code {process.returncode} after "
             f"{duration_s:.3f} s. Read its stderr with GET "
-            f"/system/logs?name={spec.name} ('faashub logs {spec.name}')."
+            f"/system/logs?name={spec.name} ('faashub logs {spec.name}').",
         )
     headers = [
         ("Content-Type", _response_content_type(spec, invocation)),
@@ -183,6 +196,16 @@ async def run(
     return InvocationResponse(
         status=200, headers=headers, stream=_send_chunks(stdout_chunks)
     )
+
+
+def _error_response(status: int, message: str) -> InvocationResponse:
+    """Build the plain-text response for a failure of the function itself."""
+    body = message.encode()
+    headers = [
+        ("Content-Type", ERROR_CONTENT_TYPE),
+        ("Content-Length", str(len(body))),
+    ]
+    return InvocationResponse(status=status, headers=headers, body=body)
 
 
 class _StderrLog:

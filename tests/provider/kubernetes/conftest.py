@@ -165,7 +165,9 @@ async def _echo(
         "body": body.decode(),
     }
     server.requests.append(record)
-    return aiohttp.web.json_response(record, headers={"X-Echo": "yes"})
+    # A request sets the response status, to act as a function that fails.
+    status = int(request.headers.get("X-Echo-Status", "200"))
+    return aiohttp.web.json_response(record, status=status, headers={"X-Echo": "yes"})
 
 
 @pytest.fixture

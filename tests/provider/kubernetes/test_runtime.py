@@ -89,6 +89,21 @@ async def test_invoke_streams_large_body(provider: RunningProvider) -> None:
     assert "Transfer-Encoding" not in echoed["headers"]
 
 
+async def test_function_error_passes_unmarked(provider: RunningProvider) -> None:
+    await deploy(provider)
+    await provider.mark_available("fn", 1)
+    await wait_for_cache(provider, "fn", available=1)
+
+    response = await provider.client.post(
+        "/function/fn", content=b"x", headers={"X-Echo-Status": "500"}
+    )
+
+    assert response.status_code == 500
+    assert response.headers["x-echo"] == "yes"
+    # The function's own error, so not marked as the provider's.
+    assert "x-openfaas-internal" not in response.headers
+
+
 async def test_invoke_not_ready_is_503(provider: RunningProvider) -> None:
     await deploy(provider)
 
