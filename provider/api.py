@@ -51,7 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
-from faashub import constants, errors, names
+from faashub import async_annotations, constants, errors, names
 from faashub.logs import LimitedLines
 from provider import logs_api
 from provider.backend import (
@@ -481,6 +481,7 @@ def _build_system_app(
             FunctionDeployment, await _read_body(request, max_body_bytes)
         )
         _validate_names(deployment)
+        _validate_async_annotations(deployment)
         await backend.create_function(deployment)
         return Response(status_code=202)
 
@@ -490,6 +491,7 @@ def _build_system_app(
             FunctionDeployment, await _read_body(request, max_body_bytes)
         )
         _validate_names(deployment)
+        _validate_async_annotations(deployment)
         await backend.update_function(deployment)
         return Response(status_code=202)
 
@@ -655,6 +657,20 @@ def _validate_names(deployment: FunctionDeployment) -> None:
     names.validate_metadata(
         deployment.labels, deployment.annotations, function=deployment.service
     )
+
+
+def _validate_async_annotations(deployment: FunctionDeployment) -> None:
+    """Check the retry, max_inflight and queue annotations, or raise InvalidRequest.
+
+    The worker and the gateway would fall back to the default for an invalid
+    value at each call, so it is rejected here before the backend stores it.
+    """
+    try:
+        async_annotations.check_async_annotations(
+            deployment.service, deployment.annotations
+        )
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 async def _read_body(request: Request, limit_bytes: int) -> bytes:

@@ -11,17 +11,20 @@ annotations OpenFaaS Pro reads, plus one of faashub's own:
   at once.
 
 An invalid value falls back to the default and is logged once per function,
-annotation and value. This module only reads annotations; the waits
-themselves are computed in `queue_worker.backoff`.
+annotation and value. The parsers live in `faashub.async_annotations`, which
+the provider also uses to reject invalid values at deploy. This module only
+reads annotations; the waits themselves are computed in `queue_worker.backoff`.
 """
 
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from faashub import constants, errors
+from faashub.async_annotations import parse_codes as parse_codes
+from faashub.async_annotations import parse_duration_s as parse_duration_s
+from faashub.async_annotations import parse_positive_int as parse_positive_int
 from faashub.names import FunctionRef
 from faashub.settings import WorkerSettings
 
@@ -29,9 +32,6 @@ logger = logging.getLogger(__name__)
 
 Jitter = Literal["full", "equal", "none"]
 T = TypeVar("T")
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,41 +159,3 @@ class PolicyReader:
             problem,
             extra={"ctx": {"function": str(ref)}},
         )
-
-
-def parse_positive_int(text: str) -> int:
-    """Parse a positive integer, or raise ValueError."""
-    stripped = text.strip()
-    if not stripped.isdigit() or int(stripped) < 1:
-        raise ValueError("Expected a positive integer.")
-    return int(stripped)
-
-
-def parse_codes(text: str) -> frozenset[int]:
-    """Parse statuses such as `429,500,503`, or raise ValueError."""
-    codes = set()
-    for part in text.split(","):
-        item = part.strip()
-        if not item.isdigit() or not 100 <= int(item) <= 599:
-            raise ValueError(
-                f"{item!r} is not an HTTP status; expected numbers from 100 to 599."
-            )
-        codes.add(int(item))
-    return frozenset(codes)
-
-
-def parse_duration_s(text: str) -> float:
-    """Parse `500ms`, `5s`, `2m`, `1h`, `1m30s` or plain seconds; raise ValueError."""
-    stripped = text.strip()
-    try:
-        seconds = float(stripped)
-    except ValueError:
-        parts = _DURATION_PART.findall(stripped)
-        if not parts or "".join(n + u for n, u in parts) != stripped:
-            raise ValueError(
-                "Expected a duration such as 500ms, 5s, 2m or 1m30s, or seconds."
-            ) from None
-        seconds = sum(float(number) * _UNIT_S[unit] for number, unit in parts)
-    if not seconds > 0 or seconds == float("inf"):
-        raise ValueError("Expected a duration above zero.")
-    return seconds
