@@ -252,8 +252,10 @@ class WorkerSettings(CommonSettings):
     retry_min_wait_s: float = Field(
         1.0,
         gt=0,
-        description="Seconds before the first retry; annotation "
-        "com.openfaas.retry.min_wait (a duration such as 5s) overrides it.",
+        description="Minimum seconds between two attempts, and the exact wait "
+        "before the first retry; later waits double up to --retry-max-wait-s. "
+        "Annotation com.openfaas.retry.min_wait (a duration such as 5s) "
+        "overrides it.",
     )
     retry_max_wait_s: float = Field(
         120.0,
@@ -263,8 +265,9 @@ class WorkerSettings(CommonSettings):
     )
     retry_jitter: Literal["full", "equal", "none"] = Field(
         "full",
-        description="Randomness of each backoff wait: 'full' (0 to 100 %), 'equal' "
-        "(50 to 100 %) or 'none'.",
+        description="Randomness of each backoff wait after the first: 'full' "
+        "(from the minimum wait to 100 % of the computed wait), 'equal' (50 to "
+        "100 %, but not below the minimum wait) or 'none'.",
     )
     max_event_age_s: float = Field(
         6 * 3600.0,

@@ -1,13 +1,18 @@
-"""Waits between attempts, built from tenacity's wait strategies.
+"""Waits between attempts, built on tenacity's exponential wait.
 
 The wait before attempt n+1 grows exponentially from min_wait (after attempt
-1) and is capped at max_wait. The jitter mode picks how much of it is random:
+1) and is capped at max_wait. The jitter mode picks how much of it is random,
+and no mode waits less than min_wait:
 
 * `none`: exactly that wait (`wait_exponential`);
-* `full`: uniformly between 0 and that wait (`wait_random_exponential`);
-* `equal`: half of it fixed plus uniformly up to the other half, so between
-  50 % and 100 % (`wait_exponential` + `wait_random_exponential`, each over
-  half the range).
+* `full`: uniformly between min_wait and that wait;
+* `equal`: uniformly between half of that wait and all of it, but never
+  below min_wait.
+
+The first wait is therefore min_wait in every mode, and randomness starts
+from the second retry. OpenFaaS Pro documents min_wait as the minimum wait
+between retries (docs.openfaas.com/openfaas-pro/retries, section
+"Retry-After header"), and a caller sets it to spare a downstream service.
 
 A `Retry-After` header (seconds or an HTTP date) on a 429 or 503 response
 replaces the computed wait, floored at min_wait. This module only computes
@@ -18,6 +23,7 @@ callback sender sleeps them.
 import datetime
 import email.utils
 import math
+import random
 
 import tenacity
 
@@ -31,16 +37,38 @@ def wait_strategy(
     *, min_wait_s: float, max_wait_s: float, jitter: Jitter
 ) -> tenacity.wait.wait_base:
     """Return the tenacity wait strategy for these bounds and jitter mode."""
+    exponential = tenacity.wait_exponential(
+        multiplier=min_wait_s, min=min_wait_s, max=max_wait_s
+    )
     if jitter == "none":
-        return tenacity.wait_exponential(
-            multiplier=min_wait_s, min=min_wait_s, max=max_wait_s
-        )
-    if jitter == "full":
-        return tenacity.wait_random_exponential(multiplier=min_wait_s, max=max_wait_s)
-    half_min_s, half_max_s = min_wait_s / 2, max_wait_s / 2
-    return tenacity.wait_exponential(
-        multiplier=half_min_s, min=half_min_s, max=half_max_s
-    ) + tenacity.wait_random_exponential(multiplier=half_min_s, max=half_max_s)
+        return exponential
+    random_share = 1.0 if jitter == "full" else 0.5
+    return JitteredWait(exponential, min_wait_s=min_wait_s, random_share=random_share)
+
+
+class JitteredWait(tenacity.wait.wait_base):
+    """An exponential wait of which the last `random_share` is drawn at random.
+
+    Each wait is drawn uniformly between `ceiling * (1 - random_share)` and
+    the exponential wait (the ceiling), and is never below `min_wait_s`.
+    """
+
+    def __init__(
+        self,
+        exponential: tenacity.wait_exponential,
+        *,
+        min_wait_s: float,
+        random_share: float,
+    ) -> None:
+        self._exponential = exponential
+        self._min_wait_s = min_wait_s
+        self._fixed_share = 1.0 - random_share
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        ceiling_s = self._exponential(retry_state)
+        # wait_exponential never returns less than min_wait_s, so floor <= ceiling.
+        floor_s = max(self._min_wait_s, ceiling_s * self._fixed_share)
+        return random.uniform(floor_s, ceiling_s)
 
 
 def wait_after_attempt_s(

@@ -155,11 +155,42 @@ def test_jittered_waits_stay_in_range(jitter: policy.Jitter, low_share: float) -
     retry = RetryPolicy(5, frozenset(), 0.5, 4.0, jitter)
 
     for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (8, 4.0)]:
+        floor = max(0.5, ceiling * low_share)
         waits = [backoff.retry_wait_s(retry, attempt) for _ in range(300)]
-        assert min(waits) >= ceiling * low_share
+        assert min(waits) >= floor
         assert max(waits) <= ceiling
-        # Spread over the range, not stuck at one end.
-        assert max(waits) - min(waits) > ceiling * (1 - low_share) * 0.8
+        if ceiling > floor:
+            # Spread over the range, not stuck at one end.
+            assert max(waits) - min(waits) > (ceiling - floor) * 0.8
+
+
+@pytest.mark.parametrize("jitter", ["none", "full", "equal"])
+@pytest.mark.parametrize(
+    ("min_wait_s", "max_wait_s"),
+    [
+        pytest.param(1.0, 120.0, id="1s-120s"),
+        pytest.param(4.0, 8.0, id="4s-8s"),
+        pytest.param(20.0, 120.0, id="20s-120s"),
+        pytest.param(5.0, 5.0, id="equal-bounds"),
+    ],
+)
+def test_waits_never_below_min_wait(
+    jitter: policy.Jitter, min_wait_s: float, max_wait_s: float
+) -> None:
+    random.seed(11)
+    retry = RetryPolicy(5, frozenset(), min_wait_s, max_wait_s, jitter)
+
+    for attempt in range(1, 12):
+        waits = [backoff.retry_wait_s(retry, attempt) for _ in range(2000)]
+        assert min(waits) >= min_wait_s, f"attempt {attempt}"
+        assert max(waits) <= max_wait_s, f"attempt {attempt}"
+
+
+def test_first_wait_is_min_wait() -> None:
+    for jitter in ("none", "full", "equal"):
+        retry = RetryPolicy(5, frozenset(), 3.0, 60.0, jitter)
+
+        assert backoff.retry_wait_s(retry, 1) == 3.0, jitter
 
 
 @pytest.mark.parametrize(
