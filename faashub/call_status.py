@@ -41,6 +41,11 @@ class CallState(enum.StrEnum):
         return self in _FINAL_STATES
 
 
+# Key in `extra` of how many attempts the retry budget leaves out: those
+# that got a 429, and those that the gateway did not pass on to the function.
+# The queue-worker writes it (`queue_worker.status`).
+EXTRA_THROTTLED = "throttled"
+
 _FINAL_STATES = frozenset(
     {
         CallState.SUCCEEDED,
@@ -61,7 +66,7 @@ class CallStatus:
     state: CallState
     queue: str = "default"
     attempts: int = 0
-    """Invocations started so far."""
+    """Invocations started so far, throttled ones included."""
     max_attempts: int = 0
     last_status: int | None = None
     """HTTP status of the last invocation, if any."""
@@ -84,6 +89,12 @@ class CallStatus:
     @property
     def key(self) -> str:
         return status_key(self.call_id)
+
+    @property
+    def throttled_attempts(self) -> int:
+        """Attempts that the retry budget does not count (see EXTRA_THROTTLED)."""
+        value = self.extra.get(EXTRA_THROTTLED, 0)
+        return value if isinstance(value, int) else 0
 
     def to_json(self) -> bytes:
         # A shallow dict: asdict() would deep-copy `extra` on every write.
@@ -113,6 +124,7 @@ class CallStatus:
         record = asdict(self)
         record["state"] = self.state.value
         record.pop("extra")
+        record["throttled_attempts"] = self.throttled_attempts
         for name in list(record):
             if name.endswith("_at_ns"):
                 value = record.pop(name)

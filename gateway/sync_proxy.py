@@ -24,7 +24,8 @@ busy replica and the function's exec timeout. The gateway's
 after that it bounds each wait for the next piece of the body. A provider or
 replica that is too slow gives 504 naming the setting, and one that fails
 gives 502, both marked `X-OpenFaaS-Internal: gateway`. OpenFaaS's gateway
-returns 502 for both. The caller's request body must arrive whole within
+returns 502 for both. One that refuses the connection gives 503 with
+Retry-After instead, because nothing reached the function. The caller's request body must arrive whole within
 `body_read_timeout_s` of the first read, else 408. The proxy neither looks the
 function up nor retries, except once on the provider after a replica
 refused the connection: an unknown function is the provider's 404.
@@ -47,7 +48,7 @@ from faashub import names
 from faashub.headers import canonical_header_name, is_utf8, non_utf8_value_message
 from gateway import asgi, constants, errors, limits
 from gateway.auth import Authenticator
-from gateway.call_ids import new_call_id
+from gateway.call_ids import check_call_id, new_call_id
 from gateway.log_throttle import WarningThrottle
 from gateway.metrics import GatewayMetrics
 from gateway.replica_urls import ReplicaUrls
@@ -66,6 +67,8 @@ _RESPONSE_HEADERS_NOT_PASSED = frozenset(
 )
 
 _SERVED_BY_HEADER = (shared.SERVED_BY.lower().encode(), constants.SERVED_BY.encode())
+# Sent with the 503 for an upstream that refused the connection.
+_RETRY_AFTER_HEADER = (b"retry-after", b"1")
 
 
 # Cached, because the same few header names come with every request.
@@ -328,11 +331,21 @@ class SyncProxy:
                 ctx=call.context(upstream=upstream, error=error),
             )
             if isinstance(exc, aiohttp.ClientConnectorError):
+                # Nothing reached the function, so the caller may retry as
+                # it would after a 503: the queue-worker does, without
+                # counting an attempt.
                 text = (
                     f"Cannot reach {upstream} for function {call.function!r}: "
-                    f"{error}. Check that the provider and the function are "
-                    "running.\n"
+                    f"{error}. Nothing was sent to the function. Check that the "
+                    "provider and the function are running, and retry.\n"
                 )
+                await asgi.send_gateway_error(
+                    send,
+                    503,
+                    text,
+                    headers=[*call.own_headers, _RETRY_AFTER_HEADER],
+                )
+                return None
             else:
                 # Connected, then the function broke off: the address and
                 # aiohttp's wording would only mislead.
@@ -537,7 +550,8 @@ def _upstream_headers(
             continue
         if name == "x-call-id":
             # Latin-1, because the response echoes the id as Latin-1 bytes.
-            call_id = call_id or raw_value.decode("latin-1")
+            if not call_id and raw_value:
+                call_id = check_call_id(raw_value.decode("latin-1"))
             continue
         if name == "authorization":
             if authenticator is not None and authenticator.is_valid(raw_value):

@@ -31,7 +31,7 @@ The callback URL is chosen by the caller of the gateway, so the worker
 connects only to addresses that its `CallbackGuard` allows, through a
 session from `new_callback_session` (both in `faashub.callback_guard`, which
 describes the rules). A refused callback is not retried: it is
-dead-lettered with the reason.
+dead-lettered with the reason `callback-refused`.
 """
 
 import asyncio
@@ -39,11 +39,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import aiohttp
 import yarl
 
-from faashub import constants, tracing
+from faashub import constants, dead_letter, tracing
 from faashub.callback_guard import (
     CallbackGuard,
     CallbackRefused,
@@ -101,10 +102,59 @@ class Delivery:
     tries: list[Attempt] = field(default_factory=list)
     error: str = ""
     """The reason the delivery failed, or "" when it succeeded."""
+    refused: bool = False
+    """True when the callback guard rejected the URL's address, so nothing was sent."""
+    stopped: bool = False
+    """True when the worker stopped before the delivery used all its tries."""
 
     @property
     def failed_tries(self) -> int:
         return sum(1 for attempt in self.tries if attempt.error)
+
+    @property
+    def dead_letter_reason(self) -> str:
+        """Dead-letter reason of an undelivered callback."""
+        if self.refused:
+            return dead_letter.REASON_CALLBACK_REFUSED
+        return dead_letter.REASON_CALLBACK_FAILED
+
+    def dead_letter_detail(self, callback_url: str) -> str:
+        """Return a sentence for people on why the callback was not delivered.
+
+        It shows `callback_url` without credentials, query and fragment.
+        """
+        url = loggable_url(callback_url)
+        if self.refused:
+            return (
+                f"The callback to {url} was not sent, because the worker's callback "
+                f"guard rejects its address: {self.error}. To allow it, add the "
+                "address's network to the worker's callback_allow setting "
+                "(--callback-allow or FAASHUB_CALLBACK_ALLOW)."
+            )
+        tries = len(self.tries)
+        noun = "try" if tries == 1 else "tries"
+        stopped = (
+            " The worker stopped before it tried again; redrive the dead letter "
+            "to post the callback."
+            if self.stopped
+            else ""
+        )
+        return (
+            f"The callback to {url} failed after {tries} {noun}. "
+            f"The last error was: {self.error}{stopped}"
+        )
+
+
+class _Try(NamedTuple):
+    """The outcome of one callback post."""
+
+    status: int | None
+    """HTTP status, or None without a response."""
+    error: str
+    final: bool
+    """True when trying again cannot help."""
+    refused: bool = False
+    """True when the callback guard rejected the address."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +200,22 @@ class CallbackSender:
         )
         self._sleep = sleep
         self._clock_s = clock_s
+        # Set by `stop`: failed deliveries end instead of trying again.
+        self._stopping = asyncio.Event()
         # Refusals by callback URL. The guard does not change, and parsing
         # the URL and its address for every callback took about 2 % of the
         # worker's samples in a py-spy profile of `bench run queue-drain`.
         self._refusals: dict[str, str] = {}
+
+    def stop(self) -> None:
+        """End every delivery at its next failed try, without waiting to retry.
+
+        The worker calls this when it stops. The function has already run,
+        so a callback that is not delivered is dead-lettered with its result,
+        and can be redriven, rather than left to a redelivery that would run
+        the function again.
+        """
+        self._stopping.set()
 
     async def deliver(
         self,
@@ -221,15 +283,21 @@ class CallbackSender:
     ) -> Delivery:
         delivery = Delivery(delivered=False, status=None)
         for number in range(1, self._options.attempts + 1):
-            status, error, final = await self._post(call, body, headers, session)
+            outcome = await self._post(call, body, headers, session)
+            status, error = outcome.status, outcome.error
             delivery.status = status
             delivery.tries.append(Attempt(status, error, time.time_ns()))
             if not error:
                 delivery.delivered = True
                 return delivery
-            retried = not final and (status is None or status >= 500)
+            retried = not outcome.final and (status is None or status >= 500)
             if not retried or number == self._options.attempts:
                 delivery.error = error
+                delivery.refused = outcome.refused
+                break
+            if self._stopping.is_set():
+                delivery.error = error
+                delivery.stopped = True
                 break
             wait_s = backoff.wait_after_attempt_s(self._wait, number)
             logger.info(
@@ -239,7 +307,10 @@ class CallbackSender:
                     "ctx": {**_context(call), "try": number, "wait_s": round(wait_s, 3)}
                 },
             )
-            await self._sleep(wait_s)
+            if await self._wait_unless_stopped(wait_s):
+                delivery.error = error
+                delivery.stopped = True
+                break
         logger.warning(
             "callback failed: %s",
             delivery.error,
@@ -247,19 +318,30 @@ class CallbackSender:
         )
         return delivery
 
+    async def _wait_unless_stopped(self, wait_s: float) -> bool:
+        """Wait `wait_s` before the next try; return True if `stop` ended the wait."""
+        sleeping = asyncio.ensure_future(self._sleep(wait_s))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                {sleeping, stopping}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            sleeping.cancel()
+            stopping.cancel()
+        return self._stopping.is_set()
+
     async def _post(
         self,
         call: QueuedCall,
         body: bytes,
         headers: list[tuple[str, str]],
         session: aiohttp.ClientSession,
-    ) -> tuple[int | None, str, bool]:
-        """Post once; return the status (None without a response), an error,
-        and whether the error is final (a refused address is never retried).
-        """
+    ) -> _Try:
+        """Post once. A refused address and an invalid URL are final."""
         refusal = self._refusal_of_literal(call.callback_url)
         if refusal:
-            return None, refusal, True
+            return _Try(None, refusal, final=True, refused=True)
         if self._options.secrets:
             signature = signing.signature_header(
                 body, self._options.secrets, timestamp_s=int(self._clock_s())
@@ -276,20 +358,20 @@ class CallbackSender:
                 await response.read()
                 status = response.status
         except TimeoutError:
-            return None, f"timed out after {self._options.timeout_s:g} s", False
+            return _Try(None, f"timed out after {self._options.timeout_s:g} s", False)
         except aiohttp.InvalidURL:
             # The message of InvalidURL repeats the URL, query string included.
-            return None, "invalid callback URL", True
+            return _Try(None, "invalid callback URL", final=True)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, CallbackRefused):
-                return None, str(exc.os_error), True
-            return None, str(exc) or type(exc).__name__, False
+                return _Try(None, str(exc.os_error), final=True, refused=True)
+            return _Try(None, str(exc) or type(exc).__name__, False)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             # ValueError covers a header value that aiohttp refuses to send.
-            return None, str(exc) or type(exc).__name__, False
+            return _Try(None, str(exc) or type(exc).__name__, False)
         if 200 <= status < 300:
-            return status, "", False
-        return status, f"status {status}", False
+            return _Try(status, "", False)
+        return _Try(status, f"status {status}", False)
 
     def _refusal_of_literal(self, url: str) -> str:
         refusal = self._refusals.get(url)

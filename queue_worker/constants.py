@@ -51,10 +51,18 @@ FUNCTION_BUSY_DELAY_S: Final = 0.25
 # lookup may take. Functions that were not found are never cached.
 FUNCTION_CACHE_TTL_S: Final = 5.0
 LOOKUP_TIMEOUT_S: Final = 5.0
+# Seconds function lookups must keep failing before a warning is logged, so
+# that a gateway starting after the worker makes no warning.
+LOOKUP_WARN_AFTER_S: Final = 5.0
 
 # Added to the time left on another delivery's lease before a call that it
 # runs is delivered again.
 LEASE_MARGIN_S: Final = 0.1
+
+# Seconds a first delivery runs before the worker writes its RUNNING record
+# (or a third of the lease, if shorter). A shorter call costs no write, and a
+# longer one reads as running, so a cancel is refused, from then on.
+RUNNING_RECORD_AFTER_S: Final = 1.0
 
 # `call finished` lines written for successful calls in one second; the rest
 # are counted in one line (see queue_worker.finished_log).

@@ -9,8 +9,10 @@ never cached, so a redeployed function is seen at once. Concurrent lookups
 of one function share one request.
 
 Any other status, or no response, raises GatewayUnavailable, and the call
-is delivered again later without counting an attempt. The first such failure
-is logged as a warning and the recovery at INFO, not every failed lookup.
+is delivered again later without counting an attempt. Lookups that keep
+failing for LOOKUP_WARN_AFTER_S are logged once as a warning, and their
+recovery at INFO. Shorter failures, such as the gateway starting after the
+worker in `faashub up`, are logged at DEBUG.
 """
 
 import asyncio
@@ -64,6 +66,7 @@ class FunctionLookup:
         self._found: dict[FunctionRef, tuple[float, FunctionInfo]] = {}
         self._pending: dict[FunctionRef, asyncio.Task[FunctionInfo | None]] = {}
         self._failing_since: float | None = None
+        self._warned = False
 
     async def get(self, ref: FunctionRef) -> FunctionInfo | None:
         """Return the function, or None if the gateway does not know it.
@@ -119,17 +122,32 @@ class FunctionLookup:
             f"Cannot look up function {ref} through the gateway at "
             f"{self._gateway_url}: {reason}. Check that the gateway is running."
         )
+        now = self._clock()
         if self._failing_since is None:
-            self._failing_since = self._clock()
-            logger.warning("function lookups failing, calls wait: %s", message)
+            self._failing_since = now
+        if self._warned:
+            return errors.GatewayUnavailable(message)
+        if now - self._failing_since >= constants.LOOKUP_WARN_AFTER_S:
+            self._warned = True
+            logger.warning(
+                "function lookups failing for %.1f s, calls wait: %s",
+                now - self._failing_since,
+                message,
+            )
+        else:
+            logger.debug("function lookup failed, the call waits: %s", message)
         return errors.GatewayUnavailable(message)
 
     def _recovered(self) -> None:
         if self._failing_since is None:
             return
         lasted_s = self._clock() - self._failing_since
+        warned, self._warned = self._warned, False
         self._failing_since = None
-        logger.info("function lookups work again after %.1f s", lasted_s)
+        if warned:
+            logger.info("function lookups work again after %.1f s", lasted_s)
+        else:
+            logger.debug("function lookups work again after %.1f s", lasted_s)
 
 
 def _annotations(status: object) -> dict[str, str]:

@@ -24,7 +24,9 @@ that is not a call at all. In order:
    response, X-OpenFaaS-Internal, or a status in the retry codes) records
    RETRYING and goes back to JetStream with the backoff delay, so no slot
    is held while it waits. 429 is back-pressure and does not use up an
-   attempt, and neither does a gateway that refuses the connection. Out of
+   attempt, and neither does a gateway that refuses the connection or
+   returns 503 marked `X-OpenFaaS-Internal: gateway`, because then the
+   function did not run. Out of
    attempts, the call is dead-lettered
    (`attempts-exhausted`), and so is a call whose next attempt would pass
    its max event age (`expired`). Any other status is final: FAILED, and
@@ -69,7 +71,6 @@ from queue_worker.callback import (
     CallbackSender,
     Delivery,
     call_source,
-    loggable_url,
 )
 from queue_worker.dead_letters import DeadLetterWriter
 from queue_worker.finished_log import FinishedLog
@@ -90,6 +91,8 @@ _SUCCEEDED: Final = "succeeded"
 _RETRIED: Final = "retried"
 _THROTTLED: Final = "throttled"
 _REJECTED: Final = "rejected"
+# The X-OpenFaaS-Internal value of the gateway's own error responses.
+_GATEWAY: Final = "gateway"
 
 
 @dataclass(slots=True)
@@ -186,6 +189,15 @@ class CallHandler:
         )
         self._cleanups: set[asyncio.Task[None]] = set()
         self._finished_log = FinishedLog()
+
+    @property
+    def status_store(self) -> StatusStore:
+        """The store of the call-status records."""
+        return self._services.status
+
+    def stop_callbacks(self) -> None:
+        """End failing callback deliveries without retrying (`CallbackSender.stop`)."""
+        self._services.callbacks.stop()
 
     async def handle(self, held: HeldMessage) -> None:
         """Take one delivered message to an ack, a nak or a term."""
@@ -546,7 +558,7 @@ class CallHandler:
                 )
                 if not await self._store_dead_letter(job, letter):
                     return
-                metrics.dead_lettered("callback", dead_letter.REASON_CALLBACK_FAILED)
+                metrics.dead_lettered("callback", letter.reason)
         callback_dead = delivery is not None and not delivery.delivered
 
         # The lease holds until here: the call counts as running until its
@@ -582,7 +594,7 @@ class CallHandler:
             )
         reason = outcome.reason
         if not reason and delivery is not None and not delivery.delivered:
-            reason = dead_letter.REASON_CALLBACK_FAILED
+            reason = delivery.dead_letter_reason
         final = status.replaced(
             record,
             state=outcome.state,
@@ -631,6 +643,8 @@ class CallHandler:
                 stored.record,
                 stream_seq=job.delivery.stream_seq,
                 now_ns=self._clock_ns(),
+                call=job.call,
+                duplicate_window_ns=self._services.status.duplicate_window_ns,
             )
             if decision is Decision.CANCELLED:
                 await self._finish_cancelled(job)
@@ -851,7 +865,12 @@ def classify(result: FunctionResult, policy: RetryPolicy) -> str:
         # Back-pressure, or a gateway that is down: retried with backoff
         # within the max event age, without using up an attempt.
         return _THROTTLED
-    if result.error or _header(result, shared.OPENFAAS_INTERNAL) is not None:
+    internal = _header(result, shared.OPENFAAS_INTERNAL)
+    if result.status == 503 and internal == _GATEWAY:
+        # The gateway passed nothing on: it is starting or stopping, or
+        # cannot reach the provider. The function did not run.
+        return _THROTTLED
+    if result.error or internal is not None:
         return _RETRIED
     if result.status in policy.codes:
         return _RETRIED
@@ -871,6 +890,11 @@ def _attempt_error(result: FunctionResult) -> str:
         text = result.error
     elif 200 <= result.status < 300:
         return ""
+    elif (internal := _header(result, shared.OPENFAAS_INTERNAL)) is not None:
+        # The gateway or the provider responded in place of the function, and
+        # its message says why.
+        reason = result.body.decode("utf-8", "replace").strip().split("\n", 1)[0]
+        text = f"The {internal} returned status {result.status}: {reason}"
     else:
         text = f"The function returned status {result.status}."
     return text[: constants.ERROR_TEXT_MAX]
@@ -888,10 +912,9 @@ def _callback_dead_letter(
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return DeadLetter(
         kind="callback",
-        reason=dead_letter.REASON_CALLBACK_FAILED,
+        reason=delivery.dead_letter_reason,
         call=call,
-        detail=f"The callback to {loggable_url(call.callback_url)} failed "
-        f"{len(delivery.tries)} times; the last error was: {delivery.error}",
+        detail=delivery.dead_letter_detail(call.callback_url),
         attempts=delivery.tries,
         dead_lettered_at_ns=now_ns,
         result_status=result.status,

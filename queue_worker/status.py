@@ -18,7 +18,8 @@ key-value revision:
 
 A RUNNING record carries a lease (`lease_until_ns`, one ack_wait long),
 which `RunningLease` extends while the call runs. A first delivery's lease
-is written only when the call outlasts a third of it. A second delivery of a
+is written only when the call outlasts RUNNING_RECORD_AFTER_S (1 s) or a third
+of it, whichever is shorter. A second delivery of a
 call whose lease is current finds it BUSY and comes back when the lease
 ends. That happens when NATS redelivers a message that a live worker is
 still running, for example after a NATS restart lost the consumer's latest
@@ -32,13 +33,15 @@ The record's `extra` field carries what only the worker reads:
   duplicate window runs as a new call;
 * `attempt_log`: every attempt's status, error and time, because a retried
   call comes back as a new delivery;
-* `throttled`: how many attempts got a 429 response, since those do not use
+* `throttled`: how many attempts got a 429 response or did not reach the
+  function (a gateway that was down or passed nothing on), since those do not use
   up the retry budget;
 * `lease_until_ns`: the lease.
 
-NOTE: until a first delivery writes a record, the status API reports the
-call as queued, and a cancel succeeds without stopping it (the final record
-then replaces the cancelled one). A worker that dies then leaves no count
+NOTE: until a first delivery writes a record, which takes up to
+RUNNING_RECORD_AFTER_S, the status API reports the call as queued, and a
+cancel succeeds without stopping it (the final record then replaces the
+cancelled one). A worker that dies then leaves no count
 of that attempt, and a second delivery of the same message runs the call
 again. The last needs NATS to lose the consumer's delivery state.
 
@@ -61,9 +64,11 @@ import nats.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from faashub import call_status
 from faashub import errors as shared_errors
 from faashub.call_status import CallState, CallStatus, status_key
 from faashub.dead_letter import Attempt
+from faashub.jetstream import DEFAULT_DUPLICATE_WINDOW_S
 from faashub.queued_call import QueuedCall
 from queue_worker import constants, errors
 from queue_worker.deadlines import Deadlines
@@ -78,7 +83,7 @@ MAX_CONFLICTS = 5
 
 EXTRA_STREAM_SEQ = "stream_seq"
 EXTRA_ATTEMPT_LOG = "attempt_log"
-EXTRA_THROTTLED = "throttled"
+EXTRA_THROTTLED = call_status.EXTRA_THROTTLED
 EXTRA_LEASE_UNTIL_NS = "lease_until_ns"
 
 
@@ -132,9 +137,14 @@ class StatusStore:
         self.lease_s = lease_s
         self._lease_ns = int(lease_s * 1e9)
         self._clock_ns = clock_ns
-        # Running leases whose first third has not passed yet.
+        # The calls stream's duplicate window; the worker sets the stream's
+        # own value when it binds.
+        self.duplicate_window_ns = int(DEFAULT_DUPLICATE_WINDOW_S * 1e9)
+        # Running leases not written yet: the first write comes after
+        # RUNNING_RECORD_AFTER_S, or a third of the lease if that is shorter.
         self.lease_starts: Deadlines[RunningLease] = Deadlines(
-            lease_s / 3, RunningLease.start_extending
+            min(lease_s / 3, constants.RUNNING_RECORD_AFTER_S),
+            RunningLease.start_extending,
         )
 
     async def read(self, call_id: str) -> Stored | None:
@@ -200,7 +210,11 @@ class StatusStore:
                 revision = await self._write(record, revision=None)
             else:
                 decision = decide(
-                    stored.record, stream_seq=stream_seq, now_ns=self._clock_ns()
+                    stored.record,
+                    stream_seq=stream_seq,
+                    now_ns=self._clock_ns(),
+                    call=call,
+                    duplicate_window_ns=self.duplicate_window_ns,
                 )
                 if decision is not Decision.RUN:
                     assert stored.record is not None
@@ -397,13 +411,25 @@ _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def decide(
-    record: CallStatus | None, *, stream_seq: int | None, now_ns: int
+    record: CallStatus | None,
+    *,
+    stream_seq: int | None,
+    now_ns: int,
+    call: QueuedCall | None = None,
+    duplicate_window_ns: int = 0,
 ) -> Decision:
-    """Decide from a stored record whether a delivery of its call runs now."""
+    """Decide from a stored record whether a delivery of its call runs now.
+
+    With `call`, a record of an earlier message of the same function,
+    accepted within `duplicate_window_ns` of `call`, makes the delivery a
+    DUPLICATE (see `repeats_earlier`).
+    """
     if record is None:
         return Decision.RUN
     if not belongs_to(record, stream_seq=stream_seq):
         # The record is about an earlier message with the same call id.
+        if call is not None and repeats_earlier(record, call, duplicate_window_ns):
+            return Decision.DUPLICATE
         return Decision.RUN
     if record.state is CallState.CANCELLED:
         return Decision.CANCELLED
@@ -412,6 +438,23 @@ def decide(
     if record.state is CallState.RUNNING and lease_left_s(record, now_ns=now_ns) > 0:
         return Decision.BUSY
     return Decision.RUN
+
+
+def repeats_earlier(record: CallStatus, call: QueuedCall, window_ns: int) -> bool:
+    """Tell whether `call` repeats the earlier call that `record` is about.
+
+    It does when both are calls of the same function accepted within the
+    calls stream's duplicate window of each other. JetStream refuses such a
+    repeat by its Nats-Msg-Id, but only while it keeps the id: it drops
+    the ids of removed messages when it restarts, and a call id that the
+    gateway generated is stored without one, so a retry after a 503 that
+    reuses it would run a second time.
+    """
+    return (
+        record.function == call.function
+        and record.namespace == call.namespace
+        and abs(call.accepted_at_ns - record.accepted_at_ns) <= window_ns
+    )
 
 
 def without_lease(record: CallStatus) -> dict[str, Any]:
@@ -434,9 +477,9 @@ def lease_left_s(record: CallStatus, *, now_ns: int) -> float:
 class RunningLease:
     """Extends a RUNNING record's lease every third of it while a call runs.
 
-    A call shorter than a third of the lease costs no write and no task,
+    A call shorter than RUNNING_RECORD_AFTER_S costs no write and no task,
     because the store's shared timer (`StatusStore.lease_starts`) starts the
-    extending task only when the first third has passed. `stop()` ends the extensions
+    extending task only when that time has passed. `stop()` ends the extensions
     and returns the record's latest revision, for the next write.
     """
 
@@ -459,7 +502,7 @@ class RunningLease:
         return self.revision
 
     def start_extending(self) -> None:
-        """Start the task that extends the lease, once its first third passed."""
+        """Start the task that writes and extends the lease, once the call ran."""
         self._task = asyncio.create_task(self._extend())
 
     async def _extend(self) -> None:
@@ -531,9 +574,11 @@ def attempt_log(record: CallStatus | None) -> list[Attempt]:
 
 
 def throttled_attempts(record: CallStatus) -> int:
-    """Return how many of the record's attempts got a 429 response."""
-    value = record.extra.get(EXTRA_THROTTLED, 0)
-    return value if isinstance(value, int) else 0
+    """Return how many of the record's attempts the retry budget leaves out.
+
+    Those got a 429, or did not reach the function (see `handling.classify`).
+    """
+    return record.throttled_attempts
 
 
 def counted_attempts(record: CallStatus | None) -> int:

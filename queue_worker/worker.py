@@ -57,6 +57,9 @@ from queue_worker.status_writes import StatusWriter
 
 logger = logging.getLogger(__name__)
 
+# Calls named in one shutdown warning; the rest are only counted.
+_NAMED_CALLS_MAX = 20
+
 # A queue name becomes a NATS subject token and part of a consumer name.
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # URL schemes that nats-py connects with.
@@ -155,6 +158,10 @@ class Worker:
         # Calls waiting for a slot give up and go back to JetStream.
         self._slots.close()
         self._room_freed.set()
+        if self._handler is not None:
+            # A callback that fails now is dead-lettered at once, so its call
+            # is finished and acknowledged instead of run again after a restart.
+            self._handler.stop_callbacks()
         if self._fetcher is not None:
             # NB: the fetch loop also checks _stopping on every turn, so that
             # it ends even if a library it awaits swallows the cancellation,
@@ -249,6 +256,7 @@ class Worker:
         bodies = await jetstream.ensure_bodies_bucket(js)
         if self._handler is None:
             self._handler = self._new_handler(js, status_bucket, bodies)
+        await self._read_duplicate_window(js)
         config = jsapi.ConsumerConfig(
             name=self._durable,
             durable_name=self._durable,
@@ -283,6 +291,18 @@ class Worker:
                 }
             },
         )
+
+    async def _read_duplicate_window(self, js: JetStreamContext) -> None:
+        """Give the status store the calls stream's duplicate window.
+
+        A repeated call id within the window is refused by the worker too
+        (`queue_worker.status.repeats_earlier`), so both must use the same one.
+        """
+        assert self._handler is not None
+        info = await js.stream_info(shared.CALLS_STREAM)
+        window_s = info.config.duplicate_window
+        if window_s:
+            self._handler.status_store.duplicate_window_ns = int(window_s * 1e9)
 
     def _new_handler(
         self, js: JetStreamContext, status_bucket: KeyValue, bodies: ObjectStore
@@ -464,23 +484,27 @@ class Worker:
             "waiting up to %g s for %d calls in flight", grace_s, len(self._held)
         )
         _, pending = await asyncio.wait(set(self._held), timeout=grace_s)
-        recording = sum(1 for task in pending if self._held[task].recording)
+        held = [self._held[task] for task in pending]
+        recording = [message for message in held if message.recording]
+        running = [message for message in held if not message.recording]
         if recording:
             # Their callbacks are posted, but NATS did not take the final
             # status or the ack in time, as when nats-server is stopped first.
             logger.warning(
                 "%d calls finished but not acknowledged after %g s, because "
                 "NATS did not respond (JetStream redelivers them after "
-                "ack_wait, and they run again)",
-                recording,
+                "ack_wait, and they run again): %s",
+                len(recording),
                 grace_s,
+                _name_calls(recording),
             )
-        if len(pending) > recording:
+        if running:
             logger.warning(
                 "abandoning %d calls still running after %g s (JetStream "
-                "redelivers them after ack_wait)",
-                len(pending) - recording,
+                "redelivers them after ack_wait): %s",
+                len(running),
                 grace_s,
+                _name_calls(running),
             )
 
     async def _close(self) -> None:
@@ -633,3 +657,23 @@ def _new_session(*, max_inflight: int) -> aiohttp.ClientSession:
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _name_calls(held: list[HeldMessage]) -> str:
+    """Name up to _NAMED_CALLS_MAX calls by function and call id, and count the rest."""
+    ordered = sorted(held, key=lambda message: message.delivery.stream_seq or 0)
+    names = []
+    for message in ordered[:_NAMED_CALLS_MAX]:
+        headers = message.message.headers or {}
+        call_id = headers.get(shared.META_CALL_ID)
+        if call_id is None:
+            # Not a queued call that a gateway wrote.
+            names.append(f"stream sequence {message.delivery.stream_seq}")
+            continue
+        function = headers.get(shared.META_FUNCTION, "")
+        namespace = headers.get(shared.META_NAMESPACE, "")
+        names.append(f"{function}.{namespace} call {call_id}")
+    text = ", ".join(names)
+    if len(ordered) > len(names):
+        text += f" and {len(ordered) - len(names)} more"
+    return text

@@ -105,13 +105,13 @@ async def test_upstream_failure_counted_with_gateway_status(
     )
     await wait_until_healthy(gateway.url)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
-        assert (await client.get("/function/echo")).status_code == 502
+        assert (await client.get("/function/echo")).status_code == 503
         response = await client.get("/metrics")
 
     # The replica counts cannot be listed, and the scrape still succeeds.
     assert response.status_code == 200
     found = samples(response.text)
-    assert found[("gateway_function_invocation_total", labels(ECHO, "502"))] == 1
+    assert found[("gateway_function_invocation_total", labels(ECHO, "503"))] == 1
     assert not any(name == "gateway_service_count" for name, _ in found)
 
 

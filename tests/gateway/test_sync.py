@@ -77,6 +77,23 @@ async def test_sync_keeps_caller_call_id(
     assert response.headers["X-Start-Time"] == start_times[0]
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        pytest.param("ünï".encode(), "'ünï'", id="utf-8"),
+        pytest.param(b"tab\there", "'tab\\there'", id="control-character"),
+    ],
+)
+async def test_sync_rejects_non_ascii_call_id(
+    client: httpx.AsyncClient, provider: FakeProvider, value: bytes, shown: str
+) -> None:
+    response = await client.get("/function/echo", headers={"X-Call-Id": value})
+
+    assert response.status_code == 400
+    assert f"Invalid X-Call-Id {shown}" in response.text
+    assert provider.received == []
+
+
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
 async def test_sync_keeps_method(
     client: httpx.AsyncClient, provider: FakeProvider, method: str
@@ -205,7 +222,7 @@ async def test_sync_chunked_upload(
     assert received.headers["Transfer-Encoding"] == "chunked"
 
 
-async def test_sync_stopped_provider_502(
+async def test_sync_stopped_provider_503(
     nats_url: str, caplog: pytest.LogCaptureFixture, start_gateway: GatewayFactory
 ) -> None:
     dead_url = f"http://{LOOPBACK}:{free_port()}"
@@ -214,21 +231,24 @@ async def test_sync_stopped_provider_502(
     with caplog.at_level(logging.WARNING, logger="gateway"):
         async with httpx.AsyncClient(base_url=gateway.url) as http_client:
             response = await http_client.post(
-                "/function/echo", content=b"x", headers={"X-Call-Id": "id-502"}
+                "/function/echo", content=b"x", headers={"X-Call-Id": "id-503"}
             )
 
-    assert response.status_code == 502
+    # Nothing reached the function, so the caller may retry.
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
     assert response.headers["X-OpenFaaS-Internal"] == "gateway"
-    assert response.headers["X-Call-Id"] == "id-502"
+    assert response.headers["X-Call-Id"] == "id-503"
     assert "'echo'" in response.text
     assert dead_url in response.text
+    assert "Nothing was sent to the function" in response.text
     warnings = [
         record for record in caplog.records if record.name == "gateway.sync_proxy"
     ]
     assert len(warnings) == 1
     context = vars(warnings[0])["ctx"]
     assert context["function"] == "echo"
-    assert context["call_id"] == "id-502"
+    assert context["call_id"] == "id-503"
 
 
 async def test_sync_slow_provider_504(

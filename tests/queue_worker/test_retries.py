@@ -10,10 +10,15 @@ import asyncio
 import logging
 import time
 
+import aiohttp
 import pytest
 from nats.js import JetStreamContext
 
 from faashub.call_status import CallState
+from faashub.names import FunctionRef
+from queue_worker.errors import GatewayUnavailable
+from queue_worker.functions import FunctionLookup
+from queue_worker.policy import PolicyReader, RetryPolicy
 from tests.conftest import LOOPBACK, free_port
 from tests.queue_worker.conftest import (
     RecordingServer,
@@ -85,6 +90,30 @@ async def test_retry_waits_grow(
     assert 0.38 <= gaps[2] < 0.6
 
 
+@pytest.mark.parametrize("jitter", ["full", "equal"])
+async def test_jittered_waits_keep_min_wait(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer, jitter: str
+) -> None:
+    gateway.replies = [(503, {})] * 4
+    settings = make_settings(
+        nats_url,
+        gateway.url,
+        retry_min_wait_s=0.3,
+        retry_max_wait_s=2.0,
+        retry_jitter=jitter,
+    )
+
+    async with running_worker(settings):
+        await publish(js, make_call())
+        await gateway.wait_for_requests(5)
+
+    times = [request.received_at_s for request in gateway.requests]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert len(gaps) == 4
+    for gap in gaps:
+        assert gap >= 0.3, gaps
+
+
 async def test_retry_after_is_honoured_without_using_attempts(
     nats_url: str,
     js: JetStreamContext,
@@ -111,6 +140,53 @@ async def test_retry_after_is_honoured_without_using_attempts(
     assert record is not None
     assert record.state is CallState.SUCCEEDED
     assert record.attempts == 2
+    assert record.throttled_attempts == 1
+    assert record.to_api()["throttled_attempts"] == 1
+
+
+async def test_gateway_503_uses_no_attempt(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+) -> None:
+    # The gateway's response when it cannot reach the provider: nothing ran.
+    refused = (503, {"X-OpenFaaS-Internal": "gateway", "Retry-After": "1"})
+    gateway.replies = [refused, refused]
+    call = make_call(callback_url=f"{receiver.url}/done")
+    settings = make_settings(nats_url, gateway.url, retry_attempts=1)
+
+    async with running_worker(settings):
+        await publish(js, call)
+        await receiver.wait_for_requests(1)
+        await wait_for_empty_stream(js)
+
+    assert len(gateway.requests) == 3
+    assert receiver.requests[0].header("X-Function-Status") == "200"
+    record = await call_status(js, call.call_id)
+    assert record is not None
+    assert record.state is CallState.SUCCEEDED
+    assert record.attempts == 3
+    assert record.throttled_attempts == 2
+    assert await dead_letters(js) == []
+
+
+async def test_platform_error_names_its_reason(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    gateway.status = 502
+    gateway.reply_headers = {"X-OpenFaaS-Internal": "gateway"}
+    gateway.reply_body = b"Function 'echo' closed the connection early.\nmore\n"
+    call = make_call()
+    settings = make_settings(nats_url, gateway.url, retry_attempts=1)
+
+    async with running_worker(settings):
+        await publish(js, call)
+        record = await wait_for_state(js, call.call_id, CallState.DEAD_LETTERED)
+
+    assert record.last_error == (
+        "The gateway returned status 502: Function 'echo' closed the connection early."
+    )
 
 
 async def test_permanent_400_is_rejected(
@@ -385,9 +461,44 @@ async def test_failed_lookup_delays_without_attempt(
     record = await call_status(js, call.call_id)
     assert record is not None
     assert record.attempts == 1
-    messages = [r.getMessage() for r in caplog.records]
-    assert len([m for m in messages if m.startswith("function lookups failing")]) == 1
-    assert any(m.startswith("function lookups work again") for m in messages)
+    # Failures shorter than LOOKUP_WARN_AFTER_S, as when the gateway starts
+    # after the worker, make no warning.
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []
+
+
+async def test_lookups_failing_long_warn_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="queue_worker.functions")
+    now = [100.0]
+    gateway_url = f"http://127.0.0.1:{free_port()}"
+    async with aiohttp.ClientSession() as session:
+        lookup = FunctionLookup(
+            session,
+            gateway_url,
+            policies=PolicyReader(
+                RetryPolicy(
+                    attempts=1,
+                    codes=frozenset(),
+                    min_wait_s=1.0,
+                    max_wait_s=1.0,
+                    jitter="none",
+                )
+            ),
+            clock=lambda: now[0],
+        )
+        for advance_s in (0.0, 2.0, 3.0, 1.0):
+            now[0] += advance_s
+            with pytest.raises(GatewayUnavailable):
+                await lookup.get(FunctionRef("echo", "openfaas-fn"))
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("function lookups failing for 5.0 s")
+    assert gateway_url in warnings[0]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(debug) == 2
 
 
 async def test_gateway_outage_uses_no_attempt(

@@ -141,26 +141,38 @@ async def test_cancelled_call_is_not_claimed(bucket: KeyValue) -> None:
     assert stored.record.state is CallState.CANCELLED
 
 
+WINDOW_NS = 120 * 1_000_000_000
+
+
 @pytest.mark.parametrize(
-    ("stream_seq", "decision", "attempts"),
+    ("stream_seq", "later_ns", "function", "decision"),
     [
-        pytest.param(7, Decision.DUPLICATE, 1, id="same-message"),
-        pytest.param(9, Decision.RUN, 1, id="id-reused-later"),
+        pytest.param(7, 0, "echo", Decision.DUPLICATE, id="same-message"),
+        pytest.param(
+            9, 5 * 10**9, "echo", Decision.DUPLICATE, id="id-reused-in-window"
+        ),
+        pytest.param(9, -5 * 10**9, "echo", Decision.DUPLICATE, id="clock-behind"),
+        pytest.param(9, WINDOW_NS + 1, "echo", Decision.RUN, id="id-reused-later"),
+        pytest.param(9, 5 * 10**9, "other", Decision.RUN, id="other-function"),
     ],
 )
 async def test_finished_call_claim(
-    bucket: KeyValue, stream_seq: int, decision: Decision, attempts: int
+    bucket: KeyValue, stream_seq: int, later_ns: int, function: str, decision: Decision
 ) -> None:
     store = StatusStore(bucket, lease_s=LEASE_S)
+    store.duplicate_window_ns = WINDOW_NS
     call = make_call()
     claim = await store.claim(call, stream_seq=7, max_attempts=3)
     done = dataclasses.replace(claim.record, state=CallState.SUCCEEDED)
     await store.save(done, revision=claim.revision)
+    repeat = dataclasses.replace(
+        call, function=function, accepted_at_ns=call.accepted_at_ns + later_ns
+    )
 
-    again = await store.claim(call, stream_seq=stream_seq, max_attempts=3)
+    again = await store.claim(repeat, stream_seq=stream_seq, max_attempts=3)
 
     assert again.decision is decision
-    assert again.record.attempts == attempts
+    assert again.record.attempts == 1
 
 
 async def test_cancel_between_read_and_write_wins(bucket: KeyValue) -> None:
@@ -232,14 +244,18 @@ async def test_reused_call_id_runs_again(
     nats_url: str, js: JetStreamContext, gateway: RecordingServer
 ) -> None:
     call = make_call()
-    headers = call.to_nats_headers()
-    # A repeat after the duplicate window: JetStream stores it again.
+    # A repeat accepted after the duplicate window: JetStream stores it again.
+    window_ns = int(jetstream.DEFAULT_DUPLICATE_WINDOW_S * 1e9)
+    later = dataclasses.replace(
+        call, accepted_at_ns=call.accepted_at_ns + window_ns + 1
+    )
+    headers = later.to_nats_headers()
     del headers[constants.NATS_MSG_ID]
 
     async with running_worker(make_settings(nats_url, gateway.url)):
         await publish(js, call)
         await wait_for_state(js, call.call_id, CallState.SUCCEEDED)
-        await js.publish(call.subject(), call.body, headers=headers)
+        await js.publish(later.subject(), later.body, headers=headers)
         await gateway.wait_for_requests(2)
         await wait_for_empty_stream(js)
 
@@ -248,6 +264,50 @@ async def test_reused_call_id_runs_again(
     assert record.state is CallState.SUCCEEDED
     assert record.attempts == 1
     assert record.extra["stream_seq"] == 2
+
+
+async def test_repeated_call_id_in_window_runs_once(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    # JetStream stores a repeat with the same id again when it has forgotten
+    # the first message's id (after a restart), or when the first had none
+    # (an id the gateway generated, reused by a retry after a 503).
+    call = make_call()
+    repeat = dataclasses.replace(call, accepted_at_ns=call.accepted_at_ns + 10**9)
+    headers = repeat.to_nats_headers()
+    del headers[constants.NATS_MSG_ID]
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await publish(js, call)
+        await wait_for_state(js, call.call_id, CallState.SUCCEEDED)
+        await js.publish(repeat.subject(), repeat.body, headers=headers)
+        await wait_for_empty_stream(js)
+
+    assert len(gateway.requests) == 1
+    record = await call_status(js, call.call_id)
+    assert record is not None
+    assert record.state is CallState.SUCCEEDED
+    assert record.extra["stream_seq"] == 1
+
+
+async def test_call_past_one_second_reads_running(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    gateway.delay_s = 2.0
+    call = make_call()
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await publish(js, call)
+        await gateway.wait_for_requests(1)
+        # Still within the first second: nothing is written yet.
+        assert await call_status(js, call.call_id) is None
+        running = await wait_for_state(
+            js, call.call_id, CallState.RUNNING, timeout_s=1.5
+        )
+        await wait_for_state(js, call.call_id, CallState.SUCCEEDED)
+
+    assert running.attempts == 1
+    assert running.extra["lease_until_ns"] > running.updated_at_ns
 
 
 async def test_success_record_is_complete(

@@ -401,6 +401,80 @@ async def test_stopping_lets_running_call_finish(
     await wait_for_empty_stream(js, timeout_s=2.0)
 
 
+async def test_stop_dead_letters_failing_callback(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+) -> None:
+    # The callback keeps failing, with long waits between tries: a stop must
+    # not leave the call to be run again after a restart.
+    receiver.status = 503
+    call = make_call(callback_url=f"{receiver.url}/done")
+    settings = make_settings(
+        nats_url,
+        gateway.url,
+        callback_attempts=5,
+        retry_min_wait_s=20.0,
+        retry_max_wait_s=20.0,
+        callback_max_wait_s=20.0,
+    )
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run())
+    await wait_until(lambda: worker.ready, description="the worker to become ready")
+    await publish(js, call)
+    await receiver.wait_for_requests(1)
+
+    worker.stop()
+    await asyncio.wait_for(task, timeout=10)
+
+    assert len(gateway.requests) == 1
+    assert len(receiver.requests) == 1
+    [letter] = await wait_for_dead_letters(js, 1)
+    assert letter.kind == "callback"
+    assert letter.reason == "callback-failed"
+    assert "The worker stopped before it tried again" in letter.detail
+    await wait_for_empty_stream(js, timeout_s=2.0)
+    record = await call_status(js, call.call_id)
+    assert record is not None
+    assert record.state is CallState.SUCCEEDED
+    assert record.dead_letter_reason == "callback-failed"
+
+
+@pytest.mark.parametrize("calls", [1, 23])
+async def test_abandon_warning_names_calls(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+    calls: int,
+) -> None:
+    gateway.delay_s = 5.0
+    settings = make_settings(
+        nats_url, gateway.url, shutdown_grace_s=0.5, ack_wait_s=10.0, max_inflight=32
+    )
+    queued = [make_call(body=b"payload-not-logged") for _ in range(calls)]
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run())
+    await wait_until(lambda: worker.ready, description="the worker to become ready")
+    for call in queued:
+        await publish(js, call)
+    await gateway.wait_for_requests(calls)
+
+    worker.stop()
+    await asyncio.wait_for(task, timeout=10)
+
+    [warning] = [r for r in caplog.records if r.getMessage().startswith("abandoning")]
+    message = warning.getMessage()
+    assert message.startswith(f"abandoning {calls} calls still running after 0.5 s")
+    named = [call for call in queued if call.call_id in message]
+    assert len(named) == min(calls, 20)
+    assert "echo.openfaas-fn call " in message
+    if calls > 20:
+        assert message.endswith(f" and {calls - 20} more")
+    assert "payload-not-logged" not in message
+
+
 async def test_second_cancel_abandons_running_call(
     nats_url: str, js: JetStreamContext, gateway: RecordingServer
 ) -> None:
@@ -465,6 +539,7 @@ async def test_failed_callback_is_dead_lettered(
     assert letter.result_body == b"done"
     assert letter.result_headers["X-Fn"] == "yes"
     assert len(letter.attempts) == tries
+    assert f"failed after {tries} {'try' if tries == 1 else 'tries'}." in letter.detail
     assert "s3cret" not in letter.detail
     record = await call_status(js, call.call_id)
     assert record is not None

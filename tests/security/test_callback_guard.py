@@ -20,6 +20,7 @@ from faashub.callback_guard import (
 from faashub.queued_call import QueuedCall
 from queue_worker.callback import CallbackOptions, CallbackSender, Delivery
 from queue_worker.invoke import FunctionResult
+from tests.conftest import LOOPBACK, free_port
 from tests.queue_worker.conftest import (
     RecordingServer,
     make_call,
@@ -76,10 +77,15 @@ async def test_metadata_callback_dead_lettered(
     assert len(letters) == 1
     letter = letters[0]
     assert letter.kind == "callback"
+    assert letter.reason == "callback-refused"
     assert "callback refused" in letter.detail
+    assert "was not sent" in letter.detail
+    assert "callback_allow" in letter.detail
+    assert "times" not in letter.detail
     # A refused address is final: one try, no retries.
     assert len(letter.attempts) == 1
     assert status.callback_status is None
+    assert status.dead_letter_reason == "callback-refused"
     assert len(gateway.requests) == 1
 
 
@@ -93,10 +99,27 @@ async def test_denied_network_checked_after_dns(receiver: RecordingServer) -> No
     delivery = await deliver(call, guard)
 
     assert not delivery.delivered
+    assert delivery.refused
+    assert delivery.dead_letter_reason == "callback-refused"
     assert "callback refused" in delivery.error
     assert "'localhost'" in delivery.error
     assert len(delivery.tries) == 1
     assert receiver.requests == []
+
+
+async def test_unreachable_callback_not_refused() -> None:
+    # Nothing listens on the port: the delivery fails but the guard allowed it.
+    call = make_call(callback_url=f"http://{LOOPBACK}:{free_port()}/done")
+
+    delivery = await deliver(call, CallbackGuard())
+
+    assert not delivery.delivered
+    assert not delivery.refused
+    assert delivery.dead_letter_reason == "callback-failed"
+    assert len(delivery.tries) == 3
+    detail = delivery.dead_letter_detail(call.callback_url)
+    assert detail.startswith(f"The callback to http://{LOOPBACK}:")
+    assert "failed after 3 tries. The last error was: " in detail
 
 
 async def test_guarded_session_reused(receiver: RecordingServer) -> None:
