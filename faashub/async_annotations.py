@@ -16,7 +16,9 @@ from typing import Final
 from faashub import constants
 from faashub.queued_call import is_valid_token
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s|m|h)")
+# Plain seconds; float() alone would also take 1_000, 1e3, inf and other digits.
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 # The accepted form of each annotation, quoted when a value is rejected.
@@ -41,7 +43,7 @@ _EXPECTED: Final = {
 def parse_positive_int(text: str) -> int:
     """Parse a positive integer, or raise ValueError."""
     stripped = text.strip()
-    if not stripped.isdigit() or int(stripped) < 1:
+    if not (stripped.isascii() and stripped.isdigit()) or int(stripped) < 1:
         raise ValueError("Expected a positive integer.")
     return int(stripped)
 
@@ -51,7 +53,7 @@ def parse_codes(text: str) -> frozenset[int]:
     codes = set()
     for part in text.split(","):
         item = part.strip()
-        if not item.isdigit() or not 100 <= int(item) <= 599:
+        if not (item.isascii() and item.isdigit()) or not 100 <= int(item) <= 599:
             raise ValueError(
                 f"{item!r} is not an HTTP status; expected numbers from 100 to 599."
             )
@@ -62,14 +64,14 @@ def parse_codes(text: str) -> frozenset[int]:
 def parse_duration_s(text: str) -> float:
     """Parse `500ms`, `5s`, `2m`, `1h`, `1m30s` or plain seconds; raise ValueError."""
     stripped = text.strip()
-    try:
+    if _SECONDS.fullmatch(stripped):
         seconds = float(stripped)
-    except ValueError:
+    else:
         parts = _DURATION_PART.findall(stripped)
         if not parts or "".join(n + u for n, u in parts) != stripped:
             raise ValueError(
                 "Expected a duration such as 500ms, 5s, 2m or 1m30s, or seconds."
-            ) from None
+            )
         seconds = sum(float(number) * _UNIT_S[unit] for number, unit in parts)
     if not seconds > 0 or seconds == float("inf"):
         raise ValueError("Expected a duration above zero.")

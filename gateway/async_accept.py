@@ -43,7 +43,7 @@ from faashub.headers import is_utf8, non_utf8_value_message
 from faashub.queued_call import QueuedCall
 from gateway import asgi, async_calls, constants, delays, errors, limits
 from gateway.auth import Authenticator
-from gateway.call_ids import new_call_id
+from gateway.call_ids import check_call_id, new_call_id
 from gateway.call_queue import CallQueue
 from gateway.function_lookup import FunctionLookup
 from gateway.log_throttle import WarningThrottle
@@ -304,6 +304,8 @@ class AsyncAccept:
         """
         # The cheap checks first, before the lookup and before reading a body
         # that could not be stored anyway.
+        if request.caller_call_id:
+            check_call_id(request.call_id)
         self._queue.check_available()
         limit = self._max_body_bytes
         if request.content_length > limit:

@@ -280,7 +280,8 @@ def parse_query(values: QueryParams) -> tuple[names.FunctionRef, int]:
     limit_text = values.get("limit")
     limit = DEFAULT_LIMIT
     if limit_text is not None:
-        limit = int(limit_text) if limit_text.isdigit() else 0
+        ascii_digits = limit_text.isascii() and limit_text.isdigit()
+        limit = int(limit_text) if ascii_digits and len(limit_text) <= 9 else 0
         if not 1 <= limit <= MAX_LIMIT:
             raise errors.InvalidRequest(
                 f"Invalid limit {limit_text!r}: expected a whole number from 1 "

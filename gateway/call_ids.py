@@ -1,4 +1,9 @@
-"""Random version 4 UUIDs for calls that arrive without an X-Call-Id.
+"""Call ids: the check of a caller's X-Call-Id, and new ids for calls without one.
+
+A caller's id must be printable ASCII (0x20 to 0x7E), on the sync and the
+async route alike. The id goes back to callers and functions in HTTP headers,
+which the gateway writes as Latin-1 and aiohttp (in the queue-worker) writes
+as UTF-8, so any other byte would reach one of them changed.
 
 The OpenFaaS contract generates a UUID as the call id when the caller sent
 none, and callers may parse it as one. `uuid.uuid4()` reads 16 bytes from
@@ -6,10 +11,13 @@ none, and callers may parse it as one. `uuid.uuid4()` reads 16 bytes from
 path's per-request CPU time (timeit on the 2-core benchmark VM, Python
 3.11). `new_call_id` reads the kernel's random bytes 8 KiB at a time instead,
 so the ids stay as unpredictable as `uuid4`'s, at about a quarter of the
-cost. It does not speak HTTP and does not decide when an id is needed.
+cost. This module does not speak HTTP and does not decide when an id is
+needed.
 """
 
 import os
+
+from gateway import errors
 
 _BYTES_PER_ID = 16
 _IDS_PER_READ = 512
@@ -18,6 +26,30 @@ _VARIANT_DIGITS = "89ab"
 
 _pool = b""
 _position = 0
+
+
+def check_call_id(call_id: str) -> str:
+    """Return a caller's X-Call-Id, read as Latin-1, if it is printable ASCII.
+
+    Raises InvalidRequest naming the value and the rule otherwise.
+    """
+    if call_id.isascii() and call_id.isprintable():
+        return call_id
+    raise errors.InvalidRequest(
+        f"Invalid X-Call-Id {_shown(call_id)!r}: a call id may contain only "
+        "printable ASCII characters (letters, digits, punctuation and space), "
+        "because it is sent back in HTTP headers. Percent-encode other "
+        "characters, or send no X-Call-Id to get a generated one."
+    )
+
+
+def _shown(call_id: str) -> str:
+    """Return the id as the caller most likely wrote it, cut for a message."""
+    try:
+        text = call_id.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        text = call_id
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def new_call_id() -> str:

@@ -23,9 +23,10 @@ Routes (JSON in and out; errors are `{"detail": "..."}`):
   filters), and `DELETE /system/dead-letters/{call_id}`: purge, returning
   `{"purged": [...], "failed": [...]}`.
 
-A selection that matches nothing is a 200 with empty lists, except that each
-selected seq the stream does not store is a `failed` item with `call_id` and
-`kind` null and the error `not found`. A selection with no ids, no seqs, no
+A selection that matches nothing is a 200 with empty lists, except that the
+error `not found` is a `failed` item for each selected seq the stream does
+not store (with `call_id` and `kind` null) and for each selected call id that
+has no dead letter (with `kind` and `seq` null). A selection with no ids, no seqs, no
 filter condition and no `all` is a 400, so that an empty request never
 purges everything. The work itself is in `gateway.dead_letters`.
 """

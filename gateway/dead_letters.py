@@ -27,7 +27,8 @@ message with a direct get, so it acts on exactly the dead letters given even
 when one call id has several.
 
 Every operation reports each dead letter it touched, and why any failed. A
-selected sequence that the stream no longer stores is reported as not found.
+selected sequence that the stream no longer stores, and a selected call id
+with no dead letter, are reported as not found.
 """
 
 import dataclasses
@@ -237,6 +238,7 @@ class DeadLetterStore:
             ) as stored_letters:
                 async for stored in stored_letters:
                     await self._redrive_one(stored, report)
+        report.failed.extend(_not_found_ids(selection, report))
         logger.info(
             "redrove dead letters",
             extra={"ctx": {"redriven": len(report.done), "failed": len(report.failed)}},
@@ -252,6 +254,7 @@ class DeadLetterStore:
             ) as stored_letters:
                 async for stored in stored_letters:
                     await self._purge_one(stored, report)
+        report.failed.extend(_not_found_ids(selection, report))
         logger.info(
             "purged dead letters",
             extra={"ctx": {"purged": len(report.done), "failed": len(report.failed)}},
@@ -646,6 +649,20 @@ def _parse(message: Msg) -> StoredDeadLetter | None:
     return StoredDeadLetter(
         seq=metadata.sequence.stream, stored_at=metadata.timestamp, letter=letter
     )
+
+
+def _not_found_ids(selection: Selection, report: Report) -> list[dict[str, Any]]:
+    """Return a failure item for each selected call id that `report` lacks.
+
+    A call id with no dead letter (mistyped, or redriven or purged by another
+    request) selects nothing, so without these items it would look done.
+    """
+    touched = {item["call_id"] for item in (*report.done, *report.failed)}
+    return [
+        {"call_id": call_id, "kind": None, "seq": None, "error": NOT_FOUND}
+        for call_id in selection.call_ids
+        if call_id not in touched
+    ]
 
 
 def _ns(moment: datetime.datetime) -> int:

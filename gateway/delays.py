@@ -2,7 +2,8 @@
 
 A caller delays a call with one of two headers on `/async-function/`:
 
-* `X-Delay-Seconds: 90` (or `1.5`): a non-negative number of seconds from now;
+* `X-Delay-Seconds: 90` (or `1.5`): a non-negative number of seconds from now,
+  written as ASCII digits with an optional decimal point and fraction;
 * `X-Not-Before: 2030-01-02T03:04:05Z`: an absolute time, as RFC 3339 with a
   `Z` or an offset, or as an HTTP date (`Wed, 02 Jan 2030 03:04:05 GMT`).
 
@@ -14,6 +15,7 @@ no delay. This module only parses and checks the values.
 import datetime
 import email.utils
 import math
+import re
 
 from faashub import constants as shared
 from gateway import errors
@@ -21,6 +23,9 @@ from gateway import errors
 _NS_PER_S = 1_000_000_000
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _ONE_MICROSECOND = datetime.timedelta(microseconds=1)
+# The documented form of X-Delay-Seconds. `float()` alone would also take
+# "1_000", "1e3", "inf", other Unicode digits and surrounding spaces.
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 def not_before_ns(
@@ -58,14 +63,12 @@ def not_before_ns(
 
 
 def _parse_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0:
+    seconds = float(value) if _SECONDS.fullmatch(value) else math.nan
+    if not math.isfinite(seconds):
+        excerpt = value if len(value) <= 40 else value[:40] + "..."
         raise errors.InvalidRequest(
-            f"Invalid {shared.DELAY_SECONDS} {value!r}: expected a non-negative "
-            "number of seconds, such as 30 or 1.5."
+            f"Invalid {shared.DELAY_SECONDS} {excerpt!r}: expected a non-negative "
+            "number of seconds in digits 0-9, such as 30 or 1.5."
         )
     return seconds
 

@@ -25,8 +25,9 @@ after that it bounds each wait for the next piece of the body. A provider or
 replica that is too slow gives 504 naming the setting, and one that fails
 gives 502, both marked `X-OpenFaaS-Internal: gateway`. OpenFaaS's gateway
 returns 502 for both. One that refuses the connection gives 503 with
-Retry-After instead, because nothing reached the function. The caller's request body must arrive whole within
-`body_read_timeout_s` of the first read, else 408. The proxy neither looks the
+Retry-After instead, because nothing reached the function. The caller's
+request body must arrive whole within `body_read_timeout_s` of the first
+read, else 408. The proxy neither looks the
 function up nor retries, except once on the provider after a replica
 refused the connection: an unknown function is the provider's 404.
 """

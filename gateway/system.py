@@ -180,7 +180,11 @@ class SystemForwarder:
                 (b"authorization", self._provider_authorization.encode("latin-1"))
             )
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_SYSTEM_BODY_BYTES:
+        if (
+            declared.isascii()
+            and declared.isdigit()
+            and int(declared) > MAX_SYSTEM_BODY_BYTES
+        ):
             return _system_body_too_large(request.method, path)
         try:
             async with asyncio.timeout(self._body_read_timeout_s):

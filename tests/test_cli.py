@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from faashub.cli import main, stack
+from faashub import errors
+from faashub.cli import main, provider_commands, stack
 from tests.conftest import free_port
 from tests.hub_support import CallbackReceiver, RunningHub, faashub, running_hub
 
@@ -70,16 +71,7 @@ def test_stack_file_builds_deployments(tmp_path: Path) -> None:
         pytest.param(
             "functions: [a, b]\n", "no 'functions:' mapping", id="not-mapping"
         ),
-        pytest.param(
-            "functions:\n  f:\n    labels: [a]\n", "'labels'", id="labels-list"
-        ),
-        pytest.param("functions: {f: {secrets: x}}\n", "'secrets'", id="secrets-text"),
         pytest.param("functions: {f: [\n", "not valid YAML", id="bad-yaml"),
-        pytest.param(
-            "functions:\n  f:\n    environment_file: [missing.yml]\n",
-            "missing.yml",
-            id="missing-env-file",
-        ),
     ],
 )
 def test_stack_file_errors_name_the_problem(
@@ -89,6 +81,33 @@ def test_stack_file_errors_name_the_problem(
     path.write_text(text)
     with pytest.raises(stack.StackFileError, match=message):
         stack.load_stack(path, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "functions:\n  f:\n    labels: [a]\n", "'labels'", id="labels-list"
+        ),
+        pytest.param(
+            "functions:\n  f:\n    secrets: x\n", "'secrets'", id="secrets-text"
+        ),
+        pytest.param(
+            "functions:\n  f:\n    environment_file: [missing.yml]\n",
+            "missing.yml",
+            id="missing-env-file",
+        ),
+    ],
+)
+def test_stack_function_errors_are_collected(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(text + "  g:\n    fprocess: cat\n")
+    parsed = stack.load_stack(path, {})
+    assert list(parsed.deployments) == ["g"]
+    assert list(parsed.problems) == ["f"]
+    assert message in parsed.problems["f"]
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +247,77 @@ def test_help_of_every_command_prints(
         main.main([*command, "--help"])
     assert exited.value.code == 0
     assert "usage: faashub" in capsys.readouterr().out
+
+
+INVALID_STACK = """
+functions:
+  first-good:
+    fprocess: cat
+  bad_name:
+    fprocess: cat
+  slow:
+    fprocess: cat
+    environment:
+      exec_timeout: banana
+  odd-labels:
+    fprocess: cat
+    labels:
+      com.openfaas.scale.min: "²"
+      "bad key!": x
+  bad-schedule:
+    fprocess: date
+    annotations:
+      topic: cron-function
+      schedule: every now and then
+"""
+
+
+def test_deploy_invalid_stack_deploys_nothing(hub: RunningHub, tmp_path: Path) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(INVALID_STACK)
+    result = faashub("deploy", "-f", str(path), gateway=hub.url)
+    assert result.returncode == 2
+    message = result.stderr.decode()
+    assert "Deployed nothing, because 4 of 5 functions are invalid" in message
+    assert "Invalid function name 'bad_name'" in message
+    assert "exec_timeout='banana'" in message
+    assert "com.openfaas.scale.min='²'" in message
+    assert "'bad key!'" in message
+    assert "Invalid cron schedule for function 'bad-schedule'" in message
+    assert "first-good:" not in message
+    assert result.stdout == b""
+    listed = faashub("list", gateway=hub.url)
+    assert b"first-good" not in listed.stdout
+
+
+FAILING_STACK = """
+functions:
+  before-failure:
+    fprocess: cat
+  needs-secret:
+    fprocess: cat
+    secrets: [no-such-secret]
+  after-failure:
+    fprocess: cat
+"""
+
+
+def test_deploy_server_failure_continues(hub: RunningHub, tmp_path: Path) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(FAILING_STACK)
+    result = faashub("deploy", "-f", str(path), gateway=hub.url)
+    assert result.returncode == 1
+    assert b"Deployed before-failure" in result.stdout
+    assert b"Deployed after-failure" in result.stdout
+    assert b"Deploying needs-secret failed" in result.stderr
+    assert b"1 of 3 functions failed to deploy: needs-secret." in result.stderr
+    listed = faashub("list", gateway=hub.url).stdout.decode()
+    assert "before-failure" in listed
+    assert "after-failure" in listed
+    assert "needs-secret" not in listed
+
+
+@pytest.mark.parametrize("value", ["٣h", "1_0m", "2e1s"])
+def test_logs_since_takes_ascii_digits(value: str) -> None:
+    with pytest.raises(errors.SettingsError, match="Invalid --since"):
+        provider_commands.parse_since(value)

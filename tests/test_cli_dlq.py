@@ -8,6 +8,9 @@ keeps serving the fake provider meanwhile.
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from faashub import constants as shared
+from faashub.call_status import EXTRA_THROTTLED, CallState, CallStatus
 from faashub.cli.main import main
 from faashub.dead_letter import (
     REASON_ATTEMPTS_EXHAUSTED,
@@ -34,6 +38,7 @@ from tests.gateway.conftest import (
     publish_dead_letter,
     stored_messages,
     wait_until_healthy,
+    write_status,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -122,14 +127,15 @@ async def test_dlq_list_table(cli: CommandRunner, nats_url: str) -> None:
 
     assert result.code == 0, result.err
     header, first, second = result.out.splitlines()
-    assert header.split()[:3] == ["Call", "id", "Kind"]
-    assert first.split()[:4] == [
+    assert header.split()[:4] == ["Seq", "Call", "id", "Kind"]
+    assert first.split()[:5] == [
+        "1",
         "l-1",
         "call",
         REASON_ATTEMPTS_EXHAUSTED,
         "echo.openfaas-fn",
     ]
-    assert second.split()[:3] == ["l-2", "call", REASON_EXPIRED]
+    assert second.split()[:4] == ["2", "l-2", "call", REASON_EXPIRED]
     assert first.split()[-1] == "500"
 
 
@@ -213,7 +219,7 @@ async def test_dlq_redrive_failure_exit_1(cli: CommandRunner, nats_url: str) -> 
     result = await cli("dlq", "redrive", "--function", "removed")
 
     assert result.code == 1
-    assert "rf-1 (call)" in result.err
+    assert "rf-1 (call, seq 1)" in result.err
     assert "'removed'" in result.err
     assert await dead_letter_count(nats_url) == 1
 
@@ -226,6 +232,7 @@ async def test_dlq_redrive_failure_exit_1(cli: CommandRunner, nats_url: str) -> 
         pytest.param(
             ("--function", "echo", "--all"), "not several", id="filter-and-all"
         ),
+        pytest.param(("a-1", "--seq", "1"), "not several", id="ids-and-seq"),
     ],
 )
 async def test_dlq_redrive_selection_errors(
@@ -235,6 +242,62 @@ async def test_dlq_redrive_selection_errors(
 
     assert result.code == 2
     assert message in result.err
+
+
+@pytest.mark.parametrize(
+    ("action", "verb"),
+    [
+        pytest.param("redrive", "Redrove", id="redrive"),
+        pytest.param("purge", "Purged", id="purge"),
+    ],
+)
+async def test_dlq_unknown_id_exit_1(
+    cli: CommandRunner, nats_url: str, action: str, verb: str
+) -> None:
+    await publish_dead_letter(nats_url, letter("kn-1"))
+
+    result = await cli("dlq", action, "kn-1", "does-not-exist")
+
+    assert result.code == 1
+    assert "No dead letter has call id 'does-not-exist'" in result.err
+    assert "kn-1" not in result.err
+    assert f"{verb} 1 dead letter; 1 failed." in result.err
+    assert await dead_letter_count(nats_url) == 0
+
+
+async def test_dlq_purge_by_seq(cli: CommandRunner, nats_url: str) -> None:
+    await publish_dead_letter(nats_url, letter("sq-1"))
+    await publish_dead_letter(nats_url, letter("sq-1"))
+
+    result = await cli("dlq", "purge", "--seq", "2", "--seq", "999")
+
+    assert result.code == 1
+    assert "No dead letter has seq 999" in result.err
+    assert "None" not in result.err
+    assert "Purged 1 dead letter; 1 failed." in result.err
+    listed = await cli("dlq", "list", "--json")
+    assert [item["seq"] for item in json.loads(listed.out)["dead_letters"]] == [1]
+
+
+async def test_dlq_redrive_by_seq(cli: CommandRunner, nats_url: str) -> None:
+    await publish_dead_letter(nats_url, letter("sr-1"))
+    await publish_dead_letter(nats_url, letter("sr-2"))
+
+    result = await cli("dlq", "redrive", "--seq", "2")
+
+    assert result.code == 0, result.err
+    assert result.out.startswith("sr-2 -> ")
+    assert len(await stored_messages(nats_url)) == 1
+    assert await dead_letter_count(nats_url) == 1
+
+
+@pytest.mark.parametrize("value", ["1_0", "٣", "-1", "x"])
+def test_dlq_seq_must_be_digits(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["dlq", "purge", "--seq", value, "--gateway", "http://127.0.0.1:9"])
+
+    assert exited.value.code == 2
+    assert repr(value) in capsys.readouterr().err
 
 
 async def test_dlq_purge_all_needs_yes(cli: CommandRunner, nats_url: str) -> None:
@@ -289,6 +352,41 @@ async def test_status_and_cancel(cli: CommandRunner, gateway: str) -> None:
     assert json.loads(after.out)["state"] == "cancelled"
 
 
+async def test_status_shows_throttled_attempts(
+    cli: CommandRunner, gateway: str, nats_url: str
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway) as client:
+        response = await client.post(
+            "/async-function/echo", content=b"x", headers={"X-Call-Id": "thr-1"}
+        )
+    assert response.status_code == 202
+    # Five invocations, four of which got a 429, under a budget of two.
+    now_ns = time.time_ns()
+    record = CallStatus(
+        call_id="thr-1",
+        function="echo",
+        namespace=shared.DEFAULT_NAMESPACE,
+        state=CallState.SUCCEEDED,
+        attempts=5,
+        max_attempts=2,
+        accepted_at_ns=now_ns,
+        updated_at_ns=now_ns,
+        extra={EXTRA_THROTTLED: 4},
+    )
+    await write_status(nats_url, record)
+
+    text = await cli("status", "thr-1")
+    as_json = await cli("status", "thr-1", "--json")
+
+    assert text.code == 0, text.err
+    assert "Attempts:" in text.out
+    assert "1 of 2 (plus 4 throttled, not counted)" in text.out
+    status = json.loads(as_json.out)
+    assert status["attempts"] == 5
+    assert status["max_attempts"] == 2
+    assert status["throttled_attempts"] == 4
+
+
 async def test_status_unknown(cli: CommandRunner) -> None:
     result = await cli("status", "nobody")
 
@@ -304,3 +402,47 @@ async def test_gateway_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert code == 2
     assert f"Cannot reach the gateway at {dead}" in capsys.readouterr().err
+
+
+def run_with_closed_stdout(*arguments: str) -> subprocess.CompletedProcess[bytes]:
+    """Run `python -m faashub` with a stdout pipe whose reader has closed."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "faashub", *arguments],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(("dlq", "show", "bp-1"), id="dlq-show"),
+        pytest.param(("dlq", "list"), id="dlq-list"),
+        pytest.param(("dlq", "redrive", "bp-1"), id="dlq-redrive"),
+    ],
+)
+async def test_closed_stdout_exits_quietly(
+    gateway: str, nats_url: str, command: tuple[str, ...]
+) -> None:
+    await publish_dead_letter(nats_url, letter("bp-1"))
+
+    result = await asyncio.to_thread(
+        run_with_closed_stdout, *command, "--gateway", gateway
+    )
+
+    assert result.returncode == 1
+    assert result.stderr == b""
+
+
+async def test_dlq_since_takes_ascii_digits(cli: CommandRunner) -> None:
+    result = await cli("dlq", "list", "--since", "٣h")
+
+    assert result.code == 2
+    assert "Invalid --since '٣h'" in result.err

@@ -3,7 +3,9 @@
 * `faashub dlq list` lists dead letters, oldest first, with filters;
 * `faashub dlq show CALL_ID` prints one dead letter in full, as JSON;
 * `faashub dlq redrive` queues dead-lettered calls again (or posts a failed
-  callback again) for the call ids given, for a filter, or for `--all`;
+  callback again) for the call ids given, the stream sequences given with
+  `--seq`, a filter, or `--all`, and exits 1 when an id or seq selects no
+  dead letter;
 * `faashub dlq purge` deletes dead letters chosen the same way, and requires
   `--yes` with `--all`;
 * `faashub status CALL_ID` prints the status of an async call;
@@ -36,7 +38,9 @@ DEAD_LETTERS_PATH = "/system/dead-letters"
 ASYNC_CALLS_PATH = "/async-calls"
 
 _FILTERS = ("function", "namespace", "queue", "reason", "kind", "since", "until")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
+# The error of a failed item whose call id or seq selects no dead letter.
+NOT_FOUND = "not found"
 _SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -57,13 +61,13 @@ def add_commands(
     _add_filter_arguments(listing)
     listing.add_argument(
         "--limit",
-        type=int,
+        type=_whole_number,
         default=100,
         help="Most dead letters to show, 1 to 1000 (default 100).",
     )
     listing.add_argument(
         "--after-seq",
-        type=int,
+        type=_whole_number,
         help="Continue after this sequence number, as a truncated list suggests.",
     )
     listing.add_argument(
@@ -93,6 +97,16 @@ def add_commands(
         _add_gateway_argument(action)
         action.add_argument(
             "call_ids", nargs="*", metavar="CALL_ID", help="Call ids to select."
+        )
+        action.add_argument(
+            "--seq",
+            dest="seqs",
+            action="append",
+            default=[],
+            type=_whole_number,
+            metavar="N",
+            help="Select the single dead letter at this stream sequence, the Seq "
+            "column of 'dlq list'; repeatable.",
         )
         _add_filter_arguments(action)
         action.add_argument(
@@ -166,6 +180,7 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     rows = [
         [
+            str(item["seq"]),
             item["call_id"],
             item["kind"],
             item["reason"],
@@ -177,7 +192,16 @@ def run_list(args: argparse.Namespace) -> int:
         for item in listing["dead_letters"]
     ]
     print_table(
-        ["Call id", "Kind", "Reason", "Function", "Dead-lettered", "Attempts", "Last"],
+        [
+            "Seq",
+            "Call id",
+            "Kind",
+            "Reason",
+            "Function",
+            "Dead-lettered",
+            "Attempts",
+            "Last",
+        ],
         rows,
     )
     if listing.get("truncated"):
@@ -243,15 +267,12 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(status)
         return 0
-    attempts = str(status.get("attempts", 0))
-    if status.get("max_attempts"):
-        attempts += f" of {status['max_attempts']}"
     fields = [
         ("Call id", status.get("call_id")),
         ("State", status.get("state")),
         ("Function", f"{status.get('function')}.{status.get('namespace')}"),
         ("Queue", status.get("queue")),
-        ("Attempts", attempts),
+        ("Attempts", _attempts_text(status)),
         ("Last status", status.get("last_status")),
         ("Last error", status.get("last_error")),
         ("Next attempt at", status.get("next_attempt_at")),
@@ -267,6 +288,23 @@ def run_status(args: argparse.Namespace) -> int:
     for label, value in shown:
         print(f"{label + ':':<{width + 2}}{value}")
     return 0
+
+
+def _attempts_text(status: dict[str, Any]) -> str:
+    """Return the attempts that count against the retry budget, then the others.
+
+    A 429, or a gateway that does not pass the call on, uses no attempt of
+    the budget, so `attempts` alone can exceed `max_attempts`. A gateway from
+    before the `throttled_attempts` field omits it, and every attempt then
+    shows as counted.
+    """
+    throttled = status.get("throttled_attempts") or 0
+    text = str(status.get("attempts", 0) - throttled)
+    if status.get("max_attempts"):
+        text += f" of {status['max_attempts']}"
+    if throttled:
+        text += f" (plus {throttled} throttled, not counted)"
+    return text
 
 
 def run_cancel(args: argparse.Namespace) -> int:
@@ -292,20 +330,23 @@ def _filter_params(args: argparse.Namespace) -> dict[str, str]:
 
 def _selection(args: argparse.Namespace) -> dict[str, Any]:
     filters = _filter_params(args)
-    given = [bool(args.call_ids), bool(filters), args.all]
+    given = [bool(args.call_ids), bool(args.seqs), bool(filters), args.all]
     if sum(given) > 1:
         raise errors.SettingsError(
-            "Give call ids, filters (--function, --reason, ...) or --all, not several."
+            "Give call ids, --seq, filters (--function, --reason, ...) or --all, "
+            "not several."
         )
     if args.call_ids:
         return {"call_ids": args.call_ids}
+    if args.seqs:
+        return {"seqs": args.seqs}
     if filters:
         return {"filter": filters}
     if args.all:
         return {"all": True}
     raise errors.SettingsError(
-        "Select dead letters with call ids, filters (--function, --reason, --kind, "
-        "--since, ...) or --all."
+        "Select dead letters with call ids, --seq, filters (--function, --reason, "
+        "--kind, --since, ...) or --all."
     )
 
 
@@ -332,15 +373,33 @@ def _moment(value: str, *, flag: str) -> str:
 
 def _summarize(report: dict[str, Any], *, done: str, verb: str) -> int:
     for failure in report["failed"]:
-        print(
-            f"faashub: {failure['call_id']} ({failure['kind']}): {failure['error']}",
-            file=sys.stderr,
-        )
+        print(f"faashub: {_failure_text(failure)}", file=sys.stderr)
     count = len(report[done])
     noun = "dead letter" if count == 1 else "dead letters"
     failed = f"; {len(report['failed'])} failed" if report["failed"] else ""
     print(f"{verb} {count} {noun}{failed}.", file=sys.stderr)
     return 1 if report["failed"] else 0
+
+
+def _failure_text(failure: dict[str, Any]) -> str:
+    """Return one line for a failed item, which may lack a call id, kind or seq."""
+    call_id, kind, seq = failure.get("call_id"), failure.get("kind"), failure.get("seq")
+    if failure.get("error") == NOT_FOUND:
+        selected = f"call id {call_id!r}" if call_id is not None else f"seq {seq}"
+        return f"No dead letter has {selected}; 'faashub dlq list' lists them."
+    details = [text for text in (kind, None if seq is None else f"seq {seq}") if text]
+    name = call_id if call_id is not None else "dead letter"
+    suffix = f" ({', '.join(details)})" if details else ""
+    return f"{name}{suffix}: {failure.get('error')}"
+
+
+def _whole_number(text: str) -> int:
+    """Parse a command-line number of ASCII digits, as the gateway accepts it."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected a whole number in digits 0-9"
+        )
+    return int(text)
 
 
 def _request(

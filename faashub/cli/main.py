@@ -9,6 +9,7 @@ which keeps each long-lived component a few MiB smaller.
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -231,6 +232,30 @@ def build_parser(*, user_commands: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `faashub` command and return its exit status.
+
+    When the reader of stdout goes away (`faashub dlq show ID | head`), the
+    command stops with status 1 and no traceback, as the Python manual's
+    note on SIGPIPE in the `signal` module recommends.
+    """
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # Flushed here, so that a closed pipe raises inside this block
+            # and not at interpreter exit. A SystemExit of --help passes too.
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; point it at /dev/null so that
+        # the unwritten rest is dropped without a second error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
+
+
+def _run(argv: Sequence[str] | None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     starts_component = bool(arguments) and arguments[0] in COMPONENT_COMMANDS
     parser = build_parser(user_commands=not starts_component)

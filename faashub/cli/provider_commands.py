@@ -37,7 +37,7 @@ SECRETS_PATH = "/system/secrets"
 LOGS_PATH = "/system/logs"
 SCALE_PATH = "/system/scale-function"
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
 _SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

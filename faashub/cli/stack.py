@@ -12,7 +12,7 @@ faashub deploys what is already built.
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ class Stack:
     gateway: str | None
     deployments: dict[str, dict[str, Any]]
     """Function name to the `FunctionDeployment` JSON body for the provider."""
+    problems: dict[str, str] = field(default_factory=dict)
+    """Function name to why its definition is invalid. It has no deployment."""
 
 
 def expand_variables(text: str, environment: Mapping[str, str]) -> str:
@@ -50,7 +52,12 @@ def expand_variables(text: str, environment: Mapping[str, str]) -> str:
 
 
 def load_stack(path: Path, environment: Mapping[str, str] | None = None) -> Stack:
-    """Parse a stack file and build one deployment per function."""
+    """Parse a stack file and build one deployment per function.
+
+    Raise StackFileError when the file as a whole is unusable. An invalid
+    function definition goes to `Stack.problems`, so that a caller can name
+    every invalid function at once.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -71,11 +78,16 @@ def load_stack(path: Path, environment: Mapping[str, str] | None = None) -> Stac
         )
     provider = document.get("provider") or {}
     gateway = provider.get("gateway") if isinstance(provider, dict) else None
-    deployments = {
-        name: _deployment(name, definition or {}, base_dir=path.parent, stack_path=path)
-        for name, definition in document["functions"].items()
-    }
-    return Stack(gateway=gateway or None, deployments=deployments)
+    deployments: dict[str, dict[str, Any]] = {}
+    problems: dict[str, str] = {}
+    for name, definition in document["functions"].items():
+        try:
+            deployments[str(name)] = _deployment(
+                name, definition or {}, base_dir=path.parent, stack_path=path
+            )
+        except StackFileError as exc:
+            problems[str(name)] = str(exc)
+    return Stack(gateway=gateway or None, deployments=deployments, problems=problems)
 
 
 def _deployment(

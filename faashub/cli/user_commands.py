@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import httpx
 
 from faashub import constants, errors
-from faashub.cli import stack
+from faashub.cli import deploy_checks, stack
 from faashub.cli.gateway_client import (
     GatewayError,
     check_response,
@@ -172,13 +172,22 @@ def run_deploy(args: argparse.Namespace) -> int:
     if args.yaml:
         parsed = stack.load_stack(args.yaml)
         deployments = parsed.deployments
+        problems = {name: [text] for name, text in parsed.problems.items()}
         if args.filter:
-            if args.filter not in deployments:
+            if args.filter not in deployments and args.filter not in problems:
+                listed = sorted([*deployments, *problems])
                 raise errors.SettingsError(
                     f"Function {args.filter!r} is not in {args.yaml}; it has: "
-                    f"{', '.join(sorted(deployments)) or 'no functions'}."
+                    f"{', '.join(listed) or 'no functions'}."
                 )
-            deployments = {args.filter: deployments[args.filter]}
+            deployments = {
+                name: deployment
+                for name, deployment in deployments.items()
+                if name == args.filter
+            }
+            problems = {
+                name: found for name, found in problems.items() if name == args.filter
+            }
         gateway = resolve_gateway(args.gateway, parsed.gateway)
     else:
         if not args.name or not args.fprocess:
@@ -197,13 +206,51 @@ def run_deploy(args: argparse.Namespace) -> int:
                 "secrets": list(args.secret),
             }
         }
+        problems = {}
         gateway = resolve_gateway(args.gateway)
+
+    # Check every function before the first request, so that an invalid one
+    # leaves nothing half-deployed.
+    for name, deployment in deployments.items():
+        if args.namespace:
+            deployment["namespace"] = args.namespace
+        found = deploy_checks.deployment_problems(deployment)
+        if found:
+            problems[name] = found
+    if problems:
+        raise errors.SettingsError(_invalid_functions_message(problems, deployments))
+
+    # A function that the gateway or the provider rejects does not stop the
+    # others, and the exit status is 1 if any failed, as faas-cli does.
+    failed: list[str] = []
     with gateway_client(gateway) as client:
         for name, deployment in deployments.items():
-            if args.namespace:
-                deployment["namespace"] = args.namespace
-            _deploy_one(client, name, deployment)
+            try:
+                _deploy_one(client, name, deployment)
+            except GatewayError as exc:
+                print(f"faashub: {exc}", file=sys.stderr)
+                failed.append(name)
+    if failed:
+        print(
+            f"faashub: {len(failed)} of {len(deployments)} functions failed to "
+            f"deploy: {', '.join(failed)}.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _invalid_functions_message(
+    problems: dict[str, list[str]], deployments: dict[str, dict[str, Any]]
+) -> str:
+    total = len(set(problems) | set(deployments))
+    lines = [
+        f"Deployed nothing, because {len(problems)} of {total} functions are "
+        "invalid. Fix these and deploy again:"
+    ]
+    for name in sorted(problems):
+        lines.extend(f"  {name}: {text}" for text in problems[name])
+    return "\n".join(lines)
 
 
 def _deploy_one(client: httpx.Client, name: str, deployment: dict[str, Any]) -> None:

@@ -45,7 +45,6 @@ from gateway.dead_letter_api import summary
 from gateway.dead_letters import (
     DeadLetterFilter,
     DeadLetterStore,
-    Report,
     Selection,
 )
 from gateway.log_throttle import WarningThrottle
@@ -341,15 +340,14 @@ class Console:
             report = await self._dead_letters.redrive(selection)
         except errors.QueueUnavailable as exc:
             return _json_error(503, str(exc))
-        failed = [*report.failed, *_not_found(selection, report)]
         logger.info(
             "console redrove dead letters",
-            extra={"ctx": {"redriven": len(report.done), "failed": len(failed)}},
+            extra={"ctx": {"redriven": len(report.done), "failed": len(report.failed)}},
         )
         return JSONResponse(
             {
                 "redriven": report.done,
-                "failed": failed,
+                "failed": report.failed,
                 "stored": await self._stored_or_none(),
             }
         )
@@ -362,15 +360,14 @@ class Console:
             report = await self._dead_letters.purge(selection)
         except errors.QueueUnavailable as exc:
             return _json_error(503, str(exc))
-        failed = [*report.failed, *_not_found(selection, report)]
         logger.info(
             "console purged dead letters",
-            extra={"ctx": {"purged": len(report.done), "failed": len(failed)}},
+            extra={"ctx": {"purged": len(report.done), "failed": len(report.failed)}},
         )
         return JSONResponse(
             {
                 "purged": report.done,
-                "failed": failed,
+                "failed": report.failed,
                 "stored": await self._stored_or_none(),
             }
         )
@@ -598,7 +595,7 @@ async def _read_body(request: Request, *, max_bytes: int) -> bytes | Response:
     A Content-Length above the cap is rejected before any byte is read.
     """
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         return _body_too_large(request, max_bytes=max_bytes)
     body = bytearray()
     stream = request.stream()
@@ -625,21 +622,6 @@ def _body_too_large(request: Request, *, max_bytes: int) -> Response:
         # The unread rest of the body makes the connection unusable.
         headers={"Connection": "close"},
     )
-
-
-def _not_found(selection: Selection, report: Report) -> list[dict[str, Any]]:
-    """Return a failure item for each selected call id the store did not touch.
-
-    The store reports only the dead letters it found for call ids, so an id
-    that another user already redrove or purged would otherwise be missing from
-    the response. It reports a missing seq itself.
-    """
-    touched = {item["call_id"] for item in (*report.done, *report.failed)}
-    return [
-        {"call_id": call_id, "error": "not found"}
-        for call_id in selection.call_ids
-        if call_id not in touched
-    ]
 
 
 def _json_error(status: int, detail: str) -> Response:

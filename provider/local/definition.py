@@ -64,7 +64,7 @@ _DURATION_UNITS_S: Final = {
     "m": 60.0,
     "h": 3600.0,
 }
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +145,7 @@ def parse_duration_s(value: str) -> float:
     Raise ValueError when the value is neither, which includes a negative one.
     """
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         seconds = float(text)
     else:
         position = 0
@@ -278,7 +278,7 @@ def _min_replicas(
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or int(text) > max_replicas:
+    if not (text.isascii() and text.isdigit()) or int(text) > max_replicas:
         raise InvalidRequest(
             f"Function {name!r} has label {LABEL_SCALE_MIN}={value!r}, which is "
             f"not a whole number of replicas from 0 to {max_replicas}. Fix it, or "

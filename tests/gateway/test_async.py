@@ -4,6 +4,7 @@ import asyncio
 import logging
 import os
 import signal
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -111,6 +112,40 @@ async def test_async_keeps_caller_call_id(
     assert message.headers["Nats-Msg-Id"] == "caller-id-1"
     assert "X-Call-Id" not in message.headers
     assert "x-call-id" not in message.headers
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        pytest.param("ünï".encode(), "'ünï'", id="utf-8"),
+        pytest.param(b"tab\there", "'tab\\there'", id="control-character"),
+    ],
+)
+async def test_async_rejects_non_ascii_call_id(
+    client: httpx.AsyncClient, nats_url: str, value: bytes, shown: str
+) -> None:
+    response = await client.post(
+        "/async-function/echo", content=b"x", headers={"X-Call-Id": value}
+    )
+
+    assert response.status_code == 400
+    assert f"Invalid X-Call-Id {shown}" in response.text
+    assert "printable ASCII" in response.text
+    assert await stored_messages(nats_url) == []
+
+
+async def test_async_keeps_ascii_call_id(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    call_id = "job 7/a.b~!"
+    response = await client.post(
+        "/async-function/echo", content=b"x", headers={"X-Call-Id": call_id}
+    )
+
+    assert response.status_code == 202
+    assert response.headers["X-Call-Id"] == call_id
+    status = await client.get(f"/async-calls/{urllib.parse.quote(call_id, safe='')}")
+    assert status.json()["call_id"] == call_id
 
 
 @pytest.mark.parametrize(

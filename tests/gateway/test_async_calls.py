@@ -13,6 +13,7 @@ import pytest
 from faashub import constants as shared
 from faashub.call_status import CallState, CallStatus
 from faashub.queued_call import call_key
+from gateway import delays, errors
 from tests.gateway.conftest import (
     FakeProvider,
     GatewayFactory,
@@ -346,6 +347,10 @@ async def test_zero_delay_runs_now(client: httpx.AsyncClient, nats_url: str) -> 
         pytest.param({"X-Delay-Seconds": "nan"}, "'nan'", id="nan"),
         pytest.param({"X-Delay-Seconds": "inf"}, "'inf'", id="infinite"),
         pytest.param({"X-Delay-Seconds": "90000"}, "'90000'", id="beyond-max"),
+        pytest.param({"X-Delay-Seconds": "1_000"}, "'1_000'", id="underscore"),
+        pytest.param({"X-Delay-Seconds": "1e3"}, "'1e3'", id="exponent"),
+        pytest.param({"X-Delay-Seconds": "+5"}, "'+5'", id="plus-sign"),
+        pytest.param({"X-Delay-Seconds": "0x10"}, "'0x10'", id="hexadecimal"),
         pytest.param(
             {"X-Not-Before": "2030-01-02T03:04:05"}, "with a zone", id="naive-time"
         ),
@@ -363,7 +368,7 @@ async def test_zero_delay_runs_now(client: httpx.AsyncClient, nats_url: str) -> 
 async def test_invalid_delay_400(
     nats_url: str,
     start_gateway: GatewayFactory,
-    headers: dict[str, str],
+    headers: dict[str, str | bytes],
     named: str,
 ) -> None:
     gateway = await start_gateway(nats_url=nats_url, max_delay_s=86400)
@@ -446,3 +451,21 @@ async def test_gateway_applies_its_limits(
     assert status.config.max_age == 600
     assert dead_letters.config.max_age == 7200
     assert bodies.config.name == f"OBJ_{shared.BODIES_BUCKET}"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("٣", id="arabic-indic-digit"),
+        pytest.param("1_000", id="underscore"),
+        pytest.param(" 5", id="leading-space"),
+        pytest.param(".5", id="no-whole-part"),
+    ],
+)
+def test_delay_parser_takes_ascii_digits(value: str) -> None:
+    with pytest.raises(errors.InvalidRequest, match="digits 0-9"):
+        delays.not_before_ns(value, None, now_ns=0, max_delay_s=1e9)
+
+
+def test_delay_parser_reads_fraction() -> None:
+    assert delays.not_before_ns("1.5", None, now_ns=0, max_delay_s=10) == 1_500_000_000

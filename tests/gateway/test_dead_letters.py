@@ -422,13 +422,44 @@ async def test_redrive_all(client: httpx.AsyncClient, nats_url: str) -> None:
     assert len(await stored_messages(nats_url)) == 3
 
 
-async def test_redrive_matching_nothing(client: httpx.AsyncClient) -> None:
+async def test_redrive_unknown_id_not_found(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/system/dead-letters/redrive", json={"call_ids": ["none-such"]}
     )
 
     assert response.status_code == 200
+    assert response.json() == {
+        "redriven": [],
+        "failed": [
+            {"call_id": "none-such", "kind": None, "seq": None, "error": "not found"}
+        ],
+    }
+
+
+async def test_redrive_filter_matching_nothing(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/system/dead-letters/redrive", json={"filter": {"function": "none-such"}}
+    )
+
+    assert response.status_code == 200
     assert response.json() == {"redriven": [], "failed": []}
+
+
+async def test_purge_known_and_unknown_ids(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    await publish_dead_letter(nats_url, call_letter("pk-1"))
+
+    response = await client.request(
+        "DELETE", "/system/dead-letters", params={"call_id": ["gone-1", "pk-1"]}
+    )
+
+    assert response.status_code == 200
+    report = response.json()
+    assert [item["call_id"] for item in report["purged"]] == ["pk-1"]
+    assert report["failed"] == [
+        {"call_id": "gone-1", "kind": None, "seq": None, "error": "not found"}
+    ]
 
 
 async def test_redrive_undeployed_function_fails(

@@ -37,6 +37,11 @@ INVALID = [
     pytest.param(QUEUE, "bad queue!", id="queue-space"),
     pytest.param(QUEUE, "a.b", id="queue-dot"),
     pytest.param(QUEUE, "q" * 129, id="queue-too-long"),
+    pytest.param(ATTEMPTS, "\u00b2", id="attempts-superscript-digit"),
+    pytest.param(CODES, "\u0665\u0660\u0660", id="codes-arabic-digits"),
+    pytest.param(MIN_WAIT, "1_000", id="min-wait-underscore"),
+    pytest.param(MIN_WAIT, "1e3", id="min-wait-exponent"),
+    pytest.param(MAX_WAIT, "\u0663s", id="max-wait-arabic-digit"),
 ]
 
 VALID = [

@@ -442,6 +442,8 @@ def test_parse_duration_accepts(value: str, seconds: float) -> None:
         pytest.param("10x", id="unknown-unit"),
         pytest.param("1m 30s", id="inner-space"),
         pytest.param("1.5", id="fractional-without-unit"),
+        pytest.param("\u0663", id="arabic-digit"),
+        pytest.param("\u0663s", id="arabic-digit-with-unit"),
     ],
 )
 def test_parse_duration_rejects(value: str) -> None:

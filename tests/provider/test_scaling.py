@@ -224,6 +224,7 @@ def test_label_zero_starts_on_first_call(
         pytest.param("-1", id="negative"),
         pytest.param("1.5", id="fraction"),
         pytest.param("21", id="above-max"),
+        pytest.param("\u00b2", id="superscript-digit"),
     ],
 )
 def test_invalid_label_returns_400(client: httpx.Client, value: str) -> None:

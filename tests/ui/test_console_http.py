@@ -582,7 +582,9 @@ def test_unknown_dead_letter_not_found(
     assert response.status_code == 200
     result = response.json()
     assert result[done_key] == []
-    assert result["failed"] == [{"call_id": missing, "error": "not found"}]
+    assert result["failed"] == [
+        {"call_id": missing, "kind": None, "seq": None, "error": "not found"}
+    ]
 
 
 def test_deploy_existing_name_suggests_remove(console_hub: ConsoleHub) -> None:
