@@ -331,11 +331,9 @@ class DeadLetterStore:
 
     async def _post_callback_again(self, letter: DeadLetter) -> None:
         call = letter.call
-        if letter.reason == dead_letter.REASON_CALLBACK_REFUSED:
-            raise errors.InvalidRequest(
-                "The worker rejected this callback URL, so the gateway does not post "
-                "to it either. Purge the dead letter instead."
-            )
+        # A callback-refused letter is posted too: the gateway's own guard
+        # checks the address again, so one that an operator allowed since
+        # is delivered, and one still denied is refused below.
         if not call.callback_url or self._callback_session is None:
             raise errors.InvalidRequest(
                 "The dead letter has no callback URL to post to."
