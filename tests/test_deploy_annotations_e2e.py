@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.hub_support import RunningHub, faashub, running_hub
@@ -37,13 +38,22 @@ def test_invalid_annotation_fails_deploy(hub: RunningHub, annotation: str) -> No
         annotation,
         gateway=hub.url,
     )
+    name, value = annotation.split("=", 1)
+    # The gateway and the provider reject it too, for clients that skip the
+    # CLI's own check.
+    direct = httpx.post(
+        f"{hub.url}/system/functions",
+        json={"service": "strict", "image": "cat", "annotations": {name: value}},
+        auth=hub.auth,
+    )
     listed = faashub("list", gateway=hub.url)
 
-    assert deployed.returncode != 0
+    assert deployed.returncode == 2
     stderr = deployed.stderr.decode()
-    assert "400" in stderr
-    name, value = annotation.split("=", 1)
+    assert "Deployed nothing" in stderr
     assert f"{name}={value!r}" in stderr
+    assert direct.status_code == 400
+    assert f"{name}={value!r}" in direct.text
     assert "strict" not in listed.stdout.decode()
 
 

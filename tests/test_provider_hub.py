@@ -98,7 +98,8 @@ def test_secret_read_by_function(tmp_path: Path) -> None:
             "absent",
             gateway=hub.url,
         )
-        assert missing.returncode == 2
+        # The provider rejects it, which only it can check: exit 1.
+        assert missing.returncode == 1
         assert b"HTTP 400" in missing.stderr
         assert b"'absent'" in missing.stderr
 
@@ -282,8 +283,9 @@ def test_first_run_problems_answered_quickly(tmp_path: Path) -> None:
     assert "exited with code 7" in crashed.text
     assert 1 <= int(crashed.headers["retry-after"]) <= 10
     assert counted.strip() == "4"
+    # The CLI checks exec_timeout itself before it sends anything.
     assert invalid.returncode == 2
-    assert b"HTTP 400" in invalid.stderr
+    assert b"Deployed nothing" in invalid.stderr
     assert b"'banana'" in invalid.stderr
     assert not_allowed.status_code == 405
     assert not_allowed.headers["allow"] == "GET, POST, PUT, DELETE"
