@@ -17,6 +17,7 @@ accepted rate stayed within the spread of the runs. The limit is soft: a
 server that needs more memory gets it, and only collects more often.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -54,6 +55,16 @@ def find_binary() -> Path:
     )
 
 
+def server_name(store_dir: Path) -> str:
+    """Return the name of the server that keeps its data in `store_dir`.
+
+    `start` checks it in the server's INFO line, so that a port that another
+    server took first is not mistaken for this one.
+    """
+    digest = hashlib.sha256(str(store_dir.resolve()).encode()).hexdigest()
+    return f"faashub-{digest[:16]}"
+
+
 def write_config(
     *,
     host: str,
@@ -70,6 +81,7 @@ def write_config(
     """
     config_path = store_dir / "nats-server.conf"
     text = (
+        f"server_name: {json.dumps(server_name(store_dir))}\n"
         f"listen: {json.dumps(f'{host}:{port}')}\n"
         f"max_payload: {max_payload_bytes}\n"
         f"jetstream {{\n  store_dir: {json.dumps(str(store_dir))}\n}}\n"
@@ -129,17 +141,36 @@ def start(
                 f"nats-server exited with code {process.returncode} at start; "
                 f"its log is {log_path}."
             )
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return process
-        except OSError:
-            time.sleep(0.05)
+        if _answers_as(host, port, server_name(store_dir)):
+            return process
+        time.sleep(0.05)
     process.kill()
     process.wait()
     raise errors.HubStartError(
         f"nats-server did not accept connections on {host}:{port} within "
         f"{timeout_s:g} s; its log is {log_path}."
     )
+
+
+def _answers_as(host: str, port: int, name: str) -> bool:
+    """Tell whether the server on `port` sends an INFO line with server `name`.
+
+    Another server may listen on the port already, in which case this one
+    fails to bind and exits, which `start` then reports.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as connection:
+            connection.settimeout(0.5)
+            line = connection.makefile("rb").readline(64 * 1024)
+    except OSError:
+        return False
+    if not line.startswith(b"INFO "):
+        return False
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        return False
+    return isinstance(info, dict) and info.get("server_name") == name
 
 
 def _server_environment(go_memory_limit_mib: int | None) -> dict[str, str]:
