@@ -1,4 +1,4 @@
-"""Starting the embedded nats-server: it must be this server that answers."""
+"""Starting the embedded nats-server: the server that responds must be the one started."""
 
 import socket
 import threading
