@@ -1,4 +1,4 @@
-"""Starting the embedded nats-server: the server that responds must be the one started."""
+"""Starting the embedded nats-server: the server that responds is the one started."""
 
 import socket
 import threading
