@@ -276,6 +276,58 @@ def test_second_ctrl_c_hurries_the_stop(
     assert stop_s < 15, output
 
 
+@pytest.mark.timeout(150)
+def test_retry_after_unconfirmed_accept_runs_once(
+    tmp_path: Path, started_pids: list[int]
+) -> None:
+    hub = start_hub(tmp_path / "state")
+    started_pids.extend([hub.process.pid, *descendants(hub.process.pid)])
+    with CallbackReceiver() as receiver:
+        try:
+            started = deploy_slow(hub, tmp_path, sleep_s=0)
+            nats_pid = hub_processes(hub)["nats-server"]
+            # A stopped server keeps the connection open but sends no PubAck,
+            # so the gateway cannot tell whether it stored the call.
+            os.kill(nats_pid, signal.SIGSTOP)
+            try:
+                unknown = httpx.post(
+                    f"{hub.url}/async-function/slow",
+                    content=b"once",
+                    headers={"X-Callback-Url": receiver.url},
+                    auth=hub.auth,
+                    timeout=30,
+                )
+            finally:
+                os.kill(nats_pid, signal.SIGCONT)
+            assert unknown.status_code == 503, unknown.text
+            call_id = unknown.headers["X-Call-Id"]
+            # The first call was stored after all, and runs.
+            receiver.wait_for(1)
+            retry = httpx.post(
+                f"{hub.url}/async-function/slow",
+                content=b"once",
+                headers={"X-Callback-Url": receiver.url, "X-Call-Id": call_id},
+                auth=hub.auth,
+            )
+            assert retry.status_code == 202
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                pending, unacknowledged = asyncio.run(unacknowledged_calls(hub))
+                if pending == unacknowledged == 0:
+                    break
+                time.sleep(0.1)
+            status = httpx.get(f"{hub.url}/async-calls/{call_id}", auth=hub.auth)
+        finally:
+            code = stop_hub(hub, signal.SIGTERM)
+    assert code == 0
+    assert status.status_code == 200
+    assert status.json()["state"] == "succeeded"
+    # The function ran once, and the caller got one callback.
+    assert [path.name for path in started.iterdir()] == ["once"]
+    assert len(receiver.received) == 1
+    assert receiver.received[0].headers["X-Call-Id"] == call_id
+
+
 @pytest.mark.parametrize(
     ("region_arguments", "expected"),
     [
