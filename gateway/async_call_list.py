@@ -23,8 +23,10 @@ The listing never iterates the bucket's keys. It sits beside the status
 route of `gateway.async_calls` and changes nothing.
 """
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.errors
@@ -52,7 +54,7 @@ SCAN_LIMIT = 2000
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 
-_STATUS_STREAM = f"KV_{shared.STATUS_BUCKET}"
+STATUS_STREAM = f"KV_{shared.STATUS_BUCKET}"
 _STATUS_SUBJECT_PREFIX = f"$KV.{shared.STATUS_BUCKET}."
 # Messages per fetch from the status stream.
 _FETCH_BATCH = 500
@@ -116,35 +118,24 @@ class AsyncCallLister:
 
     async def _scan_status(self, js: JetStreamContext) -> _Scan:
         """Read the newest status records, keyed by status key."""
-        state = (await js.stream_info(_STATUS_STREAM)).state
+        state = (await js.stream_info(STATUS_STREAM)).state
         scan = _Scan(records={}, cut=False)
         if state.messages == 0:
             return scan
         start_seq = max(state.first_seq, state.last_seq - self._scan_limit + 1)
         scan.cut = start_seq > state.first_seq
-        config = jsapi.ConsumerConfig(
-            deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start_seq,
-            ack_policy=jsapi.AckPolicy.NONE,
-            inactive_threshold=_SCAN_INACTIVE_S,
-            mem_storage=True,
-            num_replicas=1,
-        )
-        consumer = await js.add_consumer(_STATUS_STREAM, config)
-        try:
+        async with status_scan(js, start_seq) as consumer:
             if consumer.num_pending:
                 await self._read_status(
                     js, consumer.name, scan, last_seq=state.last_seq
                 )
-        finally:
-            await _delete_consumer(js, consumer.name)
         return scan
 
     async def _read_status(
         self, js: JetStreamContext, consumer: str, scan: _Scan, *, last_seq: int
     ) -> None:
         subscription = await js.pull_subscribe_bind(
-            consumer=consumer, stream=_STATUS_STREAM
+            consumer=consumer, stream=STATUS_STREAM
         )
         read = 0
         try:
@@ -234,15 +225,34 @@ def _queued_status(call: QueuedCall) -> CallStatus:
     )
 
 
-async def _delete_consumer(js: JetStreamContext, consumer: str) -> None:
-    # The consumer also expires by itself after _SCAN_INACTIVE_S.
+@contextlib.asynccontextmanager
+async def status_scan(
+    js: JetStreamContext, start_seq: int
+) -> AsyncIterator[jsapi.ConsumerInfo]:
+    """Yield an unacknowledged consumer of the status stream from `start_seq`.
+
+    The consumer is deleted on exit, and expires by itself after
+    _SCAN_INACTIVE_S if the gateway stops first.
+    """
+    config = jsapi.ConsumerConfig(
+        deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start_seq,
+        ack_policy=jsapi.AckPolicy.NONE,
+        inactive_threshold=_SCAN_INACTIVE_S,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    consumer = await js.add_consumer(STATUS_STREAM, config)
     try:
-        await js.delete_consumer(_STATUS_STREAM, consumer)
-    except nats.errors.Error as exc:
-        logger.debug(
-            "cannot delete scan consumer; it expires by itself",
-            extra={"ctx": {"consumer": consumer, "error": repr(exc)}},
-        )
+        yield consumer
+    finally:
+        try:
+            await js.delete_consumer(STATUS_STREAM, consumer.name)
+        except nats.errors.Error as exc:
+            logger.debug(
+                "cannot delete scan consumer; it expires by itself",
+                extra={"ctx": {"consumer": consumer.name, "error": repr(exc)}},
+            )
 
 
 def parse_query(values: QueryParams) -> tuple[names.FunctionRef, int]:

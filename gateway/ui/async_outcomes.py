@@ -32,17 +32,15 @@ from collections.abc import Callable
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as jsapi
 
-from faashub import constants as shared
 from faashub.call_status import CallState
 from faashub.names import FunctionRef
+from gateway.async_call_list import STATUS_STREAM, status_scan
 from gateway.call_queue import CallQueue
 from gateway.log_throttle import WarningThrottle
 
 logger = logging.getLogger(__name__)
 
-STATUS_STREAM = f"KV_{shared.STATUS_BUCKET}"
 # Final states that the queue-worker writes, in the order the chart lists them.
 COUNTED_STATES = (CallState.SUCCEEDED, CallState.FAILED, CallState.DEAD_LETTERED)
 # Seconds within which a second request reuses the counts of the previous
@@ -57,8 +55,6 @@ MAX_RECORDS_PER_READ = 10_000
 # Messages per fetch. JetStream returns at once when they are there.
 _FETCH_BATCH = 500
 _FETCH_TIMEOUT_S = 2.0
-# Seconds the read's consumer outlives a gateway that stopped during a read.
-_CONSUMER_INACTIVE_S = 30.0
 _COUNTED = frozenset(state.value for state in COUNTED_STATES)
 
 
@@ -141,16 +137,7 @@ class AsyncOutcomes:
     async def _read_from(
         self, js: JetStreamContext, start_seq: int, *, last_seq: int
     ) -> None:
-        config = jsapi.ConsumerConfig(
-            deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start_seq,
-            ack_policy=jsapi.AckPolicy.NONE,
-            inactive_threshold=_CONSUMER_INACTIVE_S,
-            mem_storage=True,
-            num_replicas=1,
-        )
-        consumer = await js.add_consumer(STATUS_STREAM, config)
-        try:
+        async with status_scan(js, start_seq) as consumer:
             if not consumer.num_pending:
                 return
             subscription = await js.pull_subscribe_bind(
@@ -160,8 +147,6 @@ class AsyncOutcomes:
                 await self._count_messages(subscription, last_seq=last_seq)
             finally:
                 await subscription.unsubscribe()
-        finally:
-            await _delete_consumer(js, consumer.name)
 
     async def _count_messages(
         self, subscription: JetStreamContext.PullSubscription, *, last_seq: int
@@ -198,14 +183,3 @@ class AsyncOutcomes:
         ref = FunctionRef(function, namespace)
         by_state = self._counts.setdefault(ref, {})
         by_state[state] = by_state.get(state, 0) + 1
-
-
-async def _delete_consumer(js: JetStreamContext, consumer: str) -> None:
-    # The consumer also expires by itself after _CONSUMER_INACTIVE_S.
-    try:
-        await js.delete_consumer(STATUS_STREAM, consumer)
-    except nats.errors.Error as exc:
-        logger.debug(
-            "cannot delete outcome read consumer; it expires by itself",
-            extra={"ctx": {"consumer": consumer, "error": repr(exc)}},
-        )
