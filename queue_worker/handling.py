@@ -892,7 +892,7 @@ def _attempt_error(result: FunctionResult) -> str:
         return ""
     elif (internal := _header(result, shared.OPENFAAS_INTERNAL)) is not None:
         # The gateway or the provider responded in place of the function, and
-        # its message says why.
+        # the first line of its body gives the reason.
         reason = result.body.decode("utf-8", "replace").strip().split("\n", 1)[0]
         text = f"The {internal} returned status {result.status}: {reason}"
     else:

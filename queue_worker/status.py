@@ -444,11 +444,11 @@ def repeats_earlier(record: CallStatus, call: QueuedCall, window_ns: int) -> boo
     """Tell whether `call` repeats the earlier call that `record` is about.
 
     It does when both are calls of the same function accepted within the
-    calls stream's duplicate window of each other. JetStream refuses such a
-    repeat by its Nats-Msg-Id, but only while it keeps the id: it drops
-    the ids of removed messages when it restarts, and a call id that the
-    gateway generated is stored without one, so a retry after a 503 that
-    reuses it would run a second time.
+    calls stream's duplicate window of each other. JetStream rejects such a
+    repeat by its Nats-Msg-Id only while it keeps the id. It drops the ids
+    of removed messages when it restarts. And a call id that the gateway
+    generated is stored without one, so a retry after a 503 that reuses it
+    would otherwise run a second time.
     """
     return (
         record.function == call.function
