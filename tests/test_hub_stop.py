@@ -72,6 +72,24 @@ def queue_calls(hub: RunningHub, receiver: CallbackReceiver, count: int) -> None
         assert response.status_code == 202
 
 
+def start_slow_calls(
+    hub: RunningHub,
+    receiver: CallbackReceiver,
+    folder: Path,
+    *,
+    count: int,
+    sleep_s: float,
+) -> None:
+    """Deploy `slow`, queue `count` calls of it, and wait until all have started."""
+    started = deploy_slow(hub, folder, sleep_s=sleep_s)
+    queue_calls(hub, receiver, count)
+    wait_until(
+        lambda: len(list(started.iterdir())) == count,
+        timeout_s=30,
+        message=f"the {count} calls did not start",
+    )
+
+
 def wait_until(condition: object, *, timeout_s: float, message: str) -> None:
     assert callable(condition)
     deadline = time.monotonic() + timeout_s
@@ -125,14 +143,7 @@ def test_killed_supervisor_acknowledges_calls_in_flight(
     started_pids.extend([hub.process.pid, *descendants(hub.process.pid)])
     with CallbackReceiver() as receiver:
         try:
-            started = deploy_slow(hub, tmp_path, sleep_s=3)
-            started_pids.extend(descendants(hub.process.pid))
-            queue_calls(hub, receiver, 3)
-            wait_until(
-                lambda: len(list(started.iterdir())) == 3,
-                timeout_s=30,
-                message="the 3 calls did not start",
-            )
+            start_slow_calls(hub, receiver, tmp_path, count=3, sleep_s=3)
             children = descendants(hub.process.pid)
             [workers_pid] = [
                 pid for pid in children if " up-workers " in command_line(pid)
@@ -223,13 +234,7 @@ def test_stop_during_long_calls_is_quiet(
     started_pids.extend([hub.process.pid, *descendants(hub.process.pid)])
     with CallbackReceiver() as receiver:
         try:
-            started = deploy_slow(hub, tmp_path, sleep_s=30)
-            queue_calls(hub, receiver, 2)
-            wait_until(
-                lambda: len(list(started.iterdir())) == 2,
-                timeout_s=30,
-                message="the 2 calls did not start",
-            )
+            start_slow_calls(hub, receiver, tmp_path, count=2, sleep_s=30)
             started_pids.extend(descendants(hub.process.pid))
         finally:
             code = stop_hub(hub, signal.SIGTERM)
@@ -250,13 +255,7 @@ def test_second_ctrl_c_hurries_the_stop(
     started_pids.extend([hub.process.pid, *descendants(hub.process.pid)])
     with CallbackReceiver() as receiver:
         try:
-            started = deploy_slow(hub, tmp_path, sleep_s=60)
-            queue_calls(hub, receiver, 1)
-            wait_until(
-                lambda: len(list(started.iterdir())) == 1,
-                timeout_s=30,
-                message="the call did not start",
-            )
+            start_slow_calls(hub, receiver, tmp_path, count=1, sleep_s=60)
             started_pids.extend(descendants(hub.process.pid))
             hub.process.send_signal(signal.SIGINT)
             wait_until(
