@@ -546,7 +546,7 @@ def with_attempt(
         EXTRA_ATTEMPT_LOG: log[-constants.ATTEMPT_LOG_MAX :],
     }
     if throttled:
-        extra[EXTRA_THROTTLED] = throttled_attempts(record) + 1
+        extra[EXTRA_THROTTLED] = record.throttled_attempts + 1
     return replaced(
         record,
         last_status=attempt.status,
@@ -573,19 +573,11 @@ def attempt_log(record: CallStatus | None) -> list[Attempt]:
     return attempts
 
 
-def throttled_attempts(record: CallStatus) -> int:
-    """Return how many of the record's attempts the retry budget leaves out.
-
-    Those got a 429, or did not reach the function (see `handling.classify`).
-    """
-    return record.throttled_attempts
-
-
 def counted_attempts(record: CallStatus | None) -> int:
     """Return the attempts that count against the retry budget (429s excluded)."""
     if record is None:
         return 0
-    return record.attempts - throttled_attempts(record)
+    return record.attempts - record.throttled_attempts
 
 
 def _unavailable(
