@@ -4,7 +4,7 @@ The queue-worker (`queue_worker.server`) and the connector processes
 (`connectors.core.runner`) stop the same way. On the first signal the work
 stops taking more and drains. A second signal abandons the work in flight
 without waiting for it. The caller decides what stopping and abandoning
-mean, and its module says what becomes of the abandoned work.
+mean, and its module documents what becomes of the abandoned work.
 """
 
 import asyncio

@@ -346,8 +346,8 @@ def _selection(
     selected: DeadLetterFilter | None,
     all_selected: bool,
 ) -> Selection:
-    given = [bool(call_ids), bool(seqs), selected is not None, all_selected]
-    if sum(given) > 1:
+    selectors = [bool(call_ids), bool(seqs), selected is not None, all_selected]
+    if sum(selectors) > 1:
         raise errors.InvalidRequest(
             "Give one of call ids, seqs, a filter or all, not several. "
             f"{_SELECTION_HELP}"
@@ -357,7 +357,7 @@ def _selection(
             "The filter has no condition, so it would select every dead letter; "
             'add a condition, or send {"all": true} to mean all of them.'
         )
-    if not any(given):
+    if not any(selectors):
         raise errors.InvalidRequest(f"The selection is empty. {_SELECTION_HELP}")
     if all_selected:
         return Selection(all=True)

@@ -484,9 +484,9 @@ class Worker:
             "waiting up to %g s for %d calls in flight", grace_s, len(self._held)
         )
         _, pending = await asyncio.wait(set(self._held), timeout=grace_s)
-        held = [self._held[task] for task in pending]
-        recording = [message for message in held if message.recording]
-        running = [message for message in held if not message.recording]
+        unfinished = [self._held[task] for task in pending]
+        recording = [message for message in unfinished if message.recording]
+        running = [message for message in unfinished if not message.recording]
         if recording:
             # Their callbacks are posted, but NATS did not take the final
             # status or the ack in time, as when nats-server is stopped first.

@@ -330,8 +330,8 @@ def _filter_params(args: argparse.Namespace) -> dict[str, str]:
 
 def _selection(args: argparse.Namespace) -> dict[str, Any]:
     filters = _filter_params(args)
-    given = [bool(args.call_ids), bool(args.seqs), bool(filters), args.all]
-    if sum(given) > 1:
+    selectors = [bool(args.call_ids), bool(args.seqs), bool(filters), args.all]
+    if sum(selectors) > 1:
         raise errors.SettingsError(
             "Give call ids, --seq, filters (--function, --reason, ...) or --all, "
             "not several."

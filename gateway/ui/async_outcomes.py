@@ -8,7 +8,7 @@ count of a function and state for each record with a state the worker ends
 a call with: succeeded, failed or dead-lettered. A `cancelled` record comes
 from a caller, not from the worker, and is not counted.
 
-The read happens only when the console asks for a function's counts, at
+The read happens only when the console requests a function's counts, at
 most once per `MIN_READ_INTERVAL_S`, so a gateway without an open function
 page reads nothing. The totals count what was read since the gateway started:
 
