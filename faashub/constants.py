@@ -104,6 +104,11 @@ CRON_LEASE_BUCKET: Final = "FAASHUB_CRON_LEASES"
 # (key `<namespace>.<function>`), so that a restarted connector can catch up.
 CRON_LAST_FIRED_BUCKET: Final = "FAASHUB_CRON_LAST_FIRED"
 
+# Seconds a first delivery runs before the worker writes its RUNNING record
+# (or a third of the lease, if shorter). A shorter call costs no write. A
+# cancel that finds a taken call with no record waits this long and a margin.
+RUNNING_RECORD_AFTER_S: Final = 1.0
+
 # Request headers a caller sets on /async-function/ to delay a call: a number
 # of seconds, or an absolute time (RFC 3339, or an HTTP date).
 DELAY_SECONDS: Final = "X-Delay-Seconds"

@@ -13,15 +13,26 @@
 
 A cancel races with the worker that may start the call at the same moment.
 Both sides write the record with compare-and-set: create when there is no
-record, and update with the revision read otherwise. So exactly one of them
-wins. A worker that loses reads `cancelled` and drops the call, and a cancel
-that loses reads again and decides again. After the record, the cancel
-deletes the queued message, and its large body if it has one.
+record, and update with the revision read otherwise. A worker that loses
+reads `cancelled` and drops the call, and a cancel that loses reads again
+and decides again. After the record, the cancel deletes the queued message,
+and its large body if it has one.
+
+A first delivery writes no record before it has run for
+RUNNING_RECORD_AFTER_S, so a cancel that finds no record cannot tell a call
+that runs from one that waits. When the queue's consumer has delivered the
+message, and the call is not delayed, the cancel therefore reads the record
+again after that time and a margin (`LATE_CANCEL_CHECK_S`). A worker that
+runs the call has replaced the cancelled record by then (see
+`queue_worker.status`), and the cancel becomes a 409. The answer then takes
+about 1.5 s. A worker whose write comes later than that margin, or cannot
+reach NATS, leaves the 202 standing for a call that runs.
 
 These are lean routes like the other invocation routes, because callers, not
 operators, use them.
 """
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -36,6 +47,7 @@ from starlette.types import Receive, Scope, Send
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub.call_status import CallState, CallStatus, status_key
+from faashub.jetstream import worker_durable_name
 from faashub.names import FunctionRef
 from faashub.queued_call import QueuedCall, call_key, call_subject
 from gateway import asgi, constants, errors, large_bodies
@@ -55,6 +67,16 @@ class QueuedMessage:
 
     seq: int
     call: QueuedCall
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Cancel:
+    """A cancelled record as written, and whether its call may have started."""
+
+    record: CallStatus
+    revision: int
+    taken: bool
+    """A worker holds the message and no record said what it does with it."""
 
 
 class AsyncCalls:
@@ -131,8 +153,8 @@ class AsyncCalls:
         layout = self._queue.layout()
         with self._queue.translate_errors(f"cancel call {call_id!r}"):
             for _ in range(constants.CANCEL_MAX_TRIES):
-                cancelled = await self._try_cancel(layout.status, call_id)
-                if cancelled is not None:
+                cancel = await self._try_cancel(layout.status, call_id)
+                if cancel is not None:
                     break
             else:
                 raise errors.QueueUnavailable(
@@ -140,6 +162,9 @@ class AsyncCalls:
                     f"{constants.CANCEL_MAX_TRIES} times while the gateway tried. "
                     "Retry in a moment."
                 )
+            if cancel.taken:
+                await self._check_not_started(layout.status, cancel)
+        cancelled = cancel.record
         await self._drop_queued(call_id)
         logger.info(
             "cancelled call",
@@ -152,7 +177,7 @@ class AsyncCalls:
         )
         return cancelled
 
-    async def _try_cancel(self, bucket: KeyValue, call_id: str) -> CallStatus | None:
+    async def _try_cancel(self, bucket: KeyValue, call_id: str) -> _Cancel | None:
         """Write the cancelled record once; None when another writer came first."""
         now_ns = time.time_ns()
         key = status_key(call_id)
@@ -163,20 +188,76 @@ class AsyncCalls:
                 if queued is None:
                     raise _not_found(call_id)
                 cancelled = _cancelled(_queued_status(queued.call), now_ns=now_ns)
-                await bucket.create(key, cancelled.to_json())
-                return cancelled
+                revision = await bucket.create(key, cancelled.to_json())
+                # Asked after the write: a worker that takes the message
+                # later reads the cancelled record before it runs the call.
+                taken = await self._taken_unrecorded(queued, now_ns=now_ns)
+                return _Cancel(cancelled, revision, taken)
             status, revision = record
             if status.state not in _CANCELLABLE:
                 raise _conflict(call_id, status.state)
             cancelled = _cancelled(status, now_ns=now_ns)
-            await bucket.update(key, cancelled.to_json(), last=revision)
-            return cancelled
+            revision = await bucket.update(key, cancelled.to_json(), last=revision)
+            return _Cancel(cancelled, revision, taken=False)
         except nats.js.errors.KeyWrongLastSequenceError:
             logger.debug(
                 "status changed during cancel; reading again",
                 extra={"ctx": {"call_id": call_id}},
             )
             return None
+
+    async def _taken_unrecorded(self, queued: QueuedMessage, *, now_ns: int) -> bool:
+        """Tell whether a worker may run the call, which had no status record.
+
+        A call delayed past now is not run before its time. Otherwise the
+        queue's consumer says whether it delivered the message. With no
+        consumer yet, no worker has the call.
+        """
+        if queued.call.not_before_ns > now_ns:
+            return False
+        js = self._queue.layout().js
+        try:
+            info = await js.consumer_info(
+                shared.CALLS_STREAM, worker_durable_name(queued.call.queue)
+            )
+        except nats.js.errors.NotFoundError:
+            return False
+        delivered = info.delivered.stream_seq if info.delivered else None
+        return delivered is not None and delivered >= queued.seq
+
+    async def _check_not_started(self, bucket: KeyValue, cancel: _Cancel) -> None:
+        """Raise CallConflict if the call started before its cancel was written.
+
+        A worker that runs the call replaces the cancelled record within
+        RUNNING_RECORD_AFTER_S of its start, so the record is read again
+        after that time and a margin.
+        """
+        record = cancel.record
+        logger.debug(
+            "a worker holds the call; waiting to learn whether it started",
+            extra={"ctx": {"call_id": record.call_id}},
+        )
+        await asyncio.sleep(constants.LATE_CANCEL_CHECK_S)
+        stored = await _read_record(bucket, record.call_id)
+        if stored is None or stored[1] == cancel.revision:
+            return
+        state = stored[0].state
+        logger.info(
+            "cancel rejected: the call had started before it",
+            extra={
+                "ctx": {
+                    "function": f"{record.function}.{record.namespace}",
+                    "call_id": record.call_id,
+                    "state": state.value,
+                }
+            },
+        )
+        raise errors.CallConflict(
+            f"Call {record.call_id!r} had started before the cancel arrived and "
+            f"is now {state.value!r}; only a queued or retrying call can be "
+            "cancelled.",
+            state=state.value,
+        )
 
     async def _drop_queued(self, call_id: str) -> None:
         # The record is already cancelled, and a worker that gets the message

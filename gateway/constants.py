@@ -7,6 +7,7 @@ Header names and the NATS layout shared with other components live in
 from typing import Final
 
 from faashub import __version__
+from faashub import constants as shared
 
 # Route prefixes served by the lean ASGI handlers instead of FastAPI.
 FUNCTION_PREFIX: Final = "/function/"
@@ -29,6 +30,11 @@ ASYNC_METHODS: Final = ("GET", "POST", "PUT", "PATCH")
 # record. Each lost race means the record changed, and a record changes a few
 # times per call at most, so a handful always settles it.
 CANCEL_MAX_TRIES: Final = 5
+
+# The wait before a cancel reads the record again, when it found none and a
+# worker has taken the call. It is the time after which a running call's
+# first write is due, plus a margin for a busy worker.
+LATE_CANCEL_CHECK_S: Final = shared.RUNNING_RECORD_AFTER_S + 0.5
 
 # Upper bound on the wait for a JetStream PubAck. A healthy local server
 # acknowledges in milliseconds; past this the caller gets 503 and may retry.

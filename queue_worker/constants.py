@@ -59,11 +59,6 @@ LOOKUP_WARN_AFTER_S: Final = 5.0
 # runs is delivered again.
 LEASE_MARGIN_S: Final = 0.1
 
-# Seconds a first delivery runs before the worker writes its RUNNING record
-# (or a third of the lease, if shorter). A shorter call costs no write, and a
-# longer one reads as running, so a cancel is refused, from then on.
-RUNNING_RECORD_AFTER_S: Final = 1.0
-
 # `call finished` lines written for successful calls in one second; the rest
 # are counted in one line (see queue_worker.finished_log).
 FINISHED_LINES_PER_S: Final = 20

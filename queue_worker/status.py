@@ -38,12 +38,17 @@ The record's `extra` field carries what only the worker reads:
   up the retry budget;
 * `lease_until_ns`: the lease.
 
+A cancel that comes before a first delivery's first write finds no record
+and creates a CANCELLED one. If the call had already started, its first
+write replaces that record: the lease (`replace_late_cancel`) or the final
+record. The gateway reads the record again once that write is due, and
+rejects the cancel when the record changed (`gateway.async_calls`).
+
 NOTE: until a first delivery writes a record, which takes up to
-RUNNING_RECORD_AFTER_S, the status API reports the call as queued, and a
-cancel succeeds without stopping it (the final record then replaces the
-cancelled one). A worker that dies then leaves no count
-of that attempt, and a second delivery of the same message runs the call
-again. The last needs NATS to lose the consumer's delivery state.
+RUNNING_RECORD_AFTER_S, the status API reports the call as queued. A worker
+that dies then leaves no count of that attempt, and a second delivery of
+the same message runs the call again. The last needs NATS to lose the
+consumer's delivery state.
 
 NOTE: the lease compares wall-clock times written by different workers, so
 clocks that drift apart by more than ack_wait can let a second delivery run
@@ -65,6 +70,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from faashub import call_status
+from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub.call_status import CallState, CallStatus, status_key
 from faashub.dead_letter import Attempt
@@ -143,7 +149,7 @@ class StatusStore:
         # Running leases not written yet: the first write comes after
         # RUNNING_RECORD_AFTER_S, or a third of the lease if that is shorter.
         self.lease_starts: Deadlines[RunningLease] = Deadlines(
-            min(lease_s / 3, constants.RUNNING_RECORD_AFTER_S),
+            min(lease_s / 3, shared.RUNNING_RECORD_AFTER_S),
             RunningLease.start_extending,
         )
 
@@ -286,6 +292,33 @@ class StatusStore:
         )
         written = await self.save(extended, revision=revision)
         return None if written is None else (extended, written)
+
+    async def replace_late_cancel(
+        self, record: CallStatus
+    ) -> tuple[CallStatus, int] | None:
+        """Replace a cancel that came after `record`'s call started running.
+
+        A first delivery writes no record until it has run for
+        RUNNING_RECORD_AFTER_S, so a cancel in that time finds none and
+        creates a CANCELLED one. The call runs to its end anyway, so its
+        RUNNING record takes the cancelled one's place, and the gateway,
+        which reads the record again before it responds, rejects the cancel.
+        Return the running record and its revision, or None when the stored
+        record is not such a cancel.
+        """
+        stored = await self.read(record.call_id)
+        stream_seq = record.extra.get(EXTRA_STREAM_SEQ)
+        if (
+            stored is None
+            or stored.record is None
+            or stored.record.state is not CallState.CANCELLED
+            or not belongs_to(
+                stored.record,
+                stream_seq=stream_seq if isinstance(stream_seq, int) else None,
+            )
+        ):
+            return None
+        return await self.extend_lease(record, revision=stored.revision)
 
     async def _write(self, record: CallStatus, *, revision: int | None) -> int | None:
         data = record_json(record)
@@ -515,6 +548,14 @@ class RunningLease:
             except errors.TemporaryError as exc:
                 logger.debug("lease not extended: %s", exc, extra={"ctx": context})
             else:
+                if extended is None and self.revision is None:
+                    extended = await self._store.replace_late_cancel(self.record)
+                    if extended is not None:
+                        logger.info(
+                            "call was cancelled after it started, so it runs to "
+                            "its end and the cancel is rejected",
+                            extra={"ctx": context},
+                        )
                 if extended is None:
                     logger.warning(
                         "status record changed by another delivery while the "

@@ -164,6 +164,56 @@ def test_cancelled_call_never_runs(hub: RunningHub) -> None:
 
 
 @pytest.mark.parametrize(
+    ("runs_s", "state"),
+    [
+        pytest.param(3.0, "running", id="running"),
+        # Finished before its first status write was due.
+        pytest.param(0.3, "succeeded", id="finished-within-1s"),
+    ],
+)
+def test_cancel_after_start_rejected(
+    hub: RunningHub, tmp_path: Path, runs_s: float, state: str
+) -> None:
+    # The call has no status record in its first second. The cancel reads
+    # the record that the run writes, so it is a 409, not a 202 that would
+    # not stop the call.
+    name = f"slow-{uuid.uuid4().hex[:8]}"
+    started = tmp_path / "started"
+    script = f"touch {shlex.quote(str(started))}; sleep {runs_s}; cat"
+    deployed = faashub(
+        "deploy",
+        "--name",
+        name,
+        "--fprocess",
+        shlex.join(["sh", "-c", script]),
+        gateway=hub.url,
+    )
+    assert deployed.returncode == 0, deployed.stderr.decode()
+    with CallbackReceiver() as receiver:
+        response = httpx.post(
+            f"{hub.url}/async-function/{name}",
+            content=b"body",
+            headers={"X-Callback-Url": receiver.url},
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+        call_id = response.headers["X-Call-Id"]
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < deadline, "the function never started"
+            time.sleep(0.02)
+
+        cancel = httpx.delete(f"{hub.url}/async-function/{call_id}", timeout=10)
+
+        assert cancel.status_code == 409, cancel.text
+        assert f"'{state}'" in cancel.text
+        [callback] = receiver.wait_for(1, timeout_s=30)
+    assert callback.headers["X-Function-Status"] == "200"
+    assert callback.body == b"body"
+    assert wait_for_state(hub, call_id, "succeeded")["attempts"] == 1
+
+
+@pytest.mark.parametrize(
     "size",
     [
         pytest.param(5 * 1024 * 1024, id="5MiB"),

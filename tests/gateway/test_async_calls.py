@@ -1,5 +1,6 @@
 """Status, cancel, delays and named queues of async calls, against real NATS."""
 
+import asyncio
 import email.utils
 import logging
 import time
@@ -8,11 +9,13 @@ from collections.abc import Callable
 
 import httpx
 import nats
+import nats.js.api
 import pytest
 
 from faashub import constants as shared
+from faashub import jetstream
 from faashub.call_status import CallState, CallStatus
-from faashub.queued_call import call_key
+from faashub.queued_call import call_key, queue_filter_subject
 from gateway import delays, errors
 from tests.gateway.conftest import (
     FakeProvider,
@@ -251,6 +254,86 @@ async def test_cancel_started_call_409(
     assert state.value in response.text
     # The queued message is left to the worker that has it.
     assert len(await stored_messages(nats_url)) == 1
+
+
+async def take_without_ack(nats_url: str) -> None:
+    """Take the queued call from the queue's consumer, as a worker holding it does."""
+    connection = await nats.connect(nats_url)
+    try:
+        js = connection.jetstream()
+        durable = jetstream.worker_durable_name(shared.DEFAULT_QUEUE)
+        await js.add_consumer(
+            shared.CALLS_STREAM,
+            nats.js.api.ConsumerConfig(
+                durable_name=durable,
+                ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+                filter_subject=queue_filter_subject(shared.DEFAULT_QUEUE),
+            ),
+        )
+        subscription = await js.pull_subscribe_bind(durable, shared.CALLS_STREAM)
+        [message] = await subscription.fetch(1, timeout=5)
+        assert message.metadata.num_delivered == 1
+    finally:
+        await connection.close()
+
+
+async def test_cancel_taken_call_after_wait(
+    client: httpx.AsyncClient, nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker that holds the call without a record (waiting for a slot)
+    # writes nothing, so the cancel stands once the record is read again.
+    call_id = await queue_call(client)
+    await take_without_ack(nats_url)
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.async_calls"):
+        response = await client.delete(f"/async-function/{call_id}")
+
+    assert response.status_code == 202, response.text
+    assert response.json()["state"] == "cancelled"
+    assert "waiting to learn whether it started" in caplog.text
+    assert await stored_messages(nats_url) == []
+
+
+async def test_cancel_rejected_after_call_started(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    # The worker that runs the call replaces the cancelled record with its
+    # RUNNING one within RUNNING_RECORD_AFTER_S, as queue_worker.status does.
+    call_id = await queue_call(client)
+    await take_without_ack(nats_url)
+
+    async def worker_writes_running() -> None:
+        await asyncio.sleep(shared.RUNNING_RECORD_AFTER_S / 2)
+        await write_status(nats_url, status_record(call_id, CallState.RUNNING))
+
+    writer = asyncio.create_task(worker_writes_running())
+    response = await client.delete(f"/async-function/{call_id}")
+    await writer
+
+    assert response.status_code == 409
+    assert "had started before the cancel arrived" in response.text
+    assert "'running'" in response.text
+    # The worker that runs the call keeps its message.
+    connection = await nats.connect(nats_url)
+    try:
+        info = await connection.jetstream().stream_info(shared.CALLS_STREAM)
+    finally:
+        await connection.close()
+    assert info.state.messages == 1
+
+
+async def test_cancel_delayed_taken_call_at_once(
+    client: httpx.AsyncClient, nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    call_id = await queue_call(client, headers={shared.DELAY_SECONDS: "60"})
+    await take_without_ack(nats_url)
+
+    with caplog.at_level(logging.DEBUG, logger="gateway.async_calls"):
+        response = await client.delete(f"/async-function/{call_id}")
+
+    assert response.status_code == 202, response.text
+    assert "waiting to learn" not in caplog.text
+    assert await stored_messages(nats_url) == []
 
 
 async def test_cancel_deletes_large_body(

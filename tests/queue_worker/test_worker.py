@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import nats
@@ -13,7 +14,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from faashub import constants, embedded_nats, jetstream
-from faashub.call_status import CallState
+from faashub.call_status import CallState, CallStatus, status_key
 from faashub.queued_call import merge_request_headers
 from queue_worker.worker import Worker
 from tests.conftest import LOOPBACK, free_port, stop_process
@@ -29,6 +30,7 @@ from tests.queue_worker.conftest import (
     stored_messages,
     wait_for_dead_letters,
     wait_for_empty_stream,
+    wait_for_state,
     wait_for_stored,
     wait_until,
 )
@@ -473,6 +475,47 @@ async def test_abandon_warning_names_calls(
     if calls > 20:
         assert message.endswith(f" and {calls - 20} more")
     assert "payload-not-logged" not in message
+
+
+async def test_late_cancel_rejected_while_running(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A cancel in a first delivery's first second finds no record and
+    # creates a CANCELLED one, as the gateway does. The call runs on, so
+    # its lease replaces that record, and its final record follows.
+    gateway.delay_s = 2.5
+    call = make_call(callback_url=f"{receiver.url}/done")
+    caplog.set_level(logging.INFO, logger="queue_worker.status")
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await publish(js, call)
+        await gateway.wait_for_requests(1)
+        bucket = await jetstream.ensure_status_bucket(js)
+        now_ns = time.time_ns()
+        cancelled = CallStatus(
+            call_id=call.call_id,
+            function=call.function,
+            namespace=call.namespace,
+            state=CallState.CANCELLED,
+            accepted_at_ns=call.accepted_at_ns,
+            updated_at_ns=now_ns,
+            finished_at_ns=now_ns,
+        )
+        await bucket.create(status_key(call.call_id), cancelled.to_json())
+
+        running = await wait_for_state(js, call.call_id, CallState.RUNNING)
+        assert running.attempts == 1
+        await receiver.wait_for_requests(1)
+        finished = await wait_for_state(js, call.call_id, CallState.SUCCEEDED)
+
+    assert finished.attempts == 1
+    [late] = [
+        r for r in caplog.records if r.getMessage().startswith("call was cancelled")
+    ]
+    assert log_context(late)["call_id"] == call.call_id
 
 
 async def test_second_cancel_abandons_running_call(
