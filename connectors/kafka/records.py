@@ -29,6 +29,7 @@ import urllib.parse
 from collections.abc import Sequence
 
 from aiokafka.structs import ConsumerRecord
+from multidict import istr
 
 from connectors.core.invoker import Message
 from connectors.kafka import constants
@@ -44,6 +45,12 @@ _SENDABLE_VALUE = re.compile(
 _TOKEN_CHARACTERS = "!#$&'*+-.^_`|~"
 # W3C Trace Context headers, passed on as they are.
 TRACE_HEADERS = ("traceparent", "tracestate")
+# The metadata header names as multidict `istr` objects, which aiohttp merges
+# into a request's headers without folding their case on every request.
+_PARTITION = istr(constants.PARTITION)
+_OFFSET = istr(constants.OFFSET)
+_TIMESTAMP = istr(constants.TIMESTAMP)
+_KEY = istr(constants.KEY)
 _RESERVED_SUFFIXES = frozenset(
     name[len(constants.HEADER_PREFIX) :].lower()
     for name in (
@@ -58,14 +65,14 @@ _RESERVED_SUFFIXES = frozenset(
 
 def record_message(record: "ConsumerRecord[bytes, bytes]", *, group_id: str) -> Message:
     """Return the message that delivers `record` to its topic's functions."""
-    headers = [
-        (constants.PARTITION, str(record.partition)),
-        (constants.OFFSET, str(record.offset)),
+    headers: list[tuple[str, str]] = [
+        (_PARTITION, str(record.partition)),
+        (_OFFSET, str(record.offset)),
     ]
     if record.timestamp is not None and record.timestamp >= 0:
-        headers.append((constants.TIMESTAMP, str(record.timestamp)))
+        headers.append((_TIMESTAMP, str(record.timestamp)))
     if record.key is not None:
-        add_value_header(headers, constants.KEY, record.key)
+        add_value_header(headers, _KEY, record.key)
     if record.headers:
         for name, value in record.headers:
             add_value_header(headers, http_header_name(name), value or b"")
