@@ -292,12 +292,40 @@ class Dispatcher:
 
         The task is in the `handling` set of the partition whose record it
         handles now, so a revoke waits for or cancels exactly that record.
+        The handler is awaited here, not in a helper coroutine, because every
+        frame between the task and the HTTP request is resumed on each wait
+        of each record.
         """
         task = asyncio.current_task()
         assert task is not None
+        handle = self._handle
         while True:
             work, lane_key, record = item
-            if await self._handle_one(task, work, record):
+            handled = False
+            try:
+                await handle(record)
+                handled = True
+            except Exception:
+                # A bug, since the handler deals with every failure it expects.
+                # The record stays pending, so its partition's commits stop
+                # before it, its lane stops, and a restart delivers it again.
+                logger.exception(
+                    "record handler failed",
+                    extra={
+                        "ctx": {
+                            "topic": record.topic,
+                            "partition": record.partition,
+                            "offset": record.offset,
+                        }
+                    },
+                )
+            finally:
+                # Runs on cancellation too, which must give the slot back.
+                self._running -= 1
+                del work.handling[task]
+                if work.revoked and not work.handling and not work.kept:
+                    work.drained.set()
+            if handled:
                 self._finish(work, lane_key, record)
             next_item = self._take_ready()
             if next_item is None:
@@ -305,36 +333,8 @@ class Dispatcher:
             item = next_item
             next_item[0].handling[task] = next_item[2].offset
             # Slots that cancelled records left free get tasks of their own.
-            self._start_ready()
-
-    async def _handle_one(
-        self, task: "asyncio.Task[None]", work: PartitionWork, record: Record
-    ) -> bool:
-        """Run the handler on `record` and return whether it ended without a bug."""
-        try:
-            await self._handle(record)
-            return True
-        except Exception:
-            # A bug, since the handler deals with every failure it expects.
-            # The record stays pending, so its partition's commits stop
-            # before it, its lane stops, and a restart delivers it again.
-            logger.exception(
-                "record handler failed",
-                extra={
-                    "ctx": {
-                        "topic": record.topic,
-                        "partition": record.partition,
-                        "offset": record.offset,
-                    }
-                },
-            )
-            return False
-        finally:
-            # Runs on cancellation too, which must give the slot back.
-            self._running -= 1
-            del work.handling[task]
-            if work.revoked and not work.handling and not work.kept:
-                work.drained.set()
+            if self._running < self._max_inflight and self._ready:
+                self._start_ready()
 
     def _finish(self, work: PartitionWork, lane_key: object, record: Record) -> None:
         work.offsets.finish(record.offset)
