@@ -36,6 +36,12 @@ ZONE_PREFIXES: Final = ("CRON_TZ=", "TZ=")
 # The shortest `@every` interval, in seconds.
 MIN_EVERY_S: Final = 1.0
 
+# The longest `@every` interval: 100 years of 365 days, written `876000h`.
+# Ticks are multiples of the interval since 1970, and a longer interval soon
+# has no tick before the year 9999, the last one that Python's datetime holds.
+MAX_EVERY_S: Final = 100 * 365 * 86400.0
+MAX_EVERY_TEXT: Final = "876000h"
+
 # Years searched for the next matching instant of a cron expression. A valid
 # expression matches within 8 years (29 February skips at most one leap year,
 # as in 2100), so finding none in this span means it never matches.

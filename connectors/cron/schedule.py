@@ -31,6 +31,7 @@ Daylight-saving time, for expressions in a zone that has it:
 import functools
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,12 +47,15 @@ from connectors.cron import constants
 from connectors.cron.errors import InvalidSchedule
 from connectors.cron.expression import CronExpression, parse_expression
 
+logger = logging.getLogger(__name__)
+
 MissedRunPolicy = Literal["skip", "once"]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_SECOND = timedelta(seconds=1)
 _UTC_KEYS = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Zulu", "Zulu"})
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+# ASCII digits only: `\d` and float() also take other Unicode digits.
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
 _DURATION_UNITS_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 # Annotations that define a schedule; a change to any of them replaces it.
 SCHEDULE_ANNOTATIONS = (
@@ -142,7 +146,18 @@ class Schedule:
     def next_fire(self, after: datetime) -> datetime | None:
         """Return the first tick strictly later than `after`, in UTC."""
         lower_bound = after.astimezone(UTC) + timedelta(microseconds=1)
-        next_fire: datetime | None = self.trigger.get_next_fire_time(None, lower_bound)
+        try:
+            next_fire: datetime | None = self.trigger.get_next_fire_time(
+                None, lower_bound
+            )
+        except (OverflowError, ValueError):
+            # The next tick would fall after the year 9999, so none comes.
+            logger.warning(
+                "schedule has no tick before the year 9999 after %s; it stops",
+                after.isoformat(),
+                extra={"ctx": {"schedule": self.text}},
+            )
+            return None
         return None if next_fire is None else next_fire.astimezone(UTC)
 
     def fingerprint(self) -> str:
@@ -224,6 +239,13 @@ def parse_duration_s(text: str) -> float:
         raise InvalidSchedule(
             f"The @every duration {text!r} is shorter than "
             f"{constants.MIN_EVERY_S:g} s; use at least '1s'."
+        )
+    # Also catches a sum that float() made infinite.
+    if not total_s <= constants.MAX_EVERY_S:
+        raise InvalidSchedule(
+            f"The @every duration {text!r} is longer than 100 years; use at most "
+            f"'{constants.MAX_EVERY_TEXT}', or a cron expression such as "
+            "'0 0 1 1 *' for a yearly run."
         )
     return total_s
 

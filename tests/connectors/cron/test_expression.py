@@ -187,6 +187,20 @@ def test_prefix_overrides_zone_annotation() -> None:
         pytest.param({"schedule": "@fortnightly"}, "Unknown descriptor", id="descr"),
         pytest.param({"schedule": "@every 500ms"}, "shorter than 1 s", id="short"),
         pytest.param({"schedule": "@every 5 minutes"}, "Invalid @every", id="every"),
+        pytest.param(
+            {"schedule": "@every 876001h"}, "longer than 100 years", id="long"
+        ),
+        pytest.param(
+            {"schedule": "@every 99999999999999999999h"},
+            "at most '876000h'",
+            id="huge",
+        ),
+        pytest.param(
+            {"schedule": "@every 80000000h; * * * * *"},
+            "longer than 100 years",
+            id="long among entries",
+        ),
+        pytest.param({"schedule": "@every \u0663s"}, "Invalid @every", id="digit"),
         pytest.param({"schedule": " ; "}, "no entry", id="only separators"),
         pytest.param(
             {"schedule": "CRON_TZ=Mars/Olympus 0 9 * * *"},
@@ -213,6 +227,21 @@ def test_prefix_overrides_zone_annotation() -> None:
 def test_invalid_schedule_rejected(annotations: dict[str, str], message: str) -> None:
     with pytest.raises(InvalidSchedule, match=message.replace("(", r"\(")):
         parse_schedule(annotations)
+
+
+def test_longest_every_accepted() -> None:
+    schedule = parse_schedule({"schedule": "@every 876000h"})
+
+    assert schedule.next_fire(datetime(2024, 1, 1, tzinfo=UTC)) == datetime(
+        2069, 12, 7, tzinfo=UTC
+    )
+
+
+def test_no_tick_before_9999_is_none(caplog: pytest.LogCaptureFixture) -> None:
+    schedule = parse_schedule({"schedule": "@every 876000h"})
+
+    assert schedule.next_fire(datetime(9970, 1, 1, tzinfo=UTC)) is None
+    assert "no tick before the year 9999" in caplog.text
 
 
 def test_schedule_options_parsed() -> None:
