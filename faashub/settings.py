@@ -9,14 +9,25 @@ below into `--help`. Only this module and the CLI read the environment.
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from faashub import constants
 
 ENV_PREFIX = "FAASHUB_"
+
+
+def _upper_case(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+# A level name of the `logging` module, accepted in any case ("debug" too).
+# `faashub.cli.options` applies the same validator to the flag's value.
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper_case)
+]
 
 
 def default_state_dir() -> Path:
@@ -28,10 +39,18 @@ def default_state_dir() -> Path:
 class CommonSettings(BaseSettings):
     """Settings every long-running component has."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+    # defer_build: pydantic builds a class's validator when the class is first
+    # used, not at import. Every component process imports all the settings
+    # classes and uses one, and building them all took about 55 ms of its
+    # start on a 2-core VM shared with other work.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", defer_build=True
+    )
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Lowest level of log records that are written."
+    log_level: LogLevel = Field(
+        "INFO",
+        description="Lowest level of log records that are written. Level names "
+        "are case-insensitive.",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="Log record format: 'text' lines or one JSON object a line."
@@ -77,6 +96,14 @@ class GatewaySettings(CommonSettings):
         60.0,
         gt=0,
         description="Seconds a sync call may take before the gateway returns 504.",
+    )
+    provider_start_grace_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds after the gateway starts during which a /system "
+        "request that cannot reach the provider is logged at DEBUG, not WARNING. "
+        "'faashub up' sets it, because it starts the provider and the connectors "
+        "that send /system requests at the same time.",
     )
     function_cache_ttl_s: float = Field(
         5.0,

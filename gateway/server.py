@@ -5,13 +5,12 @@ open requests `GRACEFUL_SHUTDOWN_S` to finish, closes the NATS connection and
 the HTTP clients, and returns. Logging is configured by the caller
 (`faashub.logs`), so uvicorn's own log config and access log stay off.
 
-Once the app has started, `run` also tunes CPython's cyclic garbage
-collector for serving (`faashub.gc_tuning`).
+Shortly after the app has started, `run` also has it tune CPython's cyclic
+garbage collector for serving (`faashub.gc_tuning`, `gateway.app`).
 """
 
 import contextlib
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -19,7 +18,6 @@ from types import FrameType
 import uvicorn
 
 from faashub import errors as shared_errors
-from faashub.gc_tuning import tune_gc
 from faashub.settings import GatewaySettings
 from gateway import constants, limits
 from gateway.app import GatewayApp
@@ -28,9 +26,13 @@ from gateway.app import GatewayApp
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def create_app(settings: GatewaySettings) -> GatewayApp:
-    """Build the gateway's ASGI app; it connects to NATS in its lifespan."""
-    return GatewayApp(settings)
+def create_app(settings: GatewaySettings, *, tune_gc: bool = False) -> GatewayApp:
+    """Build the gateway's ASGI app; it connects to NATS in its lifespan.
+
+    Pass `tune_gc` only from a process's entry point, not in tests that
+    share the interpreter.
+    """
+    return GatewayApp(settings, tune_gc=tune_gc)
 
 
 def uvicorn_config(settings: GatewaySettings, app: GatewayApp) -> uvicorn.Config:
@@ -60,20 +62,8 @@ class GatewayServer(uvicorn.Server):
 
     Plain uvicorn re-raises a captured SIGTERM or SIGINT once it has shut
     down. That would kill the process, or raise KeyboardInterrupt in the
-    caller, before `run` could return. With `tune_gc_after_start`, it calls
-    `faashub.gc_tuning.tune_gc` once the app has started.
+    caller, before `run` could return.
     """
-
-    def __init__(
-        self, config: uvicorn.Config, *, tune_gc_after_start: bool = False
-    ) -> None:
-        super().__init__(config)
-        self._tune_gc = tune_gc_after_start
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self._tune_gc and self.started:
-            tune_gc()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -103,9 +93,7 @@ def run(settings: GatewaySettings) -> None:
     Raises HubStartError when the gateway cannot start, for example because
     its port is in use; uvicorn has logged the cause by then.
     """
-    server = GatewayServer(
-        uvicorn_config(settings, create_app(settings)), tune_gc_after_start=True
-    )
+    server = GatewayServer(uvicorn_config(settings, create_app(settings, tune_gc=True)))
     failure = shared_errors.HubStartError(
         f"The gateway did not start on {settings.host}:{settings.port}; the log "
         "above gives the cause, for example a port already in use."
