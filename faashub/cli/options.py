@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pydantic
+from pydantic import BeforeValidator
 from pydantic_settings import BaseSettings
 
 from faashub import errors
@@ -51,7 +52,7 @@ def add_settings_arguments(
             dest=field_name,
             default=argparse.SUPPRESS,
             choices=choices,
-            type=_argument_type(annotation),
+            type=_argument_type(annotation, info.metadata),
             help=help_text,
         )
 
@@ -87,9 +88,15 @@ def _literal_choices(annotation: Any) -> list[str] | None:
     return None
 
 
-def _argument_type(annotation: Any) -> Any:
+def _argument_type(annotation: Any, metadata: list[Any]) -> Any:
     if annotation in (int, float, Path):
         return annotation
+    # A before-validator of a choice field, such as the one that upper-cases
+    # log levels, must run before argparse checks the choices.
+    before = [item.func for item in metadata if isinstance(item, BeforeValidator)]
+    if before and _literal_choices(annotation) is not None:
+        [normalize] = before
+        return normalize
     if isinstance(annotation, types.UnionType):
         return str
     return str
