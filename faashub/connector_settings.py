@@ -396,8 +396,21 @@ def broker_list(brokers: str) -> list[str]:
     if not entries:
         raise ValueError("no broker given; set HOST:PORT, comma-separated")
     for entry in entries:
+        scheme, separator, address = entry.partition("://")
+        if separator:
+            # Kafka's listener spelling (PLAINTEXT://host:9092) and URLs are
+            # common in copied settings; the client takes bare addresses only.
+            raise ValueError(
+                f"broker {entry!r} has a {scheme}:// prefix; write HOST:PORT "
+                f"without it, such as {address.rstrip('/')!r}"
+            )
         host, colon, port = entry.rpartition(":")
-        if not colon or not host or not port.isdigit():
+        if (
+            not colon
+            or not host
+            or not (port.isascii() and port.isdigit())
+            or any(character.isspace() or character == "/" for character in host)
+        ):
             raise ValueError(f"broker {entry!r} is not HOST:PORT")
         if not 0 < int(port) < 65536:
             raise ValueError(f"broker {entry!r} has a port outside 1 to 65535")

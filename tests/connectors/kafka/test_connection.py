@@ -289,6 +289,19 @@ def test_key_not_matching_certificate_is_reported(tmp_path: Path) -> None:
             {"brokers": "host:99999"}, "port outside 1 to 65535", id="bad-port"
         ),
         pytest.param({"brokers": "host"}, "is not HOST:PORT", id="no-port"),
+        pytest.param(
+            {"brokers": "http://127.0.0.1:9092"},
+            "has a http:// prefix; write HOST:PORT without it, such as "
+            "'127.0.0.1:9092'",
+            id="url",
+        ),
+        pytest.param(
+            {"brokers": "PLAINTEXT://kafka:9092"},
+            "has a PLAINTEXT:// prefix",
+            id="listener",
+        ),
+        pytest.param({"brokers": "a b:9092"}, "is not HOST:PORT", id="space"),
+        pytest.param({"brokers": "host:\u0663"}, "is not HOST:PORT", id="digit"),
         pytest.param({"topics": " , "}, "no topic given", id="no-topic"),
         pytest.param({"topics": "a/b"}, "not a Kafka topic name", id="bad-topic"),
         pytest.param(
