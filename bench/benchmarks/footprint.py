@@ -2,10 +2,11 @@
 
 faashub side, per run: `faashub up` on a fresh state folder. `ready_s` is
 the time from launching it to its line `faashub is up`. Before the first
-run, the hub's packages are compiled to bytecode, as `pip install .` does. The no-op function
-is deployed, and after a pause the resident memory (RSS) of the hub process,
-its nats-server, provider, gateway and workers process (the queue-worker and
-the cron connector in one process) is read (idle). Then wrk
+run, the hub's packages are compiled to bytecode, as `pip install .` does.
+The no-op function is deployed, and after a pause the resident memory
+(RSS) of the hub process, its nats-server, provider, gateway and workers
+process (the queue-worker and the cron connector in one process) is read
+(idle). Then wrk
 sends `POST /async-function/noop` with an X-Callback-Url for the load
 duration, so the gateway accepts, the worker drains and calls back, and the
 provider proxies, all at once. RSS is sampled every quarter second during
