@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from faashub.settings import LocalProviderSettings
+from provider import http_server
 from provider.backend import ProviderStartError
 from provider.local import guardian, server
 from tests.conftest import free_port, stop_process
@@ -107,6 +108,8 @@ def test_signal_stops_provider_and_functions(
 ) -> None:
     pid = deploy_echo_pid(provider_process.url, echo_command)
     guardian = guardian_pid(provider_process.process.pid)
+    # The provider tunes the garbage collector this long after its start.
+    time.sleep(http_server.GC_TUNE_DELAY_S + 0.5)
 
     started = time.monotonic()
     provider_process.process.send_signal(signum)
