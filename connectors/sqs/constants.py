@@ -56,6 +56,11 @@ EXTEND_WHEN_REMAINING: Final = 0.5
 EXTEND_CHECK_SHARE: Final = 0.25
 EXTEND_CHECK_MAX_S: Final = 5.0
 
+# The settings that name the queues, as the hint of a "the queue does not
+# exist" error gives them: the hub's option, then its environment variable.
+SOURCE_QUEUES_SETTING: Final = "--sqs-queues (FAASHUB_SQS_QUEUES)"
+DEAD_LETTER_QUEUE_SETTING: Final = "--dead-letter-queue (FAASHUB_DEAD_LETTER_QUEUE)"
+
 # Seconds between attempts to reach a queue that failed (not found, access
 # denied, network), doubling up to the maximum.
 QUEUE_RETRY_MIN_S: Final = 1.0

@@ -17,8 +17,11 @@ queue's name for a message of a standard queue. Its deduplication id comes
 from the message id and the function. So SQS drops a copy sent again after
 a crash within its five-minute deduplication interval.
 
-The source deletes the original only after every copy is written. While a
-copy cannot be written, `send` logs and tries again until it is cancelled.
+The source looks the queue up with `resolve` before it polls any queue, so
+a misspelt name shows at start, in the log and in the health state, rather
+than at the first failure. The source deletes the original only after every
+copy is written. While a copy cannot be written, `send` logs and tries again
+until it is cancelled.
 """
 
 import asyncio
@@ -31,32 +34,62 @@ from connectors.core.metrics import ConnectorMetrics
 from connectors.core.outage import Outage
 from connectors.sqs import constants
 from connectors.sqs.messages import ReceivedMessage
-from connectors.sqs.queues import Queue, QueueError, call, resolve_queue
+from connectors.sqs.queues import Queue, QueueError, call, queue_name, resolve_queue
 
 logger = logging.getLogger(__name__)
 
 
 class DeadLetterQueue:
-    """The configured dead-letter queue, resolved on first use."""
+    """The configured dead-letter queue; `resolve` must succeed before `send`."""
 
     def __init__(self, client: Any, entry: str, *, metrics: ConnectorMetrics) -> None:
         self._client = client
         self._entry = entry
         self._metrics = metrics
         self._queue: Queue | None = None
-        self._outage = Outage(
-            f"dead-letter queue {entry}", consequence="holding failed messages"
+        self.problem = ""
+        """The last lookup's error; "" before the first and once one succeeds."""
+        self._lookup_outage = Outage(
+            f"dead-letter queue {queue_name(entry)}",
+            consequence="not polling any queue",
         )
+        self._outage = Outage(
+            f"dead-letter queue {queue_name(entry)}",
+            consequence="holding failed messages",
+        )
+
+    async def resolve(self) -> Queue:
+        """Look the queue up, retrying with logs for as long as SQS refuses."""
+        wait_s = constants.QUEUE_RETRY_MIN_S
+        while self._queue is None:
+            try:
+                self._queue = await resolve_queue(
+                    self._client,
+                    self._entry,
+                    subject="dead-letter queue",
+                    setting=constants.DEAD_LETTER_QUEUE_SETTING,
+                )
+            except QueueError as exc:
+                self.problem = str(exc)
+                self._lookup_outage.begin(self.problem)
+                await asyncio.sleep(wait_s)
+                wait_s = min(wait_s * 2, constants.QUEUE_RETRY_MAX_S)
+        self._lookup_outage.end()
+        self.problem = ""
+        return self._queue
 
     async def send(self, message: ReceivedMessage, result: InvocationResult) -> None:
         """Write one copy of `message` for the failed `result`; retry until written."""
+        queue = self._queue
+        if queue is None:
+            raise RuntimeError("DeadLetterQueue.resolve() must finish before send().")
         wait_s = constants.QUEUE_RETRY_MIN_S
         while True:
             try:
-                queue = await self._resolve()
                 await call(
                     self._client.send_message,
                     f"dead-letter queue {queue.name}",
+                    setting=constants.DEAD_LETTER_QUEUE_SETTING,
                     **dead_letter_request(message, result, queue=queue),
                 )
             except QueueError as exc:
@@ -79,11 +112,6 @@ class DeadLetterQueue:
                 }
             },
         )
-
-    async def _resolve(self) -> Queue:
-        if self._queue is None:
-            self._queue = await resolve_queue(self._client, self._entry)
-        return self._queue
 
 
 def dead_letter_request(

@@ -9,8 +9,11 @@ is set.
 `resolve_queue` turns a configured entry (URL or name) into a `Queue`: its
 URL, name, whether it is FIFO, and the maxReceiveCount of its redrive policy.
 Every SQS error crosses into connector code here or in `settle` as a
-`QueueError` with a one-line reason. The source logs it with the queue and
-retries, so a queue that is missing or forbidden never ends the process.
+`QueueError` with a one-line reason. The reason of a missing queue names
+the region in use and the setting to fix: `--sqs-queues` for the polled
+queues, `--dead-letter-queue` for the dead-letter queue. The source logs
+the error with the queue and retries, so a queue that is missing or
+forbidden never ends the process.
 """
 
 import contextlib
@@ -25,6 +28,8 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
 from connectors.core.errors import ConnectorError
+from connectors.core.outage import one_line
+from connectors.sqs import constants
 from faashub import __version__, errors
 from faashub.connector_settings import SqsConnectorSettings
 
@@ -94,17 +99,30 @@ async def open_client(settings: SqsConnectorSettings) -> AsyncIterator[Any]:
         ) from exc
 
 
-async def resolve_queue(client: Any, entry: str) -> Queue:
-    """Look a configured queue up; raise QueueError when SQS refuses."""
+async def resolve_queue(
+    client: Any,
+    entry: str,
+    *,
+    subject: str = "queue",
+    setting: str = constants.SOURCE_QUEUES_SETTING,
+) -> Queue:
+    """Look a configured queue up; raise QueueError when SQS refuses.
+
+    `subject` starts the error message ("queue" or "dead-letter queue"), and
+    a missing queue's error names `setting` as the one to fix.
+    """
     name = queue_name(entry)
     if entry.startswith(("http://", "https://")):
         url = entry
     else:
-        response = await call(client.get_queue_url, f"queue {name}", QueueName=name)
+        response = await call(
+            client.get_queue_url, f"{subject} {name}", setting=setting, QueueName=name
+        )
         url = response["QueueUrl"]
     response = await call(
         client.get_queue_attributes,
-        f"queue {name}",
+        f"{subject} {name}",
+        setting=setting,
         QueueUrl=url,
         AttributeNames=["FifoQueue", "RedrivePolicy"],
     )
@@ -134,16 +152,36 @@ def _max_receive_count(redrive_policy: str) -> int | None:
         return None
 
 
-async def call(method: Any, subject: str, **arguments: Any) -> dict[str, Any]:
-    """Await one SQS API call; raise QueueError naming `subject` when it fails."""
+async def call(
+    method: Any,
+    subject: str,
+    *,
+    setting: str = constants.SOURCE_QUEUES_SETTING,
+    **arguments: Any,
+) -> dict[str, Any]:
+    """Await one SQS API call; raise QueueError naming `subject` when it fails.
+
+    `method` is a bound method of an SQS client, and `arguments` are its
+    request parameters. A missing queue's error names `setting` and the
+    client's region.
+    """
     try:
         response: dict[str, Any] = await method(**arguments)
     except ClientError as exc:
         code = error_code(exc)
-        raise QueueError(f"{subject}: {describe(exc)}", code=code) from exc
+        reason = describe(exc, setting=setting, region=_client_region(method))
+        raise QueueError(f"{subject}: {reason}", code=code) from exc
     except (BotoCoreError, OSError) as exc:
         raise QueueError(f"{subject}: {describe(exc)}") from exc
     return response
+
+
+def _client_region(method: Any) -> str:
+    """Return the region of the client that `method` is bound to, or ""."""
+    client = getattr(method, "__self__", None)
+    meta = getattr(client, "meta", None)
+    region = getattr(meta, "region_name", None)
+    return region if isinstance(region, str) else ""
 
 
 def error_code(exc: ClientError) -> str:
@@ -152,25 +190,39 @@ def error_code(exc: ClientError) -> str:
     return code
 
 
-def describe(exc: BaseException) -> str:
-    """Return a one-line reason for an SQS error, with a hint where one helps."""
+def describe(
+    exc: BaseException,
+    *,
+    setting: str = constants.SOURCE_QUEUES_SETTING,
+    region: str = "",
+) -> str:
+    """Return a one-line reason for an SQS error, with a hint where one helps.
+
+    A missing queue's reason names `region`, and `setting` as the one to
+    fix. Any other error text is cut to one short line, because some
+    SQS-compatible servers answer a failure with a whole HTML page.
+    """
     if isinstance(exc, ClientError):
         code = error_code(exc)
         message = exc.response.get("Error", {}).get("Message", "") or str(exc)
         if code in QUEUE_MISSING_CODES:
-            return f"the queue does not exist ({code}); create it or fix --sqs-queues"
+            where = f" in region {region}" if region else ""
+            return (
+                f"the queue does not exist{where} ({code}); create it, or fix "
+                f"{setting} or the region"
+            )
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if "AccessDenied" in code or code == "InvalidClientTokenId" or status == 403:
             # Some SQS-compatible servers return a denied JSON request's error
             # as XML, which botocore cannot parse, so only the 403 is left.
             reason = code if message.startswith("<") else f"{code}: {message}"
             return (
-                f"access denied ({reason}); grant this identity the "
+                f"access denied ({one_line(reason)}); grant this identity the "
                 "sqs:ReceiveMessage, sqs:DeleteMessage, sqs:ChangeMessageVisibility "
                 "and sqs:GetQueueAttributes permissions"
             )
-        return f"{code}: {message}" if code else message
+        return one_line(f"{code}: {message}" if code else message)
     name, text = exc.__class__.__name__, str(exc)
     if not text:
         return name
-    return text if text.startswith(name) else f"{name}: {text}"
+    return one_line(text if text.startswith(name) else f"{name}: {text}")

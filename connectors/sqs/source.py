@@ -3,7 +3,9 @@
 `SqsSource.run(connector)` works in this order:
 
 1. wait for the first topic map, so no message is received before the
-   connector can route it;
+   connector can route it. With `--dead-letter-queue`, look that queue up
+   too, retrying with logs while SQS rejects the request, so no message is
+   received before a failure has somewhere to go;
 2. look each configured queue up (URL, FIFO, redrive policy), all at the
    same time, retrying with logs while SQS rejects the request. Then
    long-poll it with ReceiveMessage while a function subscribes to it. A
@@ -20,7 +22,9 @@
    other consumer gets them.
 
 A function fails for good on a status that is not retried, or at the last
-attempt. The message then ends in one of three ways. With
+attempt: the retry_attempts-th delivery, or the maxReceiveCount-th when the
+queue's redrive policy allows fewer, because SQS moves the message away
+after that one. The message then ends in one of three ways. With
 `--dead-letter-queue`, each failed function gets a copy there and the
 message is deleted. Else, when the queue has a redrive policy, the message
 goes back to the queue at once, without another invocation, until SQS moves
@@ -32,6 +36,7 @@ and every message still held becomes visible again at once.
 """
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -100,6 +105,8 @@ class SqsSource:
     @property
     def state(self) -> str:
         """Return "ready" while every queue is polled, else what is missing."""
+        if self._dead_letters is not None and self._dead_letters.problem:
+            return f"not polling: {self._dead_letters.problem}"
         if self._state != "ready":
             return self._state
         for entry in self._entries:
@@ -133,6 +140,9 @@ class SqsSource:
                 self._dead_letters = DeadLetterQueue(
                     client, self._settings.dead_letter_queue, metrics=connector.metrics
                 )
+                self._state = "looking the dead-letter queue up"
+                if not await self._until_stopped(self._resolve_dead_letters()):
+                    return
             self._dispatcher = Dispatcher(
                 handle=self._handle, release=self._release, capacity=self._capacity
             )
@@ -164,6 +174,14 @@ class SqsSource:
             await _cancel([extender, stop])
             for settler in self._settlers.values():
                 await settler.close()
+
+    async def _resolve_dead_letters(self) -> None:
+        assert self._dead_letters is not None
+        queue = await self._dead_letters.resolve()
+        logger.info(
+            "dead-letter queue found",
+            extra={"ctx": {"queue": queue.name, "url": queue.url, "fifo": queue.fifo}},
+        )
 
     async def _until_stopped(self, awaitable: Awaitable[Any]) -> bool:
         """Await `awaitable` unless stop() comes first; return whether it finished."""
@@ -325,6 +343,10 @@ class SqsSource:
             report = await connector.deliver_to(function_request, pending)
             final_attempt = message.receive_count >= self._max_attempts(queue)
             for result in report.results:
+                if result.attempts:
+                    # The invoker sends one request per delivery, so the
+                    # receive count is the attempt number.
+                    result = dataclasses.replace(result, attempts=message.receive_count)
                 if result.succeeded:
                     outcomes.succeeded.add(result.function)
                 elif is_retryable(result.status) and not final_attempt:
@@ -384,8 +406,10 @@ class SqsSource:
 
     def _max_attempts(self, queue: Queue) -> int:
         attempts = self._settings.retry_attempts
-        if self._dead_letters is not None and queue.max_receive_count is not None:
-            # Write the dead letter before SQS's own redrive moves the message.
+        if queue.max_receive_count is not None:
+            # SQS's redrive moves the message after its maxReceiveCount-th
+            # delivery, so that one is the last: it gets the final log line
+            # and metrics, and a dead letter when one is configured.
             return min(attempts, queue.max_receive_count)
         return attempts
 
