@@ -12,6 +12,11 @@ from typing import Final
 # kafka-connector` on every invocation.
 CONNECTOR_NAME: Final = "kafka"
 
+# Topic names that Kafka accepts: 1 to MAX_TOPIC_NAME_CHARS ASCII letters,
+# digits, '.', '_' and '-', except "." and "..". A broker rejects other names
+# with INVALID_TOPIC_EXCEPTION (error 17), so no such topic can exist.
+MAX_TOPIC_NAME_CHARS: Final = 249
+
 # Headers sent to the function.
 HEADER_PREFIX: Final = "X-Kafka-"
 PARTITION: Final = "X-Kafka-Partition"

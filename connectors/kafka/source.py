@@ -39,10 +39,11 @@ from connectors.core.connector import Connector
 from connectors.core.outage import Outage
 from connectors.core.source import until_stopped
 from connectors.kafka import client_config, constants
+from connectors.kafka.client_logs import limited_client_logs
 from connectors.kafka.dispatch import Dispatcher, PartitionWork, Record
 from connectors.kafka.publisher import RecordPublisher, dead_letter_matcher
 from connectors.kafka.records import record_message
-from connectors.kafka.subscription import select_topics
+from connectors.kafka.subscription import TopicSelection, select_topics
 from connectors.kafka.unreadable import UnreadableRecords
 from faashub import __version__
 from faashub.connector_settings import KafkaConnectorSettings, topic_list
@@ -68,6 +69,8 @@ class KafkaSource:
         self._subscribed: frozenset[str] = frozenset()
         self._paused: set[TopicPartition] = set()
         self._missing_warned: set[str] = set()
+        self._invalid_warned: set[tuple[str, tuple[str, str]]] = set()
+        self._reserved_warned: set[str] = set()
         self._subscription_changed = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -88,6 +91,10 @@ class KafkaSource:
 
     async def run(self, connector: Connector) -> None:
         """Consume and deliver until `stop()`; see the module docstring."""
+        with limited_client_logs():
+            await self._run(connector)
+
+    async def _run(self, connector: Connector) -> None:
         self._connector = connector
         self._state = "waiting for the first topic map from the gateway"
         if not await self._until_stopped(connector.wait_until_ready()):
@@ -244,12 +251,7 @@ class KafkaSource:
             dead_letter_topics=self._dead_letter_topics,
             reply_topic=self._settings.reply_topic,
         )
-        for topic in sorted(selection.missing - self._missing_warned):
-            logger.warning(
-                "topic not found in the cluster; subscribing once it exists",
-                extra={"ctx": {"topic": topic}},
-            )
-        self._missing_warned = set(selection.missing)
+        self._log_left_out(connector, selection)
         if selection.subscribed == self._subscribed:
             return
         if selection.subscribed:
@@ -266,6 +268,48 @@ class KafkaSource:
             "subscribed",
             extra={"ctx": {"topics": ",".join(sorted(selection.subscribed)) or "none"}},
         )
+
+    def _log_left_out(self, connector: Connector, selection: TopicSelection) -> None:
+        """Warn once about each requested name that the subscription leaves out."""
+        for topic in sorted(selection.missing - self._missing_warned):
+            logger.warning(
+                "topic not found in the cluster; subscribing once it exists",
+                extra={"ctx": {"topic": topic}},
+            )
+        self._missing_warned = set(selection.missing)
+
+        # Once per function that names the topic, so a later function naming
+        # the same invalid topic is reported too.
+        invalid = {
+            (topic, requester)
+            for topic in selection.invalid
+            for requester in self._requesters(connector, topic)
+        }
+        for topic, (field, value) in sorted(invalid - self._invalid_warned):
+            logger.warning(
+                "invalid Kafka topic name, not subscribing: a topic name has 1 "
+                "to %d ASCII letters, digits, '.', '_' or '-'",
+                constants.MAX_TOPIC_NAME_CHARS,
+                extra={"ctx": {"topic": topic, field: value}},
+            )
+        self._invalid_warned = invalid
+
+        # Every scheduled function names the cron topic, so only an explicit
+        # --topics entry is worth a warning.
+        reserved = selection.reserved if self._explicit_topics else frozenset()
+        for topic in sorted(reserved - self._reserved_warned):
+            logger.warning(
+                "topic reserved for the cron connector, not subscribing",
+                extra={"ctx": {"topic": topic, "setting": "--topics"}},
+            )
+        self._reserved_warned = set(reserved)
+
+    def _requesters(self, connector: Connector, topic: str) -> list[tuple[str, str]]:
+        """Return who requested `topic`: the --topics setting or its functions."""
+        if self._explicit_topics:
+            return [("setting", "--topics")]
+        functions = connector.topic_map.entries.get(topic, frozenset())
+        return [("function", str(function)) for function in sorted(functions)]
 
     # Rebalance -------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from connectors.kafka.records import (
     record_identity,
     record_message,
 )
-from connectors.kafka.subscription import select_topics
+from connectors.kafka.subscription import is_valid_topic_name, select_topics
 from faashub.names import FunctionRef
 
 
@@ -238,3 +238,45 @@ def test_selection_keeps_named_dead_letter_topic() -> None:
     )
 
     assert selection.subscribed == {"orders", "orders.dlq"}
+
+
+def test_selection_leaves_out_cron_topic() -> None:
+    selection = select_topics(
+        ["cron-function", "cron*"],
+        ["cron-function", "cron-jobs"],
+        dead_letter_topics=None,
+    )
+
+    assert selection.subscribed == {"cron-jobs"}
+    assert selection.reserved == {"cron-function"}
+    assert selection.missing == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        pytest.param("orders", True, id="letters"),
+        pytest.param("Orders_2024.v1-eu", True, id="every-allowed-character"),
+        pytest.param("x" * 249, True, id="249-characters"),
+        pytest.param("x" * 250, False, id="250-characters"),
+        pytest.param("a b", False, id="space"),
+        pytest.param("orders/eu", False, id="slash"),
+        pytest.param("café", False, id="not-ascii"),
+        pytest.param(".", False, id="dot"),
+        pytest.param("..", False, id="two-dots"),
+        pytest.param("...", True, id="three-dots"),
+        pytest.param("", False, id="empty"),
+    ],
+)
+def test_topic_name_validity(name: str, valid: bool) -> None:
+    assert is_valid_topic_name(name) is valid
+
+
+def test_selection_reports_invalid_names() -> None:
+    selection = select_topics(
+        ["a b", "orders", "..", "late"], ["orders"], dead_letter_topics=None
+    )
+
+    assert selection.subscribed == {"orders"}
+    assert selection.invalid == {"a b", ".."}
+    assert selection.missing == {"late"}
