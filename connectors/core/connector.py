@@ -91,6 +91,7 @@ class Connector:
             settings.gateway_url,
             rebuild_interval_s=settings.rebuild_interval_s,
             authorization=self._authorization,
+            connector=name,
         )
         self.retry = RetryPolicy(
             attempts=settings.retry_attempts,

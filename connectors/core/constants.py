@@ -34,6 +34,10 @@ FIRST_MAP_START_RETRY_S: Final = 0.1
 # Seconds between two WARNING lines about the same ongoing outage; repeats in
 # between go to DEBUG.
 WARNING_INTERVAL_S: Final = 30.0
+# Characters of an outage's reason kept in its log line. A dependency's error
+# text can be a whole HTML error page, which the line gives in one line, cut
+# to this length.
+OUTAGE_REASON_MAX_CHARS: Final = 300
 
 # `function invoked` INFO lines written per second at most; further successes
 # in the same second are counted into one summary line. At thousands of

@@ -4,7 +4,8 @@ A connector retries an unreachable dependency for as long as it runs, so the
 same failure may repeat every few seconds for hours. `Outage` logs one
 WARNING when the failure starts, at most one more every
 `WARNING_INTERVAL_S` while it lasts (the repeats in between go to DEBUG),
-and one INFO line with the duration when it ends.
+and one INFO line with the duration when it ends. The reason is logged as
+one line of at most `OUTAGE_REASON_MAX_CHARS` characters (`one_line`).
 """
 
 import logging
@@ -41,6 +42,7 @@ class Outage:
 
     def begin(self, reason: str) -> None:
         """Record a failure; log it unless a warning went out recently."""
+        reason = one_line(reason)
         now_s = self._clock()
         if self._started_s is None:
             self._started_s = now_s
@@ -62,3 +64,14 @@ class Outage:
         lasted_s = self._clock() - self._started_s
         self._started_s = None
         logger.info("%s available again after %.1f s", self._dependency, lasted_s)
+
+
+def one_line(text: str, max_chars: int = constants.OUTAGE_REASON_MAX_CHARS) -> str:
+    """Return `text` with each run of whitespace as one space, cut to `max_chars`.
+
+    A cut text ends with "...", within `max_chars`.
+    """
+    flat = " ".join(text.split())
+    if len(flat) <= max_chars:
+        return flat
+    return flat[: max_chars - 3].rstrip() + "..."

@@ -173,8 +173,14 @@ class TopicMapBuilder:
         rebuild_interval_s: float,
         request_timeout_s: float = constants.SYSTEM_REQUEST_TIMEOUT_S,
         authorization: str = "",
+        connector: str = "",
     ) -> None:
         self._gateway_url = gateway_url.rstrip("/")
+        # The owning connector's short name for the map's log lines, because
+        # every connector of a hub logs the same function changes.
+        self._log_context: dict[str, object] = (
+            {"connector": connector} if connector else {}
+        )
         # The Authorization header value for the gateway's /system API, or "".
         self._authorization = authorization
         self._rebuild_interval_s = rebuild_interval_s
@@ -270,6 +276,7 @@ class TopicMapBuilder:
                 "topic map built",
                 extra={
                     "ctx": {
+                        **self._log_context,
                         "topics": len(topic_map.entries),
                         "functions": len(set().union(*topic_map.entries.values())),
                     }
@@ -279,7 +286,13 @@ class TopicMapBuilder:
             logger.info(
                 "function %s topic",
                 "added to" if change == "added" else "removed from",
-                extra={"ctx": {"function": str(function), "topic": entry}},
+                extra={
+                    "ctx": {
+                        **self._log_context,
+                        "function": str(function),
+                        "topic": entry,
+                    }
+                },
             )
         self._current = topic_map
         self._version += 1

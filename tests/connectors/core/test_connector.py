@@ -457,3 +457,25 @@ async def test_health_follows_map_and_source(gateway: FakeGateway) -> None:
     assert ready.text == "OK"
     assert metrics.status_code == 200
     assert metrics.headers["Content-Type"].startswith("text/plain")
+
+
+async def test_topic_map_lines_name_connector(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="connectors.core.topic_map")
+    gateway.deploy("a", "orders")
+
+    async with started(connector_settings(gateway)):
+        pass
+
+    lines = [
+        record
+        for record in caplog.records
+        if record.getMessage() in ("topic map built", "function added to topic")
+    ]
+    assert [record.getMessage() for record in lines] == [
+        "topic map built",
+        "function added to topic",
+    ]
+    for record in lines:
+        assert record.__dict__["ctx"]["connector"] == "test"
