@@ -53,10 +53,11 @@ def test_stack_file_builds_deployments(tmp_path: Path) -> None:
     assert upper["service"] == "upper"
     assert upper["image"] == "example/upper:latest"
     assert upper["envProcess"] == "tr a-z A-Z"
-    # The function's own environment wins over its environment_file.
+    # The environment_file wins over the function's own environment, as in
+    # faas-cli.
     assert upper["envVars"] == {
         "region": "eu",
-        "retries": "3",
+        "retries": "1",
         "greeting": "hi",
         "verbose": "true",
     }
@@ -72,6 +73,11 @@ def test_stack_file_builds_deployments(tmp_path: Path) -> None:
             "functions: [a, b]\n", "no 'functions:' mapping", id="not-mapping"
         ),
         pytest.param("functions: {f: [\n", "not valid YAML", id="bad-yaml"),
+        pytest.param(
+            "functions:\n  f:\n    fprocess: cat\n  f:\n    fprocess: wc\n",
+            "key 'f' appears twice in one mapping \\(lines 2 and 4\\)",
+            id="function-twice",
+        ),
     ],
 )
 def test_stack_file_errors_name_the_problem(
@@ -97,6 +103,21 @@ def test_stack_file_errors_name_the_problem(
             "missing.yml",
             id="missing-env-file",
         ),
+        pytest.param(
+            "functions:\n  f:\n    environment: {B: {c: d}}\n",
+            "'environment' value 'B' of function 'f'",
+            id="nested-value",
+        ),
+        pytest.param(
+            "functions:\n  f:\n    fprocess: [env]\n",
+            "'fprocess' of function 'f'",
+            id="fprocess-list",
+        ),
+        pytest.param(
+            "functions:\n  f:\n    readonly_root_filesystem: maybe\n",
+            "must be true or false, not 'maybe'",
+            id="flag",
+        ),
     ],
 )
 def test_stack_function_errors_are_collected(
@@ -108,6 +129,41 @@ def test_stack_function_errors_are_collected(
     assert list(parsed.deployments) == ["g"]
     assert list(parsed.problems) == ["f"]
     assert message in parsed.problems["f"]
+
+
+def test_stack_values_keep_their_text(tmp_path: Path) -> None:
+    # YAML 1.1 would read these as true, false, 1.1, 493 and 750; faas-cli's
+    # string fields keep the text as written.
+    path = tmp_path / "stack.yml"
+    path.write_text(
+        "functions:\n  f:\n    fprocess: env\n    environment:\n"
+        "      ENABLE: yes\n      MODE: off\n      VERSION: 1.10\n"
+        "      PERMS: 0755\n      TIME: 12:30\n    labels:\n      tier: on\n"
+        "    readonly_root_filesystem: 'false'\n"
+    )
+
+    deployment = stack.load_stack(path, {}).deployments["f"]
+
+    assert deployment["envVars"] == {
+        "ENABLE": "yes",
+        "MODE": "off",
+        "VERSION": "1.10",
+        "PERMS": "0755",
+        "TIME": "12:30",
+    }
+    assert deployment["labels"] == {"tier": "on"}
+    assert deployment["readOnlyRootFilesystem"] is False
+
+
+def test_stack_yaml_error_names_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yml"
+    path.write_text("functions:\n  f: [\n")
+
+    with pytest.raises(stack.StackFileError) as raised:
+        stack.load_stack(path, {})
+
+    assert f'in "{path}", line' in str(raised.value)
+    assert "<unicode string>" not in str(raised.value)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,16 @@ and `readonly_root_filesystem`. `${VAR}` and `${VAR:-default}` are replaced
 from the environment before parsing, as faas-cli does. Build-only keys
 (`lang`, `handler`, `build_args`, ...) are accepted and ignored, because
 faashub deploys what is already built.
+
+Values are read as faas-cli reads them: its fields are strings, and a
+scalar keeps the text it was written with (`yes`, `0755`, `1.10` and `12:30`
+stay as written, where YAML 1.1 would turn them into true, 493, 1.1 and
+750). A list or mapping where text belongs is an error, and so is a key
+that a mapping holds twice. An `environment_file` overrides the inline
+`environment`, as in faas-cli.
 """
 
+import io
 import os
 import re
 from collections.abc import Mapping
@@ -25,6 +33,44 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 class StackFileError(errors.FaashubError, ValueError):
     """A stack file that cannot be read or has an invalid definition."""
+
+
+# YAML 1.1 spellings of a boolean, which faas-cli's decoder takes for its
+# boolean field `readonly_root_filesystem`.
+_TRUE = frozenset({"true", "yes", "on", "y"})
+_FALSE = frozenset({"false", "no", "off", "n", ""})
+
+
+class _TextLoader(yaml.BaseLoader):  # type: ignore[misc]
+    """Reads every scalar as its text, and rejects a key given twice in a mapping."""
+
+    def construct_mapping(
+        self, node: yaml.MappingNode, deep: bool = False
+    ) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                again = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (lines {first} and "
+                    f"{again}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    """Parse `text` with `_TextLoader`; errors name `path` and the line."""
+    stream = io.StringIO(text)
+    # PyYAML names the stream in its messages by this attribute.
+    stream.name = str(path)
+    return yaml.load(stream, Loader=_TextLoader)  # noqa: S506 (a safe loader)
 
 
 @dataclass(frozen=True)
@@ -66,7 +112,7 @@ def load_stack(path: Path, environment: Mapping[str, str] | None = None) -> Stac
         text, os.environ if environment is None else environment
     )
     try:
-        document = yaml.safe_load(expanded)
+        document = _parse_yaml(expanded, path)
     except yaml.YAMLError as exc:
         raise StackFileError(f"Stack file {path} is not valid YAML: {exc}") from exc
     if not isinstance(document, dict) or not isinstance(
@@ -97,30 +143,57 @@ def _deployment(
         raise StackFileError(
             f"Function {name!r} in {stack_path} must be a mapping of settings."
         )
-    environment: dict[str, str] = {}
+    # The files override the inline values, as faas-cli merges them.
+    environment = _string_map(definition, "environment", name, stack_path)
     for env_file in _string_list(definition, "environment_file", name, stack_path):
         environment.update(_read_environment_file(base_dir / env_file, name))
-    environment.update(_string_map(definition, "environment", name, stack_path))
     deployment: dict[str, Any] = {
         "service": str(name),
-        "image": str(definition.get("image") or ""),
-        "envProcess": str(definition.get("fprocess") or ""),
+        "image": _text(definition, "image", name, stack_path),
+        "envProcess": _text(definition, "fprocess", name, stack_path),
         "envVars": environment,
         "labels": _string_map(definition, "labels", name, stack_path),
         "annotations": _string_map(definition, "annotations", name, stack_path),
         "secrets": _string_list(definition, "secrets", name, stack_path),
         "constraints": _string_list(definition, "constraints", name, stack_path),
-        "readOnlyRootFilesystem": bool(
-            definition.get("readonly_root_filesystem", False)
+        "readOnlyRootFilesystem": _flag(
+            definition, "readonly_root_filesystem", name, stack_path
         ),
     }
-    if definition.get("namespace"):
-        deployment["namespace"] = str(definition["namespace"])
+    namespace = _text(definition, "namespace", name, stack_path)
+    if namespace:
+        deployment["namespace"] = namespace
     for key in ("limits", "requests"):
         resources = _string_map(definition, key, name, stack_path)
         if resources:
             deployment[key] = resources
     return deployment
+
+
+def _kind(value: Any) -> str:
+    return "a list" if isinstance(value, list) else "a mapping"
+
+
+def _text(definition: dict[str, Any], key: str, name: str, stack_path: Path) -> str:
+    value = definition.get(key) or ""
+    if not isinstance(value, str):
+        raise StackFileError(
+            f"'{key}' of function {name!r} in {stack_path} must be text, not "
+            f"{_kind(value)}."
+        )
+    return value
+
+
+def _flag(definition: dict[str, Any], key: str, name: str, stack_path: Path) -> bool:
+    value = _text(definition, key, name, stack_path).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise StackFileError(
+        f"'{key}' of function {name!r} in {stack_path} must be true or false, "
+        f"not {value!r}."
+    )
 
 
 def _string_map(
@@ -130,9 +203,15 @@ def _string_map(
     if not isinstance(value, dict):
         raise StackFileError(
             f"'{key}' of function {name!r} in {stack_path} must be a mapping, "
-            f"not {type(value).__name__}."
+            f"not {'text' if isinstance(value, str) else _kind(value)}."
         )
-    return {str(item_key): _scalar_text(item) for item_key, item in value.items()}
+    for item_key, item in value.items():
+        if not isinstance(item, str):
+            raise StackFileError(
+                f"'{key}' value {item_key!r} of function {name!r} in {stack_path} "
+                f"must be text, not {_kind(item)}; quote it to pass it as text."
+            )
+    return dict(value)
 
 
 def _string_list(
@@ -142,21 +221,20 @@ def _string_list(
     if not isinstance(value, list):
         raise StackFileError(
             f"'{key}' of function {name!r} in {stack_path} must be a list, "
-            f"not {type(value).__name__}."
+            f"not {'text' if isinstance(value, str) else _kind(value)}."
         )
-    return [str(item) for item in value]
-
-
-def _scalar_text(value: Any) -> str:
-    # YAML reads `true` and `10` as bool and int; the provider wants text.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else str(value)
+    for item in value:
+        if not isinstance(item, str):
+            raise StackFileError(
+                f"'{key}' of function {name!r} in {stack_path} must list text "
+                f"items, not {_kind(item)}."
+            )
+    return list(value)
 
 
 def _read_environment_file(path: Path, name: str) -> dict[str, str]:
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        document = _parse_yaml(path.read_text(encoding="utf-8"), path) or {}
     except OSError as exc:
         raise StackFileError(
             f"Cannot read environment_file {path} of function {name!r}: {exc.strerror}."
@@ -171,4 +249,10 @@ def _read_environment_file(path: Path, name: str) -> dict[str, str]:
             f"environment_file {path} of function {name!r} must hold an "
             "'environment:' mapping."
         )
-    return {str(key): _scalar_text(value) for key, value in environment.items()}
+    for key, value in environment.items():
+        if not isinstance(value, str):
+            raise StackFileError(
+                f"environment_file {path} of function {name!r}: the value of "
+                f"{key!r} must be text, not {_kind(value)}."
+            )
+    return dict(environment)
