@@ -256,3 +256,8 @@ async def running_connector(
             await asyncio.wait_for(task, timeout=settings.drain_timeout_s + 15)
         finally:
             await connector.close()
+
+
+def queue_name(url: str) -> str:
+    """Return the queue name at the end of a queue URL."""
+    return url.rsplit("/", 1)[-1]

@@ -13,6 +13,7 @@ from tests.connectors.conftest import FakeGateway, unique, wait_until
 from tests.connectors.sqs.conftest import (
     create_queue,
     queue_counts,
+    queue_name,
     receive_all,
     running_connector,
     send_messages,
@@ -25,10 +26,6 @@ ATTRIBUTES = {
     "size": {"DataType": "Number", "StringValue": "42"},
     "blob": {"DataType": "Binary", "BinaryValue": b"\x00\xffraw"},
 }
-
-
-def queue_name(url: str) -> str:
-    return url.rsplit("/", 1)[-1]
 
 
 def retry_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

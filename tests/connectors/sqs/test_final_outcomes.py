@@ -18,6 +18,7 @@ from tests.connectors.conftest import FakeGateway, unique, wait_until
 from tests.connectors.sqs.conftest import (
     create_queue,
     queue_counts,
+    queue_name,
     receive_all,
     running_connector,
     send_messages,
@@ -31,10 +32,6 @@ ERROR_PAGE = (
     + "The server encountered an internal error. " * 40
     + "</p>\n"
 )
-
-
-def queue_name(url: str) -> str:
-    return url.rsplit("/", 1)[-1]
 
 
 def final_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
