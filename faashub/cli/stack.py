@@ -12,7 +12,7 @@ Values are read as faas-cli reads them: its fields are strings, and a
 scalar keeps the text it was written with (`yes`, `0755`, `1.10` and `12:30`
 stay as written, where YAML 1.1 would turn them into true, 493, 1.1 and
 750). A list or mapping where text belongs is an error, and so is a key
-that a mapping holds twice. An `environment_file` overrides the inline
+given twice in one mapping. An `environment_file` overrides the inline
 `environment`, as in faas-cli.
 """
 
