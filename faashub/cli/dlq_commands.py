@@ -28,6 +28,7 @@ import httpx
 
 from faashub import errors
 from faashub.cli.gateway_client import (
+    GATEWAY_HELP,
     check_response,
     gateway_client,
     print_table,
@@ -141,7 +142,7 @@ def _add_gateway_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-g",
         "--gateway",
-        help="Gateway URL (env OPENFAAS_URL, default http://127.0.0.1:8080).",
+        help=GATEWAY_HELP,
     )
 
 

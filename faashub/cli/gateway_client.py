@@ -19,6 +19,11 @@ from faashub import constants, credentials, errors, settings
 
 REQUEST_TIMEOUT_S = 60.0
 
+GATEWAY_HELP = (
+    "Gateway URL (default: OPENFAAS_URL, then the URL of the hub in "
+    f"FAASHUB_STATE_DIR, then {constants.DEFAULT_GATEWAY_URL})."
+)
+
 
 class GatewayError(errors.FaashubError):
     """The gateway could not be reached or rejected a request."""
@@ -43,22 +48,52 @@ def _hub_gateway() -> str:
 
 
 @contextmanager
-def gateway_client(gateway: str) -> Iterator[httpx.Client]:
-    """Yield an httpx client for `gateway`; turn a transport error into GatewayError."""
+def gateway_client(
+    gateway: str, timeout_s: float = REQUEST_TIMEOUT_S
+) -> Iterator[httpx.Client]:
+    """Yield an httpx client for `gateway`; turn a transport error into GatewayError.
+
+    Only a connection that could not be made gets the hint to start the hub.
+    A gateway URL without a scheme, a request that could not be sent and a
+    timeout each get their own message, because the gateway may well be up.
+    """
     found = credentials.find_cli_credentials(
         gateway, os.environ, default_state_dir=settings.default_state_dir()
     )
     auth = httpx.BasicAuth(found.user, found.password) if found else None
     try:
-        with httpx.Client(
-            base_url=gateway, timeout=REQUEST_TIMEOUT_S, auth=auth
-        ) as client:
+        with httpx.Client(base_url=gateway, timeout=timeout_s, auth=auth) as client:
             yield client
     except httpx.TransportError as exc:
-        raise GatewayError(
-            f"Cannot reach the gateway at {gateway} ({exc.__class__.__name__}: {exc}). "
+        raise GatewayError(transport_error_message(gateway, exc, timeout_s)) from exc
+
+
+def transport_error_message(
+    gateway: str, exc: httpx.TransportError, timeout_s: float
+) -> str:
+    """Return what went wrong in a request to `gateway` and what to do next."""
+    detail = f"{exc.__class__.__name__}: {exc}"
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return (
+            f"Invalid gateway URL {gateway!r} ({exc}). Give the scheme too, for "
+            f"example {constants.DEFAULT_GATEWAY_URL}, in --gateway or OPENFAAS_URL."
+        )
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return (
+            f"Cannot reach the gateway at {gateway} ({detail}). "
             "Start it with 'faashub up', or pass --gateway or set OPENFAAS_URL."
-        ) from exc
+        )
+    if isinstance(exc, httpx.LocalProtocolError):
+        return f"Invalid request, so it was not sent to the gateway ({detail})."
+    if isinstance(exc, httpx.TimeoutException):
+        return (
+            f"The gateway at {gateway} sent no response within {timeout_s:g} s "
+            f"({detail})."
+        )
+    return (
+        f"The connection to the gateway at {gateway} failed during the request "
+        f"({detail}). Check the hub's log."
+    )
 
 
 def check_response(response: httpx.Response, action: str) -> None:

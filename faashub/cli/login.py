@@ -13,8 +13,14 @@ import sys
 
 import httpx
 
-from faashub import constants, credentials
-from faashub.cli.gateway_client import REQUEST_TIMEOUT_S, GatewayError, resolve_gateway
+from faashub import credentials
+from faashub.cli.gateway_client import (
+    GATEWAY_HELP,
+    REQUEST_TIMEOUT_S,
+    GatewayError,
+    resolve_gateway,
+    transport_error_message,
+)
 
 
 def add_commands(
@@ -30,8 +36,7 @@ def add_commands(
     login.add_argument(
         "-g",
         "--gateway",
-        help="Gateway URL (env OPENFAAS_URL, default "
-        f"{constants.DEFAULT_GATEWAY_URL}).",
+        help=GATEWAY_HELP,
     )
     login.add_argument(
         "-u",
@@ -56,8 +61,7 @@ def add_commands(
     logout.add_argument(
         "-g",
         "--gateway",
-        help="Gateway URL (env OPENFAAS_URL, default "
-        f"{constants.DEFAULT_GATEWAY_URL}).",
+        help=GATEWAY_HELP,
     )
     logout.set_defaults(handler=run_logout)
 
@@ -74,8 +78,7 @@ def run_login(args: argparse.Namespace) -> int:
             )
     except httpx.TransportError as exc:
         raise GatewayError(
-            f"Cannot reach the gateway at {gateway} ({exc.__class__.__name__}). "
-            "Start it, or pass --gateway."
+            transport_error_message(gateway, exc, REQUEST_TIMEOUT_S)
         ) from exc
     if response.status_code in (401, 403):
         raise GatewayError(

@@ -26,6 +26,7 @@ import httpx
 
 from faashub import errors
 from faashub.cli.gateway_client import (
+    GATEWAY_HELP,
     REQUEST_TIMEOUT_S,
     check_response,
     gateway_client,
@@ -122,9 +123,7 @@ def add_commands(
 
 
 def _add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-g", "--gateway", help="Gateway URL (env OPENFAAS_URL, default local)."
-    )
+    parser.add_argument("-g", "--gateway", help=GATEWAY_HELP)
     parser.add_argument(
         "-n",
         "--namespace",
@@ -287,5 +286,6 @@ def run_scale(args: argparse.Namespace) -> int:
             json=body,
         )
     check_response(response, f"Scaling {args.name}")
-    print(f"Scaled {args.name} to {args.replicas} replicas.")
+    noun = "replica" if args.replicas == 1 else "replicas"
+    print(f"Scaled {args.name} to {args.replicas} {noun}.")
     return 0

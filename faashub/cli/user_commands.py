@@ -8,6 +8,7 @@ The gateway comes from `--gateway`, then `OPENFAAS_URL`, then a stack file's
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,6 +18,7 @@ import httpx
 from faashub import constants, errors
 from faashub.cli import deploy_checks, stack
 from faashub.cli.gateway_client import (
+    GATEWAY_HELP,
     GatewayError,
     check_response,
     gateway_client,
@@ -24,6 +26,13 @@ from faashub.cli.gateway_client import (
     print_table,
     resolve_gateway,
 )
+
+# The hub's default --upstream-timeout-s is 300 s. Waiting a little longer
+# lets the gateway's own 504 reach the user instead of a client timeout.
+INVOKE_TIMEOUT_S = 310.0
+
+# The characters HTTP allows in a method and in a header name (a "token").
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def add_commands(
@@ -106,10 +115,20 @@ def add_commands(
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="Request header; repeatable. 'KEY: VALUE' is accepted too.",
+        help="Request header; repeatable. 'KEY: VALUE' is accepted too, and "
+        "the value may contain '=' or ':'.",
     )
     invoke.add_argument(
         "-m", "--method", default="POST", help="HTTP method (default POST)."
+    )
+    invoke.add_argument(
+        "--timeout",
+        type=float,
+        default=INVOKE_TIMEOUT_S,
+        metavar="SECONDS",
+        help="Seconds to wait for the function's response (default "
+        f"{INVOKE_TIMEOUT_S:g}, a little over the hub's default "
+        "--upstream-timeout-s).",
     )
     invoke.add_argument(
         "--query",
@@ -143,8 +162,7 @@ def _add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-g",
         "--gateway",
-        help="Gateway URL (env OPENFAAS_URL, default "
-        f"{constants.DEFAULT_GATEWAY_URL}).",
+        help=GATEWAY_HELP,
     )
     parser.add_argument(
         "-n",
@@ -244,8 +262,10 @@ def _invalid_functions_message(
     problems: dict[str, list[str]], deployments: dict[str, dict[str, Any]]
 ) -> str:
     total = len(set(problems) | set(deployments))
+    verb = "is" if len(problems) == 1 else "are"
+    noun = "function" if total == 1 else "functions"
     lines = [
-        f"Deployed nothing, because {len(problems)} of {total} functions are "
+        f"Deployed nothing, because {len(problems)} of {total} {noun} {verb} "
         "invalid. Fix these and deploy again:"
     ]
     for name in sorted(problems):
@@ -273,15 +293,17 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
             "Reading the request body from stdin; end it with Ctrl-D.", file=sys.stderr
         )
     body = source.buffer.read() if hasattr(source, "buffer") else source.read().encode()
-    headers = {}
-    for item in args.header:
-        separator = "=" if "=" in item else ":"
-        key, found, value = item.partition(separator)
-        if not found or not key.strip():
-            raise errors.SettingsError(
-                f"Invalid --header {item!r}: write it as KEY=VALUE."
-            )
-        headers[key.strip()] = value.strip()
+    method = args.method.upper()
+    if not _TOKEN.fullmatch(method):
+        raise errors.SettingsError(
+            f"Invalid --method {args.method!r}: use an HTTP method such as GET, "
+            "POST or PUT, without spaces."
+        )
+    if not args.timeout > 0:
+        raise errors.SettingsError(
+            f"Invalid --timeout {args.timeout:g}: use a number of seconds above 0."
+        )
+    headers = dict(_parse_header(item) for item in args.header)
     if args.callback_url:
         if not args.is_async:
             raise errors.SettingsError("--callback-url needs --async.")
@@ -290,14 +312,22 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     route = "async-function" if args.is_async else "function"
     path = args.path if not args.path or args.path.startswith("/") else "/" + args.path
     gateway = resolve_gateway(args.gateway)
-    with gateway_client(gateway) as client:
-        response = client.request(
-            args.method.upper(),
-            f"/{route}/{name}{path}",
-            content=body,
-            headers=headers,
-            params=_pairs(args.query, "--query"),
-        )
+    with gateway_client(gateway, timeout_s=args.timeout) as client:
+        try:
+            response = client.request(
+                method,
+                f"/{route}/{name}{path}",
+                content=body,
+                headers=headers,
+                params=_pairs(args.query, "--query"),
+            )
+        except httpx.ReadTimeout as exc:
+            raise GatewayError(
+                f"The call to {name} timed out after {args.timeout:g} s without a "
+                "response. The function may still be running, so check "
+                f"'faashub logs {args.name}' before calling it again, and pass "
+                "--timeout SECONDS to wait longer."
+            ) from exc
     if args.is_async:
         check_response(response, f"Queueing a call to {name}")
         print(response.headers.get(constants.CALL_ID, ""))
@@ -315,6 +345,31 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
         )
         return 1
     return 0
+
+
+def _parse_header(item: str) -> tuple[str, str]:
+    """Split a --header value at the first '=' or ':', whichever comes first.
+
+    A header name cannot contain either character, so the rest belongs to
+    the value: `X-Token: abc==` and `X-Token=a:b` both work.
+    """
+    cut = min((item.find(mark) for mark in "=:" if mark in item), default=-1)
+    key, value = item[:cut].strip(), item[cut + 1 :].strip()
+    if cut < 0 or not _TOKEN.fullmatch(key):
+        raise errors.SettingsError(
+            f"Invalid --header {item!r}: write it as KEY=VALUE or 'KEY: VALUE', "
+            "with a name of letters, digits and '-'."
+        )
+    # httpx sends header values as ASCII, and HTTP forbids control characters
+    # in them except the tab.
+    if not value.isascii() or any(
+        (ord(char) < 32 and char != "\t") or ord(char) == 127 for char in value
+    ):
+        raise errors.SettingsError(
+            f"Invalid --header {item!r}: the value may contain only printable "
+            "ASCII characters, so encode other text, for example as base64."
+        )
+    return key, value
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -347,7 +402,9 @@ def run_describe(args: argparse.Namespace) -> int:
         response = client.get(
             f"/system/function/{args.name}", params=namespace_params(args.namespace)
         )
-    if response.status_code == 404:
+    # With -n, a 404 may mean an unknown namespace, which the gateway's
+    # message names, so that message is passed on as it is.
+    if response.status_code == 404 and not args.namespace:
         raise GatewayError(
             f"Function {args.name!r} is not deployed; 'faashub list' shows what is."
         )
@@ -386,7 +443,8 @@ def run_remove(args: argparse.Namespace) -> int:
             params=namespace_params(args.namespace),
             json={"functionName": args.name},
         )
-    if response.status_code == 404:
+    # As in describe: with -n the gateway's 404 message names the fault.
+    if response.status_code == 404 and not args.namespace:
         raise GatewayError(
             f"Function {args.name!r} is not deployed; 'faashub list' shows what is."
         )
