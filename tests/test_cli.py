@@ -5,6 +5,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from faashub import errors
@@ -170,6 +171,34 @@ def test_stack_yaml_error_names_file(tmp_path: Path) -> None:
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     with running_hub(tmp_path_factory.mktemp("cli") / "state") as running:
         yield running
+
+
+def test_deploy_flags_override_stack_file(hub: RunningHub, tmp_path: Path) -> None:
+    path = tmp_path / "flags.yml"
+    path.write_text(
+        "functions:\n  flagged:\n    fprocess: cat\n    environment:\n"
+        "      region: file\n    labels:\n      team: file\n"
+    )
+    deployed = faashub(
+        "deploy",
+        "-f",
+        str(path),
+        "-e",
+        "region=cli",
+        "--label",
+        "team=search",
+        "--annotation",
+        "topic=cli-topic",
+        gateway=hub.url,
+    )
+    assert deployed.returncode == 0, deployed.stderr.decode()
+
+    function = httpx.get(
+        f"{hub.url}/system/function/flagged", auth=hub.auth, timeout=10
+    ).json()
+    assert function["envVars"]["region"] == "cli"
+    assert function["labels"]["team"] == "search"
+    assert function["annotations"]["topic"] == "cli-topic"
 
 
 def test_deploy_from_stack_then_list_describe_remove(

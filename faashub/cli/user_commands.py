@@ -207,6 +207,7 @@ def run_deploy(args: argparse.Namespace) -> int:
                 name: found for name, found in problems.items() if name == args.filter
             }
         gateway = resolve_gateway(args.gateway, parsed.gateway)
+        _apply_flags(deployments, args)
     else:
         if not args.name or not args.fprocess:
             raise errors.SettingsError(
@@ -249,13 +250,38 @@ def run_deploy(args: argparse.Namespace) -> int:
                 print(f"faashub: {exc}", file=sys.stderr)
                 failed.append(name)
     if failed:
+        noun = "function" if len(deployments) == 1 else "functions"
         print(
-            f"faashub: {len(failed)} of {len(deployments)} functions failed to "
+            f"faashub: {len(failed)} of {len(deployments)} {noun} failed to "
             f"deploy: {', '.join(failed)}.",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def _apply_flags(
+    deployments: dict[str, dict[str, Any]], args: argparse.Namespace
+) -> None:
+    """Lay the --env, --label, --annotation and --secret flags over a stack file.
+
+    As in `faas-cli deploy -f`, a flag's value wins over the file's, for every
+    function that the command deploys.
+    """
+    env = _pairs(args.env, "--env")
+    labels = _pairs(args.label, "--label")
+    annotations = _pairs(args.annotation, "--annotation")
+    for deployment in deployments.values():
+        deployment["envVars"] = {**deployment.get("envVars", {}), **env}
+        deployment["labels"] = {**deployment.get("labels", {}), **labels}
+        deployment["annotations"] = {
+            **deployment.get("annotations", {}),
+            **annotations,
+        }
+        secrets = list(deployment.get("secrets", []))
+        deployment["secrets"] = secrets + [
+            secret for secret in args.secret if secret not in secrets
+        ]
 
 
 def _invalid_functions_message(

@@ -419,8 +419,9 @@ class KubernetesBackend:
         ]
         if users:
             listed = ", ".join(repr(user) for user in users)
+            noun = "function" if len(users) == 1 else "functions"
             raise SecretInUse(
-                f"Secret {name!r} is used by function {listed}. Remove it from the "
+                f"Secret {name!r} is used by {noun} {listed}. Remove it from the "
                 "secrets of those functions and deploy them again, or delete them, "
                 "before you delete the secret."
             )

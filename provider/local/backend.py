@@ -358,8 +358,9 @@ class LocalBackend:
             users = self._functions_using(name)
             if users:
                 listed = ", ".join(repr(function.spec.name) for function in users)
+                noun = "function" if len(users) == 1 else "functions"
                 raise SecretInUse(
-                    f"Secret {name!r} is used by function {listed}. Remove it from "
+                    f"Secret {name!r} is used by {noun} {listed}. Remove it from "
                     "the secrets of those functions and deploy them again, or "
                     "delete them, before you delete the secret."
                 )
