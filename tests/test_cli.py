@@ -201,6 +201,23 @@ def test_deploy_flags_override_stack_file(hub: RunningHub, tmp_path: Path) -> No
     assert function["annotations"]["topic"] == "cli-topic"
 
 
+def test_deploy_missing_secret_deploys_nothing(hub: RunningHub, tmp_path: Path) -> None:
+    path = tmp_path / "secrets.yml"
+    path.write_text(
+        "functions:\n  plain:\n    fprocess: cat\n"
+        "  needy:\n    fprocess: cat\n    secrets: [no-such-secret]\n"
+    )
+
+    rejected = faashub("deploy", "-f", str(path), gateway=hub.url)
+
+    assert rejected.returncode != 0
+    assert b"Deployed nothing" in rejected.stderr
+    assert b"Secret 'no-such-secret' does not exist" in rejected.stderr
+    assert b"faashub secret create no-such-secret" in rejected.stderr
+    listed = httpx.get(f"{hub.url}/system/functions", auth=hub.auth, timeout=10)
+    assert "plain" not in [item["name"] for item in listed.json()]
+
+
 def test_deploy_from_stack_then_list_describe_remove(
     hub: RunningHub, tmp_path: Path
 ) -> None:
@@ -379,9 +396,10 @@ FAILING_STACK = """
 functions:
   before-failure:
     fprocess: cat
-  needs-secret:
-    fprocess: cat
-    secrets: [no-such-secret]
+  # The local provider rejects a function with no command; the CLI cannot
+  # know that, because the Kubernetes provider runs the image's own.
+  no-command:
+    image: example/no-command
   after-failure:
     fprocess: cat
 """
@@ -394,12 +412,12 @@ def test_deploy_server_failure_continues(hub: RunningHub, tmp_path: Path) -> Non
     assert result.returncode == 1
     assert b"Deployed before-failure" in result.stdout
     assert b"Deployed after-failure" in result.stdout
-    assert b"Deploying needs-secret failed" in result.stderr
-    assert b"1 of 3 functions failed to deploy: needs-secret." in result.stderr
+    assert b"Deploying no-command failed" in result.stderr
+    assert b"1 of 3 functions failed to deploy: no-command." in result.stderr
     listed = faashub("list", gateway=hub.url).stdout.decode()
     assert "before-failure" in listed
     assert "after-failure" in listed
-    assert "needs-secret" not in listed
+    assert "no-command" not in listed
 
 
 @pytest.mark.parametrize("value", ["٣h", "1_0m", "2e1s"])

@@ -98,10 +98,10 @@ def test_secret_read_by_function(tmp_path: Path) -> None:
             "absent",
             gateway=hub.url,
         )
-        # The provider rejects it, which only it can check: exit 1.
-        assert missing.returncode == 1
-        assert b"HTTP 400" in missing.stderr
-        assert b"'absent'" in missing.stderr
+        # The CLI asks the gateway for the secrets before it deploys.
+        assert missing.returncode == 2
+        assert b"Secret 'absent' does not exist" in missing.stderr
+        assert b"Deployed nothing" in missing.stderr
 
         run_ok(hub, "remove", "reader")
         assert "Removed secret api-key" in run_ok(hub, "secret", "remove", "api-key")

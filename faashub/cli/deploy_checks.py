@@ -5,8 +5,9 @@ or the provider rejects half-way would leave the earlier ones deployed. These
 checks find what the CLI can find without a server: the function and
 namespace names and the label and annotation keys and values (the gateway's
 Kubernetes rules, from `faashub.names`), the `exec_timeout` variable, the
-`com.openfaas.scale.min` label and, for cron functions, the schedule. The
-provider still checks what depends on it, such as whether the secrets exist.
+`com.openfaas.scale.min` label and, for cron functions, the schedule.
+`faashub deploy` then asks the gateway whether the secrets exist, and the
+provider still checks what depends on it, such as a function's command.
 """
 
 from collections.abc import Callable, Mapping

@@ -243,6 +243,9 @@ def run_deploy(args: argparse.Namespace) -> int:
     # others, and the exit status is 1 if any failed, as faas-cli does.
     failed: list[str] = []
     with gateway_client(gateway) as client:
+        missing = _missing_secrets(client, deployments)
+        if missing:
+            raise errors.SettingsError(_invalid_functions_message(missing, deployments))
         for name, deployment in deployments.items():
             try:
                 _deploy_one(client, name, deployment)
@@ -297,6 +300,49 @@ def _invalid_functions_message(
     for name in sorted(problems):
         lines.extend(f"  {name}: {text}" for text in problems[name])
     return "\n".join(lines)
+
+
+def _missing_secrets(
+    client: httpx.Client, deployments: dict[str, dict[str, Any]]
+) -> dict[str, list[str]]:
+    """Name the secrets that the functions use and the gateway does not have.
+
+    One request per namespace. A namespace whose list cannot be read is not
+    checked here: the deploy itself then reports what is wrong.
+    """
+    problems: dict[str, list[str]] = {}
+    existing: dict[str, set[str] | None] = {}
+    for name, deployment in deployments.items():
+        requested = deployment.get("secrets") or []
+        if not requested:
+            continue
+        namespace = str(deployment.get("namespace") or "")
+        if namespace not in existing:
+            params = {"namespace": namespace} if namespace else {}
+            existing[namespace] = _secret_names(client, params)
+        names = existing[namespace]
+        if names is None:
+            continue
+        for secret in requested:
+            if secret not in names:
+                problems.setdefault(name, []).append(
+                    f"Secret {secret!r} does not exist"
+                    + (f" in namespace {namespace!r}" if namespace else "")
+                    + f"; create it with 'faashub secret create {secret}'."
+                )
+    return problems
+
+
+def _secret_names(client: httpx.Client, params: dict[str, str]) -> set[str] | None:
+    """Return the names of a namespace's secrets, or None if they cannot be read."""
+    try:
+        response = client.get("/system/secrets", params=params)
+        listed = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not isinstance(listed, list):
+        return None
+    return {str(item.get("name")) for item in listed if isinstance(item, dict)}
 
 
 def _deploy_one(client: httpx.Client, name: str, deployment: dict[str, Any]) -> None:
