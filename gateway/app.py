@@ -188,6 +188,16 @@ class GatewayApp:
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1008})
             return
+        if path == "/" and scope["method"] in _SAFE_METHODS:
+            # As in OpenFaaS, the root leads to the web console.
+            location = auth.CONSOLE_PREFIX + "/"
+            await asgi.send_text(
+                send,
+                307,
+                f"The web console is at {location}\n",
+                headers=[(b"location", location.encode())],
+            )
+            return
         is_console = path == auth.CONSOLE_PREFIX or path.startswith(
             auth.CONSOLE_PREFIX + "/"
         )

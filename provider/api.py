@@ -581,6 +581,17 @@ def _build_system_app(
         namespaces = await backend.list_namespaces()
         return _json_response(json.dumps(namespaces))
 
+    @app.get("/system/namespace/{namespace}")
+    async def manage_namespace(namespace: str) -> Response:
+        # OpenFaaS CE answers 501 here too; only its Pro edition manages them.
+        return Response(
+            f"Managing namespace {namespace!r} is not supported: this provider's "
+            "namespaces are the ones that functions are deployed to. List them "
+            "with GET /system/namespaces.",
+            status_code=501,
+            media_type=TEXT_CONTENT_TYPE,
+        )
+
     @app.get("/system/info")
     async def info() -> Response:
         return _json_response(backend.info().model_dump_json())
@@ -739,10 +750,11 @@ async def _routing_error_handler(request: Request, exc: Exception) -> Response:
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
         text = (
-            f"No route for {where}. The provider serves /system/functions, "
-            "/system/function/NAME, /system/scale-function/NAME, "
-            "/system/secrets, /system/logs, /system/namespaces, /system/info, "
-            "/function/NAME and /healthz."
+            f"No route for {where}. faashub's management API serves "
+            "/system/functions, /system/function/NAME, "
+            "/system/scale-function/NAME, /system/secrets, /system/logs, "
+            "/system/namespaces, /system/namespace/NAME (GET, 501), "
+            "/system/info, /function/NAME and /healthz."
         )
     elif exc.status_code == 405:
         # Starlette's Allow names the methods of the first route whose path

@@ -141,6 +141,16 @@ async def test_healthz_rejects_post(client: httpx.AsyncClient) -> None:
     assert response.headers["Allow"] == "GET, HEAD"
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_root_redirects_to_console(
+    client: httpx.AsyncClient, method: str
+) -> None:
+    response = await client.request(method, "/")
+
+    assert response.status_code == 307
+    assert response.headers["location"] == "/ui/"
+
+
 async def test_openapi_lists_routes(client: httpx.AsyncClient) -> None:
     document = (await client.get("/openapi.json")).json()
     docs_page = await client.get("/docs")

@@ -561,6 +561,25 @@ def test_function_without_slash_returns_404(client: httpx.Client, method: str) -
     assert "/function/NAME" in response.text
 
 
+def test_unknown_route_names_the_api(client: httpx.Client) -> None:
+    response = client.get("/system/telemetry")
+
+    assert response.status_code == 404
+    assert "faashub's management API serves" in response.text
+    assert "The provider serves" not in response.text
+
+
+def test_namespace_management_not_supported(client: httpx.Client) -> None:
+    read = client.get("/system/namespace/openfaas-fn")
+    created = client.post("/system/namespace/team-a", json={})
+
+    assert read.status_code == 501
+    assert "'openfaas-fn' is not supported" in read.text
+    assert "GET /system/namespaces" in read.text
+    assert created.status_code == 405
+    assert created.headers["Allow"] == "GET"
+
+
 def test_system_body_over_limit_returns_413(tmp_path: Path) -> None:
     settings = LocalProviderSettings(
         state_dir=tmp_path / "state", max_system_body_bytes=1024
