@@ -354,7 +354,8 @@ class SyncProxy:
                     f"Function {call.function!r} closed the connection before it "
                     f"sent a whole response ({type(exc).__name__}). Check the "
                     "function's logs: it may have crashed or stopped reading "
-                    "the request body.\n"
+                    "the request body, or its replica was stopped by a scale-down "
+                    "or an update while the call ran.\n"
                 )
         await asgi.send_gateway_error(send, 502, text, headers=call.own_headers)
         return None

@@ -277,5 +277,6 @@ async def test_replica_closing_early_is_named(
     assert response.status_code == 502
     assert response.headers["X-OpenFaaS-Internal"] == "gateway"
     assert "closed the connection before it sent a whole response" in response.text
+    assert "stopped by a scale-down or an update" in response.text
     assert LOOPBACK not in response.text
     assert function_calls(provider) == []
