@@ -583,7 +583,7 @@ def _build_system_app(
 
     @app.get("/system/namespace/{namespace}")
     async def manage_namespace(namespace: str) -> Response:
-        # OpenFaaS CE answers 501 here too; only its Pro edition manages them.
+        # OpenFaaS CE returns 501 here too; only its Pro edition manages namespaces.
         return Response(
             f"Managing namespace {namespace!r} is not supported: this provider's "
             "namespaces are the ones that functions are deployed to. List them "
