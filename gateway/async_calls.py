@@ -75,8 +75,8 @@ class _Cancel:
 
     record: CallStatus
     revision: int
-    taken: bool
-    """A worker holds the message and no record said what it does with it."""
+    delivered: bool
+    """True when a worker has the message and no record shows what it does with it."""
 
 
 class AsyncCalls:
@@ -162,7 +162,7 @@ class AsyncCalls:
                     f"{constants.CANCEL_MAX_TRIES} times while the gateway tried. "
                     "Retry in a moment."
                 )
-            if cancel.taken:
+            if cancel.delivered:
                 await self._check_not_started(layout.status, cancel)
         cancelled = cancel.record
         await self._drop_queued(call_id)
@@ -191,14 +191,14 @@ class AsyncCalls:
                 revision = await bucket.create(key, cancelled.to_json())
                 # Asked after the write: a worker that takes the message
                 # later reads the cancelled record before it runs the call.
-                taken = await self._taken_unrecorded(queued, now_ns=now_ns)
-                return _Cancel(cancelled, revision, taken)
+                delivered = await self._delivered(queued, now_ns=now_ns)
+                return _Cancel(cancelled, revision, delivered)
             status, revision = record
             if status.state not in _CANCELLABLE:
                 raise _conflict(call_id, status.state)
             cancelled = _cancelled(status, now_ns=now_ns)
             revision = await bucket.update(key, cancelled.to_json(), last=revision)
-            return _Cancel(cancelled, revision, taken=False)
+            return _Cancel(cancelled, revision, delivered=False)
         except nats.js.errors.KeyWrongLastSequenceError:
             logger.debug(
                 "status changed during cancel; reading again",
@@ -206,11 +206,11 @@ class AsyncCalls:
             )
             return None
 
-    async def _taken_unrecorded(self, queued: QueuedMessage, *, now_ns: int) -> bool:
-        """Tell whether a worker may run the call, which had no status record.
+    async def _delivered(self, queued: QueuedMessage, *, now_ns: int) -> bool:
+        """Return whether a worker may be running the call, which had no record.
 
-        A call delayed past now is not run before its time. Otherwise the
-        queue's consumer says whether it delivered the message. With no
+        A call delayed past now does not run before its time. Otherwise the
+        queue's consumer reports whether it delivered the message. With no
         consumer yet, no worker has the call.
         """
         if queued.call.not_before_ns > now_ns:
@@ -234,7 +234,8 @@ class AsyncCalls:
         """
         record = cancel.record
         logger.debug(
-            "a worker holds the call; waiting to learn whether it started",
+            "a worker has the call; reading its record again to check whether "
+            "it started",
             extra={"ctx": {"call_id": record.call_id}},
         )
         await asyncio.sleep(constants.LATE_CANCEL_CHECK_S)

@@ -98,7 +98,7 @@ def test_secret_read_by_function(tmp_path: Path) -> None:
             "absent",
             gateway=hub.url,
         )
-        # The CLI asks the gateway for the secrets before it deploys.
+        # The CLI reads the gateway's secrets before it deploys.
         assert missing.returncode == 2
         assert b"Secret 'absent' does not exist" in missing.stderr
         assert b"Deployed nothing" in missing.stderr

@@ -200,7 +200,7 @@ def describe(
 
     A missing queue's reason names `region`, and `setting` as the one to
     fix. Any other error text is cut to one short line, because some
-    SQS-compatible servers answer a failure with a whole HTML page.
+    SQS-compatible servers return a whole HTML page for a failure.
     """
     if isinstance(exc, ClientError):
         code = error_code(exc)

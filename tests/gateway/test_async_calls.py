@@ -280,8 +280,8 @@ async def take_without_ack(nats_url: str) -> None:
 async def test_cancel_taken_call_after_wait(
     client: httpx.AsyncClient, nats_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A worker that holds the call without a record (waiting for a slot)
-    # writes nothing, so the cancel stands once the record is read again.
+    # A worker that has the call without a record (waiting for a slot)
+    # writes nothing, so the cancel is kept once the record is read again.
     call_id = await queue_call(client)
     await take_without_ack(nats_url)
 
@@ -290,7 +290,7 @@ async def test_cancel_taken_call_after_wait(
 
     assert response.status_code == 202, response.text
     assert response.json()["state"] == "cancelled"
-    assert "waiting to learn whether it started" in caplog.text
+    assert "reading its record again to check whether" in caplog.text
     assert await stored_messages(nats_url) == []
 
 
@@ -332,7 +332,7 @@ async def test_cancel_delayed_taken_call_at_once(
         response = await client.delete(f"/async-function/{call_id}")
 
     assert response.status_code == 202, response.text
-    assert "waiting to learn" not in caplog.text
+    assert "reading its record again" not in caplog.text
     assert await stored_messages(nats_url) == []
 
 
