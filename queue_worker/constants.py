@@ -82,6 +82,11 @@ STATUS_READ_MAX_BATCH: Final = 128
 # write for its PubAck, before the call is postponed or the write retried. The
 # same as nats-py's default JetStream API timeout.
 STATUS_REQUEST_TIMEOUT_S: Final = 5.0
+# Final status records are stored without waiting for the PubAck, except one
+# in each of these intervals and every one after a write that failed
+# (`queue_worker.status_writes`). So a status bucket that stops taking writes
+# is noticed, and logged, within about this long.
+STATUS_CONFIRM_INTERVAL_S: Final = 1.0
 
 # Maximum wait for the consumer's pending count when /metrics is scraped.
 METRICS_REFRESH_TIMEOUT_S: Final = 1.0

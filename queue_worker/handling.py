@@ -518,13 +518,12 @@ class CallHandler:
         job: _Job,
         policy: RetryPolicy,
         record: CallStatus | None,
-        lease: RunningLease | int | None,
+        lease: RunningLease | None,
         outcome: _Outcome,
     ) -> None:
         """Store the dead letter, post the callback, store the status, ack.
 
-        `lease` is the running call's lease, or the revision of the record
-        of a call that did not run (None when it has no record).
+        `lease` is the running call's lease, None for a call that did not run.
         """
         call = job.call
         metrics = self._services.metrics
@@ -564,8 +563,9 @@ class CallHandler:
         # The lease holds until here: the call counts as running until its
         # callback is delivered or dead-lettered.
         job.held.recording = True
-        revision = await lease.stop() if isinstance(lease, RunningLease) else lease
-        await self._store_final(job, record, revision, outcome, policy, delivery)
+        if lease is not None:
+            await lease.stop()
+        await self._store_final(job, record, outcome, policy, delivery)
         await self._ack(job)
         if call.body_ref and not outcome.reason and not callback_dead:
             self._delete_body_later(call)
@@ -576,7 +576,6 @@ class CallHandler:
         self,
         job: _Job,
         record: CallStatus | None,
-        revision: int | None,
         outcome: _Outcome,
         policy: RetryPolicy,
         delivery: Delivery | None,
@@ -611,9 +610,7 @@ class CallHandler:
             },
         )
         try:
-            await self._persist(
-                lambda: self._services.status.overwrite(final, revision=revision)
-            )
+            await self._persist(lambda: self._services.status.store_final(final))
         except errors.TemporaryError as exc:
             # The call is done and its callback posted: acknowledging it
             # anyway is better than running it again.
@@ -636,9 +633,8 @@ class CallHandler:
         except errors.TemporaryError as exc:
             await self._postpone(job, exc)
             return
-        record, revision = None, None
+        record = None
         if stored is not None:
-            revision = stored.revision
             decision = status.decide(
                 stored.record,
                 stream_seq=job.delivery.stream_seq,
@@ -667,7 +663,7 @@ class CallHandler:
             reason=reason,
             detail=detail,
         )
-        await self._finish(job, policy, record, revision, outcome)
+        await self._finish(job, policy, record, None, outcome)
 
     async def _handle_invalid(
         self,

@@ -259,21 +259,21 @@ class StatusStore:
             return stored.revision
         return None
 
-    async def overwrite(self, record: CallStatus, *, revision: int | None) -> int:
-        """Write `record` whatever was written since `revision`.
+    async def store_final(self, record: CallStatus) -> None:
+        """Store a final `record` over whatever was written meanwhile.
 
-        For final states only: the worker that ran the call has the last word.
+        The worker that ran the call has the last word, so there is no
+        compare-and-set. Through the writer, most of these writes do not wait
+        for the server's confirmation (`StatusWriter.put`).
         """
-        for _ in range(MAX_CONFLICTS):
-            written = await self.save(record, revision=revision)
-            if written is not None:
-                return written
-            stored = await self.read(record.call_id)
-            revision = None if stored is None else stored.revision
-        raise errors.NatsUnavailable(
-            f"The status record of call {record.call_id!r} changed {MAX_CONFLICTS} "
-            "times while the worker tried to store its final state."
-        )
+        data = record_json(record)
+        if self._writer is not None:
+            await self._writer.put(record.key, data)
+            return
+        try:
+            await self._kv.put(record.key, data)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise _unavailable("store the status of", record.call_id, exc) from exc
 
     async def extend_lease(
         self, record: CallStatus, *, revision: int | None

@@ -326,6 +326,95 @@ async def test_writer_failures_raise(nc: NatsClient, bucket: KeyValue) -> None:
     assert entry.value == b"data"
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+async def _confirmations(
+    nats_url: str, writer: StatusWriter, writes: Callable[[], Awaitable[None]]
+) -> list[bool]:
+    """Run `writes`, close `writer`, and tell of each put whether it had a reply."""
+    watcher = await nats.connect(nats_url)
+    try:
+        subscription = await watcher.subscribe(KEY_PREFIX + ">")
+        await watcher.flush()
+        await writes()
+        seen: list[bool] = []
+        while True:
+            try:
+                msg = await subscription.next_msg(timeout=0.5)
+            except nats.errors.TimeoutError:
+                return seen
+            seen.append(bool(msg.reply))
+    finally:
+        await writer.close()
+        await watcher.close()
+
+
+async def test_put_confirms_one_write_per_interval(
+    nats_url: str, nc: NatsClient, bucket: KeyValue
+) -> None:
+    clock = _Clock()
+    writer = StatusWriter(
+        nc,
+        subject_prefix=KEY_PREFIX,
+        timeout_s=5.0,
+        confirm_interval_s=1.0,
+        clock_s=clock,
+    )
+    first = await bucket.create("key", b"old")
+
+    async def writes() -> None:
+        await writer.put("key", b"confirmed")
+        await writer.put("key", b"sent")
+        clock.now_s += 0.99
+        await writer.put("key", b"sent again")
+        clock.now_s += 0.02
+        await writer.put("key", b"confirmed again")
+        await nc.flush()
+
+    confirmed = await _confirmations(nats_url, writer, writes)
+
+    assert confirmed == [True, False, False, True]
+    entry = await bucket.get("key")
+    assert entry.value == b"confirmed again"
+    assert entry.revision == first + 4
+
+
+async def test_failed_put_confirms_until_one_succeeds(
+    nats_url: str, nc: NatsClient, js: JetStreamContext, bucket: KeyValue
+) -> None:
+    clock = _Clock()
+    # Without its stream, a PubAck may never come, so the wait is short.
+    writer = StatusWriter(nc, subject_prefix=KEY_PREFIX, timeout_s=0.5, clock_s=clock)
+
+    async def writes() -> None:
+        await writer.put("key", b"before")
+        await js.delete_stream(STATUS_STREAM)
+        clock.now_s += 1.0
+        # The confirmation due finds the bucket gone, and then every put
+        # waits for its PubAck, although the clock has not moved.
+        for _ in range(2):
+            with pytest.raises(
+                errors.NatsUnavailable, match="no responders|no reply within"
+            ):
+                await writer.put("key", b"lost")
+        await jetstream.ensure_status_bucket(js)
+        await writer.put("key", b"after")
+        await writer.put("key", b"unconfirmed")
+        await nc.flush()
+
+    confirmed = await _confirmations(nats_url, writer, writes)
+
+    assert confirmed == [True, True, True, True, False]
+    entry = await (await js.key_value(constants.STATUS_BUCKET)).get("key")
+    assert entry.value == b"unconfirmed"
+
+
 async def test_worker_batch_skips_cancelled_and_duplicate(
     nats_url: str,
     js: JetStreamContext,
