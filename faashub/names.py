@@ -51,10 +51,11 @@ QUALIFIED_NAME_MAX_LENGTH = 63
 ANNOTATIONS_MAX_BYTES = 256 * 1024
 
 
-def validate_qualified_name(key: str, *, what: str) -> str:
+def validate_qualified_name(key: str, *, what: str, function: str = "") -> str:
     """Return `key` if it is a Kubernetes qualified name.
 
-    Raises InvalidFunctionName naming the key and the rule it breaks.
+    Raises InvalidFunctionName naming the key, its `function` if given, and
+    the rule it breaks.
     """
     prefix, slash, name = key.rpartition("/")
     problem = ""
@@ -72,7 +73,10 @@ def validate_qualified_name(key: str, *, what: str) -> str:
             "'-', '_' and '.', starting and ending with a letter or digit"
         )
     if problem:
-        raise errors.InvalidFunctionName(f"Invalid {what} {key[:300]!r}: {problem}.")
+        owner = f" of function {function!r}" if function else ""
+        raise errors.InvalidFunctionName(
+            f"Invalid {what} {key[:300]!r}{owner}: {problem}."
+        )
     return key
 
 
@@ -85,7 +89,7 @@ def validate_metadata(
     reject, so nothing is stored that a Kubernetes provider could not deploy.
     """
     for key, value in labels.items():
-        validate_qualified_name(key, what=f"label key of function {function!r}")
+        validate_qualified_name(key, what="label key", function=function)
         if value and (
             len(value) > QUALIFIED_NAME_MAX_LENGTH or not QUALIFIED_NAME.match(value)
         ):
@@ -96,7 +100,7 @@ def validate_metadata(
             )
     size = 0
     for key, value in annotations.items():
-        validate_qualified_name(key, what=f"annotation key of function {function!r}")
+        validate_qualified_name(key, what="annotation key", function=function)
         size += len(key.encode()) + len(value.encode())
     if size > ANNOTATIONS_MAX_BYTES:
         raise errors.InvalidFunctionName(

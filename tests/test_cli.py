@@ -384,7 +384,7 @@ def test_deploy_invalid_stack_deploys_nothing(hub: RunningHub, tmp_path: Path) -
     assert "Invalid function name 'bad_name'" in message
     assert "exec_timeout='banana'" in message
     assert "com.openfaas.scale.min='²'" in message
-    assert "'bad key!'" in message
+    assert "Invalid label key 'bad key!' of function 'odd-labels'" in message
     assert "Invalid cron schedule for function 'bad-schedule'" in message
     assert "first-good:" not in message
     assert result.stdout == b""
