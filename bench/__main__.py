@@ -3,11 +3,14 @@
     python -m bench run [NAME ...] [--smoke] [--runs N] [--results-dir DIR]
                         [--load auto|wrk|aiohttp] [--keep-logs]
     python -m bench list
+    python -m bench pair-drain OLD_TREE NEW_TREE [--rounds N] [--calls N]
+                                                  [--window-s S] [--settle-s S]
 
 `run` without names runs every benchmark. The exit status is 0 when every
 benchmark that ran completed, 1 when one could not complete, and 2 for an
 unknown name or missing tool. Whether a target is met never changes the
-exit status.
+exit status. `pair-drain` compares the queue-worker of two source trees
+(`bench.pair_drain`).
 """
 
 import argparse
@@ -16,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import records
+from bench import pair_drain, records
 from bench.benchmarks import registry
 from bench.errors import BenchmarkError
 from bench.harness import RunOptions, run_benchmark
@@ -78,6 +81,40 @@ def build_parser() -> argparse.ArgumentParser:
         "default 1,000,000, 1,000 with --smoke).",
     )
     commands.add_parser("list", help="List the benchmarks.")
+    pair = commands.add_parser(
+        "pair-drain",
+        help="Compare the queue-worker's CPU per call of two source trees that "
+        "drain one queue at the same time.",
+    )
+    pair.add_argument(
+        "trees",
+        nargs=2,
+        type=Path,
+        metavar="TREE",
+        help="Two faashub checkouts, for example git worktrees of two commits.",
+    )
+    pair.add_argument(
+        "--rounds", type=_positive_int, default=5, help="Rounds (default 5)."
+    )
+    pair.add_argument(
+        "--calls",
+        type=_positive_int,
+        default=40_000,
+        help="Calls queued before each round; the workers must not drain them "
+        "before the window ends (default 40,000).",
+    )
+    pair.add_argument(
+        "--window-s",
+        type=_positive_seconds,
+        default=8.0,
+        help="Seconds over which CPU and finished calls are counted (default 8).",
+    )
+    pair.add_argument(
+        "--settle-s",
+        type=_positive_seconds,
+        default=3.0,
+        help="Seconds from the workers' start to the window (default 3).",
+    )
     return parser
 
 
@@ -89,6 +126,19 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(
             f"expected a whole number of 1 or more, got {text!r}"
+        )
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    # Also refuses nan and inf.
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds above 0, got {text!r}"
         )
     return value
 
@@ -146,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "list":
         return list_benchmarks()
+    if args.command == "pair-drain":
+        return pair_drain.main(args)
     return run(args, arguments)
 
 

@@ -201,6 +201,7 @@ class Servers:
         argv: Sequence[str],
         *,
         env: Mapping[str, str] | None = None,
+        cwd: Path = REPO_ROOT,
     ) -> subprocess.Popen[bytes]:
         """Start `argv` in its own session, its output in `<log_dir>/<name>.log`."""
         log_path = self.log_path(name)
@@ -211,7 +212,7 @@ class Servers:
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    cwd=REPO_ROOT,
+                    cwd=cwd,
                     env=child_environment(env),
                     start_new_session=True,
                 )

@@ -188,9 +188,18 @@ def start_gateway(servers: Servers, *, provider_url: str, nats_url: str) -> Comp
 
 
 def start_worker(
-    servers: Servers, *, gateway_url: str, nats_url: str, name: str = "queue-worker"
+    servers: Servers,
+    *,
+    gateway_url: str,
+    nats_url: str,
+    name: str = "queue-worker",
+    tree: Path | None = None,
 ) -> Component:
-    """Start `faashub queue-worker` on the default queue."""
+    """Start `faashub queue-worker` on the default queue.
+
+    With `tree`, the worker runs from that faashub checkout instead of the
+    harness's own.
+    """
     port = free_port()
     argv = python_module_argv(
         "faashub",
@@ -205,7 +214,11 @@ def start_worker(
         str(port),
     )
     url = f"http://{LOOPBACK}:{port}"
-    process = servers.start(name, argv)
+    if tree is None:
+        process = servers.start(name, argv)
+    else:
+        # `python -m` puts the working folder first on sys.path.
+        process = servers.start(name, argv, env={"PYTHONPATH": str(tree)}, cwd=tree)
     return Component(name, process, url, port, health_url=f"{url}/healthz")
 
 
