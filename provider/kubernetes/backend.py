@@ -59,7 +59,13 @@ from provider.backend import (
 )
 from provider.kubernetes import objects
 from provider.kubernetes.cache import DeploymentCache
-from provider.kubernetes.kube import ApiError, JsonObject, KubeApi, load_api_client
+from provider.kubernetes.kube import (
+    ApiError,
+    JsonObject,
+    KubeApi,
+    load_api_client,
+    server_url,
+)
 from provider.kubernetes.pod_logs import PodLogStream
 from provider.kubernetes.proxy import FunctionProxy
 from provider.types import (
@@ -125,9 +131,13 @@ class KubernetesBackend:
 
     async def start(self) -> None:
         """Connect to the API, fill the function cache and start the idle scaler."""
-        api_client = self._api_client or load_api_client(
-            kubeconfig=self._settings.kubeconfig, context=self._settings.kube_context
-        )
+        if self._api_client is None:
+            api_client, source = load_api_client(
+                kubeconfig=self._settings.kubeconfig,
+                context=self._settings.kube_context,
+            )
+        else:
+            api_client, source = self._api_client, "the API client passed in"
         self._kube = KubeApi(api_client, threads=self._settings.api_threads)
         watched = None if self._settings.cluster_wide else self._default_namespace
         self._cache = DeploymentCache(self._kube, namespace=watched)
@@ -135,11 +145,7 @@ class KubernetesBackend:
             await self._cache.start()
         except ApiError as exc:
             self._kube.close()
-            raise ProviderStartError(
-                f"Cannot list the function Deployments: {exc}. Check that the API "
-                "server is reachable and that the provider's service account has "
-                "the RBAC rules of the Helm chart."
-            ) from exc
+            raise _start_error(exc, url=server_url(api_client), source=source) from exc
         self._proxy.start()
         self._idle_task = asyncio.create_task(
             self._run_idle_scaler(), name="idle-scaler"
@@ -274,9 +280,20 @@ class KubernetesBackend:
         )
 
     async def delete_function(self, name: str, namespace: str) -> None:
-        """Delete the function's Deployment and Service, or raise FunctionNotFound."""
+        """Delete the function's Deployment and Service, or raise FunctionNotFound.
+
+        A Service without the function's faas_function label is left in
+        place. When the Deployment is gone but the function's Service is
+        not, as after a delete whose Service step failed, the delete removes
+        that Service and succeeds.
+        """
         ref = FunctionRef(name, await self._resolve_namespace(namespace))
-        await self._read_deployment(ref)
+        try:
+            await self._read_deployment(ref)
+        except FunctionNotFound:
+            if await self._delete_leftover_service(ref):
+                return
+            raise
         try:
             await self._api.call(
                 self._api.apps.delete_namespaced_deployment, ref.name, ref.namespace
@@ -285,15 +302,19 @@ class KubernetesBackend:
             if exc.status == 404:
                 raise self._not_found_error(ref) from exc
             raise _api_failure(exc, action=f"delete the Deployment of {ref}") from exc
-        try:
-            await self._api.call(
-                self._api.core.delete_namespaced_service, ref.name, ref.namespace
-            )
-        except ApiError as exc:
-            if exc.status != 404:
-                raise _api_failure(exc, action=f"delete the Service of {ref}") from exc
         self._cached.discard(ref.name, ref.namespace)
         self._forget(ref)
+        try:
+            await self._delete_service(ref)
+        except ApiError as exc:
+            raise _api_failure(
+                exc,
+                action=f"delete the Service of {ref}",
+                next_step=(
+                    "The function's Deployment is already deleted. Send the "
+                    "delete again to remove the Service."
+                ),
+            ) from exc
         logger.info("function deleted", extra={"ctx": {"function": str(ref)}})
 
     async def scale_function(self, name: str, namespace: str, *, replicas: int) -> None:
@@ -659,7 +680,11 @@ class KubernetesBackend:
     async def _apply_service(
         self, deployment: FunctionDeployment, ref: FunctionRef
     ) -> None:
-        """Create the function's Service, or patch the one that exists."""
+        """Create the function's Service, or patch the one that exists.
+
+        Raise InvalidRequest, and change nothing, when a Service of that name
+        exists without the function's faas_function label.
+        """
         desired = objects.build_service(deployment, namespace=ref.namespace)
         try:
             await self._api.call(
@@ -673,6 +698,16 @@ class KubernetesBackend:
             current = await self._api.call(
                 self._api.core.read_namespaced_service, ref.name, ref.namespace
             )
+        except ApiError as exc:
+            raise _api_failure(exc, action=f"read the Service of {ref}") from exc
+        if not objects.belongs_to_function(current, ref.name):
+            raise InvalidRequest(
+                f"Service {ref.name!r} in namespace {ref.namespace!r} exists and "
+                f"has no {objects.FUNCTION_LABEL}={ref.name} label, so faashub "
+                "leaves it alone. Deploy the function under another name or in "
+                "another namespace, or delete that Service first."
+            )
+        try:
             # Only the fields the provider sets are compared, because the API
             # server fills in others (clusterIP) that cannot be removed.
             patch = {
@@ -697,6 +732,64 @@ class KubernetesBackend:
             )
         except ApiError as exc:
             raise _api_failure(exc, action=f"update the Service of {ref}") from exc
+
+    async def _delete_service(self, ref: FunctionRef) -> bool:
+        """Delete the function's Service and return whether one was deleted.
+
+        A Service without the function's faas_function label stays. Raise
+        ApiError when reading or deleting it fails.
+        """
+        try:
+            current = await self._api.call(
+                self._api.core.read_namespaced_service, ref.name, ref.namespace
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        if not objects.belongs_to_function(current, ref.name):
+            logger.info(
+                "service not deleted because it lacks the function's "
+                "faas_function label",
+                extra={"ctx": {"function": str(ref)}},
+            )
+            return False
+        # The precondition makes the API server reject the delete if the
+        # Service was replaced after the read above.
+        uid = current.get("metadata", {}).get("uid")
+        options = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            await self._api.call(
+                self._api.core.delete_namespaced_service,
+                ref.name,
+                ref.namespace,
+                body=options,
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def _delete_leftover_service(self, ref: FunctionRef) -> bool:
+        """Delete the Service of a function whose Deployment is gone.
+
+        Return whether one was deleted. Raise a provider error when the API
+        call fails.
+        """
+        try:
+            deleted = await self._delete_service(ref)
+        except ApiError as exc:
+            raise _api_failure(
+                exc, action=f"delete the leftover Service of {ref}"
+            ) from exc
+        if not deleted:
+            return False
+        self._forget(ref)
+        logger.info(
+            "leftover function service deleted", extra={"ctx": {"function": str(ref)}}
+        )
+        return True
 
     async def _check_definition(self, deployment: FunctionDeployment) -> FunctionRef:
         """Validate what the API server would not, and return the function's ref."""
@@ -855,23 +948,52 @@ def _is_managed_secret(secret: JsonObject) -> bool:
     )
 
 
-def _api_failure(exc: ApiError, *, action: str) -> ProviderError:
-    """Map a failed API call to the provider error of its status code."""
+def _api_failure(exc: ApiError, *, action: str, next_step: str = "") -> ProviderError:
+    """Map a failed API call to the provider error of its status code.
+
+    `next_step`, when given, is a sentence that ends every message.
+    """
     text = f"The Kubernetes API refused to {action}: {exc.message}"
+    # The API's own message may lack a final period, so one is added before
+    # the extra sentence.
+    after_text = f". {next_step}" if next_step else ""
+    after_sentence = f" {next_step}" if next_step else ""
     if exc.status == 400:
-        return InvalidRequest(text)
+        return InvalidRequest(text + after_text)
     if exc.status in (401, 403):
         return Forbidden(
             f"{text}. Grant the provider's service account the RBAC rules of the "
-            "Helm chart."
+            f"Helm chart.{after_sentence}"
         )
     if exc.status == 404:
-        return NamespaceNotFound(text)
+        return NamespaceNotFound(text + after_text)
     if exc.status == 409:
-        return Conflict(f"{text}. Send the request again.")
+        return Conflict(f"{text}. Send the request again.{after_sentence}")
     if exc.status == 422:
-        return InvalidObject(text)
+        return InvalidObject(text + after_text)
     return StorageError(
-        f"Failed to {action}: {exc}",
-        summary=f"The Kubernetes API failed to {action}: {exc.message}",
+        f"Failed to {action}: {exc}{after_text}",
+        summary=f"The Kubernetes API failed to {action}: {exc.message}{after_text}",
+    )
+
+
+def _start_error(exc: ApiError, *, url: str, source: str) -> ProviderStartError:
+    """Build the error of a failed first list of functions at start.
+
+    Only a 401 or 403 points at the RBAC rules, because the other failures
+    (a refused connection, a timeout, a server error) have other causes.
+    """
+    where = f"the Kubernetes API server at {url} (from {source})"
+    if exc.status in (401, 403):
+        return ProviderStartError(
+            f"Cannot list the function Deployments on {where}: {exc}. Grant the "
+            "provider's service account the RBAC rules of the Helm chart."
+        )
+    if exc.status == 0:
+        return ProviderStartError(
+            f"Cannot reach {where}: {exc.message}. Check that this URL is right "
+            "and that the API server runs and is reachable from the provider."
+        )
+    return ProviderStartError(
+        f"Cannot list the function Deployments on {where}: {exc}."
     )

@@ -10,8 +10,9 @@ backend turns that into the provider error its caller expects.
 
 `load_api_client` reads the cluster configuration: a kubeconfig file when
 one is named, else the in-cluster service account, else the default
-kubeconfig. This module does not decide what to call or how to map errors
-to HTTP statuses.
+kubeconfig. Its clients make no retries, so each request waits at most one
+connect timeout and one read timeout. This module does not decide what to
+call or how to map errors to HTTP statuses.
 """
 
 import asyncio
@@ -26,6 +27,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.kube_config import KUBE_CONFIG_DEFAULT_LOCATION
 
 from provider.backend import ProviderStartError
 
@@ -34,6 +36,10 @@ logger = logging.getLogger(__name__)
 # Seconds to connect to the API server and to wait for one non-watch response.
 CONNECT_TIMEOUT_S: Final = 5.0
 READ_TIMEOUT_S: Final = 30.0
+# urllib3 (2.x) retries a failed GET 3 times by default, so one request could
+# wait 4 read timeouts. A failed request fails at once, and its caller decides
+# whether to send it again.
+API_RETRIES: Final = 0
 
 JsonObject = dict[str, Any]
 
@@ -48,9 +54,14 @@ class ApiError(Exception):
         self.message = message
 
 
-def load_api_client(*, kubeconfig: str, context: str) -> client.ApiClient:
-    """Return an API client for the configured cluster, or raise ProviderStartError."""
-    configuration = client.Configuration()
+def load_api_client(*, kubeconfig: str, context: str) -> tuple[client.ApiClient, str]:
+    """Return an API client for the configured cluster and where its settings came from.
+
+    The second value names the source for error messages: the kubeconfig
+    file or the in-cluster service account. Raise ProviderStartError when no
+    configuration can be loaded.
+    """
+    configuration = _new_configuration()
     try:
         if kubeconfig:
             config.load_kube_config(  # type: ignore[no-untyped-call]
@@ -58,27 +69,41 @@ def load_api_client(*, kubeconfig: str, context: str) -> client.ApiClient:
                 context=context or None,
                 client_configuration=configuration,
             )
+            source = f"kubeconfig {kubeconfig}"
         else:
             try:
                 config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+                source = "the in-cluster service account"
             except ConfigException:
                 config.load_kube_config(  # type: ignore[no-untyped-call]
                     context=context or None, client_configuration=configuration
                 )
+                source = f"kubeconfig {KUBE_CONFIG_DEFAULT_LOCATION}"
     except (ConfigException, OSError) as exc:
         raise ProviderStartError(
             f"Cannot load the Kubernetes configuration: {exc}. Run the provider "
             "in a pod with a service account, or name a kubeconfig file with "
             "--kubeconfig (FAASHUB_KUBECONFIG)."
         ) from exc
-    return client.ApiClient(configuration)
+    return client.ApiClient(configuration), source
 
 
 def api_client_for_url(url: str) -> client.ApiClient:
     """Return an API client for the API server at `url`, with no credentials."""
-    configuration = client.Configuration()
+    configuration = _new_configuration()
     configuration.host = url
     return client.ApiClient(configuration)
+
+
+def server_url(api_client: client.ApiClient) -> str:
+    """Return the URL of the API server that `api_client` sends requests to."""
+    return str(api_client.configuration.host)
+
+
+def _new_configuration() -> client.Configuration:
+    configuration = client.Configuration()
+    configuration.retries = API_RETRIES
+    return configuration
 
 
 class KubeApi:
@@ -140,9 +165,12 @@ def translate_errors() -> Iterator[None]:
     except ApiException as exc:
         raise _from_api_exception(exc) from exc
     except urllib3.exceptions.HTTPError as exc:
-        raise ApiError(
-            0, "Unreachable", f"The Kubernetes API did not respond: {exc}"
-        ) from exc
+        # With retries off, MaxRetryError only wraps the one failure, whose
+        # text (connection refused, read timed out) is the useful part.
+        cause = (
+            exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else None
+        )
+        raise ApiError(0, "Unreachable", str(cause or exc)) from exc
 
 
 def _from_api_exception(exc: ApiException) -> ApiError:

@@ -224,6 +224,12 @@ def is_function(deployment: JsonObject) -> bool:
     return FUNCTION_LABEL in labels
 
 
+def belongs_to_function(item: JsonObject, name: str) -> bool:
+    """Return whether an object carries the label faas_function=`name`."""
+    labels = item.get("metadata", {}).get("labels") or {}
+    return labels.get(FUNCTION_LABEL) == name
+
+
 def replicas_of(deployment: JsonObject) -> int:
     """Return a Deployment's desired replicas (1 when unset, the API default)."""
     replicas = deployment.get("spec", {}).get("replicas")

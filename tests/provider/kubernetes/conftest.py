@@ -64,9 +64,20 @@ def write_kubeconfig(path: Path, server_url: str) -> Path:
     return path
 
 
+@dataclass
+class Fault:
+    """An error status that the emulator sends to the next `count` matches."""
+
+    method: str
+    path: str
+    status: int
+    message: str
+    count: int = 1
+
+
 @attrs.define(kw_only=True)
 class NamespacedEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator, plus a list of Namespaces that the test sets.
+    """kmock's emulator, plus a list of Namespaces and faults that the test sets.
 
     kmock 0.8 cannot store or list Namespaces: its path parser reads the
     segment `namespaces` as the start of `namespaces/NAME/...`, so a request
@@ -75,13 +86,36 @@ class NamespacedEmulator(kmock.KubernetesEmulator):
     itself, from `namespaces` (name to Namespace object), before kmock's
     parser runs. It serves no other Namespace request: no get by name, create,
     watch or label selector.
+
+    kmock applies a create, update or delete to its stored objects even when
+    a reaction returns an error for it. A failed write that must leave the
+    objects unchanged is therefore a `Fault`, whose error this class sends
+    before kmock sees the request.
     """
 
     namespaces: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    faults: list[Fault] = attrs.field(factory=list)
 
     async def __call__(
         self, raw_request: aiohttp.web.BaseRequest
     ) -> aiohttp.web.StreamResponse:
+        for fault in self.faults:
+            if (
+                fault.count > 0
+                and raw_request.method == fault.method
+                and raw_request.path == fault.path
+            ):
+                fault.count -= 1
+                return aiohttp.web.json_response(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Status",
+                        "status": "Failure",
+                        "message": fault.message,
+                        "code": fault.status,
+                    },
+                    status=fault.status,
+                )
         if raw_request.method == "GET" and raw_request.path == NAMESPACE_LIST_PATH:
             return aiohttp.web.json_response(
                 {

@@ -16,6 +16,7 @@ from tests.provider.kubernetes.conftest import (
     NAMESPACE,
     SECRETS,
     SERVICES,
+    Fault,
     RunningProvider,
 )
 
@@ -374,3 +375,108 @@ async def test_no_function_limit(provider: RunningProvider) -> None:
 
     listed = (await provider.client.get("/system/functions")).json()
     assert len(listed) == 20
+
+
+def foreign_service(name: str) -> dict[str, Any]:
+    """Return a Service of another application, without a faas_function label."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"app": name},
+            "ports": [{"name": "pg", "port": 5432, "targetPort": 5432}],
+        },
+    }
+
+
+async def test_deploy_over_foreign_service_is_400(
+    provider: RunningProvider,
+) -> None:
+    provider.emulator.objects[SERVICES, NAMESPACE, "postgres"] = foreign_service(
+        "postgres"
+    )
+
+    response = await provider.client.post(
+        "/system/functions", json={"service": "postgres", "image": "nginx"}
+    )
+
+    assert response.status_code == 400, response.text
+    assert "Service 'postgres'" in response.text
+    assert f"namespace {NAMESPACE!r}" in response.text
+    assert "delete that Service first" in response.text
+    service = provider.service("postgres")
+    assert service["metadata"]["labels"] == {"app": "postgres"}
+    assert service["spec"]["selector"] == {"app": "postgres"}
+    assert service["spec"]["ports"] == [
+        {"name": "pg", "port": 5432, "targetPort": 5432}
+    ]
+    assert not provider.has_object(DEPLOYMENTS, NAMESPACE, "postgres")
+
+
+async def test_delete_keeps_foreign_service(provider: RunningProvider) -> None:
+    await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+    # Another application replaces the function's Service with its own.
+    provider.emulator.objects[SERVICES, NAMESPACE, "fn"] = foreign_service("fn")
+
+    response = await provider.client.request(
+        "DELETE", "/system/functions", json={"functionName": "fn"}
+    )
+
+    assert response.status_code == 202, response.text
+    assert not provider.has_object(DEPLOYMENTS, NAMESPACE, "fn")
+    assert provider.has_object(SERVICES, NAMESPACE, "fn")
+    assert provider.service("fn")["metadata"]["labels"] == {"app": "fn"}
+    deletes = provider.emulator["delete", kmock.resource(SERVICES)]
+    assert len(list(deletes)) == 0
+
+
+async def test_delete_again_removes_leftover_service(
+    provider: RunningProvider,
+) -> None:
+    await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+    # Only the first Service delete fails, as a timed-out admission webhook would.
+    provider.emulator.faults.append(
+        Fault(
+            method="DELETE",
+            path=f"/api/v1/namespaces/{NAMESPACE}/services/fn",
+            status=500,
+            message="Internal error occurred: admission webhook timed out",
+        )
+    )
+
+    first = await provider.client.request(
+        "DELETE", "/system/functions", json={"functionName": "fn"}
+    )
+
+    assert first.status_code == 500, first.text
+    assert "admission webhook timed out" in first.text
+    assert "Deployment is already deleted" in first.text
+    assert "Send the delete again" in first.text
+    assert not provider.has_object(DEPLOYMENTS, NAMESPACE, "fn")
+    assert provider.has_object(SERVICES, NAMESPACE, "fn")
+    # The emulator sets no uid, so the test sets one, as an API server would.
+    await provider.patch_object(
+        f"/api/v1/namespaces/{NAMESPACE}/services/fn",
+        {"metadata": {"uid": "uid-of-fn"}},
+    )
+
+    second = await provider.client.request(
+        "DELETE", "/system/functions", json={"functionName": "fn"}
+    )
+
+    assert second.status_code == 202, second.text
+    assert not provider.has_object(SERVICES, NAMESPACE, "fn")
+    last_delete = list(provider.emulator["delete", kmock.resource(SERVICES)])[-1]
+    assert last_delete.data["preconditions"] == {"uid": "uid-of-fn"}
+
+    third = await provider.client.request(
+        "DELETE", "/system/functions", json={"functionName": "fn"}
+    )
+
+    assert third.status_code == 404, third.text
