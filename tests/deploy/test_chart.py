@@ -11,6 +11,8 @@ component's settings class, the provider's RBAC must equal the rules that
 provider.kubernetes.rbac exports, and every secret reference must resolve.
 The rendered NATS configuration runs in a real nats-server, which must
 reject clients without the chart's token and serve the probes without it.
+Three servers with the clustered configuration must form routes with the
+chart's route password and reject a route without it.
 """
 
 import asyncio
@@ -19,6 +21,7 @@ import contextlib
 import copy
 import json
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,7 +40,7 @@ from pydantic_settings import BaseSettings
 from faashub import connector_settings, embedded_nats, settings
 from faashub.cli import main as cli_main
 from provider.kubernetes import rbac
-from tests.conftest import LOOPBACK, free_port
+from tests.conftest import LOOPBACK, free_port, stop_process
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "deploy" / "faashub"
 DOCKERFILE = CHART_DIR.parents[1] / "Dockerfile"
@@ -102,7 +105,7 @@ FULL_STACK: dict[str, Any] = {
 HIGHLY_AVAILABLE: dict[str, Any] = {
     **copy.deepcopy(FULL_STACK),
     "gateway": {"replicas": 3},
-    "provider": {"replicas": 2},
+    # The chart rejects a second provider, because each keeps its own idle times.
     "nats": {"replicas": 3},
 }
 HIGHLY_AVAILABLE["queueWorker"]["replicas"] = 3
@@ -156,9 +159,11 @@ def chart() -> Iterator[helm_python.Chart]:
         yield loaded
 
 
-def render(chart: helm_python.Chart, values: dict[str, Any]) -> list[Manifest]:
+def render(
+    chart: helm_python.Chart, values: dict[str, Any], *, release: str = RELEASE
+) -> list[Manifest]:
     """Render the chart as a fresh install and return its objects."""
-    manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    manifests = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
     objects: list[Manifest] = []
     for path in sorted(manifests):
         objects.extend(doc for doc in yaml.safe_load_all(manifests[path]) if doc)
@@ -611,10 +616,18 @@ def test_provider_token_disabled(chart: helm_python.Chart) -> None:
         assert "FAASHUB_AUTH_TOKEN_FILE" not in env
 
 
-def nats_token(objects: list[Manifest]) -> str:
+def nats_secret_value(objects: list[Manifest], key: str) -> str:
     secret = find(objects, "Secret", NATS_TOKEN_SECRET)
-    assert set(secret["data"]) == {"nats-token"}
-    return base64.b64decode(secret["data"]["nats-token"]).decode()
+    assert set(secret["data"]) == {"nats-token", "nats-route-password"}
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def nats_token(objects: list[Manifest]) -> str:
+    return nats_secret_value(objects, "nats-token")
+
+
+def nats_route_password(objects: list[Manifest]) -> str:
+    return nats_secret_value(objects, "nats-route-password")
 
 
 def nats_token_volume(workload: Manifest) -> dict[str, Any] | None:
@@ -635,6 +648,60 @@ def test_nats_token_generated(chart: helm_python.Chart) -> None:
         # character is a digit in 10 of 62 cases, so 20 renders miss such a
         # generator in about 3% of runs.
         assert token[0].isalpha(), token
+
+
+def test_nats_route_password_generated(chart: helm_python.Chart) -> None:
+    renders = [render(chart, {"nats": {"replicas": 3}}) for _ in range(20)]
+    passwords = [nats_route_password(objects) for objects in renders]
+    assert len(set(passwords)) == len(passwords)
+    for objects, password in zip(renders, passwords, strict=True):
+        assert len(password) == 48
+        assert password.isalnum()
+        assert password[0].isalpha(), password
+        assert password != nats_token(objects)
+
+
+def test_nats_routes_require_password(chart: helm_python.Chart) -> None:
+    objects = render(chart, {"nats": {"replicas": 3}})
+    config = find(objects, "ConfigMap", f"{PREFIX}-nats")["data"]["nats.conf"]
+    [cluster] = re.findall(r"^cluster \{\n(.*?)^\}$", config, re.M | re.S)
+    assert re.search(
+        r"^  authorization \{\n"
+        r"    user: nats-route\n"
+        r"    password: \$NATS_ROUTE_PASSWORD\n"
+        r"  \}$",
+        cluster,
+        re.M,
+    ), cluster
+    [routes] = re.findall(r"^  routes: \[\n(.*?)^  \]$", cluster, re.M | re.S)
+    assert routes.split() == ["$NATS_ROUTE_0", "$NATS_ROUTE_1", "$NATS_ROUTE_2"]
+
+    statefulset = find(objects, "StatefulSet", f"{PREFIX}-nats")
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    env = {entry["name"]: entry for entry in container["env"]}
+    assert env["NATS_ROUTE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": NATS_TOKEN_SECRET,
+        "key": "nats-route-password",
+    }
+    # The kubelet expands $(NATS_ROUTE_PASSWORD) only from a variable defined
+    # earlier in the list.
+    order = [entry["name"] for entry in container["env"]]
+    for index in range(3):
+        name = f"NATS_ROUTE_{index}"
+        host = f"{PREFIX}-nats-{index}.{PREFIX}-nats-headless"
+        expected = f"nats://nats-route:$(NATS_ROUTE_PASSWORD)@{host}:6222"
+        assert env[name]["value"] == expected
+        assert order.index(name) > order.index("NATS_ROUTE_PASSWORD")
+
+
+def test_single_nats_has_no_routes(chart: helm_python.Chart) -> None:
+    objects = render(chart, DEFAULT)
+    config = find(objects, "ConfigMap", f"{PREFIX}-nats")["data"]["nats.conf"]
+    assert "cluster {" not in config
+    statefulset = find(objects, "StatefulSet", f"{PREFIX}-nats")
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    env_names = {entry["name"] for entry in container["env"]}
+    assert env_names == {"POD_NAME", "NATS_TOKEN"}
 
 
 def test_nats_requires_token(chart: helm_python.Chart) -> None:
@@ -799,11 +866,52 @@ def test_named_queues_get_workers(chart: helm_python.Chart) -> None:
         assert grace_s > float(env["FAASHUB_SHUTDOWN_GRACE_S"])
 
 
+def test_extra_function_namespaces_created(chart: helm_python.Chart) -> None:
+    values = {"provider": {"clusterWide": True, "extraFunctionNamespaces": ["team-a"]}}
+    objects = render(chart, values)
+    namespaces = [item for item in objects if item["kind"] == "Namespace"]
+    assert sorted(item["metadata"]["name"] for item in namespaces) == [
+        "openfaas-fn",
+        "team-a",
+    ]
+    for namespace in namespaces:
+        assert namespace["metadata"]["annotations"]["openfaas"] == "1"
+    values["provider"]["createFunctionNamespaces"] = False
+    kinds = {item["kind"] for item in render(chart, values)}
+    assert "Namespace" not in kinds
+
+
+def render_queue(chart: helm_python.Chart, release: str, queue: str) -> list[Manifest]:
+    values = {"queueWorker": {"queues": [{"name": queue}]}}
+    return render(chart, values, release=release)
+
+
+def test_queue_worker_name_at_limit(chart: helm_python.Chart) -> None:
+    objects = render_queue(chart, "payments-prod-eu1", "invoice-reconciliation-j")
+    name = "payments-prod-eu1-faashub-queue-worker-invoice-reconciliation-j"
+    assert len(name) == 63
+    assert find(objects, "Service", name)
+    assert find(objects, "Deployment", name)
+    for item in objects:
+        if item["kind"] in ("Service", "Deployment", "StatefulSet"):
+            assert len(item["metadata"]["name"]) <= 63, item["metadata"]["name"]
+
+
+def test_queue_worker_name_too_long(chart: helm_python.Chart) -> None:
+    with pytest.raises(helm_python.HelmRenderError) as caught:
+        render_queue(chart, "payments-prod-eu1", "invoice-reconciliation-jo")
+    message = str(caught.value)
+    assert 'release "payments-prod-eu1"' in message
+    assert 'queue "invoice-reconciliation-jo"' in message
+    assert "has 64 characters" in message
+    assert "at most 63" in message
+
+
 def test_pdbs_for_replicated_workloads(chart: helm_python.Chart) -> None:
     objects = render(chart, HIGHLY_AVAILABLE)
     budgets = [item for item in objects if item["kind"] == "PodDisruptionBudget"]
     replicated = [item for item in workloads(objects) if item["spec"]["replicas"] > 1]
-    assert len(replicated) == 9
+    assert len(replicated) == 8
     assert len(budgets) == len(replicated)
     for workload in replicated:
         labels = workload["spec"]["template"]["metadata"]["labels"]
@@ -932,12 +1040,18 @@ def test_nats_config_accepted_by_nats_server(
     config = find(objects, "ConfigMap", f"{PREFIX}-nats")["data"]["nats.conf"]
     assert "store_dir: /data" in config
     assert ("cluster {" in config) == (replicas > 1)
-    assert config.count("-headless:6222") == (replicas if replicas > 1 else 0)
+    routes = re.findall(r"\$NATS_ROUTE_\d", config)
+    assert len(routes) == (replicas if replicas > 1 else 0)
+    statefulset = find(objects, "StatefulSet", f"{PREFIX}-nats")
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    secrets = {"nats-token": "a-token", "nats-route-password": "a-password"}
+    env = kubelet_env(container, secrets, hosts={})
+    env["POD_NAME"] = f"{PREFIX}-nats-0"
     config_path = tmp_path / "nats.conf"
     config_path.write_text(config.replace("/data", str(tmp_path / "data")))
     result = subprocess.run(
         [str(embedded_nats.find_binary()), "--config", str(config_path), "-t"],
-        env={"POD_NAME": f"{PREFIX}-nats-0", "NATS_TOKEN": "a-token"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=20,
@@ -1031,6 +1145,149 @@ async def check_token_enforced(
 
 
 REJECTED = b"-ERR 'Authorization Violation'\r\n"
+
+
+def local_cluster_config(config: str, *, ports: dict[str, int], data: Path) -> str:
+    """Rewrite the chart's clustered nats.conf for one server on loopback."""
+    config = local_nats_config(
+        config, store_dir=data, port=ports["client"], http_port=ports["http"]
+    )
+    line = "  port: 6222\n"
+    assert line in config, f"nats.conf no longer contains {line!r}"
+    return config.replace(line, f"  listen: {LOOPBACK}:{ports['cluster']}\n")
+
+
+def kubelet_env(
+    container: dict[str, Any], secrets: dict[str, str], hosts: dict[str, str]
+) -> dict[str, str]:
+    """Build the environment that the kubelet gives the NATS container.
+
+    Values from a Secret come from `secrets` (by key), $(VAR) references to
+    earlier variables are expanded as the kubelet does, and each host name in
+    `hosts` is replaced by its loopback address.
+    """
+    env: dict[str, str] = {}
+    for entry in container["env"]:
+        if "value" in entry:
+            value = re.sub(r"\$\((\w+)\)", lambda ref: env[ref[1]], entry["value"])
+            for host, local in hosts.items():
+                value = value.replace(host, local)
+        elif "secretKeyRef" in entry["valueFrom"]:
+            value = secrets[entry["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            value = "pod-name-set-by-the-caller"
+        env[entry["name"]] = value
+    return env
+
+
+def route_names(http_port: int) -> set[str]:
+    """Return the names of the servers that a NATS server has routes to."""
+    routez = httpx.get(f"http://{LOOPBACK}:{http_port}/routez", timeout=5).json()
+    return {route["remote_name"] for route in routez["routes"] or []}
+
+
+def route_connect_reply(port: int, options: dict[str, Any]) -> bytes:
+    """Send a route CONNECT with `options` to a cluster port and return the reply."""
+    with socket.create_connection((LOOPBACK, port), timeout=5) as connection:
+        reader = connection.makefile("rb")
+        greeting = reader.readline()
+        assert greeting.startswith(b"INFO "), greeting
+        payload = {"verbose": False, "pedantic": False, "name": "probe", **options}
+        connection.sendall(b"CONNECT " + json.dumps(payload).encode() + b"\r\n")
+        return reader.readline()
+
+
+@pytest.mark.timeout(60)
+def test_nats_cluster_rejects_routes_without_password(
+    chart: helm_python.Chart, tmp_path: Path
+) -> None:
+    objects = render(chart, {"nats": {"replicas": 3}})
+    secrets = {
+        "nats-token": nats_token(objects),
+        "nats-route-password": nats_route_password(objects),
+    }
+    config = find(objects, "ConfigMap", f"{PREFIX}-nats")["data"]["nats.conf"]
+    statefulset = find(objects, "StatefulSet", f"{PREFIX}-nats")
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    servers = [f"{PREFIX}-nats-{index}" for index in range(3)]
+    ports = {
+        server: {"client": free_port(), "http": free_port(), "cluster": free_port()}
+        for server in servers
+    }
+    # Each server's route host name and port, as the headless Service
+    # publishes them, mapped to its loopback cluster port.
+    hosts = {}
+    for server in servers:
+        local = f"{LOOPBACK}:{ports[server]['cluster']}"
+        hosts[f"{server}.{PREFIX}-nats-headless:6222"] = local
+    binary = str(embedded_nats.find_binary())
+    with contextlib.ExitStack() as stack:
+
+        def start(name: str, config_text: str, env: dict[str, str]) -> Path:
+            directory = tmp_path / name
+            directory.mkdir()
+            (directory / "nats.conf").write_text(config_text)
+            log_path = directory / "nats.log"
+            log = stack.enter_context(log_path.open("wb"))
+            process = subprocess.Popen(
+                [binary, "--config", str(directory / "nats.conf")],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            stack.callback(stop_process, process)
+            return log_path
+
+        for server in servers:
+            env = kubelet_env(container, secrets, hosts)
+            env["POD_NAME"] = server
+            local = local_cluster_config(
+                config, ports=ports[server], data=tmp_path / server / "data"
+            )
+            start(server, local, env)
+
+        # The chart's own routes carry the password, so the three servers
+        # form a full mesh.
+        deadline = time.monotonic() + 20
+        for server in servers:
+            others = set(servers) - {server}
+            while True:
+                try:
+                    connected = route_names(ports[server]["http"])
+                except httpx.TransportError:
+                    connected = set()
+                if connected == others:
+                    break
+                assert time.monotonic() < deadline, f"{server} routes: {connected}"
+                time.sleep(0.1)
+
+        first = ports[servers[0]]
+        assert route_connect_reply(first["cluster"], {}) == REJECTED
+        wrong = {"user": "nats-route", "pass": "not-the-password"}
+        assert route_connect_reply(first["cluster"], wrong) == REJECTED
+
+        # A rogue NATS server, with a route to the first server but without
+        # the password, must not join the cluster.
+        rogue_http = free_port()
+        rogue_log = start(
+            "rogue",
+            f"listen: {LOOPBACK}:{free_port()}\n"
+            f"http: {LOOPBACK}:{rogue_http}\n"
+            "server_name: rogue\n"
+            "cluster {\n"
+            f"  name: {PREFIX}-nats\n"
+            f"  listen: {LOOPBACK}:{free_port()}\n"
+            f"  routes: [nats://{LOOPBACK}:{first['cluster']}]\n"
+            "}\n",
+            {},
+        )
+        deadline = time.monotonic() + 20
+        while b"Authorization Violation" not in rogue_log.read_bytes():
+            assert time.monotonic() < deadline, rogue_log.read_text()
+            time.sleep(0.1)
+        assert route_names(rogue_http) == set()
+        assert "rogue" not in route_names(first["http"])
 
 
 async def connect_reply(port: int, *, token: str | None) -> bytes:
@@ -1192,6 +1449,42 @@ INCONSISTENT_VALUES = [
         {"provider": {"extraFunctionNamespaces": ["team-a"]}},
         "needs provider.clusterWide=true",
         id="namespaces-without-cluster-role",
+    ),
+    pytest.param(
+        {"provider": {"replicas": 2}},
+        "provider.replicas is 2, but the chart runs at most 1 provider. Each "
+        "provider keeps the time of each function's last call in its own memory",
+        id="two-providers",
+    ),
+    pytest.param(
+        {
+            "provider": {
+                "clusterWide": True,
+                "extraFunctionNamespaces": ["team-a", "openfaas-fn"],
+            }
+        },
+        'provider.extraFunctionNamespaces lists "openfaas-fn", which is already '
+        "provider.functionNamespace",
+        id="function-namespace-twice",
+    ),
+    *[
+        pytest.param(
+            {"provider": {"functionNamespace": namespace}},
+            f'the function namespace "{namespace}" in provider.functionNamespace '
+            "or provider.extraFunctionNamespaces is reserved",
+            id=f"function-namespace-{namespace}",
+        )
+        for namespace in ("kube-system", "kube-public", "kube-node-lease", "default")
+    ],
+    pytest.param(
+        {
+            "provider": {
+                "clusterWide": True,
+                "extraFunctionNamespaces": ["team-a", "kube-system"],
+            }
+        },
+        'the function namespace "kube-system" in provider.functionNamespace',
+        id="extra-function-namespace-kube-system",
     ),
 ]
 

@@ -1,5 +1,5 @@
-"""An upgrade keeps the basic-auth password, the provider token and the NATS
-token that an earlier install generated.
+"""An upgrade keeps the basic-auth password, the provider token, the NATS
+token and the NATS route password that an earlier install generated.
 
 The chart reads its earlier Secrets with Helm's `lookup`, which needs a
 cluster. No real Kubernetes API server can run here, so kmock's
@@ -25,6 +25,7 @@ NAMESPACE = "faashub"
 KEPT_PASSWORD = "password-of-the-first-install"
 KEPT_TOKEN = "token-of-the-first-install"
 KEPT_NATS_TOKEN = "nats-token-of-the-first-install"
+KEPT_ROUTE_PASSWORD = "route-password-of-the-first-install"
 # The release is named "hub", so the chart's full name is "hub-faashub".
 TOKEN_SECRET = "hub-faashub-provider-token"
 NATS_TOKEN_SECRET = "hub-faashub-nats-token"
@@ -80,7 +81,10 @@ async def render_against_emulator(
 STORED = {
     "basic-auth": {"basic-auth-user": "admin", "basic-auth-password": KEPT_PASSWORD},
     TOKEN_SECRET: {"provider-token": KEPT_TOKEN},
-    NATS_TOKEN_SECRET: {"nats-token": KEPT_NATS_TOKEN},
+    NATS_TOKEN_SECRET: {
+        "nats-token": KEPT_NATS_TOKEN,
+        "nats-route-password": KEPT_ROUTE_PASSWORD,
+    },
 }
 
 
@@ -89,6 +93,7 @@ async def test_upgrade_keeps_generated_secrets(tmp_path: Path) -> None:
     assert secrets["basic-auth"]["basic-auth-password"] == KEPT_PASSWORD
     assert secrets[TOKEN_SECRET]["provider-token"] == KEPT_TOKEN
     assert secrets[NATS_TOKEN_SECRET]["nats-token"] == KEPT_NATS_TOKEN
+    assert secrets[NATS_TOKEN_SECRET]["nats-route-password"] == KEPT_ROUTE_PASSWORD
 
 
 async def test_first_install_generates_secrets(tmp_path: Path) -> None:
@@ -97,12 +102,16 @@ async def test_first_install_generates_secrets(tmp_path: Path) -> None:
     password = first["basic-auth"]["basic-auth-password"]
     token = first[TOKEN_SECRET]["provider-token"]
     nats_token = first[NATS_TOKEN_SECRET]["nats-token"]
+    route_password = first[NATS_TOKEN_SECRET]["nats-route-password"]
     assert len(password) == 32
     assert len(token) == 48
     assert len(nats_token) == 48
+    assert len(route_password) == 48
+    assert route_password != nats_token
     assert password != second["basic-auth"]["basic-auth-password"]
     assert token != second[TOKEN_SECRET]["provider-token"]
     assert nats_token != second[NATS_TOKEN_SECRET]["nats-token"]
+    assert route_password != second[NATS_TOKEN_SECRET]["nats-route-password"]
 
 
 async def test_given_password_wins_over_stored(tmp_path: Path) -> None:
@@ -120,3 +129,15 @@ async def test_upgrade_generates_missing_nats_token(tmp_path: Path) -> None:
     nats_token = secrets[NATS_TOKEN_SECRET]["nats-token"]
     assert len(nats_token) == 48
     assert nats_token != KEPT_NATS_TOKEN
+
+
+async def test_upgrade_adds_route_password(tmp_path: Path) -> None:
+    # A Secret from a chart without route passwords keeps its token and gets
+    # a new route password.
+    stored = {**STORED, NATS_TOKEN_SECRET: {"nats-token": KEPT_NATS_TOKEN}}
+    values = {"nats": {"replicas": 3}}
+    secrets = await render_against_emulator(tmp_path, stored=stored, values=values)
+    assert secrets[NATS_TOKEN_SECRET]["nats-token"] == KEPT_NATS_TOKEN
+    route_password = secrets[NATS_TOKEN_SECRET]["nats-route-password"]
+    assert len(route_password) == 48
+    assert route_password != KEPT_NATS_TOKEN
