@@ -9,7 +9,9 @@ They split by what the worker does next with the message in hand::
         │   │                    attempt
         │   ├── GatewayUnavailable   a function lookup failed
         │   └── NatsUnavailable      a status, dead-letter or body operation
-        │                            failed
+        │       │                    failed
+        │       └── StatusRefused    the status stream answered a write with
+        │                            an error, such as a full bucket
         └── BodyNotFound         the stored body a call refers to is gone, so
                                  the call cannot run: dead-letter it
 
@@ -38,3 +40,7 @@ class NatsUnavailable(TemporaryError):
 
 class BodyNotFound(WorkerError):
     """The object store contains no body under the name a call refers to."""
+
+
+class StatusRefused(NatsUnavailable):
+    """The status stream answered a write with an error; trying again soon is futile."""

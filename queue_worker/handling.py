@@ -609,13 +609,21 @@ class CallHandler:
                 status.EXTRA_STREAM_SEQ: job.delivery.stream_seq,
             },
         )
+        # The call is done and its callback posted: whatever happens to the
+        # record, acknowledging the call is better than running it again.
         try:
             await self._persist(lambda: self._services.status.store_final(final))
-        except errors.TemporaryError as exc:
-            # The call is done and its callback posted: acknowledging it
-            # anyway is better than running it again.
+        except errors.StatusRefused as exc:
             logger.warning(
                 "final status not stored: %s", exc, extra={"ctx": job.context}
+            )
+        except errors.TemporaryError as exc:
+            # No answer, or no connection: the record may have been stored
+            # all the same, for example once NATS came back.
+            logger.warning(
+                "final status not confirmed, so it may be missing: %s",
+                exc,
+                extra={"ctx": job.context},
             )
 
     async def _dead_letter_unrun(
@@ -778,13 +786,19 @@ class CallHandler:
         return True
 
     async def _persist(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run a NATS operation, retrying it for up to PERSIST_TIMEOUT_S."""
+        """Run a NATS operation, retrying it for up to PERSIST_TIMEOUT_S.
+
+        A write that the status stream refused (StatusRefused, for example a
+        full bucket) is not retried: it would hold the call's slot in vain.
+        """
         deadline_s = time.monotonic() + constants.PERSIST_TIMEOUT_S
         number = 0
         while True:
             number += 1
             try:
                 return await operation()
+            except errors.StatusRefused:
+                raise
             except errors.TemporaryError:
                 if time.monotonic() >= deadline_s:
                     raise

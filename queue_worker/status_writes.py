@@ -204,7 +204,10 @@ class StatusWriter:
         if isinstance(error, dict):
             if error.get("err_code") in _WRONG_LAST_SEQUENCE:
                 return None
-            raise self._unavailable(key, f"the server replied {error}")
+            raise errors.StatusRefused(
+                f"Cannot store key {key!r} under {self._subject_prefix}: the "
+                f"server replied {error}."
+            )
         sequence = ack.get("seq")
         if not isinstance(sequence, int):
             raise self._unavailable(key, f"invalid reply {reply[:100]!r}")

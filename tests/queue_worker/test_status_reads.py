@@ -22,6 +22,7 @@ from queue_worker.status_writes import StatusWriter
 from tests.queue_worker.conftest import (
     RecordingServer,
     call_status,
+    log_context,
     make_call,
     make_settings,
     publish,
@@ -413,6 +414,35 @@ async def test_failed_put_confirms_until_one_succeeds(
     assert confirmed == [True, True, True, True, False]
     entry = await (await js.key_value(constants.STATUS_BUCKET)).get("key")
     assert entry.value == b"unconfirmed"
+
+
+async def test_full_bucket_holds_no_call(
+    nats_url: str,
+    js: JetStreamContext,
+    bucket: KeyValue,
+    gateway: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    info = await js.stream_info(STATUS_STREAM)
+    await js.update_stream(dataclasses.replace(info.config, max_msgs=1))
+    await bucket.put("filler", b"{}")
+    calls = [make_call() for _ in range(5)]
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        for call in calls:
+            await publish(js, call)
+        # Each refused write used to be retried for PERSIST_TIMEOUT_S (30 s)
+        # while the call held its slot.
+        await wait_for_empty_stream(js, timeout_s=10.0)
+
+    refused = [
+        log_context(record)["call_id"]
+        for record in caplog.records
+        if record.getMessage().startswith("final status not stored")
+        and "maximum messages exceeded" in record.getMessage()
+    ]
+    assert sorted(refused) == sorted(call.call_id for call in calls)
+    assert not any("not confirmed" in r.getMessage() for r in caplog.records)
 
 
 async def test_worker_batch_skips_cancelled_and_duplicate(
