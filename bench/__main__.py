@@ -15,6 +15,7 @@ exit status. `pair-drain` compares the queue-worker of two source trees
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -196,9 +197,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "list":
         return list_benchmarks()
-    if args.command == "pair-drain":
-        return pair_drain.main(args)
-    return run(args, arguments)
+    # The servers run in sessions of their own, so a signal to this process
+    # does not reach them: SIGTERM must unwind the `Servers` blocks, which
+    # stop them, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        if args.command == "pair-drain":
+            return pair_drain.main(args)
+        return run(args, arguments)
+    except KeyboardInterrupt:
+        print(
+            "bench: interrupted; the servers it started were stopped.", file=sys.stderr
+        )
+        return 128 + signal.SIGINT
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    print(
+        f"bench: stopping the servers it started, then exiting (signal {signum}).",
+        file=sys.stderr,
+    )
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

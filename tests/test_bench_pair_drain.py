@@ -4,9 +4,12 @@ The runs start their own hub on loopback, as the benchmarks do, and check
 what the command reports, never a number against a target.
 """
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +90,64 @@ def test_queue_drained_before_window_ends_is_an_error() -> None:
     assert completed.returncode == 1
     assert "drained all 50 calls before the window ended" in completed.stderr
     assert "Raise --calls or lower --window-s" in completed.stderr
+
+
+def children_of(pid: int) -> set[int]:
+    """Return the pids whose parent is `pid`, read from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The parent pid is the second field after the command in parentheses.
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def is_running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 10)
+def test_sigterm_stops_every_server() -> None:
+    bench = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "pair-drain",
+            str(REPO_ROOT),
+            str(REPO_ROOT),
+            "--calls",
+            "8000",
+            "--window-s",
+            "60",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # The hub (nats-server, provider, gateway, callback app) and then the two
+    # workers: wait until all six run.
+    deadline = time.monotonic() + 60
+    servers: set[int] = set()
+    while time.monotonic() < deadline and len(servers) < 6:
+        time.sleep(0.2)
+        servers = children_of(bench.pid)
+    assert len(servers) >= 6, servers
+
+    os.kill(bench.pid, signal.SIGTERM)
+    _, stderr = bench.communicate(timeout=60)
+
+    assert bench.returncode == 128 + signal.SIGTERM
+    assert "stopping the servers it started" in stderr
+    assert not [pid for pid in servers if is_running(pid)]
