@@ -139,9 +139,12 @@ class Delivery:
             if self.stopped
             else ""
         )
+        # Errors such as "timed out after 30 s" or "status 500" have no
+        # final period of their own.
+        error = self.error if self.error.endswith(".") else f"{self.error}."
         return (
             f"The callback to {url} failed after {tries} {noun}. "
-            f"The last error was: {self.error}{stopped}"
+            f"The last error was: {error}{stopped}"
         )
 
 

@@ -12,7 +12,9 @@ import pytest
 from nats.js import JetStreamContext
 
 from faashub.call_status import CallState
+from faashub.dead_letter import Attempt
 from queue_worker import signing
+from queue_worker.callback import Delivery
 from tests.conftest import free_port
 from tests.queue_worker.conftest import (
     RecordedRequest,
@@ -198,3 +200,29 @@ async def test_documented_receiver_accepts_callback(
     assert not verify(None, callback.body)
     forged = signing.signature_header(callback.body, ["guess"], timestamp_s=timestamp)
     assert not verify(forged, callback.body)
+
+
+@pytest.mark.parametrize(
+    ("error", "stopped", "expected"),
+    [
+        (
+            "timed out after 30 s",
+            True,
+            "The last error was: timed out after 30 s. The worker stopped before "
+            "it tried again",
+        ),
+        ("status 500", False, "The last error was: status 500."),
+        ("Connection reset by peer.", False, "The last error was: Connection reset "),
+    ],
+)
+def test_dead_letter_detail_ends_each_sentence(
+    error: str, stopped: bool, expected: str
+) -> None:
+    delivery = Delivery(delivered=False, status=None, error=error, stopped=stopped)
+    delivery.tries.append(Attempt(None, error, 0))
+
+    detail = delivery.dead_letter_detail("http://127.0.0.1:9/hook?token=secret")
+
+    assert expected in detail
+    assert ".." not in detail
+    assert "token" not in detail
