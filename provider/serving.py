@@ -67,6 +67,9 @@ def serve(
         "%s provider listening", kind, extra={"ctx": {"address": f"{host}:{port}"}}
     )
     server = build_server(app, tune_gc_after_start=True)
+    quiet = _QuietStartFailure(app)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addFilter(quiet)
     try:
         server.run(sockets=[listener])
     except SystemExit:
@@ -79,4 +82,25 @@ def serve(
             ) from app.start_error
         raise
     finally:
+        uvicorn_log.removeFilter(quiet)
         listener.close()
+
+
+class _QuietStartFailure(logging.Filter):
+    """Drop uvicorn's traceback of a start that failed with ProviderStartError.
+
+    Such an error already says what failed and what to do, and the caller
+    logs it. uvicorn would log the lifespan's whole traceback first, which
+    buries it. Other start failures keep their traceback.
+    """
+
+    def __init__(self, app: api.ProviderApp) -> None:
+        super().__init__()
+        self._app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            isinstance(self._app.start_error, ProviderStartError)
+            and record.levelno >= logging.ERROR
+            and record.getMessage().startswith("Traceback")
+        )

@@ -5,6 +5,8 @@ an unreachable one is a loopback port that nothing listens on.
 """
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -108,3 +110,33 @@ async def test_start_error_hints_rbac_on_denial(
     assert f"kubeconfig {kubeconfig}" in message
     assert "deployments.apps failed" in message
     assert ("RBAC" in message) is rbac_hint
+
+
+def test_failed_start_prints_no_traceback(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)
+
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "faashub",
+            "provider",
+            "kubernetes",
+            "--port",
+            "0",
+            "--kubeconfig",
+            str(kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert started.returncode != 0
+    assert "Traceback" not in started.stderr
+    last_line = started.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(
+        f"faashub: Cannot reach the Kubernetes API server at {url}"
+    )
