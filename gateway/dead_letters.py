@@ -50,6 +50,7 @@ from nats.js import api as jsapi
 from faashub import constants as shared
 from faashub import dead_letter
 from faashub import errors as shared_errors
+from faashub.call_status import CallStatus, status_key
 from faashub.callback_guard import CallbackGuard, CallbackRefused, literal_refusal
 from faashub.dead_letter import DeadLetter
 from faashub.names import FunctionRef
@@ -67,6 +68,11 @@ NOT_FOUND = "not found"
 # Seconds a fetch waits when the scan expects more messages; JetStream
 # returns them at once when they are there.
 _FETCH_TIMEOUT_S = 2.0
+# Dead-letter reasons of a callback, which a delivered redrive clears from
+# the call's status record.
+_CALLBACK_REASONS = frozenset(
+    {dead_letter.REASON_CALLBACK_FAILED, dead_letter.REASON_CALLBACK_REFUSED}
+)
 # Headers of a stored function result that a redriven callback does not
 # repeat: hop-by-hop ones, the ones aiohttp computes, and the ones set anew.
 _CALLBACK_HEADERS_NOT_REPEATED = shared.HOP_BY_HOP | {
@@ -267,7 +273,8 @@ class DeadLetterStore:
         item = _item(stored)
         try:
             if stored.letter.kind == "callback":
-                await self._post_callback_again(stored.letter)
+                status = await self._post_callback_again(stored.letter)
+                await self._record_callback_delivered(stored.letter, status)
             else:
                 item["new_call_id"] = await self._queue_again(stored.letter)
         except errors.GatewayError as exc:
@@ -329,7 +336,47 @@ class DeadLetterStore:
         await self._queue.publish(new)
         return new_call_id
 
-    async def _post_callback_again(self, letter: DeadLetter) -> None:
+    async def _record_callback_delivered(self, letter: DeadLetter, status: int) -> None:
+        """Clear the callback's dead-letter reason from the call's status record.
+
+        The record then shows the receiver's status, as it would have after a
+        first delivery. A record that is gone (past status_ttl_s) or that
+        changes meanwhile is left as it is, with a warning: the callback was
+        delivered all the same.
+        """
+        call_id = letter.call.call_id
+        context = {"call_id": call_id, "function": str(letter.call.ref)}
+        try:
+            bucket = self._queue.layout().status
+            entry = await bucket.get(status_key(call_id))
+            record = CallStatus.from_json(entry.value or b"")
+            if record.dead_letter_reason not in _CALLBACK_REASONS:
+                return
+            updated = dataclasses.replace(
+                record,
+                dead_letter_reason="",
+                callback_status=status,
+                updated_at_ns=time.time_ns(),
+            )
+            await bucket.update(
+                status_key(call_id), updated.to_json(), last=entry.revision
+            )
+        except nats.js.errors.KeyNotFoundError:
+            return
+        except (
+            nats.errors.Error,
+            TimeoutError,
+            errors.GatewayError,
+            shared_errors.InvalidQueuedCall,
+        ) as exc:
+            logger.warning(
+                "callback redriven, but its status record not updated: %s",
+                str(exc) or type(exc).__name__,
+                extra={"ctx": context},
+            )
+
+    async def _post_callback_again(self, letter: DeadLetter) -> int:
+        """Post the stored result to the callback URL; return the receiver's status."""
         call = letter.call
         # A callback-refused letter is posted too: the gateway's own guard
         # checks the address again, so one that an operator allowed since
@@ -389,6 +436,7 @@ class DeadLetterStore:
                 f"The callback receiver returned status {status}; redrive it again "
                 "once it accepts the result."
             )
+        return status
 
     async def _purge_one(self, stored: StoredDeadLetter, report: Report) -> None:
         item = _item(stored)

@@ -18,6 +18,7 @@ import nats
 import pytest
 
 from faashub import constants as shared
+from faashub.call_status import CallState, CallStatus
 from faashub.dead_letter import (
     REASON_ATTEMPTS_EXHAUSTED,
     REASON_CALLBACK_FAILED,
@@ -42,6 +43,7 @@ from tests.gateway.conftest import (
     stored_messages,
     wait_until_healthy,
     wait_until_unhealthy,
+    write_status,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -507,6 +509,39 @@ async def test_redrive_callback_posts_again(
     # The function does not run again.
     assert provider.received == []
     assert await stored_messages(nats_url) == []
+
+
+async def test_delivered_redrive_clears_status_reason(
+    client: httpx.AsyncClient, provider: FakeProvider, nats_url: str
+) -> None:
+    provider.callback_status = 204
+    await write_status(
+        nats_url,
+        CallStatus(
+            call_id="cb-7",
+            function="echo",
+            namespace=shared.DEFAULT_NAMESPACE,
+            state=CallState.SUCCEEDED,
+            attempts=1,
+            max_attempts=3,
+            dead_letter_reason=REASON_CALLBACK_FAILED,
+            callback_status=503,
+        ),
+    )
+    await publish_dead_letter(
+        nats_url, callback_letter("cb-7", f"{provider.url}/callback")
+    )
+
+    response = await client.post(
+        "/system/dead-letters/redrive", json={"call_ids": ["cb-7"]}
+    )
+    assert response.json()["failed"] == []
+    status = (await client.get("/async-calls/cb-7")).json()
+
+    assert status["state"] == "succeeded"
+    assert status["dead_letter_reason"] == ""
+    assert status["callback_status"] == 204
+    assert status["attempts"] == 1
 
 
 async def test_redrive_callback_receiver_failing(
