@@ -37,6 +37,7 @@ from gateway.dead_letters import DeadLetterStore
 from gateway.function_lookup import FunctionLookup
 from gateway.log_throttle import WarningThrottle
 from gateway.metrics import METRICS_PATH, GatewayMetrics, ServiceCountRefresher
+from gateway.provider_token import ProviderTokenRejections
 from gateway.replica_urls import ReplicaUrls
 from gateway.sync_proxy import SyncProxy
 from gateway.ui import guard
@@ -91,8 +92,18 @@ class GatewayApp:
         # Async calls accepted per function, counted by AsyncAccept for the console.
         self.async_accepted: dict[FunctionRef, int] = {}
         self._service_counts: ServiceCountRefresher | None = None
+        self._provider_authorization = auth.provider_authorization(settings)
+        # One record for every route that reaches the provider's /system/ API,
+        # so that the warning about a rejected token has one rate limit.
+        self._token_rejections = ProviderTokenRejections(
+            settings.provider_url, token_sent=bool(self._provider_authorization)
+        )
         self.system = system.create_app(
-            settings, self.dead_letters, metrics=self.metrics, queue=self.queue
+            settings,
+            self.dead_letters,
+            metrics=self.metrics,
+            queue=self.queue,
+            token_rejections=self._token_rejections,
         )
         self.console = Console(
             settings,
@@ -108,7 +119,6 @@ class GatewayApp:
         self._host_check = guard.HostCheck.from_settings(
             listen_host=settings.host, allowed_hosts=settings.allowed_hosts
         )
-        self._provider_authorization = auth.provider_authorization(settings)
         # None when invocations are open, so the invoke routes skip the check.
         self._invoke_auth: auth.Authenticator | None = (
             self._auth if settings.auth_invoke else None
@@ -363,6 +373,7 @@ class GatewayApp:
             provider_session,
             settings.provider_url,
             ttl_s=settings.function_cache_ttl_s,
+            token_rejections=self._token_rejections,
         )
         # Redriven callbacks go where callers chose, so they get the same
         # guarded session as the queue-worker's callbacks.
@@ -381,7 +392,10 @@ class GatewayApp:
             callback_guard=guard,
         )
         self._service_counts = ServiceCountRefresher(
-            self.metrics, provider_session, settings.provider_url
+            self.metrics,
+            provider_session,
+            settings.provider_url,
+            token_rejections=self._token_rejections,
         )
         self._handlers = _Handlers(
             sync=SyncProxy(

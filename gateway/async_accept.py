@@ -253,15 +253,16 @@ class AsyncAccept:
                 headers.append(_QUEUE_RETRY_AFTER)
             else:
                 status, throttle = 502, self._provider_warnings
-            throttle.warning(
-                "cannot accept call: %s",
-                exc,
-                ctx={
-                    "function": str(ref),
-                    "call_id": request.call_id,
-                    "status": status,
-                },
-            )
+            context: dict[str, object] = {
+                "function": str(ref),
+                "call_id": request.call_id,
+                "status": status,
+            }
+            if isinstance(exc, errors.ProviderTokenRejected):
+                # Logged at WARNING where it was raised, once a minute at most.
+                logger.debug("cannot accept call: %s", exc, extra={"ctx": context})
+            else:
+                throttle.warning("cannot accept call: %s", exc, ctx=context)
             await asgi.send_gateway_error(send, status, f"{exc}\n", headers=headers)
             return
         except _BodyReadTimedOut:

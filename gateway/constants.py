@@ -70,6 +70,10 @@ GRACEFUL_SHUTDOWN_S: Final = 3
 # Seconds between two WARNING lines about the same kind of failure (see
 # `gateway.log_throttle`). Repeats in between are logged at DEBUG.
 WARNING_INTERVAL_S: Final = 10.0
+# Seconds between two WARNING lines about a provider that rejects the
+# gateway's provider token. That is a configuration error, which lasts until
+# someone restarts the gateway or the provider, so one line a minute suffices.
+PROVIDER_TOKEN_WARNING_INTERVAL_S: Final = 60.0
 
 # The dead-letter API. `limit` of a listing: the default and the maximum.
 DEAD_LETTER_LIST_LIMIT: Final = 100

@@ -442,7 +442,11 @@ def _http_errors() -> Iterator[None]:
         raise HTTPException(status_code=status, detail=str(exc)) from exc
     except (errors.QueueUnavailable, errors.ProviderUnavailable) as exc:
         status = 503 if isinstance(exc, errors.QueueUnavailable) else 502
-        logger.warning("dead-letter request failed: %s", exc)
+        if isinstance(exc, errors.ProviderTokenRejected):
+            # Logged at WARNING where it was raised, once a minute at most.
+            logger.debug("dead-letter request failed: %s", exc)
+        else:
+            logger.warning("dead-letter request failed: %s", exc)
         raise HTTPException(
             status_code=status,
             detail=str(exc),

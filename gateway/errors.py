@@ -9,6 +9,8 @@
         ├── PayloadTooLarge      body above max_body_bytes, or headers above the
         │                        NATS max_payload: 413
         ├── ProviderUnavailable  the provider is unreachable or failed: 502
+        │   └── ProviderTokenRejected  the provider returned 401 to the
+        │                              gateway's provider token: 502
         └── QueueUnavailable     NATS or a stream or bucket cannot serve: 503
 
 The handlers put the message of each error in the response body, so messages
@@ -61,3 +63,12 @@ class PayloadTooLarge(GatewayError):
 
 class ProviderUnavailable(GatewayError):
     """The faas-provider could not be reached or returned an error status."""
+
+
+class ProviderTokenRejected(ProviderUnavailable):
+    """The provider returned 401 because the gateway sent a wrong token or none.
+
+    The message names the gateway's `provider_token_file` setting. The
+    `gateway.provider_token` module has already logged the rejection, so
+    handlers log it at DEBUG only.
+    """

@@ -27,6 +27,7 @@ from faashub import constants as shared
 from faashub.names import FunctionRef
 from faashub.queued_call import is_valid_token
 from gateway import constants, errors
+from gateway.provider_token import ProviderTokenRejections
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,11 @@ class FunctionLookup:
         provider_url: str,
         *,
         ttl_s: float,
+        token_rejections: ProviderTokenRejections,
         timeout_s: float = constants.LOOKUP_TIMEOUT_S,
     ) -> None:
         self._session = session
+        self._token_rejections = token_rejections
         self._provider_url = provider_url.rstrip("/")
         self._ttl_s = ttl_s
         self._timeout_s = timeout_s
@@ -72,7 +75,8 @@ class FunctionLookup:
         """Return the function's info, from the cache or the provider; None if unknown.
 
         Raises ProviderUnavailable when the provider cannot be reached or
-        returns a status other than 200 or 404, or a body that is not JSON.
+        returns a status other than 200 or 404, or a body that is not JSON,
+        and its subclass ProviderTokenRejected for a 401.
         """
         info = self.cached(ref)
         if info is not None:
@@ -112,6 +116,8 @@ class FunctionLookup:
         if status == 404:
             logger.debug("function not found", extra={"ctx": {"function": str(ref)}})
             return None
+        if status == 401:
+            raise self._token_rejections.rejected(f"GET /system/function/{ref.name}")
         if status != 200:
             raise errors.ProviderUnavailable(
                 f"Cannot look up function {ref.name!r} in namespace "

@@ -38,7 +38,9 @@ from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
 from faashub.metrics import ComponentMetrics, keep_child
+from gateway import errors
 from gateway.log_throttle import WarningThrottle
+from gateway.provider_token import ProviderTokenRejections
 
 logger = logging.getLogger(__name__)
 
@@ -198,10 +200,12 @@ class ServiceCountRefresher:
         session: aiohttp.ClientSession,
         provider_url: str,
         *,
+        token_rejections: ProviderTokenRejections,
         refresh_s: float = SERVICE_COUNT_REFRESH_S,
         timeout_s: float = SERVICE_COUNT_TIMEOUT_S,
     ) -> None:
         self._metrics = metrics
+        self._token_rejections = token_rejections
         self._session = session
         self._provider_url = provider_url.rstrip("/")
         self._refresh_s = refresh_s
@@ -217,6 +221,9 @@ class ServiceCountRefresher:
                 return
             try:
                 replicas = await self._list_all()
+            except errors.ProviderTokenRejected:
+                # Logged by token_rejections, with its own rate limit.
+                return
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 self._warnings.warning(
                     "cannot list functions for gateway_service_count: %s",
@@ -253,6 +260,8 @@ class ServiceCountRefresher:
     async def _get_json(self, path: str, *, query: dict[str, str] | None = None) -> Any:
         url = yarl.URL(self._provider_url + path).with_query(query or {})
         async with self._session.get(url, timeout=self._timeout) as response:
+            if response.status == 401:
+                raise self._token_rejections.rejected(f"GET {path}")
             if response.status != 200:
                 raise ValueError(f"the provider's {path} returned {response.status}")
             return json.loads(await response.read())

@@ -2,8 +2,9 @@
 
 Every `/system/{path}` request goes to `{provider_url}/system/{path}` with its
 method, raw query, headers (minus hop-by-hop ones) and body. The provider's
-status, headers and body come back unchanged. The response body is streamed,
-so `/system/logs` can stream ndjson. The gateway handles two parts itself:
+status, headers and body come back unchanged, except a 401 (see below). The
+response body is streamed, so `/system/logs` can stream ndjson. The gateway
+handles two parts itself:
 `GET /system/info` returns the provider's info wrapped with the gateway's
 version and architecture, as OpenFaaS does, and `/system/dead-letters` is the
 dead-letter API of `gateway.dead_letter_api`, never forwarded. A `GET
@@ -18,10 +19,12 @@ here, but the OpenAPI document built below describes them too. Basic
 auth is checked before a request reaches this app (`gateway.auth`), and the
 caller's Authorization header is not forwarded. With a provider token, the
 gateway sends its own `Authorization: Bearer TOKEN` to the provider instead
-(not to a separate logs provider). A deploy or update whose
-function name, namespace, labels or annotations break the Kubernetes rules
-gets 400 here, before the provider sees it. Alert-driven scaling and the
-scale clamp of OpenFaaS CE are not implemented.
+(not to a separate logs provider). A 401 from the provider becomes a 502
+that names the gateway's `provider_token_file` (`gateway.provider_token`),
+because the caller's own credentials were already accepted. A deploy or
+update whose function name, namespace, labels or annotations break the
+Kubernetes rules gets 400 here, before the provider sees it. Alert-driven
+scaling and the scale clamp of OpenFaaS CE are not implemented.
 """
 
 import asyncio
@@ -50,6 +53,7 @@ from gateway.call_queue import CallQueue
 from gateway.dead_letters import DeadLetterStore
 from gateway.log_throttle import WarningThrottle
 from gateway.metrics import GatewayMetrics, listed_replicas
+from gateway.provider_token import ProviderTokenRejections
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +117,13 @@ class SystemForwarder:
         logs_provider_url: str = "",
         body_read_timeout_s: float = 30.0,
         provider_authorization: str = "",
+        token_rejections: ProviderTokenRejections,
         metrics: GatewayMetrics | None = None,
         provider_start_grace_s: float = 0.0,
     ) -> None:
         self._provider_url = provider_url.rstrip("/")
         self._metrics = metrics
+        self._token_rejections = token_rejections
         # Every management request fails alike while the provider is down.
         self._unreachable_warnings = WarningThrottle(logger)
         self._provider_start_grace_s = provider_start_grace_s
@@ -225,6 +231,9 @@ class SystemForwarder:
             return self._unreachable(
                 exc, request_line=f"{request.method} /system/{path}"
             )
+        if upstream.status_code == 401 and base_url == self._provider_url:
+            await upstream.aclose()
+            return self._token_rejected(f"{request.method} /system/{path}")
         if (
             self._metrics is not None
             and path == _FUNCTIONS_PATH
@@ -302,6 +311,8 @@ class SystemForwarder:
             )
         except httpx.HTTPError as exc:
             return self._unreachable(exc, request_line="GET /system/info")
+        if upstream.status_code == 401:
+            return self._token_rejected("GET /system/info")
         try:
             provider_info = upstream.json() if upstream.status_code == 200 else None
         except ValueError:
@@ -333,6 +344,14 @@ class SystemForwarder:
                 "gateway app with lifespan events turned on."
             )
         return self._client
+
+    def _token_rejected(self, request_line: str) -> Response:
+        error = self._token_rejections.rejected(request_line)
+        return PlainTextResponse(
+            f"{error}\n",
+            status_code=502,
+            headers={shared.OPENFAAS_INTERNAL: "gateway"},
+        )
 
     def _unreachable(self, exc: httpx.HTTPError, *, request_line: str) -> Response:
         cause = "timed out" if isinstance(exc, httpx.TimeoutException) else str(exc)
@@ -485,18 +504,27 @@ def create_app(
     *,
     metrics: GatewayMetrics | None = None,
     queue: CallQueue | None = None,
+    token_rejections: ProviderTokenRejections | None = None,
 ) -> FastAPI:
     """Build the FastAPI app of the management API.
 
     With `metrics`, function listings get the gateway's invocation counts.
     With `queue`, the app serves the async-call listing of `gateway.async_call_list`.
+    Pass the gateway's `token_rejections` so that all its routes share one
+    rate limit for the warning, else the app gets its own.
     """
+    provider_authorization = auth.provider_authorization(settings)
+    if token_rejections is None:
+        token_rejections = ProviderTokenRejections(
+            settings.provider_url, token_sent=bool(provider_authorization)
+        )
     forwarder = SystemForwarder(
         settings.provider_url,
         upstream_timeout_s=settings.upstream_timeout_s,
         logs_provider_url=settings.logs_provider_url,
         body_read_timeout_s=settings.body_read_timeout_s,
-        provider_authorization=auth.provider_authorization(settings),
+        provider_authorization=provider_authorization,
+        token_rejections=token_rejections,
         metrics=metrics,
         provider_start_grace_s=settings.provider_start_grace_s,
     )
@@ -513,7 +541,12 @@ def create_app(
         "/system/info",
         response_model=GatewayInfo,
         summary="Provider and gateway version information",
-        responses={502: {"description": "The provider is unreachable."}},
+        responses={
+            502: {
+                "description": "The provider is unreachable, or it rejected the "
+                "gateway's provider token."
+            }
+        },
     )
     async def system_info() -> Response | GatewayInfo:
         return await forwarder.info()
@@ -535,8 +568,13 @@ def create_app(
             summary="Forward to the provider's /system API",
             description="Sent to `{provider_url}/system/{path}` with the query, "
             "headers and body; the provider's status, headers and body come back "
-            "unchanged.",
-            responses={502: {"description": "The provider is unreachable."}},
+            "unchanged, except that its 401 becomes a 502.",
+            responses={
+                502: {
+                    "description": "The provider is unreachable, or it rejected "
+                    "the gateway's provider token."
+                }
+            },
             response_class=Response,
         )
 
@@ -598,7 +636,10 @@ def _invocation_paths() -> dict[str, Any]:
         "404": {"description": "The function does not exist."},
         "405": {"description": "Method not allowed."},
         "413": {"description": "The body exceeds the gateway's max_body_bytes."},
-        "502": {"description": "The provider is unreachable."},
+        "502": {
+            "description": "The provider is unreachable, or it rejected the "
+            "gateway's provider token."
+        },
         "503": {"description": "The queue is unavailable; retry with the same id."},
     }
     call_id = {
