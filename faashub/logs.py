@@ -71,12 +71,13 @@ def configure(*, level: str = "INFO", log_format: str = "text") -> None:
 
 
 class LimitedLines:
-    """An INFO line written at most `per_second` times a second, the rest counted.
+    """A line written at most `per_second` times a second, the rest counted.
 
     At thousands of successes a second, one line each costs a few percent of a
     component's CPU. Lines beyond the limit in one second are only counted;
     one `summary` line with that count follows when the next second with a
-    line begins, or at `flush()`.
+    line begins, or at `flush()`. Both are written at `level` (INFO unless
+    given).
     """
 
     def __init__(
@@ -88,8 +89,10 @@ class LimitedLines:
         summary: str,
         count_field: str,
         clock: Callable[[], float] = time.monotonic,
+        level: int = logging.INFO,
     ) -> None:
         self._logger = logger
+        self._level = level
         self._message = message
         self._per_second = per_second
         self._summary = summary
@@ -102,7 +105,7 @@ class LimitedLines:
 
     def write(self, context: Callable[[], Mapping[str, Any]]) -> None:
         """Write one line, building its context only when the line is written."""
-        if not self._logger.isEnabledFor(logging.INFO):
+        if not self._logger.isEnabledFor(self._level):
             return
         now_s = self._clock()
         second = int(now_s)
@@ -116,13 +119,14 @@ class LimitedLines:
             self._not_logged += 1
             return
         self._written += 1
-        self._logger.info(self._message, extra={"ctx": context()})
+        self._logger.log(self._level, self._message, extra={"ctx": context()})
 
     def flush(self) -> None:
         """Write the count of lines not written so far, if there are any."""
         if not self._not_logged:
             return
-        self._logger.info(
+        self._logger.log(
+            self._level,
             self._summary,
             extra={
                 "ctx": {

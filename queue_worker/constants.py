@@ -62,6 +62,9 @@ LEASE_MARGIN_S: Final = 0.1
 # `call finished` lines written for successful calls in one second; the rest
 # are counted in one line (see queue_worker.finished_log).
 FINISHED_LINES_PER_S: Final = 20
+# `final status not stored` warnings written in one second; the rest are
+# counted in one line. A full status bucket refuses the write of every call.
+UNSTORED_STATUS_LINES_PER_S: Final = 5
 
 # How long the worker keeps trying to store a dead letter or a final status
 # while NATS is unavailable, before it gives up on that message.

@@ -62,6 +62,7 @@ from faashub import errors as shared_errors
 from faashub.call_status import CallState, CallStatus
 from faashub.credentials import InvocationCredentials
 from faashub.dead_letter import Attempt, DeadLetter
+from faashub.logs import LimitedLines
 from faashub.names import FunctionRef
 from faashub.queued_call import QueuedCall
 from faashub.replica_urls import ReplicaUrls
@@ -189,6 +190,14 @@ class CallHandler:
         )
         self._cleanups: set[asyncio.Task[None]] = set()
         self._finished_log = FinishedLog()
+        self._unstored_log = LimitedLines(
+            logger,
+            "final status not stored",
+            per_second=constants.UNSTORED_STATUS_LINES_PER_S,
+            summary="final statuses not stored, not logged",
+            count_field="calls",
+            level=logging.WARNING,
+        )
 
     @property
     def status_store(self) -> StatusStore:
@@ -264,6 +273,7 @@ class CallHandler:
     async def close(self) -> None:
         """Wait briefly for background cleanups, then cancel what remains."""
         self._finished_log.flush()
+        self._unstored_log.flush()
         if not self._cleanups:
             return
         _, pending = await asyncio.wait(set(self._cleanups), timeout=2.0)
@@ -614,9 +624,8 @@ class CallHandler:
         try:
             await self._persist(lambda: self._services.status.store_final(final))
         except errors.StatusRefused as exc:
-            logger.warning(
-                "final status not stored: %s", exc, extra={"ctx": job.context}
-            )
+            reason = str(exc)
+            self._unstored_log.write(lambda: {**job.context, "reason": reason})
         except errors.TemporaryError as exc:
             # No answer, or no connection: the record may have been stored
             # all the same, for example once NATS came back.

@@ -426,7 +426,7 @@ async def test_full_bucket_holds_no_call(
     info = await js.stream_info(STATUS_STREAM)
     await js.update_stream(dataclasses.replace(info.config, max_msgs=1))
     await bucket.put("filler", b"{}")
-    calls = [make_call() for _ in range(5)]
+    calls = [make_call() for _ in range(12)]
 
     async with running_worker(make_settings(nats_url, gateway.url)):
         for call in calls:
@@ -435,13 +435,21 @@ async def test_full_bucket_holds_no_call(
         # while the call held its slot.
         await wait_for_empty_stream(js, timeout_s=10.0)
 
-    refused = [
-        log_context(record)["call_id"]
+    # At most UNSTORED_STATUS_LINES_PER_S lines a second; the rest are counted.
+    logged = [
+        log_context(record)
         for record in caplog.records
-        if record.getMessage().startswith("final status not stored")
-        and "maximum messages exceeded" in record.getMessage()
+        if record.getMessage() == "final status not stored"
     ]
-    assert sorted(refused) == sorted(call.call_id for call in calls)
+    counted = sum(
+        log_context(record)["calls"]
+        for record in caplog.records
+        if record.getMessage() == "final statuses not stored, not logged"
+    )
+    assert all("maximum messages exceeded" in line["reason"] for line in logged)
+    assert {line["call_id"] for line in logged} <= {call.call_id for call in calls}
+    assert len(logged) + counted == len(calls)
+    assert counted > 0
     assert not any("not confirmed" in r.getMessage() for r in caplog.records)
 
 
