@@ -175,9 +175,10 @@ async def run(
 
     duration_s = time.monotonic() - started_at
     if process.returncode != 0:
+        start = stderr.start()
         logger.warning(
             "function process failed: %s",
-            stderr.start(),
+            start or "it wrote nothing to stderr",
             extra={"ctx": {**context, "exit_code": process.returncode}},
         )
         return _error_response(

@@ -196,6 +196,23 @@ def test_nonzero_exit_returns_unmarked_500(
     assert log_context(failures[0])["exit_code"] == 3
 
 
+def test_silent_failure_says_stderr_empty(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert deploy(client, "silent", "sh -c 'exit 4'").status_code == 202
+
+    with caplog.at_level(logging.INFO):
+        response = client.post("/function/silent", content=b"")
+
+    assert response.status_code == 500
+    [failure] = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("function process failed")
+    ]
+    assert failure == "function process failed: it wrote nothing to stderr"
+
+
 def test_stderr_in_function_log_not_response(client: httpx.Client) -> None:
     command = "sh -c 'echo to-stderr >&2; echo $$ >&2; echo out'"
     assert deploy(client, "noisy", command).status_code == 202
