@@ -1198,7 +1198,7 @@ def route_connect_reply(port: int, options: dict[str, Any]) -> bytes:
         return reader.readline()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_nats_cluster_rejects_routes_without_password(
     chart: helm_python.Chart, tmp_path: Path
 ) -> None:
@@ -1248,8 +1248,9 @@ def test_nats_cluster_rejects_routes_without_password(
             start(server, local, env)
 
         # The chart's own routes carry the password, so the three servers
-        # form a full mesh.
-        deadline = time.monotonic() + 20
+        # form a full mesh. A route that failed is tried again after a pause
+        # that grows, so a busy machine can take a while.
+        deadline = time.monotonic() + 60
         for server in servers:
             others = set(servers) - {server}
             while True:
@@ -1486,6 +1487,81 @@ INCONSISTENT_VALUES = [
         'the function namespace "kube-system" in provider.functionNamespace',
         id="extra-function-namespace-kube-system",
     ),
+    pytest.param(
+        {"nats": {"url": EXTERNAL_NATS}},
+        f"nats.url is {EXTERNAL_NATS} but nats.enabled is true, so the chart would "
+        "run its own NATS",
+        id="nats-url-with-chart-nats",
+    ),
+    pytest.param(
+        {
+            "connectorsOnly": True,
+            "gatewayUrl": EXTERNAL_GATEWAY,
+            "nats": {"url": EXTERNAL_NATS},
+            "cronConnector": {"enabled": True},
+        },
+        f"nats.url is {EXTERNAL_NATS} but connectorsOnly is true",
+        id="nats-url-with-connectors-only",
+    ),
+    pytest.param(
+        {"basicAuth": {"enabled": False}, "gateway": {"authInvoke": True}},
+        "gateway.authInvoke is true but basicAuth.enabled is false",
+        id="auth-invoke-without-basic-auth",
+    ),
+    pytest.param(
+        {"queueWorker": {"retry": {"minWaitS": 100, "maxWaitS": 1}}},
+        "queueWorker.retry.minWaitS is 100, above queueWorker.retry.maxWaitS 1",
+        id="retry-min-wait-above-max",
+    ),
+    pytest.param(
+        {"queueWorker": {"retry": {"minWaitS": 1.5, "maxWaitS": 1.25}}},
+        "queueWorker.retry.minWaitS is 1.5, above queueWorker.retry.maxWaitS 1.25",
+        id="retry-min-wait-above-max-fraction",
+    ),
+    pytest.param(
+        {"connectorsOnly": True, "gatewayUrl": EXTERNAL_GATEWAY},
+        "connectorsOnly is true but no connector is enabled",
+        id="connectors-only-without-connector",
+    ),
+    pytest.param(
+        {"nats": {"maxFileStore": "20Gi", "storage": {"size": "10Gi"}}},
+        "nats.maxFileStore is 20Gi, above nats.storage.size 10Gi",
+        id="max-file-store-above-volume",
+    ),
+    pytest.param(
+        {"nats": {"maxFileStore": "10241Mi", "storage": {"size": "10Gi"}}},
+        "nats.maxFileStore is 10241Mi, above nats.storage.size 10Gi",
+        id="max-file-store-above-volume-mixed-units",
+    ),
+    *[
+        pytest.param(
+            values,
+            f"{key}.extraEnv sets {variable}, which the chart already sets for the "
+            f"{container} container",
+            id=f"{container}-extra-env-{variable}",
+        )
+        for key, container, variable, values in [
+            ("gateway", "gateway", "FAASHUB_PORT", {}),
+            ("provider", "provider", "FAASHUB_PORT", {}),
+            ("queueWorker", "queue-worker", "FAASHUB_RETRY_MAX_WAIT_S", {}),
+            ("kafkaConnector", "kafka-connector", "FAASHUB_BROKERS", CONNECTORS),
+            ("sqsConnector", "sqs-connector", "AWS_ACCESS_KEY_ID", CONNECTORS),
+            ("cronConnector", "cron-connector", "FAASHUB_NATS_URL", CONNECTORS),
+            ("cronConnector", "cron-connector", "FAASHUB_LOG_LEVEL", CONNECTORS),
+        ]
+        for values in [
+            {
+                **values,
+                key: {
+                    **values.get(key, {}),
+                    "extraEnv": [
+                        {"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+                        {"name": variable, "value": "9999"},
+                    ],
+                },
+            }
+        ]
+    ],
 ]
 
 
@@ -1496,6 +1572,57 @@ def test_template_rejects_inconsistent_values(
     with pytest.raises(helm_python.HelmRenderError) as caught:
         render(chart, values)
     assert message in str(caught.value)
+
+
+EXTRA_ENV = [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}]
+
+
+def test_extra_env_appended(chart: helm_python.Chart) -> None:
+    values = {
+        **CONNECTORS,
+        **{
+            key: {**CONNECTORS.get(key, {}), "extraEnv": EXTRA_ENV}
+            for key in (
+                "gateway",
+                "provider",
+                "queueWorker",
+                "kafkaConnector",
+                "sqsConnector",
+                "cronConnector",
+            )
+        },
+    }
+    containers = list(faashub_containers(render(chart, values)))
+    assert len(containers) == 6
+    for workload, container in containers:
+        env_names = [entry["name"] for entry in container["env"]]
+        assert env_names[-1] == "HTTPS_PROXY", workload["metadata"]["name"]
+        assert len(env_names) == len(set(env_names)), workload["metadata"]["name"]
+
+
+def test_retry_waits_may_be_equal(chart: helm_python.Chart) -> None:
+    values = {"queueWorker": {"retry": {"minWaitS": 5, "maxWaitS": 5}}}
+    worker = find(render(chart, values), "Deployment", f"{PREFIX}-queue-worker")
+    env = env_values(worker["spec"]["template"]["spec"]["containers"][0])
+    assert env["FAASHUB_RETRY_MIN_WAIT_S"] == "5"
+    assert env["FAASHUB_RETRY_MAX_WAIT_S"] == "5"
+
+
+@pytest.mark.parametrize(
+    ("max_file_store", "size"),
+    [
+        pytest.param("10240Mi", "10Gi", id="equal-mixed-units"),
+        pytest.param("1Ti", "2Ti", id="terabytes"),
+        pytest.param("9Gi", "10Gi", id="below"),
+    ],
+)
+def test_max_file_store_within_volume(
+    chart: helm_python.Chart, max_file_store: str, size: str
+) -> None:
+    values = {"nats": {"maxFileStore": max_file_store, "storage": {"size": size}}}
+    objects = render(chart, values)
+    config = find(objects, "ConfigMap", f"{PREFIX}-nats")["data"]["nats.conf"]
+    assert f"max_file_store: {max_file_store}\n" in config
 
 
 @pytest.mark.parametrize(

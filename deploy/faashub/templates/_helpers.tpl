@@ -67,6 +67,16 @@ nats://{{ include "faashub.natsName" . }}:4222
 {{- end -}}
 {{- end -}}
 
+{{/*
+The number of bytes in a quantity such as 8Gi. values.schema.json allows only
+a whole number with the suffix Ki, Mi, Gi or Ti for the values passed here.
+*/}}
+{{- define "faashub.quantityBytes" -}}
+{{- $factors := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- $suffix := regexFind "[KMGT]i$" . -}}
+{{- mul (trimSuffix $suffix . | int64) (index $factors $suffix) -}}
+{{- end -}}
+
 {{/* The environment every faashub component reads: logging. */}}
 {{- define "faashub.commonEnv" -}}
 - name: FAASHUB_LOG_LEVEL
@@ -335,34 +345,8 @@ spec:
             - name: metrics
               containerPort: {{ $connectors.healthPort }}
           env:
-            {{- include "faashub.commonEnv" $root | nindent 12 }}
-            - name: FAASHUB_GATEWAY_URL
-              value: {{ include "faashub.gatewayUrl" $root | quote }}
-            {{- include "faashub.clientBasicAuthEnv" $root | nindent 12 }}
-            - name: FAASHUB_ASYNC_INVOCATION
-              value: {{ $connectors.asyncInvocation | quote }}
-            - name: FAASHUB_CALLBACK_URL
-              value: {{ $connectors.callbackUrl | quote }}
-            - name: FAASHUB_CONTENT_TYPE
-              value: {{ $connectors.contentType | quote }}
-            - name: FAASHUB_UPSTREAM_TIMEOUT_S
-              value: {{ $connectors.upstreamTimeoutS | quote }}
-            - name: FAASHUB_REBUILD_INTERVAL_S
-              value: {{ $connectors.rebuildIntervalS | quote }}
-            - name: FAASHUB_MAX_INFLIGHT
-              value: {{ $connectors.maxInflight | quote }}
-            - name: FAASHUB_RETRY_ATTEMPTS
-              value: {{ $connectors.retryAttempts | quote }}
-            - name: FAASHUB_HEALTH_HOST
-              value: "0.0.0.0"
-            - name: FAASHUB_HEALTH_PORT
-              value: {{ $connectors.healthPort | quote }}
-            {{- with .env }}
-            {{- . | nindent 12 }}
-            {{- end }}
-            {{- with .values.extraEnv }}
-            {{- toYaml . | nindent 12 }}
-            {{- end }}
+            {{- $env := include "faashub.connectorEnv" . }}
+            {{- include "faashub.containerEnv" (dict "env" $env "extraEnv" .values.extraEnv "valuesKey" (printf "%sConnector.extraEnv" .kind) "container" $component) | nindent 12 }}
           {{- include "faashub.probes" (dict "root" $root "port" "metrics") | nindent 10 }}
           resources:
             {{- toYaml .values.resources | nindent 12 }}
