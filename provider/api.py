@@ -28,8 +28,11 @@ Error bodies are plain-text sentences that name the offending value and the
 fix. The backend reports failures with the exceptions of `provider.backend`,
 and this module maps them to status codes. A StorageError names files of the
 provider's machine, so its caller gets only its summary and the provider's
-log gets the details. A 405 lists, in its `Allow` header and its body, every
-method that the path supports. It does not know how functions run.
+log gets the details. A ProviderError that is also a ConnectionError means
+that the orchestrator the backend runs functions on sent no response, so it
+gets 503 with a Retry-After header, on every route. A 405 lists, in its
+`Allow` header and its body, every method that the path supports. It does
+not know how functions run.
 """
 
 import asyncio
@@ -69,6 +72,7 @@ from provider.backend import (
     InvocationResponse,
     NamespaceNotFound,
     ProviderBackend,
+    ProviderError,
     SecretExists,
     SecretInUse,
     SecretNotFound,
@@ -99,6 +103,12 @@ METHOD_ORDER: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS
 # The largest /system/* request body when the settings give none. The largest
 # valid one is a secret of max_secret_bytes, base64-encoded in JSON.
 DEFAULT_MAX_SYSTEM_BODY_BYTES: Final = 16 * 1024 * 1024
+
+
+# Retry-After, in seconds, of the 503 sent when the orchestrator sent no
+# response. NOTE: an estimate, because the provider cannot tell when the
+# orchestrator responds again.
+UNAVAILABLE_RETRY_AFTER_S: Final = 5
 
 
 class _BodyTooLarge(Exception):
@@ -211,7 +221,12 @@ class ProviderApp:
             logger.info(
                 "log request rejected: %s", exc, extra={"ctx": {"status": status}}
             )
-            await _send_text(send, status, _error_text(exc))
+            await _send_text(
+                send,
+                status,
+                _error_text(exc),
+                retry_after=_unavailable_retry_after(exc),
+            )
             return
         started_at = time.perf_counter()
         sent_bytes = await logs_api.stream_logs(
@@ -355,6 +370,19 @@ class ProviderApp:
             status = _status_of(exc) or 500
             await _send_text(send, status, _error_text(exc))
             return status
+        except ConnectionError as exc:
+            if sending.started or not _is_backend_unavailable(exc):
+                raise
+            # Raised on entry, such as when the backend could not scale the
+            # function from zero, so the function did not run.
+            await _send_text(
+                send,
+                503,
+                _error_text(exc),
+                internal=PROXY_ERROR_MARKER,
+                retry_after=str(UNAVAILABLE_RETRY_AFTER_S),
+            )
+            return 503
         except InvocationFailed as exc:
             context[_REACHED_KEY] = "1"
             stream = invocation.body_stream
@@ -468,6 +496,7 @@ def _build_system_app(
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     for error_type, status_code in _STATUS_BY_ERROR:
         app.add_exception_handler(error_type, _text_error_handler(status_code))
+    app.add_exception_handler(ConnectionError, _unavailable_error_handler)
     app.add_exception_handler(StarletteHTTPException, _routing_error_handler)
 
     @app.get("/system/functions")
@@ -641,8 +670,20 @@ def _retry_after(exc: InvocationFailed) -> str:
     return ""
 
 
+def _is_backend_unavailable(exc: Exception) -> bool:
+    """Return whether `exc` reports an orchestrator that sent no response."""
+    return isinstance(exc, ProviderError) and isinstance(exc, ConnectionError)
+
+
+def _unavailable_retry_after(exc: Exception) -> str:
+    """Return the Retry-After value for `exc`, or "" when it is not a 503."""
+    return str(UNAVAILABLE_RETRY_AFTER_S) if _is_backend_unavailable(exc) else ""
+
+
 def _status_of(exc: Exception) -> int | None:
     """Return the status code for a backend error, or None for an unexpected one."""
+    if _is_backend_unavailable(exc):
+        return 503
     for error_type, status_code in _STATUS_BY_ERROR:
         if isinstance(exc, error_type):
             return status_code
@@ -742,6 +783,21 @@ def _text_error_handler(
         )
 
     return handle
+
+
+async def _unavailable_error_handler(request: Request, exc: Exception) -> Response:
+    """Return 503 with Retry-After for an orchestrator that sent no response.
+
+    Re-raise any other ConnectionError, which is a bug, so that it gets 500.
+    """
+    if not _is_backend_unavailable(exc):
+        raise exc
+    return Response(
+        _error_text(exc),
+        status_code=503,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
+        media_type=TEXT_CONTENT_TYPE,
+    )
 
 
 async def _routing_error_handler(request: Request, exc: Exception) -> Response:

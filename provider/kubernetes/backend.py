@@ -10,8 +10,9 @@ a watch-fed copy of the Deployments that listing and invocation read,
 
 Every API call runs in `kube.KubeApi`'s thread pool. Its failures map to the
 provider's errors: not found 404, conflict 409, invalid 422, forbidden 403,
-a bad request 400, and anything else (an unreachable API server included)
-500 with the API's message.
+a bad request 400, no response at all (a refused connection or a timeout)
+`ApiServerUnavailable`, which the API sends as 503 with Retry-After, and
+anything else 500 with the API's message.
 
 Scale from zero: a call to a function at zero replicas patches it to its
 minimum (`com.openfaas.scale.min`, at least 1) and waits until the cache
@@ -60,6 +61,7 @@ from provider.backend import (
 from provider.kubernetes import objects
 from provider.kubernetes.cache import DeploymentCache
 from provider.kubernetes.kube import (
+    TIMED_OUT,
     ApiError,
     JsonObject,
     KubeApi,
@@ -85,6 +87,15 @@ SYSTEM_NAMESPACE: Final = "kube-system"
 MERGE_PATCH: Final = "application/merge-patch+json"
 # Seconds that the list of namespaces annotated openfaas="1" is reused.
 NAMESPACE_CACHE_S: Final = 5.0
+
+
+class ApiServerUnavailable(ProviderError, ConnectionError):
+    """A Kubernetes API request that got no response: refused, or timed out.
+
+    The provider API sends a backend error that is a ConnectionError as 503
+    with Retry-After, because the request may succeed once the API server
+    responds again.
+    """
 
 
 class KubernetesBackend:
@@ -958,6 +969,8 @@ def _api_failure(exc: ApiError, *, action: str, next_step: str = "") -> Provider
     # the extra sentence.
     after_text = f". {next_step}" if next_step else ""
     after_sentence = f" {next_step}" if next_step else ""
+    if exc.status == 0:
+        return _unavailable_error(exc, action=action, next_step=next_step)
     if exc.status == 400:
         return InvalidRequest(text + after_text)
     if exc.status in (401, 403):
@@ -974,6 +987,33 @@ def _api_failure(exc: ApiError, *, action: str, next_step: str = "") -> Provider
     return StorageError(
         f"Failed to {action}: {exc}{after_text}",
         summary=f"The Kubernetes API failed to {action}: {exc.message}{after_text}",
+    )
+
+
+def _unavailable_error(
+    exc: ApiError, *, action: str, next_step: str
+) -> ApiServerUnavailable:
+    """Build the error of a request that got no response, and log its cause.
+
+    The caller's message leaves out urllib3's text, which names the provider's
+    connection pool and the server's address, so only the log has it.
+    """
+    logger.warning(
+        "kubernetes api server did not respond: %s",
+        exc,
+        extra={"ctx": {"action": action}},
+    )
+    if exc.reason == TIMED_OUT:
+        what_failed = "The Kubernetes API server did not respond in time"
+        what_to_check = "the load and health of the API server"
+    else:
+        what_failed = "The Kubernetes API server could not be reached"
+        what_to_check = "that the API server runs and that the provider can reach it"
+    after_sentence = f" {next_step}" if next_step else ""
+    return ApiServerUnavailable(
+        f"{what_failed}, so the provider could not {action}. Send the request "
+        f"again in a few seconds. If the failure persists, check {what_to_check}. "
+        f"The provider's log has the details.{after_sentence}"
     )
 
 

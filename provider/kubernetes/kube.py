@@ -44,8 +44,17 @@ API_RETRIES: Final = 0
 JsonObject = dict[str, Any]
 
 
+# The `reason` of an ApiError with status 0: the request got no response.
+TIMED_OUT: Final = "Timeout"
+UNREACHABLE: Final = "Unreachable"
+
+
 class ApiError(Exception):
-    """A failed Kubernetes API call: its HTTP status (0 for none) and message."""
+    """A failed Kubernetes API call: its HTTP status (0 for none) and message.
+
+    Status 0 is a transport failure, and `reason` is then TIMED_OUT for a
+    response that did not arrive within the read timeout, else UNREACHABLE.
+    """
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(f"{status} {reason}: {message}" if status else message)
@@ -170,7 +179,13 @@ def translate_errors() -> Iterator[None]:
         cause = (
             exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else None
         )
-        raise ApiError(0, "Unreachable", str(cause or exc)) from exc
+        failure = cause or exc
+        reason = (
+            TIMED_OUT
+            if isinstance(failure, urllib3.exceptions.ReadTimeoutError)
+            else UNREACHABLE
+        )
+        raise ApiError(0, reason, str(failure)) from exc
 
 
 def _from_api_exception(exc: ApiException) -> ApiError:

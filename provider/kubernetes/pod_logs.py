@@ -13,6 +13,14 @@ or a scale-up keeps streaming, and it ends when the function is deleted or
 the client goes away. Without `tail` and `since`, only the last
 DEFAULT_HISTORY_S of each pod's log is read, as faas-netes does. The lines
 of different pods are interleaved in the order they arrive.
+
+A pod whose log the API server does not return, such as one whose image
+fails to pull, gets one message whose `text` starts with "faashub" and
+gives the API server's reason. The reason goes in the stream because the
+status is sent before the pod logs are read, and other pods may still have
+lines to send. A followed pod gets the message again only when the reason
+changes. An `instance` that no pod of the function has raises
+InstanceNotFound before the stream starts.
 """
 
 import asyncio
@@ -27,8 +35,9 @@ from typing import Any, Final
 
 import urllib3
 
+from provider.backend import FunctionNotFound
 from provider.kubernetes import objects
-from provider.kubernetes.kube import ApiError, JsonObject, KubeApi
+from provider.kubernetes.kube import TIMED_OUT, ApiError, JsonObject, KubeApi
 from provider.logs_api import parse_rfc3339
 from provider.types import LogRequest
 
@@ -42,6 +51,13 @@ FOLLOW_READ_TIMEOUT_S: Final = 24 * 3600.0
 # A client that falls this many chunks of lines behind has its stream ended,
 # so a reader that stops reading cannot make the provider buffer without limit.
 MAX_BACKLOG_CHUNKS: Final = 10_000
+
+
+class InstanceNotFound(FunctionNotFound):
+    """No pod of the function has the name that the log request's `instance` gives.
+
+    It is a FunctionNotFound, so the provider API sends 404.
+    """
 
 
 class PodLogStream:
@@ -66,14 +82,29 @@ class PodLogStream:
         self._stopping = threading.Event()
         self._readers: dict[str, threading.Thread] = {}
         self._finished: set[str] = set()
+        # The last reason sent for each pod whose log could not be read.
+        self._unreadable: dict[str, str] = {}
         self._responses: set[urllib3.BaseHTTPResponse] = set()
         self._responses_lock = threading.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._ended = False
 
     async def start(self) -> None:
-        """List the pods and start reading their logs, or raise ApiError."""
+        """List the pods and start reading their logs.
+
+        Raise ApiError when the pods cannot be listed, and InstanceNotFound
+        when the request names an `instance` that no pod of the function has.
+        """
         await self._start_new_readers()
+        request = self._request
+        if request.instance and not self._readers:
+            raise InstanceNotFound(
+                f"Function {request.name!r} in namespace {self._namespace!r} has no "
+                f"pod named {request.instance!r}. List its pods with 'kubectl get "
+                f"pods -n {self._namespace} -l {objects.FUNCTION_LABEL}="
+                f"{request.name}', or leave out instance to read the log of every "
+                "pod."
+            )
         if self._request.follow:
             self._poller = asyncio.create_task(
                 self._poll_pods(), name=f"pod-logs-{self._request.name}"
@@ -178,12 +209,15 @@ class PodLogStream:
                 **self._log_arguments(),
             )
         except (ApiError, ValueError) as exc:
-            # A pod whose container has not started yet has no log to read;
-            # the next poll tries it again.
+            # A pod whose container has not started yet has no log to read.
+            # With follow, the next poll tries it again.
             logger.info(
                 "pod log not readable: %s",
                 exc,
                 extra={"ctx": {"function": self._request.name, "pod": pod_name}},
+            )
+            self._call_in_loop(
+                self._report_unreadable, pod_name, _unreadable_reason(exc)
             )
             self._call_in_loop(self._reader_done, pod_name, True)
             return
@@ -243,6 +277,20 @@ class PodLogStream:
         }
         return json.dumps(record, ensure_ascii=False).encode() + b"\n"
 
+    def _report_unreadable(self, pod_name: str, reason: str) -> None:
+        """Send the message that `pod_name`'s log cannot be read, once per reason."""
+        if self._unreadable.get(pod_name) == reason:
+            return
+        self._unreadable[pod_name] = reason
+        record = {
+            "name": self._request.name,
+            "namespace": self._namespace,
+            "instance": pod_name,
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "text": f"faashub could not read the log of this pod: {reason}",
+        }
+        self._enqueue(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+
     def _enqueue(self, data: bytes) -> None:
         if self._queue.qsize() >= MAX_BACKLOG_CHUNKS:
             logger.warning(
@@ -270,3 +318,16 @@ class PodLogStream:
             self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:
             self._stopping.set()
+
+
+def _unreadable_reason(exc: ApiError | ValueError) -> str:
+    """Return why a pod's log could not be read, in words for the log's reader."""
+    if not isinstance(exc, ApiError):
+        return str(exc)
+    if exc.status == 0 and exc.reason == TIMED_OUT:
+        return "the Kubernetes API server did not respond in time."
+    if exc.status == 0:
+        return "the Kubernetes API server could not be reached."
+    return (
+        f"the Kubernetes API server returned {exc.status} {exc.reason}: {exc.message}"
+    )

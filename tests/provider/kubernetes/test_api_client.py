@@ -1,15 +1,17 @@
-"""Timeouts and start errors of the provider's Kubernetes API client.
+"""Timeouts, unreachable servers and start errors of the Kubernetes API client.
 
-A hung API server is the emulator with a reaction that never responds, and
-an unreachable one is a loopback port that nothing listens on.
+A hung API server is the emulator with a reaction that never responds. An
+unreachable one is a loopback port that nothing listens on, or a proxy to
+the emulator that the test closes while the provider runs.
 """
 
 import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import kmock
 import pytest
@@ -20,6 +22,7 @@ from provider.kubernetes import kube
 from provider.kubernetes.backend import KubernetesBackend
 from tests.provider.kubernetes.conftest import (
     DEPLOYMENTS,
+    NAMESPACE,
     SECRETS,
     NamespacedEmulator,
     RunningProvider,
@@ -58,11 +61,145 @@ async def test_hung_get_waits_one_timeout(
     response = await provider.client.get("/system/secrets")
     elapsed_s = time.monotonic() - started
 
-    assert response.status_code == 500, response.text
-    assert "timed out" in response.text
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
+    assert "did not respond in time" in response.text
     assert elapsed_s < 2 * READ_TIMEOUT_S
     secret_reads = provider.emulator["get", kmock.resource(SECRETS)]
     assert len(list(secret_reads)) == 1
+
+
+class ClosableProxy:
+    """A TCP proxy from a loopback port to the emulator, until `close` is called.
+
+    After `close`, connections to the port are refused, as they are when an
+    API server stops.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self._target_port
+        )
+        self._writers += [writer, upstream_writer]
+        await asyncio.gather(
+            _pipe(reader, upstream_writer),
+            _pipe(upstream_reader, writer),
+            return_exceptions=True,
+        )
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def proxied_provider(
+    emulator: tuple[NamespacedEmulator, str],
+    start_provider: Callable[..., Any],
+    tmp_path: Path,
+) -> AsyncIterator[tuple[RunningProvider, ClosableProxy]]:
+    """Start a provider that reaches the emulator through a ClosableProxy."""
+    _, emulator_url = emulator
+    proxy = ClosableProxy(int(emulator_url.rsplit(":", 1)[1]))
+    await proxy.start()
+    kubeconfig = write_kubeconfig(tmp_path / "proxied-kubeconfig", proxy.url)
+    provider: RunningProvider = await start_provider(kubeconfig=str(kubeconfig))
+    try:
+        yield provider, proxy
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        pytest.param(
+            "POST",
+            "/system/functions",
+            {"service": "fn2", "image": "x"},
+            id="deploy",
+        ),
+        pytest.param("GET", "/system/secrets", None, id="list-secrets"),
+        pytest.param(
+            "POST",
+            "/system/secrets",
+            {"name": "s1", "value": "v"},
+            id="create-secret",
+        ),
+        pytest.param("GET", "/system/logs?name=fn", None, id="logs"),
+    ],
+)
+async def test_unreachable_api_server_is_503(
+    proxied_provider: tuple[RunningProvider, ClosableProxy],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    provider, proxy = proxied_provider
+    deployed = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+    assert deployed.status_code == 202, deployed.text
+    await proxy.close()
+
+    response = await provider.client.request(method, path, json=body)
+
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
+    assert "The Kubernetes API server could not be reached" in response.text
+    assert "Send the request again in a few seconds" in response.text
+    assert "HTTPConnection" not in response.text
+    assert "Max retries" not in response.text
+
+
+async def test_scale_from_zero_unreachable_is_503(
+    proxied_provider: tuple[RunningProvider, ClosableProxy],
+) -> None:
+    provider, proxy = proxied_provider
+    deployed = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+    assert deployed.status_code == 202, deployed.text
+    scaled = await provider.client.post(
+        "/system/scale-function/fn", json={"serviceName": "fn", "replicas": 0}
+    )
+    assert scaled.status_code == 202, scaled.text
+    cached = provider.backend._cached.get("fn", NAMESPACE) or {}
+    assert cached["spec"]["replicas"] == 0
+    await proxy.close()
+
+    response = await provider.client.post("/function/fn", content=b"x")
+
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
+    assert response.headers["x-openfaas-internal"] == "proxy"
+    assert "could not scale from zero function fn.openfaas-fn" in response.text
+    assert provider.echo.requests == []
 
 
 async def test_start_unreachable_names_server(tmp_path: Path) -> None:

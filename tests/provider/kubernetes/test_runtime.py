@@ -6,8 +6,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import kmock
 import pytest
 
+from provider.logs_api import parse_rfc3339
 from tests.provider.kubernetes.conftest import (
     DEPLOYMENTS,
     NAMESPACE,
@@ -410,6 +412,96 @@ async def test_logs_unknown_function_404(provider: RunningProvider) -> None:
     response = await provider.client.get("/system/logs?name=ghost")
 
     assert response.status_code == 404
+
+
+async def test_logs_unknown_instance_404(provider: RunningProvider) -> None:
+    await deploy(provider)
+    add_pod(provider, "fn-abc", "fn")
+    add_pod(provider, "other-xyz", "other")
+
+    for instance in ("nosuchpod", "other-xyz"):
+        response = await provider.client.get(
+            "/system/logs", params={"name": "fn", "instance": instance}
+        )
+
+        assert response.status_code == 404, response.text
+        assert f"has no pod named {instance!r}" in response.text
+
+
+# The API server's message for the log of a pod whose image does not pull.
+PULL_FAILURE = (
+    'container "fn" in pod "fn-wait" is waiting to start: trying and failing '
+    "to pull image"
+)
+
+
+def fail_pod_log(provider: RunningProvider, pod: str) -> None:
+    path = f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}/log"
+    provider.emulator["get", path] << kmock.KubernetesError(
+        status=400, reason="BadRequest", message=PULL_FAILURE
+    )
+
+
+async def test_logs_unreadable_pod_sends_reason(provider: RunningProvider) -> None:
+    await deploy(provider)
+    add_pod(provider, "fn-wait", "fn")
+    fail_pod_log(provider, "fn-wait")
+
+    response = await provider.client.get("/system/logs?name=fn")
+
+    assert response.status_code == 200, response.text
+    [message] = [json.loads(line) for line in response.text.splitlines()]
+    assert message["name"] == "fn"
+    assert message["namespace"] == NAMESPACE
+    assert message["instance"] == "fn-wait"
+    assert message["text"] == (
+        "faashub could not read the log of this pod: the Kubernetes API server "
+        f"returned 400 BadRequest: {PULL_FAILURE}"
+    )
+    parse_rfc3339(message["timestamp"])
+
+
+@pytest.mark.timeout(30)
+async def test_logs_follow_reports_reason_once(provider: RunningProvider) -> None:
+    await deploy(provider)
+    add_pod(provider, "fn-wait", "fn")
+    failures_left = 2
+    live_lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def live_log() -> AsyncIterator[bytes]:
+        while (line := await live_lines.get()) is not None:
+            yield line
+
+    def pod_log(request: Any) -> Any:
+        # The first reads fail as while the image pulls, then the container runs.
+        nonlocal failures_left
+        if failures_left > 0:
+            failures_left -= 1
+            return kmock.KubernetesError(
+                status=400, reason="BadRequest", message=PULL_FAILURE
+            )
+        return live_log()
+
+    path = f"/api/v1/namespaces/{NAMESPACE}/pods/fn-wait/log"
+    provider.emulator["get", path] << pod_log
+    live_lines.put_nowait(b"2024-05-01T12:00:00Z started\n")
+    try:
+        async with provider.client.stream(
+            "GET", "/system/logs", params={"name": "fn", "follow": "true"}
+        ) as response:
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+
+            first = json.loads(await asyncio.wait_for(anext(lines), 10))
+            assert first["instance"] == "fn-wait"
+            assert PULL_FAILURE in first["text"]
+
+            # The second failed read, one poll later, sends no second message.
+            second = json.loads(await asyncio.wait_for(anext(lines), 15))
+            assert second["text"] == "started"
+            assert failures_left == 0
+    finally:
+        live_lines.put_nowait(None)
 
 
 class LivePodLog:
