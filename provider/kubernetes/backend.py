@@ -68,6 +68,7 @@ from provider.kubernetes.kube import (
     load_api_client,
     server_url,
 )
+from provider.kubernetes.log_limit import RepeatedWarning
 from provider.kubernetes.pod_logs import PodLogStream
 from provider.kubernetes.proxy import FunctionProxy
 from provider.types import (
@@ -80,6 +81,10 @@ from provider.types import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Every request fails this way while the API server is down, so the
+# warning is written at most once per interval with a count of the others.
+api_server_silent = RepeatedWarning(logger, "kubernetes api server did not respond: %s")
 
 PROVIDER_NAME: Final = "faashub-kubernetes"
 ORCHESTRATION: Final = "kubernetes"
@@ -270,6 +275,11 @@ class KubernetesBackend:
         """
         ref = await self._check_definition(deployment)
         current = await self._read_deployment(ref)
+        # A Service of another application rejects the update before the
+        # Deployment is patched, because a patch that restarts the pods cannot
+        # be undone. NOTE: a Service created between this read and
+        # _apply_service still gets the 400 after the patch.
+        await self._check_service_owner(ref)
         secrets = await self._secret_mounts(deployment, ref.namespace)
         initial = objects.initial_replicas(deployment.labels)
         replicas = objects.replicas_of(current) if initial is None else initial
@@ -705,18 +715,12 @@ class KubernetesBackend:
         except ApiError as exc:
             if exc.status != 409:
                 raise _api_failure(exc, action=f"create the Service of {ref}") from exc
-        try:
-            current = await self._api.call(
-                self._api.core.read_namespaced_service, ref.name, ref.namespace
-            )
-        except ApiError as exc:
-            raise _api_failure(exc, action=f"read the Service of {ref}") from exc
-        if not objects.belongs_to_function(current, ref.name):
-            raise InvalidRequest(
-                f"Service {ref.name!r} in namespace {ref.namespace!r} exists and "
-                f"has no {objects.FUNCTION_LABEL}={ref.name} label, so faashub "
-                "leaves it alone. Deploy the function under another name or in "
-                "another namespace, or delete that Service first."
+        current = await self._check_service_owner(ref)
+        if current is None:
+            raise Conflict(
+                f"The Service of {ref} existed when the provider tried to create "
+                "it and was deleted before the provider read it. Send the "
+                "request again."
             )
         try:
             # Only the fields the provider sets are compared, because the API
@@ -743,6 +747,29 @@ class KubernetesBackend:
             )
         except ApiError as exc:
             raise _api_failure(exc, action=f"update the Service of {ref}") from exc
+
+    async def _check_service_owner(self, ref: FunctionRef) -> JsonObject | None:
+        """Read the Service named after the function, or None when there is none.
+
+        Raise InvalidRequest when that Service has no faas_function label
+        naming the function, because it then belongs to another application.
+        """
+        try:
+            current: JsonObject = await self._api.call(
+                self._api.core.read_namespaced_service, ref.name, ref.namespace
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise _api_failure(exc, action=f"read the Service of {ref}") from exc
+        if not objects.belongs_to_function(current, ref.name):
+            raise InvalidRequest(
+                f"Service {ref.name!r} in namespace {ref.namespace!r} exists and "
+                f"has no {objects.FUNCTION_LABEL}={ref.name} label, so faashub "
+                "leaves it alone. Deploy the function under another name or in "
+                "another namespace, or delete that Service first."
+            )
+        return current
 
     async def _delete_service(self, ref: FunctionRef) -> bool:
         """Delete the function's Service and return whether one was deleted.
@@ -998,11 +1025,7 @@ def _unavailable_error(
     The caller's message leaves out urllib3's text, which names the provider's
     connection pool and the server's address, so only the log has it.
     """
-    logger.warning(
-        "kubernetes api server did not respond: %s",
-        exc,
-        extra={"ctx": {"action": action}},
-    )
+    api_server_silent.write(exc, context={"action": action})
     if exc.reason == TIMED_OUT:
         what_failed = "The Kubernetes API server did not respond in time"
         what_to_check = "the load and health of the API server"

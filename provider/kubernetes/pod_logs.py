@@ -38,6 +38,7 @@ import urllib3
 from provider.backend import FunctionNotFound
 from provider.kubernetes import objects
 from provider.kubernetes.kube import TIMED_OUT, ApiError, JsonObject, KubeApi
+from provider.kubernetes.log_limit import RepeatedWarning
 from provider.logs_api import parse_rfc3339
 from provider.types import LogRequest
 
@@ -51,6 +52,10 @@ FOLLOW_READ_TIMEOUT_S: Final = 24 * 3600.0
 # A client that falls this many chunks of lines behind has its stream ended,
 # so a reader that stops reading cannot make the provider buffer without limit.
 MAX_BACKLOG_CHUNKS: Final = 10_000
+
+# Each follower polls the pod list, so one failing API server would
+# otherwise log one line per follower per poll interval.
+pod_list_failed = RepeatedWarning(logger, "pod list for logs failed: %s")
 
 
 class InstanceNotFound(FunctionNotFound):
@@ -145,11 +150,7 @@ class PodLogStream:
             try:
                 await self._start_new_readers()
             except ApiError as exc:
-                logger.warning(
-                    "pod list for logs failed: %s",
-                    exc,
-                    extra={"ctx": {"function": self._request.name}},
-                )
+                pod_list_failed.write(exc, context={"function": self._request.name})
 
     async def _start_new_readers(self) -> None:
         body = await self._kube.call(

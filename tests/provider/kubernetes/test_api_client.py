@@ -6,6 +6,7 @@ the emulator that the test closes while the provider runs.
 """
 
 import asyncio
+import logging
 import subprocess
 import sys
 import time
@@ -18,8 +19,9 @@ import pytest
 
 from faashub.settings import KubernetesProviderSettings
 from provider.backend import ProviderStartError
-from provider.kubernetes import kube
+from provider.kubernetes import backend, kube
 from provider.kubernetes.backend import KubernetesBackend
+from provider.kubernetes.log_limit import RepeatedWarning
 from tests.provider.kubernetes.conftest import (
     DEPLOYMENTS,
     NAMESPACE,
@@ -200,6 +202,34 @@ async def test_scale_from_zero_unreachable_is_503(
     assert response.headers["x-openfaas-internal"] == "proxy"
     assert "could not scale from zero function fn.openfaas-fn" in response.text
     assert provider.echo.requests == []
+
+
+async def test_unreachable_api_server_logged_once(
+    proxied_provider: tuple[RunningProvider, ClosableProxy],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    template = "kubernetes api server did not respond: %s"
+    monkeypatch.setattr(
+        backend, "api_server_silent", RepeatedWarning(backend.logger, template)
+    )
+    provider, proxy = proxied_provider
+    deployed = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+    assert deployed.status_code == 202, deployed.text
+    await proxy.close()
+
+    with caplog.at_level(logging.WARNING, logger=backend.logger.name):
+        for _ in range(3):
+            response = await provider.client.post(
+                "/system/scale-function/fn", json={"serviceName": "fn", "replicas": 2}
+            )
+            assert response.status_code == 503, response.text
+
+    records = [record for record in caplog.records if record.msg == template]
+    assert len(records) == 1
+    assert records[0].ctx == {"action": "scale function fn.openfaas-fn"}
 
 
 async def test_start_unreachable_names_server(tmp_path: Path) -> None:

@@ -415,6 +415,33 @@ async def test_deploy_over_foreign_service_is_400(
     assert not provider.has_object(DEPLOYMENTS, NAMESPACE, "postgres")
 
 
+async def test_update_over_foreign_service_is_400(
+    provider: RunningProvider,
+) -> None:
+    await deploy(provider, secrets=[], labels={"team": "blue"})
+    # Another application replaces the function's Service with its own.
+    provider.emulator.objects[SERVICES, NAMESPACE, "figlet"] = foreign_service("figlet")
+    deployment_before = provider.deployment("figlet")
+    patches_before = len(list(provider.emulator["patch", kmock.resource(DEPLOYMENTS)]))
+
+    response = await provider.client.put(
+        "/system/functions",
+        json=full_definition(
+            image="ghcr.io/openfaas/figlet:2", secrets=[], labels={"team": "red"}
+        ),
+    )
+
+    assert response.status_code == 400, response.text
+    assert "Service 'figlet'" in response.text
+    assert "delete that Service first" in response.text
+    assert provider.deployment("figlet") == deployment_before
+    patches = list(provider.emulator["patch", kmock.resource(DEPLOYMENTS)])
+    assert len(patches) == patches_before
+    service = provider.service("figlet")
+    assert service["metadata"]["labels"] == {"app": "figlet"}
+    assert service["spec"]["selector"] == {"app": "figlet"}
+
+
 async def test_delete_keeps_foreign_service(provider: RunningProvider) -> None:
     await provider.client.post(
         "/system/functions", json={"service": "fn", "image": "x"}
