@@ -16,7 +16,7 @@ second tree's divided by the first's, round by round.
 
 The hub that the workers use (nats-server, the provider, the gateway, the
 no-op function and the callback receiver) runs from the tree that the
-harness runs from. A tree is a checkout of faashub: the folder that holds
+harness runs from. A tree is a checkout of faashub: the folder that contains
 `faashub/` and `queue_worker/`. The exit status is 0 after every round, 1
 when a round could not be measured, and 2 for an invalid option.
 """
@@ -93,7 +93,7 @@ def tree_problem(tree: Path) -> str:
         if not (tree / part).is_file():
             return (
                 f"{tree} is not a faashub source tree: it has no {part}. Give the "
-                "folder that holds faashub/ and queue_worker/, such as a git "
+                "folder that contains faashub/ and queue_worker/, such as a git "
                 "worktree of the commit to compare."
             )
     return ""

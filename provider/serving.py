@@ -89,9 +89,9 @@ def serve(
 class _QuietStartFailure(logging.Filter):
     """Drop uvicorn's traceback of a start that failed with ProviderStartError.
 
-    Such an error already says what failed and what to do, and the caller
-    logs it. uvicorn would log the lifespan's whole traceback first, which
-    buries it. Other start failures keep their traceback.
+    Such an error already names what failed and the fix, and the caller logs
+    it. uvicorn would log the lifespan's whole traceback first, which buries
+    it. Other start failures keep their traceback.
     """
 
     def __init__(self, app: api.ProviderApp) -> None:

@@ -10,7 +10,7 @@ They split by what the worker does next with the message in hand::
         │   ├── GatewayUnavailable   a function lookup failed
         │   └── NatsUnavailable      a status, dead-letter or body operation
         │       │                    failed
-        │       └── StatusRefused    the status stream answered a write with
+        │       └── StatusRefused    the status stream rejected a write with
         │                            an error, such as a full bucket
         └── BodyNotFound         the stored body a call refers to is gone, so
                                  the call cannot run: dead-letter it
@@ -43,4 +43,4 @@ class BodyNotFound(WorkerError):
 
 
 class StatusRefused(NatsUnavailable):
-    """The status stream answered a write with an error; trying again soon is futile."""
+    """A status write that the stream rejected, so a retry soon would fail too."""
