@@ -92,6 +92,11 @@ META_DLQ_ATTEMPTS: Final = "Faashub-Dlq-Attempts"  # JSON list, see dead_letter.
 META_DLQ_AT_NS: Final = "Faashub-Dlq-At-Ns"
 META_DLQ_RESULT_STATUS: Final = "Faashub-Dlq-Result-Status"
 META_DLQ_RESULT_HEADERS: Final = "Faashub-Dlq-Result-Headers"  # JSON object
+# For a callback: the call's X-Duration-Seconds, X-Retry and X-Retry-Max, so
+# that a redrive sends the same values.
+META_DLQ_DURATION_SECONDS: Final = "Faashub-Dlq-Duration-Seconds"
+META_DLQ_RETRY: Final = "Faashub-Dlq-Retry"
+META_DLQ_RETRY_MAX: Final = "Faashub-Dlq-Retry-Max"
 
 # Bodies above the NATS message limit, one object per call key.
 BODIES_BUCKET: Final = "FAASHUB_BODIES"

@@ -9,7 +9,8 @@ two kinds:
   dead-letter headers. Redriving it queues a new call with a new id.
 * `callback`: a call that ran, whose result could not be delivered to its
   callback URL. The message body is the function's response body, and the
-  function's status and headers are in the dead-letter headers. Redriving it
+  function's status and headers are in the dead-letter headers, with the
+  duration and the retry counts that the callback carried. Redriving it
   posts the callback again; the function does not run again.
 
 Each attempt is recorded as `{"status": int | null, "error": str, "at_ns": int}`
@@ -17,14 +18,15 @@ in the `Faashub-Dlq-Attempts` header (JSON).
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from faashub import constants, errors
 from faashub.queued_call import QueuedCall
 
 DeadLetterKind = Literal["call", "callback"]
+T = TypeVar("T")
 
 # Reasons a call is dead-lettered; the API filters on these words.
 REASON_ATTEMPTS_EXHAUSTED = "attempts-exhausted"
@@ -65,6 +67,12 @@ class DeadLetter:
     """For `callback`: the function's response headers."""
     result_body: bytes = b""
     """For `callback`: the function's response body."""
+    duration_s: float | None = None
+    """For `callback`: the `X-Duration-Seconds` value, how long the function ran."""
+    retry: int | None = None
+    """For `callback`: the `X-Retry` value, the attempts made."""
+    retry_max: int | None = None
+    """For `callback`: the `X-Retry-Max` value, the attempts allowed."""
 
     def subject(self) -> str:
         call = self.call
@@ -91,6 +99,14 @@ class DeadLetter:
             message_headers[constants.META_DLQ_RESULT_HEADERS] = json.dumps(
                 self.result_headers, separators=(",", ":")
             )
+            if self.duration_s is not None:
+                message_headers[constants.META_DLQ_DURATION_SECONDS] = (
+                    f"{self.duration_s:.6f}"
+                )
+            if self.retry is not None:
+                message_headers[constants.META_DLQ_RETRY] = str(self.retry)
+            if self.retry_max is not None:
+                message_headers[constants.META_DLQ_RETRY_MAX] = str(self.retry_max)
             return message_headers, self.result_body
         return message_headers, self.call.body
 
@@ -124,6 +140,11 @@ class DeadLetter:
             )
             result_status_text = message_headers.get(constants.META_DLQ_RESULT_STATUS)
             result_status = int(result_status_text) if result_status_text else None
+            duration_s = _optional(
+                message_headers, constants.META_DLQ_DURATION_SECONDS, float
+            )
+            retry = _optional(message_headers, constants.META_DLQ_RETRY, int)
+            retry_max = _optional(message_headers, constants.META_DLQ_RETRY_MAX, int)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise errors.InvalidQueuedCall(
                 f"Invalid dead-letter headers: {exc}"
@@ -139,6 +160,9 @@ class DeadLetter:
             result_status=result_status,
             result_headers=result_headers,
             result_body=body if kind == "callback" else b"",
+            duration_s=duration_s,
+            retry=retry,
+            retry_max=retry_max,
         )
 
 
@@ -149,6 +173,17 @@ def dead_letter_filter_subject(
     return (
         f"{constants.DEAD_LETTER_SUBJECT_PREFIX}.{queue}.{namespace}.{function}.{key}"
     )
+
+
+def _optional(
+    message_headers: Mapping[str, str], name: str, parse: Callable[[str], T]
+) -> T | None:
+    """Parse header `name` with `parse`, or return None when the message lacks it.
+
+    Dead letters stored by an older worker lack the newer headers.
+    """
+    text = message_headers.get(name)
+    return None if text is None else parse(text)
 
 
 def _one_line(text: str) -> str:

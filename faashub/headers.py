@@ -37,3 +37,22 @@ def is_utf8(value: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def wire_text(value: str) -> str:
+    """Return the text that makes aiohttp send `value`'s original bytes.
+
+    The gateway decodes header bytes as latin-1, one character a byte, while
+    aiohttp encodes header text as UTF-8. Re-reading the latin-1 bytes as
+    UTF-8 gives back the caller's exact bytes whenever they are valid UTF-8,
+    which covers every non-ASCII value that current HTTP clients send.
+    """
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        # NOTE: aiohttp can only write header text as UTF-8, so a value whose
+        # bytes are not UTF-8 reaches the function UTF-8 encoded. The gateway
+        # rejects such values, so only calls stored by older gateways get here.
+        return value

@@ -92,6 +92,15 @@ class GatewaySettings(CommonSettings):
         description="Comma-separated host names or networks (CIDR); when set, "
         "a redriven callback may reach only these, as on the queue-worker.",
     )
+    callback_signing_secret: str = Field(
+        "",
+        description="Secret that signs a callback posted again by a dead-letter "
+        "redrive; set it as on the queue-worker, so receivers can verify it.",
+    )
+    callback_signing_secret_previous: str = Field(
+        "",
+        description="A second secret for redriven callbacks, as on the queue-worker.",
+    )
     upstream_timeout_s: float = Field(
         60.0,
         gt=0,

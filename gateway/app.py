@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import aiohttp
 from starlette.types import Receive, Scope, Send
 
-from faashub import credentials, tracing
+from faashub import callback_request, credentials, tracing
 from faashub.callback_guard import CallbackGuard, new_callback_session
 from faashub.gc_tuning import tune_gc
 from faashub.names import FunctionRef
@@ -390,6 +390,10 @@ class GatewayApp:
             lookup=lookup,
             callback_session=callback_session,
             callback_guard=guard,
+            signing_secrets=callback_request.secrets_of(
+                settings.callback_signing_secret,
+                settings.callback_signing_secret_previous,
+            ),
         )
         self._service_counts = ServiceCountRefresher(
             self.metrics,

@@ -47,8 +47,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 
+from faashub import callback_request, dead_letter
 from faashub import constants as shared
-from faashub import dead_letter
 from faashub import errors as shared_errors
 from faashub.call_status import CallStatus, status_key
 from faashub.callback_guard import CallbackGuard, CallbackRefused, literal_refusal
@@ -75,14 +75,6 @@ _CALLBACK_REASONS = frozenset(
 )
 # Headers of a stored function result that a redriven callback does not
 # repeat: hop-by-hop ones, the ones aiohttp computes, and the ones set anew.
-_CALLBACK_HEADERS_NOT_REPEATED = shared.HOP_BY_HOP | {
-    "host",
-    "content-length",
-    shared.CALL_ID.lower(),
-    shared.FUNCTION_STATUS.lower(),
-    shared.FUNCTION_NAME.lower(),
-}
-
 # Request headers that the worker sets from a call's metadata when it runs it.
 _SET_BY_WORKER = frozenset({shared.CALL_ID.lower(), shared.START_TIME.lower()})
 
@@ -173,6 +165,7 @@ class DeadLetterStore:
         self._lookup: FunctionLookup | None = None
         self._callback_session: aiohttp.ClientSession | None = None
         self._callback_guard = CallbackGuard()
+        self._signing_secrets: list[str] = []
 
     def bind(
         self,
@@ -181,17 +174,20 @@ class DeadLetterStore:
         lookup: FunctionLookup,
         callback_session: aiohttp.ClientSession,
         callback_guard: CallbackGuard,
+        signing_secrets: list[str],
     ) -> None:
         """Give the store its HTTP sessions and the function lookup, once started.
 
         `callback_session` comes from `faashub.callback_guard.new_callback_session`
         with `callback_guard`, so a redriven callback reaches only addresses
-        that the queue-worker's callbacks may reach.
+        that the queue-worker's callbacks may reach. `signing_secrets` sign
+        redriven callbacks as the queue-worker signs its own.
         """
         self._session = session
         self._lookup = lookup
         self._callback_session = callback_session
         self._callback_guard = callback_guard
+        self._signing_secrets = signing_secrets
 
     def unbind(self) -> None:
         self._session = None
@@ -392,13 +388,26 @@ class DeadLetterStore:
                 "dead letter instead."
             )
 
+        headers = callback_request.signed_headers(
+            callback_request.callback_headers(
+                call,
+                letter.result_status or 0,
+                letter.result_headers.items(),
+                duration_s=letter.duration_s,
+                retry=letter.retry,
+                retry_max=letter.retry_max,
+            ),
+            letter.result_body,
+            self._signing_secrets,
+            timestamp_s=int(time.time()),
+        )
         # NB: error messages leave the URL out, because its query may hold a
         # token and the messages are logged and returned to the caller.
         try:
             async with self._callback_session.post(
                 call.callback_url,
                 data=letter.result_body,
-                headers=_callback_headers(letter),
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(
                     total=constants.CALLBACK_REDRIVE_TIMEOUT_S
                 ),
@@ -731,30 +740,6 @@ def _context(stored: StoredDeadLetter) -> dict[str, object]:
         "kind": stored.letter.kind,
         "seq": stored.seq,
     }
-
-
-def _callback_headers(letter: DeadLetter) -> list[tuple[str, str]]:
-    """Return the headers of a redriven callback: the result's, then the call's."""
-    call = letter.call
-    headers = [
-        (name, value)
-        for name, value in letter.result_headers.items()
-        if name.lower() not in _CALLBACK_HEADERS_NOT_REPEATED
-    ]
-    headers.append((shared.CALL_ID, call.call_id))
-    headers.append((shared.FUNCTION_STATUS, str(letter.result_status or 0)))
-    headers.append((shared.FUNCTION_NAME, _function_name(call)))
-    # TODO: sign redriven callbacks once the gateway has the worker's callback
-    # signing secret in its settings; until then they carry no
-    # X-Faashub-Signature.
-    return headers
-
-
-def _function_name(call: QueuedCall) -> str:
-    """Return the function as OpenFaaS names it in `X-Function-Name`."""
-    if call.namespace == shared.DEFAULT_NAMESPACE:
-        return call.function
-    return f"{call.function}.{call.namespace}"
 
 
 def known_reasons() -> Iterator[str]:

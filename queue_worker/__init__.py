@@ -8,6 +8,7 @@ its status record (`status`), and replays the request through the gateway's
 `/function/` route (`invoke`). A failed attempt goes back to JetStream with
 a backoff delay (`backoff`). A call that cannot complete becomes a dead
 letter (`dead_letters`). The final result goes to the caller's
-`X-Callback-Url` (`callback`, `signing`). `server` wraps the worker into a
-process with a health and metrics listener (`metrics`) and signal handling.
+`X-Callback-Url` (`callback`, signed by `faashub.callback_request`). `server`
+wraps the worker into a process with a health and metrics listener
+(`metrics`) and signal handling.
 """

@@ -1,23 +1,16 @@
 """Deliver a finished call's result to the caller's `X-Callback-Url`.
 
 The callback request follows the OpenFaaS queue-worker contract: `POST` with
-the function's response body and the function's response headers (minus
-hop-by-hop ones, `Content-Length` and `Host`), with these set on top:
-
-* `X-Call-Id`: the call id;
-* `X-Function-Status`: the function's HTTP status, or the worker's own
-  status when there was no response (see `queue_worker.invoke`);
-* `X-Function-Name`: `name`, or `name.namespace` outside `openfaas-fn`;
-* `X-Duration-Seconds`: seconds, with 6 decimals, from the moment the worker
-  started the last attempt to the function's response;
-* `X-Retry` and `X-Retry-Max`: attempts made and the effective maximum, as
-  OpenFaaS Pro sends them;
-* `X-Faashub-Signature`, when a signing secret is set (`queue_worker.signing`);
-* `traceparent` and `tracestate` (W3C Trace Context), when the caller sent
-  them with the call, in place of any the function responded with, so that
-  the callback belongs to the caller's trace. With trace export on
-  (`faashub.tracing`), the `traceparent` is that of the callback's own span,
-  in the same trace.
+the function's response body and headers, with `X-Call-Id`,
+`X-Function-Status`, `X-Function-Name`, `X-Duration-Seconds` (seconds, with
+6 decimals, from the moment the worker started the last attempt to the
+function's response), `X-Retry` and `X-Retry-Max` (attempts made and the
+effective maximum, as OpenFaaS Pro sends them) set on top.
+`faashub.callback_request` builds the headers and the `X-Faashub-Signature`,
+and lists which of the function's headers are left out. `X-Function-Status`
+is the worker's own status when there was no response (see
+`queue_worker.invoke`). With trace export on (`faashub.tracing`), the
+`traceparent` is that of the callback's own span, in the caller's trace.
 
 Only the final outcome of a call is posted. A delivery that gets no response
 or a 5xx status is tried again, up to callback_attempts tries in all, after
@@ -44,7 +37,7 @@ from typing import NamedTuple
 import aiohttp
 import yarl
 
-from faashub import constants, dead_letter, tracing
+from faashub import callback_request, dead_letter, tracing
 from faashub.callback_guard import (
     CallbackGuard,
     CallbackRefused,
@@ -54,8 +47,8 @@ from faashub.callback_guard import (
 )
 from faashub.dead_letter import Attempt
 from faashub.queued_call import QueuedCall
-from queue_worker import backoff, signing
-from queue_worker.invoke import FunctionResult, request_body, wire_text
+from queue_worker import backoff
+from queue_worker.invoke import FunctionResult, request_body
 from queue_worker.policy import Jitter
 
 logger = logging.getLogger(__name__)
@@ -64,9 +57,6 @@ logger = logging.getLogger(__name__)
 # over when it is full.
 _REFUSALS_MAX = 1024
 
-# W3C Trace Context headers, copied from the queued call to the callback.
-TRACE_HEADERS = ("traceparent", "tracestate")
-
 # Headers set by the connectors that name a call's source, by the log field
 # they fill.
 _SOURCE_HEADERS = {
@@ -74,21 +64,6 @@ _SOURCE_HEADERS = {
     "x-kafka-partition": "partition",
     "x-kafka-offset": "offset",
     "x-sqs-message-id": "message_id",
-}
-
-# Function response headers that the callback request does not repeat:
-# hop-by-hop ones, the ones aiohttp computes, and the ones set below.
-_NOT_FORWARDED = constants.HOP_BY_HOP | {
-    *TRACE_HEADERS,
-    "host",
-    "content-length",
-    constants.CALL_ID.lower(),
-    constants.FUNCTION_STATUS.lower(),
-    constants.FUNCTION_NAME.lower(),
-    constants.DURATION_SECONDS.lower(),
-    constants.RETRY.lower(),
-    constants.RETRY_MAX.lower(),
-    constants.CALLBACK_SIGNATURE.lower(),
 }
 
 
@@ -233,8 +208,13 @@ class CallbackSender:
 
         Raises only when cancelled. Failures are logged here.
         """
-        headers = callback_headers(
-            call, result, duration_s=duration_s, retry=retry, retry_max=retry_max
+        headers = callback_request.callback_headers(
+            call,
+            result.status,
+            result.headers,
+            duration_s=duration_s,
+            retry=retry,
+            retry_max=retry_max,
         )
         if tracing.enabled:
             return await self._deliver_traced(call, result.body, headers)
@@ -345,11 +325,9 @@ class CallbackSender:
         refusal = self._refusal_of_literal(call.callback_url)
         if refusal:
             return _Try(None, refusal, final=True, refused=True)
-        if self._options.secrets:
-            signature = signing.signature_header(
-                body, self._options.secrets, timestamp_s=int(self._clock_s())
-            )
-            headers = [*headers, (constants.CALLBACK_SIGNATURE, signature)]
+        headers = callback_request.signed_headers(
+            headers, body, self._options.secrets, timestamp_s=int(self._clock_s())
+        )
         try:
             async with session.post(
                 call.callback_url,
@@ -383,46 +361,6 @@ class CallbackSender:
                 self._refusals.clear()
             refusal = self._refusals[url] = literal_refusal(self._options.guard, url)
         return refusal
-
-
-def callback_headers(
-    call: QueuedCall,
-    result: FunctionResult,
-    *,
-    duration_s: float,
-    retry: int,
-    retry_max: int,
-) -> list[tuple[str, str]]:
-    """Return the callback request's headers, repeated names kept apart."""
-    headers = [
-        (name, value)
-        for name, value in result.headers
-        if name.lower() not in _NOT_FORWARDED
-    ]
-    headers.append((constants.CALL_ID, wire_text(call.call_id)))
-    headers.append((constants.FUNCTION_STATUS, str(result.status)))
-    headers.append((constants.FUNCTION_NAME, function_name(call)))
-    headers.append((constants.DURATION_SECONDS, f"{duration_s:.6f}"))
-    headers.append((constants.RETRY, str(retry)))
-    headers.append((constants.RETRY_MAX, str(retry_max)))
-    headers.extend(trace_headers(call))
-    return headers
-
-
-def trace_headers(call: QueuedCall) -> list[tuple[str, str]]:
-    """Return the call's `traceparent` and `tracestate` headers, if it has them."""
-    found = []
-    for name, value in call.headers.items():
-        if name.lower() in TRACE_HEADERS:
-            found.append((name.lower(), wire_text(value)))
-    return found
-
-
-def function_name(call: QueuedCall) -> str:
-    """Return the function as OpenFaaS names it in `X-Function-Name`."""
-    if call.namespace == constants.DEFAULT_NAMESPACE:
-        return call.function
-    return f"{call.function}.{call.namespace}"
 
 
 def loggable_url(url: str) -> str:

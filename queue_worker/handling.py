@@ -553,17 +553,23 @@ class CallHandler:
 
         delivery: Delivery | None = None
         if call.callback_url:
+            retry = status.counted_attempts(record)
             delivery = await self._services.callbacks.deliver(
                 call,
                 outcome.result,
                 duration_s=outcome.duration_s,
-                retry=status.counted_attempts(record),
+                retry=retry,
                 retry_max=policy.attempts,
             )
             metrics.callback_failures.inc(delivery.failed_tries)
             if not delivery.delivered:
                 letter = _callback_dead_letter(
-                    call, outcome.result, delivery, now_ns=self._clock_ns()
+                    call,
+                    outcome,
+                    delivery,
+                    retry=retry,
+                    retry_max=policy.attempts,
+                    now_ns=self._clock_ns(),
                 )
                 if not await self._store_dead_letter(job, letter):
                     return
@@ -924,8 +930,15 @@ def _busy_delay_s() -> float:
 
 
 def _callback_dead_letter(
-    call: QueuedCall, result: FunctionResult, delivery: Delivery, *, now_ns: int
+    call: QueuedCall,
+    outcome: _Outcome,
+    delivery: Delivery,
+    *,
+    retry: int,
+    retry_max: int,
+    now_ns: int,
 ) -> DeadLetter:
+    result = outcome.result
     headers: dict[str, str] = {}
     for name, value in result.headers:
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
@@ -939,6 +952,9 @@ def _callback_dead_letter(
         result_status=result.status,
         result_headers=headers,
         result_body=result.body,
+        duration_s=outcome.duration_s,
+        retry=retry,
+        retry_max=retry_max,
     )
 
 

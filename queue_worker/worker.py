@@ -35,8 +35,8 @@ from nats.js import api as jsapi
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from faashub import callback_request, credentials, errors, jetstream
 from faashub import constants as shared
-from faashub import credentials, errors, jetstream
 from faashub.callback_guard import CallbackGuard, new_callback_session
 from faashub.queued_call import queue_filter_subject
 from faashub.replica_urls import ReplicaUrls
@@ -309,14 +309,9 @@ class Worker:
     ) -> CallHandler:
         settings = self._settings
         assert self._session is not None
-        secrets = [
-            secret
-            for secret in (
-                settings.callback_signing_secret,
-                settings.callback_signing_secret_previous,
-            )
-            if secret
-        ]
+        secrets = callback_request.secrets_of(
+            settings.callback_signing_secret, settings.callback_signing_secret_previous
+        )
         guard = CallbackGuard.from_settings(
             deny_networks=settings.callback_deny_networks,
             allow=settings.callback_allow,

@@ -8,6 +8,8 @@ gateway.
 import asyncio
 import base64
 import datetime
+import hashlib
+import hmac
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -505,10 +507,56 @@ async def test_redrive_callback_posts_again(
     assert callback.headers["X-Function-Name"] == "echo"
     assert callback.headers["X-Result"] == "yes"
     assert callback.headers["Content-Type"] == "application/json"
+    # A letter that does not keep them (as earlier workers stored it) gets
+    # no made-up values; without a secret nothing is signed.
+    for name in ("X-Duration-Seconds", "X-Retry", "X-Retry-Max"):
+        assert name not in callback.headers
+    assert "X-Faashub-Signature" not in callback.headers
     assert await dead_letter_count(nats_url) == 0
     # The function does not run again.
     assert provider.received == []
     assert await stored_messages(nats_url) == []
+
+
+async def test_redrive_callback_signed_complete(
+    provider: FakeProvider, nats_url: str, start_gateway: GatewayFactory
+) -> None:
+    gateway = await start_gateway(
+        nats_url=nats_url,
+        callback_signing_secret="current",
+        callback_signing_secret_previous="previous",
+    )
+    await wait_until_healthy(gateway.url)
+    traceparent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    letter = callback_letter("cb-9", f"{provider.url}/callback")
+    letter.call.headers["traceparent"] = traceparent
+    letter.duration_s = 0.25
+    letter.retry = 2
+    letter.retry_max = 5
+    # The function's own headers with these names are not repeated.
+    letter.result_headers.update({"X-Retry": "9", "X-Faashub-Signature": "forged"})
+    await publish_dead_letter(nats_url, letter)
+    before_s = int(time.time())
+
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        response = await client.post(
+            "/system/dead-letters/redrive", json={"call_ids": ["cb-9"]}
+        )
+
+    assert response.json()["failed"] == []
+    [callback] = provider.callbacks
+    assert callback.headers.getall("X-Duration-Seconds") == ["0.250000"]
+    assert callback.headers.getall("X-Retry") == ["2"]
+    assert callback.headers.getall("X-Retry-Max") == ["5"]
+    assert callback.headers["traceparent"] == traceparent
+    [signature] = callback.headers.getall("X-Faashub-Signature")
+    timestamp_text, current, previous = signature.split(",")
+    timestamp = int(timestamp_text.removeprefix("t="))
+    assert before_s <= timestamp <= time.time()
+    signed = f"{timestamp}.".encode() + callback.body
+    for entry, secret in ((current, b"current"), (previous, b"previous")):
+        expected = hmac.new(secret, signed, hashlib.sha256).hexdigest()
+        assert entry == f"v1={expected}"
 
 
 async def test_delivered_redrive_clears_status_reason(

@@ -10,7 +10,7 @@ import uuid
 import httpx
 import pytest
 
-from queue_worker.callback import callback_headers
+from faashub.callback_request import callback_headers
 from queue_worker.invoke import FunctionResult
 from tests.conftest import wait_until_async
 from tests.gateway.conftest import FakeProvider, RunningGateway
@@ -90,7 +90,9 @@ def test_callback_replaces_function_trace_headers() -> None:
         headers=[("traceparent", "00-" + "1" * 32 + "-" + "2" * 16 + "-01")],
     )
 
-    headers = callback_headers(call, result, duration_s=0.1, retry=1, retry_max=3)
+    headers = callback_headers(
+        call, result.status, result.headers, duration_s=0.1, retry=1, retry_max=3
+    )
 
     trace = [(name, value) for name, value in headers if name.startswith("trace")]
     assert trace == [("traceparent", TRACEPARENT), ("tracestate", TRACESTATE)]
@@ -98,7 +100,7 @@ def test_callback_replaces_function_trace_headers() -> None:
 
 def test_callback_without_trace_context() -> None:
     headers = callback_headers(
-        make_call(), FunctionResult(status=200), duration_s=0.1, retry=1, retry_max=3
+        make_call(), 200, [], duration_s=0.1, retry=1, retry_max=3
     )
 
     assert not [name for name, _ in headers if name.lower().startswith("trace")]

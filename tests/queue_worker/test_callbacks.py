@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from nats.js import JetStreamContext
 
+from faashub import callback_request
 from faashub.call_status import CallState
 from faashub.dead_letter import Attempt
-from queue_worker import signing
 from queue_worker.callback import Delivery
 from tests.conftest import free_port
 from tests.queue_worker.conftest import (
@@ -97,7 +97,7 @@ async def test_no_secret_sends_no_signature(
 
 
 def test_signature_header_layout() -> None:
-    header = signing.signature_header(b"body", ["k1"], timestamp_s=1700000000)
+    header = callback_request.signature_header(b"body", ["k1"], timestamp_s=1700000000)
 
     assert header == "t=1700000000,v1=" + expected_signature("k1", 1700000000, b"body")
 
@@ -198,7 +198,9 @@ async def test_documented_receiver_accepts_callback(
     assert not verify(header, callback.body + b"!")
     assert not verify(header, callback.body, now_s=timestamp + 301)
     assert not verify(None, callback.body)
-    forged = signing.signature_header(callback.body, ["guess"], timestamp_s=timestamp)
+    forged = callback_request.signature_header(
+        callback.body, ["guess"], timestamp_s=timestamp
+    )
     assert not verify(forged, callback.body)
 
 

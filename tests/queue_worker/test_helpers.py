@@ -5,7 +5,8 @@ import re
 import pytest
 from nats.aio.msg import Msg
 
-from faashub import errors
+from faashub import callback_request, errors
+from faashub.headers import wire_text
 from queue_worker import callback, invoke, worker
 from queue_worker.invoke import FunctionResult
 from queue_worker.messages import DeliveryInfo, delivery_of
@@ -82,7 +83,7 @@ def test_request_headers_replace_call_headers() -> None:
     ],
 )
 def test_wire_text(stored: str, sent: bytes) -> None:
-    assert invoke.wire_text(stored).encode() == sent
+    assert wire_text(stored).encode() == sent
 
 
 def test_response_headers_keep_repeats_and_bytes() -> None:
@@ -118,8 +119,8 @@ def test_callback_headers_drop_and_set() -> None:
         body=b"tea",
     )
 
-    headers = callback.callback_headers(
-        call, result, duration_s=1.5, retry=2, retry_max=10
+    headers = callback_request.callback_headers(
+        call, result.status, result.headers, duration_s=1.5, retry=2, retry_max=10
     )
 
     assert headers == [

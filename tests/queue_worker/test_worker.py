@@ -581,6 +581,15 @@ async def test_failed_callback_is_dead_lettered(
     assert letter.result_status == 200
     assert letter.result_body == b"done"
     assert letter.result_headers["X-Fn"] == "yes"
+    # Kept for a redrive, which sends them again.
+    assert letter.retry == 1
+    assert letter.retry_max == settings.retry_attempts
+    assert letter.duration_s is not None
+    assert 0 <= letter.duration_s < 5
+    if receiver.requests:
+        sent = receiver.requests[0]
+        assert sent.header("X-Duration-Seconds") == f"{letter.duration_s:.6f}"
+        assert sent.header("X-Retry-Max") == str(letter.retry_max)
     assert len(letter.attempts) == tries
     assert f"failed after {tries} {'try' if tries == 1 else 'tries'}." in letter.detail
     assert "s3cret" not in letter.detail
