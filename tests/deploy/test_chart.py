@@ -39,7 +39,7 @@ from pydantic_settings import BaseSettings
 
 from faashub import connector_settings, embedded_nats, settings
 from faashub.cli import main as cli_main
-from provider.kubernetes import rbac
+from provider.kubernetes import kube, rbac
 from tests.conftest import LOOPBACK, free_port, stop_process
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "deploy" / "faashub"
@@ -1651,3 +1651,189 @@ def test_helm_lint_strict_clean() -> None:
     problems = [message for message in report["messages"] if message["severity"] >= 2]
     assert not problems
     assert not report["errors"]
+
+
+@pytest.mark.parametrize("values", SCENARIOS)
+def test_startup_probe_covers_slow_start(
+    chart: helm_python.Chart, values: dict[str, Any]
+) -> None:
+    # The provider's start waits for one list of Deployments, which may take a
+    # connect timeout and a read timeout before it exits with its reason.
+    provider_start_s = kube.CONNECT_TIMEOUT_S + kube.READ_TIMEOUT_S
+    for workload in workloads(render(chart, values)):
+        name = workload["metadata"]["name"]
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            startup = container["startupProbe"]
+            liveness = container["livenessProbe"]
+            assert startup["httpGet"] == liveness["httpGet"], name
+            startup_s = startup["periodSeconds"] * startup["failureThreshold"]
+            liveness_s = liveness["periodSeconds"] * liveness["failureThreshold"]
+            assert startup_s > liveness_s, name
+            assert startup_s > 2 * provider_start_s, name
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        pytest.param(
+            {"repository": f"ghcr.io/faashub/faashub@{DIGEST}", "tag": ""},
+            f"ghcr.io/faashub/faashub@{DIGEST}",
+            id="digest-in-repository",
+        ),
+        pytest.param(
+            {"repository": "ghcr.io/faashub/faashub", "tag": DIGEST},
+            f"ghcr.io/faashub/faashub@{DIGEST}",
+            id="digest-as-tag",
+        ),
+        pytest.param(
+            {"repository": f"ghcr.io/faashub/faashub@{DIGEST}", "tag": "0.9.0"},
+            f"ghcr.io/faashub/faashub:0.9.0@{DIGEST}",
+            id="tag-and-digest",
+        ),
+        pytest.param(
+            {"repository": "registry.local:5000/faashub", "tag": "0.9.0"},
+            "registry.local:5000/faashub:0.9.0",
+            id="registry-port",
+        ),
+    ],
+)
+def test_image_reference_forms(
+    chart: helm_python.Chart, image: dict[str, str], expected: str
+) -> None:
+    objects = render(chart, {**FULL_STACK, "image": image, "nats": {"image": image}})
+
+    images = {
+        container["image"]
+        for workload in workloads(objects)
+        for container in workload["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {expected}
+    assert_valid(objects)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        pytest.param(
+            {"repository": "ghcr.io/faashub/faashub@sha256:abc", "tag": ""},
+            'image.repository is "ghcr.io/faashub/faashub@sha256:abc"',
+            id="short-digest",
+        ),
+        pytest.param(
+            {"repository": "ghcr.io/faashub/faashub", "tag": "sha256:xyz"},
+            'image.tag is "sha256:xyz"',
+            id="digest-tag-not-hex",
+        ),
+        pytest.param(
+            {"repository": "ghcr.io/faashub/faashub", "tag": "1.0 beta"},
+            'image.tag is "1.0 beta"',
+            id="tag-with-space",
+        ),
+    ],
+)
+def test_invalid_image_rejected(
+    chart: helm_python.Chart, image: dict[str, str], message: str
+) -> None:
+    with pytest.raises(helm_python.HelmRenderError) as caught:
+        render(chart, {"image": image})
+    assert message in str(caught.value)
+
+
+def resources(**bounds: dict[str, Any]) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi"},
+    }
+    for bound, changes in bounds.items():
+        base[bound] = {**base[bound], **changes}
+    return base
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        pytest.param(
+            {"gateway": {"resources": resources(requests={"cpu": "-100m"})}},
+            'gateway.resources.requests.cpu is "-100m", which is negative',
+            id="negative",
+        ),
+        pytest.param(
+            {"provider": {"resources": resources(limits={"memory": "512MB"})}},
+            'provider.resources.limits.memory is "512MB", which is not a '
+            "Kubernetes quantity",
+            id="unknown-suffix",
+        ),
+        pytest.param(
+            {"nats": {"resources": resources(requests={"cpu": "1.5.0"})}},
+            'nats.resources.requests.cpu is "1.5.0"',
+            id="two-points",
+        ),
+        pytest.param(
+            {"queueWorker": {"resources": resources(requests={"cpu": 2})}},
+            'queueWorker.resources.requests.cpu is "2", above '
+            'queueWorker.resources.limits.cpu "1"',
+            id="request-above-limit",
+        ),
+        pytest.param(
+            {
+                "queueWorker": {
+                    "queues": [
+                        {
+                            "name": "slow",
+                            "resources": resources(requests={"memory": "1Gi"}),
+                        }
+                    ]
+                }
+            },
+            'queueWorker.queues[slow].resources.requests.memory is "1Gi", above '
+            'queueWorker.queues[slow].resources.limits.memory "512Mi"',
+            id="named-queue",
+        ),
+        pytest.param(
+            {
+                **CONNECTORS,
+                "cronConnector": {
+                    "enabled": True,
+                    "resources": resources(requests={"ephemeral-storage": "x"}),
+                },
+            },
+            'cronConnector.resources.requests.ephemeral-storage is "x"',
+            id="connector",
+        ),
+    ],
+)
+def test_invalid_resources_rejected(
+    chart: helm_python.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm_python.HelmRenderError) as caught:
+        render(chart, values)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("request_value", "limit_value"),
+    [
+        pytest.param("1Gi", "1024Mi", id="binary-units"),
+        pytest.param("100m", "0.1", id="milli-and-decimal"),
+        pytest.param("1e3", "1k", id="exponent"),
+        pytest.param(0.5, "500m", id="number"),
+        pytest.param("+1", "1000m", id="plus-sign"),
+    ],
+)
+def test_equal_request_and_limit_accepted(
+    chart: helm_python.Chart, request_value: Any, limit_value: str
+) -> None:
+    values = {
+        "gateway": {
+            "resources": resources(
+                requests={"cpu": request_value}, limits={"cpu": limit_value}
+            )
+        }
+    }
+    gateway = find(render(chart, values), "Deployment", f"{PREFIX}-gateway")
+    container = gateway["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["requests"]["cpu"] == request_value
+    assert container["resources"]["limits"]["cpu"] == limit_value

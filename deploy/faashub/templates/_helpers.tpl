@@ -33,7 +33,42 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{- define "faashub.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ include "faashub.imageReference" (dict "key" "image" "image" .Values.image "defaultTag" .Chart.AppVersion) }}
+{{- end -}}
+
+{{/*
+The image reference of a repository and a tag. Call with a dict of "key"
+(the values key, for messages), "image" (repository and tag) and
+"defaultTag" (for an empty tag). A digest may end the repository
+(repo@sha256:...), or stand in place of the tag (tag sha256:...), and a tag
+given with a digest in the repository comes before the digest.
+*/}}
+{{- define "faashub.imageReference" -}}
+{{- $repository := .image.repository -}}
+{{- $tag := .image.tag | toString -}}
+{{- $digest := "" -}}
+{{- $digestPattern := "^sha256:[a-f0-9]{64}$" -}}
+{{- if contains "@" $repository -}}
+{{- $digest = regexReplaceAll "^[^@]*@" $repository "" -}}
+{{- $repository = regexReplaceAll "@.*$" $repository "" -}}
+{{- if not (regexMatch $digestPattern $digest) -}}
+{{- fail (printf "%s.repository is %q, whose digest is not valid: write the digest as @sha256: followed by 64 lowercase hexadecimal digits" .key .image.repository) -}}
+{{- end -}}
+{{- else if hasPrefix "sha256:" $tag -}}
+{{- if not (regexMatch $digestPattern $tag) -}}
+{{- fail (printf "%s.tag is %q, which is not a valid digest: write sha256: followed by 64 lowercase hexadecimal digits" .key $tag) -}}
+{{- end -}}
+{{- $digest = $tag -}}
+{{- $tag = "" -}}
+{{- else if not $tag -}}
+{{- $tag = .defaultTag -}}
+{{- end -}}
+{{- if and $tag (not (regexMatch "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$" $tag)) -}}
+{{- fail (printf "%s.tag is %q, which is not a valid image tag: use up to 128 letters, digits, underscores, periods and hyphens, not starting with a period or hyphen, or a digest sha256:..." .key $tag) -}}
+{{- end -}}
+{{- $repository -}}
+{{- if $tag -}}:{{ $tag }}{{- end -}}
+{{- if $digest -}}@{{ $digest }}{{- end -}}
 {{- end -}}
 
 {{/* Service names: every URL the components exchange is built from these. */}}
@@ -248,9 +283,22 @@ securityContext:
   {{- toYaml .Values.containerSecurityContext | nindent 2 }}
 {{- end -}}
 
-{{/* Readiness and liveness probes on /healthz of the named port. */}}
+{{/*
+Startup, readiness and liveness probes on /healthz of the named port. The
+startup probe holds the other two back until the component has started, so
+a slow start, such as the provider's first list of functions from a slow
+API server, ends with the component's own error in its log rather than a
+kill by the liveness probe.
+*/}}
 {{- define "faashub.probes" -}}
 {{- $probes := .root.Values.probes -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: {{ .port }}
+  periodSeconds: {{ $probes.startup.periodSeconds }}
+  timeoutSeconds: {{ $probes.startup.timeoutSeconds }}
+  failureThreshold: {{ $probes.startup.failureThreshold }}
 readinessProbe:
   httpGet:
     path: /healthz
@@ -349,7 +397,7 @@ spec:
             {{- include "faashub.containerEnv" (dict "env" $env "extraEnv" .values.extraEnv "valuesKey" (printf "%sConnector.extraEnv" .kind) "container" $component) | nindent 12 }}
           {{- include "faashub.probes" (dict "root" $root "port" "metrics") | nindent 10 }}
           resources:
-            {{- toYaml .values.resources | nindent 12 }}
+            {{- include "faashub.resources" (dict "key" (printf "%sConnector.resources" .kind) "resources" .values.resources) | nindent 12 }}
           volumeMounts:
             - name: tmp
               mountPath: /tmp
@@ -382,4 +430,58 @@ spec:
       port: {{ $connectors.healthPort }}
       targetPort: metrics
 {{- include "faashub.pdb" (dict "root" $root "name" $name "replicas" .values.replicas "selector" $selector) }}
+{{- end -}}
+
+{{/*
+The resources of a container, as YAML, after the checks that the API server
+would make. Call with a dict of "key" (the values key, for messages) and
+"resources". The render fails on a quantity that is not valid or is
+negative, and on a request above the limit of the same resource.
+*/}}
+{{- define "faashub.resources" -}}
+{{- $key := .key -}}
+{{- $requests := .resources.requests | default dict -}}
+{{- $limits := .resources.limits | default dict -}}
+{{- range $bound, $list := dict "requests" $requests "limits" $limits -}}
+{{- range $resource, $value := $list -}}
+{{- $_ := include "faashub.quantityValue" (dict "key" (printf "%s.%s.%s" $key $bound $resource) "value" $value) -}}
+{{- end -}}
+{{- end -}}
+{{- range $resource, $request := $requests -}}
+{{- if hasKey $limits $resource -}}
+{{- $limit := index $limits $resource -}}
+{{- $requestValue := include "faashub.quantityValue" (dict "key" (printf "%s.requests.%s" $key $resource) "value" $request) | float64 -}}
+{{- $limitValue := include "faashub.quantityValue" (dict "key" (printf "%s.limits.%s" $key $resource) "value" $limit) | float64 -}}
+{{- if gt $requestValue $limitValue -}}
+{{- fail (printf "%s.requests.%s is %q, above %s.limits.%s %q, and Kubernetes rejects a request above its limit. Lower the request or raise the limit" $key $resource (toString $request) $key $resource (toString $limit)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml .resources -}}
+{{- end -}}
+
+{{/*
+The value of a Kubernetes quantity (500m, 0.5, 128Mi, 1e3) as a number.
+Call with a dict of "key" (the values key, for messages) and "value".
+*/}}
+{{- define "faashub.quantityValue" -}}
+{{- $text := toString .value -}}
+{{- $suffixPattern := "([eE][-+]?[0-9]+|[KMGTPE]i|[numkMGTPE])" -}}
+{{- if hasPrefix "-" $text -}}
+{{- fail (printf "%s is %q, which is negative, and Kubernetes rejects a negative request or limit: use 0 or more" .key $text) -}}
+{{- end -}}
+{{- if not (regexMatch (printf "^[+]?([0-9]+([.][0-9]*)?|[.][0-9]+)%s?$" $suffixPattern) $text) -}}
+{{- fail (printf "%s is %q, which is not a Kubernetes quantity: use a number with an optional suffix, such as 500m, 0.5, 128Mi or 1Gi" .key $text) -}}
+{{- end -}}
+{{- $suffix := regexFind (printf "%s$" $suffixPattern) $text -}}
+{{- $number := trimPrefix "+" (trimSuffix $suffix $text) -}}
+{{- $divisors := dict "m" "1e3" "u" "1e6" "n" "1e9" -}}
+{{- $multipliers := dict "k" "1e3" "M" "1e6" "G" "1e9" "T" "1e12" "P" "1e15" "E" "1e18" "Ki" "1024" "Mi" "1048576" "Gi" "1073741824" "Ti" "1099511627776" "Pi" "1125899906842624" "Ei" "1152921504606846976" -}}
+{{- if hasKey $divisors $suffix -}}
+{{- divf (float64 $number) (float64 (index $divisors $suffix)) -}}
+{{- else if hasKey $multipliers $suffix -}}
+{{- mulf (float64 $number) (float64 (index $multipliers $suffix)) -}}
+{{- else -}}
+{{- float64 (trimPrefix "+" $text) -}}
+{{- end -}}
 {{- end -}}
