@@ -9,6 +9,7 @@ pairs in text mode or as fields in JSON mode.
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -137,3 +138,54 @@ class LimitedLines:
             },
         )
         self._not_logged = 0
+
+
+class LimitedWarning:
+    """A warning written at most once per `interval_s`, its repeats at DEBUG.
+
+    While a fault lasts, every request or poll can fail the same way, and one
+    WARNING line each would flood the log. The first call writes a WARNING.
+    Calls within `interval_s` of it write at DEBUG, with their own context
+    (call ids), and are counted. The next WARNING carries that count in the
+    context field `repeats_held_back`. Share one instance among the callers
+    of one kind of failure, so that the limit holds across them. `warning`
+    may be called from any thread.
+
+    NOTE: the count is written only with the next WARNING, so when the fault
+    ends within an interval, the repeats show only at DEBUG.
+    """
+
+    COUNT_FIELD = "repeats_held_back"
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next_warning_at_s: float | None = None
+        self._held_back = 0
+
+    def warning(self, message: str, *args: object, ctx: Mapping[str, Any]) -> None:
+        """Log `message % args` at WARNING, or at DEBUG within the interval."""
+        with self._lock:
+            now_s = self._clock()
+            next_at_s = self._next_warning_at_s
+            within_interval = next_at_s is not None and now_s < next_at_s
+            if within_interval:
+                self._held_back += 1
+            else:
+                held_back = self._held_back
+                self._held_back = 0
+                self._next_warning_at_s = now_s + self._interval_s
+        # stacklevel=2 gives the record the caller's file and line, not this one.
+        if within_interval:
+            self._logger.debug(message, *args, extra={"ctx": ctx}, stacklevel=2)
+            return
+        fields = {**ctx, self.COUNT_FIELD: held_back} if held_back else dict(ctx)
+        self._logger.warning(message, *args, extra={"ctx": fields}, stacklevel=2)

@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from faashub import callback_request, credentials, tracing
 from faashub.callback_guard import CallbackGuard, new_callback_session
 from faashub.gc_tuning import tune_gc
+from faashub.logs import LimitedWarning
 from faashub.names import FunctionRef
 from faashub.settings import GatewaySettings
 from gateway import asgi, auth, constants, limits, system
@@ -35,7 +36,6 @@ from gateway.async_calls import AsyncCalls
 from gateway.call_queue import CallQueue
 from gateway.dead_letters import DeadLetterStore
 from gateway.function_lookup import FunctionLookup
-from gateway.log_throttle import WarningThrottle
 from gateway.metrics import METRICS_PATH, GatewayMetrics, ServiceCountRefresher
 from gateway.provider_token import ProviderTokenRejections
 from gateway.replica_urls import ReplicaUrls
@@ -45,7 +45,7 @@ from gateway.ui.console import Console
 
 logger = logging.getLogger(__name__)
 # A rebinding page can repeat its requests in a loop.
-_host_rejections = WarningThrottle(logger)
+_host_rejections = LimitedWarning(logger, interval_s=constants.WARNING_INTERVAL_S)
 
 # Headers that aiohttp would add by default and the data path must not add.
 # auto_decompress=False keeps bodies byte for byte, so an added

@@ -40,13 +40,13 @@ from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import jetstream, names
 from faashub.headers import is_utf8, non_utf8_value_message
+from faashub.logs import LimitedWarning
 from faashub.queued_call import QueuedCall
 from gateway import asgi, async_calls, constants, delays, errors, limits
 from gateway.auth import Authenticator
 from gateway.call_ids import check_call_id, new_call_id
 from gateway.call_queue import CallQueue
 from gateway.function_lookup import FunctionLookup
-from gateway.log_throttle import WarningThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,12 @@ class AsyncAccept:
         self._lookup = lookup
         self._max_body_bytes = max_body_bytes
         self._max_delay_s = max_delay_s
-        self._queue_warnings = WarningThrottle(logger)
-        self._provider_warnings = WarningThrottle(logger)
+        self._queue_warnings = LimitedWarning(
+            logger, interval_s=constants.WARNING_INTERVAL_S
+        )
+        self._provider_warnings = LimitedWarning(
+            logger, interval_s=constants.WARNING_INTERVAL_S
+        )
         # Queue name -> monotonic time of its last check for a worker.
         self._served_checked_at: dict[str, float] = {}
         self._checks: set[asyncio.Task[None]] = set()

@@ -68,7 +68,7 @@ SYSTEM_CONNECT_TIMEOUT_S: Final = 5.0
 GRACEFUL_SHUTDOWN_S: Final = 3
 
 # Seconds between two WARNING lines about the same kind of failure (see
-# `gateway.log_throttle`). Repeats in between are logged at DEBUG.
+# `faashub.logs.LimitedWarning`). Repeats in between are logged at DEBUG.
 WARNING_INTERVAL_S: Final = 10.0
 # Seconds between two WARNING lines about a provider that rejects the
 # gateway's provider token. That is a configuration error, which lasts until

@@ -37,9 +37,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
+from faashub.logs import LimitedWarning
 from faashub.metrics import ComponentMetrics, keep_child
-from gateway import errors
-from gateway.log_throttle import WarningThrottle
+from gateway import constants, errors
 from gateway.provider_token import ProviderTokenRejections
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class ServiceCountRefresher:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._refreshed_at_s = -float("inf")
         self._lock = asyncio.Lock()
-        self._warnings = WarningThrottle(logger)
+        self._warnings = LimitedWarning(logger, interval_s=constants.WARNING_INTERVAL_S)
 
     async def refresh(self) -> None:
         """List every function on the provider and set the replica gauges."""

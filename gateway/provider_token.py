@@ -21,8 +21,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from faashub.logs import LimitedWarning
 from gateway import constants, errors
-from gateway.log_throttle import WarningThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ProviderTokenRejections:
     ) -> None:
         self._provider_url = provider_url.rstrip("/")
         self._token_sent = token_sent
-        self._warnings = WarningThrottle(logger, interval_s=interval_s, clock=clock)
+        self._warnings = LimitedWarning(logger, interval_s=interval_s, clock=clock)
 
     def rejected(self, request_line: str) -> errors.ProviderTokenRejected:
         """Log a 401 from the provider and return the error for the caller.

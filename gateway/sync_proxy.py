@@ -47,10 +47,10 @@ from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
 from faashub.headers import canonical_header_name, is_utf8, non_utf8_value_message
+from faashub.logs import LimitedWarning
 from gateway import asgi, constants, errors, limits
 from gateway.auth import Authenticator
 from gateway.call_ids import check_call_id, new_call_id
-from gateway.log_throttle import WarningThrottle
 from gateway.metrics import GatewayMetrics
 from gateway.replica_urls import ReplicaUrls
 
@@ -151,9 +151,15 @@ class SyncProxy:
         self._upstream_timeout_s = upstream_timeout_s
         self._body_read_timeout_s = body_read_timeout_s
         self._replicas = replicas or ReplicaUrls(session, provider_url)
-        self._timeout_warnings = WarningThrottle(logger)
-        self._unreachable_warnings = WarningThrottle(logger)
-        self._broken_response_warnings = WarningThrottle(logger)
+        self._timeout_warnings = LimitedWarning(
+            logger, interval_s=constants.WARNING_INTERVAL_S
+        )
+        self._unreachable_warnings = LimitedWarning(
+            logger, interval_s=constants.WARNING_INTERVAL_S
+        )
+        self._broken_response_warnings = LimitedWarning(
+            logger, interval_s=constants.WARNING_INTERVAL_S
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         name, path_suffix = asgi.split_invocation_path(scope, constants.FUNCTION_PREFIX)

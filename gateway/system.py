@@ -47,11 +47,11 @@ from starlette.background import BackgroundTask
 from faashub import __version__, names
 from faashub import constants as shared
 from faashub import errors as shared_errors
+from faashub.logs import LimitedWarning
 from faashub.settings import GatewaySettings
 from gateway import asgi, async_call_list, auth, constants, dead_letter_api, limits
 from gateway.call_queue import CallQueue
 from gateway.dead_letters import DeadLetterStore
-from gateway.log_throttle import WarningThrottle
 from gateway.metrics import GatewayMetrics, listed_replicas
 from gateway.provider_token import ProviderTokenRejections
 
@@ -125,7 +125,9 @@ class SystemForwarder:
         self._metrics = metrics
         self._token_rejections = token_rejections
         # Every management request fails alike while the provider is down.
-        self._unreachable_warnings = WarningThrottle(logger)
+        self._unreachable_warnings = LimitedWarning(
+            logger, interval_s=constants.WARNING_INTERVAL_S
+        )
         self._provider_start_grace_s = provider_start_grace_s
         # Monotonic time until which an unreachable provider may still be
         # starting. The app's lifespan sets it.

@@ -14,7 +14,9 @@ Four parts share one ASGI application:
   fast as the backend forwards it, so an upload of any size costs the
   provider a few chunks of memory;
 - `/healthz`: 200 `OK` once the backend is ready, 503 before that and while
-  it stops;
+  it stops. A ready backend that works only in part, such as the Kubernetes
+  backend while its API server does not respond, gets 200 with a body that
+  starts with `Degraded:` and gives the reason;
 - `/metrics`: Prometheus metrics (`provider.metrics`), open like `/healthz`.
 
 With an auth token configured, every request but `/healthz`, `/metrics` and
@@ -78,6 +80,7 @@ from provider.backend import (
     SecretNotFound,
     StorageError,
     default_namespace,
+    degraded_reason,
     function_endpoints,
 )
 from provider.metrics import METRICS_PATH, ProviderMetrics
@@ -270,7 +273,11 @@ class ProviderApp:
         if scope["method"] not in ("GET", "HEAD"):
             await _send_method_not_allowed(send, scope, allowed=("GET", "HEAD"))
         elif self.backend.is_ready():
-            await _send_text(send, 200, "OK")
+            # A degraded backend still serves invocations, and a 503 would take
+            # the provider out of its Service and fail them too, so the reason
+            # goes in the body of a 200.
+            reason = degraded_reason(self.backend)
+            await _send_text(send, 200, f"Degraded: {reason}" if reason else "OK")
         else:
             await _send_text(send, 503, "The provider is starting or stopping.")
 

@@ -1,14 +1,17 @@
 """The seam between the provider API and the code that runs functions.
 
 `api` serves HTTP over any object that implements `ProviderBackend`. The local
-backend runs functions as processes. A Kubernetes backend can implement the
-same protocol later without touching the API. A backend reports failures by
-raising the errors below, and the API turns each into a status code::
+backend (`provider.local`) runs functions as processes, and the Kubernetes
+backend (`provider.kubernetes`) as Deployments and Services. A backend
+reports failures by raising the errors below, and the API turns each into a
+status code::
 
     ProviderError (faashub.errors.FaashubError)
     ├── InvalidRequest       400: a request the backend cannot carry out as sent
     ├── NamespaceNotFound    404: a namespace the backend does not have
     ├── FunctionNotFound     404: no function of that name in that namespace
+    │   └── InstanceNotFound     404: no pod of the function has the log
+    │                            request's `instance` (Kubernetes backend)
     ├── SecretNotFound       404: no secret of that name in that namespace
     ├── FunctionExists       409: create of a function that is already deployed
     ├── SecretExists         409: create of a secret that already exists
@@ -17,11 +20,18 @@ raising the errors below, and the API turns each into a status code::
     ├── Forbidden            403: the orchestrator denied the provider an action
     ├── InvalidObject        422: the orchestrator rejected an object as invalid
     ├── StorageError         500: the backend could not persist its state
+    ├── ApiServerUnavailable 503: the Kubernetes API server sent no response
+    │                        (Kubernetes backend; also a ConnectionError)
     ├── ProviderStartError   the backend could not start (the process exits)
     └── InvocationFailed     an invocation that produced no function response
         ├── FunctionFailed       500: the provider could not run or reach the function
         ├── FunctionUnavailable  503: the function is not responding
         └── FunctionTimeout      504: the function ran past its exec timeout
+
+The API sends 503 with Retry-After for any ProviderError that is also a
+ConnectionError, whatever its other base classes, because the request may
+succeed once the orchestrator responds. `faashub.errors.InvalidFunctionName`,
+which is not a ProviderError, gets 400 like InvalidRequest.
 
 The API marks responses built from an `InvocationFailed` with the
 `X-OpenFaaS-Internal` header, so a caller can tell a platform failure from
@@ -269,6 +279,19 @@ def default_namespace(backend: "ProviderBackend") -> str:
     if isinstance(namespace, str) and namespace:
         return namespace
     return constants.DEFAULT_NAMESPACE
+
+
+def degraded_reason(backend: "ProviderBackend") -> str:
+    """Return why a ready backend works only in part, or "" when it works fully.
+
+    `degraded_reason()` is an optional method of a backend. The Kubernetes
+    backend returns a reason while its API server does not respond.
+    """
+    report = getattr(backend, "degraded_reason", None)
+    if report is None:
+        return ""
+    reason: str = report()
+    return reason
 
 
 class ProviderBackend(Protocol):

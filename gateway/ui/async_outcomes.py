@@ -34,10 +34,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from faashub.call_status import CallState
+from faashub.logs import LimitedWarning
 from faashub.names import FunctionRef
+from gateway import constants
 from gateway.async_call_list import STATUS_STREAM, status_scan
 from gateway.call_queue import CallQueue
-from gateway.log_throttle import WarningThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ class AsyncOutcomes:
         self._read_at_s = -float("inf")
         self._counts: dict[FunctionRef, dict[str, int]] = {}
         self._skipped = 0
-        self._skip_warnings = WarningThrottle(logger)
+        self._skip_warnings = LimitedWarning(
+            logger, interval_s=constants.WARNING_INTERVAL_S
+        )
 
     async def counts(self, ref: FunctionRef) -> OutcomeCounts:
         """Read the records stored since the last read, then return `ref`'s counts.

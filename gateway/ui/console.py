@@ -37,8 +37,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
+from faashub.logs import LimitedWarning
 from faashub.settings import GatewaySettings
-from gateway import asgi, dead_letter_api, errors, limits
+from gateway import asgi, constants, dead_letter_api, errors, limits
 from gateway.async_call_list import AsyncCallLister
 from gateway.call_queue import CallQueue
 from gateway.dead_letter_api import summary
@@ -47,7 +48,6 @@ from gateway.dead_letters import (
     DeadLetterStore,
     Selection,
 )
-from gateway.log_throttle import WarningThrottle
 from gateway.metrics import GatewayMetrics
 from gateway.ui import guard, invoke, pages
 from gateway.ui.async_outcomes import AsyncOutcomes
@@ -101,7 +101,9 @@ class Console:
         self._async_accepted = async_accepted
         self._async_outcomes = AsyncOutcomes(queue)
         # An open function page requests its counts every 2 s.
-        self._outcome_warnings = WarningThrottle(logger)
+        self._outcome_warnings = LimitedWarning(
+            logger, interval_s=constants.WARNING_INTERVAL_S
+        )
         self._lister = AsyncCallLister(queue)
         self._app = Starlette(
             routes=[

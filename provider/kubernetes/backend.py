@@ -37,6 +37,7 @@ from typing import Final
 from kubernetes import client
 
 from faashub import __version__, names
+from faashub.logs import LimitedWarning
 from faashub.names import FunctionRef
 from faashub.settings import KubernetesProviderSettings
 from provider.backend import (
@@ -59,8 +60,9 @@ from provider.backend import (
     StorageError,
 )
 from provider.kubernetes import objects
-from provider.kubernetes.cache import DeploymentCache
+from provider.kubernetes.cache import DeploymentCache, SyncFailure, format_utc
 from provider.kubernetes.kube import (
+    FAILURE_WARNING_INTERVAL_S,
     TIMED_OUT,
     ApiError,
     JsonObject,
@@ -68,7 +70,6 @@ from provider.kubernetes.kube import (
     load_api_client,
     server_url,
 )
-from provider.kubernetes.log_limit import RepeatedWarning
 from provider.kubernetes.pod_logs import PodLogStream
 from provider.kubernetes.proxy import FunctionProxy
 from provider.types import (
@@ -84,7 +85,7 @@ logger = logging.getLogger(__name__)
 
 # Every request fails this way while the API server is down, so the
 # warning is written at most once per interval with a count of the others.
-api_server_silent = RepeatedWarning(logger, "kubernetes api server did not respond: %s")
+api_server_silent = LimitedWarning(logger, interval_s=FAILURE_WARNING_INTERVAL_S)
 
 PROVIDER_NAME: Final = "faashub-kubernetes"
 ORCHESTRATION: Final = "kubernetes"
@@ -142,6 +143,9 @@ class KubernetesBackend:
         self._last_activity: dict[FunctionRef, float] = {}
         self._idle_task: asyncio.Task[None] | None = None
         self._ready = False
+        # The sync failure whose stale listings were logged, so that each
+        # outage is logged once.
+        self._stale_listing_logged: SyncFailure | None = None
 
     # Lifecycle
 
@@ -197,6 +201,23 @@ class KubernetesBackend:
         """Return whether the function cache is filled and no stop has begun."""
         return self._ready
 
+    def degraded_reason(self) -> str:
+        """Return why the function cache may be out of date, or "" when it is current.
+
+        `/healthz` sends this reason with its 200.
+        """
+        failure = self._cache.sync_failure() if self._cache is not None else None
+        if failure is None:
+            return ""
+        return (
+            "The Kubernetes API server has not returned the function Deployments "
+            f"since {format_utc(failure.failed_at)}: {failure.reason}. Function "
+            "listings and invocations use the cache of "
+            f"{format_utc(failure.synced_at)}, and requests that need the API "
+            "server, such as deploy, scale, secrets and logs, fail until it "
+            "responds."
+        )
+
     @property
     def default_namespace(self) -> str:
         """The namespace of a call or request that names none: function_namespace."""
@@ -215,12 +236,31 @@ class KubernetesBackend:
     async def list_functions(self, namespace: str) -> list[FunctionStatus]:
         """Return the status of every function in the namespace, from the cache."""
         namespace = await self._resolve_namespace(namespace)
+        self._log_stale_listing()
         return [objects.function_status(item) for item in self._cached.items(namespace)]
 
     async def get_function(self, name: str, namespace: str) -> FunctionStatus:
         """Return one function's status from the cache, or raise FunctionNotFound."""
         ref = FunctionRef(name, await self._resolve_namespace(namespace))
+        self._log_stale_listing()
         return objects.function_status(self._cached_deployment(ref))
+
+    def _log_stale_listing(self) -> None:
+        """Log once per outage that listings come from a cache that may be stale."""
+        failure = self._cached.sync_failure()
+        if failure is None:
+            return
+        logged = self._stale_listing_logged
+        if logged is not None and logged.failed_at == failure.failed_at:
+            return
+        self._stale_listing_logged = failure
+        logger.warning(
+            "function status served from a cache that may be out of date, "
+            "because the function list has failed since %s: %s",
+            format_utc(failure.failed_at),
+            failure.reason,
+            extra={"ctx": {"cache_synced_at": format_utc(failure.synced_at)}},
+        )
 
     async def create_function(self, deployment: FunctionDeployment) -> None:
         """Create the function's Deployment and Service.
@@ -251,19 +291,53 @@ class KubernetesBackend:
             raise _api_failure(exc, action=f"create the Deployment of {ref}") from exc
         try:
             await self._apply_service(deployment, ref)
-        except ProviderError:
+        except ProviderError as exc:
             # Without its Service the function cannot be called, so the
-            # create is undone and can be sent again.
-            with contextlib.suppress(ApiError):
-                await self._api.call(
-                    self._api.apps.delete_namespaced_deployment, ref.name, ref.namespace
-                )
+            # create is undone and can be sent again. NOTE: a create cancelled
+            # during this step, as when the provider stops, is not undone.
+            await self._roll_back_create(ref, exc)
             raise
         self._cached.store(created)
         self._touch(ref)
         logger.info(
             "function deployed",
             extra={"ctx": {"function": str(ref), "replicas": replicas}},
+        )
+
+    async def _roll_back_create(self, ref: FunctionRef, failure: ProviderError) -> None:
+        """Delete the Deployment of a create whose Service step failed.
+
+        Return when the Deployment is gone, so the caller re-raises `failure`.
+        When the delete fails too, raise an error of `failure`'s type whose
+        message names both failures and the commands that remove the
+        Deployment.
+        """
+        try:
+            await self._api.call(
+                self._api.apps.delete_namespaced_deployment, ref.name, ref.namespace
+            )
+        except ApiError as exc:
+            if exc.status != 404:
+                logger.error(
+                    "rollback of function create failed: %s",
+                    exc,
+                    extra={"ctx": {"function": str(ref)}},
+                )
+                raise _with_sentence(
+                    failure,
+                    f"The provider then failed to delete the Deployment of {ref} "
+                    f"that it had created: {exc.message}. The Deployment has no "
+                    "Service, so the function cannot be called. Remove it with "
+                    f"'faas-cli remove {ref.name} --namespace {ref.namespace}' "
+                    f"or 'kubectl delete deployment {ref.name} -n {ref.namespace}', "
+                    "then deploy again.",
+                ) from exc
+        # The watch may have put the new Deployment in the cache already, and a
+        # create sent again before the watch's delete event would get 409.
+        self._cached.discard(ref.name, ref.namespace)
+        logger.info(
+            "function create rolled back because its service failed",
+            extra={"ctx": {"function": str(ref)}},
         )
 
     async def update_function(self, deployment: FunctionDeployment) -> None:
@@ -1017,6 +1091,15 @@ def _api_failure(exc: ApiError, *, action: str, next_step: str = "") -> Provider
     )
 
 
+def _with_sentence(error: ProviderError, sentence: str) -> ProviderError:
+    """Return an error of `error`'s type whose message ends with `sentence`."""
+    if isinstance(error, StorageError):
+        return StorageError(
+            f"{error} {sentence}", summary=f"{error.summary} {sentence}"
+        )
+    return type(error)(f"{error} {sentence}")
+
+
 def _unavailable_error(
     exc: ApiError, *, action: str, next_step: str
 ) -> ApiServerUnavailable:
@@ -1025,7 +1108,9 @@ def _unavailable_error(
     The caller's message leaves out urllib3's text, which names the provider's
     connection pool and the server's address, so only the log has it.
     """
-    api_server_silent.write(exc, context={"action": action})
+    api_server_silent.warning(
+        "kubernetes api server did not respond: %s", exc, ctx={"action": action}
+    )
     if exc.reason == TIMED_OUT:
         what_failed = "The Kubernetes API server did not respond in time"
         what_to_check = "the load and health of the API server"

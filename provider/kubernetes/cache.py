@@ -12,6 +12,11 @@ wait, so a missed deletion cannot linger.
 The backend also writes its own API responses into the cache, so a create
 or a scale is visible at once, before its watch event arrives. Code that
 waits for a change (a scale from zero) awaits `changed()`.
+
+While the list after a watch fails, because the API server is unreachable
+or rejects it, `sync_failure()` returns the error and the time of the
+cache's contents. The cache keeps its contents meanwhile, so invocations of
+running functions go on.
 """
 
 import asyncio
@@ -19,6 +24,8 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import urllib3
@@ -38,6 +45,20 @@ MAX_RELIST_DELAY_S: Final = 30.0
 CacheKey = tuple[str, str]  # (namespace, name)
 
 
+@dataclass(frozen=True, slots=True)
+class SyncFailure:
+    """A list of the Deployments that failed, so the cache may miss changes.
+
+    `synced_at` is when the cache last matched the API server: the last
+    successful list, or the end of the last watch. `failed_at` is the first
+    failed list of this outage, and `reason` the error of the latest one.
+    """
+
+    synced_at: datetime
+    failed_at: datetime
+    reason: str
+
+
 class DeploymentCache:
     """The Deployments of functions by namespace and name, kept current by a watch.
 
@@ -54,6 +75,9 @@ class DeploymentCache:
         self._response_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The watch thread replaces these whole, and the event loop reads them.
+        self._synced_at = datetime.now(UTC)
+        self._sync_failure: SyncFailure | None = None
 
     async def start(self) -> None:
         """List the Deployments once, then keep watching them in a thread.
@@ -63,6 +87,7 @@ class DeploymentCache:
         """
         self._loop = asyncio.get_running_loop()
         items, resource_version = await asyncio.to_thread(self._list)
+        self._synced_at = datetime.now(UTC)
         self._replace_all(items)
         self._thread = threading.Thread(
             target=self._run,
@@ -99,6 +124,10 @@ class DeploymentCache:
     def all(self) -> list[JsonObject]:
         """Return every cached Deployment."""
         return list(self._items.values())
+
+    def sync_failure(self) -> SyncFailure | None:
+        """Return the failure of the latest list, or None while the cache is current."""
+        return self._sync_failure
 
     def changed(self) -> asyncio.Event:
         """Return the event that is set at the next change to the cache."""
@@ -178,10 +207,35 @@ class DeploymentCache:
                     exc,
                     extra={"ctx": {"retry_in_s": delay_s}},
                 )
+                self._record_failure(exc)
                 resource_version = ""
                 delay_s = min(delay_s * 2, MAX_RELIST_DELAY_S)
                 continue
+            self._record_sync()
             self._call_in_loop(self._replace_all, items)
+
+    def _record_failure(self, exc: ApiError) -> None:
+        previous = self._sync_failure
+        self._sync_failure = SyncFailure(
+            synced_at=self._synced_at,
+            failed_at=datetime.now(UTC) if previous is None else previous.failed_at,
+            reason=str(exc),
+        )
+
+    def _record_sync(self) -> None:
+        self._synced_at = datetime.now(UTC)
+        failure = self._sync_failure
+        self._sync_failure = None
+        if failure is not None:
+            logger.info(
+                "function list succeeded again",
+                extra={
+                    "ctx": {
+                        "failed_since": format_utc(failure.failed_at),
+                        "namespace": self._namespace or "*",
+                    }
+                },
+            )
 
     def _watch(self, resource_version: str) -> None:
         kwargs: dict[str, Any] = {
@@ -216,6 +270,8 @@ class DeploymentCache:
             with self._response_lock:
                 self._response = None
             response.release_conn()
+            # The watch delivered every change until it ended.
+            self._synced_at = datetime.now(UTC)
 
     def _handle_line(self, line: bytes) -> None:
         event = json.loads(line)
@@ -247,3 +303,8 @@ def _key(deployment: JsonObject) -> CacheKey | None:
     if not name or not namespace:
         return None
     return (str(namespace), str(name))
+
+
+def format_utc(moment: datetime) -> str:
+    """Return `moment` as an RFC 3339 UTC time to the second."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

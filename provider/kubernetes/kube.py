@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 # Seconds to connect to the API server and to wait for one non-watch response.
 CONNECT_TIMEOUT_S: Final = 5.0
 READ_TIMEOUT_S: Final = 30.0
+# Seconds between two WARNING lines about the same kind of failed API request.
+# While the API server is down every request fails alike, and the repeats in
+# between are logged at DEBUG.
+FAILURE_WARNING_INTERVAL_S: Final = 30.0
 # urllib3 (2.x) retries a failed GET 3 times by default, so one request could
 # wait 4 read timeouts. A failed request fails at once, and its caller decides
 # whether to send it again.

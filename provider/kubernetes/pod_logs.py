@@ -21,6 +21,15 @@ status is sent before the pod logs are read, and other pods may still have
 lines to send. A followed pod gets the message again only when the reason
 changes. An `instance` that no pod of the function has raises
 InstanceNotFound before the stream starts.
+
+Messages of the same kind, with an empty `instance`, report the function as
+a whole. A function without pods, such as one scaled to zero, gets one.
+Without `follow` the stream then ends, and with `follow` it goes on and
+streams the pods that start later. A followed log also gets one when a poll
+of the pod list fails, such as while the API server is unreachable, and one
+when a poll succeeds again. It goes on following: a pod whose log stream
+broke off is read again from its last line, and lines up to that line's
+timestamp are not sent twice.
 """
 
 import asyncio
@@ -35,10 +44,16 @@ from typing import Any, Final
 
 import urllib3
 
+from faashub.logs import LimitedWarning
 from provider.backend import FunctionNotFound
 from provider.kubernetes import objects
-from provider.kubernetes.kube import TIMED_OUT, ApiError, JsonObject, KubeApi
-from provider.kubernetes.log_limit import RepeatedWarning
+from provider.kubernetes.kube import (
+    FAILURE_WARNING_INTERVAL_S,
+    TIMED_OUT,
+    ApiError,
+    JsonObject,
+    KubeApi,
+)
 from provider.logs_api import parse_rfc3339
 from provider.types import LogRequest
 
@@ -55,7 +70,7 @@ MAX_BACKLOG_CHUNKS: Final = 10_000
 
 # Each follower polls the pod list, so one failing API server would
 # otherwise log one line per follower per poll interval.
-pod_list_failed = RepeatedWarning(logger, "pod list for logs failed: %s")
+pod_list_failed = LimitedWarning(logger, interval_s=FAILURE_WARNING_INTERVAL_S)
 
 
 class InstanceNotFound(FunctionNotFound):
@@ -89,6 +104,12 @@ class PodLogStream:
         self._finished: set[str] = set()
         # The last reason sent for each pod whose log could not be read.
         self._unreadable: dict[str, str] = {}
+        # The timestamp of the last line sent for each pod, and for a reader
+        # started again, the timestamp up to which it skips lines because
+        # they were sent before. Only the pod's own reader thread writes them.
+        self._last_stamps: dict[str, datetime] = {}
+        self._resume_after: dict[str, datetime] = {}
+        self._pod_list_failing = False
         self._responses: set[urllib3.BaseHTTPResponse] = set()
         self._responses_lock = threading.Lock()
         self._poller: asyncio.Task[None] | None = None
@@ -110,9 +131,15 @@ class PodLogStream:
                 f"{request.name}', or leave out instance to read the log of every "
                 "pod."
             )
-        if self._request.follow:
+        if not self._readers:
+            following = " Their logs follow once they start." if request.follow else ""
+            self._report(
+                "faashub found no pods of this function. It may be scaled to "
+                f"zero, or its pods are not created yet.{following}"
+            )
+        if request.follow:
             self._poller = asyncio.create_task(
-                self._poll_pods(), name=f"pod-logs-{self._request.name}"
+                self._poll_pods(), name=f"pod-logs-{request.name}"
             )
         elif not self._readers:
             self._queue.put_nowait(None)
@@ -150,7 +177,25 @@ class PodLogStream:
             try:
                 await self._start_new_readers()
             except ApiError as exc:
-                pod_list_failed.write(exc, context={"function": self._request.name})
+                pod_list_failed.warning(
+                    "pod list for logs failed: %s",
+                    exc,
+                    ctx={"function": self._request.name},
+                )
+                if not self._pod_list_failing:
+                    self._pod_list_failing = True
+                    reason = _unreadable_reason(exc).rstrip(".")
+                    self._report(
+                        f"faashub could not list the pods of this function: {reason}. "
+                        "Following goes on when the pod list succeeds again."
+                    )
+                continue
+            if self._pod_list_failing:
+                self._pod_list_failing = False
+                self._report(
+                    "faashub listed the pods of this function again and goes on "
+                    "following their logs."
+                )
 
     async def _start_new_readers(self) -> None:
         body = await self._kube.call(
@@ -183,13 +228,21 @@ class PodLogStream:
             return ""
         return name
 
-    def _log_arguments(self) -> dict[str, Any]:
+    def _log_arguments(self, pod_name: str) -> dict[str, Any]:
         request = self._request
         arguments: dict[str, Any] = {
             "container": request.name,
             "follow": request.follow,
             "timestamps": True,
         }
+        last_stamp = self._last_stamps.get(pod_name)
+        if last_stamp is not None:
+            # The API takes whole seconds, so the lines up to last_stamp that
+            # this returns again are skipped by `_message`.
+            self._resume_after[pod_name] = last_stamp
+            elapsed_s = (datetime.now(UTC) - last_stamp).total_seconds()
+            arguments["since_seconds"] = max(1, math.ceil(elapsed_s))
+            return arguments
         if request.tail > 0:
             arguments["tail_lines"] = request.tail
         if request.since is not None:
@@ -207,7 +260,7 @@ class PodLogStream:
                 pod_name,
                 self._namespace,
                 _request_timeout=(5.0, FOLLOW_READ_TIMEOUT_S),
-                **self._log_arguments(),
+                **self._log_arguments(pod_name),
             )
         except (ApiError, ValueError) as exc:
             # A pod whose container has not started yet has no log to read.
@@ -224,11 +277,13 @@ class PodLogStream:
             return
         with self._responses_lock:
             self._responses.add(response)
+        broken_off = False
         try:
             if not self._stopping.is_set():
                 self._pump(pod_name, response)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             if not self._stopping.is_set():
+                broken_off = True
                 logger.info(
                     "pod log stream ended: %s",
                     exc,
@@ -238,7 +293,9 @@ class PodLogStream:
             with self._responses_lock:
                 self._responses.discard(response)
             response.release_conn()
-        self._call_in_loop(self._reader_done, pod_name, False)
+        # A stream that broke off, as when the API server went away, is read
+        # again by the next poll, while one that ended normally is not.
+        self._call_in_loop(self._reader_done, pod_name, broken_off)
 
     def _pump(self, pod_name: str, response: urllib3.BaseHTTPResponse) -> None:
         buffer = b""
@@ -269,6 +326,12 @@ class PodLogStream:
         else:
             if since is not None and stamped_at < since:
                 return b""
+            resume_after = self._resume_after.get(pod_name)
+            if resume_after is not None:
+                if stamped_at <= resume_after:
+                    return b""
+                del self._resume_after[pod_name]
+            self._last_stamps[pod_name] = stamped_at
         record = {
             "name": self._request.name,
             "namespace": self._namespace,
@@ -283,12 +346,18 @@ class PodLogStream:
         if self._unreadable.get(pod_name) == reason:
             return
         self._unreadable[pod_name] = reason
+        self._report(
+            f"faashub could not read the log of this pod: {reason}", pod_name=pod_name
+        )
+
+    def _report(self, text: str, *, pod_name: str = "") -> None:
+        """Send a faashub message about one pod, or with no pod about the function."""
         record = {
             "name": self._request.name,
             "namespace": self._namespace,
             "instance": pod_name,
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "text": f"faashub could not read the log of this pod: {reason}",
+            "text": text,
         }
         self._enqueue(json.dumps(record, ensure_ascii=False).encode() + b"\n")
 
@@ -306,8 +375,8 @@ class PodLogStream:
     def _reader_done(self, pod_name: str, failed: bool) -> None:
         if self._request.follow:
             if failed:
-                # Forget the pod, so the next poll reads it once its container
-                # runs.
+                # Forget the pod, so the next poll reads it again: once its
+                # container runs, or once the API server responds.
                 self._readers.pop(pod_name, None)
             return
         self._finished.add(pod_name)

@@ -15,7 +15,6 @@ server through the address template `http://127.0.0.1:PORT/{namespace}/{name}`.
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import uvicorn
 from faashub.settings import KubernetesProviderSettings
 from provider import api
 from provider.kubernetes.backend import KubernetesBackend
-from tests.conftest import wait_until
+from tests.conftest import free_port, wait_until
 
 DEPLOYMENTS = "apps/v1/deployments"
 SERVICES = "v1/services"
@@ -39,13 +38,6 @@ SECRETS = "v1/secrets"
 PODS = "v1/pods"
 NAMESPACE_LIST_PATH = "/api/v1/namespaces"
 NAMESPACE = "openfaas-fn"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def write_kubeconfig(path: Path, server_url: str) -> Path:
@@ -186,6 +178,19 @@ class RunningProvider:
         )
 
     emulator_url: str = ""
+
+
+def add_pod(provider: RunningProvider, name: str, function: str) -> None:
+    """Store a pod of `function` in the emulator, as its ReplicaSet would create it."""
+    provider.emulator.objects[PODS, NAMESPACE, name] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {"faas_function": function},
+        },
+    }
 
 
 async def _echo(

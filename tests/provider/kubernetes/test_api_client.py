@@ -6,6 +6,7 @@ the emulator that the test closes while the provider runs.
 """
 
 import asyncio
+import json
 import logging
 import subprocess
 import sys
@@ -17,17 +18,19 @@ from typing import Any
 import kmock
 import pytest
 
+from faashub.logs import LimitedWarning
 from faashub.settings import KubernetesProviderSettings
 from provider.backend import ProviderStartError
 from provider.kubernetes import backend, kube
 from provider.kubernetes.backend import KubernetesBackend
-from provider.kubernetes.log_limit import RepeatedWarning
+from tests.conftest import wait_until, wait_until_async
 from tests.provider.kubernetes.conftest import (
     DEPLOYMENTS,
     NAMESPACE,
     SECRETS,
     NamespacedEmulator,
     RunningProvider,
+    add_pod,
     free_port,
     write_kubeconfig,
 )
@@ -75,25 +78,33 @@ class ClosableProxy:
     """A TCP proxy from a loopback port to the emulator, until `close` is called.
 
     After `close`, connections to the port are refused, as they are when an
-    API server stops.
+    API server stops. `reopen` listens on the same port again, as when the
+    API server returns.
     """
 
     def __init__(self, target_port: int) -> None:
         self._target_port = target_port
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
+        self._port = 0
         self.url = ""
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self._port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self._port}"
+
+    async def reopen(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self._port)
 
     async def close(self) -> None:
         assert self._server is not None
+        if not self._server.is_serving():
+            return
         self._server.close()
         for writer in self._writers:
             writer.close()
+        self._writers.clear()
         await self._server.wait_closed()
 
     async def _handle(
@@ -211,7 +222,7 @@ async def test_unreachable_api_server_logged_once(
 ) -> None:
     template = "kubernetes api server did not respond: %s"
     monkeypatch.setattr(
-        backend, "api_server_silent", RepeatedWarning(backend.logger, template)
+        backend, "api_server_silent", LimitedWarning(backend.logger, interval_s=30.0)
     )
     provider, proxy = proxied_provider
     deployed = await provider.client.post(
@@ -230,6 +241,147 @@ async def test_unreachable_api_server_logged_once(
     records = [record for record in caplog.records if record.msg == template]
     assert len(records) == 1
     assert records[0].ctx == {"action": "scale function fn.openfaas-fn"}
+
+
+STALE_LISTING = "function status served from a cache that may be out of date"
+
+
+async def test_healthz_reports_lost_api_server(
+    proxied_provider: tuple[RunningProvider, ClosableProxy],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider, proxy = proxied_provider
+    deployed = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+    assert deployed.status_code == 202, deployed.text
+    healthy = await provider.client.get("/healthz")
+    assert healthy.text == "OK"
+
+    for outage in (1, 2):
+        await proxy.close()
+        # The watch ends with the connection, and the list after it fails.
+        await wait_until_async(
+            lambda: _health_text_starts(provider, "Degraded:"),
+            description="/healthz to report the lost API server",
+        )
+        health = await provider.client.get("/healthz")
+        assert health.status_code == 200
+        assert "The Kubernetes API server has not returned" in health.text
+        assert "Connection refused" in health.text
+        assert "use the cache of" in health.text
+
+        with caplog.at_level(logging.WARNING, logger=backend.logger.name):
+            for _ in range(3):
+                listed = await provider.client.get("/system/functions")
+                assert listed.status_code == 200, listed.text
+                assert [item["name"] for item in listed.json()] == ["fn"]
+            status = await provider.client.get("/system/function/fn")
+            assert status.status_code == 200, status.text
+        stale_lines = [
+            record for record in caplog.records if record.msg.startswith(STALE_LISTING)
+        ]
+        assert len(stale_lines) == outage
+        assert "cache_synced_at" in stale_lines[-1].ctx
+
+        await proxy.reopen()
+        await wait_until_async(
+            lambda: _health_text_starts(provider, "OK"),
+            timeout_s=20.0,
+            description="/healthz to report OK once the API server returns",
+        )
+
+
+async def _health_text_starts(provider: RunningProvider, prefix: str) -> bool:
+    response = await provider.client.get("/healthz")
+    return response.text.startswith(prefix)
+
+
+class ResumablePodLog:
+    """A followed pod log whose every request gets a response stream of its own.
+
+    `add` sends a line on the latest stream only, because the emulator may keep
+    an earlier stream's generator waiting after the provider's connection to
+    it closed, and that generator would take the line.
+    """
+
+    def __init__(self, provider: RunningProvider, pod: str) -> None:
+        self._streams: list[asyncio.Queue[bytes | None]] = []
+        self.urls: list[str] = []
+        path = f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}/log"
+        provider.emulator["get", path] << self._respond
+
+    def add(self, line: bytes) -> None:
+        self._streams[-1].put_nowait(line)
+
+    def end(self) -> None:
+        for stream in self._streams:
+            stream.put_nowait(None)
+
+    async def _respond(self, request: Any) -> AsyncIterator[bytes]:
+        lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._streams.append(lines)
+        self.urls.append(str(request.url))
+        while (line := await lines.get()) is not None:
+            yield line
+
+
+@pytest.mark.timeout(60)
+async def test_followed_log_reports_lost_api_server(
+    proxied_provider: tuple[RunningProvider, ClosableProxy],
+) -> None:
+    provider, proxy = proxied_provider
+    deployed = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+    assert deployed.status_code == 202, deployed.text
+    add_pod(provider, "fn-abc", "fn")
+    pod_log = ResumablePodLog(provider, "fn-abc")
+    before = b"2024-05-01T12:00:00.5Z before\n"
+    try:
+        async with provider.client.stream(
+            "GET", "/system/logs", params={"name": "fn", "follow": "true"}
+        ) as response:
+            lines = response.aiter_lines()
+            await wait_until(lambda: len(pod_log.urls) == 1, description="a log read")
+            pod_log.add(before)
+            first = json.loads(await asyncio.wait_for(anext(lines), 10))
+            assert first["text"] == "before"
+
+            await proxy.close()
+            lost = json.loads(await asyncio.wait_for(anext(lines), 10))
+            assert lost["instance"] == ""
+            assert lost["text"] == (
+                "faashub could not list the pods of this function: the Kubernetes "
+                "API server could not be reached. Following goes on when the pod "
+                "list succeeds again."
+            )
+
+            await proxy.reopen()
+            back = json.loads(await asyncio.wait_for(anext(lines), 40))
+            assert back["instance"] == ""
+            assert back["text"].startswith("faashub listed the pods of this function")
+            await wait_until(
+                lambda: len(pod_log.urls) == 2,
+                timeout_s=10.0,
+                description="the pod log to be read again",
+            )
+            assert "sinceSeconds=" in pod_log.urls[1]
+            # The kubelet sends the lines of the last seconds again, and the
+            # provider skips those it sent before.
+            # Lines after it pass, even two with the same timestamp.
+            pod_log.add(
+                before
+                + b"2024-05-01T12:00:09Z after\n"
+                + b"2024-05-01T12:00:09Z after, same second\n"
+            )
+            after = json.loads(await asyncio.wait_for(anext(lines), 10))
+            assert after["instance"] == "fn-abc"
+            assert after["text"] == "after"
+            same_second = json.loads(await asyncio.wait_for(anext(lines), 10))
+            assert same_second["text"] == "after, same second"
+    finally:
+        pod_log.end()
 
 
 async def test_start_unreachable_names_server(tmp_path: Path) -> None:

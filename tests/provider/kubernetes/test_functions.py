@@ -507,3 +507,92 @@ async def test_delete_again_removes_leftover_service(
     )
 
     assert third.status_code == 404, third.text
+
+
+SERVICE_CREATE_PATH = f"/api/v1/namespaces/{NAMESPACE}/services"
+DEPLOYMENT_PATH = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/fn"
+
+
+async def test_failed_service_create_rolls_back(provider: RunningProvider) -> None:
+    provider.emulator.faults.append(
+        Fault(
+            method="POST",
+            path=SERVICE_CREATE_PATH,
+            status=500,
+            message="Internal error occurred: etcdserver: request timed out",
+        )
+    )
+
+    first = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+
+    assert first.status_code == 500, first.text
+    assert "create the Service of fn.openfaas-fn" in first.text
+    assert "etcdserver: request timed out" in first.text
+    assert not provider.has_object(DEPLOYMENTS, NAMESPACE, "fn")
+    assert not provider.has_object(SERVICES, NAMESPACE, "fn")
+    listed = (await provider.client.get("/system/functions")).json()
+    assert listed == []
+
+    # The same deploy, sent again at once, creates both objects.
+    second = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+
+    assert second.status_code == 202, second.text
+    assert provider.has_object(DEPLOYMENTS, NAMESPACE, "fn")
+    assert provider.has_object(SERVICES, NAMESPACE, "fn")
+
+
+async def test_failed_rollback_names_both_failures(
+    provider: RunningProvider,
+) -> None:
+    provider.emulator.faults += [
+        Fault(
+            method="POST",
+            path=SERVICE_CREATE_PATH,
+            status=500,
+            message="Internal error occurred: etcdserver: request timed out",
+        ),
+        Fault(
+            method="DELETE",
+            path=DEPLOYMENT_PATH,
+            status=500,
+            message="Internal error occurred: admission webhook timed out",
+        ),
+    ]
+
+    first = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+
+    assert first.status_code == 500, first.text
+    assert "create the Service of fn.openfaas-fn" in first.text
+    assert "etcdserver: request timed out" in first.text
+    assert "delete the Deployment of fn.openfaas-fn" in first.text
+    assert "admission webhook timed out" in first.text
+    assert "faas-cli remove fn --namespace openfaas-fn" in first.text
+    assert "kubectl delete deployment fn -n openfaas-fn" in first.text
+    assert provider.has_object(DEPLOYMENTS, NAMESPACE, "fn")
+    assert not provider.has_object(SERVICES, NAMESPACE, "fn")
+
+    # faas-cli deploy and faashub deploy send an update first, which creates
+    # the missing Service.
+    updated = await provider.client.put(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+    assert updated.status_code == 202, updated.text
+    assert provider.has_object(SERVICES, NAMESPACE, "fn")
+
+    # The remove that the message names, then a create, both work.
+    removed = await provider.client.request(
+        "DELETE", "/system/functions", json={"functionName": "fn"}
+    )
+    assert removed.status_code == 202, removed.text
+    second = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+    assert second.status_code == 202, second.text
+    assert provider.has_object(DEPLOYMENTS, NAMESPACE, "fn")
+    assert provider.has_object(SERVICES, NAMESPACE, "fn")

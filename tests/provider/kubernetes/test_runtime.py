@@ -13,9 +13,9 @@ from provider.logs_api import parse_rfc3339
 from tests.provider.kubernetes.conftest import (
     DEPLOYMENTS,
     NAMESPACE,
-    PODS,
     SECRETS,
     RunningProvider,
+    add_pod,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -352,18 +352,6 @@ async def test_single_namespace_mode(start_provider: Any) -> None:
     assert refused.status_code == 404
 
 
-def add_pod(provider: RunningProvider, name: str, function: str) -> None:
-    provider.emulator.objects[PODS, NAMESPACE, name] = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "labels": {"faas_function": function},
-        },
-    }
-
-
 async def test_logs_stream_pod_lines(provider: RunningProvider) -> None:
     await deploy(provider)
     add_pod(provider, "fn-abc", "fn")
@@ -426,6 +414,48 @@ async def test_logs_unknown_instance_404(provider: RunningProvider) -> None:
 
         assert response.status_code == 404, response.text
         assert f"has no pod named {instance!r}" in response.text
+
+
+async def test_logs_without_pods_send_reason(provider: RunningProvider) -> None:
+    await deploy(provider)
+
+    response = await provider.client.get("/system/logs?name=fn")
+
+    assert response.status_code == 200, response.text
+    [message] = [json.loads(line) for line in response.text.splitlines()]
+    assert message["name"] == "fn"
+    assert message["namespace"] == NAMESPACE
+    assert message["instance"] == ""
+    assert message["text"].startswith("faashub found no pods of this function.")
+    assert "follow" not in message["text"]
+    parse_rfc3339(message["timestamp"])
+
+
+@pytest.mark.timeout(30)
+async def test_logs_follow_waits_for_pods(provider: RunningProvider) -> None:
+    await deploy(provider)
+    pod_log: LivePodLog | None = None
+    try:
+        async with provider.client.stream(
+            "GET", "/system/logs", params={"name": "fn", "follow": "true"}
+        ) as response:
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            reason = json.loads(await asyncio.wait_for(anext(lines), 10))
+            assert reason["instance"] == ""
+            assert reason["text"].startswith("faashub found no pods")
+            assert "Their logs follow once they start." in reason["text"]
+
+            # A scale from zero starts a pod, which the next poll finds.
+            add_pod(provider, "fn-abc", "fn")
+            pod_log = LivePodLog(provider, "fn-abc")
+            pod_log.add("2024-05-01T12:00:00Z", "started")
+            started = json.loads(await asyncio.wait_for(anext(lines), 10))
+            assert started["instance"] == "fn-abc"
+            assert started["text"] == "started"
+    finally:
+        if pod_log is not None:
+            pod_log.end()
 
 
 # The API server's message for the log of a pod whose image does not pull.
