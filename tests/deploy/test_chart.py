@@ -717,6 +717,30 @@ def test_nats_requires_token(chart: helm_python.Chart) -> None:
     }
 
 
+def test_callback_secret_reaches_gateway_and_workers(
+    chart: helm_python.Chart,
+) -> None:
+    objects = render(chart, FULL_STACK)
+    signers = []
+    for workload, container in faashub_containers(objects):
+        env = {entry["name"]: entry for entry in container.get("env", [])}
+        variable = env.get("FAASHUB_CALLBACK_SIGNING_SECRET")
+        if variable is None:
+            continue
+        assert variable["valueFrom"]["secretKeyRef"] == {
+            "name": "callback-signing",
+            "key": "callback-signing-secret",
+        }
+        signers.append(component(workload))
+    # The default queue and the two named ones each have a worker.
+    assert sorted(signers) == [
+        "gateway",
+        "queue-worker",
+        "queue-worker",
+        "queue-worker",
+    ]
+
+
 def test_nats_token_mounted_in_clients(chart: helm_python.Chart) -> None:
     objects = render(chart, FULL_STACK)
     nats_token(objects)

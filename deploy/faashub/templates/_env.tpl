@@ -53,6 +53,23 @@ list from values), "valuesKey" (where that list is, for the message) and
 - name: FAASHUB_PROVIDER_TOKEN_FILE
   value: /var/secrets/provider-token/provider-token
 {{- end }}
+{{- include "faashub.callbackSigningEnv" . | nindent 0 }}
+{{- end -}}
+
+{{/*
+The secret that signs callbacks: the queue-workers sign each callback, and
+the gateway signs a callback that a dead-letter redrive posts again.
+*/}}
+{{- define "faashub.callbackSigningEnv" -}}
+{{- with .Values.queueWorker.callbackSigning }}
+{{- if .secretName }}
+- name: FAASHUB_CALLBACK_SIGNING_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* The provider's variables. */}}
@@ -122,13 +139,7 @@ with "name") and "maxInflight".
 - name: FAASHUB_HEALTH_PORT
   value: {{ $worker.healthPort | quote }}
 {{- include "faashub.clientBasicAuthEnv" $root | nindent 0 }}
-{{- if $worker.callbackSigning.secretName }}
-- name: FAASHUB_CALLBACK_SIGNING_SECRET
-  valueFrom:
-    secretKeyRef:
-      name: {{ $worker.callbackSigning.secretName }}
-      key: {{ $worker.callbackSigning.key }}
-{{- end }}
+{{- include "faashub.callbackSigningEnv" $root | nindent 0 }}
 {{- end -}}
 
 {{/*
