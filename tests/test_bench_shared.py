@@ -19,7 +19,8 @@ import pytest
 from bench import arrivals, raw_loop, stack
 from bench.errors import BenchmarkError
 from bench.harness import Context
-from bench.processes import LOOPBACK, Servers, free_port
+from bench.processes import LOOPBACK, Servers
+from tests.conftest import free_port
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from faashub import embedded_nats, errors
-from tests.conftest import LOOPBACK, stop_process
+from tests.conftest import LOOPBACK, free_port, stop_process
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -48,10 +48,7 @@ def test_port_taken_by_another_server(foreign_server: int, tmp_path: Path) -> No
 
 
 def test_started_server_names_itself(tmp_path: Path) -> None:
-    probe = socket.socket()
-    probe.bind((LOOPBACK, 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     store_dir = tmp_path / "store"
 
     process = embedded_nats.start(

@@ -19,6 +19,7 @@ from queue_worker import errors, status
 from queue_worker.status import Decision, StatusStore
 from queue_worker.status_reads import BatchedStatusReader
 from queue_worker.status_writes import StatusWriter
+from tests.conftest import subscribe_ready
 from tests.queue_worker.conftest import (
     RecordingServer,
     call_status,
@@ -61,8 +62,7 @@ DirectGetCounter = Callable[[], Awaitable[int]]
 async def direct_gets(nats_url: str) -> AsyncIterator[DirectGetCounter]:
     """Count the direct gets sent to the status stream, seen by a second client."""
     watcher = await nats.connect(nats_url)
-    subscription = await watcher.subscribe(f"$JS.API.DIRECT.GET.{STATUS_STREAM}")
-    await watcher.flush()
+    subscription = await subscribe_ready(watcher, f"$JS.API.DIRECT.GET.{STATUS_STREAM}")
 
     async def count() -> int:
         # After the round trip, every earlier request is in the queue.
@@ -196,8 +196,7 @@ async def test_timed_out_batch_fails_only_its_reads(
         subject = f"$JS.API.DIRECT.GET.{STATUS_STREAM}"
         await relay.publish(subject, msg.data, reply=msg.reply)
 
-    await relay.subscribe("$JS.API.DIRECT.GET.KV_RELAYED", cb=pass_on)
-    await relay.flush()
+    await subscribe_ready(relay, "$JS.API.DIRECT.GET.KV_RELAYED", cb=pass_on)
     revision = await bucket.create(status_key("later"), b"{}")
     reader = new_reader(nc, stream="KV_RELAYED", timeout_s=0.5)
     try:
@@ -341,8 +340,7 @@ async def _confirmations(
     """Run `writes`, close `writer`, and tell of each put whether it had a reply."""
     watcher = await nats.connect(nats_url)
     try:
-        subscription = await watcher.subscribe(KEY_PREFIX + ">")
-        await watcher.flush()
+        subscription = await subscribe_ready(watcher, KEY_PREFIX + ">")
         await writes()
         seen: list[bool] = []
         while True:
