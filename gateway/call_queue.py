@@ -150,9 +150,18 @@ class CallQueue:
 
     async def close(self) -> None:
         """Stop connecting or reconnecting, and close the connection."""
+        # Cancel until every task has ended: Python 3.11's asyncio.wait_for
+        # returns a reply that arrives together with the cancellation, and the
+        # task then goes on to its next wait.
+        pending = {task for task in self._tasks if not task.done()}
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            if not task.cancelled():
+                # Read the exception, so that asyncio does not log it as unread.
+                task.exception()
         await self._nc.close()
         logger.info("closed nats connection")
 

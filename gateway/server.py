@@ -1,8 +1,10 @@
 """Runs the gateway under uvicorn: the entry point of `faashub gateway`.
 
-`run` serves the app until SIGTERM or SIGINT, then stops accepting, gives
-open requests `GRACEFUL_SHUTDOWN_S` to finish, closes the NATS connection and
-the HTTP clients, and returns. Logging is configured by the caller
+`run` listens on the gateway's port before it starts the app, so a port in
+use fails the start before anything connects to NATS. It serves the app until
+SIGTERM or SIGINT, then stops accepting, gives open requests
+`GRACEFUL_SHUTDOWN_S` to finish, closes the NATS connection and the HTTP
+clients, and returns. Logging is configured by the caller
 (`faashub.logs`), so uvicorn's own log config and access log stay off.
 
 Shortly after the app has started, `run` also has it tune CPython's cyclic
@@ -10,7 +12,9 @@ garbage collector for serving (`faashub.gc_tuning`, `gateway.app`).
 """
 
 import contextlib
+import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -21,6 +25,8 @@ from faashub import errors as shared_errors
 from faashub.settings import GatewaySettings
 from gateway import constants, limits
 from gateway.app import GatewayApp
+
+logger = logging.getLogger(__name__)
 
 # Signals that stop the gateway gracefully.
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -87,22 +93,54 @@ class GatewayServer(uvicorn.Server):
         self.should_exit = True
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """Return a socket that listens on `host`:`port`, or raise HubStartError.
+
+    SO_REUSEADDR is set, as uvicorn sets it, so that connections of a previous
+    gateway in TIME_WAIT do not block the port.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen()
+    except OSError as exc:
+        listener.close()
+        raise shared_errors.HubStartError(
+            f"Cannot listen on {host}:{port}: {exc.strerror}. Stop the process "
+            "that uses this address, or choose another with --host or --port."
+        ) from exc
+    return listener
+
+
 def run(settings: GatewaySettings) -> None:
     """Serve the gateway until SIGTERM or SIGINT, then stop cleanly.
 
-    Raises HubStartError when the gateway cannot start, for example because
-    its port is in use; uvicorn has logged the cause by then.
+    Raises HubStartError when the gateway cannot start: when its port is in
+    use, before the app starts, or when the app's start fails, which uvicorn
+    has logged by then.
     """
+    # NB: uvicorn binds only after the app's lifespan startup. When that bind
+    # fails, uvicorn waits for the app's shutdown, and `CallQueue.close` can
+    # wait there forever for a task that dropped its cancellation, because
+    # Python 3.11's asyncio.wait_for returns a result that arrives together
+    # with the cancellation. Listening first leaves nothing to shut down when
+    # the port is taken. uvicorn sets its own backlog when it starts serving.
+    listener = listen(settings.host, settings.port)
+    host, port = listener.getsockname()[:2]
+    logger.info("gateway listening", extra={"ctx": {"address": f"{host}:{port}"}})
     server = GatewayServer(uvicorn_config(settings, create_app(settings, tune_gc=True)))
     failure = shared_errors.HubStartError(
         f"The gateway did not start on {settings.host}:{settings.port}; the log "
-        "above gives the cause, for example a port already in use."
+        "above gives the cause."
     )
     try:
-        server.run()
+        server.run(sockets=[listener])
     except SystemExit as exc:
-        # uvicorn calls sys.exit when it cannot bind its socket.
+        # uvicorn calls sys.exit when the app's lifespan startup failed.
         raise failure from exc
+    finally:
+        listener.close()
     if not server.started:
-        # The app's lifespan startup failed; uvicorn returned without serving.
         raise failure

@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from faashub import errors, gc_tuning
-from faashub.settings import GatewaySettings
 from gateway import server
 from tests.conftest import LOOPBACK, free_port, stop_process
 
@@ -29,6 +28,23 @@ server.run(GatewaySettings(port=int(sys.argv[1]), nats_url=sys.argv[2],
                            provider_url=sys.argv[3]))
 print(f"run returned, gc frozen: {gc.get_freeze_count() > 0}", flush=True)
 """
+
+RUN_GATEWAY_ON_TAKEN_PORT = """
+import sys
+from faashub import errors, logs
+from faashub.settings import GatewaySettings
+from gateway import server
+
+logs.configure(level="INFO")
+try:
+    server.run(GatewaySettings(host="127.0.0.1", port=int(sys.argv[1]),
+                               nats_url=sys.argv[2]))
+except errors.HubStartError as exc:
+    print(f"HubStartError: {exc}", flush=True)
+"""
+# A gateway whose port is taken exits once it has imported its modules, which
+# takes a few seconds on a loaded machine.
+TAKEN_PORT_EXIT_TIMEOUT_S = 20.0
 
 
 def wait_for_health(url: str, *, timeout_s: float = 15.0) -> None:
@@ -82,10 +98,37 @@ def test_run_port_in_use_raises(nats_url: str) -> None:
         taken.bind((LOOPBACK, 0))
         taken.listen()
         port = taken.getsockname()[1]
-        settings = GatewaySettings(host=LOOPBACK, port=port, nats_url=nats_url)
+        process = subprocess.Popen(
+            [sys.executable, "-c", RUN_GATEWAY_ON_TAKEN_PORT, str(port), nats_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            stdout, stderr = process.communicate(timeout=TAKEN_PORT_EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, stderr = process.communicate()
+            pytest.fail(
+                f"the gateway did not exit within {TAKEN_PORT_EXIT_TIMEOUT_S:g} s "
+                f"although port {port} was taken; its log:\n{stderr.decode()}"
+            )
 
-        with pytest.raises(errors.HubStartError, match=str(port)):
-            server.run(settings)
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode().startswith(
+        f"HubStartError: Cannot listen on {LOOPBACK}:{port}: Address already in use."
+    )
+    # The app never started, so nothing connected to NATS.
+    assert b"gateway started" not in stderr
+
+
+def test_listen_port_in_use_names_address() -> None:
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        with pytest.raises(errors.HubStartError, match=f"{LOOPBACK}:{port}"):
+            server.listen(LOOPBACK, port)
 
 
 def test_tune_gc_freezes_and_raises_gen0() -> None:
