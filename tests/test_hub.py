@@ -406,6 +406,20 @@ def test_auth_invoke_without_auth_is_rejected(tmp_path: Path) -> None:
     assert not (tmp_path / "state").exists()
 
 
+def test_unwritable_state_dir_fails_in_one_line(tmp_path: Path) -> None:
+    # A file where the folder should be: unwritable even for root, unlike a
+    # folder without write permission.
+    blocker = tmp_path / "state"
+    blocker.write_text("not a folder", encoding="utf-8")
+
+    result = run_up(blocker / "hub")
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"Cannot write to the state folder {blocker / 'hub'}" in result.stderr
+    assert "--state-dir" in result.stderr
+
+
 def test_body_read_timeout_reaches_gateway(tmp_path: Path) -> None:
     with running_hub(
         tmp_path / "state", extra_args=["--body-read-timeout-s", "1"]

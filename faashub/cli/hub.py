@@ -382,7 +382,7 @@ def supervise(settings: HubSettings, *, default_state_dir: Path | None = None) -
     FAASHUB_STATE_DIR line that the CLI needs to find its credentials.
     """
     state_dir = settings.state_dir.expanduser().resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    _check_state_dir(state_dir)
     lock = _lock_state_dir(state_dir)
     if not _is_loopback(settings.host):
         logger.warning(
@@ -436,6 +436,25 @@ def _print_state_dir_hint(state_dir: Path, *, default_state_dir: Path) -> None:
         f"export {credentials.ENV_STATE_DIR}={shlex.quote(str(state_dir))}",
         flush=True,
     )
+
+
+def _check_state_dir(state_dir: Path) -> None:
+    """Create the state folder if needed, and raise HubStartError if it is not writable.
+
+    The hub writes its pids file there while it starts its components, so a
+    folder it cannot write would otherwise stop it halfway with a traceback.
+    """
+    probe = state_dir / ".write-check"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise errors.HubStartError(
+            f"Cannot write to the state folder {state_dir}: {reason}. Give this "
+            "user write access to it, or choose another folder with --state-dir."
+        ) from None
 
 
 def _lock_state_dir(state_dir: Path) -> IO[str]:
