@@ -11,14 +11,23 @@ Go types, through aliases.
 
 Go clients send `null` for an empty map, list or string, so every optional
 field of a request accepts `null` and reads it as its empty default. Keys that
-OpenFaaS no longer uses (`registryAuth`, `network`) and unknown keys are
-ignored. Like the Go types, `FunctionStatus` omits zero values from its JSON,
-except `name` and `image`, which are always present.
+OpenFaaS no longer uses (`registryAuth`, `network`) and unknown top-level keys
+are ignored. Like the Go types, `FunctionStatus` omits zero values from its
+JSON, except `name` and `image`, which are always present.
+
+A `FunctionDeployment` is checked where faas-netes rejects it with a 400: a
+`readOnlyRootFilesystem` that is not a JSON boolean (Go's decoder rejects it)
+and a memory or CPU quantity that Kubernetes cannot parse. It also rejects
+two mistakes that faas-netes lets through: an unknown key in `limits` or
+`requests`, which Go's decoder drops, and a secret listed twice. Validation
+with `STORED_CONTEXT` skips these checks, so a function file written before
+them still loads. `FunctionStatus` has none of them.
 """
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from pydantic import (
     BaseModel,
@@ -28,8 +37,30 @@ from pydantic import (
     ValidationInfo,
     field_validator,
     model_serializer,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+# The validation context for definitions that were accepted and stored
+# earlier, which skips the checks added since: `model_validate(data,
+# context=STORED_CONTEXT)`.
+STORED_CONTEXT: Final = {"stored": True}
+
+# A Kubernetes resource quantity (k8s.io/apimachinery resource.ParseQuantity):
+# a decimal number and an optional suffix, binary (Ki to Ei), decimal (m, k,
+# M to E) or an exponent (e3, E-2). A sign is part of the grammar, but a
+# negative quantity is rejected separately, as Kubernetes rejects it for a
+# container's resources.
+_QUANTITY = re.compile(
+    r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE]|[eE][+-]?[0-9]+)?"
+)
+
+
+def _is_stored(info: ValidationInfo) -> bool:
+    """Return whether the data is a stored definition, which skips the new checks."""
+    return isinstance(info.context, dict) and bool(info.context.get("stored"))
+
 
 # Keys that a Go `omitempty` tag keeps even when they are empty.
 _ALWAYS_PRESENT_KEYS = frozenset({"name", "image"})
@@ -90,6 +121,47 @@ class FunctionResources(_WireModel):
         return {key: value for key, value in data.items() if value}
 
 
+class CheckedFunctionResources(FunctionResources):
+    """FunctionResources of a deploy request, checked before they are stored."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any, info: ValidationInfo) -> Any:
+        """Reject a key that is not a resource, so that a misspelled one is seen."""
+        if not isinstance(data, dict) or _is_stored(info):
+            return data
+        known = [field.alias or name for name, field in cls.model_fields.items()]
+        for key in data:
+            if key not in known and key not in cls.model_fields:
+                raise PydanticCustomError(
+                    "unknown_resource",
+                    "unknown resource {key}: use one of {known}, or remove it",
+                    {"key": repr(key), "known": ", ".join(known)},
+                )
+        return data
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _check_quantity(cls, value: str, info: ValidationInfo) -> str:
+        """Reject a value that Kubernetes cannot parse as a quantity."""
+        if not value or _is_stored(info):
+            return value
+        if not _QUANTITY.fullmatch(value):
+            raise PydanticCustomError(
+                "invalid_quantity",
+                "{value} is not a Kubernetes quantity: use a number with an "
+                "optional suffix, such as 128Mi, 1Gi, 0.5 or 500m",
+                {"value": repr(value)},
+            )
+        if value.startswith("-"):
+            raise PydanticCustomError(
+                "negative_quantity",
+                "{value} is negative: use zero or more, such as 128Mi or 500m",
+                {"value": repr(value)},
+            )
+        return value
+
+
 class FunctionDeployment(_WireModel):
     """The definition of a function, as `faas-cli deploy` sends it."""
 
@@ -102,9 +174,38 @@ class FunctionDeployment(_WireModel):
     secrets: list[str] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
-    limits: FunctionResources | None = None
-    requests: FunctionResources | None = None
+    limits: CheckedFunctionResources | None = None
+    requests: CheckedFunctionResources | None = None
     read_only_root_filesystem: bool = False
+
+    @field_validator("read_only_root_filesystem", mode="before")
+    @classmethod
+    def _require_json_boolean(cls, value: Any, info: ValidationInfo) -> Any:
+        """Reject a string or number, which pydantic would read as a boolean."""
+        if value is None or isinstance(value, bool) or _is_stored(info):
+            return value
+        raise PydanticCustomError(
+            "invalid_boolean",
+            "{value} is not a JSON boolean: send true or false",
+            {"value": repr(value)},
+        )
+
+    @field_validator("secrets", mode="after")
+    @classmethod
+    def _reject_repeated_secrets(cls, value: list[str], info: ValidationInfo) -> Any:
+        """Reject a secret named twice, which would be stored and reported twice."""
+        if _is_stored(info):
+            return value
+        seen: set[str] = set()
+        for secret in value:
+            if secret in seen:
+                raise PydanticCustomError(
+                    "repeated_secret",
+                    "secret {secret} is listed more than once: list each secret once",
+                    {"secret": repr(secret)},
+                )
+            seen.add(secret)
+        return value
 
 
 class FunctionUsage(_WireModel):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pydantic
+import pydantic_core
 from pydantic import BeforeValidator
 from pydantic_settings import BaseSettings
 
@@ -70,15 +71,39 @@ def load_settings(
         return settings_class(**given)
     except pydantic.ValidationError as exc:
         problems = "; ".join(
-            f"{_setting_name(problem['loc'])}: {problem['msg']} "
-            f"(got {problem.get('input')!r})"
-            for problem in exc.errors()
+            _describe_problem(settings_class, problem)
+            for problem in exc.errors(include_url=False)
         )
         raise errors.SettingsError(f"Invalid settings: {problems}.") from exc
 
 
+def _describe_problem(
+    settings_class: type[BaseSettings], problem: pydantic_core.ErrorDetails
+) -> str:
+    """Describe one settings error, with the value given unless it may be secret.
+
+    An error of the whole model (empty location) has every setting as its
+    input, passwords included, and a SecretStr field's value is a secret, so
+    neither value is shown.
+    """
+    location = problem["loc"]
+    field = settings_class.model_fields.get(str(location[0])) if location else None
+    if not location:
+        return problem["msg"]
+    text = f"{_setting_name(location)}: {problem['msg']}"
+    if field is None or _is_secret(field.annotation):
+        return text
+    return f"{text} (got {problem.get('input')!r})"
+
+
+def _is_secret(annotation: Any) -> bool:
+    if annotation is pydantic.SecretStr:
+        return True
+    return pydantic.SecretStr in typing.get_args(annotation)
+
+
 def _setting_name(location: tuple[int | str, ...]) -> str:
-    field = str(location[0]) if location else "?"
+    field = str(location[0])
     return f"--{field.replace('_', '-')} / {ENV_PREFIX}{field.upper()}"
 
 

@@ -6,7 +6,11 @@ count, so a scale survives a restart. A write goes
 to a temporary file in the same folder, is fsynced and then renamed over the
 old file, so a crash leaves either the old or the new definition, never half
 of one. A file that cannot be read is logged with its path and skipped, so
-one bad file does not stop the provider from starting.
+one bad file does not stop the provider from starting. The log line names
+the fields at fault and the JSON error position, never the file's content,
+because a function's envVars often hold tokens. A file is read with
+`STORED_CONTEXT`, so a definition stored before a check was added still
+loads.
 
 The invocation count is not stored: it starts at zero with each provider
 process.
@@ -23,7 +27,7 @@ from typing import Final
 from pydantic import BaseModel, ValidationError
 
 from provider.backend import StorageError
-from provider.types import FunctionDeployment
+from provider.types import STORED_CONTEXT, FunctionDeployment
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +75,25 @@ class FunctionStore:
         loaded = []
         for path in paths:
             try:
-                loaded.append(
-                    (path, StoredFunction.model_validate_json(path.read_bytes()))
+                data = path.read_bytes()
+                stored = StoredFunction.model_validate_json(
+                    data, context=STORED_CONTEXT
                 )
-            except (OSError, ValidationError) as exc:
+            except OSError as exc:
                 logger.warning(
                     "skipped unreadable function file: %s",
-                    _first_line(exc),
+                    exc.strerror or type(exc).__name__,
                     extra={"ctx": {"path": str(path)}},
                 )
+                continue
+            except ValidationError as exc:
+                logger.warning(
+                    "skipped invalid function file: %s",
+                    describe_validation_error(exc),
+                    extra={"ctx": {"path": str(path)}},
+                )
+                continue
+            loaded.append((path, stored))
         return loaded
 
     def save(self, stored: StoredFunction) -> None:
@@ -135,6 +149,16 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).splitlines()
-    return " ".join(lines[:2]) if lines else type(exc).__name__
+def describe_validation_error(exc: ValidationError, *, max_errors: int = 3) -> str:
+    """Describe `exc` by field and message only, without the input.
+
+    `str(exc)` quotes the start and end of the input, which for a function
+    file can be an envVars value, so it must not reach a log.
+    """
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False)[:max_errors]:
+        location = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{location}: {error['msg']}" if location else error["msg"])
+    if exc.error_count() > max_errors:
+        problems.append(f"and {exc.error_count() - max_errors} more errors")
+    return "; ".join(problems)

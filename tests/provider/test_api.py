@@ -238,6 +238,91 @@ def test_create_accepts_faas_cli_nulls(client: httpx.Client) -> None:
     assert "network" not in status
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        pytest.param(
+            {"readOnlyRootFilesystem": "yes"},
+            "readOnlyRootFilesystem: 'yes' is not a JSON boolean: send true or false",
+            id="readonly-string",
+        ),
+        pytest.param(
+            {"readOnlyRootFilesystem": 1},
+            "readOnlyRootFilesystem: 1 is not a JSON boolean",
+            id="readonly-number",
+        ),
+        pytest.param(
+            {"limits": {"memory": "128Mi", "foo": "1"}},
+            "limits: unknown resource 'foo': use one of memory, cpu, nvidia.com/gpu",
+            id="unknown-limit",
+        ),
+        pytest.param(
+            {"requests": {"memroy": "1Gi"}},
+            "requests: unknown resource 'memroy'",
+            id="misspelled-request",
+        ),
+        pytest.param(
+            {"limits": {"memory": "abc"}},
+            "limits.memory: 'abc' is not a Kubernetes quantity: use a number with "
+            "an optional suffix, such as 128Mi",
+            id="memory-not-quantity",
+        ),
+        pytest.param(
+            {"requests": {"cpu": "1.5 cores"}},
+            "requests.cpu: '1.5 cores' is not a Kubernetes quantity",
+            id="cpu-not-quantity",
+        ),
+        pytest.param(
+            {"limits": {"cpu": "-500m"}},
+            "limits.cpu: '-500m' is negative",
+            id="negative-cpu",
+        ),
+        pytest.param(
+            {"secrets": ["s-one", "s-one"]},
+            "secrets: secret 's-one' is listed more than once: list each secret once",
+            id="repeated-secret",
+        ),
+    ],
+)
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_deploy_strict_field_returns_400(
+    client: httpx.Client, method: str, fields: dict[str, object], expected: str
+) -> None:
+    if method == "PUT":
+        assert deploy(client, "strict", "cat").status_code == 202
+
+    response = deploy(client, "strict", "cat", method=method, **fields)
+
+    assert response.status_code == 400
+    assert expected in response.text
+    listed = client.get("/system/functions").json()
+    if method == "POST":
+        assert listed == []
+    else:
+        assert "limits" not in listed[0]
+        assert "readOnlyRootFilesystem" not in listed[0]
+
+
+def test_deploy_accepts_kubernetes_quantities(client: httpx.Client) -> None:
+    limits = {"memory": "1Gi", "cpu": "0.5", "nvidia.com/gpu": "1"}
+    requests = {"memory": "128e6", "cpu": "500m"}
+
+    response = deploy(
+        client,
+        "sized",
+        "cat",
+        limits=limits,
+        requests=requests,
+        readOnlyRootFilesystem=True,
+    )
+
+    assert response.status_code == 202, response.text
+    status = client.get("/system/function/sized").json()
+    assert status["limits"] == limits
+    assert status["requests"] == requests
+    assert status["readOnlyRootFilesystem"] is True
+
+
 def test_update_changes_definition_keeps_created_at(client: httpx.Client) -> None:
     assert deploy(client, "changing", "cat", labels={"v": "1"}).status_code == 202
     before = client.get("/system/function/changing").json()

@@ -192,3 +192,65 @@ def test_invocation_count_resets_on_restart(settings: LocalProviderSettings) -> 
 
     # The invocation count is kept in memory only.
     assert "invocationCount" not in status
+
+
+def test_corrupt_file_log_omits_content(
+    settings: LocalProviderSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "ENVTOKEN-0a1b2c"
+    running = start_provider(settings)
+    try:
+        with running.client() as client:
+            response = deploy(client, "leaky", "cat", envVars={"API_TOKEN": token})
+            assert response.status_code == 202
+    finally:
+        running.stop()
+    path = functions_folder(settings) / "leaky.openfaas-fn.json"
+    text = path.read_text()
+    # Cut the file right after the value, so that the end of the input is it.
+    path.write_text(text[: text.index(token) + len(token)])
+
+    with caplog.at_level(logging.DEBUG):
+        restarted = start_provider(settings)
+    restarted.stop()
+
+    [skipped] = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert log_context(skipped)["path"] == str(path)
+    assert "EOF while parsing a string at line" in skipped.getMessage()
+    for record in caplog.records:
+        assert token not in record.getMessage()
+        assert token not in str(record.__dict__.get("ctx", {}))
+
+
+def test_stored_file_loads_despite_new_checks(
+    settings: LocalProviderSettings,
+) -> None:
+    """A file stored before the deploy checks were added still loads as it was."""
+    folder = functions_folder(settings)
+    folder.mkdir(parents=True)
+    deployment = {
+        "service": "old",
+        "envProcess": "cat",
+        "namespace": "openfaas-fn",
+        "secrets": [],
+        "limits": {"memory": "abc"},
+        "requests": {"cpu": "-1"},
+        "readOnlyRootFilesystem": "yes",
+    }
+    (folder / "old.openfaas-fn.json").write_text(
+        json.dumps({"deployment": deployment, "created_at": "2024-01-01T00:00:00Z"})
+    )
+
+    running = start_provider(settings)
+    try:
+        with running.client() as client:
+            status = client.get("/system/function/old")
+            call = client.post("/function/old", content=b"still here")
+    finally:
+        running.stop()
+
+    assert status.status_code == 200
+    assert status.json()["limits"] == {"memory": "abc"}
+    assert status.json()["requests"] == {"cpu": "-1"}
+    assert status.json()["readOnlyRootFilesystem"] is True
+    assert call.text == "still here"

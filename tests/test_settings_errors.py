@@ -1,0 +1,35 @@
+"""Settings errors name the setting and never show a secret value."""
+
+import argparse
+
+import pytest
+
+from faashub import errors
+from faashub.cli import options
+from faashub.connector_settings import CronConnectorSettings
+
+SECRET = "settings-secret-7f3a"
+
+
+def load(*flags: str) -> str:
+    parser = argparse.ArgumentParser()
+    options.add_settings_arguments(parser, CronConnectorSettings)
+    args = parser.parse_args(["--gateway-password", SECRET, *flags])
+    with pytest.raises(errors.SettingsError) as raised:
+        options.load_settings(CronConnectorSettings, args)
+    return str(raised.value)
+
+
+def test_model_error_hides_every_value() -> None:
+    message = load("--retry-min-wait-s", "10", "--retry-max-wait-s", "1")
+
+    assert "retry_max_wait_s (1) is below retry_min_wait_s (10)" in message
+    assert SECRET not in message
+
+
+def test_field_error_shows_its_value() -> None:
+    message = load("--health-port", "99999")
+
+    assert "--health-port / FAASHUB_HEALTH_PORT" in message
+    assert "(got 99999)" in message
+    assert SECRET not in message
