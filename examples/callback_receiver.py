@@ -3,10 +3,14 @@
 Run it, then pass http://127.0.0.1:9000/ as X-Callback-Url:
 
     python3 examples/callback_receiver.py 9000
+
+The queue-worker can post many callbacks at once, so each connection gets its
+own thread, and the server listens with a backlog of 1024 instead of
+http.server's default of 5.
 """
 
 import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SHOWN_HEADERS = (
     "X-Call-Id",
@@ -28,7 +32,11 @@ class CallbackHandler(BaseHTTPRequestHandler):
         return
 
 
+class CallbackServer(ThreadingHTTPServer):
+    request_queue_size = 1024
+
+
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 9000
     print(f"listening on http://127.0.0.1:{port}/", flush=True)
-    HTTPServer(("127.0.0.1", port), CallbackHandler).serve_forever()
+    CallbackServer(("127.0.0.1", port), CallbackHandler).serve_forever()
