@@ -142,12 +142,7 @@ async def run(
                     f"Function {spec.ref} was removed while this call ran, and "
                     "its process was killed."
                 )
-            return _error_response(
-                504,
-                f"Function {spec.ref} did not finish within its exec timeout of "
-                f"{spec.exec_timeout_s:g} s and was killed. Raise exec_timeout in "
-                "its envVars if it needs longer, or set it to 0 for no timeout.",
-            )
+            return _timeout_response(spec, exited=process.returncode is not None)
         try:
             stdout_chunks = communicating.result()
         except _OutputTooLarge:
@@ -183,8 +178,8 @@ async def run(
         )
         return _error_response(
             500,
-            f"Function {spec.ref} exited with code {process.returncode} after "
-            f"{duration_s:.3f} s. Read its stderr with GET "
+            f"Function {spec.ref} {processes.describe_exit(process.returncode)} "
+            f"after {duration_s:.3f} s. Read its stderr with GET "
             f"/system/logs?name={spec.name} ('faashub logs {spec.name}').",
         )
     headers = [
@@ -196,6 +191,31 @@ async def run(
         return InvocationResponse(status=200, headers=headers, body=body)
     return InvocationResponse(
         status=200, headers=headers, stream=_send_chunks(stdout_chunks)
+    )
+
+
+def _timeout_response(spec: FunctionSpec, *, exited: bool) -> InvocationResponse:
+    """Build the 504 for a call that ran past the exec timeout.
+
+    `exited` is whether the function's own process had exited by then, which
+    means that a process it started in the background kept stdout open, so
+    the end of the response never came.
+    """
+    if exited:
+        return _error_response(
+            504,
+            f"Function {spec.ref} exited, but a child process that it started "
+            "kept its stdout open, so the response did not end within the exec "
+            f"timeout of {spec.exec_timeout_s:g} s. Its process group was "
+            "killed and the output dropped. Redirect the output of background "
+            "commands, "
+            "for example 'sleep 30 > /dev/null &', or wait for them to end.",
+        )
+    return _error_response(
+        504,
+        f"Function {spec.ref} did not finish within its exec timeout of "
+        f"{spec.exec_timeout_s:g} s and was killed. Raise exec_timeout in "
+        "its envVars if it needs longer, or set it to 0 for no timeout.",
     )
 
 

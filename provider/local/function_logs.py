@@ -19,11 +19,16 @@ copy in a worker thread.
 
 Removing a function deletes its files and ends its followers. This module
 does not write function output to the provider's own log.
+
+Functions write tokens and payloads to stderr, so the folder is 0700 and the
+files 0600, as for secrets. `LogStore.prepare` sets these modes on the
+folder and on the files that an older version left readable by others.
 """
 
 import asyncio
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +45,13 @@ LOG_SUFFIX: Final = ".log"
 ROTATED_SUFFIX: Final = ".log.1"
 # Stored lines are sent in chunks of about this size.
 CHUNK_BYTES: Final = 64 * 1024
+FOLDER_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
+
+
+def _open_private(path: str, flags: int) -> int:
+    """Open a log file for `open(opener=...)`, creating it with mode 0600."""
+    return os.open(path, flags, FILE_MODE)
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -153,14 +165,14 @@ class FunctionLog:
         """
         try:
             if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("ab", buffering=0)
+                _make_private_folder(self.path.parent)
+                self._file = self._open()
                 self._size = self._file.tell()
             if self._size and self._size + len(line) > self._max_file_bytes:
                 self._file.close()
                 self._file = None
                 self.path.replace(self.rotated_path)
-                self._file = self.path.open("ab", buffering=0)
+                self._file = self._open()
                 self._size = 0
             self._file.write(line)
             self._size += len(line)
@@ -174,6 +186,15 @@ class FunctionLog:
                     extra={"ctx": {"function": str(self.ref), "path": str(self.path)}},
                 )
             self._write_failed = True
+
+    def _open(self) -> BinaryIO:
+        return open(self.path, "ab", buffering=0, opener=_open_private)
+
+
+def _make_private_folder(folder: Path) -> None:
+    """Create `folder` if needed and set its mode to 0700, whatever the umask."""
+    folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    os.chmod(folder, FOLDER_MODE)
 
 
 def _offer(follower: _Follower, line: bytes, *, max_backlog_lines: int) -> None:
@@ -198,9 +219,15 @@ class LogStore:
         self._logs: dict[FunctionRef, FunctionLog] = {}
 
     def prepare(self) -> None:
-        """Create the log folder, or raise StorageError when that fails."""
+        """Create the log folder and make it and its files private.
+
+        Raise StorageError when that fails.
+        """
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            _make_private_folder(self.folder)
+            for path in self.folder.iterdir():
+                if path.is_file() and path.stat().st_mode & 0o077:
+                    os.chmod(path, FILE_MODE)
         except OSError as exc:
             raise StorageError(
                 f"Cannot use the function log folder {self.folder}: {exc}. Check "

@@ -76,6 +76,23 @@ async def spawn(
     )
 
 
+def describe_exit(exit_code: int | None) -> str:
+    """Describe how a process ended, such as "was killed by signal 9 (SIGKILL)".
+
+    asyncio reports a process killed by signal N as the exit code -N.
+    """
+    if exit_code is None:
+        return "ended"
+    if exit_code >= 0:
+        return f"exited with code {exit_code}"
+    number = -exit_code
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"was killed by signal {number}"
+    return f"was killed by signal {number} ({name})"
+
+
 def signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
     """Send `signum` to the process group that `process` leads, if any is left."""
     # NB: start_new_session makes the process group id equal to the pid.

@@ -271,6 +271,52 @@ def test_timeout_returns_504_and_kills_group(
     wait_until(lambda: process_gone(child_pid), timeout_s=5, what="the child to die")
 
 
+def test_timeout_names_child_holding_stdout(
+    client: httpx.Client, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    # The shell exits at once, but its background sleep keeps stdout open.
+    command = f"sh -c 'sleep 30 & echo $! > {pid_file}; echo parent-done'"
+    response = deploy(client, "leaver", command, envVars={"exec_timeout": "1"})
+    assert response.status_code == 202
+
+    response = client.post("/function/leaver", content=b"")
+
+    assert response.status_code == 504
+    assert INTERNAL not in response.headers
+    assert "exited, but a child process that it started kept its stdout open" in (
+        response.text
+    )
+    assert "within the exec timeout of 1 s" in response.text
+    assert "'sleep 30 > /dev/null &'" in response.text
+    child_pid = int(pid_file.read_text())
+    wait_until(lambda: process_gone(child_pid), timeout_s=5, what="the child to die")
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        pytest.param(
+            "sh -c 'kill -9 $$'", "was killed by signal 9 (SIGKILL)", id="sigkill"
+        ),
+        pytest.param(
+            "sh -c 'kill -TERM $$'", "was killed by signal 15 (SIGTERM)", id="sigterm"
+        ),
+        pytest.param("sh -c 'exit 7'", "exited with code 7", id="exit-code"),
+    ],
+)
+def test_exit_500_names_signal_or_code(
+    client: httpx.Client, command: str, expected: str
+) -> None:
+    assert deploy(client, "ending", command).status_code == 202
+
+    response = client.post("/function/ending", content=b"")
+
+    assert response.status_code == 500
+    assert f"Function ending.openfaas-fn {expected} after " in response.text
+    assert "code -" not in response.text
+
+
 def test_remove_ends_running_call(
     client: httpx.Client, provider: RunningProvider, tmp_path: Path
 ) -> None:

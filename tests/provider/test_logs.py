@@ -337,6 +337,43 @@ def test_logs_survive_restart(settings: LocalProviderSettings) -> None:
     assert texts(messages) == ["from the first run"]
 
 
+def test_log_files_private_after_restart(settings: LocalProviderSettings) -> None:
+    folder = settings.state_dir / "logs" / "functions"
+    # Files left by a version that created them with the umask's modes.
+    folder.mkdir(parents=True, mode=0o755)
+    folder.chmod(0o755)
+    old_log = folder / "old.openfaas-fn.log"
+    old_rotated = folder / "old.openfaas-fn.log.1"
+    for path in (old_log, old_rotated):
+        path.write_text("")
+        path.chmod(0o644)
+
+    running = start_provider(settings)
+    try:
+        with running.client() as client:
+            assert deploy(client, "talker", ECHO_TO_STDERR).status_code == 202
+            log_to(client, "talker", *(f"line {index:02d}" for index in range(3)))
+    finally:
+        running.stop()
+
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert old_log.stat().st_mode & 0o777 == 0o600
+    assert old_rotated.stat().st_mode & 0o777 == 0o600
+    new_log = folder / "talker.openfaas-fn.log"
+    assert new_log.stat().st_mode & 0o777 == 0o600
+
+
+async def test_rotated_log_stays_private(store: LogStore) -> None:
+    ref = FunctionRef("busy", "openfaas-fn")
+    log = store.log_of(ref)
+
+    for index in range(100):
+        log.append("busy-0", f"line {index:03d}")
+
+    assert log.rotated_path.stat().st_mode & 0o777 == 0o600
+    assert log.path.stat().st_mode & 0o777 == 0o600
+
+
 def test_delete_removes_log_files(
     client: httpx.Client, settings: LocalProviderSettings
 ) -> None:
