@@ -256,6 +256,114 @@ def test_deploy_from_stack_then_list_describe_remove(
     assert b"'upper' is not deployed" in gone.stderr
 
 
+def test_describe_shows_every_definition_field(hub: RunningHub) -> None:
+    secret_value = "describe-secret-value-41"
+    created = faashub(
+        "secret",
+        "create",
+        "describe-key",
+        "--from-literal",
+        secret_value,
+        gateway=hub.url,
+    )
+    assert created.returncode == 0, created.stderr.decode()
+    deployment = {
+        "service": "full",
+        "envProcess": "cat",
+        "envVars": {"greeting": "hello", "region": "eu"},
+        "secrets": ["describe-key"],
+        "constraints": ["node.platform.os == linux"],
+        "requests": {"memory": "64Mi"},
+        "limits": {"memory": "128Mi", "cpu": "500m"},
+        "readOnlyRootFilesystem": True,
+    }
+    response = httpx.post(
+        f"{hub.url}/system/functions", json=deployment, auth=hub.auth, timeout=10
+    )
+    assert response.status_code == 202, response.text
+
+    described = faashub("describe", "full", gateway=hub.url)
+
+    assert described.returncode == 0, described.stderr.decode()
+    fields = dict(line.split(":", 1) for line in described.stdout.decode().splitlines())
+    fields = {label: value.strip() for label, value in fields.items()}
+    assert fields["Environment"] == '{"greeting": "hello", "region": "eu"}'
+    assert fields["Secrets"] == "describe-key"
+    assert fields["Constraints"] == "node.platform.os == linux"
+    assert fields["Requests"] == '{"memory": "64Mi"}'
+    assert fields["Limits"] == '{"cpu": "500m", "memory": "128Mi"}'
+    assert fields["Read-only Root FS"] == "true"
+    assert secret_value not in described.stdout.decode()
+
+
+LENGTH_REPORTER = "sh -c 'echo length=$Http_Content_Length; wc -c'"
+
+
+def invoke_from_file(hub: RunningHub, name: str, path: Path) -> bytes:
+    """Run `faashub invoke NAME` with `path` as its stdin, a regular file."""
+    with path.open("rb") as stdin:
+        result = subprocess.run(
+            [sys.executable, "-m", "faashub", "invoke", name, "--gateway", hub.url],
+            stdin=stdin,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    ("size", "expected_length"),
+    [
+        pytest.param(3, "3", id="small-whole"),
+        pytest.param(3 * 1024 * 1024, "", id="large-chunked"),
+    ],
+)
+def test_invoke_streams_piped_body(
+    hub: RunningHub, size: int, expected_length: str
+) -> None:
+    faashub(
+        "deploy", "--name", "lengths", "--fprocess", LENGTH_REPORTER, gateway=hub.url
+    )
+
+    result = faashub("invoke", "lengths", gateway=hub.url, stdin=b"x" * size)
+
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.split() == [f"length={expected_length}".encode(), b"%d" % size]
+
+
+def test_invoke_sends_file_length(hub: RunningHub, tmp_path: Path) -> None:
+    faashub(
+        "deploy", "--name", "lengths", "--fprocess", LENGTH_REPORTER, gateway=hub.url
+    )
+    body = tmp_path / "body"
+    body.write_bytes(b"y" * (3 * 1024 * 1024))
+
+    output = invoke_from_file(hub, "lengths", body)
+
+    assert output.split() == [b"length=3145728", b"3145728"]
+
+
+def test_invoke_writes_large_response_whole(hub: RunningHub, tmp_path: Path) -> None:
+    size = 20 * 1024 * 1024
+    command = f"sh -c 'cat > /dev/null; head -c {size} /dev/zero'"
+    faashub("deploy", "--name", "zeros", "--fprocess", command, gateway=hub.url)
+    body = tmp_path / "empty"
+    body.write_bytes(b"")
+
+    output = invoke_from_file(hub, "zeros", body)
+
+    assert output == bytes(size)
+
+
+def test_namespaces_lists_provider_namespaces(hub: RunningHub) -> None:
+    listed = faashub("namespaces", gateway=hub.url)
+
+    assert listed.returncode == 0, listed.stderr.decode()
+    assert listed.stdout.decode().splitlines() == ["Namespace", "openfaas-fn"]
+
+
 def test_invoke_async_prints_call_id(hub: RunningHub) -> None:
     faashub("deploy", "--name", "count", "--fprocess", "wc -c", gateway=hub.url)
     with CallbackReceiver() as receiver:
@@ -339,6 +447,7 @@ def test_unreachable_gateway_is_explained() -> None:
         pytest.param(["connector", "kafka"], id="connector-kafka"),
         pytest.param(["deploy"], id="deploy"),
         pytest.param(["invoke"], id="invoke"),
+        pytest.param(["namespaces"], id="namespaces"),
         pytest.param(["dlq", "list"], id="dlq-list"),
     ],
 )

@@ -81,6 +81,19 @@ def test_gateway_url_without_scheme() -> None:
     assert START_HINT not in result.stderr
 
 
+def test_gateway_url_other_scheme() -> None:
+    result = faashub("list", gateway="ftp://127.0.0.1:1")
+    assert result.returncode == 2
+    assert b"Invalid gateway URL 'ftp://127.0.0.1:1'" in result.stderr
+    assert b"the scheme 'ftp' is not supported" in result.stderr
+    assert b"Use http:// or https://" in result.stderr
+    assert b"Give the scheme too" not in result.stderr
+
+
+def test_gateway_help_names_stack_file() -> None:
+    assert "for 'deploy -f', the stack file's provider.gateway" in GATEWAY_HELP
+
+
 def test_invoke_timeout_says_call_may_run(hub: RunningHub) -> None:
     deployed = faashub(
         "deploy",

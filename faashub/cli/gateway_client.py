@@ -20,8 +20,9 @@ from faashub import constants, credentials, errors, settings
 REQUEST_TIMEOUT_S = 60.0
 
 GATEWAY_HELP = (
-    "Gateway URL (default: OPENFAAS_URL, then the URL of the hub in "
-    f"FAASHUB_STATE_DIR, then {constants.DEFAULT_GATEWAY_URL})."
+    "Gateway URL (default: OPENFAAS_URL, then, for 'deploy -f', the stack file's "
+    "provider.gateway, then the URL of the hub in FAASHUB_STATE_DIR, then "
+    f"{constants.DEFAULT_GATEWAY_URL})."
 )
 
 
@@ -74,9 +75,17 @@ def transport_error_message(
     """Return what went wrong in a request to `gateway` and what to do next."""
     detail = f"{exc.__class__.__name__}: {exc}"
     if isinstance(exc, httpx.UnsupportedProtocol):
+        scheme, separator, _ = gateway.partition("://")
+        if separator:
+            return (
+                f"Invalid gateway URL {gateway!r}: the scheme {scheme!r} is not "
+                "supported. Use http:// or https://, for example "
+                f"{constants.DEFAULT_GATEWAY_URL}, in --gateway or OPENFAAS_URL."
+            )
         return (
-            f"Invalid gateway URL {gateway!r} ({exc}). Give the scheme too, for "
-            f"example {constants.DEFAULT_GATEWAY_URL}, in --gateway or OPENFAAS_URL."
+            f"Invalid gateway URL {gateway!r} ({exc}). Give the scheme too, "
+            f"http:// or https://, for example {constants.DEFAULT_GATEWAY_URL}, in "
+            "--gateway or OPENFAAS_URL."
         )
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return (

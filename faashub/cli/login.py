@@ -44,8 +44,9 @@ def add_commands(
         default=credentials.DEFAULT_USER,
         help=f"User name (default {credentials.DEFAULT_USER}).",
     )
-    login.add_argument("-p", "--password", help="Password; prefer --password-stdin.")
-    login.add_argument(
+    password = login.add_mutually_exclusive_group()
+    password.add_argument("-p", "--password", help="Password; prefer --password-stdin.")
+    password.add_argument(
         "-s",
         "--password-stdin",
         action="store_true",
@@ -69,6 +70,7 @@ def add_commands(
 def run_login(args: argparse.Namespace) -> int:
     """Check the credentials against the gateway, then store them."""
     gateway = resolve_gateway(args.gateway)
+    _check_username(args.username)
     password = _read_password(args)
     given = credentials.Credentials(args.username, password)
     try:
@@ -110,6 +112,20 @@ def run_logout(args: argparse.Namespace) -> int:
     else:
         print(f"No credentials were stored for {gateway}.")
     return 0
+
+
+def _check_username(username: str) -> None:
+    """Reject a user name that HTTP basic auth cannot carry (RFC 7617)."""
+    if not username:
+        raise credentials.CredentialsError(
+            "The user name is empty: pass the gateway's user name with --username."
+        )
+    if ":" in username:
+        raise credentials.CredentialsError(
+            f"Invalid --username {username!r}: HTTP basic auth cannot carry a "
+            "':' in a user name, because ':' separates it from the password. "
+            "Pass the gateway's user name."
+        )
 
 
 def _read_password(args: argparse.Namespace) -> str:

@@ -1,17 +1,23 @@
-"""User commands that talk to a running gateway: deploy, invoke, list, describe, remove.
+"""User commands that talk to a running gateway, such as deploy and invoke.
 
-They use the gateway's OpenFaaS REST API only, so they work against any
+The commands are deploy, invoke, list, describe, namespaces and remove. They
+use the gateway's OpenFaaS REST API only, so they work against any
 OpenFaaS-compatible gateway, and `faas-cli` works against faashub in turn.
-The gateway comes from `--gateway`, then `OPENFAAS_URL`, then a stack file's
-`provider.gateway`, then http://127.0.0.1:8080.
+`gateway_client.resolve_gateway` picks the gateway: `--gateway`, then
+`OPENFAAS_URL`, then a stack file's `provider.gateway`, then the hub in
+FAASHUB_STATE_DIR, then http://127.0.0.1:8080.
 """
 
 import argparse
+import io
 import json
+import os
 import re
+import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import httpx
 
@@ -30,6 +36,10 @@ from faashub.cli.gateway_client import (
 # The hub's default --upstream-timeout-s is 300 s. Waiting a little longer
 # lets the gateway's own 504 reach the user instead of a client timeout.
 INVOKE_TIMEOUT_S = 310.0
+# `invoke` streams bodies in chunks of this size. A request body from a pipe
+# of up to INVOKE_BUFFERED_BODY_BYTES is sent whole, with a Content-Length.
+INVOKE_CHUNK_BYTES = 64 * 1024
+INVOKE_BUFFERED_BODY_BYTES = 1024 * 1024
 
 # The characters HTTP allows in a method and in a header name (a "token").
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -151,6 +161,15 @@ def add_commands(
     _add_gateway_arguments(describe)
     describe.add_argument("name", help="Function name.")
     describe.set_defaults(handler=run_describe)
+
+    namespaces = commands.add_parser(
+        "namespaces",
+        help="List the namespaces that functions can be deployed to.",
+        description="List the namespaces that the gateway's provider returns "
+        "from GET /system/namespaces.",
+    )
+    namespaces.add_argument("-g", "--gateway", help=GATEWAY_HELP)
+    namespaces.set_defaults(handler=run_namespaces)
 
     remove = commands.add_parser("remove", aliases=["rm"], help="Remove a function.")
     _add_gateway_arguments(remove)
@@ -364,7 +383,6 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
         print(
             "Reading the request body from stdin; end it with Ctrl-D.", file=sys.stderr
         )
-    body = source.buffer.read() if hasattr(source, "buffer") else source.read().encode()
     method = args.method.upper()
     if not _TOKEN.fullmatch(method):
         raise errors.SettingsError(
@@ -383,16 +401,26 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     name = f"{args.name}.{args.namespace}" if args.namespace else args.name
     route = "async-function" if args.is_async else "function"
     path = args.path if not args.path or args.path.startswith("/") else "/" + args.path
+    body, length = _request_body(source)
+    if length is not None:
+        headers["Content-Length"] = str(length)
     gateway = resolve_gateway(args.gateway)
     with gateway_client(gateway, timeout_s=args.timeout) as client:
         try:
-            response = client.request(
+            with client.stream(
                 method,
                 f"/{route}/{name}{path}",
                 content=body,
                 headers=headers,
                 params=_pairs(args.query, "--query"),
-            )
+            ) as response:
+                if args.is_async:
+                    response.read()
+                    check_response(response, f"Queueing a call to {name}")
+                    print(response.headers.get(constants.CALL_ID, ""))
+                    print(f"Queued a call to {name}.", file=sys.stderr)
+                    return 0
+                ends_with_newline = _copy_to_stdout(response)
         except httpx.ReadTimeout as exc:
             raise GatewayError(
                 f"The call to {name} timed out after {args.timeout:g} s without a "
@@ -400,23 +428,70 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
                 f"'faashub logs {args.name}' before calling it again, and pass "
                 "--timeout SECONDS to wait longer."
             ) from exc
-    if args.is_async:
-        check_response(response, f"Queueing a call to {name}")
-        print(response.headers.get(constants.CALL_ID, ""))
-        print(f"Queued a call to {name}.", file=sys.stderr)
-        return 0
-    sys.stdout.buffer.write(response.content)
-    sys.stdout.flush()
     if not response.is_success:
         # The body stays byte for byte on stdout; the line break that keeps
         # the message off the body's last line goes to stderr.
-        separator = "" if response.content.endswith(b"\n") else "\n"
+        separator = "" if ends_with_newline else "\n"
         print(
             f"{separator}faashub: {name} returned HTTP {response.status_code}.",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def _request_body(source: TextIO) -> tuple[bytes | Iterator[bytes], int | None]:
+    """Return the request body from `source` and its length, None when unknown.
+
+    A regular file streams with its size as the Content-Length. Other input
+    (a pipe, a terminal) is read up to INVOKE_BUFFERED_BODY_BYTES. A body that
+    ends within that is sent whole with its length, which servers that read
+    only Content-Length expect. A longer one streams chunked, so memory stays
+    bounded whatever the size.
+    """
+    stream: BinaryIO | None = getattr(source, "buffer", None)
+    if stream is None:
+        return source.read().encode(), None
+    try:
+        status = os.fstat(stream.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        status = None
+    if status is not None and stat.S_ISREG(status.st_mode):
+        return _read_chunks(stream, []), max(0, status.st_size - stream.tell())
+    # read1 returns what one read of the pipe gives, instead of waiting for
+    # a whole chunk.
+    read_some = getattr(stream, "read1", stream.read)
+    start: list[bytes] = []
+    size = 0
+    while size <= INVOKE_BUFFERED_BODY_BYTES:
+        chunk = read_some(INVOKE_CHUNK_BYTES)
+        if not chunk:
+            body = b"".join(start)
+            return body, len(body)
+        start.append(chunk)
+        size += len(chunk)
+    return _read_chunks(stream, start), None
+
+
+def _read_chunks(stream: BinaryIO, start: list[bytes]) -> Iterator[bytes]:
+    """Yield the chunks already read, then the rest of `stream` chunk by chunk."""
+    yield from start
+    start.clear()
+    while chunk := stream.read(INVOKE_CHUNK_BYTES):
+        yield chunk
+
+
+def _copy_to_stdout(response: httpx.Response) -> bool:
+    """Write the response body to stdout as it arrives.
+
+    Return whether the body ends with a line break.
+    """
+    last = b""
+    for chunk in response.iter_bytes(INVOKE_CHUNK_BYTES):
+        sys.stdout.buffer.write(chunk)
+        last = chunk
+    sys.stdout.flush()
+    return last.endswith(b"\n")
 
 
 def _parse_header(item: str) -> tuple[str, str]:
@@ -498,13 +573,36 @@ def run_describe(args: argparse.Namespace) -> int:
         ("URL", f"{gateway}/function/{args.name}{suffix}"),
         ("Async URL", f"{gateway}/async-function/{args.name}{suffix}"),
         ("Created", function.get("createdAt", "")),
-        ("Labels", json.dumps(function.get("labels") or {}, sort_keys=True)),
-        ("Annotations", json.dumps(function.get("annotations") or {}, sort_keys=True)),
+        ("Labels", _json_field(function, "labels")),
+        ("Annotations", _json_field(function, "annotations")),
+        ("Environment", _json_field(function, "envVars")),
+        # The API returns secret names only, never their values.
+        ("Secrets", ", ".join(function.get("secrets") or [])),
+        ("Constraints", ", ".join(function.get("constraints") or [])),
+        ("Requests", _json_field(function, "requests")),
+        ("Limits", _json_field(function, "limits")),
+        (
+            "Read-only Root FS",
+            "true" if function.get("readOnlyRootFilesystem") else "false",
+        ),
     ]
     width = max(len(label) for label, _ in fields)
     for label, value in fields:
         print(f"{label + ':':<{width + 2}}{value}")
     return 0
+
+
+def run_namespaces(args: argparse.Namespace) -> int:
+    with gateway_client(resolve_gateway(args.gateway)) as client:
+        response = client.get("/system/namespaces")
+    check_response(response, "Listing namespaces")
+    print_table(["Namespace"], [[name] for name in sorted(response.json())])
+    return 0
+
+
+def _json_field(function: dict[str, Any], key: str) -> str:
+    """Render a map field of a FunctionStatus as sorted JSON, {} when absent."""
+    return json.dumps(function.get(key) or {}, sort_keys=True)
 
 
 def run_remove(args: argparse.Namespace) -> int:
