@@ -34,6 +34,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Final
 
 from starlette.types import Scope, Send
 
@@ -156,6 +157,20 @@ def _read_tokens(path: Path | None) -> list[str]:
     return tokens
 
 
+# The 401 bodies. A wrong user name and a wrong password get the same text,
+# so that a guesser does not learn which one was right. The OpenFaaS gateway
+# (faas-provider auth/v1/basic_auth.go) returns the body "invalid credentials"
+# for both a missing and a wrong Authorization header.
+MISSING_CREDENTIALS_MESSAGE: Final = (
+    "Authentication required: send the gateway's credentials with HTTP basic "
+    "auth, or a bearer token ('faashub login' stores them for the CLI).\n"
+)
+INVALID_CREDENTIALS_MESSAGE: Final = (
+    "Invalid credentials: the user name and password, or the bearer token, are "
+    "not the gateway's. Check them, or run 'faashub login' again.\n"
+)
+
+
 class Authenticator:
     """Checks the Authorization header of requests and locks out guessers."""
 
@@ -237,16 +252,11 @@ class Authenticator:
                 "request without credentials challenged",
                 extra={"ctx": {"client": address, "path": scope["path"]}},
             )
+            message = MISSING_CREDENTIALS_MESSAGE
         else:
             self._record_failure(address, path=scope["path"], exempt=exempt)
-        await asgi.send_text(
-            send,
-            401,
-            "Authentication required: send the gateway's credentials with HTTP "
-            "basic auth, or a bearer token ('faashub login' stores them for the "
-            "CLI).\n",
-            headers=_CHALLENGE,
-        )
+            message = INVALID_CREDENTIALS_MESSAGE
+        await asgi.send_text(send, 401, message, headers=_CHALLENGE)
         return False
 
     def _is_exempt(self, address: str) -> bool:

@@ -54,6 +54,11 @@ async def test_system_requires_credentials(
     assert garbage.status_code == 401
     assert right.status_code == 202
     assert bare_system.status_code == 401
+    assert anonymous.text.startswith("Authentication required:")
+    # A wrong user and a wrong password get one text, which names neither.
+    for rejected in (wrong, wrong_user, garbage):
+        assert rejected.text.startswith("Invalid credentials:")
+    assert wrong.text == wrong_user.text
 
 
 async def test_invoke_open_by_default(

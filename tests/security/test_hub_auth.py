@@ -118,6 +118,29 @@ def test_login_stores_checked_credentials(hub: RunningHub, tmp_path: Path) -> No
     assert listed.returncode == 0, listed.stderr.decode()
 
 
+def test_login_password_options_exclusive(hub: RunningHub, tmp_path: Path) -> None:
+    store = tmp_path / "auth.json"
+
+    result = login(hub, store, "-p", "a", "-s", stdin=b"b\n")
+
+    assert result.returncode == 2
+    assert b"-s/--password-stdin: not allowed with argument -p/--password" in (
+        result.stderr
+    )
+    assert not store.exists()
+
+
+def test_login_rejects_colon_in_username(hub: RunningHub, tmp_path: Path) -> None:
+    store = tmp_path / "auth.json"
+
+    result = login(hub, store, "-u", "ad:min", "-s", stdin=b"secret\n")
+
+    assert result.returncode == 2
+    assert b"Invalid --username 'ad:min'" in result.stderr
+    assert b"cannot carry a ':' in a user name" in result.stderr
+    assert not store.exists()
+
+
 def test_no_secret_in_any_log(hub: RunningHub) -> None:
     run_ok(hub, "secret", "create", "canary-secret", "--from-literal", CANARY)
     run_ok(
