@@ -186,7 +186,14 @@ def ensure_hub_credentials(state_dir: Path) -> Credentials:
         _write_private(password_path, secrets.token_urlsafe(32))
     for path in (user_path, password_path):
         path.chmod(0o600)
-    return read_secret_mount(folder)
+    try:
+        return read_secret_mount(folder)
+    except CredentialsError as exc:
+        raise CredentialsError(
+            f"{exc} Delete {user_path} and {password_path}, and 'faashub up' "
+            "generates new credentials, or write the user name and the password "
+            "into them."
+        ) from exc
 
 
 def ensure_provider_token(state_dir: Path) -> Path:

@@ -420,6 +420,22 @@ def test_unwritable_state_dir_fails_in_one_line(tmp_path: Path) -> None:
     assert "--state-dir" in result.stderr
 
 
+def test_empty_password_file_names_the_fix(tmp_path: Path) -> None:
+    folder = tmp_path / "state" / "credentials"
+    folder.mkdir(parents=True)
+    (folder / "basic-auth-user").write_text("admin")
+    (folder / "basic-auth-password").write_text("")
+
+    result = run_up(tmp_path / "state")
+
+    assert result.returncode == 2
+    assert f"The credentials file {folder / 'basic-auth-password'} is empty." in (
+        result.stderr
+    )
+    assert "'faashub up' generates new credentials" in result.stderr
+    assert "write the user name and the password into them" in result.stderr
+
+
 def test_body_read_timeout_reaches_gateway(tmp_path: Path) -> None:
     with running_hub(
         tmp_path / "state", extra_args=["--body-read-timeout-s", "1"]
