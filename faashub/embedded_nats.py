@@ -165,7 +165,10 @@ def spawn(
         max_payload_bytes=max_payload_bytes,
         token=token,
     )
-    with log_path.open("ab") as log_file:
+    # Owner-only, like the function logs in the same folder.
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "ab") as log_file:
         return subprocess.Popen(
             [str(find_binary()), "--config", str(config_path)],
             stdout=log_file,

@@ -61,3 +61,4 @@ def test_started_server_names_itself(tmp_path: Path) -> None:
         stop_process(process)
 
     assert embedded_nats.server_name(store_dir).encode() in info
+    assert (tmp_path / "nats.log").stat().st_mode & 0o777 == 0o600

@@ -106,7 +106,11 @@ def test_restart_keeps_deployed_functions(tmp_path: Path) -> None:
     with running_hub(state_dir) as hub:
         deploy_wc(hub.url)
 
+    (state_dir / "logs").chmod(0o755)
     with running_hub(state_dir) as hub:
+        # Made owner-only again, as are the logs in it.
+        assert (state_dir / "logs").stat().st_mode & 0o777 == 0o700
+        assert (state_dir / "logs" / "nats.log").stat().st_mode & 0o777 == 0o600
         listed = faashub("list", gateway=hub.url)
         assert listed.returncode == 0, listed.stderr.decode()
         assert b"wc" in listed.stdout

@@ -537,7 +537,9 @@ def _start_components(
 ) -> None:
     internal_host = "127.0.0.1"
     log_dir = state_dir / "logs"
-    log_dir.mkdir(exist_ok=True)
+    # Owner-only, as the provider keeps the function logs in it.
+    log_dir.mkdir(mode=0o700, exist_ok=True)
+    log_dir.chmod(0o700)
     common = ["--log-level", settings.log_level, "--log-format", settings.log_format]
     auth_folder = str(credentials.hub_credentials_dir(state_dir))
     gateway_auth = ["--auth-secret-mount-path", auth_folder] if settings.auth else []
