@@ -34,7 +34,7 @@ import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from faashub import __version__
+from faashub import __version__, http_sessions
 
 # User-Agent of every callback request. A redrive from the gateway sends the
 # same value as the queue-worker, so every callback has one User-Agent.
@@ -146,8 +146,9 @@ def new_callback_session(guard: CallbackGuard, *, limit: int) -> aiohttp.ClientS
     to an address that was checked. IP literals skip aiohttp's resolver, so
     callers check them with `literal_refusal` before posting.
     """
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit, resolver=GuardedResolver(guard)),
+    session = http_sessions.new_session(
+        limit=limit,
+        resolver=GuardedResolver(guard),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": CALLBACK_USER_AGENT},

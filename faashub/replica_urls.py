@@ -4,21 +4,31 @@ A call that goes through the gateway makes two proxy hops (gateway, then
 provider). In the queue-drain benchmark they cost about 40 % of the CPU time
 per call. The provider reports where a function's replicas listen
 (`GET /system/function-endpoints/NAME?namespace=NS`, which returns
-`{"urls": [...], "ttl_s": ...}`), and the gateway forwards that route.
-`ReplicaUrlCache` keeps each report for the `ttl_s` it carries, at most
-MAX_TTL_S, and hands out its URLs in turn. Two caches are built on it:
+`{"urls": [...], "ttl_s": ..., "exec_timeout_s": ...}`), and the gateway
+forwards that route. `ReplicaUrlCache` keeps each report for the `ttl_s` it
+carries, at most MAX_TTL_S, and hands out its replicas in turn. Two caches
+are built on it:
 
 * `ReplicaUrls` here, which the queue-worker (`queue_worker.handling`) and
   the event connectors (`connectors.core.invoker`) use. It requests reports
   from the gateway, with an Authorization header, and is keyed by
-  `FunctionRef`;
+  `FunctionRef`. It also counts the calls that replicas received
+  (`record_call`) and posts their number to the gateway's
+  `/system/direct-invocations` every DIRECT_CALLS_REPORT_INTERVAL_S, so
+  that the gateway's `invocationCount` includes them;
 * `gateway.replica_urls.ReplicaUrls`, which the gateway's sync proxy uses to
   skip the provider's hop. It requests reports from the provider, is keyed
   by the function name as the caller wrote it, keeps a bounded number of
   reports and accepts only http:// and https:// URLs.
 
-`url_for` returns None, so that the call takes its usual route, in three
-cases. The report lists no URL (zero replicas, none responding yet, a
+A direct call skips the provider, which applies the function's exec
+timeout on its own route, so the caller applies it: `Replica.exec_timeout_s`
+carries the report's `exec_timeout_s` (seconds, None for no limit or for a
+provider that does not report it), and `exec_timeout_message` gives the
+provider's text for a call that exceeds it.
+
+`pick` (and `url_for`) returns None, so that the call takes its usual route,
+in three cases. The report lists no URL (zero replicas, none responding yet, a
 classic function, or a backend that reports none). The report failed, for
 example with 404 for an unknown function. Or a failed report is less than
 FAILED_REPORT_TTL_S old. `forget` drops a report after a URL refused the
@@ -31,6 +41,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
@@ -39,6 +50,7 @@ from typing import Final, Generic, TypeVar
 import aiohttp
 import yarl
 
+from faashub.logs import LimitedWarning
 from faashub.names import FunctionRef
 
 logger = logging.getLogger(__name__)
@@ -52,16 +64,47 @@ FAILED_REPORT_TTL_S: Final = 5.0
 # provider sent, in seconds. A replica that went away is noticed within this
 # time even when no connection to it is refused.
 MAX_TTL_S: Final = 30.0
+# The gateway's route that counts calls sent straight to replicas. Its body
+# is `{"NAME.NAMESPACE": COUNT, ...}`.
+DIRECT_INVOCATIONS_PATH: Final = "/system/direct-invocations"
+# Seconds between the first uncounted direct call and the report that
+# carries it to the gateway.
+DIRECT_CALLS_REPORT_INTERVAL_S: Final = 2.0
+# Minimum seconds between two warnings about failed reports of direct calls.
+DIRECT_CALLS_WARNING_INTERVAL_S: Final = 60.0
 
 # The key of a cached report.
 K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """A reported replica: where to send a call, and how long it may run."""
+
+    url: str
+    """The base URL, without a trailing slash."""
+    exec_timeout_s: float | None
+    """The function's exec timeout in seconds, or None for no limit."""
 
 
 @dataclass(slots=True)
 class _Report:
     expires_at: float
     urls: tuple[str, ...]
-    turn: Iterator[str] | None
+    turn: Iterator[Replica] | None
+
+
+def exec_timeout_message(function: str, exec_timeout_s: float) -> str:
+    """Return the 504 text for a call of `function` that exceeded its exec timeout.
+
+    The provider's own route and every direct route send this text, so a
+    caller sees the same message whichever route the call took.
+    """
+    return (
+        f"Function {function} did not respond within its exec timeout of "
+        f"{exec_timeout_s:g} s. Raise exec_timeout in its envVars if it needs "
+        "longer, or set it to 0 for no timeout."
+    )
 
 
 class ReplicaUrlCache(Generic[K]):
@@ -105,8 +148,8 @@ class ReplicaUrlCache(Generic[K]):
         self._reports: dict[K, _Report] = {}
         self._pending: dict[K, asyncio.Task[_Report]] = {}
 
-    async def url_for(self, key: K) -> str | None:
-        """Return a replica's base URL for the next call of `key`, or None.
+    async def pick(self, key: K) -> Replica | None:
+        """Return the replica for the next call of `key`, or None.
 
         A failed report gives None, never an exception.
         """
@@ -117,6 +160,11 @@ class ReplicaUrlCache(Generic[K]):
         if turn is None:
             return None
         return next(turn)
+
+    async def url_for(self, key: K) -> str | None:
+        """Return a replica's base URL for the next call of `key`, or None."""
+        replica = await self.pick(key)
+        return None if replica is None else replica.url
 
     def forget(self, key: K, url: str) -> None:
         """Drop the report of `key` after `url` refused a connection."""
@@ -169,10 +217,12 @@ class ReplicaUrlCache(Generic[K]):
         try:
             urls = tuple(self._checked_url(item) for item in document["urls"])
             ttl_s = float(document.get("ttl_s", FAILED_REPORT_TTL_S))
+            exec_timeout_s = _exec_timeout_s(document.get("exec_timeout_s"))
         except (KeyError, TypeError, ValueError) as exc:
             return self._failed(key, f"unexpected report: {exc!r}")
         ttl_s = min(max(ttl_s, 0.0), MAX_TTL_S)
-        turn = itertools.cycle(urls) if urls else None
+        replicas = [Replica(url, exec_timeout_s) for url in urls]
+        turn = itertools.cycle(replicas) if replicas else None
         return _Report(self._clock() + ttl_s, urls, turn)
 
     def _checked_url(self, item: object) -> str:
@@ -197,6 +247,20 @@ class ReplicaUrlCache(Generic[K]):
         return _Report(self._clock() + FAILED_REPORT_TTL_S, (), None)
 
 
+def _exec_timeout_s(value: object) -> float | None:
+    """Return a reported exec timeout in seconds; None and 0 mean no limit.
+
+    Raise ValueError for a value that is not a number of seconds >= 0.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"invalid exec_timeout_s {value!r}: expected seconds")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"invalid exec_timeout_s {value!r}: expected 0 or more")
+    return float(value) or None
+
+
 class ReplicaUrls(ReplicaUrlCache[FunctionRef]):
     """The replica URL cache of the queue-worker and the connectors.
 
@@ -213,6 +277,7 @@ class ReplicaUrls(ReplicaUrlCache[FunctionRef]):
         authorization: str = "",
         timeout_s: float = LOOKUP_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
+        report_interval_s: float = DIRECT_CALLS_REPORT_INTERVAL_S,
     ) -> None:
         super().__init__(
             session,
@@ -222,6 +287,59 @@ class ReplicaUrls(ReplicaUrlCache[FunctionRef]):
             timeout_s=timeout_s,
             authorization=authorization,
             clock=clock,
+        )
+        self._direct_calls_url = gateway_url.rstrip("/") + DIRECT_INVOCATIONS_PATH
+        self._report_interval_s = report_interval_s
+        self._direct_calls: dict[FunctionRef, int] = {}
+        self._report_task: asyncio.Task[None] | None = None
+        self._report_warnings = LimitedWarning(
+            logger, interval_s=DIRECT_CALLS_WARNING_INTERVAL_S
+        )
+
+    def record_call(self, ref: FunctionRef) -> None:
+        """Count one call of `ref` that a replica received, for the gateway.
+
+        Call it inside the event loop. The count reaches the gateway within
+        `report_interval_s`.
+        """
+        self._direct_calls[ref] = self._direct_calls.get(ref, 0) + 1
+        if self._report_task is None:
+            self._report_task = asyncio.get_running_loop().create_task(
+                self._report_later()
+            )
+
+    async def _report_later(self) -> None:
+        # NOTE: calls counted in the last interval before the worker or
+        # connector stops are not reported, so the gateway's count misses them.
+        try:
+            await asyncio.sleep(self._report_interval_s)
+        finally:
+            self._report_task = None
+        counts, self._direct_calls = self._direct_calls, {}
+        await self._post_direct_calls(counts)
+
+    async def _post_direct_calls(self, counts: dict[FunctionRef, int]) -> None:
+        """Post `counts` to the gateway; a failure drops them with a warning."""
+        if self._session.closed:
+            return
+        document = {str(ref): count for ref, count in counts.items()}
+        try:
+            async with self._session.post(
+                self._direct_calls_url,
+                json=document,
+                headers=self._headers,
+                timeout=self._timeout,
+            ) as response:
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error = str(exc) or type(exc).__name__
+        else:
+            if status == 204:
+                return
+            error = f"status {status}"
+        self._report_warnings.warning(
+            "direct calls not reported to the gateway; its invocation counts miss them",
+            ctx={"calls": sum(counts.values()), "error": error},
         )
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import aiohttp
 from starlette.types import Receive, Scope, Send
 
-from faashub import callback_request, credentials, tracing
+from faashub import callback_request, credentials, http_sessions, tracing
 from faashub.callback_guard import CallbackGuard, new_callback_session
 from faashub.gc_tuning import tune_gc
 from faashub.logs import LimitedWarning
@@ -39,7 +39,7 @@ from gateway.function_lookup import FunctionLookup
 from gateway.metrics import METRICS_PATH, GatewayMetrics, ServiceCountRefresher
 from gateway.provider_token import ProviderTokenRejections
 from gateway.replica_urls import ReplicaUrls
-from gateway.sync_proxy import SyncProxy
+from gateway.sync_proxy import SyncProxy, install_log_filter
 from gateway.ui import guard
 from gateway.ui.console import Console
 
@@ -342,8 +342,8 @@ class GatewayApp:
         stack.push_async_callback(self.queue.close)
 
         # One session and connection pool for every call to the provider.
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=constants.UPSTREAM_CONNECTION_LIMIT),
+        session = http_sessions.new_session(
+            limit=constants.UPSTREAM_CONNECTION_LIMIT,
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_read=settings.upstream_timeout_s
             ),
@@ -360,7 +360,7 @@ class GatewayApp:
 
         provider_session = session
         if self._provider_authorization:
-            provider_session = aiohttp.ClientSession(
+            provider_session = http_sessions.new_session(
                 headers={"Authorization": self._provider_authorization},
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_read=settings.upstream_timeout_s
@@ -401,6 +401,7 @@ class GatewayApp:
             settings.provider_url,
             token_rejections=self._token_rejections,
         )
+        install_log_filter()
         self._handlers = _Handlers(
             sync=SyncProxy(
                 session,

@@ -11,10 +11,14 @@ Dashboards and alerts written for OpenFaaS work unchanged on these series:
 * `gateway_service_count` (function_name): a function's desired replicas,
   as the provider's function listing reports them.
 
-`function_name` is always `name.namespace`, as in OpenFaaS. Only calls that
-pass through the gateway's `/function/` route are counted. A queue-worker or
-connector that sends calls straight to a replica counts them in its own
-metrics (`faashub_worker_attempts`, `faashub_connector_invoked_total`).
+`function_name` is always `name.namespace`, as in OpenFaaS. Those series
+count only calls that pass through the gateway's `/function/` route. A
+queue-worker or connector that sends calls straight to a replica counts them
+in its own metrics (`faashub_worker_attempts`,
+`faashub_connector_invoked_total`) and reports their number to the gateway
+(`POST /system/direct-invocations`), which adds it to
+`faashub_gateway_direct_invocations_total` (function_name). The
+`invocationCount` of the function listing and status is the sum of both.
 
 Each `GatewayMetrics` has a registry of its own, served at `GET /metrics`,
 so that several gateways in one process (as in tests) do not collide. The
@@ -82,6 +86,12 @@ class GatewayMetrics(ComponentMetrics):
             "Sync calls that started, counted before the function responds.",
             ["function_name"],
         )
+        self.direct_invocations = self.counter(
+            "faashub_gateway_direct_invocations",
+            "Calls that a queue-worker or connector sent straight to a replica "
+            "and reported to the gateway.",
+            ["function_name"],
+        )
         self.service_count = self.gauge(
             "gateway_service_count",
             "Desired replicas of a function, from the provider's listing.",
@@ -122,14 +132,22 @@ class GatewayMetrics(ComponentMetrics):
         children[0].inc()
         children[1].observe(duration_s)
 
+    def direct_calls_reported(self, function: str, count: int) -> None:
+        """Add `count` calls of `function` that went straight to a replica."""
+        self.direct_invocations.labels(function_label(function)).inc(count)
+
     def invocation_counts(self) -> dict[str, float]:
-        """Return the finished calls by `name.namespace`, summed over status codes."""
+        """Return the finished calls by `name.namespace`, summed over status codes.
+
+        Calls reported with `direct_calls_reported` are included.
+        """
         counts: dict[str, float] = {}
-        for family in self.invocations.collect():
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    label = sample.labels["function_name"]
-                    counts[label] = counts.get(label, 0.0) + sample.value
+        for metric in (self.invocations, self.direct_invocations):
+            for family in metric.collect():
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        label = sample.labels["function_name"]
+                        counts[label] = counts.get(label, 0.0) + sample.value
         return counts
 
     def set_service_counts(

@@ -16,9 +16,11 @@ X-Served-By. To a replica, header names go in Go's canonical spelling
 (`X-Call-Id`), as the provider's own proxy sends them.
 
 A call sent to a replica skips what the provider does per call: its
-`function invoked` log line, its invocation counter, its choice of the least
-busy replica and the function's exec timeout. The gateway's
-`upstream_timeout_s` applies instead.
+`function invoked` log line, its invocation counter and its choice of the
+least busy replica. The gateway applies the function's exec timeout itself,
+from the provider's report: a call that exceeds it gets the provider's 504
+text, marked `X-OpenFaaS-Internal: gateway`, or an incomplete body when the
+response had already started.
 
 `upstream_timeout_s` bounds the time until the response headers arrive;
 after that it bounds each wait for the next piece of the body. A provider or
@@ -27,9 +29,10 @@ gives 502, both marked `X-OpenFaaS-Internal: gateway`. OpenFaaS's gateway
 returns 502 for both. One that refuses the connection gives 503 with
 Retry-After instead, because nothing reached the function. The caller's
 request body must arrive whole within `body_read_timeout_s` of the first
-read, else 408. The proxy neither looks the
-function up nor retries, except once on the provider after a replica
-refused the connection: an unknown function is the provider's 404.
+read, else 408. The proxy neither looks the function up nor sends a request
+twice (its session comes from `faashub.http_sessions`), except once to the
+provider after a replica refused the connection: an unknown function is the
+provider's 404.
 """
 
 import asyncio
@@ -37,6 +40,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
@@ -48,6 +52,7 @@ from faashub import errors as shared_errors
 from faashub import names
 from faashub.headers import canonical_header_name, is_utf8, non_utf8_value_message
 from faashub.logs import LimitedWarning
+from faashub.replica_urls import Replica, exec_timeout_message
 from gateway import asgi, constants, errors, limits
 from gateway.auth import Authenticator
 from gateway.call_ids import check_call_id, new_call_id
@@ -72,8 +77,46 @@ _SERVED_BY_HEADER = (shared.SERVED_BY.lower().encode(), constants.SERVED_BY.enco
 _RETRY_AFTER_HEADER = (b"retry-after", b"1")
 
 
+# The message that uvicorn (0.55) logs as an error when an app returns before
+# its response is complete, with no request or call id.
+UVICORN_INCOMPLETE_RESPONSE = "ASGI callable returned without completing response."
+
+# True in the task of a call whose response body broke off after its status
+# line was sent, which the gateway has already logged with the function and
+# call id (see `IncompleteResponseFilter`).
+_response_broke_off: ContextVar[bool] = ContextVar(
+    "gateway_response_broke_off", default=False
+)
+
+# Maximum number of replica call timeouts kept, one for each exec timeout.
+_MAX_CACHED_TIMEOUTS = 256
+
 # Cached, because the same few header names come with every request.
 _canonical_name = functools.lru_cache(maxsize=1024)(canonical_header_name)
+
+
+class IncompleteResponseFilter(logging.Filter):
+    """A logging filter for uvicorn's error about an incomplete response.
+
+    The gateway leaves a response incomplete on purpose when the function's
+    body breaks off, and logs a warning with the function and call id then.
+    uvicorn's record of the same event has no ids, so the filter drops it.
+    uvicorn's other records, and this one for any other request, pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.msg == UVICORN_INCOMPLETE_RESPONSE and _response_broke_off.get()
+        )
+
+
+def install_log_filter() -> None:
+    """Add an IncompleteResponseFilter to uvicorn's error logger, once."""
+    uvicorn_logger = logging.getLogger("uvicorn.error")
+    if not any(
+        isinstance(item, IncompleteResponseFilter) for item in uvicorn_logger.filters
+    ):
+        uvicorn_logger.addFilter(IncompleteResponseFilter())
 
 
 class _ClientDisconnected(Exception):
@@ -151,6 +194,7 @@ class SyncProxy:
         self._upstream_timeout_s = upstream_timeout_s
         self._body_read_timeout_s = body_read_timeout_s
         self._replicas = replicas or ReplicaUrls(session, provider_url)
+        self._replica_timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
         self._timeout_warnings = LimitedWarning(
             logger, interval_s=constants.WARNING_INTERVAL_S
         )
@@ -236,7 +280,7 @@ class SyncProxy:
             function=name,
             path_suffix=path_suffix,
             query="?" + query.decode("latin-1") if query else "",
-            replica_url=await self._replicas.url_for(name),
+            replica=await self._replicas.pick(name),
         )
         response = await self._open(
             call,
@@ -254,16 +298,21 @@ class SyncProxy:
             # `receive` is free for watching the caller only once the upload
             # has read the whole request body.
             watch_disconnect = request_body is None or request_body.complete
-            await self._relay(
+            complete = await self._relay(
                 call,
                 response,
                 receive,
                 send,
                 is_head=scope["method"] == "HEAD",
                 watch_disconnect=watch_disconnect,
+                exec_timeout_s=target.exec_timeout_s,
             )
         finally:
             response.release()
+        if not complete:
+            # This runs in uvicorn's task of the request, where uvicorn logs
+            # the incomplete response once this handler returns.
+            _response_broke_off.set(True)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("proxied call", extra=call.log_extra(status=response.status))
 
@@ -282,27 +331,37 @@ class SyncProxy:
 
         A replica that refuses the connection never saw the request, so the
         request goes to the provider then, unless part of a streamed body was
-        already read. On failure, send the caller a 504 (timed out), 502
-        (failed) or 408 (the caller's body came too slowly) and return None.
+        already read. No other failure leads to a second attempt, because the
+        function may have received the request. A call sent to a replica gets
+        the function's exec timeout, which the provider would apply on its
+        route. On failure, send the caller a 504 (timed out), 502 (failed) or
+        408 (the caller's body came too slowly) and return None.
         """
         upstream = f"the provider at {self._provider_url}"
+        # The exec timeout of the replica route, or None once the provider
+        # route is taken (the provider applies it there).
+        exec_timeout_s: float | None = None
+        upstream_timeout = asyncio.timeout(self._upstream_timeout_s)
         try:
-            async with asyncio.timeout(self._upstream_timeout_s):
-                if target.replica_url is not None:
-                    upstream = f"the replica at {target.replica_url}"
+            async with upstream_timeout:
+                replica = target.replica
+                if replica is not None:
+                    upstream = f"the replica at {replica.url}"
+                    exec_timeout_s = replica.exec_timeout_s
                     try:
                         return await self._session.request(
                             method,
-                            target.replica(),
+                            target.replica_request_url(),
                             headers=[
                                 (_canonical_name(name), value)
                                 for name, value in headers
                             ],
                             data=data,
                             allow_redirects=False,
+                            timeout=self._replica_timeout(exec_timeout_s),
                         )
                     except aiohttp.ClientConnectorError as exc:
-                        self._replicas.forget(target.function, target.replica_url)
+                        self._replicas.forget(target.function, replica.url)
                         if request_body is not None and request_body.started:
                             raise
                         logger.debug(
@@ -312,6 +371,7 @@ class SyncProxy:
                         if request_body is not None:
                             data = request_body.chunks()
                         upstream = f"the provider at {self._provider_url}"
+                        exec_timeout_s = None
                 return await self._session.request(
                     method,
                     target.provider(self._provider_url),
@@ -322,6 +382,9 @@ class SyncProxy:
         except TimeoutError:
             if request_body is not None and request_body.timed_out:
                 await self._send_body_read_timeout(call, send)
+                return None
+            if exec_timeout_s is not None and not upstream_timeout.expired():
+                await self._send_exec_timeout(call, send, exec_timeout_s)
                 return None
             await self._send_upstream_timeout(call, send)
             return None
@@ -366,6 +429,32 @@ class SyncProxy:
         await asgi.send_gateway_error(send, 502, text, headers=call.own_headers)
         return None
 
+    def _replica_timeout(self, exec_timeout_s: float | None) -> aiohttp.ClientTimeout:
+        """Return the timeout of a call to a replica: the exec timeout in total.
+
+        Each wait for a piece of the response keeps the session's
+        `upstream_timeout_s`. The few distinct values are kept for reuse.
+        """
+        timeout = self._replica_timeouts.get(exec_timeout_s)
+        if timeout is None:
+            if len(self._replica_timeouts) >= _MAX_CACHED_TIMEOUTS:
+                self._replica_timeouts.clear()
+            timeout = aiohttp.ClientTimeout(
+                total=exec_timeout_s, sock_read=self._upstream_timeout_s
+            )
+            self._replica_timeouts[exec_timeout_s] = timeout
+        return timeout
+
+    async def _send_exec_timeout(
+        self, call: "_Call", send: Send, exec_timeout_s: float
+    ) -> None:
+        self._timeout_warnings.warning(
+            "function exceeded its exec timeout",
+            ctx=call.context(exec_timeout_s=exec_timeout_s),
+        )
+        text = exec_timeout_message(call.function, exec_timeout_s) + "\n"
+        await asgi.send_gateway_error(send, 504, text, headers=call.own_headers)
+
     async def _send_upstream_timeout(self, call: "_Call", send: Send) -> None:
         self._timeout_warnings.warning("function timed out", ctx=call.context())
         text = (
@@ -391,8 +480,14 @@ class SyncProxy:
         *,
         is_head: bool,
         watch_disconnect: bool,
-    ) -> None:
-        """Send the provider's response back to the caller."""
+        exec_timeout_s: float | None,
+    ) -> bool:
+        """Send the upstream response back to the caller.
+
+        `exec_timeout_s` is the exec timeout of a call sent to a replica, for
+        the message when the response exceeds it. Return False when the body
+        broke off after the status line was sent.
+        """
         status = response.status
         headers = asgi.pass_response_headers(
             response.raw_headers, status, dropped=_RESPONSE_HEADERS_NOT_PASSED
@@ -406,9 +501,12 @@ class SyncProxy:
         if is_head or (length is not None and length <= constants.SMALL_RESPONSE_BYTES):
             try:
                 body = await response.read()
-            except TimeoutError:
-                await self._send_upstream_timeout(call, send)
-                return
+            except TimeoutError as exc:
+                if exec_timeout_s is not None and _is_total_timeout(exc):
+                    await self._send_exec_timeout(call, send, exec_timeout_s)
+                else:
+                    await self._send_upstream_timeout(call, send)
+                return True
             except aiohttp.ClientError as exc:
                 error = _describe(exc)
                 self._broken_response_warnings.warning(
@@ -420,21 +518,33 @@ class SyncProxy:
                     f"The response of function {call.function!r} broke off: {error}.\n",
                     headers=call.own_headers,
                 )
-                return
+                return True
             await send(start)
             await send({"type": "http.response.body", "body": body})
-            return
+            return True
 
         await send(start)
         if watch_disconnect:
-            await self._copy_body_until_disconnect(call, response, receive, send)
-        else:
-            await self._copy_body(call, response, send)
+            return await self._copy_body_until_disconnect(
+                call, response, receive, send, exec_timeout_s=exec_timeout_s
+            )
+        return await self._copy_body(
+            call, response, send, exec_timeout_s=exec_timeout_s
+        )
 
     async def _copy_body(
-        self, call: "_Call", response: aiohttp.ClientResponse, send: Send
-    ) -> None:
-        """Stream the provider's body to the caller, piece by piece."""
+        self,
+        call: "_Call",
+        response: aiohttp.ClientResponse,
+        send: Send,
+        *,
+        exec_timeout_s: float | None,
+    ) -> bool:
+        """Stream the upstream body to the caller, piece by piece.
+
+        Return False when the body broke off, so the response stays
+        incomplete.
+        """
         try:
             async for chunk in response.content.iter_any():
                 await send(
@@ -443,11 +553,15 @@ class SyncProxy:
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The status line is already sent, so the only signal left is to
             # leave the response incomplete. uvicorn then closes the connection.
+            error = _describe(exc)
+            if exec_timeout_s is not None and _is_total_timeout(exc):
+                error = f"exceeded its exec timeout of {exec_timeout_s:g} s"
             self._broken_response_warnings.warning(
-                "provider response broke off", ctx=call.context(error=_describe(exc))
+                "provider response broke off", ctx=call.context(error=error)
             )
-            return
+            return False
         await send({"type": "http.response.body", "body": b""})
+        return True
 
     async def _copy_body_until_disconnect(
         self,
@@ -455,14 +569,18 @@ class SyncProxy:
         response: aiohttp.ClientResponse,
         receive: Receive,
         send: Send,
-    ) -> None:
+        *,
+        exec_timeout_s: float | None,
+    ) -> bool:
         """Stream the body, and stop early when the caller disconnects.
 
         uvicorn drops what is sent to a closed connection without an error, so
         an endless stream (server-sent events) would otherwise run until the
         provider ends it.
         """
-        copy = asyncio.create_task(self._copy_body(call, response, send))
+        copy = asyncio.create_task(
+            self._copy_body(call, response, send, exec_timeout_s=exec_timeout_s)
+        )
         disconnect = asyncio.create_task(_wait_for_disconnect(receive))
         try:
             await asyncio.wait((copy, disconnect), return_when=asyncio.FIRST_COMPLETED)
@@ -471,10 +589,10 @@ class SyncProxy:
             copy.cancel()
             await asyncio.gather(copy, disconnect, return_exceptions=True)
         if not copy.cancelled():
-            copy.result()
-        else:
-            logger.debug("caller went away during the response", extra=call.log_extra())
-            response.close()
+            return copy.result()
+        logger.debug("caller went away during the response", extra=call.log_extra())
+        response.close()
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,12 +604,17 @@ class _Target:
     """The raw path after the function name, with its leading slash, or ""."""
     query: str
     """The raw query with its leading "?", or ""."""
-    replica_url: str | None
+    replica: Replica | None
 
-    def replica(self) -> yarl.URL:
+    @property
+    def exec_timeout_s(self) -> float | None:
+        return None if self.replica is None else self.replica.exec_timeout_s
+
+    def replica_request_url(self) -> yarl.URL:
+        assert self.replica is not None
         # Pre-encoded, so the caller's path reaches the replica byte for byte.
         path = self.path_suffix or "/"
-        return yarl.URL(f"{self.replica_url}{path}{self.query}", encoded=True)
+        return yarl.URL(f"{self.replica.url}{path}{self.query}", encoded=True)
 
     def provider(self, provider_url: str) -> yarl.URL:
         url = (
@@ -590,6 +713,17 @@ def _upstream_headers(
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _is_total_timeout(exc: BaseException) -> bool:
+    """Return whether `exc` is aiohttp's total timeout, not a read timeout.
+
+    aiohttp 3.14 raises a plain TimeoutError when ClientTimeout.total passes
+    and SocketTimeoutError (a ServerTimeoutError) when sock_read passes.
+    """
+    return isinstance(exc, TimeoutError) and not isinstance(
+        exc, aiohttp.ServerTimeoutError
+    )
 
 
 def _describe(exc: BaseException) -> str:

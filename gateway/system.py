@@ -8,8 +8,8 @@ handles two parts itself:
 `GET /system/info` returns the provider's info wrapped with the gateway's
 version and architecture, as OpenFaaS does, and `/system/dead-letters` is the
 dead-letter API of `gateway.dead_letter_api`, never forwarded. A `GET
-/system/functions` listing gets `invocationCount` from the gateway's
-`gateway_function_invocation_total` counters (`gateway.metrics`), as the
+/system/functions` listing and a `GET /system/function/NAME` status get
+`invocationCount` from the gateway's counts (`gateway.metrics`), as the
 OpenFaaS gateway fills it from Prometheus, because a call sent straight to a
 replica never reaches the provider's own counter.
 
@@ -48,6 +48,7 @@ from faashub import __version__, names
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub.logs import LimitedWarning
+from faashub.replica_urls import DIRECT_INVOCATIONS_PATH
 from faashub.settings import GatewaySettings
 from gateway import asgi, async_call_list, auth, constants, dead_letter_api, limits
 from gateway.call_queue import CallQueue
@@ -86,6 +87,10 @@ MAX_SYSTEM_BODY_BYTES = 4 * 1024 * 1024
 _DEAD_LETTERS_PATH = constants.DEAD_LETTERS_PATH.removeprefix("/system/")
 # The provider route that deploys (POST) and updates (PUT) a function.
 _FUNCTIONS_PATH = "functions"
+# The start of the provider route of one function's status, `function/NAME`.
+_FUNCTION_PATH_PREFIX = "function/"
+# Maximum count that one report may add for one function.
+MAX_DIRECT_INVOCATIONS = 1_000_000_000
 
 
 class VersionInfo(BaseModel):
@@ -238,7 +243,7 @@ class SystemForwarder:
             return self._token_rejected(f"{request.method} /system/{path}")
         if (
             self._metrics is not None
-            and path == _FUNCTIONS_PATH
+            and (path == _FUNCTIONS_PATH or path.startswith(_FUNCTION_PATH_PREFIX))
             and request.method == "GET"
             and upstream.status_code == 200
             and "content-encoding" not in upstream.headers
@@ -264,11 +269,13 @@ class SystemForwarder:
         *,
         namespace: str | None,
     ) -> Response:
-        """Return the provider's function listing with the gateway's counts merged.
+        """Return the provider's function listing or status with the gateway's counts.
 
-        Each function the gateway has counted calls for gets that count as
-        `invocationCount`; the others keep the provider's value. A body that
-        is not a JSON list comes back unchanged.
+        The body is the list of `GET /system/functions` or the one function
+        of `GET /system/function/NAME`. Each function the gateway has counted
+        calls for gets that count as `invocationCount`; the others keep the
+        provider's value. A body that is neither a JSON list nor a JSON
+        object comes back unchanged.
         """
         try:
             body = await upstream.aread()
@@ -279,22 +286,24 @@ class SystemForwarder:
             listing = json.loads(body)
         except ValueError:
             listing = None
-        if not isinstance(listing, list):
+        if not isinstance(listing, list | dict):
             response = Response(body, status_code=200)
             response.raw_headers = headers
             return response
         counts = metrics.invocation_counts()
         default_namespace = namespace or shared.DEFAULT_NAMESPACE
-        for entry in listing:
+        entries = listing if isinstance(listing, list) else [listing]
+        for entry in entries:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 continue
             entry_namespace = entry.get("namespace") or default_namespace
             count = counts.get(f"{entry['name']}.{entry_namespace}")
             if count is not None:
                 entry["invocationCount"] = int(count)
-        metrics.set_service_counts(
-            listed_replicas(listing, namespace=default_namespace)
-        )
+        if isinstance(listing, list):
+            metrics.set_service_counts(
+                listed_replicas(listing, namespace=default_namespace)
+            )
         merged = json.dumps(listing).encode()
         response = Response(merged, status_code=200)
         response.raw_headers = [
@@ -553,6 +562,9 @@ def create_app(
     async def system_info() -> Response | GatewayInfo:
         return await forwarder.info()
 
+    if metrics is not None:
+        _add_direct_invocations_route(app, metrics)
+
     # Before the forward routes, which would match these paths too.
     app.include_router(dead_letter_api.create_router(dead_letters))
     if queue is not None:
@@ -582,6 +594,69 @@ def create_app(
 
     app.openapi = _openapi_with_invocation_routes(app)  # type: ignore[method-assign]
     return app
+
+
+def _add_direct_invocations_route(app: FastAPI, metrics: GatewayMetrics) -> None:
+    """Add `POST /system/direct-invocations`, where direct calls are counted."""
+
+    @app.post(
+        DIRECT_INVOCATIONS_PATH,
+        status_code=204,
+        summary="Count calls sent straight to replicas",
+        description="faashub's own route. A queue-worker or connector that "
+        "sends calls straight to function replicas posts how many it sent, as "
+        '`{"NAME.NAMESPACE": COUNT, ...}`, so that `invocationCount` includes '
+        "them.",
+        responses={400: {"description": "The body is not such an object."}},
+    )
+    async def count_direct_invocations(request: Request) -> Response:
+        try:
+            body = await _read_capped(request)
+        except _BodyTooLarge:
+            return _system_body_too_large(
+                "POST", DIRECT_INVOCATIONS_PATH.removeprefix("/system/")
+            )
+        try:
+            counts = parse_direct_invocations(body)
+        except ValueError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=400)
+        for function, count in counts.items():
+            metrics.direct_calls_reported(function, count)
+        return Response(status_code=204)
+
+
+def parse_direct_invocations(body: bytes) -> dict[str, int]:
+    """Parse a `{"NAME.NAMESPACE": COUNT, ...}` report of direct calls.
+
+    Raise ValueError, with a message for the caller, for a body that is not
+    such an object, a name that is invalid, or a count that is not an
+    integer from 1 to MAX_DIRECT_INVOCATIONS.
+    """
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise ValueError(
+            'The body must be a JSON object such as {"NAME.NAMESPACE": COUNT}.'
+        )
+    counts: dict[str, int] = {}
+    for function, count in document.items():
+        try:
+            ref = names.parse_function_ref(function)
+        except shared_errors.InvalidFunctionName as exc:
+            raise ValueError(f"Invalid function {function!r}: {exc}") from None
+        if (
+            isinstance(count, bool)
+            or not isinstance(count, int)
+            or not 1 <= count <= MAX_DIRECT_INVOCATIONS
+        ):
+            raise ValueError(
+                f"Invalid count {count!r} for function {function!r}: send an "
+                f"integer from 1 to {MAX_DIRECT_INVOCATIONS}."
+            )
+        counts[str(ref)] = counts.get(str(ref), 0) + count
+    return counts
 
 
 def _openapi_with_invocation_routes(app: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -561,6 +561,7 @@ def _build_system_app(
             "namespace": namespace,
             "urls": list(endpoints.urls),
             "ttl_s": endpoints.ttl_s,
+            "exec_timeout_s": endpoints.exec_timeout_s,
         }
         return _json_response(json.dumps(document, separators=(",", ":")))
 

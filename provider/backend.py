@@ -234,14 +234,18 @@ class FunctionEndpoints:
     responds yet, or the backend cannot reach its replicas from outside.
     `ttl_s` is how long a caller may reuse the list. A caller that reuses it
     must fall back to `/function/` when a URL refuses the connection.
+    `exec_timeout_s` is how long one call may take, which the caller must
+    enforce because the provider does not see the call (None: no limit).
 
     On the wire (`GET /system/function-endpoints/NAME?namespace=NS`) it is
-    `{"name": ..., "namespace": ..., "urls": [...], "ttl_s": ...}`, with the
-    name and namespace as requested (the namespace may be "").
+    `{"name": ..., "namespace": ..., "urls": [...], "ttl_s": ...,
+    "exec_timeout_s": ...}`, with the name and namespace as requested (the
+    namespace may be "") and null for no exec timeout.
     """
 
     urls: tuple[str, ...] = ()
     ttl_s: float = 2.0
+    exec_timeout_s: float | None = None
 
 
 NO_ENDPOINTS = FunctionEndpoints()

@@ -430,21 +430,22 @@ class CallHandler:
     async def _invoke_untraced(self, call: QueuedCall, body: bytes) -> FunctionResult:
         """Invoke a replica directly if one is known, else through the gateway."""
         replicas = self._services.replicas
-        replica_url = None if replicas is None else await replicas.url_for(call.ref)
-        if replica_url is not None:
+        replica = None if replicas is None else await replicas.pick(call.ref)
+        if replica is not None:
             assert replicas is not None
             result = await invoke.invoke_replica(
                 self._services.session,
                 call,
-                replica_url=replica_url,
+                replica=replica,
                 http_timeout=self._invoke_timeout,
                 body=body,
             )
             if result is not None:
+                replicas.record_call(call.ref)
                 return result
             # The replica is gone, for example scaled down: the gateway's
             # route finds the function's current replicas.
-            replicas.forget(call.ref, replica_url)
+            replicas.forget(call.ref, replica.url)
             logger.debug(
                 "replica refused the connection; invoking through the gateway",
                 extra={"ctx": {"function": str(call.ref), "call_id": call.call_id}},

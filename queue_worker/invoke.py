@@ -9,10 +9,14 @@ ones. The result is the function's status, headers and body. When no response
 arrives, the worker makes one up, as OpenFaaS does: 503 when the gateway
 cannot be reached and 504 when the upstream timeout passes.
 
-`invoke_replica` sends the same request straight to a replica URL that the
+`invoke_replica` sends the same request straight to a replica that the
 provider reported (`faashub.replica_urls`), skipping both proxy hops. It
-returns None when the replica refused the connection, so that the call goes
-through the gateway instead: the request never reached the function then.
+applies the function's exec timeout from the report, because the provider,
+which would apply it, is skipped. It returns None when the replica refused
+the connection, so that the call goes through the gateway instead, because
+the request never reached the function then. The session sends each request
+once (`faashub.http_sessions`), so no other failure leads to a second
+attempt.
 
 This module does not retry, post callbacks or acknowledge messages; see
 `queue_worker.handling` and `queue_worker.callback`.
@@ -29,6 +33,7 @@ import yarl
 from faashub import constants
 from faashub.headers import wire_text
 from faashub.queued_call import QueuedCall
+from faashub.replica_urls import Replica, exec_timeout_message
 from queue_worker.constants import INTERNAL_ERROR_SOURCE
 
 # Caller headers the worker never forwards: hop-by-hop ones, the ones aiohttp
@@ -50,6 +55,11 @@ LARGE_BODY_BYTES = 1024 * 1024
 # percent-encoded.
 _PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
+
+# Timeouts of replica calls, by exec timeout in seconds, kept for reuse. The
+# cache starts over when it reaches this size.
+_MAX_CACHED_TIMEOUTS = 256
+_exec_timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
 
 @dataclass(slots=True)
@@ -98,23 +108,48 @@ async def invoke_replica(
     session: aiohttp.ClientSession,
     call: QueuedCall,
     *,
-    replica_url: str,
+    replica: Replica,
     http_timeout: aiohttp.ClientTimeout,
     body: bytes | None = None,
 ) -> FunctionResult | None:
-    """Send `call` to the replica at `replica_url` and return its response.
+    """Send `call` to `replica` and return its response.
 
     Returns None when the replica refused the connection, and otherwise
-    behaves as `invoke_function`. The function's exec timeout, which the
-    provider applies, does not apply here: `http_timeout` does.
+    behaves as `invoke_function`. The replica's exec timeout bounds the
+    whole call when it is shorter than `http_timeout`'s total, and a call
+    that exceeds it gets a 504 with the provider's text.
     """
-    url = replica_request_url(replica_url, call)
+    url = replica_request_url(replica.url, call)
+    exec_timeout_s = replica.exec_timeout_s
+    if exec_timeout_s is not None and (
+        http_timeout.total is None or exec_timeout_s < http_timeout.total
+    ):
+        http_timeout = _exec_timeout(exec_timeout_s)
+    else:
+        exec_timeout_s = None
     try:
         return await _send(
-            session, call, url, http_timeout=http_timeout, body=body, refused=True
+            session,
+            call,
+            url,
+            http_timeout=http_timeout,
+            body=body,
+            refused=True,
+            exec_timeout_s=exec_timeout_s,
         )
     except aiohttp.ClientConnectorError:
         return None
+
+
+def _exec_timeout(exec_timeout_s: float) -> aiohttp.ClientTimeout:
+    timeout = _exec_timeouts.get(exec_timeout_s)
+    if timeout is None:
+        if len(_exec_timeouts) >= _MAX_CACHED_TIMEOUTS:
+            _exec_timeouts.clear()
+        timeout = _exec_timeouts[exec_timeout_s] = aiohttp.ClientTimeout(
+            total=exec_timeout_s
+        )
+    return timeout
 
 
 def replica_request_url(replica_url: str, call: QueuedCall) -> yarl.URL:
@@ -134,8 +169,13 @@ async def _send(
     body: bytes | None,
     refused: bool = False,
     authorization: str = "",
+    exec_timeout_s: float | None = None,
 ) -> FunctionResult:
-    """Send the request; with `refused`, raise ClientConnectorError as it is."""
+    """Send the request; with `refused`, raise ClientConnectorError as it is.
+
+    `exec_timeout_s` is set when `http_timeout` is the function's exec
+    timeout, for the message of a call that exceeds it.
+    """
     headers = request_headers(call)
     if authorization:
         headers = {
@@ -160,6 +200,10 @@ async def _send(
                 body=body,
             )
     except TimeoutError:
+        if exec_timeout_s is not None:
+            return internal_error(
+                504, exec_timeout_message(str(call.ref), exec_timeout_s)
+            )
         reason = (
             f"The queue-worker timed out after {http_timeout.total:g} s "
             f"waiting for {call.ref}."

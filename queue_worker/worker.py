@@ -35,7 +35,7 @@ from nats.js import api as jsapi
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from faashub import callback_request, credentials, errors, jetstream
+from faashub import callback_request, credentials, errors, http_sessions, jetstream
 from faashub import constants as shared
 from faashub.callback_guard import CallbackGuard, new_callback_session
 from faashub.queued_call import queue_filter_subject
@@ -634,9 +634,8 @@ def _validate_queue_name(queue: str) -> None:
 def _new_session(*, max_inflight: int) -> aiohttp.ClientSession:
     # Each call uses at most one connection at a time (the invocation, then
     # the callback), so max_inflight connections always suffice.
-    connector = aiohttp.TCPConnector(limit=max_inflight)
-    return aiohttp.ClientSession(
-        connector=connector,
+    return http_sessions.new_session(
+        limit=max_inflight,
         # Bodies pass through as the function encoded them, with their
         # Content-Encoding header.
         auto_decompress=False,

@@ -17,12 +17,14 @@ from aiohttp import web
 
 from faashub.names import FunctionRef
 from faashub.replica_urls import (
+    DIRECT_INVOCATIONS_PATH,
     FAILED_REPORT_TTL_S,
     MAX_TTL_S,
+    Replica,
     ReplicaUrlCache,
     ReplicaUrls,
 )
-from tests.conftest import LOOPBACK
+from tests.conftest import LOOPBACK, wait_until
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -35,6 +37,15 @@ class ReportServer:
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     """(path and query, Authorization header) of each request."""
     url: str = ""
+    direct_calls: list[tuple[Any, str | None]] = field(default_factory=list)
+    """(JSON body, Authorization header) of each report of direct calls."""
+    direct_calls_status: int = 204
+
+    async def count_direct_calls(self, request: web.Request) -> web.Response:
+        self.direct_calls.append(
+            (await request.json(), request.headers.get("Authorization"))
+        )
+        return web.Response(status=self.direct_calls_status)
 
     async def report(self, request: web.Request) -> web.Response:
         self.requests.append((request.path_qs, request.headers.get("Authorization")))
@@ -59,6 +70,7 @@ async def server() -> AsyncIterator[ReportServer]:
     reports = ReportServer()
     app = web.Application()
     app.router.add_get("/system/function-endpoints/{name}", reports.report)
+    app.router.add_post(DIRECT_INVOCATIONS_PATH, reports.count_direct_calls)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, LOOPBACK, 0)
@@ -294,3 +306,87 @@ async def test_failure_logged_with_route(
     )
     assert "KeyError('urls')" in record.getMessage()
     assert record.__dict__["ctx"] == {"function": "echo/"}
+
+
+@pytest.mark.parametrize(
+    ("reported", "expected_s"),
+    [
+        pytest.param({"exec_timeout_s": 3}, 3.0, id="seconds"),
+        pytest.param({"exec_timeout_s": 0.5}, 0.5, id="fraction"),
+        pytest.param({"exec_timeout_s": None}, None, id="no-limit"),
+        pytest.param({"exec_timeout_s": 0}, None, id="zero"),
+        pytest.param({}, None, id="older-provider"),
+    ],
+)
+async def test_exec_timeout_comes_with_replica(
+    server: ReportServer,
+    session: aiohttp.ClientSession,
+    reported: dict[str, Any],
+    expected_s: float | None,
+) -> None:
+    server.reports["echo"] = {"urls": ["http://a:1", "http://b:2"], **reported}
+    cache = new_cache(session, server, FakeClock())
+
+    replicas = [await cache.pick("echo/") for _ in range(2)]
+
+    assert replicas == [
+        Replica("http://a:1", expected_s),
+        Replica("http://b:2", expected_s),
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(-1, id="negative"),
+        pytest.param("3", id="text"),
+        pytest.param(True, id="boolean"),
+        pytest.param(float("inf"), id="infinite"),
+    ],
+)
+async def test_invalid_exec_timeout_fails_report(
+    server: ReportServer, session: aiohttp.ClientSession, value: object
+) -> None:
+    server.reports["echo"] = {"urls": ["http://a:1"], "exec_timeout_s": value}
+    cache = new_cache(session, server, FakeClock())
+
+    assert await cache.pick("echo/") is None
+
+
+async def test_direct_calls_reported_to_gateway(
+    server: ReportServer, session: aiohttp.ClientSession
+) -> None:
+    cache = ReplicaUrls(
+        session, server.url, authorization="Basic abc", report_interval_s=0.1
+    )
+    echo = FunctionRef("echo", "team")
+
+    for _ in range(3):
+        cache.record_call(echo)
+    cache.record_call(FunctionRef("other", "openfaas-fn"))
+    await wait_until(lambda: len(server.direct_calls) == 1)
+    cache.record_call(echo)
+    await wait_until(lambda: len(server.direct_calls) == 2)
+
+    assert server.direct_calls == [
+        ({"echo.team": 3, "other.openfaas-fn": 1}, "Basic abc"),
+        ({"echo.team": 1}, "Basic abc"),
+    ]
+
+
+async def test_failed_direct_calls_report_warns(
+    server: ReportServer,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server.direct_calls_status = 500
+    cache = ReplicaUrls(session, server.url, report_interval_s=0.05)
+
+    with caplog.at_level(logging.WARNING, logger="faashub.replica_urls"):
+        cache.record_call(FunctionRef("echo", "team"))
+        await wait_until(lambda: len(server.direct_calls) == 1)
+        await wait_until(lambda: bool(caplog.records))
+
+    [record] = caplog.records
+    assert "direct calls not reported to the gateway" in record.getMessage()
+    assert record.__dict__["ctx"] == {"calls": 1, "error": "status 500"}

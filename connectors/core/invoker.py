@@ -25,8 +25,12 @@ for the gateway only, plus those the gateway would add: `X-Start-Time` and
 spelling. The request goes to the gateway's `/function/` instead when the
 report lists no URL (for example a function at zero replicas, which the
 gateway's route scales up), when the report failed less than a few seconds
-ago, and when the replica refuses the connection. Async invocations always
-go through the gateway, which queues them.
+ago, and when the replica refuses the connection. A direct call gets the
+function's exec timeout from the report, when it is shorter than the
+connector's upstream timeout, because the provider that would apply it is
+skipped. Async invocations always go through the gateway, which queues them.
+The session sends each request once (`faashub.http_sessions`), so no
+failure other than a refused connection leads to a second route.
 
 Temporary failures are retried as `connectors.core.retry` describes. A
 gateway that refuses the connection is an outage, not a failure of the
@@ -60,10 +64,10 @@ from connectors.core.metrics import ConnectorMetrics
 from connectors.core.outage import Outage
 from connectors.core.retry import RetryPolicy, is_retryable, is_success
 from faashub import constants as shared
-from faashub import names, tracing
+from faashub import http_sessions, names, tracing
 from faashub.credentials import InvocationCredentials
 from faashub.headers import canonical_header_name
-from faashub.replica_urls import ReplicaUrls
+from faashub.replica_urls import Replica, ReplicaUrls, exec_timeout_message
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +190,10 @@ class Invoker:
         self._replicas = None if async_invocation else replicas
         self._retry = retry
         self._metrics = metrics
+        self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # Timeouts of direct calls, by the function's exec timeout in seconds.
+        self._exec_timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._max_body_bytes = max_body_bytes
         # Parsed once: aiohttp parses a URL given as text on every request.
         self._urls: dict[names.FunctionRef, yarl.URL] = {}
@@ -381,20 +388,22 @@ class Invoker:
         The headers are built for the route taken, once per attempt.
         """
         if self._replicas is not None:
-            replica_url = await self._replicas.url_for(function)
-            if replica_url is not None:
+            replica = await self._replicas.pick(function)
+            if replica is not None:
                 response = await self._send(
-                    self._replica_request_url(replica_url),
+                    self._replica_request_url(replica.url),
                     self._headers_for_replica(message, call_id),
                     message.body,
                     function=function,
                     to_replica=True,
+                    exec_timeout_s=self._applied_exec_timeout_s(replica),
                 )
                 if not response.replica_refused:
+                    self._replicas.record_call(function)
                     return response
                 # The replica is gone, for example scaled down: the gateway's
                 # route finds the function's current replicas.
-                self._replicas.forget(function, replica_url)
+                self._replicas.forget(function, replica.url)
                 logger.debug(
                     "replica refused the connection; invoking through the gateway",
                     extra={
@@ -413,6 +422,22 @@ class Invoker:
         ):
             response = await self._send_to_gateway(message, function, call_id)
         return response
+
+    def _applied_exec_timeout_s(self, replica: Replica) -> float | None:
+        """Return the replica's exec timeout if it ends a call sooner, else None."""
+        exec_timeout_s = replica.exec_timeout_s
+        if exec_timeout_s is None or exec_timeout_s >= self._timeout_s:
+            return None
+        return exec_timeout_s
+
+    def _exec_timeout(self, exec_timeout_s: float) -> aiohttp.ClientTimeout:
+        timeout = self._exec_timeouts.get(exec_timeout_s)
+        if timeout is None:
+            if len(self._exec_timeouts) >= MAX_CACHED_REPLICA_URLS:
+                self._exec_timeouts.clear()
+            timeout = aiohttp.ClientTimeout(total=exec_timeout_s)
+            self._exec_timeouts[exec_timeout_s] = timeout
+        return timeout
 
     async def _send_to_gateway(
         self, message: Message, function: names.FunctionRef, call_id: str
@@ -473,7 +498,12 @@ class Invoker:
         *,
         function: names.FunctionRef,
         to_replica: bool = False,
+        exec_timeout_s: float | None = None,
     ) -> _Response:
+        """Send one request; `exec_timeout_s` replaces the upstream timeout."""
+        timeout = self._timeout
+        if exec_timeout_s is not None:
+            timeout = self._exec_timeout(exec_timeout_s)
         try:
             # Awaited, not entered with `async with`, because the context
             # manager adds two coroutine frames that are resumed on every wait
@@ -484,7 +514,7 @@ class Invoker:
                 data=body,
                 headers=headers,
                 skip_auto_headers=self._skip_auto_headers,
-                timeout=self._timeout,
+                timeout=timeout,
                 allow_redirects=False,
             )
             try:
@@ -504,6 +534,11 @@ class Invoker:
                 gateway_unreachable=True,
             )
         except TimeoutError:
+            if exec_timeout_s is not None:
+                return _Response(
+                    status=504,
+                    error=exec_timeout_message(str(function), exec_timeout_s),
+                )
             return _Response(
                 status=504,
                 error=f"No response from {function} within "
@@ -600,8 +635,8 @@ def new_session(*, user_agent: str) -> aiohttp.ClientSession:
     and no Content-Type unless the caller gives one (the invoker skips
     aiohttp's `application/octet-stream` when none is configured).
     """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0),
+    return http_sessions.new_session(
+        limit=0,
         # The function's response body is passed on as it was sent.
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),

@@ -23,6 +23,7 @@ from typing import Final
 import aiohttp
 import yarl
 
+from faashub import http_sessions
 from faashub.names import FunctionRef
 from provider.backend import (
     FunctionFailed,
@@ -77,10 +78,10 @@ class FunctionProxy:
         """Open the HTTP client session; call it inside the event loop."""
         # NB: no connection limit, because each call in flight holds one
         # connection for as long as the function runs.
-        self._session = aiohttp.ClientSession(
+        self._session = http_sessions.new_session(
+            limit=0,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
-            connector=aiohttp.TCPConnector(limit=0),
         )
 
     async def close(self) -> None:

@@ -31,7 +31,7 @@ from typing import Final
 
 import aiohttp
 
-from faashub import __version__, names
+from faashub import __version__, http_sessions, names
 from faashub.names import FunctionRef
 from faashub.settings import LocalProviderSettings
 from provider.backend import (
@@ -137,10 +137,10 @@ class LocalBackend:
         await self._tracker.start()
         # NB: no connection limit, because each in-flight call to an http-mode
         # function uses one connection for as long as the function runs.
-        self._session = aiohttp.ClientSession(
+        self._session = http_sessions.new_session(
+            limit=0,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
-            connector=aiohttp.TCPConnector(limit=0),
         )
         for path, stored in loaded:
             try:
@@ -390,7 +390,10 @@ class LocalBackend:
         function = self._lookup(name, namespace)
         if function.http is None or function.replicas == 0:
             return NO_ENDPOINTS
-        return FunctionEndpoints(urls=function.http.replica_urls())
+        return FunctionEndpoints(
+            urls=function.http.replica_urls(),
+            exec_timeout_s=function.spec.exec_timeout_s,
+        )
 
     @contextlib.asynccontextmanager
     async def invoke(self, invocation: Invocation) -> AsyncIterator[InvocationResponse]:

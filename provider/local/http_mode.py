@@ -41,6 +41,7 @@ from typing import Final
 import aiohttp
 import yarl
 
+from faashub.replica_urls import exec_timeout_message
 from provider.backend import (
     FunctionFailed,
     FunctionTimeout,
@@ -410,12 +411,7 @@ class HttpFunction:
                 return replica, response
             except TimeoutError as exc:
                 replica.in_flight -= 1
-                raise FunctionTimeout(
-                    f"Function {self.spec.ref} did not respond within its exec "
-                    f"timeout of {self.spec.exec_timeout_s:g} s. Raise exec_timeout "
-                    "in its envVars if it needs longer, or set it to 0 for no "
-                    "timeout."
-                ) from exc
+                raise self._exec_timeout_error() from exc
             except aiohttp.ClientConnectorError as exc:
                 replica.in_flight -= 1
                 if attempt == 2:
@@ -442,6 +438,14 @@ class HttpFunction:
                 replica.in_flight -= 1
                 raise FunctionFailed(upstream_failure_message(invocation, exc)) from exc
         raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _exec_timeout_error(self) -> FunctionTimeout:
+        exec_timeout_s = self.spec.exec_timeout_s
+        if exec_timeout_s is None:
+            # Not expected, because a request without an exec timeout has no
+            # timeout at all.
+            return FunctionTimeout(f"Function {self.spec.ref} did not respond in time.")
+        return FunctionTimeout(exec_timeout_message(self.spec.ref, exec_timeout_s))
 
     def _pick_replica(self) -> HttpReplica | None:
         """Return the responding replica with the fewest requests in flight."""

@@ -83,6 +83,8 @@ class FakeProvider:
     # name; any other name gets 404, so its calls go to `/function/`.
     endpoints: dict[str, list[str]] = field(default_factory=dict)
     endpoint_queries: list[tuple[str, str]] = field(default_factory=list)
+    # The exec_timeout_s that those reports carry, by name; none by default.
+    exec_timeouts: dict[str, float] = field(default_factory=dict)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     stream_abandoned: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -153,7 +155,10 @@ class FakeProvider:
         self.endpoint_queries.append((name, namespace))
         if name not in self.endpoints:
             return web.Response(status=404)
-        return web.json_response({"urls": self.endpoints[name], "ttl_s": 30})
+        report: dict[str, Any] = {"urls": self.endpoints[name], "ttl_s": 30}
+        if name in self.exec_timeouts:
+            report["exec_timeout_s"] = self.exec_timeouts[name]
+        return web.json_response(report)
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)

@@ -140,6 +140,70 @@ async def test_listing_gets_gateway_invocation_count(
     assert by_name["idle"]["invocationCount"] == 4
 
 
+async def test_function_status_gets_listing_count(
+    client: httpx.AsyncClient,
+) -> None:
+    for _ in range(3):
+        await client.post("/function/echo", content=b"x")
+
+    status = await client.get("/system/function/echo")
+    listing = await client.get("/system/functions")
+
+    assert status.status_code == 200
+    assert status.headers["content-length"] == str(len(status.content))
+    assert status.json()["invocationCount"] == 3
+    by_name = {entry["name"]: entry for entry in listing.json()}
+    assert by_name["echo"]["invocationCount"] == 3
+
+
+async def test_direct_invocations_added_to_counts(
+    client: httpx.AsyncClient,
+) -> None:
+    await client.post("/function/echo", content=b"x")
+
+    reported = await client.post(
+        "/system/direct-invocations",
+        json={"echo.openfaas-fn": 5, "idle": 2},
+    )
+    status = await client.get("/system/function/echo")
+    listing = await client.get("/system/functions")
+    found = samples((await client.get("/metrics")).text)
+
+    assert reported.status_code == 204
+    assert status.json()["invocationCount"] == 6
+    by_name = {entry["name"]: entry for entry in listing.json()}
+    assert by_name["echo"]["invocationCount"] == 6
+    assert by_name["idle"]["invocationCount"] == 2
+    direct = "faashub_gateway_direct_invocations_total"
+    assert found[(direct, labels(ECHO))] == 5
+    assert found[(direct, labels("idle.openfaas-fn"))] == 2
+    assert found[("gateway_function_invocation_total", labels(ECHO, "201"))] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        pytest.param(b"[1]", "must be a JSON object", id="list"),
+        pytest.param(b"{", "must be a JSON object", id="not-json"),
+        pytest.param(b'{"Bad_Name": 1}', "Invalid function 'Bad_Name'", id="name"),
+        pytest.param(b'{"echo": 0}', "Invalid count 0", id="zero"),
+        pytest.param(b'{"echo": 1.5}', "Invalid count 1.5", id="fraction"),
+        pytest.param(b'{"echo": true}', "Invalid count True", id="boolean"),
+    ],
+)
+async def test_direct_invocations_invalid_body(
+    client: httpx.AsyncClient, body: bytes, problem: str
+) -> None:
+    response = await client.post("/system/direct-invocations", content=body)
+    found = samples((await client.get("/metrics")).text)
+
+    assert response.status_code == 400
+    assert problem in response.text
+    assert not any(
+        name == "faashub_gateway_direct_invocations_total" for name, _ in found
+    )
+
+
 async def test_metrics_rejects_post(client: httpx.AsyncClient) -> None:
     response = await client.post("/metrics")
 

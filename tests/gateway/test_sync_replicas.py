@@ -6,6 +6,9 @@ HTTP server that records what it receives.
 """
 
 import asyncio
+import contextvars
+import logging
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -14,8 +17,16 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from faashub import __version__
+from gateway import sync_proxy
+from gateway.sync_proxy import UVICORN_INCOMPLETE_RESPONSE, IncompleteResponseFilter
 from tests.conftest import LOOPBACK, free_port
-from tests.gateway.conftest import FakeProvider, ReceivedRequest, RunningGateway
+from tests.gateway.conftest import (
+    FakeProvider,
+    GatewayFactory,
+    ReceivedRequest,
+    RunningGateway,
+    wait_until_healthy,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -280,3 +291,162 @@ async def test_replica_closing_early_is_named(
     assert "stopped by a scale-down or an update" in response.text
     assert LOOPBACK not in response.text
     assert function_calls(provider) == []
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "POST"])
+async def test_replica_hanging_up_gets_call_once(
+    client: httpx.AsyncClient, provider: FakeProvider, method: str
+) -> None:
+    call_ids: list[bytes] = []
+
+    async def hang_up(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        call_ids.extend(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"x-call-id:")
+        )
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, LOOPBACK, free_port())
+    port = server.sockets[0].getsockname()[1]
+    provider.endpoints["echo"] = [f"http://{LOOPBACK}:{port}"]
+    try:
+        response = await client.request(method, "/function/echo/crash")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert response.status_code == 502
+    assert response.headers["X-OpenFaaS-Internal"] == "gateway"
+    assert "Retry-After" not in response.headers
+    assert call_ids == [response.headers["X-Call-Id"].encode()]
+    assert function_calls(provider) == []
+
+
+class SlowReplica:
+    """A replica whose `/hang` never responds and whose `/trickle` stops midway."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/trickle":
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(b"first piece;")
+            await self.release.wait()
+            return response
+        if request.path == "/hang":
+            await self.release.wait()
+        return web.Response(text="quick")
+
+
+@pytest.fixture
+async def slow_replica() -> AsyncIterator[SlowReplica]:
+    served = SlowReplica()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", served.handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, LOOPBACK, port).start()
+    served.url = f"http://{LOOPBACK}:{port}"
+    try:
+        yield served
+    finally:
+        served.release.set()
+        await runner.cleanup()
+
+
+async def test_replica_exec_timeout_gives_504(
+    client: httpx.AsyncClient, provider: FakeProvider, slow_replica: SlowReplica
+) -> None:
+    provider.endpoints["echo"] = [slow_replica.url]
+    provider.exec_timeouts["echo"] = 0.5
+
+    started_s = time.monotonic()
+    response = await client.get("/function/echo/hang")
+    elapsed_s = time.monotonic() - started_s
+    quick = await client.get("/function/echo/fast")
+
+    assert response.status_code == 504
+    assert response.headers["X-OpenFaaS-Internal"] == "gateway"
+    assert response.text == (
+        "Function echo did not respond within its exec timeout of 0.5 s. Raise "
+        "exec_timeout in its envVars if it needs longer, or set it to 0 for no "
+        "timeout.\n"
+    )
+    assert 0.5 <= elapsed_s < 3.0
+    assert quick.status_code == 200
+    assert function_calls(provider) == []
+
+
+async def test_replica_exec_timeout_ends_body(
+    client: httpx.AsyncClient,
+    provider: FakeProvider,
+    slow_replica: SlowReplica,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider.endpoints["echo"] = [slow_replica.url]
+    provider.exec_timeouts["echo"] = 0.5
+    received = b""
+
+    with caplog.at_level(logging.WARNING):
+        async with client.stream("GET", "/function/echo/trickle") as response:
+            with pytest.raises(httpx.RemoteProtocolError):
+                async for chunk in response.aiter_raw():
+                    received += chunk
+        # uvicorn logs after the handler returns, in the gateway's thread.
+        await asyncio.sleep(0.2)
+
+    assert response.status_code == 200
+    assert received == b"first piece;"
+    messages = [record.getMessage() for record in caplog.records]
+    assert "provider response broke off" in messages
+    [warning] = [
+        record
+        for record in caplog.records
+        if record.getMessage() == "provider response broke off"
+    ]
+    assert warning.__dict__["ctx"]["error"] == "exceeded its exec timeout of 0.5 s"
+    assert warning.__dict__["ctx"]["call_id"] == response.headers["X-Call-Id"]
+    assert UVICORN_INCOMPLETE_RESPONSE not in messages
+
+
+async def test_upstream_timeout_without_exec_timeout(
+    provider: FakeProvider,
+    slow_replica: SlowReplica,
+    start_gateway: GatewayFactory,
+    nats_url: str,
+) -> None:
+    provider.endpoints["echo"] = [slow_replica.url]
+    gateway = await start_gateway(nats_url=nats_url, upstream_timeout_s=0.5)
+    await wait_until_healthy(gateway.url)
+
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        response = await client.get("/function/echo/hang")
+
+    assert response.status_code == 504
+    assert "(upstream_timeout_s)" in response.text
+
+
+def test_log_filter_drops_marked_line() -> None:
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord(
+            "uvicorn.error", logging.ERROR, __file__, 1, message, None, None
+        )
+
+    log_filter = IncompleteResponseFilter()
+    unmarked = log_filter.filter(record(UVICORN_INCOMPLETE_RESPONSE))
+    context = contextvars.copy_context()
+    context.run(sync_proxy._response_broke_off.set, True)
+    marked = context.run(log_filter.filter, record(UVICORN_INCOMPLETE_RESPONSE))
+    other = context.run(log_filter.filter, record("Exception in ASGI application"))
+
+    assert unmarked is True
+    assert marked is False
+    assert other is True

@@ -28,8 +28,9 @@ STOP_TIMEOUT_S = 15.0
 
 # A function server for http mode: it listens on $PORT and describes each
 # request in a JSON response. /status/CODE responds with status CODE,
-# /sleep/SECONDS waits first, /gzip responds with a gzip-encoded body, and
-# /truncate exits in the middle of its response.
+# /sleep/SECONDS waits first, /gzip responds with a gzip-encoded body,
+# /truncate exits in the middle of its response, and /crash appends the
+# method and X-Call-Id to the file in $CALL_LOG and exits without a response.
 HTTP_FUNCTION_SCRIPT = """
 import gzip, json, os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +47,10 @@ class Handler(BaseHTTPRequestHandler):
             status = int(parts[2])
         if self.path.startswith("/sleep/"):
             time.sleep(float(parts[2]))
+        if self.path == "/crash":
+            with open(os.environ["CALL_LOG"], "a") as call_log:
+                call_log.write(self.command + " " + self.headers["X-Call-Id"] + "\\n")
+            os._exit(9)
         if self.path == "/truncate":
             self.send_response(200)
             self.send_header("Content-Length", "100")

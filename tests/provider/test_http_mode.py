@@ -266,6 +266,65 @@ def test_exec_timeout_returns_504(client: httpx.Client, echo_command: str) -> No
     assert time.monotonic() - started < 3.5
 
 
+def test_endpoints_report_exec_timeout(client: httpx.Client, echo_command: str) -> None:
+    deploy_echo(client, echo_command, exec_timeout="1.5s")
+    deploy_echo(client, echo_command, name="unlimited", exec_timeout="0")
+    echo(client)
+    assert client.post("/function/unlimited", content=b"").status_code == 200
+
+    limited = client.get("/system/function-endpoints/echo").json()
+    unlimited = client.get("/system/function-endpoints/unlimited").json()
+
+    assert limited["exec_timeout_s"] == 1.5
+    assert len(limited["urls"]) == 1
+    assert unlimited["exec_timeout_s"] is None
+
+
+def test_exec_timeout_message(client: httpx.Client, echo_command: str) -> None:
+    deploy_echo(client, echo_command, exec_timeout="1s")
+    echo(client)
+
+    response = client.get("/function/echo/sleep/3")
+
+    assert response.status_code == 504
+    assert response.text == (
+        "Function echo.openfaas-fn did not respond within its exec timeout of 1 s. "
+        "Raise exec_timeout in its envVars if it needs longer, or set it to 0 for "
+        "no timeout."
+    )
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "POST"])
+def test_crashing_request_reaches_one_replica(
+    client: httpx.Client, echo_command: str, tmp_path: Path, method: str
+) -> None:
+    call_log = tmp_path / "calls.log"
+    call_log.touch()
+    response = deploy(
+        client,
+        "echo",
+        echo_command,
+        envVars={**HTTP_MODE, "CALL_LOG": str(call_log)},
+        labels={"com.openfaas.scale.min": "2"},
+    )
+    assert response.status_code == 202, response.text
+    wait_until(
+        lambda: (
+            client.get("/system/function/echo").json().get("availableReplicas") == 2
+        ),
+        what="two available replicas",
+    )
+
+    crashed = client.request(
+        method, "/function/echo/crash", headers={"X-Call-Id": "c1"}
+    )
+
+    assert crashed.status_code == 500
+    assert crashed.headers[INTERNAL] == "proxy"
+    assert "closed the connection" in crashed.text
+    assert call_log.read_text() == f"{method} c1\n"
+
+
 def test_upstream_url_used_as_address(client: httpx.Client, echo_command: str) -> None:
     port = free_port()
     deploy_echo(client, echo_command, upstream_url=f"http://127.0.0.1:{port}")

@@ -29,6 +29,7 @@ from faashub import constants, jetstream
 from faashub.call_status import CallState, CallStatus, status_key
 from faashub.dead_letter import DeadLetter
 from faashub.queued_call import QueuedCall
+from faashub.replica_urls import DIRECT_INVOCATIONS_PATH
 from faashub.settings import WorkerSettings
 from queue_worker.worker import Worker
 from tests.conftest import (
@@ -98,6 +99,10 @@ class RecordingServer:
     replica_urls: list[str] = field(default_factory=list)
     """Replica URLs reported for every function; none by default."""
     endpoint_lookups: list[str] = field(default_factory=list)
+    exec_timeout_s: float | None = None
+    """The exec timeout reported with the replica URLs."""
+    direct_calls: list[dict[str, int]] = field(default_factory=list)
+    """Bodies of the reports of direct calls that the worker posted."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path.startswith("/system/function/"):
@@ -106,8 +111,16 @@ class RecordingServer:
             name = request.path.removeprefix("/system/function-endpoints/")
             self.endpoint_lookups.append(name)
             return web.json_response(
-                {"name": name, "urls": self.replica_urls, "ttl_s": 0.5}
+                {
+                    "name": name,
+                    "urls": self.replica_urls,
+                    "ttl_s": 0.5,
+                    "exec_timeout_s": self.exec_timeout_s,
+                }
             )
+        if request.path == DIRECT_INVOCATIONS_PATH:
+            self.direct_calls.append(await request.json())
+            return web.Response(status=204)
         raw_path, _, raw_query = request.raw_path.partition("?")
         self.requests.append(
             RecordedRequest(

@@ -1,10 +1,12 @@
 """Direct invocation of the replicas that the provider reports."""
 
+import time
+
 import pytest
 from nats.js import JetStreamContext
 
 from faashub.call_status import CallState
-from tests.conftest import LOOPBACK, free_port
+from tests.conftest import LOOPBACK, free_port, wait_until
 from tests.queue_worker.conftest import (
     RecordingServer,
     make_call,
@@ -70,3 +72,57 @@ async def test_replicas_off_uses_gateway(
     assert replica.requests == []
     assert gateway.endpoint_lookups == []
     assert len(gateway.requests) == 1
+
+
+async def test_replica_exec_timeout_ends_call(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    call = make_call()
+    gateway.exec_timeout_s = 0.3
+
+    async with recording_server() as replica:
+        replica.delay_s = 3.0
+        gateway.replica_urls = [replica.url]
+        settings = make_settings(nats_url, gateway.url, retry_attempts=1)
+        async with running_worker(settings):
+            started_s = time.monotonic()
+            await publish(js, call)
+            record = await wait_for_state(js, call.call_id, CallState.DEAD_LETTERED)
+            elapsed_s = time.monotonic() - started_s
+
+    assert record.last_status == 504
+    assert record.last_error == (
+        "Function echo.openfaas-fn did not respond within its exec timeout of "
+        "0.3 s. Raise exec_timeout in its envVars if it needs longer, or set it "
+        "to 0 for no timeout."
+    )
+    assert elapsed_s < 2.5
+    assert gateway.requests == []
+
+
+async def test_direct_calls_reported_to_gateway(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    calls = [make_call() for _ in range(3)]
+
+    async with recording_server() as replica:
+        gateway.replica_urls = [replica.url]
+        async with running_worker(make_settings(nats_url, gateway.url)):
+            for call in calls:
+                await publish(js, call)
+            for call in calls:
+                await wait_for_state(js, call.call_id, CallState.SUCCEEDED)
+            await wait_until(
+                lambda: (
+                    sum(
+                        report.get("echo.openfaas-fn", 0)
+                        for report in gateway.direct_calls
+                    )
+                    == 3
+                ),
+                timeout_s=5.0,
+                description="3 direct calls reported",
+            )
+
+    assert len(replica.requests) == 3
+    assert gateway.requests == []

@@ -19,7 +19,8 @@ from connectors.core.invoker import Message, call_id_for
 from faashub import __version__
 from faashub.connector_settings import ConnectorSettings
 from faashub.names import FunctionRef
-from tests.conftest import LOOPBACK, free_port
+from faashub.replica_urls import DIRECT_INVOCATIONS_PATH
+from tests.conftest import LOOPBACK, free_port, wait_until
 from tests.connectors.conftest import FakeGateway, settings_values
 
 pytestmark = pytest.mark.timeout(20)
@@ -33,12 +34,17 @@ class ReportingGateway(FakeGateway):
     """NAME -> the URLs that /system/function-endpoints/NAME lists."""
     report_requests: list[tuple[str, str | None]] = field(default_factory=list)
     """(path and query, Authorization header) of each report request."""
+    exec_timeouts: dict[str, float] = field(default_factory=dict)
+    """NAME -> the exec_timeout_s that its report carries; none by default."""
+    direct_calls: list[dict[str, int]] = field(default_factory=list)
+    """Bodies of the reports of direct calls that the connector posted."""
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/system/namespaces", self._namespaces)
         app.router.add_get("/system/functions", self._list_functions)
         app.router.add_get("/system/function-endpoints/{name}", self._report)
+        app.router.add_post(DIRECT_INVOCATIONS_PATH, self._count_direct_calls)
         app.router.add_post("/function/{name}", self._invoke)
         app.router.add_post("/async-function/{name}", self._invoke)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -49,8 +55,15 @@ class ReportingGateway(FakeGateway):
         self.report_requests.append(
             (request.path_qs, request.headers.get("Authorization"))
         )
-        urls = self.replica_urls.get(request.match_info["name"], [])
-        return web.json_response({"urls": urls, "ttl_s": 30})
+        name = request.match_info["name"]
+        urls = self.replica_urls.get(name, [])
+        return web.json_response(
+            {"urls": urls, "ttl_s": 30, "exec_timeout_s": self.exec_timeouts.get(name)}
+        )
+
+    async def _count_direct_calls(self, request: web.Request) -> web.Response:
+        self.direct_calls.append(await request.json())
+        return web.Response(status=204)
 
 
 @dataclass
@@ -61,6 +74,8 @@ class Replica:
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     header_lists: list[list[tuple[str, str]]] = field(default_factory=list)
     """Each request's headers as sent, repeats and order kept."""
+    delay_s: float = 0.0
+    """Seconds to wait before each response."""
     _runner: web.AppRunner | None = None
 
     @property
@@ -86,6 +101,8 @@ class Replica:
         ]
         self.header_lists.append(header_list)
         self.requests.append((request.path_qs, dict(header_list), body))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         return web.Response(body=body)
 
 
@@ -361,3 +378,49 @@ async def test_failures_always_logged(
             await hub.deliver(message())
 
     assert len(success_lines(caplog, "function invocation failed")) == count
+
+
+async def test_replica_exec_timeout_ends_call(
+    gateway: ReportingGateway, replica: Replica
+) -> None:
+    gateway.deploy("a", "orders")
+    gateway.replica_urls["a"] = [replica.url]
+    gateway.exec_timeouts["a"] = 0.3
+    replica.delay_s = 3.0
+
+    async with started(gateway, retry_attempts=1) as hub:
+        started_s = time.monotonic()
+        report = await hub.deliver(message())
+        elapsed_s = time.monotonic() - started_s
+
+    [result] = report.results
+    assert result.status == 504
+    assert result.error == (
+        "Function a.openfaas-fn did not respond within its exec timeout of 0.3 s. "
+        "Raise exec_timeout in its envVars if it needs longer, or set it to 0 for "
+        "no timeout."
+    )
+    assert elapsed_s < 2.5
+    assert gateway.invocations == []
+
+
+async def test_direct_calls_reported_to_gateway(
+    gateway: ReportingGateway, replica: Replica
+) -> None:
+    gateway.deploy("a", "orders")
+    gateway.replica_urls["a"] = [replica.url]
+
+    async with started(gateway) as hub:
+        for _ in range(2):
+            await hub.deliver(message())
+        await wait_until(
+            lambda: (
+                sum(report.get("a.openfaas-fn", 0) for report in gateway.direct_calls)
+                == 2
+            ),
+            timeout_s=5.0,
+            description="2 direct calls reported",
+        )
+
+    assert len(replica.requests) == 2
+    assert gateway.invocations == []
