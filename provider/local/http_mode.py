@@ -14,8 +14,13 @@ included. Both output streams of every replica go to the function's log as
 instance `<name>-<index>`, so an instance keeps its name across restarts.
 
 A replica whose process exits, or does not respond within the start timeout,
-is restarted after a delay that starts at 0.5 s and doubles up to 10 s. The
-delay falls back to 0.5 s once a process has run for a minute. While no
+is restarted after a delay that starts at 0.5 s and doubles up to 10 s. A
+command that cannot start at all (not found, not executable) is retried
+with a delay that doubles up to 60 s, because it can start only after
+someone installs or fixes it. The delay falls back to 0.5 s once a process
+has run for a minute. Each replica logs its start failures and restarts at
+WARNING at most once a minute, and the repeats in between at DEBUG, so a
+function that never starts does not flood the provider's log. While no
 replica responds, a request waits as long as some replica's process is
 starting, up to the start timeout. When every replica's process has exited
 and waits for its restart, the request fails at once with
@@ -33,7 +38,6 @@ decoded or added.
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Final
@@ -41,6 +45,7 @@ from typing import Final
 import aiohttp
 import yarl
 
+from faashub.logs import LimitedWarning
 from faashub.replica_urls import exec_timeout_message
 from provider.backend import (
     FunctionFailed,
@@ -65,6 +70,10 @@ LOOPBACK: Final = "127.0.0.1"
 HEALTH_PATH: Final = "/_/health"
 FIRST_RESTART_DELAY_S: Final = 0.5
 MAX_RESTART_DELAY_S: Final = 10.0
+# The longest delay before another start of a command that could not start.
+MAX_START_FAILURE_DELAY_S: Final = 60.0
+# Each replica logs a start failure or a restart at WARNING at most this often.
+RESTART_WARNING_INTERVAL_S: Final = 60.0
 # A process that ran this long counts as healthy: its next restart waits only
 # FIRST_RESTART_DELAY_S again.
 STABLE_RUN_S: Final = 60.0
@@ -114,6 +123,9 @@ class HttpReplica:
         self._responding = False
         self._restart_at: float | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._restart_warnings = LimitedWarning(
+            logger, interval_s=RESTART_WARNING_INTERVAL_S
+        )
 
     @property
     def available(self) -> bool:
@@ -160,19 +172,20 @@ class HttpReplica:
         while True:
             started_at = loop.time()
             exit_code = await self._run_once()
+            started = exit_code is not None
             if loop.time() - started_at >= STABLE_RUN_S:
                 delay_s = FIRST_RESTART_DELAY_S
-            logger.warning(
-                "function process stopped, restarting",
-                extra={
-                    "ctx": {
+            # A start failure was logged by _run_once already.
+            if started:
+                self._restart_warnings.warning(
+                    "function process stopped, restarting",
+                    ctx={
                         "function": self.spec.ref,
                         "instance": self.instance,
                         "exit_code": exit_code,
                         "restart_in_s": delay_s,
-                    }
-                },
-            )
+                    },
+                )
 
             # Requests that wait for this replica learn that it is down, so
             # they can fail now instead of at the end of the start timeout.
@@ -182,7 +195,8 @@ class HttpReplica:
                 await asyncio.sleep(delay_s)
             finally:
                 self._restart_at = None
-            delay_s = min(delay_s * 2, MAX_RESTART_DELAY_S)
+            max_delay_s = MAX_RESTART_DELAY_S if started else MAX_START_FAILURE_DELAY_S
+            delay_s = min(delay_s * 2, max_delay_s)
 
     async def _run_once(self) -> int | None:
         """Run one process until it exits and return its exit code.
@@ -204,12 +218,10 @@ class HttpReplica:
             self.last_failure = _start_failure(spec.argv[0], exc)
             # The PATH searched is a detail of the provider's machine, so it
             # is logged here and left out of the caller's error.
-            logger.error(
+            self._restart_warnings.warning(
                 "function process failed to start: %s",
                 exc,
-                extra={
-                    "ctx": {**context, "command": spec.argv[0], "path": env["PATH"]}
-                },
+                ctx={**context, "command": spec.argv[0], "path": env["PATH"]},
             )
             return None
 
@@ -246,7 +258,7 @@ class HttpReplica:
                 extra={"ctx": {**context, "timeout_s": self._start_timeout_s}},
             )
         else:
-            self.last_failure = f"its process {_describe_exit(exit_code)}"
+            self.last_failure = f"its process {processes.describe_exit(exit_code)}"
         return exit_code
 
     def _output_handler(self, stream_name: str) -> Callable[[str], None]:
@@ -551,19 +563,6 @@ def _start_failure(command: str, exc: OSError) -> str:
     if isinstance(exc, PermissionError):
         return f"its command {command!r} is not executable"
     return f"its command {command!r} cannot start ({exc.strerror or exc})"
-
-
-def _describe_exit(exit_code: int | None) -> str:
-    """Describe how a process ended: its exit code, or the signal that killed it."""
-    if exit_code is None:
-        return "ended"
-    if exit_code < 0:
-        try:
-            name = signal.Signals(-exit_code).name
-        except ValueError:
-            name = f"signal {-exit_code}"
-        return f"was killed by {name} (exit code {exit_code})"
-    return f"exited with code {exit_code}"
 
 
 async def _finish_readers(readers: list[asyncio.Task[None]]) -> None:

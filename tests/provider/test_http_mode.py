@@ -395,6 +395,27 @@ def test_missing_command_returns_503(impatient_provider: RunningProvider) -> Non
     assert "PATH" not in response.text
 
 
+def test_missing_command_logs_once(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="provider.local.http_mode"):
+        command = "no-such-server-xyz"
+        assert deploy(client, "absent", command, envVars=HTTP_MODE).status_code == 202
+        # Starts at 0, 0.5, 1.5 and 3.5 s.
+        time.sleep(4.5)
+
+    failures = [
+        r
+        for r in caplog.records
+        if r.getMessage().startswith("function process failed")
+    ]
+    warnings = [r for r in failures if r.levelno == logging.WARNING]
+    assert len(failures) >= 4
+    assert len(warnings) == 1
+    assert all(r.levelno == logging.DEBUG for r in failures[1:])
+    assert not [r for r in caplog.records if "restarting" in r.getMessage()]
+
+
 @pytest.fixture
 def slow_starting_provider(tmp_path: Path) -> Iterator[RunningProvider]:
     """A provider that gives http-mode functions 20 s to respond."""
