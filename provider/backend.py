@@ -43,7 +43,7 @@ own failure, such as a classic process's non-zero exit, as an
 InvocationResponse and does not raise.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -89,6 +89,21 @@ class SecretExists(ProviderError):
 
 class SecretInUse(ProviderError):
     """A delete request for a secret that deployed functions still use."""
+
+
+def secret_in_use_message(secret: str, functions: Sequence[str]) -> str:
+    """Return the SecretInUse message for `secret`, naming the `functions`."""
+    listed = ", ".join(repr(function) for function in functions)
+    if len(functions) == 1:
+        users = f"function {listed}"
+        fix = "that function and deploy it again, or delete it"
+    else:
+        users = f"functions {listed}"
+        fix = "those functions and deploy them again, or delete them"
+    return (
+        f"Secret {secret!r} is used by {users}. Remove it from the secrets of "
+        f"{fix}, before you delete the secret."
+    )
 
 
 class Conflict(ProviderError):

@@ -58,6 +58,7 @@ from provider.backend import (
     SecretInUse,
     SecretNotFound,
     StorageError,
+    secret_in_use_message,
 )
 from provider.kubernetes import objects
 from provider.kubernetes.cache import DeploymentCache, SyncFailure, format_utc
@@ -534,13 +535,7 @@ class KubernetesBackend:
             if name in status.secrets
         ]
         if users:
-            listed = ", ".join(repr(user) for user in users)
-            noun = "function" if len(users) == 1 else "functions"
-            raise SecretInUse(
-                f"Secret {name!r} is used by {noun} {listed}. Remove it from the "
-                "secrets of those functions and deploy them again, or delete them, "
-                "before you delete the secret."
-            )
+            raise SecretInUse(secret_in_use_message(name, users))
         try:
             await self._api.call(
                 self._api.core.delete_namespaced_secret, name, namespace

@@ -48,6 +48,7 @@ from provider.backend import (
     SecretInUse,
     SecretNotFound,
     StorageError,
+    secret_in_use_message,
 )
 from provider.local import classic, definition
 from provider.local.definition import FunctionSpec
@@ -357,12 +358,10 @@ class LocalBackend:
             await self._require_secret(name, namespace)
             users = self._functions_using(name)
             if users:
-                listed = ", ".join(repr(function.spec.name) for function in users)
-                noun = "function" if len(users) == 1 else "functions"
                 raise SecretInUse(
-                    f"Secret {name!r} is used by {noun} {listed}. Remove it from "
-                    "the secrets of those functions and deploy them again, or "
-                    "delete them, before you delete the secret."
+                    secret_in_use_message(
+                        name, [function.spec.name for function in users]
+                    )
                 )
             await asyncio.to_thread(self._secrets.delete, name)
         logger.info("secret deleted", extra={"ctx": {"secret": name}})

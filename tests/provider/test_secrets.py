@@ -377,9 +377,23 @@ def test_delete_in_use_returns_409_naming_functions(client: httpx.Client) -> Non
     response = delete_secret(client, "shared")
 
     assert response.status_code == 409
-    assert "'first'" in response.text
-    assert "'second'" in response.text
+    assert "used by functions 'first', 'second'." in response.text
+    assert "Remove it from the secrets of those functions" in response.text
     assert client.get("/system/secrets").json()[0]["name"] == "shared"
+
+
+def test_delete_in_use_by_one_function_singular(client: httpx.Client) -> None:
+    assert create_secret(client, "single", "v").status_code == 202
+    assert deploy(client, "reader", "cat", secrets=["single"]).status_code == 202
+
+    response = delete_secret(client, "single")
+
+    assert response.status_code == 409
+    assert "used by function 'reader'." in response.text
+    assert "Remove it from the secrets of that function and deploy it again" in (
+        response.text
+    )
+    assert "those" not in response.text
 
 
 def test_delete_after_function_removed(

@@ -225,7 +225,9 @@ async def test_secret_lifecycle(provider: RunningProvider) -> None:
         "DELETE", "/system/secrets", json={"name": "api-key"}
     )
     assert in_use.status_code == 409
-    assert "'fn'" in in_use.text
+    assert "used by function 'fn'. Remove it from the secrets of that function" in (
+        in_use.text
+    )
 
     await provider.client.request(
         "DELETE", "/system/functions", json={"functionName": "fn"}
