@@ -9,9 +9,12 @@ Routes (JSON in and out; errors are `{"detail": "..."}`):
   1000) and `after_seq` (continue after the `seq` of the last item seen).
   `truncated` is true when more match after the items returned.
 * `GET /system/dead-letters/{call_id}`: the newest dead letter of a call, in
-  full (`?kind=` picks one kind). Header values of Authorization, Cookie,
-  Proxy-Authorization and Set-Cookie are redacted, the callback URL loses
-  its credentials and query, and bodies are base64.
+  full (`?kind=` picks one kind). Bodies are base64. The values of
+  credential headers are redacted: Authorization, Cookie,
+  Proxy-Authorization, Set-Cookie and any name that contains auth, token,
+  secret, password, passwd, api-key, apikey, api_key, session, signature,
+  credential or cookie. The callback URL, and any header value that is an
+  http or https URL (X-Callback-Url among them), lose user info and query.
 * `POST /system/dead-letters/redrive` with `{"call_ids": [...]}` (every dead
   letter of each call id), `{"seqs": [...]}` (the dead letters at these
   stream sequences, as the listing's `seq` gives them), `{"filter": {...}}`
@@ -69,6 +72,25 @@ MAX_SEQ = 2**64 - 1
 # same limit.
 MAX_SELECTED_SEQS = 500
 _KINDS = ("call", "callback")
+_REDACTED = "<redacted>"
+# Parts of a header name that mark its value as a credential, beside the names
+# in constants.REDACTED_HEADERS: X-Api-Key, X-Auth-Token, X-Hub-Signature and
+# X-Session-Id match, for example. The rule goes by name only, so a credential
+# sent under a name without these parts is still shown in full.
+_CREDENTIAL_NAME_PARTS = (
+    "auth",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "api-key",
+    "apikey",
+    "api_key",
+    "session",
+    "signature",
+    "credential",
+    "cookie",
+)
 _NS_PER_S = 1_000_000_000
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _ONE_MICROSECOND = datetime.timedelta(microseconds=1)
@@ -518,11 +540,29 @@ def _result(letter: DeadLetter) -> dict[str, Any] | None:
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Return `headers` with the values of credential headers replaced."""
-    return {
-        name: "<redacted>" if name.lower() in constants.REDACTED_HEADERS else value
-        for name, value in headers.items()
-    }
+    """Return `headers` with credentials and URL secrets hidden.
+
+    The value of a credential header (see `_is_credential_header`) is replaced
+    whole. A value that is an absolute http or https URL, such as
+    X-Callback-Url or Referer, is shown as `redact_url` shows it. Other values
+    are shown unchanged.
+    """
+    redacted: dict[str, str] = {}
+    for name, value in headers.items():
+        if _is_credential_header(name):
+            redacted[name] = _REDACTED
+        elif value.lower().startswith(("http://", "https://")):
+            redacted[name] = redact_url(value)
+        else:
+            redacted[name] = value
+    return redacted
+
+
+def _is_credential_header(name: str) -> bool:
+    lowered = name.lower()
+    if lowered in constants.REDACTED_HEADERS:
+        return True
+    return any(word in lowered for word in _CREDENTIAL_NAME_PARTS)
 
 
 def redact_url(url: str) -> str:
@@ -533,10 +573,10 @@ def redact_url(url: str) -> str:
     try:
         parsed = yarl.URL(url)
     except (TypeError, ValueError):
-        return "<redacted>"
+        return _REDACTED
     shown = parsed.with_user(None).with_fragment(None)
     if parsed.query_string:
-        return str(shown.with_query(None)) + "?<redacted>"
+        return str(shown.with_query(None)) + "?" + _REDACTED
     return str(shown)
 
 

@@ -111,7 +111,12 @@ def letter(
             namespace=shared.DEFAULT_NAMESPACE,
             call_id=call_id,
             accepted_at_ns=now_ns,
-            headers={"Authorization": "Bearer hidden"},
+            headers={
+                "Authorization": "Bearer hidden",
+                "x-callback-url": "http://cbuser:CBPASS@127.0.0.1:9/cb?token=CBTOKEN",
+                "x-api-key": "APIKEYVALUE",
+            },
+            callback_url="http://cbuser:CBPASS@127.0.0.1:9/cb?token=CBTOKEN",
             body=b"data",
         ),
         attempts=[Attempt(status=500, error="status 500", at_ns=now_ns)],
@@ -187,7 +192,13 @@ async def test_dlq_show(cli: CommandRunner, nats_url: str) -> None:
     assert result.code == 0, result.err
     shown = json.loads(result.out)
     assert shown["call_id"] == "sh-1"
-    assert shown["request"]["headers"]["Authorization"] == "<redacted>"
+    headers = shown["request"]["headers"]
+    assert headers["Authorization"] == "<redacted>"
+    assert headers["x-api-key"] == "<redacted>"
+    assert headers["x-callback-url"] == "http://127.0.0.1:9/cb?<redacted>"
+    assert shown["request"]["callback_url"] == "http://127.0.0.1:9/cb?<redacted>"
+    for secret in ("hidden", "CBPASS", "CBTOKEN", "APIKEYVALUE"):
+        assert secret not in result.out, secret
 
 
 async def test_dlq_show_unknown(cli: CommandRunner) -> None:

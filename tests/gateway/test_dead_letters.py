@@ -7,6 +7,7 @@ gateway.
 
 import asyncio
 import base64
+import dataclasses
 import datetime
 import hashlib
 import hmac
@@ -307,6 +308,73 @@ async def test_show_full_and_redacted(client: httpx.AsyncClient, nats_url: str) 
     assert letter["result"] is None
     assert "secret-token" not in response.text
     assert "pw@" not in response.text
+
+
+async def test_show_redacts_header_secrets(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    callback_url = "http://cbuser:CBPASS@127.0.0.1:9/cb?token=CBTOKEN#frag"
+    # Header names in lowercase, as the gateway stores them.
+    headers = {
+        "content-type": "text/plain",
+        "authorization": "Bearer BEARERSECRET",
+        "proxy-authorization": "Basic PROXYSECRET",
+        "x-callback-url": callback_url,
+        "x-api-key": "APIKEYSECRET",
+        "x-auth-token": "AUTHTOKENSECRET",
+        "x-hub-signature-256": "sha256=SIGNATURESECRET",
+        "referer": "https://127.0.0.1/page?session=REFERERSECRET",
+        "x-trace-note": "plain value",
+    }
+    await publish_dead_letter(
+        nats_url,
+        call_letter("rd-1", callback_url=callback_url, headers=headers),
+    )
+
+    response = await client.get("/system/dead-letters/rd-1")
+
+    assert response.status_code == 200
+    shown = response.json()["request"]["headers"]
+    assert shown["content-type"] == "text/plain"
+    assert shown["x-trace-note"] == "plain value"
+    for name in (
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "x-auth-token",
+        "x-hub-signature-256",
+    ):
+        assert shown[name] == "<redacted>", name
+    assert shown["x-callback-url"] == "http://127.0.0.1:9/cb?<redacted>"
+    assert shown["referer"] == "https://127.0.0.1/page?<redacted>"
+    for secret in ("SECRET", "CBPASS", "CBTOKEN", "cbuser", "frag"):
+        assert secret not in response.text, secret
+
+
+async def test_show_redacts_result_headers(
+    client: httpx.AsyncClient, nats_url: str
+) -> None:
+    letter = dataclasses.replace(
+        callback_letter("rd-2", "http://127.0.0.1:1/callback"),
+        result_headers={
+            "Set-Cookie": "session=RESULTSECRET",
+            "X-Session-Id": "SESSIONSECRET",
+            "Location": "http://u:LOCATIONPASS@127.0.0.1/next?k=v",
+            "Content-Type": "application/json",
+        },
+    )
+    await publish_dead_letter(nats_url, letter)
+
+    response = await client.get("/system/dead-letters/rd-2")
+
+    assert response.status_code == 200
+    shown = response.json()["result"]["headers"]
+    assert shown["Set-Cookie"] == "<redacted>"
+    assert shown["X-Session-Id"] == "<redacted>"
+    assert shown["Location"] == "http://127.0.0.1/next?<redacted>"
+    assert shown["Content-Type"] == "application/json"
+    assert "SECRET" not in response.text
+    assert "LOCATIONPASS" not in response.text
 
 
 async def test_show_callback_letter(client: httpx.AsyncClient, nats_url: str) -> None:
