@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
+from nats.js.api import ConsumerInfo
 from starlette.types import Receive, Scope, Send
 
 from faashub import constants as shared
@@ -54,6 +55,11 @@ _ALLOWED_METHODS = ", ".join(constants.ASYNC_METHODS)
 # Seconds between two checks that a queue has a worker (see
 # AsyncAccept._check_queue_served).
 UNSERVED_CHECK_INTERVAL_S = 60.0
+# Seconds between the two reads of a queue's consumer that must both show no
+# consumer activity before the gateway warns. A running queue-worker that is
+# idle keeps a pull request waiting, except for the moment between two pull
+# requests, and a busy one has unacknowledged calls, so either read shows it.
+UNCONSUMED_RECHECK_S = 2.0
 _REQUEST_ERROR_STATUS: dict[type[errors.GatewayError], int] = {
     errors.InvalidRequest: 400,
     errors.FunctionNotFound: 404,
@@ -156,11 +162,12 @@ class AsyncAccept:
         self._parsed_names: dict[str, names.FunctionRef] = {}
 
     def _check_queue_served(self, queue: str, ref: names.FunctionRef) -> None:
-        """Warn in the background when no queue-worker ever consumed `queue`.
+        """Warn in the background when no queue-worker consumes `queue`.
 
         A call to such a queue is stored and gets 202, then waits until a
         worker for the queue starts, which a user who deployed with a new
-        `com.openfaas.queue` annotation may not know to do. Each queue is
+        `com.openfaas.queue` annotation, or who dropped the queue from
+        `faashub up --queues`, may not know to do. Each queue is
         checked at most once per UNSERVED_CHECK_INTERVAL_S, so the accept path
         pays one dictionary lookup per call.
         """
@@ -174,23 +181,49 @@ class AsyncAccept:
         task.add_done_callback(self._checks.discard)
 
     async def _warn_if_unserved(self, queue: str, ref: names.FunctionRef) -> None:
+        """Warn when no queue-worker has consumed `queue` or none consumes it now.
+
+        A queue whose durable consumer exists once had a worker, which may have
+        stopped or been dropped from `--queues`. That consumer counts as
+        unconsumed when two reads UNCONSUMED_RECHECK_S apart both show calls
+        waiting, no pull request waiting, no call delivered and not yet
+        acknowledged, and no delivery in between.
+        """
+        context = {"function": str(ref), "queue": queue}
         try:
-            await self._queue.layout().js.consumer_info(
-                shared.CALLS_STREAM, jetstream.worker_durable_name(queue)
-            )
+            first = await self._read_consumer(queue)
+            if not _is_unconsumed(first):
+                return
+            await asyncio.sleep(UNCONSUMED_RECHECK_S)
+            second = await self._read_consumer(queue)
         except nats.js.errors.NotFoundError:
             logger.warning(
                 "no queue-worker has consumed queue %r yet: its calls wait until "
-                "one starts (faashub up --queues %s, or faashub queue-worker "
-                "--queue %s)",
+                "one starts (%s)",
                 queue,
-                queue,
-                queue,
-                extra={"ctx": {"function": str(ref), "queue": queue}},
+                _start_worker_hint(queue),
+                extra={"ctx": context},
             )
+            return
         except Exception as exc:
             # Only a hint: a failed check must not disturb the accept path.
-            logger.debug("queue check failed: %s", exc, extra={"ctx": {"queue": queue}})
+            logger.debug("queue check failed: %s", exc, extra={"ctx": context})
+            return
+        if _is_unconsumed(second) and _delivered(second) == _delivered(first):
+            logger.warning(
+                "no queue-worker consumes queue %r now: %d calls wait until one "
+                "starts (%s)",
+                queue,
+                second.num_pending or 0,
+                _start_worker_hint(queue),
+                extra={"ctx": context},
+            )
+
+    async def _read_consumer(self, queue: str) -> ConsumerInfo:
+        info: ConsumerInfo = await self._queue.layout().js.consumer_info(
+            shared.CALLS_STREAM, jetstream.worker_durable_name(queue)
+        )
+        return info
 
     def _parse_name(self, name: str) -> names.FunctionRef:
         """Parse and validate `NAME[.NS]`, then cache the result."""
@@ -388,6 +421,25 @@ class AsyncAccept:
                 f"to {call.ref} was not stored. Send it with a new X-Call-Id.",
                 state="duplicate",
             )
+
+
+def _is_unconsumed(info: ConsumerInfo) -> bool:
+    """Tell whether calls wait on a consumer that nothing pulls from or runs.
+
+    NOTE: calls that a stopped worker held stay in `num_ack_pending` after
+    their ack wait ends (checked with nats-server 2.15), until a worker takes
+    them again. Such a queue never counts as unconsumed, because the consumer
+    state looks the same as that of a worker busy with long calls.
+    """
+    return bool(info.num_pending) and not info.num_waiting and not info.num_ack_pending
+
+
+def _delivered(info: ConsumerInfo) -> int:
+    return 0 if info.delivered is None else info.delivered.consumer_seq
+
+
+def _start_worker_hint(queue: str) -> str:
+    return f"faashub up --queues {queue}, or faashub queue-worker --queue {queue}"
 
 
 def _read_call_headers(

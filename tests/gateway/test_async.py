@@ -9,13 +9,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import httpx
-import nats
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from faashub import constants as shared
-from faashub import jetstream
-from faashub.queued_call import QueuedCall, queue_filter_subject
+from faashub.queued_call import QueuedCall
+from gateway import async_accept
 from gateway.call_queue import message_size
 from tests.conftest import LOOPBACK, free_port, wait_until_async
 from tests.gateway.conftest import (
@@ -585,28 +583,13 @@ async def test_async_nats_down_at_start_503(
 async def test_async_warns_once_about_unserved_queue(
     client: httpx.AsyncClient,
     provider: FakeProvider,
-    nats_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    provider.deploy("served-fn", annotations={"com.openfaas.queue": "served"})
     provider.deploy("lonely-fn", annotations={"com.openfaas.queue": "lonely"})
-    connection = await nats.connect(nats_url)
-    try:
-        # What a queue-worker for "served" leaves: its durable consumer.
-        await connection.jetstream().add_consumer(
-            shared.CALLS_STREAM,
-            ConsumerConfig(
-                durable_name=jetstream.worker_durable_name("served"),
-                filter_subject=queue_filter_subject("served"),
-                ack_policy=AckPolicy.EXPLICIT,
-            ),
-        )
-    finally:
-        await connection.close()
 
     with caplog.at_level(logging.WARNING, logger="gateway.async_accept"):
-        for name in ("served-fn", "lonely-fn", "lonely-fn"):
-            accepted = await client.post(f"/async-function/{name}", content=b"x")
+        for _ in range(2):
+            accepted = await client.post("/async-function/lonely-fn", content=b"x")
             assert accepted.status_code == 202, accepted.text
 
         async def warned() -> list[logging.LogRecord]:
@@ -619,5 +602,85 @@ async def test_async_warns_once_about_unserved_queue(
         await asyncio.sleep(0.2)  # room for a wrong second warning
 
     [warning] = await warned()
-    assert "'lonely'" in warning.getMessage()
+    assert "has consumed queue 'lonely' yet" in warning.getMessage()
     assert "--queues lonely" in warning.getMessage()
+
+
+def queue_warnings(
+    caplog: pytest.LogCaptureFixture, queue: str
+) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.name == "gateway.async_accept"
+        and record.levelno == logging.WARNING
+        and f"queue {queue!r}" in record.getMessage()
+    ]
+
+
+async def test_async_warns_about_queue_without_worker(
+    client: httpx.AsyncClient,
+    gateway: RunningGateway,
+    provider: FakeProvider,
+    nats_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(async_accept, "UNSERVED_CHECK_INTERVAL_S", 0.0)
+    provider.deploy("gone-fn", annotations={"com.openfaas.queue": "gone"})
+    # A worker that ran once leaves its durable consumer behind, as after the
+    # queue is dropped from `faashub up --queues`.
+    async with running_worker(make_settings(nats_url, gateway.url, queue="gone")):
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="gateway.async_accept"):
+        # A pull request of the stopped worker may wait on the server until
+        # it expires, so calls are sent until the check finds no consumer.
+        for _ in range(20):
+            accepted = await client.post("/async-function/gone-fn", content=b"x")
+            assert accepted.status_code == 202, accepted.text
+            await asyncio.sleep(1.0)
+            if queue_warnings(caplog, "gone"):
+                break
+
+    [warning, *_] = queue_warnings(caplog, "gone")
+    message = warning.getMessage()
+    assert "no queue-worker consumes queue 'gone' now" in message
+    assert "calls wait" in message
+    assert "faashub up --queues gone" in message
+    assert "faashub queue-worker --queue gone" in message
+    assert warning.__dict__["ctx"]["queue"] == "gone"
+
+
+async def test_async_no_warning_for_busy_worker(
+    client: httpx.AsyncClient,
+    gateway: RunningGateway,
+    provider: FakeProvider,
+    nats_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(async_accept, "UNSERVED_CHECK_INTERVAL_S", 0.0)
+    # The fake provider responds to "slow" only after `release` is set.
+    provider.deploy("slow", annotations={"com.openfaas.queue": "busy"})
+    settings = make_settings(nats_url, gateway.url, queue="busy", max_inflight=1)
+
+    with caplog.at_level(logging.WARNING, logger="gateway.async_accept"):
+        async with running_worker(settings):
+            first = await client.post("/async-function/slow", content=b"1")
+            assert first.status_code == 202, first.text
+
+            async def running() -> bool:
+                return bool(provider.received)
+
+            await wait_until_async(running, timeout_s=10, description="a busy worker")
+            # Each of these calls waits for the one slot, and each accept
+            # checks the queue again.
+            for index in range(4):
+                waiting = await client.post("/async-function/slow", content=b"w")
+                assert waiting.status_code == 202, (index, waiting.text)
+            await asyncio.sleep(async_accept.UNCONSUMED_RECHECK_S + 1.0)
+            warnings = queue_warnings(caplog, "busy")
+            provider.release.set()
+
+    assert warnings == []
