@@ -65,6 +65,8 @@ _SOURCE_HEADERS = {
     "x-kafka-offset": "offset",
     "x-sqs-message-id": "message_id",
 }
+# Source fields logged as numbers, as the Kafka connector logs them.
+_NUMERIC_SOURCE_FIELDS = frozenset({"partition", "offset"})
 
 
 @dataclass(slots=True)
@@ -385,7 +387,11 @@ def call_source(call: QueuedCall) -> dict[str, object]:
     source: dict[str, object] = {}
     for name, value in call.headers.items():
         field_name = _SOURCE_HEADERS.get(name.lower())
-        if field_name is not None:
+        if field_name is None:
+            continue
+        if field_name in _NUMERIC_SOURCE_FIELDS and value.isascii() and value.isdigit():
+            source[field_name] = int(value)
+        else:
             source[field_name] = value
     return source
 

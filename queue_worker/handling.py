@@ -970,8 +970,8 @@ def _finished_context(
         "state": outcome.state.value,
         "status": outcome.result.status,
         "attempts": 0 if record is None else record.attempts,
-        "duration_s": f"{outcome.duration_s:.3f}",
-        "callback_status": _callback_text(job.call, delivery),
+        "duration_s": round(outcome.duration_s, 3),
+        **_callback_fields(job.call, delivery),
     }
     if outcome.reason:
         context["reason"] = outcome.reason
@@ -980,12 +980,18 @@ def _finished_context(
     return context
 
 
-def _callback_text(call: QueuedCall, delivery: Delivery | None) -> str:
+def _callback_fields(call: QueuedCall, delivery: Delivery | None) -> dict[str, Any]:
+    """Return the log fields of a call's callback: none without a callback.
+
+    `callback_delivered` is true or false, and `callback_status` is the
+    receiver's last HTTP status as a number, absent when no response came.
+    """
     if not call.callback_url or delivery is None:
-        return "none"
-    if delivery.status is None:
-        return "failed"
-    return str(delivery.status)
+        return {}
+    fields: dict[str, Any] = {"callback_delivered": delivery.delivered}
+    if delivery.status is not None:
+        fields["callback_status"] = delivery.status
+    return fields
 
 
 def _describe(exc: BaseException) -> str:

@@ -88,6 +88,9 @@ class Worker:
         self._function_base_url = function_base_url(settings.gateway_url)
         self._default_policy = default_retry_policy(settings)
         self._durable = jetstream.worker_durable_name(settings.queue)
+        # Log context of the lines about this worker rather than one call, so
+        # that the lines of several workers in one process name their queue.
+        self._log_context = {"queue": settings.queue}
         self._lease_interval_s = settings.ack_wait_s / 3
         self._prefetch = prefetch_size(settings.max_inflight)
         self._capacity = settings.max_inflight + self._prefetch
@@ -120,6 +123,11 @@ class Worker:
         if self._subscription is None:
             return "consumer not bound"
         return "ready"
+
+    @property
+    def queue(self) -> str:
+        """Name of the queue this worker serves."""
+        return self._settings.queue
 
     @property
     def ready(self) -> bool:
@@ -179,7 +187,11 @@ class Worker:
                 timeout=constants.METRICS_REFRESH_TIMEOUT_S,
             )
         except (nats.errors.Error, TimeoutError) as exc:
-            logger.debug("reading the consumer state failed: %s", _describe(exc))
+            logger.debug(
+                "reading the consumer state failed: %s",
+                _describe(exc),
+                extra={"ctx": self._log_context},
+            )
             return
         self.metrics.set_queue_state(
             pending=info.num_pending or 0, unacknowledged=info.num_ack_pending or 0
@@ -233,7 +245,12 @@ class Worker:
         self._end_outage()
         logger.info(
             "connected to nats",
-            extra={"ctx": {"url": callback.loggable_url(self._settings.nats_url)}},
+            extra={
+                "ctx": {
+                    **self._log_context,
+                    "url": callback.loggable_url(self._settings.nats_url),
+                }
+            },
         )
 
     async def _bind_until_done(self) -> None:
@@ -383,6 +400,7 @@ class Worker:
                 "nats-server %s lacks the batched direct get, so status records "
                 "are read one at a time",
                 version,
+                extra={"ctx": self._log_context},
             )
             return StatusStore(bucket, lease_s=lease_s)
         self._status_reader = BatchedStatusReader(
@@ -411,7 +429,11 @@ class Worker:
         try:
             await subscription.unsubscribe()
         except (nats.errors.Error, ValueError) as exc:
-            logger.debug("unsubscribe failed: %s", _describe(exc))
+            logger.debug(
+                "unsubscribe failed: %s",
+                _describe(exc),
+                extra={"ctx": self._log_context},
+            )
 
     async def _wait_for_room(self) -> None:
         # Refill a prefetch window at a time rather than slot by slot: one
@@ -435,7 +457,7 @@ class Worker:
             held.message = message
             logger.debug(
                 "message delivered again while held",
-                extra={"ctx": {"stream_seq": stream_seq}},
+                extra={"ctx": {**self._log_context, "stream_seq": stream_seq}},
             )
             return
         held = HeldMessage(message, delivery)
@@ -454,7 +476,11 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             # A bug, since the handler deals with every failure it expects.
             # The message stays unacknowledged and comes back after ack_wait.
-            logger.error("call task failed", exc_info=task.exception())
+            logger.error(
+                "call task failed",
+                exc_info=task.exception(),
+                extra={"ctx": self._log_context},
+            )
 
     async def _renew_leases(self) -> None:
         while True:
@@ -468,7 +494,11 @@ class Worker:
                 except nats.errors.Error as exc:
                     # The call finished meanwhile, or NATS is away, in which
                     # case the outage is logged elsewhere.
-                    logger.debug("lease renewal failed: %s", _describe(exc))
+                    logger.debug(
+                        "lease renewal failed: %s",
+                        _describe(exc),
+                        extra={"ctx": self._log_context},
+                    )
 
     async def _drain(self) -> None:
         await self._unsubscribe()
@@ -476,7 +506,10 @@ class Worker:
             return
         grace_s = self._settings.shutdown_grace_s
         logger.info(
-            "waiting up to %g s for %d calls in flight", grace_s, len(self._held)
+            "waiting up to %g s for %d calls in flight",
+            grace_s,
+            len(self._held),
+            extra={"ctx": self._log_context},
         )
         _, pending = await asyncio.wait(set(self._held), timeout=grace_s)
         unfinished = [self._held[task] for task in pending]
@@ -492,6 +525,7 @@ class Worker:
                 len(recording),
                 grace_s,
                 _name_calls(recording),
+                extra={"ctx": self._log_context},
             )
         if running:
             logger.warning(
@@ -500,6 +534,7 @@ class Worker:
                 len(running),
                 grace_s,
                 _name_calls(running),
+                extra={"ctx": self._log_context},
             )
 
     async def _close(self) -> None:
@@ -516,6 +551,7 @@ class Worker:
                     "%d tasks did not stop within %g s; closing anyway",
                     len(stuck),
                     constants.CLOSE_TIMEOUT_S,
+                    extra={"ctx": self._log_context},
                 )
         if self._handler is not None:
             await self._handler.close()
@@ -528,7 +564,12 @@ class Worker:
                 "status reads: %d in %d batched requests",
                 reader.reads,
                 reader.requests,
-                extra={"ctx": {"requests_by_size": reader.batch_sizes}},
+                extra={
+                    "ctx": {
+                        **self._log_context,
+                        "requests_by_size": reader.batch_sizes,
+                    }
+                },
             )
         if self._session is not None:
             await self._session.close()
@@ -540,8 +581,12 @@ class Worker:
         except RuntimeError as exc:
             # uvloop raises when nats-py flushes into a transport that the
             # lost server already closed. The buffered acks are lost anyway.
-            logger.warning("closing the nats connection failed: %s", _describe(exc))
-        logger.info("queue-worker stopped")
+            logger.warning(
+                "closing the nats connection failed: %s",
+                _describe(exc),
+                extra={"ctx": self._log_context},
+            )
+        logger.info("queue-worker stopped", extra={"ctx": self._log_context})
 
     async def _pause_before_retry(self) -> None:
         await asyncio.sleep(self._retry_delay_s)
@@ -551,14 +596,20 @@ class Worker:
         if self._outage_started_s is not None or self._stopping:
             return
         self._outage_started_s = time.monotonic()
-        logger.warning("nats unavailable, retrying: %s", reason)
+        logger.warning(
+            "nats unavailable, retrying: %s", reason, extra={"ctx": self._log_context}
+        )
 
     def _end_outage(self) -> None:
         if self._outage_started_s is None:
             return
         lasted_s = time.monotonic() - self._outage_started_s
         self._outage_started_s = None
-        logger.info("nats available again after %.1f s", lasted_s)
+        logger.info(
+            "nats available again after %.1f s",
+            lasted_s,
+            extra={"ctx": self._log_context},
+        )
 
     async def _on_nats_error(self, exc: Exception) -> None:
         self._begin_outage(jetstream.describe_nats_error(exc))

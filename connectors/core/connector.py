@@ -255,7 +255,7 @@ def _result_context(result: InvocationResult, message: Message) -> dict[str, obj
         "function": str(result.function),
         "topic": result.topic,
         "status": result.status,
-        "duration_s": f"{result.duration_s:.3f}",
+        "duration_s": round(result.duration_s, 3),
         "attempts": result.attempts,
         "call_id": result.call_id,
         **message.context,

@@ -373,7 +373,7 @@ class Invoker:
             "call_id": call_id,
             "status": response.status,
             "attempt": attempts,
-            "wait_s": f"{wait_s:.2f}",
+            "wait_s": round(wait_s, 2),
         }
         if response.error:
             context["error"] = response.error

@@ -206,8 +206,83 @@ async def test_call_without_callback_is_acked(
     assert context["function"] == "echo.openfaas-fn"
     assert context["call_id"] == call.call_id
     assert context["status"] == 200
-    assert context["callback_status"] == "none"
-    assert float(context["duration_s"]) >= 0
+    assert "callback_status" not in context
+    assert "callback_delivered" not in context
+    assert isinstance(context["duration_s"], float)
+    assert context["duration_s"] >= 0
+
+
+async def test_finished_line_callback_fields(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    receiver: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="queue_worker")
+    receiver.status = 202
+    delivered = make_call(callback_url=receiver.url + "/done")
+    unreachable = make_call(callback_url=f"http://127.0.0.1:{free_port()}/done")
+    settings = make_settings(nats_url, gateway.url, callback_attempts=1)
+
+    async with running_worker(settings):
+        await publish(js, delivered)
+        await publish(js, unreachable)
+        await wait_for_empty_stream(js)
+
+    finished = {
+        log_context(record)["call_id"]: log_context(record)
+        for record in caplog.records
+        if record.getMessage() == "call finished"
+    }
+    assert finished[delivered.call_id]["callback_status"] == 202
+    assert finished[delivered.call_id]["callback_delivered"] is True
+    assert "callback_status" not in finished[unreachable.call_id]
+    assert finished[unreachable.call_id]["callback_delivered"] is False
+
+
+async def test_finished_line_source_numbers(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="queue_worker")
+    # The headers a Kafka connector sets on a call it queues.
+    call = make_call(
+        headers={"X-Topic": "orders", "X-Kafka-Partition": "3", "X-Kafka-Offset": "17"}
+    )
+
+    async with running_worker(make_settings(nats_url, gateway.url)):
+        await publish(js, call)
+        await wait_for_empty_stream(js)
+
+    [finished] = [r for r in caplog.records if r.getMessage() == "call finished"]
+    context = log_context(finished)
+    assert context["topic"] == "orders"
+    assert context["partition"] == 3
+    assert context["offset"] == 17
+
+
+async def test_worker_lines_name_queue(
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="queue_worker")
+    settings = make_settings(nats_url, gateway.url, queue="reports")
+
+    async with running_worker(settings):
+        await publish(js, make_call(queue="reports"))
+        await wait_for_empty_stream(js)
+
+    worker_lines = [r for r in caplog.records if r.name == "queue_worker.worker"]
+    messages = [record.getMessage() for record in worker_lines]
+    assert "queue-worker stopped" in messages
+    assert "connected to nats" in messages
+    for record in worker_lines:
+        assert log_context(record).get("queue") == "reports", record.getMessage()
 
 
 async def test_unreachable_function_reports_503(

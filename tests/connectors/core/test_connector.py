@@ -271,7 +271,10 @@ async def test_attempts_run_out(gateway: FakeGateway) -> None:
     assert len(gateway.received("a")) == 3
 
 
-async def test_retry_after_is_honoured(gateway: FakeGateway) -> None:
+async def test_retry_after_is_honoured(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="connectors.core.invoker")
     gateway.deploy("a", "orders")
     gateway.respond("a", statuses=[429], reply_headers={"Retry-After": "3"})
     sleeps = RecordedSleeps()
@@ -282,6 +285,11 @@ async def test_retry_after_is_honoured(gateway: FakeGateway) -> None:
 
     assert report.results[0].succeeded
     assert sleeps.waits == [3.0]
+    [retrying] = [
+        r for r in caplog.records if r.getMessage() == "invocation failed, retrying"
+    ]
+    assert retrying.__dict__["ctx"]["wait_s"] == 3.0
+    assert retrying.__dict__["ctx"]["status"] == 429
 
 
 async def test_timeout_counts_as_attempt(gateway: FakeGateway) -> None:
@@ -380,7 +388,8 @@ async def test_one_result_line_per_invocation(
     assert success.__dict__["ctx"]["topic"] == "orders"
     assert success.__dict__["ctx"]["status"] == 200
     assert success.__dict__["ctx"]["partition"] == 2
-    assert float(success.__dict__["ctx"]["duration_s"]) >= 0
+    assert isinstance(success.__dict__["ctx"]["duration_s"], float)
+    assert success.__dict__["ctx"]["duration_s"] >= 0
     failure = lines["b.openfaas-fn"]
     assert failure.levelno == logging.WARNING
     assert failure.getMessage() == "function invocation failed"
