@@ -82,6 +82,8 @@ _LOGS_PATH = "logs"
 # Largest body the management API forwards. A secret of the local provider's
 # default 1 MiB limit, base64-encoded in JSON, fits with room to spare.
 MAX_SYSTEM_BODY_BYTES = 4 * 1024 * 1024
+# Characters of an invalid namespace query value that a 400 message shows.
+NAMESPACE_SHOWN_CHARS = 80
 # The gateway's own route under /system/, in the form of the forward route's
 # `{path}` parameter.
 _DEAD_LETTERS_PATH = constants.DEAD_LETTERS_PATH.removeprefix("/system/")
@@ -187,6 +189,9 @@ class SystemForwarder:
                 "/system/dead-letters/redrive.\n",
                 status_code=405,
             )
+        problem = namespace_query_problem(request.query_params.getlist("namespace"))
+        if problem is not None:
+            return PlainTextResponse(f"{problem}\n", status_code=400)
         client = self._require_client()
         raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
         base_url = self._logs_provider_url if path == _LOGS_PATH else self._provider_url
@@ -396,6 +401,28 @@ def _tls_verification(*base_urls: str) -> ssl.SSLContext | bool:
     if any(url.lower().startswith("https:") for url in base_urls):
         return True
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def namespace_query_problem(values: list[str]) -> str | None:
+    """Return why a `namespace` query value is invalid, or None when all are valid.
+
+    The message is the one a deployment body with that namespace gets, with
+    at most NAMESPACE_SHOWN_CHARS of the value. An empty value means the
+    provider's default namespace.
+    """
+    for value in values:
+        if not value:
+            continue
+        excerpt = value
+        if len(value) > NAMESPACE_SHOWN_CHARS:
+            # A value this long is no valid label. Its excerpt ends in dots, so it
+            # is invalid too, and the check fails with a message that shows it.
+            excerpt = value[:NAMESPACE_SHOWN_CHARS] + "..."
+        try:
+            names.validate_label(excerpt, what="namespace")
+        except shared_errors.InvalidFunctionName as exc:
+            return str(exc)
+    return None
 
 
 def deployment_problem(body: bytes) -> str | None:

@@ -50,7 +50,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Final, TypeVar
 from urllib.parse import quote, unquote
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -136,6 +136,9 @@ _STATUS_BY_ERROR: Final[tuple[tuple[type[Exception], int], ...]] = (
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
+# Characters of an invalid namespace query value that an error message shows.
+NAMESPACE_SHOWN_CHARS: Final = 80
+
 # The key in an invocation's context that marks a function that exists.
 _REACHED_KEY: Final = "_reached"
 
@@ -216,6 +219,7 @@ class ProviderApp:
         query = scope.get("query_string", b"").decode("latin-1")
         try:
             request = logs_api.parse_log_request(query)
+            check_namespace_query(request.namespace)
             stream = await self.backend.read_logs(request)
         except Exception as exc:
             status = _status_of(exc)
@@ -475,6 +479,28 @@ def create_app(
     )
 
 
+def check_namespace_query(namespace: str) -> None:
+    """Raise InvalidFunctionName (400) unless `namespace` is empty or a DNS-1123 label.
+
+    A query names the namespace as a body does, so an invalid one gets the
+    same 400 instead of a 404 for a namespace that does not exist. The message
+    shows at most NAMESPACE_SHOWN_CHARS of the value.
+    """
+    if not namespace:
+        return
+    excerpt = namespace
+    if len(namespace) > NAMESPACE_SHOWN_CHARS:
+        # A value this long is no valid label. Its excerpt ends in dots, so it
+        # is invalid too, and the check fails with a message that shows it.
+        excerpt = namespace[:NAMESPACE_SHOWN_CHARS] + "..."
+    names.validate_label(excerpt, what="namespace")
+
+
+async def _check_namespace_parameter(request: Request) -> None:
+    for namespace in request.query_params.getlist("namespace"):
+        check_namespace_query(namespace)
+
+
 def _build_system_app(
     backend: ProviderBackend,
     *,
@@ -500,7 +526,13 @@ def _build_system_app(
             await backend.stop()
             on_stop()
 
-    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(_check_namespace_parameter)],
+    )
     for error_type, status_code in _STATUS_BY_ERROR:
         app.add_exception_handler(error_type, _text_error_handler(status_code))
     app.add_exception_handler(ConnectionError, _unavailable_error_handler)

@@ -46,6 +46,44 @@ async def test_system_forwards_request(
     assert received.headers["Content-Type"] == "application/json"
 
 
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        pytest.param("/system/functions?namespace=Team_A", "'Team_A'", id="upper"),
+        pytest.param(
+            "/system/logs?name=echo&namespace=bad.ns", "'bad.ns'", id="logs-dot"
+        ),
+        pytest.param(
+            "/system/secrets?namespace=openfaas-fn&namespace=x_y", "'x_y'", id="second"
+        ),
+        pytest.param(
+            "/system/functions?namespace=" + "a" * 300,
+            "'" + "a" * 80 + "...'",
+            id="long-cut",
+        ),
+    ],
+)
+async def test_system_invalid_namespace_query_400(
+    client: httpx.AsyncClient, provider: FakeProvider, path: str, shown: str
+) -> None:
+    response = await client.get(path)
+
+    assert response.status_code == 400
+    assert response.text.startswith(f"Invalid namespace {shown}: use at most 63 ")
+    assert "a" * 81 not in response.text
+    assert provider.received == []
+
+
+async def test_system_valid_namespace_query_forwarded(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    response = await client.get("/system/functions?namespace=team-a&namespace=")
+
+    # The fake provider returns 202 for every /system/ request.
+    assert response.status_code == 202, response.text
+    assert provider.received[0].query == "namespace=team-a&namespace="
+
+
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
 async def test_system_keeps_method(
     client: httpx.AsyncClient, provider: FakeProvider, method: str

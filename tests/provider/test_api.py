@@ -440,6 +440,47 @@ def test_list_other_namespace_returns_404(client: httpx.Client) -> None:
     assert "'kube-system'" in response.text
 
 
+INVALID_NAMESPACE = "Invalid namespace"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("GET", "/system/functions", id="list"),
+        pytest.param("GET", "/system/function/echo", id="get"),
+        pytest.param("GET", "/system/secrets", id="secrets"),
+        pytest.param("GET", "/system/function-endpoints/echo", id="endpoints"),
+        pytest.param("GET", "/system/logs?name=echo", id="logs"),
+    ],
+)
+def test_invalid_namespace_query_400(
+    client: httpx.Client, method: str, path: str
+) -> None:
+    separator = "&" if "?" in path else "?"
+
+    response = client.request(method, f"{path}{separator}namespace=Team_A")
+
+    assert response.status_code == 400, response.text
+    assert INVALID_NAMESPACE + " 'Team_A'" in response.text
+
+
+def test_long_namespace_query_cut(client: httpx.Client) -> None:
+    response = client.get("/system/functions", params={"namespace": "a" * 300})
+
+    assert response.status_code == 400
+    assert f"{INVALID_NAMESPACE} '{'a' * 80}...'" in response.text
+    assert "a" * 81 not in response.text
+
+
+def test_namespace_query_matches_body_message(client: httpx.Client) -> None:
+    query = client.get("/system/functions", params={"namespace": "Bad_NS"})
+    body = deploy(client, "echo2", "cat", namespace="Bad_NS")
+
+    assert query.status_code == 400
+    assert body.status_code == 400
+    assert query.text == body.text
+
+
 def test_list_default_namespace_by_name(client: httpx.Client) -> None:
     response = client.get("/system/functions", params={"namespace": "openfaas-fn"})
 
