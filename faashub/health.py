@@ -9,7 +9,7 @@ rendered, is up to the caller (`queue_worker.server` and
 """
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -29,13 +29,15 @@ async def start_health_listener(
     host: str,
     port: int,
     log: logging.Logger = logger,
+    log_context: Mapping[str, object] | None = None,
 ) -> web.AppRunner:
     """Serve `/healthz` and `/metrics` on host:port, and return the runner.
 
     The caller cleans the runner up when the process stops. `state` returns
     "ready" or what the process waits for. `render_metrics` returns the
-    exposition text and its content type. Raise SettingsError when the
-    address cannot be bound.
+    exposition text and its content type. `log_context` adds fields to the
+    ready line, such as the queue of a queue-worker. Raise SettingsError when
+    the address cannot be bound.
     """
 
     async def healthz(request: web.Request) -> web.Response:
@@ -64,5 +66,6 @@ async def start_health_listener(
             f"Cannot listen for /healthz on {host}:{port}: {exc.strerror or exc}. "
             "Choose a free port with --health-port."
         ) from exc
-    log.info("health listener ready", extra={"ctx": {"address": f"{host}:{port}"}})
+    context = {**(log_context or {}), "address": f"{host}:{port}"}
+    log.info("health listener ready", extra={"ctx": context})
     return runner

@@ -80,4 +80,5 @@ async def start_health_listener(
         host=host,
         port=port,
         log=logger,
+        log_context={"queue": worker.queue},
     )

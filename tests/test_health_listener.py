@@ -55,12 +55,16 @@ async def test_ready_logged_on_given_logger(caplog: pytest.LogCaptureFixture) ->
         host=LOOPBACK,
         port=port,
         log=log,
+        log_context={"queue": "reports"},
     )
     await runner.cleanup()
 
     [record] = [r for r in caplog.records if r.name == log.name]
     assert record.getMessage() == "health listener ready"
-    assert record.__dict__["ctx"] == {"address": f"{LOOPBACK}:{port}"}
+    assert record.__dict__["ctx"] == {
+        "queue": "reports",
+        "address": f"{LOOPBACK}:{port}",
+    }
 
 
 async def test_busy_port_raises_settings_error() -> None:
