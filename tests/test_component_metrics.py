@@ -44,6 +44,18 @@ def test_histogram_default_buckets() -> None:
         assert f'demo_seconds_bucket{{le="{bound}"}}' in text
 
 
+def test_no_created_series() -> None:
+    metrics = ComponentMetrics()
+    metrics.counter("demo_calls", "Calls.", ["function"]).labels("a").inc()
+    metrics.histogram("demo_seconds", "Call time.").observe(0.2)
+
+    text = metrics.exposition()[0].decode()
+
+    assert "demo_calls_total" in text
+    assert "demo_seconds_count" in text
+    assert "_created" not in text
+
+
 def test_keep_child_stops_at_max_size() -> None:
     cache: dict[str, int] = {}
 
