@@ -21,11 +21,13 @@ headers and timeout variables of the exporter, `OTEL_BSP_*` for batching and
 With export on, each hop makes one span, a child of the trace context it
 received. It sends its own `traceparent` onward, with the same trace id and
 the span's id as parent id, so that the hops form one chain. `tracestate`
-goes on exactly as it came. With export off, `enabled` is False and the callers
+goes on as it came, unless it breaks the limits of W3C Trace Context, such
+as more than 32 list members or an invalid or repeated key. The hop then
+sends no tracestate. With export off, `enabled` is False and the callers
 skip this module altogether, so the data path creates no span objects and
-passes the headers through as they came. A failed export never fails a call,
-because the SDK exports from a thread of its own, where it logs an unreachable
-endpoint and drops the batch.
+passes the headers through as they came. A failed export never fails a
+call, because the SDK exports from a thread of its own, where it logs an
+unreachable endpoint and drops the batch.
 
 This module does not decide where spans start; the gateway (`gateway.app`),
 the queue-worker (`queue_worker.handling`, `queue_worker.callback`) and the
@@ -34,8 +36,16 @@ connectors (`connectors.core.invoker`) do.
 
 import logging
 import os
+import re
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from typing import Any, Literal
 
 from faashub import errors, names
@@ -47,6 +57,21 @@ enabled = False
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 _TRACE_HEADER_BYTES = tuple(name.encode() for name in TRACE_HEADERS)
+
+# Limits on the trace headers a caller sends, as opentelemetry-api 1.45
+# applies W3C Trace Context (TraceContextTextMapPropagator and TraceState).
+# A longer traceparent, or a tracestate over these limits, is dropped before
+# OpenTelemetry parses it.
+MAX_TRACEPARENT_CHARS = 512
+MAX_TRACESTATE_CHARS = 8192
+MAX_TRACESTATE_MEMBERS = 32
+
+# A tracestate list member: a simple key, or `tenant@system`, then `=` and a
+# value of printable ASCII without `,` or `=` that does not end in a space.
+_TRACESTATE_MEMBER = re.compile(
+    r"([a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
 
 # Seconds `shutdown` waits for the last batch. An unreachable collector
 # would otherwise hold a stopping component for the exporter's whole
@@ -248,6 +273,14 @@ def start_span(
             carrier.setdefault("traceparent", value)
         elif lowered == "tracestate":
             tracestate.append(value)
+    # OpenTelemetry logs a warning, with no ids and no rate limit, for each
+    # traceparent or tracestate that it rejects. Both come from callers, so
+    # such values are dropped here without a log line.
+    traceparent = carrier.get("traceparent")
+    if traceparent is not None and len(traceparent) > MAX_TRACEPARENT_CHARS:
+        del carrier["traceparent"]
+    if tracestate and not valid_tracestate(tracestate):
+        tracestate = []
     if tracestate:
         carrier["tracestate"] = ",".join(tracestate)
     otel_kind = {
@@ -262,6 +295,34 @@ def start_span(
         attributes=dict(attributes),
     )
     return Span(span, tracestate)
+
+
+def valid_tracestate(values: Sequence[str]) -> bool:
+    """Return whether the `tracestate` header values form a valid list.
+
+    W3C Trace Context allows at most 32 list members, each `key=value` with
+    a key that occurs once. Empty members and spaces or tabs around a member
+    are allowed. The combined value may have at most MAX_TRACESTATE_CHARS
+    characters.
+    """
+    if sum(len(value) for value in values) + len(values) - 1 > MAX_TRACESTATE_CHARS:
+        return False
+    keys: set[str] = set()
+    for value in values:
+        for member in value.split(","):
+            member = member.strip(" \t")
+            if not member:
+                continue
+            match = _TRACESTATE_MEMBER.fullmatch(member)
+            if match is None:
+                return False
+            key = match.group(1)
+            if key in keys:
+                return False
+            keys.add(key)
+            if len(keys) > MAX_TRACESTATE_MEMBERS:
+                return False
+    return True
 
 
 def with_trace_headers(

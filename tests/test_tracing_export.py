@@ -188,6 +188,76 @@ async def test_sqs_invoke_span_exported(
     assert call.header("X-Call-Id") == span.attributes["faashub.call_id"]
 
 
+# A tracestate of 40 list members, 8 more than W3C Trace Context allows.
+LONG_TRACESTATE = ",".join(f"k{index}=v{index}" for index in range(40))
+
+
+# Each case is a list of tracestate header values.
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        pytest.param(["vendor=opaque"], True, id="one-member"),
+        pytest.param(["a=1,b=2", " c=3 ,,"], True, id="two-headers-empty-members"),
+        pytest.param(["t1@sys=x"], True, id="tenant-key"),
+        pytest.param([",".join(f"k{i}=v" for i in range(32))], True, id="32-members"),
+        pytest.param([",".join(f"k{i}=v" for i in range(33))], False, id="33-members"),
+        pytest.param(["a=1", "a=2"], False, id="repeated-key"),
+        pytest.param(["Upper=1"], False, id="uppercase-key"),
+        pytest.param(["a=1=2"], False, id="equals-in-value"),
+        pytest.param(["novalue"], False, id="no-equals"),
+        pytest.param(["a=" + "x" * 9000], False, id="over-8192-chars"),
+    ],
+)
+def test_tracestate_validation(values: list[str], expected: bool) -> None:
+    assert tracing.valid_tracestate(values) is expected
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param([("tracestate", LONG_TRACESTATE)], id="40-members"),
+        pytest.param([("tracestate", "a=1,a=2")], id="repeated-key"),
+        pytest.param([("tracestate", "Bad Member")], id="invalid-member"),
+        pytest.param([("traceparent", "00-" + "a" * 600)], id="long-traceparent"),
+    ],
+)
+async def test_invalid_trace_headers_not_logged(
+    otel_env: pytest.MonkeyPatch,
+    gateway: FakeGateway,
+    caplog: pytest.LogCaptureFixture,
+    headers: list[tuple[str, str]],
+) -> None:
+    gateway.deploy("orders", "orders-queue")
+    with OtlpReceiver() as collector:
+        otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+        assert tracing.setup(default_service_name="faashub-connector-sqs")
+        message = sqs_message()
+        if headers[0][0] == "tracestate":
+            headers = [("traceparent", TRACEPARENT), *headers]
+        message = Message(
+            topic=message.topic,
+            body=message.body,
+            headers=headers,
+            identity=message.identity,
+            context=message.context,
+        )
+
+        with caplog.at_level(logging.WARNING):
+            statuses = [await invoke_once(gateway, message, "sqs") for _ in range(3)]
+        await asyncio.to_thread(tracing.shutdown)
+
+    assert statuses == [200, 200, 200]
+    opentelemetry_records = [
+        record for record in caplog.records if record.name.startswith("opentelemetry")
+    ]
+    assert opentelemetry_records == []
+    for call in gateway.received("orders"):
+        assert call.header_values("tracestate") == []
+        [traceparent] = call.header_values("traceparent")
+        if headers[0][1] == TRACEPARENT:
+            assert traceparent.split("-")[1] == TRACE_ID
+
+
 async def test_unreachable_collector_keeps_calls(
     otel_env: pytest.MonkeyPatch, gateway: FakeGateway
 ) -> None:
