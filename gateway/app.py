@@ -273,7 +273,10 @@ class GatewayApp:
             return
         if self._service_counts is not None:
             await self._service_counts.refresh()
-        body, content_type = self.metrics.render()
+        # Rendered in a worker thread, so that calls keep flowing while a large
+        # registry is rendered. prometheus_client locks each metric while it
+        # reads it.
+        body, content_type = await asyncio.to_thread(self.metrics.render)
         await send(
             {
                 "type": "http.response.start",

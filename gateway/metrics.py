@@ -11,10 +11,15 @@ Dashboards and alerts written for OpenFaaS work unchanged on these series:
 * `gateway_service_count` (function_name): a function's desired replicas,
   as the provider's function listing reports them.
 
-`function_name` is always `name.namespace`, as in OpenFaaS. Those series
-count only calls that pass through the gateway's `/function/` route. A
-queue-worker or connector that sends calls straight to a replica counts them
-in its own metrics (`faashub_worker_attempts`,
+`function_name` is `name.namespace`, as in OpenFaaS, for functions known
+to exist: listed by the provider, or that responded to one of its calls.
+Calls of other names, which any caller can make up, are counted under
+OTHER_FUNCTIONS_LABEL, and so are calls beyond MAX_FUNCTION_LABELS and
+MAX_INVOCATION_LABEL_SETS, so that the registry and each scrape stay
+bounded. The OpenFaaS gateway keeps a series for every name it proxies.
+Those series count only calls that pass through the gateway's `/function/`
+route. A queue-worker or connector that sends calls straight to a replica
+counts them in its own metrics (`faashub_worker_attempts`,
 `faashub_connector_invoked_total`) and reports their number to the gateway
 (`POST /system/direct-invocations`), which adds it to
 `faashub_gateway_direct_invocations_total` (function_name). The
@@ -56,11 +61,25 @@ SERVICE_COUNT_REFRESH_S = 5.0
 # Upper bound on one listing request made for a scrape.
 SERVICE_COUNT_TIMEOUT_S = 2.0
 
-# Cached label children beyond this count are not kept, so that a flood of
-# calls to random function names cannot grow the cache without bound.
-# NOTE: the registry still keeps one series per name and status, as the
-# OpenFaaS gateway does for every name it proxies.
-MAX_CACHED_CHILDREN = 10_000
+# The `function_name` of calls that are not counted per function: calls of
+# names that no deployed function has, and calls beyond MAX_FUNCTION_LABELS
+# or MAX_INVOCATION_LABEL_SETS. Every per-function value contains a dot
+# (`name.namespace`), so this value never collides with one.
+OTHER_FUNCTIONS_LABEL = "other"
+
+# Functions that get series of their own, at most. Each one costs about 18
+# exposition lines per status code (15 histogram buckets, the histogram's
+# sum and count, and the counter), and the registry never drops a series,
+# so this bounds the size of a scrape.
+MAX_FUNCTION_LABELS = 1_000
+
+# Label sets of gateway_function_invocation_total (function and status
+# code) at most, where `NAME` and `NAME.NAMESPACE` in the request path count
+# as two. A new label set beyond it is counted under OTHER_FUNCTIONS_LABEL,
+# so that functions that return many different status codes cannot grow a
+# scrape without bound either. At this limit a scrape has about 90,000
+# lines (8 MB), which the gateway renders in a worker thread.
+MAX_INVOCATION_LABEL_SETS = 5_000
 
 
 class GatewayMetrics(ComponentMetrics):
@@ -97,40 +116,106 @@ class GatewayMetrics(ComponentMetrics):
             "Desired replicas of a function, from the provider's listing.",
             ["function_name"],
         )
-        # Label children by the function name in the request path: `labels()`
-        # takes a lock and builds a key on every call.
+        # The `name.namespace` labels of functions known to exist: listed by
+        # the provider, or whose call got a response from the function. Only
+        # these get series of their own, so that calls of made-up names add
+        # none. At most MAX_FUNCTION_LABELS.
+        self._known_labels: set[str] = set()
+        self._invocation_label_sets = 0
+        # Label children by the function name in the request path, for known
+        # functions only: `labels()` takes a lock and builds a key on every
+        # call. Each cache has at most a few entries per known function.
         self._started_children: dict[str, Gauge] = {}
         self._finished_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
+        self._other_children: dict[int, tuple[Counter, Histogram]] = {}
 
-    def invocation_started(self, function: str) -> None:
-        """Count one started call of `function` (`NAME` or `NAME.NAMESPACE`)."""
+    def invocation_started(self, function: str) -> bool:
+        """Count one started call of `function` (`NAME` or `NAME.NAMESPACE`).
+
+        Return False, and count nothing, when `function` is not known to
+        exist yet: `invocation_finished` then counts the start with the end.
+        """
         child = self._started_children.get(function)
         if child is None:
+            label = function_label(function)
+            if label not in self._known_labels:
+                return False
             child = keep_child(
                 self._started_children,
                 function,
-                self.started.labels(function_label(function)),
-                max_size=MAX_CACHED_CHILDREN,
+                self.started.labels(label),
+                max_size=MAX_FUNCTION_LABELS * 2,
             )
         child.inc()
+        return True
 
-    def invocation_finished(self, function: str, code: int, duration_s: float) -> None:
-        """Count one finished call of `function` with status `code`."""
+    def invocation_finished(
+        self,
+        function: str,
+        code: int,
+        duration_s: float,
+        *,
+        function_responded: bool,
+        start_counted: bool = True,
+    ) -> None:
+        """Count one finished call of `function` with status `code`.
+
+        `function_responded` is True when the response came from the
+        function, so that the function exists. A call that did not reach a
+        function, such as the provider's 404 for an unknown name or a 502
+        made by the gateway, is counted under OTHER_FUNCTIONS_LABEL unless
+        the function is already known. With `start_counted` False, the start
+        of the call is counted here too.
+        """
         key = (function, code)
         children = self._finished_children.get(key)
         if children is None:
-            label = function_label(function)
-            children = keep_child(
-                self._finished_children,
-                key,
-                (
-                    self.invocations.labels(label, str(code)),
-                    self.duration.labels(label, str(code)),
-                ),
-                max_size=MAX_CACHED_CHILDREN,
-            )
+            children = self._finished_children_for(function, code, function_responded)
+        if not start_counted:
+            self._count_late_start(function)
         children[0].inc()
         children[1].observe(duration_s)
+
+    def _finished_children_for(
+        self, function: str, code: int, function_responded: bool
+    ) -> tuple[Counter, Histogram]:
+        label = function_label(function)
+        if label not in self._known_labels:
+            if not function_responded or not self._add_known_label(label):
+                return self._other_finished_children(code)
+        if self._invocation_label_sets >= MAX_INVOCATION_LABEL_SETS:
+            return self._other_finished_children(code)
+        self._invocation_label_sets += 1
+        return keep_child(
+            self._finished_children,
+            (function, code),
+            (
+                self.invocations.labels(label, str(code)),
+                self.duration.labels(label, str(code)),
+            ),
+            max_size=MAX_INVOCATION_LABEL_SETS * 2,
+        )
+
+    def _other_finished_children(self, code: int) -> tuple[Counter, Histogram]:
+        children = self._other_children.get(code)
+        if children is None:
+            children = (
+                self.invocations.labels(OTHER_FUNCTIONS_LABEL, str(code)),
+                self.duration.labels(OTHER_FUNCTIONS_LABEL, str(code)),
+            )
+            self._other_children[code] = children
+        return children
+
+    def _count_late_start(self, function: str) -> None:
+        if not self.invocation_started(function):
+            self.started.labels(OTHER_FUNCTIONS_LABEL).inc()
+
+    def _add_known_label(self, label: str) -> bool:
+        """Add `label` to the known functions, unless there are too many."""
+        if len(self._known_labels) >= MAX_FUNCTION_LABELS:
+            return False
+        self._known_labels.add(label)
+        return True
 
     def direct_calls_reported(self, function: str, count: int) -> None:
         """Add `count` calls of `function` that went straight to a replica."""
@@ -166,6 +251,7 @@ class GatewayMetrics(ComponentMetrics):
                         self.service_count.remove(label)
         for label, count in replicas.items():
             self.service_count.labels(label).set(count)
+            self._add_known_label(label)
 
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text and its content type."""

@@ -29,17 +29,19 @@ gives 502, both marked `X-OpenFaaS-Internal: gateway`. OpenFaaS's gateway
 returns 502 for both. One that refuses the connection gives 503 with
 Retry-After instead, because nothing reached the function. The caller's
 request body must arrive whole within `body_read_timeout_s` of the first
-read, else 408. The proxy neither looks the function up nor sends a request
-twice (its session comes from `faashub.http_sessions`), except once to the
-provider after a replica refused the connection: an unknown function is the
-provider's 404.
+read, else 408. A caller that disconnects while the gateway waits for the
+response headers cancels the upstream request. The proxy neither looks the
+function up nor sends a request twice (its session comes from
+`faashub.http_sessions`), except once to the provider after a replica
+refused the connection: an unknown function is the provider's 404.
 """
 
 import asyncio
+import enum
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -119,6 +121,23 @@ def install_log_filter() -> None:
         uvicorn_logger.addFilter(IncompleteResponseFilter())
 
 
+class _Outcome(enum.Enum):
+    """The party that ended a call, as the metrics count it."""
+
+    FUNCTION = "function"
+    """The function made the response, so it exists."""
+    PLATFORM = "platform"
+    """The gateway or the provider made the response, or none was sent."""
+    CALLER_LEFT = "caller-left"
+    """The caller disconnected before the response started."""
+
+
+# The status code counted for a call whose caller disconnected before the
+# response started. Nothing is sent to the caller. 499 is nginx's code for a
+# client that closed the request, and it is no success in any dashboard.
+CALLER_LEFT_STATUS = 499
+
+
 class _ClientDisconnected(Exception):
     """The caller went away while its request body was being forwarded."""
 
@@ -171,9 +190,11 @@ class SyncProxy:
     `replicas` defaults to a ReplicaUrls cache on `session` and
     `provider_url`. With `metrics`, each call with a valid function name is
     counted: started before it goes upstream, and finished with the status
-    the caller got. A call whose caller leaves before any response is
-    counted as started only. An Authorization header that `authenticator`
-    accepts carries the gateway's own credentials, so it is not forwarded.
+    the caller got (see `GatewayMetrics` for the names that get series of
+    their own). A call whose caller leaves before the response starts is
+    cancelled upstream and counted with CALLER_LEFT_STATUS. An Authorization
+    header that `authenticator` accepts carries the gateway's own
+    credentials, so it is not forwarded.
     """
 
     def __init__(
@@ -217,9 +238,10 @@ class SyncProxy:
             await self._proxy(scope, receive, send, name, path_suffix)
             return
 
-        metrics.invocation_started(name)
+        start_counted = metrics.invocation_started(name)
         started_s = time.perf_counter()
         status = 0
+        outcome = _Outcome.PLATFORM
 
         async def send_and_note_status(message: Message) -> None:
             nonlocal status
@@ -228,21 +250,37 @@ class SyncProxy:
             await send(message)
 
         try:
-            await self._proxy(scope, receive, send_and_note_status, name, path_suffix)
+            outcome = await self._proxy(
+                scope, receive, send_and_note_status, name, path_suffix
+            )
         finally:
+            if not status and outcome is _Outcome.CALLER_LEFT:
+                status = CALLER_LEFT_STATUS
             if status:
                 metrics.invocation_finished(
-                    name, status, time.perf_counter() - started_s
+                    name,
+                    status,
+                    time.perf_counter() - started_s,
+                    function_responded=outcome is _Outcome.FUNCTION,
+                    start_counted=start_counted,
                 )
 
     async def _proxy(
         self, scope: Scope, receive: Receive, send: Send, name: str, path_suffix: str
-    ) -> None:
+    ) -> _Outcome:
+        """Proxy one call and return its outcome.
+
+        The outcome is FUNCTION for a response that a replica sent, or that
+        the provider passed on from the function. The provider's 404 (an
+        unknown function), a response that the provider marked
+        X-OpenFaaS-Internal and every response that the gateway made are
+        PLATFORM.
+        """
         try:
             headers, call_id = _upstream_headers(scope, self._authenticator)
         except errors.InvalidRequest as exc:
             await asgi.send_text(send, 400, f"{exc}\n")
-            return
+            return _Outcome.PLATFORM
         start_time = str(time.time_ns())
         headers.append((shared.START_TIME, start_time))
         call = _Call(
@@ -263,9 +301,9 @@ class SyncProxy:
                 message = await receive()
         except TimeoutError:
             await self._send_body_read_timeout(call, send)
-            return
+            return _Outcome.PLATFORM
         if message["type"] == "http.disconnect":
-            return
+            return _Outcome.CALLER_LEFT
         first_chunk: bytes = message.get("body", b"")
         request_body: _RequestBody | None = None
         data: bytes | AsyncIterator[bytes] | None = first_chunk or None
@@ -282,7 +320,7 @@ class SyncProxy:
             query="?" + query.decode("latin-1") if query else "",
             replica=await self._replicas.pick(name),
         )
-        response = await self._open(
+        opening = self._open(
             call,
             send,
             method=scope["method"],
@@ -291,8 +329,29 @@ class SyncProxy:
             data=data,
             request_body=request_body,
         )
+        if request_body is None:
+            # The whole body has arrived, so `receive` is free to report a
+            # caller that disconnects while the function runs.
+            response = await _unless_caller_leaves(opening, receive)
+        else:
+            response = await opening
+        if response is _CALLER_LEFT:
+            logger.debug(
+                "caller went away before the response; call cancelled",
+                extra=call.log_extra(),
+            )
+            return _Outcome.CALLER_LEFT
         if response is None:
-            return
+            if request_body is not None and request_body.disconnected:
+                return _Outcome.CALLER_LEFT
+            return _Outcome.PLATFORM
+        assert isinstance(response, aiohttp.ClientResponse)
+        if target.replica is not None or (
+            response.status != 404 and shared.OPENFAAS_INTERNAL not in response.headers
+        ):
+            outcome = _Outcome.FUNCTION
+        else:
+            outcome = _Outcome.PLATFORM
 
         try:
             # `receive` is free for watching the caller only once the upload
@@ -315,6 +374,7 @@ class SyncProxy:
             _response_broke_off.set(True)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("proxied call", extra=call.log_extra(status=response.status))
+        return outcome
 
     async def _open(
         self,
@@ -637,7 +697,12 @@ class _Call:
     """X-Call-Id, X-Start-Time and X-Served-By for the caller's response."""
 
     def context(self, **fields: object) -> dict[str, object]:
-        return {"function": self.function, "call_id": self.call_id, **fields}
+        """Return the log fields of the call, with the function as `name.namespace`.
+
+        `function` is already validated, so it parses.
+        """
+        function = str(names.parse_function_ref(self.function))
+        return {"function": function, "call_id": self.call_id, **fields}
 
     def log_extra(self, **fields: object) -> dict[str, dict[str, object]]:
         return {"ctx": self.context(**fields)}
@@ -708,6 +773,49 @@ def _upstream_headers(
     if not forwarded_for and client:
         headers.append((shared.FORWARDED_FOR, client[0]))
     return headers, call_id
+
+
+# Returned by `_unless_caller_leaves` when the caller disconnected first.
+_CALLER_LEFT = object()
+
+
+async def _unless_caller_leaves(
+    opening: Coroutine[None, None, aiohttp.ClientResponse | None], receive: Receive
+) -> aiohttp.ClientResponse | None | object:
+    """Await `opening`, or cancel it and return _CALLER_LEFT when the caller leaves.
+
+    Cancelling the upstream request closes its connection, so the provider or
+    the replica stops serving the call, as with OpenFaaS's gateway, whose
+    proxy sends the upstream request with the caller's request context.
+    `opening` runs in the current task, which the disconnect cancels, as
+    `asyncio.timeout` does: one task per call less than a race of two.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    cancelling = task.cancelling()
+    waiting = True
+    caller_left = False
+
+    def cancel_opening(watcher: "asyncio.Future[None]") -> None:
+        nonlocal caller_left
+        if waiting and not watcher.cancelled() and watcher.exception() is None:
+            caller_left = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    watcher.add_done_callback(cancel_opening)
+    try:
+        return await opening
+    except asyncio.CancelledError:
+        # Only this function's own cancel is absorbed. A cancel of the task
+        # from elsewhere, such as the server stopping, goes on.
+        if caller_left and task.uncancel() <= cancelling:
+            return _CALLER_LEFT
+        raise
+    finally:
+        waiting = False
+        watcher.remove_done_callback(cancel_opening)
+        watcher.cancel()
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -9,13 +9,16 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from faashub import constants as shared
-from gateway.metrics import GatewayMetrics
+from gateway import metrics as gateway_metrics
+from gateway.metrics import OTHER_FUNCTIONS_LABEL, GatewayMetrics
 from tests.conftest import LOOPBACK, free_port
 from tests.gateway.conftest import FakeProvider, GatewayFactory, wait_until_healthy
 
 pytestmark = pytest.mark.timeout(30)
 
 ECHO = "echo.openfaas-fn"
+MISSING = "missing.openfaas-fn"
+OTHER = OTHER_FUNCTIONS_LABEL
 
 
 class ListingProvider(FakeProvider):
@@ -31,6 +34,12 @@ class ListingProvider(FakeProvider):
         if request.method == "GET" and request.path == "/system/namespaces":
             return web.json_response([shared.DEFAULT_NAMESPACE])
         return await super()._system(request)
+
+    async def _function(self, request: web.Request) -> web.StreamResponse:
+        # Names that start with `nosuch` get the provider's 404, as `missing`.
+        if request.match_info["tail"].startswith("nosuch"):
+            return web.Response(status=404, text="function not found")
+        return await super()._function(request)
 
 
 @pytest.fixture
@@ -92,8 +101,10 @@ async def test_sync_calls_counted_by_name_and_code(
     assert found[("gateway_function_invocation_started", labels(ECHO))] == 4
     assert found[("gateway_functions_seconds_count", labels(ECHO, "201"))] == 4
     assert found[("gateway_functions_seconds_sum", labels(ECHO, "201"))] > 0
-    missing = "missing.openfaas-fn"
-    assert found[("gateway_function_invocation_total", labels(missing, "404"))] == 1
+    # `missing` is in no listing and got the provider's 404: not a function.
+    assert ("gateway_function_invocation_total", labels(MISSING, "404")) not in found
+    assert found[("gateway_function_invocation_total", labels(OTHER, "404"))] == 1
+    assert found[("gateway_function_invocation_started", labels(OTHER))] == 1
     assert not any("bad" in str(key) for key in found)
 
 
@@ -108,10 +119,12 @@ async def test_upstream_failure_counted_with_gateway_status(
         assert (await client.get("/function/echo")).status_code == 503
         response = await client.get("/metrics")
 
-    # The replica counts cannot be listed, and the scrape still succeeds.
+    # The replica counts cannot be listed, and the scrape still succeeds. The
+    # gateway made the 503, so it cannot tell that `echo` exists.
     assert response.status_code == 200
     found = samples(response.text)
-    assert found[("gateway_function_invocation_total", labels(ECHO, "503"))] == 1
+    assert found[("gateway_function_invocation_total", labels(OTHER, "503"))] == 1
+    assert ("gateway_function_invocation_total", labels(ECHO, "503")) not in found
     assert not any(name == "gateway_service_count" for name, _ in found)
 
 
@@ -224,9 +237,9 @@ def test_service_count_drops_removed_functions() -> None:
 
 def test_counts_summed_over_codes() -> None:
     metrics = GatewayMetrics()
-    metrics.invocation_finished("fn", 200, 0.01)
-    metrics.invocation_finished("fn.openfaas-fn", 500, 0.02)
-    metrics.invocation_finished("other.team", 200, 0.03)
+    metrics.invocation_finished("fn", 200, 0.01, function_responded=True)
+    metrics.invocation_finished("fn.openfaas-fn", 500, 0.02, function_responded=True)
+    metrics.invocation_finished("other.team", 200, 0.03, function_responded=True)
 
     counts = metrics.invocation_counts()
 
@@ -240,3 +253,97 @@ async def test_concurrent_scrapes_list_once(
 
     assert [response.status_code for response in responses] == [200] * 5
     assert provider.listings == 1
+
+
+async def test_made_up_names_add_no_series(client: httpx.AsyncClient) -> None:
+    names = [f"nosuch{index:04d}" for index in range(200)]
+    for name in names:
+        assert (await client.post(f"/function/{name}")).status_code == 404
+    assert (await client.get("/function/nosuch.team-a")).status_code == 404
+
+    response = await client.get("/metrics")
+
+    found = samples(response.text)
+    function_labels = {
+        dict(label_pairs)["function_name"]
+        for name, label_pairs in found
+        if name.startswith("gateway_function")
+    }
+    assert function_labels == {OTHER}
+    assert found[("gateway_function_invocation_total", labels(OTHER, "404"))] == 201
+    assert found[("gateway_function_invocation_started", labels(OTHER))] == 201
+    assert len(response.content) < 20_000
+    assert "_created" not in response.text
+
+
+async def test_listed_function_own_404_counted(
+    client: httpx.AsyncClient, provider: ListingProvider
+) -> None:
+    provider.listing.append({"name": "missing", "replicas": 1})
+    await client.get("/metrics")  # the scrape lists the functions
+
+    for _ in range(2):
+        assert (await client.get("/function/missing")).status_code == 404
+    found = samples((await client.get("/metrics")).text)
+
+    assert found[("gateway_function_invocation_total", labels(MISSING, "404"))] == 2
+    assert found[("gateway_function_invocation_started", labels(MISSING))] == 2
+    assert ("gateway_function_invocation_total", labels(OTHER, "404")) not in found
+
+
+async def test_caller_leaving_counted_499(
+    client: httpx.AsyncClient, provider: ListingProvider
+) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        await client.post("/function/slow", content=b"x", timeout=0.5)
+
+    # The function never responds (`release` is not set), so a 499 proves
+    # that the gateway stopped waiting for it.
+    for _ in range(50):
+        found = samples((await client.get("/metrics")).text)
+        key = ("gateway_function_invocation_total", labels(OTHER, "499"))
+        if key in found:
+            break
+        await asyncio.sleep(0.1)
+    assert found[key] == 1
+    assert not any(
+        dict(pairs).get("code") == "200"
+        for name, pairs in found
+        if "slow" in str(pairs)
+    )
+    assert not provider.release.is_set()
+
+
+def test_function_labels_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_metrics, "MAX_FUNCTION_LABELS", 3)
+    metrics = GatewayMetrics()
+    for index in range(5):
+        metrics.invocation_finished(
+            f"fn{index}", 200, 0.01, function_responded=True, start_counted=False
+        )
+
+    found = samples(metrics.render()[0].decode())
+
+    for index in range(3):
+        label = labels(f"fn{index}.openfaas-fn", "200")
+        assert found[("gateway_function_invocation_total", label)] == 1
+    assert found[("gateway_function_invocation_total", labels(OTHER, "200"))] == 2
+    assert found[("gateway_function_invocation_started", labels(OTHER))] == 2
+
+
+def test_label_sets_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_metrics, "MAX_INVOCATION_LABEL_SETS", 4)
+    metrics = GatewayMetrics()
+    for code in range(200, 210):
+        metrics.invocation_finished("fn", code, 0.01, function_responded=True)
+
+    found = samples(metrics.render()[0].decode())
+
+    per_function = [
+        pairs
+        for name, pairs in found
+        if name == "gateway_function_invocation_total"
+        and dict(pairs)["function_name"] == "fn.openfaas-fn"
+    ]
+    assert len(per_function) == 4
+    assert found[("gateway_function_invocation_total", labels(OTHER, "209"))] == 1

@@ -247,8 +247,24 @@ async def test_sync_stopped_provider_503(
     ]
     assert len(warnings) == 1
     context = vars(warnings[0])["ctx"]
-    assert context["function"] == "echo"
+    assert context["function"] == "echo.openfaas-fn"
     assert context["call_id"] == "id-503"
+
+
+async def test_sync_debug_line_has_namespace(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="gateway.sync_proxy"):
+        response = await client.post(
+            "/function/echo", content=b"x", headers={"X-Call-Id": "id-debug"}
+        )
+
+    assert response.status_code == 201
+    [record] = [r for r in caplog.records if r.getMessage() == "proxied call"]
+    context = vars(record)["ctx"]
+    assert context["function"] == "echo.openfaas-fn"
+    assert context["call_id"] == "id-debug"
+    assert context["status"] == 201
 
 
 async def test_sync_slow_provider_504(

@@ -101,7 +101,7 @@ async def test_sync_slow_body_gets_408(
     assert b"FAASHUB_BODY_READ_TIMEOUT_S" in reply
     [record] = [r for r in caplog.records if r.message == "request body timed out"]
     assert record.levelno == logging.INFO
-    assert record.ctx["function"] == "echo"
+    assert record.ctx["function"] == "echo.openfaas-fn"
     assert record.ctx["body_read_timeout_s"] == BODY_TIMEOUT_S
     if not body_start:
         assert provider.received == []
