@@ -472,12 +472,19 @@ def test_broken_response_closes_connection(
     deploy_echo(client, echo_command)
     echo(client)
 
+    caplog.set_level(logging.WARNING, logger="provider.local.http_mode")
     with caplog.at_level(logging.WARNING, logger="provider.api"):
         with pytest.raises(httpx.RemoteProtocolError):
             client.get("/function/echo/truncate")
 
     broken = [r for r in caplog.records if "broken off" in r.getMessage()]
     assert len(broken) == 1
+    # NOTE: a request sent before the provider has seen the exit can meet the
+    # dying process and get 500 for a reset, so the calls start after that.
+    wait_until(
+        lambda: any("process stopped" in r.getMessage() for r in caplog.records),
+        what="the provider to see the process exit",
+    )
     assert echo_after_restart(client)["path"] == "/"
 
 
