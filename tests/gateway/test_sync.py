@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from faashub import __version__
-from tests.conftest import LOOPBACK, free_port
+from tests.conftest import LOOPBACK, free_port, wait_until
 from tests.gateway.conftest import (
     BIG_BODY,
     GZIP_TEXT,
@@ -260,7 +260,13 @@ async def test_sync_debug_line_has_namespace(
         )
 
     assert response.status_code == 201
-    [record] = [r for r in caplog.records if r.getMessage() == "proxied call"]
+
+    def proxied() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "proxied call"]
+
+    # The line is written after the response went out.
+    await wait_until(lambda: bool(proxied()), description="the proxied call line")
+    [record] = proxied()
     context = vars(record)["ctx"]
     assert context["function"] == "echo.openfaas-fn"
     assert context["call_id"] == "id-debug"
