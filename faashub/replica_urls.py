@@ -94,6 +94,46 @@ class _Report:
     turn: Iterator[Replica] | None
 
 
+def shorter_exec_timeout_s(replica: Replica, limit_s: float | None) -> float | None:
+    """Return the replica's exec timeout if it ends a call before `limit_s`, else None.
+
+    `limit_s` None means that the call has no other limit.
+    """
+    exec_timeout_s = replica.exec_timeout_s
+    if exec_timeout_s is None or (limit_s is not None and exec_timeout_s >= limit_s):
+        return None
+    return exec_timeout_s
+
+
+# Maximum number of call timeouts an ExecTimeouts keeps.
+_MAX_CACHED_TIMEOUTS = 256
+
+
+class ExecTimeouts:
+    """aiohttp timeouts of direct calls, one per exec timeout, kept for reuse.
+
+    Each timeout has the exec timeout as its total (None for no limit) and
+    `sock_read_s` as its wait for each piece of the response. The few
+    distinct values are kept, and the store starts over when it is full.
+    """
+
+    def __init__(self, *, sock_read_s: float | None = None) -> None:
+        self._sock_read_s = sock_read_s
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+
+    def get(self, exec_timeout_s: float | None) -> aiohttp.ClientTimeout:
+        """Return the timeout of a call with `exec_timeout_s`."""
+        timeout = self._timeouts.get(exec_timeout_s)
+        if timeout is None:
+            if len(self._timeouts) >= _MAX_CACHED_TIMEOUTS:
+                self._timeouts.clear()
+            timeout = aiohttp.ClientTimeout(
+                total=exec_timeout_s, sock_read=self._sock_read_s
+            )
+            self._timeouts[exec_timeout_s] = timeout
+        return timeout
+
+
 def exec_timeout_message(function: str, exec_timeout_s: float) -> str:
     """Return the 504 text for a call of `function` that exceeded its exec timeout.
 

@@ -54,7 +54,7 @@ from faashub import errors as shared_errors
 from faashub import names
 from faashub.headers import canonical_header_name, is_utf8, non_utf8_value_message
 from faashub.logs import LimitedWarning
-from faashub.replica_urls import Replica, exec_timeout_message
+from faashub.replica_urls import ExecTimeouts, Replica, exec_timeout_message
 from gateway import asgi, constants, errors, limits
 from gateway.auth import Authenticator
 from gateway.call_ids import check_call_id, new_call_id
@@ -90,8 +90,6 @@ _response_broke_off: ContextVar[bool] = ContextVar(
     "gateway_response_broke_off", default=False
 )
 
-# Maximum number of replica call timeouts kept, one for each exec timeout.
-_MAX_CACHED_TIMEOUTS = 256
 
 # Cached, because the same few header names come with every request.
 _canonical_name = functools.lru_cache(maxsize=1024)(canonical_header_name)
@@ -215,7 +213,7 @@ class SyncProxy:
         self._upstream_timeout_s = upstream_timeout_s
         self._body_read_timeout_s = body_read_timeout_s
         self._replicas = replicas or ReplicaUrls(session, provider_url)
-        self._replica_timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+        self._replica_timeouts = ExecTimeouts(sock_read_s=upstream_timeout_s)
         self._timeout_warnings = LimitedWarning(
             logger, interval_s=constants.WARNING_INTERVAL_S
         )
@@ -418,7 +416,7 @@ class SyncProxy:
                             ],
                             data=data,
                             allow_redirects=False,
-                            timeout=self._replica_timeout(exec_timeout_s),
+                            timeout=self._replica_timeouts.get(exec_timeout_s),
                         )
                     except aiohttp.ClientConnectorError as exc:
                         self._replicas.forget(target.function, replica.url)
@@ -488,22 +486,6 @@ class SyncProxy:
                 )
         await asgi.send_gateway_error(send, 502, text, headers=call.own_headers)
         return None
-
-    def _replica_timeout(self, exec_timeout_s: float | None) -> aiohttp.ClientTimeout:
-        """Return the timeout of a call to a replica: the exec timeout in total.
-
-        Each wait for a piece of the response keeps the session's
-        `upstream_timeout_s`. The few distinct values are kept for reuse.
-        """
-        timeout = self._replica_timeouts.get(exec_timeout_s)
-        if timeout is None:
-            if len(self._replica_timeouts) >= _MAX_CACHED_TIMEOUTS:
-                self._replica_timeouts.clear()
-            timeout = aiohttp.ClientTimeout(
-                total=exec_timeout_s, sock_read=self._upstream_timeout_s
-            )
-            self._replica_timeouts[exec_timeout_s] = timeout
-        return timeout
 
     async def _send_exec_timeout(
         self, call: "_Call", send: Send, exec_timeout_s: float

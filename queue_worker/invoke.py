@@ -33,7 +33,12 @@ import yarl
 from faashub import constants
 from faashub.headers import wire_text
 from faashub.queued_call import QueuedCall
-from faashub.replica_urls import Replica, exec_timeout_message
+from faashub.replica_urls import (
+    ExecTimeouts,
+    Replica,
+    exec_timeout_message,
+    shorter_exec_timeout_s,
+)
 from queue_worker.constants import INTERNAL_ERROR_SOURCE
 
 # Caller headers the worker never forwards: hop-by-hop ones, the ones aiohttp
@@ -56,10 +61,8 @@ LARGE_BODY_BYTES = 1024 * 1024
 _PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
 
-# Timeouts of replica calls, by exec timeout in seconds, kept for reuse. The
-# cache starts over when it reaches this size.
-_MAX_CACHED_TIMEOUTS = 256
-_exec_timeouts: dict[float, aiohttp.ClientTimeout] = {}
+# Timeouts of replica calls, by exec timeout in seconds, kept for reuse.
+_exec_timeouts = ExecTimeouts()
 
 
 @dataclass(slots=True)
@@ -120,13 +123,9 @@ async def invoke_replica(
     that exceeds it gets a 504 with the provider's text.
     """
     url = replica_request_url(replica.url, call)
-    exec_timeout_s = replica.exec_timeout_s
-    if exec_timeout_s is not None and (
-        http_timeout.total is None or exec_timeout_s < http_timeout.total
-    ):
-        http_timeout = _exec_timeout(exec_timeout_s)
-    else:
-        exec_timeout_s = None
+    exec_timeout_s = shorter_exec_timeout_s(replica, http_timeout.total)
+    if exec_timeout_s is not None:
+        http_timeout = _exec_timeouts.get(exec_timeout_s)
     try:
         return await _send(
             session,
@@ -139,17 +138,6 @@ async def invoke_replica(
         )
     except aiohttp.ClientConnectorError:
         return None
-
-
-def _exec_timeout(exec_timeout_s: float) -> aiohttp.ClientTimeout:
-    timeout = _exec_timeouts.get(exec_timeout_s)
-    if timeout is None:
-        if len(_exec_timeouts) >= _MAX_CACHED_TIMEOUTS:
-            _exec_timeouts.clear()
-        timeout = _exec_timeouts[exec_timeout_s] = aiohttp.ClientTimeout(
-            total=exec_timeout_s
-        )
-    return timeout
 
 
 def replica_request_url(replica_url: str, call: QueuedCall) -> yarl.URL:

@@ -20,9 +20,11 @@ from faashub.replica_urls import (
     DIRECT_INVOCATIONS_PATH,
     FAILED_REPORT_TTL_S,
     MAX_TTL_S,
+    ExecTimeouts,
     Replica,
     ReplicaUrlCache,
     ReplicaUrls,
+    shorter_exec_timeout_s,
 )
 from tests.conftest import LOOPBACK, wait_until
 
@@ -390,3 +392,33 @@ async def test_failed_direct_calls_report_warns(
     [record] = caplog.records
     assert "direct calls not reported to the gateway" in record.getMessage()
     assert record.__dict__["ctx"] == {"calls": 1, "error": "status 500"}
+
+
+@pytest.mark.parametrize(
+    ("exec_timeout_s", "limit_s", "applied"),
+    [
+        pytest.param(3.0, 300.0, 3.0, id="shorter"),
+        pytest.param(3.0, None, 3.0, id="no-other-limit"),
+        pytest.param(300.0, 300.0, None, id="equal"),
+        pytest.param(600.0, 300.0, None, id="longer"),
+        pytest.param(None, 300.0, None, id="none-reported"),
+    ],
+)
+def test_shorter_exec_timeout_cases(
+    exec_timeout_s: float | None, limit_s: float | None, applied: float | None
+) -> None:
+    replica = Replica("http://127.0.0.1:1", exec_timeout_s)
+
+    assert shorter_exec_timeout_s(replica, limit_s) == applied
+
+
+def test_exec_timeouts_reused_per_value() -> None:
+    timeouts = ExecTimeouts(sock_read_s=30.0)
+
+    first = timeouts.get(3.0)
+
+    assert timeouts.get(3.0) is first
+    assert first.total == 3.0
+    assert first.sock_read == 30.0
+    assert timeouts.get(None).total is None
+    assert ExecTimeouts().get(5.0).sock_read is None

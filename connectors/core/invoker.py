@@ -67,7 +67,12 @@ from faashub import constants as shared
 from faashub import http_sessions, names, tracing
 from faashub.credentials import InvocationCredentials
 from faashub.headers import canonical_header_name
-from faashub.replica_urls import Replica, ReplicaUrls, exec_timeout_message
+from faashub.replica_urls import (
+    ExecTimeouts,
+    ReplicaUrls,
+    exec_timeout_message,
+    shorter_exec_timeout_s,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +198,7 @@ class Invoker:
         self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         # Timeouts of direct calls, by the function's exec timeout in seconds.
-        self._exec_timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._exec_timeouts = ExecTimeouts()
         self._max_body_bytes = max_body_bytes
         # Parsed once: aiohttp parses a URL given as text on every request.
         self._urls: dict[names.FunctionRef, yarl.URL] = {}
@@ -396,7 +401,7 @@ class Invoker:
                     message.body,
                     function=function,
                     to_replica=True,
-                    exec_timeout_s=self._applied_exec_timeout_s(replica),
+                    exec_timeout_s=shorter_exec_timeout_s(replica, self._timeout_s),
                 )
                 if not response.replica_refused:
                     self._replicas.record_call(function)
@@ -422,22 +427,6 @@ class Invoker:
         ):
             response = await self._send_to_gateway(message, function, call_id)
         return response
-
-    def _applied_exec_timeout_s(self, replica: Replica) -> float | None:
-        """Return the replica's exec timeout if it ends a call sooner, else None."""
-        exec_timeout_s = replica.exec_timeout_s
-        if exec_timeout_s is None or exec_timeout_s >= self._timeout_s:
-            return None
-        return exec_timeout_s
-
-    def _exec_timeout(self, exec_timeout_s: float) -> aiohttp.ClientTimeout:
-        timeout = self._exec_timeouts.get(exec_timeout_s)
-        if timeout is None:
-            if len(self._exec_timeouts) >= MAX_CACHED_REPLICA_URLS:
-                self._exec_timeouts.clear()
-            timeout = aiohttp.ClientTimeout(total=exec_timeout_s)
-            self._exec_timeouts[exec_timeout_s] = timeout
-        return timeout
 
     async def _send_to_gateway(
         self, message: Message, function: names.FunctionRef, call_id: str
@@ -503,7 +492,7 @@ class Invoker:
         """Send one request; `exec_timeout_s` replaces the upstream timeout."""
         timeout = self._timeout
         if exec_timeout_s is not None:
-            timeout = self._exec_timeout(exec_timeout_s)
+            timeout = self._exec_timeouts.get(exec_timeout_s)
         try:
             # Awaited, not entered with `async with`, because the context
             # manager adds two coroutine frames that are resumed on every wait
