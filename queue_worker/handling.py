@@ -338,12 +338,11 @@ class CallHandler:
             ) / _NS_PER_S
             metrics.start_delay.observe(max(start_delay_s, 0.0))
         metrics.attempt_started(job.function)
-        metrics.in_flight.inc()
         started_s = time.monotonic()
         try:
             result = await self._invoke(call, body)
         finally:
-            metrics.in_flight.dec()
+            metrics.attempt_ended()
         duration_s = time.monotonic() - started_s
         await self._conclude(job, policy.retry, record, lease, result, duration_s)
 
@@ -562,7 +561,7 @@ class CallHandler:
                 retry=retry,
                 retry_max=policy.attempts,
             )
-            metrics.callback_failures.inc(delivery.failed_tries)
+            metrics.callback_failed(delivery.failed_tries)
             if not delivery.delivered:
                 letter = _callback_dead_letter(
                     call,

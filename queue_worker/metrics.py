@@ -6,9 +6,25 @@ process (as in tests) do not collide. The names start with
 
 Queue depth comes from the consumer's state, which the worker reads when
 `/metrics` is scraped rather than on a timer.
+
+The per-call updates are plain Python. prometheus_client takes a lock and
+makes several calls for each counter increment, gauge change or histogram
+observation: about 13 µs per call in all, against 2 µs here, in a timeit
+measurement on the benchmark machine. Counter increments wait in a dict
+until `/metrics` is rendered. The gauge of calls in flight reads a plain
+number at that time. The start delays are counted by bucket here and
+exposed by a collector of their own. A scrape shows the same series and
+values as direct updates would. The worker updates and renders on its
+event loop only, so these counts need no lock.
 """
 
+import bisect
+from collections.abc import Iterator
+
 from prometheus_client import Counter
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from faashub.metrics import ComponentMetrics
 
@@ -52,6 +68,9 @@ class WorkerMetrics(ComponentMetrics):
             "faashub_worker_calls_in_flight",
             "Calls this worker is running now.",
         )
+        self.running = 0
+        """Invocations in flight now, which `in_flight` reports."""
+        self.in_flight.set_function(lambda: self.running)
         self.attempts = self.counter(
             "faashub_worker_attempts",
             "Invocations of queued calls, retries included.",
@@ -76,39 +95,62 @@ class WorkerMetrics(ComponentMetrics):
             "faashub_worker_callback_failures",
             "Callback deliveries that failed (each try counts once).",
         )
-        self.start_delay = self.histogram(
+        self.start_delay = _Histogram(
             "faashub_worker_start_delay_seconds",
             "Seconds from a call's acceptance (or the time it was delayed to) "
             "to the start of its first attempt.",
-            buckets=START_DELAY_BUCKETS_S,
+            START_DELAY_BUCKETS_S,
         )
+        self.registry.register(self.start_delay)
 
         # Labelled children by metric and label values: `labels()` takes a
         # lock and builds a key on every call, which adds up per call.
         self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+        # Increments not yet in the registry, by metric and label values.
+        self._unflushed: dict[tuple[Counter, tuple[str, ...]], int] = {}
 
     def attempt_started(self, function: str) -> None:
-        """Count one invocation of `function` (`name.namespace`)."""
-        self._child(self.attempts, function).inc()
+        """Count one invocation of `function` (`name.namespace`), now running."""
+        self._count(self.attempts, (function,))
+        self.running += 1
+
+    def attempt_ended(self) -> None:
+        """Record that one invocation stopped running."""
+        self.running -= 1
 
     def retry_scheduled(self, function: str) -> None:
         """Count one failed invocation of `function` that runs again."""
-        self._child(self.retries, function).inc()
+        self._count(self.retries, (function,))
 
     def call_finished(self, function: str, state: str) -> None:
         """Count one call of `function` that reached final `state`."""
-        self._child(self.calls, function, state).inc()
+        self._count(self.calls, (function, state))
 
     def dead_lettered(self, kind: str, reason: str) -> None:
         """Count one dead letter of `kind` written for `reason`."""
-        self._child(self.dead_letters, kind, reason).inc()
+        self._count(self.dead_letters, (kind, reason))
 
-    def _child(self, metric: Counter, *labels: str) -> Counter:
+    def callback_failed(self, tries: int) -> None:
+        """Count `tries` failed callback tries."""
+        if tries:
+            self._count(self.callback_failures, (), tries)
+
+    def _count(self, metric: Counter, labels: tuple[str, ...], amount: int = 1) -> None:
         key = (metric, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        self._unflushed[key] = self._unflushed.get(key, 0) + amount
+
+    def _flush(self) -> None:
+        """Add the waiting increments to the registry's counters."""
+        unflushed, self._unflushed = self._unflushed, {}
+        for (metric, labels), amount in unflushed.items():
+            if not labels:
+                metric.inc(amount)
+                continue
+            key = (metric, labels)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = metric.labels(*labels)
+            child.inc(amount)
 
     def set_queue_state(self, *, pending: int, unacknowledged: int) -> None:
         """Record the consumer's pending and unacknowledged message counts."""
@@ -117,4 +159,42 @@ class WorkerMetrics(ComponentMetrics):
 
     def render(self) -> tuple[bytes, str]:
         """Return the exposition text and its content type."""
+        self._flush()
         return self.exposition()
+
+
+class _Histogram(Collector):
+    """A histogram without labels, counted in plain Python and collected as one.
+
+    `observe` costs a bisection and two additions, where prometheus_client's
+    Histogram takes a lock and makes several calls per observation.
+    """
+
+    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...]):
+        self._name = name
+        self._documentation = documentation
+        self._bounds = bounds
+        self._labels = [
+            floatToGoString(bound)  # type: ignore[no-untyped-call]
+            for bound in bounds
+        ] + ["+Inf"]
+        self._counts = [0] * (len(bounds) + 1)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count `value` in the first bucket whose upper bound it does not pass."""
+        self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative = 0
+        buckets = []
+        for label, count in zip(self._labels, self._counts, strict=True):
+            cumulative += count
+            buckets.append((label, float(cumulative)))
+        yield HistogramMetricFamily(
+            self._name, self._documentation, buckets=buckets, sum_value=self._sum
+        )
