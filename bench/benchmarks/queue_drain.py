@@ -11,7 +11,14 @@ function process and post to the same callback receiver
 * `faashub`: `faashub queue-worker` with its defaults (64 calls in flight),
   reading queued calls that the harness stored in the calls stream as the
   gateway would, and invoking the function through the gateway and the
-  provider, as it does in production.
+  provider, as it does in production;
+* `contract`: `python -m bench.contract_drain`, the raw loop plus only what
+  faashub's contract requires of a worker (the status read before the run,
+  the OpenFaaS headers on both requests, the final status record), on the
+  same queued calls as `faashub` and calling the function directly. Its
+  distance from the baseline is what the contract costs on this machine;
+  the queue-worker's distance from it is what the worker's own decisions,
+  limits, metrics and logs cost.
 
 Each run prefills the queue first, then starts the drainer and waits until
 every callback arrived, bounded by a time limit. The rate is the number of
@@ -41,6 +48,7 @@ BODY_BYTES = 1024
 CONCURRENCY = 64
 BASELINE_STREAM = "BENCH_DRAIN"
 BASELINE_CONSUMER = "bench-raw-drain"
+CONTRACT = "contract"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +65,7 @@ class QueueDrain(Benchmark):
     name = "queue-drain"
     title = "queued calls to a no-op function with callbacks, drained"
     default_runs = 3
+    sides = (BASELINE, FAASHUB, CONTRACT)
     metrics = (
         Metric("calls_per_s", "drain rate", "calls/s"),
         Metric("drain_s", "first to last callback", "s"),
@@ -127,10 +136,26 @@ class QueueDrain(Benchmark):
                     callback_url=callback_url,
                 )
 
+        loop_options = raw_loop.loop_options(
+            function_url=f"{function_url}/",
+            count=scale.calls,
+            concurrency=CONCURRENCY,
+            time_limit_s=scale.time_limit_s,
+        )
+
         def start_drainer(side: str) -> stack.Component:
             if side == FAASHUB:
                 return stack.start_worker(
                     servers, gateway_url=gateway.url, nats_url=nats_server.url
+                )
+            if side == CONTRACT:
+                return stack.start_module(
+                    servers,
+                    "contract-drain",
+                    "bench.contract_drain",
+                    "--nats-url",
+                    nats_server.url,
+                    *loop_options,
                 )
             return stack.start_module(
                 servers,
@@ -144,12 +169,7 @@ class QueueDrain(Benchmark):
                 BASELINE_CONSUMER,
                 "--callback-url",
                 callback_url,
-                *raw_loop.loop_options(
-                    function_url=f"{function_url}/",
-                    count=scale.calls,
-                    concurrency=CONCURRENCY,
-                    time_limit_s=scale.time_limit_s,
-                ),
+                *loop_options,
             )
 
         watch = arrivals.DrainWatch(
