@@ -90,6 +90,7 @@ from provider.types import (
     FunctionStatus,
     ScaleServiceRequest,
     Secret,
+    validation_problems,
 )
 
 logger = logging.getLogger(__name__)
@@ -800,15 +801,7 @@ def _parse_body(model: type[_Model], body: bytes) -> _Model:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        problems = [
-            (
-                ".".join(str(part) for part in error["loc"]) + ": "
-                if error["loc"]
-                else ""
-            )
-            + error["msg"]
-            for error in exc.errors()[:MAX_REPORTED_VALIDATION_ERRORS]
-        ]
+        problems = validation_problems(exc, limit=MAX_REPORTED_VALIDATION_ERRORS)
         raise InvalidRequest(
             f"Invalid {model_name} in the request body: {'; '.join(problems)}."
         ) from exc

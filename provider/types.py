@@ -34,6 +34,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_serializer,
@@ -55,6 +56,15 @@ STORED_CONTEXT: Final = {"stored": True}
 _QUANTITY = re.compile(
     r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE]|[eE][+-]?[0-9]+)?"
 )
+
+
+def validation_problems(exc: ValidationError, *, limit: int) -> list[str]:
+    """Return the first `limit` faults of `exc`, each as `field.path: message`."""
+    problems = []
+    for error in exc.errors()[:limit]:
+        location = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{location}: {error['msg']}" if location else error["msg"])
+    return problems
 
 
 def _is_stored(info: ValidationInfo) -> bool:

@@ -501,6 +501,34 @@ def test_deploy_invalid_stack_deploys_nothing(hub: RunningHub, tmp_path: Path) -
     assert b"first-good" not in listed.stdout
 
 
+MODEL_INVALID_STACK = """
+functions:
+  first-good:
+    fprocess: cat
+  big:
+    fprocess: cat
+    limits:
+      memory: lots
+    secrets:
+      - api-key
+      - api-key
+"""
+
+
+def test_deploy_checks_provider_fields_first(hub: RunningHub, tmp_path: Path) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(MODEL_INVALID_STACK)
+    result = faashub("deploy", "-f", str(path), gateway=hub.url)
+    assert result.returncode == 2
+    message = result.stderr.decode()
+    assert "Deployed nothing, because 1 of 2 functions is invalid" in message
+    assert "big: secrets: secret 'api-key' is listed more than once" in message
+    assert "big: limits.memory: 'lots' is not a Kubernetes quantity" in message
+    assert result.stdout == b""
+    listed = faashub("list", gateway=hub.url)
+    assert b"first-good" not in listed.stdout
+
+
 FAILING_STACK = """
 functions:
   before-failure:

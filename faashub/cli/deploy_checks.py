@@ -5,7 +5,9 @@ or the provider rejects half-way would leave the earlier ones deployed. These
 checks find what the CLI can find without a server: the function and
 namespace names and the label and annotation keys and values (the gateway's
 Kubernetes rules, from `faashub.names`), the `exec_timeout` variable, the
-`com.openfaas.scale.min` label and, for cron functions, the schedule.
+`com.openfaas.scale.min` label, for cron functions the schedule, and the
+fields that the provider's `FunctionDeployment` model checks (resource
+quantities and keys, `readOnlyRootFilesystem`, repeated secrets).
 `faashub deploy` then asks the gateway whether the secrets exist, and the
 provider still checks what depends on it, such as a function's command.
 """
@@ -18,6 +20,8 @@ from faashub import constants, errors, names
 from faashub.async_annotations import check_async_annotations
 
 LABEL_SCALE_MIN = "com.openfaas.scale.min"
+# Model faults reported per function, as many as the provider reports.
+MAX_MODEL_PROBLEMS = 5
 
 
 def deployment_problems(deployment: Mapping[str, Any]) -> list[str]:
@@ -39,7 +43,27 @@ def deployment_problems(deployment: Mapping[str, Any]) -> list[str]:
     problems.extend(_scale_min_problems(service, labels))
     problems.extend(_schedule_problems(service, annotations))
     problems.extend(_async_annotation_problems(service, annotations))
+    problems.extend(_model_problems(deployment))
     return problems
+
+
+def _model_problems(deployment: Mapping[str, Any]) -> list[str]:
+    """Check the body as the provider's FunctionDeployment model does."""
+    # Imported here, so the other user commands do not load the provider
+    # package and its models.
+    from pydantic import ValidationError
+
+    from provider.types import FunctionDeployment, validation_problems
+
+    try:
+        FunctionDeployment.model_validate(deployment)
+    except ValidationError as exc:
+        # The message lists each function's problems under its name.
+        return [
+            f"{problem}."
+            for problem in validation_problems(exc, limit=MAX_MODEL_PROBLEMS)
+        ]
+    return []
 
 
 def _async_annotation_problems(service: str, annotations: dict[str, str]) -> list[str]:
