@@ -331,7 +331,10 @@ class ReplicaUrls(ReplicaUrlCache[FunctionRef]):
         self._direct_calls_url = gateway_url.rstrip("/") + DIRECT_INVOCATIONS_PATH
         self._report_interval_s = report_interval_s
         self._direct_calls: dict[FunctionRef, int] = {}
+        # The task that waits for the next report, and the latest task that
+        # waited or posts: `_report_later` clears the first before it posts.
         self._report_task: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
         self._report_warnings = LimitedWarning(
             logger, interval_s=DIRECT_CALLS_WARNING_INTERVAL_S
         )
@@ -344,13 +347,27 @@ class ReplicaUrls(ReplicaUrlCache[FunctionRef]):
         """
         self._direct_calls[ref] = self._direct_calls.get(ref, 0) + 1
         if self._report_task is None:
-            self._report_task = asyncio.get_running_loop().create_task(
+            self._report_task = self._reporter = asyncio.get_running_loop().create_task(
                 self._report_later()
             )
 
+    async def close(self) -> None:
+        """Report the calls counted since the last report, before the session closes.
+
+        Call it once the last call has been recorded, while the session is
+        still open. A report already being posted finishes first.
+        """
+        sleeping = self._report_task
+        if sleeping is not None:
+            sleeping.cancel()
+        posting = self._reporter
+        if posting is not None and not posting.done():
+            await asyncio.wait({posting})
+        if self._direct_calls:
+            counts, self._direct_calls = self._direct_calls, {}
+            await self._post_direct_calls(counts)
+
     async def _report_later(self) -> None:
-        # NOTE: calls counted in the last interval before the worker or
-        # connector stops are not reported, so the gateway's count misses them.
         try:
             await asyncio.sleep(self._report_interval_s)
         finally:

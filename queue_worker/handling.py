@@ -271,9 +271,11 @@ class CallHandler:
             slots.unreserve(job.ref)
 
     async def close(self) -> None:
-        """Wait briefly for background cleanups, then cancel what remains."""
+        """Report direct calls, wait briefly for cleanups, then cancel what remains."""
         self._finished_log.flush()
         self._unstored_log.flush()
+        if self._services.replicas is not None:
+            await self._services.replicas.close()
         if not self._cleanups:
             return
         _, pending = await asyncio.wait(set(self._cleanups), timeout=2.0)

@@ -376,6 +376,30 @@ async def test_direct_calls_reported_to_gateway(
     ]
 
 
+async def test_close_reports_calls_not_yet_reported(
+    server: ReportServer, session: aiohttp.ClientSession
+) -> None:
+    cache = ReplicaUrls(session, server.url, report_interval_s=60.0)
+
+    cache.record_call(FunctionRef("echo", "team"))
+    cache.record_call(FunctionRef("echo", "team"))
+    await cache.close()
+
+    assert server.direct_calls == [({"echo.team": 2}, None)]
+
+
+async def test_close_without_calls_posts_nothing(
+    server: ReportServer, session: aiohttp.ClientSession
+) -> None:
+    cache = ReplicaUrls(session, server.url, report_interval_s=0.05)
+    cache.record_call(FunctionRef("echo", "team"))
+    await wait_until(lambda: len(server.direct_calls) == 1)
+
+    await cache.close()
+
+    assert len(server.direct_calls) == 1
+
+
 async def test_failed_direct_calls_report_warns(
     server: ReportServer,
     session: aiohttp.ClientSession,

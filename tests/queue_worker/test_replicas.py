@@ -126,3 +126,18 @@ async def test_direct_calls_reported_to_gateway(
 
     assert len(replica.requests) == 3
     assert gateway.requests == []
+
+
+async def test_stopping_worker_reports_last_direct_calls(
+    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+) -> None:
+    call = make_call()
+
+    async with recording_server() as replica:
+        gateway.replica_urls = [replica.url]
+        async with running_worker(make_settings(nats_url, gateway.url)):
+            await publish(js, call)
+            await wait_for_state(js, call.call_id, CallState.SUCCEEDED)
+        # The worker stopped well within its 2 s report interval.
+
+    assert gateway.direct_calls == [{"echo.openfaas-fn": 1}]
