@@ -14,6 +14,10 @@ with the topic annotation):
   (64 records in flight), which builds its topic map from the gateway and
   invokes the function through the gateway's `/function/` route, as it
   does in production;
+* `contract`: `python -m bench.contract_kafka`, the raw loop plus the
+  headers that the connector's contract gives each invocation. Its distance
+  from the baseline is what those headers cost on this machine, and the
+  connector's distance from it is what the connector's own work costs;
 * `partition` and `key`: the same connector with `--ordering partition`
   (one record per partition at a time, so at most PARTITIONS in flight) and
   `--ordering key` (records of one key in order).
@@ -52,6 +56,7 @@ FUNCTION = "kafka-sink"
 BROKER_START_TIMEOUT_S = 15.0
 PARTITION = "partition"
 KEY = "key"
+CONTRACT = "contract"
 ORDERING_BY_SIDE = {FAASHUB: "none", PARTITION: "partition", KEY: "key"}
 
 
@@ -68,7 +73,7 @@ SMOKE = _Scale(records=200, time_limit_s=30)
 class KafkaConnector(Benchmark):
     name = "kafka-connector"
     title = "records from a preloaded Kafka topic to a no-op function"
-    sides = (BASELINE, FAASHUB, PARTITION, KEY)
+    sides = (BASELINE, FAASHUB, CONTRACT, PARTITION, KEY)
     default_runs = 3
     metrics = (
         Metric("records_per_s", "records per second", "records/s"),
@@ -122,25 +127,29 @@ class KafkaConnector(Benchmark):
             "broker": broker.pid,
         }
 
+        loop_options = raw_loop.loop_options(
+            function_url=f"{function_url}/",
+            count=scale.records,
+            concurrency=CONCURRENCY,
+            time_limit_s=scale.time_limit_s,
+        )
+
         def start_consumer(side: str, run: int) -> stack.Component:
             group = f"bench-{side}-{run}-{uuid.uuid4().hex[:6]}"
+            source = ("--brokers", brokers, "--topic", topic, "--group", group)
             if side == BASELINE:
                 return stack.start_module(
+                    servers, "raw-kafka", "bench.raw_kafka", *source, *loop_options
+                )
+            if side == CONTRACT:
+                return stack.start_module(
                     servers,
-                    "raw-kafka",
-                    "bench.raw_kafka",
-                    "--brokers",
-                    brokers,
-                    "--topic",
-                    topic,
-                    "--group",
-                    group,
-                    *raw_loop.loop_options(
-                        function_url=f"{function_url}/",
-                        count=scale.records,
-                        concurrency=CONCURRENCY,
-                        time_limit_s=scale.time_limit_s,
-                    ),
+                    "contract-kafka",
+                    "bench.contract_kafka",
+                    *source,
+                    "--function",
+                    FUNCTION,
+                    *loop_options,
                 )
             return stack.start_connector(
                 servers,
