@@ -290,19 +290,67 @@ class KubernetesBackend:
             if exc.status == 409:
                 raise self._exists_error(ref) from exc
             raise _api_failure(exc, action=f"create the Deployment of {ref}") from exc
+        # The API calls run in threads that a cancel does not stop, so the
+        # Service step is shielded and a cancelled create is undone only
+        # after that step has ended.
+        service_step = asyncio.ensure_future(self._apply_service(deployment, ref))
         try:
-            await self._apply_service(deployment, ref)
+            await asyncio.shield(service_step)
         except ProviderError as exc:
             # Without its Service the function cannot be called, so the
-            # create is undone and can be sent again. NOTE: a create cancelled
-            # during this step, as when the provider stops, is not undone.
+            # create is undone and can be sent again.
             await self._roll_back_create(ref, exc)
+            raise
+        except asyncio.CancelledError:
+            # Cancelled, as when the provider stops: the undo runs in a task
+            # of its own, so that a second cancel does not stop it half-way.
+            undo = asyncio.ensure_future(self._undo_cancelled_create(ref, service_step))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(undo)
             raise
         self._cached.store(created)
         self._touch(ref)
         logger.info(
             "function deployed",
             extra={"ctx": {"function": str(ref), "replicas": replicas}},
+        )
+
+    async def _undo_cancelled_create(
+        self, ref: FunctionRef, service_step: "asyncio.Future[None]"
+    ) -> None:
+        """Delete the Deployment and Service of a create cancelled in its Service step.
+
+        Wait for `service_step` to end first, because its API call goes on in
+        a thread after the cancel and may still create the Service. A failure
+        is logged with the command that removes what is left.
+        """
+        with contextlib.suppress(ProviderError):
+            await service_step
+        try:
+            try:
+                await self._api.call(
+                    self._api.apps.delete_namespaced_deployment,
+                    ref.name,
+                    ref.namespace,
+                )
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+            self._cached.discard(ref.name, ref.namespace)
+            await self._delete_service(ref)
+        except ApiError as exc:
+            logger.error(
+                "cancelled function create not undone: %s. Remove what is left "
+                "with 'kubectl delete deployment,service %s -n %s'",
+                exc,
+                ref.name,
+                ref.namespace,
+                extra={"ctx": {"function": str(ref)}},
+            )
+            return
+        logger.info(
+            "function create undone because it was cancelled",
+            extra={"ctx": {"function": str(ref)}},
         )
 
     async def _roll_back_create(self, ref: FunctionRef, failure: ProviderError) -> None:

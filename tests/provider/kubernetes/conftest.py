@@ -67,6 +67,20 @@ class Fault:
     count: int = 1
 
 
+@dataclass
+class Hold:
+    """A request that the emulator holds until the test releases it.
+
+    The emulator applies the request first, then sets `reached` and keeps
+    the response until `release` is set, as a slow API server would.
+    """
+
+    method: str
+    path: str
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 @attrs.define(kw_only=True)
 class NamespacedEmulator(kmock.KubernetesEmulator):
     """kmock's emulator, plus a list of Namespaces and faults that the test sets.
@@ -87,6 +101,7 @@ class NamespacedEmulator(kmock.KubernetesEmulator):
 
     namespaces: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     faults: list[Fault] = attrs.field(factory=list)
+    held_requests: list[Hold] = attrs.field(factory=list)
 
     async def __call__(
         self, raw_request: aiohttp.web.BaseRequest
@@ -108,6 +123,13 @@ class NamespacedEmulator(kmock.KubernetesEmulator):
                     },
                     status=fault.status,
                 )
+        for hold in self.held_requests:
+            if raw_request.method == hold.method and raw_request.path == hold.path:
+                self.held_requests.remove(hold)
+                response = await super().__call__(raw_request)
+                hold.reached.set()
+                await hold.release.wait()
+                return response
         if raw_request.method == "GET" and raw_request.path == NAMESPACE_LIST_PATH:
             return aiohttp.web.json_response(
                 {

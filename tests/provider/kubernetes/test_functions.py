@@ -4,12 +4,15 @@ Each test sends the faas-provider requests that faas-cli sends and asserts
 the fields of the Deployment and Service that the emulator then stores.
 """
 
+import asyncio
 import base64
+import logging
 from typing import Any
 
 import kmock
 import pytest
 
+from provider.types import FunctionDeployment
 from tests.conftest import wait_until
 from tests.provider.kubernetes.conftest import (
     DEPLOYMENTS,
@@ -17,6 +20,7 @@ from tests.provider.kubernetes.conftest import (
     SECRETS,
     SERVICES,
     Fault,
+    Hold,
     RunningProvider,
 )
 
@@ -543,6 +547,38 @@ async def test_failed_service_create_rolls_back(provider: RunningProvider) -> No
     assert second.status_code == 202, second.text
     assert provider.has_object(DEPLOYMENTS, NAMESPACE, "fn")
     assert provider.has_object(SERVICES, NAMESPACE, "fn")
+
+
+async def test_cancelled_create_is_undone(
+    provider: RunningProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The API server creates the Service, and the create is cancelled, as
+    # when the provider stops, before the response arrives.
+    hold = Hold(method="POST", path=SERVICE_CREATE_PATH)
+    provider.emulator.held_requests.append(hold)
+    create = asyncio.create_task(
+        provider.backend.create_function(FunctionDeployment(service="fn", image="x"))
+    )
+    await asyncio.wait_for(hold.reached.wait(), timeout=10)
+
+    with caplog.at_level(logging.INFO, logger="provider.kubernetes.backend"):
+        create.cancel()
+        await asyncio.sleep(0.2)
+        # The undo waits for the Service step, whose thread goes on.
+        assert not create.done()
+        hold.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await create
+
+    assert not provider.has_object(DEPLOYMENTS, NAMESPACE, "fn")
+    assert not provider.has_object(SERVICES, NAMESPACE, "fn")
+    assert "function create undone because it was cancelled" in caplog.text
+    listed = (await provider.client.get("/system/functions")).json()
+    assert listed == []
+    again = await provider.client.post(
+        "/system/functions", json={"service": "fn", "image": "x"}
+    )
+    assert again.status_code == 202, again.text
 
 
 async def test_failed_rollback_names_both_failures(
