@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from connectors.cron import constants as cron_constants
 from faashub import errors
-from faashub.cli import main, provider_commands, stack
+from faashub.cli import deploy_checks, main, provider_commands, stack
 from tests.conftest import free_port
 from tests.hub_support import CallbackReceiver, RunningHub, faashub, running_hub
 
@@ -199,6 +200,44 @@ def test_deploy_flags_override_stack_file(hub: RunningHub, tmp_path: Path) -> No
     assert function["envVars"]["region"] == "cli"
     assert function["labels"]["team"] == "search"
     assert function["annotations"]["topic"] == "cli-topic"
+
+
+def test_deploy_warns_schedule_without_cron_topic(hub: RunningHub) -> None:
+    deployed = faashub(
+        "deploy",
+        "--name",
+        "nightly",
+        "--fprocess",
+        "date",
+        "--annotation",
+        "schedule=0 3 * * *",
+        "--annotation",
+        "topic=orders",
+        gateway=hub.url,
+    )
+    assert deployed.returncode == 0, deployed.stderr.decode()
+    message = deployed.stderr.decode()
+    assert "warning: Function 'nightly' has a 'schedule' annotation" in message
+    assert "--annotation topic=cron-function" in message
+
+    with_topic = faashub(
+        "deploy",
+        "--name",
+        "nightly",
+        "--fprocess",
+        "date",
+        "--annotation",
+        "schedule=0 3 * * *",
+        "--annotation",
+        "topic=orders,cron-function",
+        gateway=hub.url,
+    )
+    assert with_topic.returncode == 0, with_topic.stderr.decode()
+    assert b"warning" not in with_topic.stderr
+
+
+def test_schedule_annotation_name_matches_cron_connector() -> None:
+    assert deploy_checks.ANNOTATION_SCHEDULE == cron_constants.ANNOTATION_SCHEDULE
 
 
 def test_deploy_missing_secret_deploys_nothing(hub: RunningHub, tmp_path: Path) -> None:

@@ -20,6 +20,9 @@ from faashub import constants, errors, names
 from faashub.async_annotations import check_async_annotations
 
 LABEL_SCALE_MIN = "com.openfaas.scale.min"
+# The cron connector's annotation, named here so that the CLI can check it
+# without importing the connector.
+ANNOTATION_SCHEDULE = "schedule"
 # Model faults reported per function, as many as the provider reports.
 MAX_MODEL_PROBLEMS = 5
 
@@ -64,6 +67,28 @@ def _model_problems(deployment: Mapping[str, Any]) -> list[str]:
             for problem in validation_problems(exc, limit=MAX_MODEL_PROBLEMS)
         ]
     return []
+
+
+def deployment_warnings(deployment: Mapping[str, Any]) -> list[str]:
+    """Return one message per setting that is valid but likely not what was meant."""
+    annotations: dict[str, str] = dict(deployment.get("annotations") or {})
+    if ANNOTATION_SCHEDULE not in annotations:
+        return []
+    # Imported here, as in _schedule_problems.
+    from connectors.core.topic_map import parse_topic_annotation
+    from connectors.cron import constants as cron_constants
+
+    topic = annotations.get(constants.ANNOTATION_TOPIC, "")
+    if cron_constants.TOPIC in parse_topic_annotation(topic):
+        return []
+    service = str(deployment.get("service", ""))
+    return [
+        f"Function {service!r} has a {ANNOTATION_SCHEDULE!r} annotation, but its "
+        f"{constants.ANNOTATION_TOPIC!r} annotation does not list "
+        f"{cron_constants.TOPIC!r}, so the cron connector never runs it. Add "
+        f"--annotation {constants.ANNOTATION_TOPIC}={cron_constants.TOPIC} if it "
+        "should run on its schedule."
+    ]
 
 
 def _async_annotation_problems(service: str, annotations: dict[str, str]) -> list[str]:

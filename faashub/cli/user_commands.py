@@ -257,6 +257,9 @@ def run_deploy(args: argparse.Namespace) -> int:
             problems[name] = found
     if problems:
         raise errors.SettingsError(_invalid_functions_message(problems, deployments))
+    for deployment in deployments.values():
+        for warning in deploy_checks.deployment_warnings(deployment):
+            print(f"faashub: warning: {warning}", file=sys.stderr)
 
     # A function that the gateway or the provider rejects does not stop the
     # others, and the exit status is 1 if any failed, as faas-cli does.
