@@ -12,10 +12,12 @@ from nats.js import api as jsapi
 
 from gateway import limits
 from gateway.nats_client import (
+    _PLAIN_PUB_ACK,
     EncodedHeaders,
     NatsClient,
     _parse_reply,
     _pub_ack,
+    _pub_ack_of,
     encode_headers,
     fast_path_supported,
 )
@@ -111,6 +113,7 @@ async def test_publish_to_stream_acks(nats_url: str) -> None:
         await client.close()
 
     assert first.stream == "ACKS"
+    assert first.domain is None
     assert not first.duplicate
     assert repeat.duplicate
     assert repeat.seq == first.seq
@@ -118,6 +121,36 @@ async def test_publish_to_stream_acks(nats_url: str) -> None:
     assert stored.data == b"body"
     assert stored.headers is not None
     assert stored.headers["X-Call-Id"] == "one"
+
+
+async def test_publish_to_stream_beside_requests(nats_url: str) -> None:
+    # PubAcks and the replies of nats-py's own requests share one reply
+    # subscription, and each must reach its own waiter.
+    client = NatsClient()
+    await client.connect(nats_url)
+    timeout = limits.SharedTimeout(5.0)
+    try:
+        js = client.jetstream()
+        await js.add_stream(jsapi.StreamConfig(name="MIXED", subjects=["m.>"]))
+        results = await asyncio.gather(
+            *(
+                client.publish_to_stream(
+                    f"m.{index}", b"x", EncodedHeaders({}), ack_timeout=timeout
+                )
+                for index in range(10)
+            ),
+            *(js.stream_info("MIXED") for _ in range(10)),
+        )
+        pending = dict(client._stream_acks)
+    finally:
+        await client.close()
+
+    acks = [result for result in results if isinstance(result, jsapi.PubAck)]
+    infos = [result for result in results if isinstance(result, jsapi.StreamInfo)]
+    assert sorted(ack.seq for ack in acks) == list(range(1, 11))
+    assert len(infos) == 10
+    assert all(info.config.name == "MIXED" for info in infos)
+    assert pending == {}
 
 
 async def test_publish_to_stream_errors(nats_url: str) -> None:
@@ -167,6 +200,61 @@ def test_pub_ack_same_as_nats_py(reply: bytes) -> None:
     expected = jsapi.PubAck.from_response(json.loads(reply))
 
     assert _pub_ack(_parse_reply(reply)) == expected
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(b'{"stream":"S","seq":7}', id="plain"),
+        pytest.param(b'{"stream":"S","seq":7,"duplicate":true}', id="duplicate"),
+        pytest.param(b'{"stream":"S","seq":7,"duplicate": true}', id="spaced"),
+        pytest.param(b'{"stream":"S","seq":7,"duplicate":false}', id="not-duplicate"),
+        pytest.param(b'{"stream":"S","seq":7,"domain":"hub"}', id="domain"),
+        pytest.param(b'{"stream":"S","seq":7,"val":"12"}', id="counter"),
+        pytest.param(b' {"stream":"S","seq":7}\r\n', id="whitespace"),
+        pytest.param('{"stream":"Ström","seq":7}'.encode(), id="non-ascii"),
+        pytest.param(b'{"stream":"a\\u0026b","seq":7}', id="escaped-name"),
+        pytest.param(b'{"stream":"a\\"b","seq":7}', id="escaped-quote"),
+    ],
+)
+def test_pub_ack_of_same_as_nats_py(reply: bytes) -> None:
+    expected = jsapi.PubAck.from_response(json.loads(reply))
+
+    assert _pub_ack_of(reply) == expected
+
+
+async def test_server_pub_ack_has_plain_shape(nats_url: str) -> None:
+    # The regular expression reads the PubAcks that this nats-server writes,
+    # first and repeated, so the JSON parser is only a fallback.
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        await js.add_stream(jsapi.StreamConfig(name="SHAPE", subjects=["p.>"]))
+        headers = {"Nats-Msg-Id": "one"}
+        first = await client.request("p.one", b"x", timeout=5, headers=headers)
+        repeat = await client.request("p.one", b"x", timeout=5, headers=headers)
+    finally:
+        await client.close()
+
+    assert _PLAIN_PUB_ACK.fullmatch(first.data) is not None
+    assert _PLAIN_PUB_ACK.fullmatch(repeat.data) is not None
+    assert _pub_ack_of(first.data) == jsapi.PubAck(stream="SHAPE", seq=1)
+    assert _pub_ack_of(repeat.data) == jsapi.PubAck(
+        stream="SHAPE", seq=1, duplicate=True
+    )
+
+
+def test_pub_ack_of_error_raises_api_error() -> None:
+    reply = (
+        b'{"error":{"code":400,"err_code":10060,'
+        b'"description":"expected stream does not match"}}'
+    )
+
+    with pytest.raises(nats.js.errors.APIError) as raised:
+        _pub_ack_of(reply)
+
+    assert raised.value.err_code == 10060
+    assert raised.value.code == 400
 
 
 def test_parse_reply_invalid_json_raises() -> None:
