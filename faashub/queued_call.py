@@ -26,7 +26,12 @@ from dataclasses import dataclass, field
 from faashub import constants, errors, names
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, because the gateway builds one per accepted call. A frozen
+# dataclass sets each of its 15 fields through object.__setattr__, which made
+# building one about four times as slow: 2.6 against 0.6 µs, timed on the
+# 2-core benchmark VM with Python 3.11. Treat a call as read-only all the
+# same, and use dataclasses.replace for a changed copy.
+@dataclass(slots=True)
 class QueuedCall:
     """One accepted async call, as the gateway stores it and the worker reads it."""
 
