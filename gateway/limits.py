@@ -139,10 +139,10 @@ class SharedTimeout:
         As with `asyncio.timeout`, a cancellation that comes from elsewhere
         is passed on as CancelledError.
         """
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("SharedTimeout.run must be awaited inside a task.")
-        loop = asyncio.get_running_loop()
         cancelling = task.cancelling()
         self._deadlines[task] = loop.time() + self.timeout_s
         if self._timer is None:
@@ -195,8 +195,8 @@ def _header_timeout_response(timeout_s: float) -> bytes:
 class _HeaderDeadline:
     """The time by which one connection must finish the headers of a request.
 
-    The deadline is armed when the connection opens and when a request's
-    first byte arrives, and cleared when its headers are complete. When it
+    The deadline is armed when the connection opens and while a request's
+    head is incomplete, and cleared when its headers are complete. When it
     passes, the client gets 408 and the connection is closed. A connection
     that is still sending an earlier response is closed after that response
     instead, so the response is not cut.
@@ -245,9 +245,16 @@ class _HeaderDeadline:
 
 
 class _HttpToolsWithHeaderDeadline(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for request headers."""
+    """uvicorn's httptools protocol with a deadline for request headers.
+
+    A request head that arrives whole within one read needs no timer, so the
+    deadline is armed only after a read that leaves a head incomplete. That
+    spares most requests a timer that would be armed and cancelled at once.
+    """
 
     header_read_timeout_s = 10.0
+    # Whether the parser has seen a request's first byte but not its whole head.
+    _head_pending = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.header_deadline = _HeaderDeadline(
@@ -260,11 +267,17 @@ class _HttpToolsWithHeaderDeadline(HttpToolsProtocol):
         self.header_deadline.clear()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_pending and not self.transport.is_closing():
+            self.header_deadline.arm(self.loop)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.header_deadline.arm(self.loop)
+        self._head_pending = True
 
     def on_headers_complete(self) -> None:
+        self._head_pending = False
         self.header_deadline.clear()
         super().on_headers_complete()
 

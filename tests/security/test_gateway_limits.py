@@ -225,6 +225,32 @@ async def test_headers_in_time_served(
         await close_socket(writer)
 
 
+async def test_stall_after_whole_request_gets_408(
+    nats_url: str, start_gateway: GatewayFactory
+) -> None:
+    gateway = await start_gateway(
+        nats_url=nats_url, header_read_timeout_s=HEADER_TIMEOUT_S
+    )
+    await wait_until_healthy(gateway.url)
+    reader, writer = await open_socket(gateway.url)
+    try:
+        # One write carries a whole request and the start of a second one,
+        # whose head never finishes.
+        writer.write(
+            b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n"
+        )
+        await writer.drain()
+        reply = await read_reply(reader)
+    finally:
+        await close_socket(writer)
+
+    first, _, second = reply.partition(b"\r\n\r\nOK")
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert second.startswith(b"HTTP/1.1 408 ")
+    assert b"header_read_timeout_s" in second
+
+
 async def test_h11_slow_headers_get_408(nats_url: str, provider: FakeProvider) -> None:
     settings = GatewaySettings(
         host=LOOPBACK,
