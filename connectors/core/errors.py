@@ -6,6 +6,7 @@ Every error that connector code raises on purpose derives from
     FaashubError
     └── ConnectorError            base of the errors below
         ├── TopicMapError         the gateway's function list could not be read
+        │   └── CredentialsRejected   the gateway answered 401 or 403
         └── SourceStartError      the source (broker, queue) cannot be used
 
 Settings with a value that cannot be used raise the shared
@@ -23,6 +24,10 @@ class ConnectorError(FaashubError):
 
 class TopicMapError(ConnectorError):
     """The gateway could not be reached, or it returned an unusable function list."""
+
+
+class CredentialsRejected(TopicMapError):
+    """The gateway rejected the connector's credentials for its /system API."""
 
 
 class SourceStartError(ConnectorError, RuntimeError):

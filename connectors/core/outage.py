@@ -40,8 +40,11 @@ class Outage:
         """Whether the dependency is unavailable now."""
         return self._started_s is not None
 
-    def begin(self, reason: str) -> None:
-        """Record a failure; log it unless a warning went out recently."""
+    def begin(self, reason: str, *, consequence: str = "") -> None:
+        """Record a failure; log it unless a warning went out recently.
+
+        `consequence` replaces the one given at construction in this line.
+        """
         reason = one_line(reason)
         now_s = self._clock()
         if self._started_s is None:
@@ -53,7 +56,7 @@ class Outage:
         logger.warning(
             "%s unavailable, %s and retrying: %s",
             self._dependency,
-            self._consequence,
+            consequence or self._consequence,
             reason,
         )
 

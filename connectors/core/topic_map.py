@@ -36,6 +36,7 @@ from connectors.core.outage import Outage
 from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
+from faashub.logs import LimitedWarning
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,15 @@ class TopicMapBuilder:
         self._version = 0
         self._changed = asyncio.Event()
         self._outage = Outage("gateway", consequence="keeping the last topic map")
+        self._rejections = LimitedWarning(
+            logger, interval_s=constants.WARNING_INTERVAL_S
+        )
         self._skipped_functions: set[str] = set()
+
+    def _consequence(self) -> str:
+        if self._current is None:
+            return "no topic map yet, so no function is invoked"
+        return "keeping the last topic map"
 
     @property
     def current(self) -> TopicMap | None:
@@ -220,12 +229,21 @@ class TopicMapBuilder:
                         self._current is None
                         and time.monotonic() - started_s < constants.START_GRACE_S
                     )
-                    if starting:
+                    if isinstance(exc, errors.CredentialsRejected):
+                        # A gateway that responds is up, so this is no outage,
+                        # and no grace for a gateway still starting applies.
+                        self._rejections.warning(
+                            "%s; %s, retrying",
+                            exc,
+                            self._consequence(),
+                            ctx=self._log_context,
+                        )
+                    elif starting:
                         # `faashub up` starts the gateway and the connectors
                         # together: a gateway still starting is no outage.
                         logger.debug("gateway not reachable yet: %s", exc)
                     else:
-                        self._outage.begin(str(exc))
+                        self._outage.begin(str(exc), consequence=self._consequence())
                     if self._current is None and starting:
                         # `faashub up` starts the gateway at the same time, and
                         # the connector is not ready before it has this map.
@@ -371,6 +389,16 @@ class TopicMapBuilder:
             ) as response:
                 if response.status in (404, 501):
                     return response.status, None
+                if response.status in (401, 403):
+                    # The gateway's text is meant for CLI users (`faashub
+                    # login`), and login does not configure a connector.
+                    raise errors.CredentialsRejected(
+                        f"the gateway rejected the connector's credentials: GET "
+                        f"{path} returned HTTP {response.status}. Set "
+                        "--gateway-secret-mount-path (or --gateway-user and "
+                        "--gateway-password) to the gateway's basic-auth "
+                        "credentials"
+                    )
                 if response.status != 200:
                     text = (await response.text(errors="replace"))[:200].strip()
                     raise errors.TopicMapError(

@@ -98,6 +98,9 @@ class FakeGateway:
     system_requests: int = 0
     required_authorization: str = ""
     """When set, invocations without this Authorization header get 401."""
+    system_status: int = 200
+    """Status of the /system routes; any other than 200 comes with the
+    gateway's text for a rejected login."""
     active: int = 0
     max_active: int = 0
     _runner: web.AppRunner | None = None
@@ -160,6 +163,11 @@ class FakeGateway:
 
     async def _namespaces(self, request: web.Request) -> web.Response:
         self.system_requests += 1
+        if self.system_status != 200:
+            return web.Response(
+                status=self.system_status,
+                text="Invalid credentials. Check them, or run 'faashub login' again.",
+            )
         namespaces = sorted({name.split(".", 1)[1] for name in self.functions})
         return web.json_response(namespaces or ["openfaas-fn"])
 

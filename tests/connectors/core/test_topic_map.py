@@ -164,6 +164,33 @@ async def test_builder_keeps_last_map_while_gateway_down(
     )
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_builder_names_connector_credential_flags(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    gateway.system_status = status
+    builder = TopicMapBuilder(gateway.url, rebuild_interval_s=0.05)
+    task = asyncio.create_task(builder.run())
+    try:
+        # Within the start grace that hides a gateway still starting.
+        await wait_until(
+            lambda: any(r.levelno == logging.WARNING for r in caplog.records),
+            timeout_s=3,
+            description="a warning about the rejected credentials",
+        )
+    finally:
+        task.cancel()
+
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = warning.getMessage()
+    assert message.startswith("the gateway rejected the connector's credentials")
+    assert f"returned HTTP {status}" in message
+    assert "--gateway-secret-mount-path" in message
+    assert "no topic map yet, so no function is invoked, retrying" in message
+    assert "faashub login" not in message
+    assert "unavailable" not in message
+
+
 async def test_builder_waits_for_first_map(gateway: FakeGateway) -> None:
     gateway.deploy("a", "orders")
     await gateway.stop()
