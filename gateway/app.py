@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from faashub import callback_request, credentials, http_sessions, tracing
 from faashub.callback_guard import CallbackGuard, new_callback_session
 from faashub.gc_tuning import tune_gc
+from faashub.incomplete_response import install_log_filter
 from faashub.logs import LimitedWarning
 from faashub.names import FunctionRef
 from faashub.settings import GatewaySettings
@@ -39,7 +40,7 @@ from gateway.function_lookup import FunctionLookup
 from gateway.metrics import METRICS_PATH, GatewayMetrics, ServiceCountRefresher
 from gateway.provider_token import ProviderTokenRejections
 from gateway.replica_urls import ReplicaUrls
-from gateway.sync_proxy import SyncProxy, install_log_filter
+from gateway.sync_proxy import SyncProxy
 from gateway.ui import guard
 from gateway.ui.console import Console
 

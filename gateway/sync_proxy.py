@@ -42,7 +42,6 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import aiohttp
@@ -53,6 +52,7 @@ from faashub import constants as shared
 from faashub import errors as shared_errors
 from faashub import names
 from faashub.headers import canonical_header_name, is_utf8, non_utf8_value_message
+from faashub.incomplete_response import mark_broken_off
 from faashub.logs import LimitedWarning
 from faashub.replica_urls import ExecTimeouts, Replica, exec_timeout_message
 from gateway import asgi, constants, errors, limits
@@ -79,44 +79,8 @@ _SERVED_BY_HEADER = (shared.SERVED_BY.lower().encode(), constants.SERVED_BY.enco
 _RETRY_AFTER_HEADER = (b"retry-after", b"1")
 
 
-# The message that uvicorn (0.55) logs as an error when an app returns before
-# its response is complete, with no request or call id.
-UVICORN_INCOMPLETE_RESPONSE = "ASGI callable returned without completing response."
-
-# True in the task of a call whose response body broke off after its status
-# line was sent, which the gateway has already logged with the function and
-# call id (see `IncompleteResponseFilter`).
-_response_broke_off: ContextVar[bool] = ContextVar(
-    "gateway_response_broke_off", default=False
-)
-
-
 # Cached, because the same few header names come with every request.
 _canonical_name = functools.lru_cache(maxsize=1024)(canonical_header_name)
-
-
-class IncompleteResponseFilter(logging.Filter):
-    """A logging filter for uvicorn's error about an incomplete response.
-
-    The gateway leaves a response incomplete on purpose when the function's
-    body breaks off, and logs a warning with the function and call id then.
-    uvicorn's record of the same event has no ids, so the filter drops it.
-    uvicorn's other records, and this one for any other request, pass.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            record.msg == UVICORN_INCOMPLETE_RESPONSE and _response_broke_off.get()
-        )
-
-
-def install_log_filter() -> None:
-    """Add an IncompleteResponseFilter to uvicorn's error logger, once."""
-    uvicorn_logger = logging.getLogger("uvicorn.error")
-    if not any(
-        isinstance(item, IncompleteResponseFilter) for item in uvicorn_logger.filters
-    ):
-        uvicorn_logger.addFilter(IncompleteResponseFilter())
 
 
 class _Outcome(enum.Enum):
@@ -369,7 +333,7 @@ class SyncProxy:
         if not complete:
             # This runs in uvicorn's task of the request, where uvicorn logs
             # the incomplete response once this handler returns.
-            _response_broke_off.set(True)
+            mark_broken_off()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("proxied call", extra=call.log_extra(status=response.status))
         return outcome

@@ -57,6 +57,7 @@ from starlette.routing import Match
 from starlette.types import Receive, Scope, Send
 
 from faashub import async_annotations, constants, errors, names
+from faashub.incomplete_response import install_log_filter, mark_broken_off
 from faashub.logs import LimitedLines
 from provider import logs_api
 from provider.backend import (
@@ -424,6 +425,8 @@ class ProviderApp:
                     }
                 },
             )
+            # uvicorn's own line for this response would have no ids.
+            mark_broken_off()
             return sending.status
 
 
@@ -475,6 +478,7 @@ def create_app(
             "no auth token configured: the provider's /system/* API is open to "
             "anyone who reaches its port; set auth_token_file"
         )
+    install_log_filter()
     return ProviderApp(
         backend, auth_token=auth_token, max_system_body_bytes=max_system_body_bytes
     )

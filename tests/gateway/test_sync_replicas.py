@@ -16,9 +16,11 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from faashub import __version__
-from gateway import sync_proxy
-from gateway.sync_proxy import UVICORN_INCOMPLETE_RESPONSE, IncompleteResponseFilter
+from faashub import __version__, incomplete_response
+from faashub.incomplete_response import (
+    UVICORN_INCOMPLETE_RESPONSE,
+    IncompleteResponseFilter,
+)
 from tests.conftest import LOOPBACK, free_port
 from tests.gateway.conftest import (
     FakeProvider,
@@ -443,7 +445,7 @@ def test_log_filter_drops_marked_line() -> None:
     log_filter = IncompleteResponseFilter()
     unmarked = log_filter.filter(record(UVICORN_INCOMPLETE_RESPONSE))
     context = contextvars.copy_context()
-    context.run(sync_proxy._response_broke_off.set, True)
+    context.run(incomplete_response.mark_broken_off)
     marked = context.run(log_filter.filter, record(UVICORN_INCOMPLETE_RESPONSE))
     other = context.run(log_filter.filter, record("Exception in ASGI application"))
 
