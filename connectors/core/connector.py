@@ -66,7 +66,7 @@ class Connector:
 
     `name` is the connector's short name (`kafka`): it becomes the
     `connector` metric label and the `X-Connector` header value
-    `<name>-connector`. `start()` opens the HTTP session and starts
+    `<name>-connector`. `start()` opens the HTTP sessions and starts
     refreshing the topic map; `close()` undoes both.
     """
 
@@ -100,6 +100,7 @@ class Connector:
             sleep=sleep,
         )
         self._session: aiohttp.ClientSession | None = None
+        self._report_session: aiohttp.ClientSession | None = None
         self._invoker: Invoker | None = None
         self._map_task: asyncio.Task[None] | None = None
         self._unrouted_warned_s: dict[str, float] = {}
@@ -116,14 +117,20 @@ class Connector:
         return self.topic_maps.current is not None
 
     async def start(self) -> None:
-        """Open the HTTP session and start refreshing the topic map."""
+        """Open the HTTP sessions and start refreshing the topic map."""
         settings = self.settings
-        self._session = new_session(user_agent=f"faashub-{self.name}/{__version__}")
+        user_agent = f"faashub-{self.name}/{__version__}"
+        self._session = new_session(user_agent=user_agent)
         replicas = None
         forwarded_for = ""
         if settings.invoke_replicas and not settings.async_invocation:
+            # A session of its own, because the invocation session sends no
+            # Content-Type and the counts of direct calls are a JSON body.
+            self._report_session = new_session(
+                user_agent=user_agent, body_content_type=True
+            )
             replicas = ReplicaUrls(
-                self._session,
+                self._report_session,
                 settings.gateway_url,
                 authorization=self._authorization,
             )
@@ -168,7 +175,7 @@ class Connector:
         return built.result()
 
     async def close(self) -> None:
-        """Stop the topic map refresh and close the HTTP session."""
+        """Stop the topic map refresh and close the HTTP sessions."""
         if self._map_task is not None:
             self._map_task.cancel()
             await asyncio.wait({self._map_task})
@@ -176,6 +183,9 @@ class Connector:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._report_session is not None:
+            await self._report_session.close()
+            self._report_session = None
         self._success_log.flush()
 
     async def deliver(self, message: Message) -> DeliveryReport:
