@@ -20,15 +20,35 @@ other labels are in brackets:
 
 Each connector process has its own registry, served by the health listener
 at `/metrics`. The label children are cached, so counting costs a dict
-lookup and a lock per event.
+lookup and a lock per event. `invoked_total` and `invocation_seconds`,
+updated once per invocation, live in plain dicts instead, which a collector
+turns into metric families when the registry is read. prometheus_client
+0.26 takes a lock for each counter, sum and bucket update and walks the
+buckets in Python: counting one invocation took about 2.3 µs that way and
+0.5 µs with the dicts (timeit, 2-vCPU VM). Those dicts are read and written
+on the event loop thread only.
 """
 
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from connectors.core import constants
 from faashub.metrics import ComponentMetrics
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_INVOKED_HELP = "Invocations with a final outcome, by HTTP status."
+_DURATION_HELP = "Seconds from the first attempt of an invocation to its final outcome."
 
 
 class ConnectorMetrics(ComponentMetrics):
@@ -49,11 +69,12 @@ class ConnectorMetrics(ComponentMetrics):
             ["connector", "topic"],
         )
 
-        self._invoked = self.counter(
-            prefix + "invoked",
-            "Invocations with a final outcome, by HTTP status.",
-            ["connector", "function", "code"],
+        # Registered here and below, so that /metrics lists the families in
+        # the order they are described in the module docstring.
+        self._outcomes = _Outcomes(
+            connector, prefix=prefix, bounds=Histogram.DEFAULT_BUCKETS
         )
+        self.registry.register(_InvokedFamily(self._outcomes))
 
         self._failed = self.counter(
             prefix + "failed",
@@ -73,11 +94,7 @@ class ConnectorMetrics(ComponentMetrics):
             ["connector", "topic"],
         )
 
-        self._duration = self.histogram(
-            prefix + "invocation_seconds",
-            "Seconds from the first attempt of an invocation to its final outcome.",
-            ["connector", "function"],
-        )
+        self.registry.register(_DurationFamily(self._outcomes))
 
         self._lag = self.gauge(
             prefix + "lag",
@@ -86,9 +103,6 @@ class ConnectorMetrics(ComponentMetrics):
         )
 
         self._counters: dict[tuple[str, ...], Counter] = {}
-        self._histograms: dict[str, Histogram] = {}
-        # The children that one (function, status) outcome updates.
-        self._outcomes: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def consumed(self, topic: str, count: int = 1) -> None:
         """Count messages received from the source."""
@@ -96,12 +110,18 @@ class ConnectorMetrics(ComponentMetrics):
 
     def invoked(self, function: str, status: int, *, duration_s: float) -> None:
         """Count an invocation with its final HTTP status and duration."""
-        children = self._outcomes.get((function, status))
-        if children is None:
-            children = self._outcome_children(function, status)
-        counter, histogram = children
-        counter.inc()
-        histogram.observe(duration_s)
+        outcomes = self._outcomes
+        key = (function, status)
+        outcome = outcomes.counts.get(key)
+        if outcome is None:
+            series = function if self._function_durations else ""
+            outcome = outcomes.add(key, series)
+        outcome.count += 1
+        durations = outcome.durations
+        # The first bucket whose upper bound is at least the duration, as
+        # prometheus_client's Histogram.observe picks it.
+        durations.buckets[bisect.bisect_left(outcomes.bounds, duration_s)] += 1
+        durations.sum_s += duration_s
 
     def failed(self, function: str) -> None:
         """Count an invocation whose final outcome is a failure."""
@@ -131,21 +151,96 @@ class ConnectorMetrics(ComponentMetrics):
         body, _ = self.exposition()
         return body
 
-    def _outcome_children(
-        self, function: str, status: int
-    ) -> tuple[Counter, Histogram]:
-        counter = self._counter(self._invoked, "invoked", function, str(status))
-        series = function if self._function_durations else ""
-        histogram = self._histograms.get(series)
-        if histogram is None:
-            histogram = self._duration.labels(self.connector, series)
-            self._histograms[series] = histogram
-        children = self._outcomes[(function, status)] = (counter, histogram)
-        return children
-
     def _counter(self, family: Counter, name: str, *labels: str) -> Counter:
         key = (name, *labels)
         child = self._counters.get(key)
         if child is None:
             child = self._counters[key] = family.labels(self.connector, *labels)
         return child
+
+
+@dataclass(slots=True)
+class _Durations:
+    """The histogram series of one `function` label value."""
+
+    buckets: list[int]
+    """Invocations per bucket, not cumulative, in the order of the bounds."""
+    sum_s: float = 0.0
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """The count of one (function, status) pair and its histogram series."""
+
+    durations: _Durations
+    count: int = 0
+
+
+@dataclass(slots=True)
+class _Outcomes:
+    """The values of `invoked_total` and `invocation_seconds`."""
+
+    connector: str
+    prefix: str
+    bounds: tuple[float, ...]
+    """Upper bounds of the histogram buckets, ascending, the last one +Inf."""
+    counts: dict[tuple[str, int], _Outcome] = field(default_factory=dict)
+    """By (function, status), in the order they first occurred."""
+    series: dict[str, _Durations] = field(default_factory=dict)
+    """By `function` label value, in the order they first occurred."""
+
+    def add(self, key: tuple[str, int], series: str) -> _Outcome:
+        """Start counting the pair `key`, whose durations go to `series`."""
+        durations = self.series.get(series)
+        if durations is None:
+            durations = self.series[series] = _Durations([0] * len(self.bounds))
+        outcome = self.counts[key] = _Outcome(durations)
+        return outcome
+
+
+class _InvokedFamily(Collector):
+    """The collector of `invoked_total`, built from the outcome counts."""
+
+    def __init__(self, outcomes: _Outcomes) -> None:
+        self._outcomes = outcomes
+
+    def collect(self) -> Iterator[Metric]:
+        outcomes = self._outcomes
+        family = CounterMetricFamily(
+            outcomes.prefix + "invoked",
+            _INVOKED_HELP,
+            labels=["connector", "function", "code"],
+        )
+        for (function, status), outcome in outcomes.counts.items():
+            family.add_metric(
+                [outcomes.connector, function, str(status)], float(outcome.count)
+            )
+        yield family
+
+
+class _DurationFamily(Collector):
+    """The collector of `invocation_seconds`, built from the duration series."""
+
+    def __init__(self, outcomes: _Outcomes) -> None:
+        self._outcomes = outcomes
+        # Spelled as prometheus_client spells a Histogram's `le` values.
+        self._le = [
+            floatToGoString(bound)  # type: ignore[no-untyped-call]
+            for bound in outcomes.bounds
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        outcomes = self._outcomes
+        family = HistogramMetricFamily(
+            outcomes.prefix + "invocation_seconds",
+            _DURATION_HELP,
+            labels=["connector", "function"],
+        )
+        for series, durations in outcomes.series.items():
+            cumulative = 0.0
+            buckets: list[tuple[str, float]] = []
+            for le, count in zip(self._le, durations.buckets, strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            family.add_metric([outcomes.connector, series], buckets, durations.sum_s)
+        yield family

@@ -5,7 +5,14 @@ values are written out here rather than read from the module.
 """
 
 import pytest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.metrics_core import Metric
 
 from connectors.core import metrics as connector_metrics
@@ -140,3 +147,48 @@ def test_render_returns_exposition_text() -> None:
         'faashub_connector_consumed_total{connector="cron",topic="every-minute"} 1.0'
         in text
     )
+
+
+def reference_registry(
+    outcomes: list[tuple[str, int, float]], *, function_durations: bool
+) -> CollectorRegistry:
+    """Count `outcomes` with prometheus_client's own Counter and Histogram."""
+    registry = CollectorRegistry()
+    families: dict[str, Counter | Histogram | Gauge] = {}
+    for name, (kind, documentation, labels) in EXPECTED_FAMILIES.items():
+        metric_class = {"counter": Counter, "histogram": Histogram, "gauge": Gauge}
+        families[name] = metric_class[kind](
+            name, documentation, labels, registry=registry
+        )
+    invoked = families["faashub_connector_invoked"]
+    durations = families["faashub_connector_invocation_seconds"]
+    assert isinstance(invoked, Counter) and isinstance(durations, Histogram)
+    for function, status, duration_s in outcomes:
+        invoked.labels("kafka", function, str(status)).inc()
+        series = function if function_durations else ""
+        durations.labels("kafka", series).observe(duration_s)
+    return registry
+
+
+@pytest.mark.parametrize(
+    "function_durations",
+    [pytest.param(True, id="per-function"), pytest.param(False, id="one-series")],
+)
+def test_outcomes_render_as_prometheus_client(function_durations: bool) -> None:
+    # Durations on, just above and between bucket bounds, beyond the last
+    # finite one, and the odd cases a clock could give.
+    durations_s = [0.0, 0.005, 0.0051, 0.07, 0.1, 2.5, 9.99, 10.0, 12.0, -0.5]
+    durations_s.append(float("inf"))
+    outcomes = [
+        (function, status, duration_s)
+        for duration_s in durations_s
+        for function in ("b.fn", "a.fn")
+        for status in (200, 502, 200)
+    ]
+    metrics = ConnectorMetrics("kafka", function_durations=function_durations)
+
+    for function, status, duration_s in outcomes:
+        metrics.invoked(function, status, duration_s=duration_s)
+
+    reference = reference_registry(outcomes, function_durations=function_durations)
+    assert metrics.render() == generate_latest(reference)
