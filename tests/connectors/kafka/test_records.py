@@ -85,6 +85,7 @@ def test_empty_key_is_sent_empty() -> None:
     ("value", "expected"),
     [
         pytest.param(b"plain", "plain", id="ascii"),
+        pytest.param(b"key-17_~!{}", "key-17_~!{}", id="ascii-punctuation"),
         pytest.param("héllo ✓".encode(), "héllo ✓", id="utf-8"),
         pytest.param(b"a b\tc", "a b\tc", id="inner-space-and-tab"),
         pytest.param(b"", "", id="empty"),
