@@ -64,7 +64,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from connectors.core import constants
 from connectors.core.metrics import ConnectorMetrics
-from connectors.core.outage import Outage
+from connectors.core.outage import Outage, one_line
 from connectors.core.retry import RetryPolicy, is_retryable, is_success
 from faashub import constants as shared
 from faashub import http_sessions, names, tracing
@@ -78,6 +78,15 @@ from faashub.replica_urls import (
 )
 
 logger = logging.getLogger(__name__)
+
+# The part of a platform error's text that a failure reason repeats.
+FAILURE_TEXT_MAX_BYTES = 300
+# Who made up an error response, by its X-OpenFaaS-Internal value.
+_INTERNAL_SOURCES = {
+    "gateway": "The gateway",
+    "proxy": "The provider",
+    "provider": "The provider",
+}
 
 # Namespace of the name-based (version 5) UUIDs used as call ids.
 CALL_ID_NAMESPACE = uuid.UUID("5f0c8a43-7d1e-4f0b-9a57-2b61d9f4c1e8")
@@ -545,13 +554,43 @@ class Invoker:
         status = response.status
         if is_success(status):
             return _Response(status, response.headers, content)
-        upstream = "A replica of" if to_replica else "The gateway for"
         return _Response(
             status,
             response.headers,
             content,
-            error=f"{upstream} {function} returned HTTP {status}.",
+            error=failure_reason(
+                function, status, response.headers, content, to_replica=to_replica
+            ),
         )
+
+
+def failure_reason(
+    function: names.FunctionRef,
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    *,
+    to_replica: bool,
+) -> str:
+    """Return why an invocation failed, naming who returned the error status.
+
+    The gateway and the provider mark the failures they make up themselves,
+    such as a 504 for a function's exec timeout or a 503 for a function that
+    cannot start, with X-OpenFaaS-Internal, and their text says why. A
+    replica's unmarked error is the function's own. Through the gateway, an
+    unmarked error may also be the gateway's reply to the request itself,
+    such as 431 for too many headers.
+    """
+    source = headers.get(shared.OPENFAAS_INTERNAL)
+    if not source:
+        if to_replica:
+            return f"{function} returned HTTP {status}."
+        return f"The call of {function} through the gateway returned HTTP {status}."
+    text = one_line(content[:FAILURE_TEXT_MAX_BYTES].decode("utf-8", "replace"))
+    who = _INTERNAL_SOURCES.get(source, source)
+    if not text:
+        return f"{who} returned HTTP {status} for {function}."
+    return f"{who} returned HTTP {status} for {function}: {text}"
 
 
 def call_id_for(identity: str, function: names.FunctionRef) -> str:

@@ -434,3 +434,23 @@ async def test_direct_calls_reported_to_gateway(
 
     assert len(replica.requests) == 2
     assert gateway.invocations == []
+
+
+async def test_provider_failure_reason_through_gateway(
+    gateway: ReportingGateway,
+) -> None:
+    gateway.deploy("a", "orders")
+    text = "Function a.openfaas-fn did not respond within its exec timeout of 2 s."
+    gateway.respond(
+        "a",
+        status=504,
+        reply_body=text.encode(),
+        reply_headers={"X-OpenFaaS-Internal": "proxy"},
+    )
+
+    async with started(gateway, retry_attempts=1) as hub:
+        report = await hub.deliver(message())
+
+    [result] = report.results
+    assert result.status == 504
+    assert result.error == f"The provider returned HTTP 504 for a.openfaas-fn: {text}"
