@@ -81,7 +81,7 @@ logger = logging.getLogger(__name__)
 
 # The part of a platform error's text that a failure reason repeats.
 FAILURE_TEXT_MAX_BYTES = 300
-# Who made up an error response, by its X-OpenFaaS-Internal value.
+# The component that made up an error response, by its X-OpenFaaS-Internal value.
 _INTERNAL_SOURCES = {
     "gateway": "The gateway",
     "proxy": "The provider",
@@ -587,10 +587,10 @@ def failure_reason(
             return f"{function} returned HTTP {status}."
         return f"The call of {function} through the gateway returned HTTP {status}."
     text = one_line(content[:FAILURE_TEXT_MAX_BYTES].decode("utf-8", "replace"))
-    who = _INTERNAL_SOURCES.get(source, source)
+    component = _INTERNAL_SOURCES.get(source, source)
     if not text:
-        return f"{who} returned HTTP {status} for {function}."
-    return f"{who} returned HTTP {status} for {function}: {text}"
+        return f"{component} returned HTTP {status} for {function}."
+    return f"{component} returned HTTP {status} for {function}: {text}"
 
 
 def call_id_for(identity: str, function: names.FunctionRef) -> str:
