@@ -101,6 +101,7 @@ class Connector:
         )
         self._session: aiohttp.ClientSession | None = None
         self._report_session: aiohttp.ClientSession | None = None
+        self._replicas: ReplicaUrls | None = None
         self._invoker: Invoker | None = None
         self._map_task: asyncio.Task[None] | None = None
         self._unrouted_warned_s: dict[str, float] = {}
@@ -129,7 +130,7 @@ class Connector:
             self._report_session = new_session(
                 user_agent=user_agent, body_content_type=True
             )
-            replicas = ReplicaUrls(
+            replicas = self._replicas = ReplicaUrls(
                 self._report_session,
                 settings.gateway_url,
                 authorization=self._authorization,
@@ -183,6 +184,10 @@ class Connector:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._replicas is not None:
+            # The direct calls counted since the last report.
+            await self._replicas.close()
+            self._replicas = None
         if self._report_session is not None:
             await self._report_session.close()
             self._report_session = None

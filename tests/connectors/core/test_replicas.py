@@ -454,3 +454,16 @@ async def test_provider_failure_reason_through_gateway(
     [result] = report.results
     assert result.status == 504
     assert result.error == f"The provider returned HTTP 504 for a.openfaas-fn: {text}"
+
+
+async def test_closing_connector_reports_last_direct_calls(
+    gateway: ReportingGateway, replica: Replica
+) -> None:
+    gateway.deploy("a", "orders")
+    gateway.replica_urls["a"] = [replica.url]
+
+    async with started(gateway) as hub:
+        await hub.deliver(message())
+    # The connector closed well within its 2 s report interval.
+
+    assert gateway.direct_calls == [{"a.openfaas-fn": 1}]
