@@ -153,6 +153,7 @@ def new_callback_session(guard: CallbackGuard, *, limit: int) -> aiohttp.ClientS
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": CALLBACK_USER_AGENT},
         skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type"),
+        request_class=http_sessions.LeanRequest,
         # NB: proxies from the environment would connect on the poster's
         # behalf to an address that was never checked.
         trust_env=False,

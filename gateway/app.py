@@ -354,6 +354,7 @@ class GatewayApp:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=_SKIPPED_CLIENT_HEADERS,
+            request_class=http_sessions.LeanRequest,
             trust_env=False,
         )
         await stack.enter_async_context(session)

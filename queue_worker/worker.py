@@ -697,6 +697,7 @@ def _new_session(*, max_inflight: int) -> aiohttp.ClientSession:
         # Content-Type headers: the function and the callback receiver get
         # the ones that the caller or the function sent.
         skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type"),
+        request_class=http_sessions.LeanRequest,
     )
 
 

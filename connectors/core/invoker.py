@@ -51,15 +51,11 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
 import yarl
-from aiohttp import hdrs
-from aiohttp.client_reqrep import ClientRequest
-from aiohttp.http import SERVER_SOFTWARE
-from aiohttp.typedefs import LooseHeaders
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from connectors.core import constants
@@ -641,66 +637,6 @@ async def local_address_towards(gateway_url: str) -> str:
         return ""
 
 
-class _RequestWithoutDefaults(ClientRequest):
-    """An aiohttp request that adds no Accept or Accept-Encoding header.
-
-    The session's `skip_auto_headers` option would do the same, but aiohttp
-    3.14 then copies every request's headers once more to apply it. That
-    took about 2 µs per request in a timeit loop, a sixth of the time to
-    build one.
-    """
-
-    # NOTE: aiohttp 3.14 adds DEFAULT_HEADERS to every request whose headers
-    # lack them. The attribute is not documented, so a later aiohttp may send
-    # Accept and Accept-Encoding again. A test checks the headers on the wire.
-    DEFAULT_HEADERS = {}
-
-    def update_headers(self, headers: LooseHeaders | None) -> None:
-        """Set the Host header, then the session's merged headers in their order.
-
-        aiohttp 3.14 adds them one at a time in a Python loop, to let a Host
-        header replace the URL's. The session always passes a CIMultiDict,
-        which is added in one step when it has no Host header. That saved
-        about 0.8 µs per request of a dozen headers (timeit, aiohttp 3.14.5,
-        2-vCPU VM).
-        """
-        if isinstance(headers, CIMultiDict) and hdrs.HOST not in headers:
-            super().update_headers(None)
-            self.headers.extend(headers)
-            return
-        super().update_headers(headers)
-
-    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
-        """Apply `skip_auto_headers` without copying the request's headers.
-
-        aiohttp 3.14 copies the headers and sorts the skipped names on each
-        request to check them against DEFAULT_HEADERS, which is empty here.
-        A session from `new_session` skips Content-Type on every request,
-        and that copy took about 3 µs of the 15 µs to build one (timeit,
-        aiohttp 3.14.5, 2-vCPU VM). The body's Content-Type is still skipped,
-        because aiohttp reads the names from `_skip_auto_headers`.
-        """
-        if skip_auto_headers is None:
-            super().update_auto_headers(None)
-            return
-        # NOTE: `_skip_auto_headers` and its use for the body's headers are
-        # not documented in aiohttp 3.14. Tests check that a request without
-        # a configured Content-Type sends none.
-        skipped = _skipped_headers(frozenset(skip_auto_headers))
-        self._skip_auto_headers = skipped
-        if hdrs.USER_AGENT not in self.headers and hdrs.USER_AGENT not in skipped:
-            self.headers[hdrs.USER_AGENT] = SERVER_SOFTWARE
-
-
-@functools.lru_cache(maxsize=16)
-def _skipped_headers(names: frozenset[str]) -> "CIMultiDict[None]":
-    """Return the skipped names as the CIMultiDict that aiohttp keeps for them.
-
-    Each set of names gets one, which its requests share and only read.
-    """
-    return CIMultiDict((name, None) for name in sorted(names))
-
-
 def new_session(
     *, user_agent: str, body_content_type: bool = False
 ) -> aiohttp.ClientSession:
@@ -726,5 +662,5 @@ def new_session(
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": user_agent},
         skip_auto_headers=skip_auto_headers,
-        request_class=_RequestWithoutDefaults,
+        request_class=http_sessions.LeanRequest,
     )
