@@ -23,6 +23,16 @@ after the last commit; it never skips one. When partitions are revoked in a
 rebalance, their running records get up to drain_timeout_s and their final
 offsets are committed before the partitions go. Stopping works the same way
 for every partition.
+
+A change of the subscribed topics revokes every partition, because the
+group rebalances. aiokafka 0.14's `subscribe()` drops the assignment before
+it calls `on_partitions_revoked`, and `commit()` then raises
+`IllegalStateError`. So the source drains and commits the partitions itself
+before it calls `subscribe()`, and the listener finds nothing left to do.
+
+While the broker is lost after start (listing topics or fetching fails),
+`state` names the failure, so `/healthz` returns 503, and the lag gauges
+are removed rather than left at their last value.
 """
 
 import asyncio
@@ -50,6 +60,11 @@ from faashub.connector_settings import KafkaConnectorSettings, topic_list
 
 logger = logging.getLogger(__name__)
 
+# Seconds a commit may take. A reachable broker completes a commit in
+# milliseconds, but while no broker responds, aiokafka 0.14 looks for the
+# group coordinator without a deadline, which would block a revoke or a stop.
+COMMIT_TIMEOUT_S = 10.0
+
 
 class KafkaSource:
     """Consumes the selected topics and delivers each record through a Connector."""
@@ -74,6 +89,10 @@ class KafkaSource:
         self._subscription_changed = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._commit_lock = asyncio.Lock()
+        self._revoke_lock = asyncio.Lock()
+        self._revoking: asyncio.Task[None] | None = None
+        self._revoking_works: list[PartitionWork] = []
+        self._broker_failure = ""
         self._state = "waiting to start"
         self._broker_outage = Outage("kafka", consequence="not consuming")
         self._commit_outage = Outage(
@@ -83,6 +102,8 @@ class KafkaSource:
     @property
     def state(self) -> str:
         """Return "ready" while consuming, else what the source is doing."""
+        if self._state == "ready" and self._broker_outage.active:
+            return f"kafka unavailable: {self._broker_failure}"
         return self._state
 
     def stop(self) -> None:
@@ -228,14 +249,18 @@ class KafkaSource:
             try:
                 cluster_topics = await self._consumer.topics()
             except KafkaError as exc:
-                self._broker_outage.begin(f"listing topics failed: {_describe(exc)}")
+                self._broker_unavailable(f"listing topics failed: {_describe(exc)}")
             else:
-                self._broker_outage.end()
+                self._broker_available()
                 await self._update_subscription(connector, cluster_topics)
+            # While the broker is lost, the topics are listed more often, so
+            # /healthz returns 200 soon after the broker is back.
+            timeout_s = self._settings.rebuild_interval_s
+            if self._broker_outage.active:
+                timeout_s = min(timeout_s, constants.CONNECT_RETRY_MIN_S)
             try:
                 await asyncio.wait_for(
-                    connector.topic_maps.wait_for_change(version),
-                    timeout=self._settings.rebuild_interval_s,
+                    connector.topic_maps.wait_for_change(version), timeout=timeout_s
                 )
             except TimeoutError:
                 pass
@@ -254,13 +279,15 @@ class KafkaSource:
         self._log_left_out(connector, selection)
         if selection.subscribed == self._subscribed:
             return
+        # subscribe() drops the assignment before the listener runs, and
+        # unsubscribe() does not call the listener, so the records of the
+        # current assignment finish and are committed here first.
+        await self._revoke_before_change()
         if selection.subscribed:
             self._consumer.subscribe(
                 topics=sorted(selection.subscribed), listener=_Rebalance(self)
             )
         else:
-            # unsubscribe() does not call the rebalance listener.
-            await self._revoke(self._consumer.assignment())
             self._consumer.unsubscribe()
         self._subscribed = selection.subscribed
         self._subscription_changed.set()
@@ -326,16 +353,52 @@ class KafkaSource:
                 extra={"ctx": {"partitions": _partition_list(partitions)}},
             )
 
+    async def _revoke_before_change(self) -> None:
+        """Revoke the whole assignment while aiokafka still has it.
+
+        The revoke runs in a task of its own, so cancelling the subscription
+        task on stop does not cut the drain short: `_drain()` waits for it
+        through the revoke lock, and `_abandon()` cancels it.
+        """
+        assert self._consumer is not None
+        self._revoking = asyncio.create_task(
+            self._revoke(set(self._consumer.assignment()))
+        )
+        try:
+            await asyncio.shield(self._revoking)
+        finally:
+            if self._revoking.done():
+                self._revoking = None
+
     async def _revoke(self, partitions: set[TopicPartition]) -> None:
-        """Finish or abandon the partitions' records, then commit their offsets."""
+        """Finish or abandon the partitions' records, then commit their offsets.
+
+        Partitions revoked earlier, before a change of the subscription, are
+        skipped, so the listener that aiokafka calls afterwards does nothing.
+        """
         assert self._dispatcher is not None and self._connector is not None
-        if not partitions:
-            return
+        async with self._revoke_lock:
+            dispatcher = self._dispatcher
+            partitions = {p for p in partitions if dispatcher.work_for(p) is not None}
+            if partitions:
+                await self._revoke_tracked(partitions)
+
+    async def _revoke_tracked(self, partitions: set[TopicPartition]) -> None:
+        assert self._dispatcher is not None and self._connector is not None
+        self._pause(partitions)
         self._paused -= partitions
         self._unreadable.forget(partitions)
-        report = await self._dispatcher.revoke(
-            partitions, timeout_s=self._settings.drain_timeout_s
-        )
+        self._revoking_works = [
+            work
+            for partition in partitions
+            if (work := self._dispatcher.work_for(partition)) is not None
+        ]
+        try:
+            report = await self._dispatcher.revoke(
+                partitions, timeout_s=self._settings.drain_timeout_s
+            )
+        finally:
+            self._revoking_works = []
         await self._commit(report.works)
         for work in report.works:
             self._connector.metrics.forget_lag(
@@ -392,7 +455,7 @@ class KafkaSource:
                     max_records=constants.FETCH_MAX_RECORDS,
                 )
             except KafkaError as exc:
-                self._broker_outage.begin(f"fetch failed: {_describe(exc)}")
+                self._broker_unavailable(f"fetch failed: {_describe(exc)}")
                 await self._until_stopped(asyncio.sleep(constants.CONNECT_RETRY_MIN_S))
                 continue
             except UnicodeDecodeError as exc:
@@ -440,7 +503,17 @@ class KafkaSource:
         try:
             await self._consumer.getmany(timeout_ms=0)
         except KafkaError as exc:
-            self._broker_outage.begin(f"fetch failed: {_describe(exc)}")
+            self._broker_unavailable(f"fetch failed: {_describe(exc)}")
+
+    def _pause(self, partitions: set[TopicPartition]) -> None:
+        """Stop aiokafka fetching records of partitions being revoked."""
+        assert self._consumer is not None
+        for partition in partitions:
+            try:
+                self._consumer.pause(partition)
+            except IllegalStateError:
+                # No longer assigned in aiokafka, so not fetched either.
+                continue
 
     def _resume(self, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None
@@ -489,7 +562,14 @@ class KafkaSource:
                     offsets[work.partition] = offset
             if offsets:
                 try:
-                    await self._consumer.commit(offsets)
+                    await asyncio.wait_for(
+                        self._consumer.commit(offsets), timeout=COMMIT_TIMEOUT_S
+                    )
+                except TimeoutError:
+                    self._commit_outage.begin(
+                        f"commit timed out after {COMMIT_TIMEOUT_S:g} s"
+                    )
+                    return
                 except (KafkaError, IllegalStateError) as exc:
                     # After a rebalance the new owner commits these records.
                     self._commit_outage.begin(_describe(exc))
@@ -502,11 +582,16 @@ class KafkaSource:
 
     def _update_lag(self, works: list[PartitionWork]) -> None:
         assert self._consumer is not None and self._connector is not None
+        if self._broker_outage.active:
+            # The last high watermark is out of date, so the gauges stay removed.
+            return
+        assigned = self._consumer.assignment()
         for work in works:
-            try:
-                highwater = self._consumer.highwater(work.partition)
-            except IllegalStateError:
+            # highwater() raises AssertionError for a partition that is not
+            # assigned, as after subscribe() or in a rebalance.
+            if work.partition not in assigned:
                 continue
+            highwater = self._consumer.highwater(work.partition)
             position = work.offsets.committable()
             if position is None:
                 position = work.committed
@@ -535,11 +620,36 @@ class KafkaSource:
     async def _abandon(self) -> None:
         if self._dispatcher is None:
             return
-        works = self._dispatcher.cancel_all()
+        # A revoke before a subscription change has taken its partitions out
+        # of the dispatcher, so their records are cancelled here.
+        revoking = self._revoking_works
+        if self._revoking is not None:
+            self._revoking.cancel()
+        for work in revoking:
+            for task in work.handling:
+                task.cancel()
+        works = self._dispatcher.cancel_all() + revoking
         try:
             await asyncio.wait_for(self._commit(works), timeout=2.0)
         except (TimeoutError, KafkaError):
             logger.warning("final commit skipped; uncommitted records come back later")
+
+    # Broker outage -------------------------------------------------------------------
+
+    def _broker_unavailable(self, failure: str) -> None:
+        """Report the broker lost: log it, name it in `state`, drop the lag gauges."""
+        assert self._connector is not None
+        if not self._broker_outage.active and self._dispatcher is not None:
+            for work in self._dispatcher.works:
+                self._connector.metrics.forget_lag(
+                    work.partition.topic, partition=str(work.partition.partition)
+                )
+        self._broker_failure = failure
+        self._broker_outage.begin(failure)
+
+    def _broker_available(self) -> None:
+        self._broker_outage.end()
+        self._broker_failure = ""
 
     def _summary(self) -> dict[str, object]:
         settings = self._settings

@@ -5,20 +5,38 @@ import contextlib
 import logging
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 from pydantic import SecretStr, ValidationError
 
+from connectors.core.health import start_health_listener
 from connectors.kafka.client_config import client_options
+from connectors.kafka.client_logs import AIOKAFKA_LOGGER
+from connectors.kafka.source import COMMIT_TIMEOUT_S
 from faashub import errors
 from faashub.connector_settings import KafkaConnectorSettings
 from tests.conftest import LOOPBACK, free_port, stop_process
-from tests.connectors.conftest import FakeGateway, start_tansu, unique, wait_until
-from tests.connectors.kafka.conftest import kafka_settings, running_connector
+from tests.connectors.conftest import (
+    FakeGateway,
+    create_topics,
+    kafka_producer,
+    start_tansu,
+    unique,
+    wait_until,
+    wait_until_async,
+)
+from tests.connectors.kafka.conftest import (
+    RunningConnector,
+    kafka_settings,
+    running_connector,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,6 +107,167 @@ async def test_stop_while_broker_down_is_prompt(gateway: FakeGateway) -> None:
         )
         running.source.stop()
         await asyncio.wait_for(running.task, 3)
+
+
+@dataclass
+class OwnBroker:
+    """A connector consuming from a Tansu broker of its own."""
+
+    running: RunningConnector
+    health: httpx.AsyncClient
+    """A client of the connector's /healthz and /metrics listener."""
+    broker: "subprocess.Popen[bytes]"
+    """The broker process, which a test that restarts the broker replaces."""
+
+
+@contextlib.asynccontextmanager
+async def consuming_own_broker(
+    gateway: FakeGateway, port: int, topic: str
+) -> AsyncIterator[OwnBroker]:
+    """Run a connector on a Tansu broker of its own, with /healthz served.
+
+    The block starts once a first record of `topic` reached the function
+    `watch`, so the connector is consuming with an assignment.
+    """
+    brokers = f"{LOOPBACK}:{port}"
+    gateway.deploy("watch", topic)
+    broker = await asyncio.to_thread(start_tansu, port)
+    own: OwnBroker | None = None
+    try:
+        await create_topics(brokers, topic)
+        settings = kafka_settings(brokers, gateway.url, group_id=unique("group"))
+        async with running_connector(settings) as running:
+            health_port = free_port()
+            health = await start_health_listener(
+                running.connector, running.source, host=LOOPBACK, port=health_port
+            )
+            try:
+                async with httpx.AsyncClient(
+                    base_url=f"http://{LOOPBACK}:{health_port}"
+                ) as client:
+                    async with kafka_producer(brokers) as producer:
+                        await producer.send_and_wait(topic, b"before")
+                    await wait_until(
+                        lambda: gateway.bodies("watch") == [b"before"],
+                        description="the first record",
+                    )
+                    own = OwnBroker(running, client, broker)
+                    yield own
+            finally:
+                await health.cleanup()
+    finally:
+        stop_process(own.broker if own is not None else broker)
+
+
+async def _health_is(client: httpx.AsyncClient, status_code: int) -> bool:
+    response = await client.get("/healthz")
+    return response.status_code == status_code
+
+
+async def test_lost_broker_fails_health_until_back(gateway: FakeGateway) -> None:
+    port = free_port()
+    topic = unique("lost")
+    async with consuming_own_broker(gateway, port, topic) as own:
+        running, client = own.running, own.health
+        await wait_until_async(
+            lambda: _metric_present(running, topic), description="the lag gauge"
+        )
+        assert (await client.get("/healthz")).status_code == 200
+
+        stop_process(own.broker)
+        await wait_until_async(
+            lambda: _health_is(client, 503),
+            description="/healthz to report the lost broker",
+        )
+        down = await client.get("/healthz")
+        lag_while_down = await _metric_present(running, topic)
+
+        own.broker = await asyncio.to_thread(start_tansu, port)
+        # The broker keeps records in memory, so the topic is new.
+        await create_topics(f"{LOOPBACK}:{port}", topic)
+        async with kafka_producer(f"{LOOPBACK}:{port}") as producer:
+            await producer.send_and_wait(topic, b"after")
+        await wait_until(
+            lambda: b"after" in gateway.bodies("watch"),
+            timeout_s=40,
+            description="the record after the restart",
+        )
+        await wait_until_async(
+            lambda: _health_is(client, 200),
+            description="/healthz to report the broker back",
+        )
+
+    assert down.text.startswith("kafka unavailable: ")
+    assert "listing topics failed" in down.text
+    assert not lag_while_down
+
+
+async def test_lost_broker_errors_limited(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    port = free_port()
+    async with consuming_own_broker(gateway, port, unique("quiet")) as own:
+        caplog.clear()
+        stop_process(own.broker)
+        await wait_until(
+            lambda: len(_repeats(caplog)) >= 20,
+            description="repeated aiokafka errors",
+        )
+        logged = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name.startswith(AIOKAFKA_LOGGER) and r.levelno >= logging.ERROR
+        ]
+        own.running.source.stop()
+        await asyncio.wait_for(own.running.task, COMMIT_TIMEOUT_S + 10)
+
+    fetch_errors = [m for m in logged if m.startswith("Failed fetch messages")]
+    coordinator_errors = [
+        m for m in logged if m.startswith("Group Coordinator Request failed")
+    ]
+    # The first line of each kind is logged, and the next after 30 s.
+    assert len(fetch_errors) == 1
+    assert len(coordinator_errors) <= 1
+    assert len(_repeats(caplog)) >= 20
+
+
+async def test_stop_while_broker_lost_is_bounded(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    gateway.respond("watch", delay_s=1.0)
+    async with consuming_own_broker(gateway, port, unique("away")) as own:
+        # The first record is still running, so its commit finds no broker.
+        stop_process(own.broker)
+        await asyncio.sleep(1.5)
+        stopping_s = time.monotonic()
+        own.running.source.stop()
+        await asyncio.wait_for(own.running.task, COMMIT_TIMEOUT_S + 10)
+        stopped_after_s = time.monotonic() - stopping_s
+
+    timed_out = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("kafka offset commit unavailable")
+    ]
+    assert stopped_after_s < COMMIT_TIMEOUT_S + 5
+    assert len(timed_out) == 1
+    assert timed_out[0].endswith(f"commit timed out after {COMMIT_TIMEOUT_S:g} s")
+
+
+def _repeats(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Return aiokafka's repeated errors that went to DEBUG."""
+    return [r for r in caplog.records if r.name == "connectors.kafka.client_logs"]
+
+
+async def _metric_present(running: RunningConnector, topic: str) -> bool:
+    text = running.connector.metrics.render().decode()
+    return (
+        f'faashub_connector_lag{{connector="kafka",partition="0",topic="{topic}"}}'
+        in text
+    )
 
 
 def make_certificates(folder: Path) -> dict[str, Path]:
