@@ -299,10 +299,19 @@ class KafkaSource:
     def _log_left_out(self, connector: Connector, selection: TopicSelection) -> None:
         """Warn once about each requested name that the subscription leaves out."""
         for topic in sorted(selection.missing - self._missing_warned):
-            logger.warning(
-                "topic not found in the cluster; subscribing once it exists",
-                extra={"ctx": {"topic": topic}},
-            )
+            if self._explicit_topics:
+                logger.warning(
+                    "topic not found in the cluster; subscribing once it exists",
+                    extra={"ctx": {"topic": topic, "setting": "--topics"}},
+                )
+            else:
+                # With topics from the annotations, the name may be another
+                # connector's, such as an SQS queue, so this is no fault.
+                logger.info(
+                    "topic not found in the Kafka cluster; subscribing once it "
+                    "exists, unless it is another connector's",
+                    extra={"ctx": {"topic": topic}},
+                )
         self._missing_warned = set(selection.missing)
 
         # Once per function that names the topic, so a later function naming

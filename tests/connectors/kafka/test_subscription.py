@@ -107,6 +107,36 @@ async def test_explicit_cron_topic_is_reported(
     assert reserved[0].__dict__["ctx"]["topic"] == CRON_TOPIC
 
 
+@pytest.mark.parametrize("explicit", [False, True], ids=["annotations", "listed"])
+async def test_missing_topic_level_follows_source(
+    kafka_brokers: str,
+    gateway: FakeGateway,
+    caplog: pytest.LogCaptureFixture,
+    explicit: bool,
+) -> None:
+    caplog.set_level(logging.INFO)
+    named = unique("present")
+    absent = unique("sqs-queue")
+    await create_topics(kafka_brokers, named)
+    gateway.deploy("listed", f"{named},{absent}")
+    overrides = {"topics": f"{named},{absent}"} if explicit else {}
+    settings = kafka_settings(
+        kafka_brokers, gateway.url, group_id=unique("group"), **overrides
+    )
+
+    async with running_connector(settings):
+        await wait_until(
+            lambda: any(r.getMessage() == "subscribed" for r in caplog.records),
+            description="the subscription",
+        )
+
+    [missing] = [r for r in caplog.records if "topic not found" in r.getMessage()]
+    assert missing.__dict__["ctx"]["topic"] == absent
+    # A topic from the annotations may be another connector's, such as an
+    # SQS queue; only a --topics entry that does not exist is a warning.
+    assert missing.levelno == (logging.WARNING if explicit else logging.INFO)
+
+
 async def test_repeated_client_errors_limited(
     gateway: FakeGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
