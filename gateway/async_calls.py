@@ -139,6 +139,10 @@ class AsyncCalls:
             if record is not None:
                 return record[0]
             queued = await find_queued(self._queue, call_id)
+            if queued is None:
+                record = await _record_after_finish(layout.status, call_id)
+                if record is not None:
+                    return record[0]
         if queued is None:
             raise _not_found(call_id)
         return _queued_status(queued.call)
@@ -183,16 +187,21 @@ class AsyncCalls:
         key = status_key(call_id)
         record = await _read_record(bucket, call_id)
         try:
+            queued = None
             if record is None:
                 queued = await find_queued(self._queue, call_id)
                 if queued is None:
-                    raise _not_found(call_id)
+                    record = await _record_after_finish(bucket, call_id)
+                    if record is None:
+                        raise _not_found(call_id)
+            if queued is not None:
                 cancelled = _cancelled(_queued_status(queued.call), now_ns=now_ns)
                 revision = await bucket.create(key, cancelled.to_json())
                 # Asked after the write: a worker that takes the message
                 # later reads the cancelled record before it runs the call.
                 delivered = await self._delivered(queued, now_ns=now_ns)
                 return _Cancel(cancelled, revision, delivered)
+            assert record is not None
             status, revision = record
             if status.state not in _CANCELLABLE:
                 raise _conflict(call_id, status.state)
@@ -280,6 +289,27 @@ class AsyncCalls:
                 "cannot delete cancelled call from the stream; a worker drops it",
                 extra={"ctx": {"call_id": call_id, "error": str(exc)}},
             )
+
+
+async def _record_after_finish(
+    bucket: KeyValue, call_id: str
+) -> tuple[CallStatus, int] | None:
+    """Read the record of a call that may have finished between two reads.
+
+    A call shorter than the worker's RUNNING_RECORD_AFTER_S has no record
+    until its final one. The worker stores that record and then acknowledges
+    the message, and it does not wait for nats-server to confirm the write.
+    So a read of the record before the call finished and a look for the
+    message after it can both find nothing, and the record can become
+    readable shortly after the message is gone. The record is read again a
+    few times, over STATUS_SETTLE_WAITS_S, before the id counts as unknown.
+    """
+    for wait_s in constants.STATUS_SETTLE_WAITS_S:
+        await asyncio.sleep(wait_s)
+        record = await _read_record(bucket, call_id)
+        if record is not None:
+            return record
+    return None
 
 
 async def find_queued(queue: CallQueue, call_id: str) -> QueuedMessage | None:

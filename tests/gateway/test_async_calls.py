@@ -16,6 +16,7 @@ from faashub import constants as shared
 from faashub import jetstream
 from faashub.call_status import CallState, CallStatus
 from faashub.queued_call import call_key, queue_filter_subject
+from gateway import constants as gateway_constants
 from gateway import delays, errors
 from tests.gateway.conftest import (
     FakeProvider,
@@ -128,6 +129,49 @@ async def test_status_of_finished_call(
     assert response.status_code == 200
     assert response.json()["state"] == "succeeded"
     assert response.json()["last_status"] == 200
+
+
+async def test_status_read_after_late_final_record(
+    client: httpx.AsyncClient, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker acknowledged the message, and its final record, written
+    # without waiting for nats-server's confirmation, becomes readable after
+    # the gateway's first read. Longer waits than the defaults keep the test
+    # independent of the machine's speed.
+    monkeypatch.setattr(gateway_constants, "STATUS_SETTLE_WAITS_S", (0.0, 0.5, 1.0))
+    record = status_record(
+        "late-1", CallState.SUCCEEDED, last_status=200, finished_at_ns=time.time_ns()
+    )
+
+    async def write_late() -> None:
+        await asyncio.sleep(0.3)
+        await write_status(nats_url, record)
+
+    writer = asyncio.create_task(write_late())
+    response = await client.get("/async-calls/late-1")
+    await writer
+
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "succeeded"
+
+
+async def test_cancel_after_late_final_record_409(
+    client: httpx.AsyncClient, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway_constants, "STATUS_SETTLE_WAITS_S", (0.0, 0.5, 1.0))
+    record = status_record(
+        "late-2", CallState.SUCCEEDED, last_status=200, finished_at_ns=time.time_ns()
+    )
+
+    async def write_late() -> None:
+        await asyncio.sleep(0.3)
+        await write_status(nats_url, record)
+
+    writer = asyncio.create_task(write_late())
+    response = await client.delete("/async-function/late-2")
+    await writer
+
+    assert response.status_code == 409, response.text
 
 
 async def test_status_call_id_needs_digest_key(client: httpx.AsyncClient) -> None:
