@@ -333,12 +333,14 @@ class DeadLetterStore:
         return new_call_id
 
     async def _record_callback_delivered(self, letter: DeadLetter, status: int) -> None:
-        """Clear the callback's dead-letter reason from the call's status record.
+        """Record the delivered callback in the call's status record.
 
         The record then shows the receiver's status, as it would have after a
-        first delivery. A record that is gone (past status_ttl_s) or that
-        changes meanwhile is left as it is, with a warning: the callback was
-        delivered all the same.
+        first delivery, and loses a callback dead-letter reason. A failed or
+        dead-lettered call keeps its own reason, such as `rejected`, because
+        the record holds one reason and the call's outcome is unchanged. A
+        record that is gone (past status_ttl_s) or that changes meanwhile is
+        left as it is, with a warning: the callback was delivered all the same.
         """
         call_id = letter.call.call_id
         context = {"call_id": call_id, "function": str(letter.call.ref)}
@@ -346,11 +348,14 @@ class DeadLetterStore:
             bucket = self._queue.layout().status
             entry = await bucket.get(status_key(call_id))
             record = CallStatus.from_json(entry.value or b"")
-            if record.dead_letter_reason not in _CALLBACK_REASONS:
+            reason = record.dead_letter_reason
+            if reason in _CALLBACK_REASONS:
+                reason = ""
+            if reason == record.dead_letter_reason and record.callback_status == status:
                 return
             updated = dataclasses.replace(
                 record,
-                dead_letter_reason="",
+                dead_letter_reason=reason,
                 callback_status=status,
                 updated_at_ns=time.time_ns(),
             )

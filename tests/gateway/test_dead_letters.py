@@ -660,6 +660,41 @@ async def test_delivered_redrive_clears_status_reason(
     assert status["attempts"] == 1
 
 
+async def test_delivered_redrive_updates_failed_call(
+    client: httpx.AsyncClient, provider: FakeProvider, nats_url: str
+) -> None:
+    # The call failed for good, so its record keeps the call's own reason
+    # and only shows the callback's failure in callback_status.
+    provider.callback_status = 204
+    await write_status(
+        nats_url,
+        CallStatus(
+            call_id="cb-8",
+            function="echo",
+            namespace=shared.DEFAULT_NAMESPACE,
+            state=CallState.FAILED,
+            attempts=1,
+            max_attempts=3,
+            last_status=400,
+            dead_letter_reason="rejected",
+            callback_status=500,
+        ),
+    )
+    await publish_dead_letter(
+        nats_url, callback_letter("cb-8", f"{provider.url}/callback")
+    )
+
+    response = await client.post(
+        "/system/dead-letters/redrive", json={"call_ids": ["cb-8"]}
+    )
+    assert response.json()["failed"] == []
+    status = (await client.get("/async-calls/cb-8")).json()
+
+    assert status["state"] == "failed"
+    assert status["dead_letter_reason"] == "rejected"
+    assert status["callback_status"] == 204
+
+
 async def test_redrive_callback_receiver_failing(
     client: httpx.AsyncClient, provider: FakeProvider, nats_url: str
 ) -> None:
