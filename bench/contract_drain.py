@@ -42,6 +42,7 @@ from nats.aio.msg import Msg
 from nats.js import api as jsapi
 
 from bench import raw_loop
+from bench.raw_drain import fetch_messages
 from faashub import call_status, callback_request, constants
 from faashub.jetstream import worker_durable_name
 from faashub.queued_call import QueuedCall, queue_filter_subject
@@ -50,8 +51,6 @@ from queue_worker.invoke import request_headers, response_headers
 from queue_worker.status import record_json
 from queue_worker.status_reads import BatchedStatusReader
 
-FETCH_BATCH = 100
-FETCH_TIMEOUT_S = 1.0
 STATUS_READ_TIMEOUT_S = 5.0
 STATUS_READ_MAX_BATCH = 64
 MAX_ATTEMPTS = 3
@@ -97,18 +96,13 @@ async def drain(
     deadline = started + time_limit_s
 
     async def fetch() -> None:
-        fetched = 0
-        while fetched < count and time.monotonic() < deadline:
-            try:
-                messages = await subscription.fetch(
-                    min(FETCH_BATCH, count - fetched), timeout=FETCH_TIMEOUT_S
-                )
-            except nats.errors.TimeoutError:
-                continue
-            for message in messages:
-                await pending.put(message)
-            fetched += len(messages)
-        await raw_loop.stop_workers(pending, concurrency)
+        await fetch_messages(
+            subscription,
+            pending,
+            count=count,
+            deadline=deadline,
+            concurrency=concurrency,
+        )
 
     async def work(session: aiohttp.ClientSession) -> None:
         nonlocal processed, failed, skipped

@@ -15,9 +15,9 @@ as the gateway would add them. The benchmark's keys are plain text and its
 records have no headers of their own, so no value needs base64 here.
 
 It keeps aiokafka's automatic offset commits, with no ordering, retries,
-dead letters, topic map, metrics or logs. So its rate is the most that a
-connector sending those headers can reach with aiokafka and aiohttp on this
-machine, and the connector's distance from it is what the connector's own
+dead letters, topic map, metrics or logs. So its rate estimates the most
+that a connector sending those headers reaches with aiokafka and aiohttp on
+this machine. The connector's distance from it is what the connector's own
 work costs: its at-least-once offset commits, retries, topic map, metrics
 and logs.
 """
@@ -29,15 +29,13 @@ import time
 import aiohttp
 import uvloop
 import yarl
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from bench import raw_loop
+from bench.raw_kafka import Record, fetch_records, start_consumer
 from connectors.core.invoker import call_id_for
 from faashub import constants
 from faashub.names import FunctionRef
 
-FETCH_TIMEOUT_MS = 500
-FETCH_MAX_RECORDS = 500
 CONNECTOR = "kafka-connector"
 
 
@@ -53,16 +51,8 @@ async def consume(
     time_limit_s: float,
 ) -> dict[str, int | float]:
     """Send up to `count` records to the function; return the sent and failed counts."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=brokers,
-        group_id=group,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    pending: asyncio.Queue[ConsumerRecord[bytes, bytes] | None] = asyncio.Queue(
-        maxsize=2 * concurrency
-    )
+    consumer = await start_consumer(brokers=brokers, topic=topic, group=group)
+    pending: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=2 * concurrency)
     sent = failed = 0
     started = time.monotonic()
     deadline = started + time_limit_s
@@ -71,16 +61,13 @@ async def consume(
     forwarded_for = url.host or ""
 
     async def fetch() -> None:
-        fetched = 0
-        while fetched < count and time.monotonic() < deadline:
-            batches = await consumer.getmany(
-                timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
-            )
-            for records in batches.values():
-                for record in records:
-                    await pending.put(record)
-                fetched += len(records)
-        await raw_loop.stop_workers(pending, concurrency)
+        await fetch_records(
+            consumer,
+            pending,
+            count=count,
+            deadline=deadline,
+            concurrency=concurrency,
+        )
 
     async def work(session: aiohttp.ClientSession) -> None:
         nonlocal sent, failed

@@ -25,6 +25,7 @@ import nats
 import nats.errors
 import uvloop
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from bench import raw_loop
 
@@ -52,18 +53,13 @@ async def drain(
     deadline = started + time_limit_s
 
     async def fetch() -> None:
-        fetched = 0
-        while fetched < count and time.monotonic() < deadline:
-            try:
-                messages = await subscription.fetch(
-                    min(FETCH_BATCH, count - fetched), timeout=FETCH_TIMEOUT_S
-                )
-            except nats.errors.TimeoutError:
-                continue
-            for message in messages:
-                await pending.put(message)
-            fetched += len(messages)
-        await raw_loop.stop_workers(pending, concurrency)
+        await fetch_messages(
+            subscription,
+            pending,
+            count=count,
+            deadline=deadline,
+            concurrency=concurrency,
+        )
 
     async def work(session: aiohttp.ClientSession) -> None:
         nonlocal processed, failed
@@ -96,6 +92,33 @@ async def drain(
         "failed": failed,
         "elapsed_s": round(time.monotonic() - started, 3),
     }
+
+
+async def fetch_messages(
+    subscription: JetStreamContext.PullSubscription,
+    pending: "asyncio.Queue[Msg | None]",
+    *,
+    count: int,
+    deadline: float,
+    concurrency: int,
+) -> None:
+    """Put up to `count` pulled messages in `pending`, then stop the workers.
+
+    It stops pulling at `deadline` (time.monotonic()), and puts one None per
+    worker. `bench.contract_drain` pulls the same way.
+    """
+    fetched = 0
+    while fetched < count and time.monotonic() < deadline:
+        try:
+            messages = await subscription.fetch(
+                min(FETCH_BATCH, count - fetched), timeout=FETCH_TIMEOUT_S
+            )
+        except nats.errors.TimeoutError:
+            continue
+        for message in messages:
+            await pending.put(message)
+        fetched += len(messages)
+    await raw_loop.stop_workers(pending, concurrency)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,15 +18,19 @@ whichever comes first, and prints one JSON line with what it did.
 import asyncio
 import sys
 import time
+from typing import TypeAlias
 
 import aiohttp
 import uvloop
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from bench import raw_loop
 
 FETCH_TIMEOUT_MS = 500
 FETCH_MAX_RECORDS = 500
+
+# A record as the consumer returns it, key and value as bytes.
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 async def consume(
@@ -40,35 +44,28 @@ async def consume(
     time_limit_s: float,
 ) -> dict[str, int | float]:
     """Send up to `count` records to the function; return the sent and failed counts."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=brokers,
-        group_id=group,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    pending: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=2 * concurrency)
+    consumer = await start_consumer(brokers=brokers, topic=topic, group=group)
+    pending: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=2 * concurrency)
     sent = failed = 0
     started = time.monotonic()
     deadline = started + time_limit_s
 
     async def fetch() -> None:
-        fetched = 0
-        while fetched < count and time.monotonic() < deadline:
-            batches = await consumer.getmany(
-                timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
-            )
-            for records in batches.values():
-                for record in records:
-                    await pending.put(record.value or b"")
-                fetched += len(records)
-        await raw_loop.stop_workers(pending, concurrency)
+        await fetch_records(
+            consumer,
+            pending,
+            count=count,
+            deadline=deadline,
+            concurrency=concurrency,
+        )
 
     async def work(session: aiohttp.ClientSession) -> None:
         nonlocal sent, failed
-        while (value := await pending.get()) is not None:
+        while (record := await pending.get()) is not None:
             try:
-                async with session.post(function_url, data=value) as response:
+                async with session.post(
+                    function_url, data=record.value or b""
+                ) as response:
                     await response.read()
                     status = response.status
             except aiohttp.ClientError as exc:
@@ -89,6 +86,43 @@ async def consume(
         "failed": failed,
         "elapsed_s": round(time.monotonic() - started, 3),
     }
+
+
+async def start_consumer(*, brokers: str, topic: str, group: str) -> AIOKafkaConsumer:
+    """Start a consumer of `topic` in `group`, from the oldest offset."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=brokers,
+        group_id=group,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    return consumer
+
+
+async def fetch_records(
+    consumer: AIOKafkaConsumer,
+    pending: "asyncio.Queue[Record | None]",
+    *,
+    count: int,
+    deadline: float,
+    concurrency: int,
+) -> None:
+    """Put up to `count` records in `pending`, then stop the workers.
+
+    It stops reading at `deadline` (time.monotonic()), and puts one None per
+    worker. `bench.contract_kafka` reads the same way.
+    """
+    fetched = 0
+    while fetched < count and time.monotonic() < deadline:
+        batches = await consumer.getmany(
+            timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS
+        )
+        for records in batches.values():
+            for record in records:
+                await pending.put(record)
+            fetched += len(records)
+    await raw_loop.stop_workers(pending, concurrency)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,7 +102,7 @@ REDACTED_HEADERS: Final = frozenset(
 )
 
 # Waits before each extra read of the status record of a call that is neither
-# recorded nor queued, before the gateway answers 404: the call may have
+# recorded nor queued, before the gateway returns 404: the call may have
 # finished between the two reads (see `async_calls._record_after_finish`).
 # Together 0.17 s, spent only on ids that are unknown or just finished.
 STATUS_SETTLE_WAITS_S: Final = (0.0, 0.02, 0.05, 0.1)

@@ -338,7 +338,7 @@ class DeadLetterStore:
         The record then shows the receiver's status, as it would have after a
         first delivery, and loses a callback dead-letter reason. A failed or
         dead-lettered call keeps its own reason, such as `rejected`, because
-        the record holds one reason and the call's outcome is unchanged. A
+        the record has room for one reason and the call's outcome is unchanged. A
         record that is gone (past status_ttl_s) or that changes meanwhile is
         left as it is, with a warning: the callback was delivered all the same.
         """

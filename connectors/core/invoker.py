@@ -572,7 +572,7 @@ def failure_reason(
 
     The gateway and the provider mark the failures they make up themselves,
     such as a 504 for a function's exec timeout or a 503 for a function that
-    cannot start, with X-OpenFaaS-Internal, and their text says why. A
+    cannot start, with X-OpenFaaS-Internal, and their text gives the reason. A
     replica's unmarked error is the function's own. Through the gateway, an
     unmarked error may also be the gateway's reply to the request itself,
     such as 431 for too many headers.
