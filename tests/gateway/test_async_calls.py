@@ -131,6 +131,19 @@ async def test_status_of_finished_call(
     assert response.json()["last_status"] == 200
 
 
+def write_final_record_later(nats_url: str, call_id: str) -> "asyncio.Task[None]":
+    """Start writing a succeeded record for `call_id` 0.3 s from now."""
+    record = status_record(
+        call_id, CallState.SUCCEEDED, last_status=200, finished_at_ns=time.time_ns()
+    )
+
+    async def write_late() -> None:
+        await asyncio.sleep(0.3)
+        await write_status(nats_url, record)
+
+    return asyncio.create_task(write_late())
+
+
 async def test_status_read_after_late_final_record(
     client: httpx.AsyncClient, nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,15 +152,8 @@ async def test_status_read_after_late_final_record(
     # the gateway's first read. Longer waits than the defaults keep the test
     # independent of the machine's speed.
     monkeypatch.setattr(gateway_constants, "STATUS_SETTLE_WAITS_S", (0.0, 0.5, 1.0))
-    record = status_record(
-        "late-1", CallState.SUCCEEDED, last_status=200, finished_at_ns=time.time_ns()
-    )
 
-    async def write_late() -> None:
-        await asyncio.sleep(0.3)
-        await write_status(nats_url, record)
-
-    writer = asyncio.create_task(write_late())
+    writer = write_final_record_later(nats_url, "late-1")
     response = await client.get("/async-calls/late-1")
     await writer
 
@@ -159,15 +165,8 @@ async def test_cancel_after_late_final_record_409(
     client: httpx.AsyncClient, nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(gateway_constants, "STATUS_SETTLE_WAITS_S", (0.0, 0.5, 1.0))
-    record = status_record(
-        "late-2", CallState.SUCCEEDED, last_status=200, finished_at_ns=time.time_ns()
-    )
 
-    async def write_late() -> None:
-        await asyncio.sleep(0.3)
-        await write_status(nats_url, record)
-
-    writer = asyncio.create_task(write_late())
+    writer = write_final_record_later(nats_url, "late-2")
     response = await client.delete("/async-function/late-2")
     await writer
 
