@@ -11,7 +11,7 @@ and builds a key on every call, which adds up on a per-call path.
 This module serves no HTTP route: each component serves `/metrics` itself.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from prometheus_client import (
@@ -23,6 +23,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.utils import floatToGoString
 
 # The key and the value of a cache of label children.
 K = TypeVar("K")
@@ -90,3 +91,28 @@ def keep_child(cache: dict[K, V], key: K, child: V, *, max_size: int | None) -> 
     if max_size is None or len(cache) < max_size:
         cache[key] = child
     return child
+
+
+def bucket_labels(bounds: Iterable[float]) -> list[str]:
+    """Return the `le` label of each bucket bound, as prometheus_client spells it.
+
+    A component that counts a histogram in plain Python and exposes it with
+    a collector labels its buckets with these, so that a scrape shows what a
+    prometheus_client Histogram would show. An infinite bound is `+Inf`.
+    """
+    return [floatToGoString(bound) for bound in bounds]  # type: ignore[no-untyped-call]
+
+
+def cumulative_buckets(
+    labels: Sequence[str], counts: Sequence[int]
+) -> list[tuple[str, float]]:
+    """Return (le, count) pairs with each count summed over the buckets up to it.
+
+    `counts` contains the observations per bucket, in the order of `labels`.
+    """
+    buckets = []
+    cumulative = 0
+    for label, count in zip(labels, counts, strict=True):
+        cumulative += count
+        buckets.append((label, float(cumulative)))
+    return buckets

@@ -19,14 +19,14 @@ event loop only, so these counts need no lock.
 """
 
 import bisect
+import math
 from collections.abc import Iterator
 
 from prometheus_client import Counter
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
-from faashub.metrics import ComponentMetrics
+from faashub.metrics import ComponentMetrics, bucket_labels, cumulative_buckets
 
 # From 10 ms to 6 hours, the default max event age: a queued call usually
 # starts within milliseconds, a backlogged or delayed one much later.
@@ -174,10 +174,7 @@ class _Histogram(Collector):
         self._name = name
         self._documentation = documentation
         self._bounds = bounds
-        self._labels = [
-            floatToGoString(bound)  # type: ignore[no-untyped-call]
-            for bound in bounds
-        ] + ["+Inf"]
+        self._labels = bucket_labels((*bounds, math.inf))
         self._counts = [0] * (len(bounds) + 1)
         self._sum = 0.0
 
@@ -190,11 +187,9 @@ class _Histogram(Collector):
         return self.collect()
 
     def collect(self) -> Iterator[Metric]:
-        cumulative = 0
-        buckets = []
-        for label, count in zip(self._labels, self._counts, strict=True):
-            cumulative += count
-            buckets.append((label, float(cumulative)))
         yield HistogramMetricFamily(
-            self._name, self._documentation, buckets=buckets, sum_value=self._sum
+            self._name,
+            self._documentation,
+            buckets=cumulative_buckets(self._labels, self._counts),
+            sum_value=self._sum,
         )

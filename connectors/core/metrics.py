@@ -40,10 +40,9 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from connectors.core import constants
-from faashub.metrics import ComponentMetrics
+from faashub.metrics import ComponentMetrics, bucket_labels, cumulative_buckets
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -223,11 +222,7 @@ class _DurationFamily(Collector):
 
     def __init__(self, outcomes: _Outcomes) -> None:
         self._outcomes = outcomes
-        # Spelled as prometheus_client spells a Histogram's `le` values.
-        self._le = [
-            floatToGoString(bound)  # type: ignore[no-untyped-call]
-            for bound in outcomes.bounds
-        ]
+        self._le = bucket_labels(outcomes.bounds)
 
     def collect(self) -> Iterator[Metric]:
         outcomes = self._outcomes
@@ -237,10 +232,6 @@ class _DurationFamily(Collector):
             labels=["connector", "function"],
         )
         for series, durations in outcomes.series.items():
-            cumulative = 0.0
-            buckets: list[tuple[str, float]] = []
-            for le, count in zip(self._le, durations.buckets, strict=True):
-                cumulative += count
-                buckets.append((le, cumulative))
+            buckets = cumulative_buckets(self._le, durations.buckets)
             family.add_metric([outcomes.connector, series], buckets, durations.sum_s)
         yield family
