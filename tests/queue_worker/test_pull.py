@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from nats.js import api as jsapi
 
 from queue_worker.pull import PullConsumer
-from tests.conftest import wait_until
+from tests.conftest import wait_until, wait_until_async
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -114,9 +114,13 @@ async def test_acks_go_through_delivered_messages(
         await message.ack()
     await nc.flush()
 
-    info = await js.consumer_info(STREAM, DURABLE)
-    assert info.num_ack_pending == 0
-    assert info.num_pending == 0
+    # nats-server applies acks on the consumer's own queue, after the flush's
+    # PONG, so the count can lag by a moment.
+    async def all_acked() -> bool:
+        info = await js.consumer_info(STREAM, DURABLE)
+        return info.num_ack_pending == 0 and info.num_pending == 0
+
+    await wait_until_async(all_acked, timeout_s=5.0, description="both acks")
     await consumer.unsubscribe()
 
 

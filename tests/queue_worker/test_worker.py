@@ -17,7 +17,7 @@ from faashub import constants, embedded_nats, jetstream
 from faashub.call_status import CallState, CallStatus, status_key
 from faashub.queued_call import merge_request_headers
 from queue_worker.worker import Worker
-from tests.conftest import LOOPBACK, free_port, stop_process
+from tests.conftest import LOOPBACK, free_port, stop_process, wait_until_async
 from tests.queue_worker.conftest import (
     RecordingServer,
     call_status,
@@ -360,10 +360,14 @@ async def test_invalid_messages_are_dead_lettered(
     assert "'99'" in letters[1].detail
     bad_callback = next(r for r in receiver.requests if r.raw_path == "/bad")
     assert bad_callback.header("X-Function-Status") == "400"
-    info = await js.consumer_info(
-        constants.CALLS_STREAM, jetstream.worker_durable_name(constants.DEFAULT_QUEUE)
-    )
-    assert info.num_ack_pending == 0
+    durable = jetstream.worker_durable_name(constants.DEFAULT_QUEUE)
+
+    # nats-server applies acks on the consumer's own queue, so poll.
+    async def all_acked() -> bool:
+        info = await js.consumer_info(constants.CALLS_STREAM, durable)
+        return info.num_ack_pending == 0
+
+    await wait_until_async(all_acked, timeout_s=5.0, description="every ack")
     assert not any("secret-body" in r.getMessage() for r in caplog.records)
 
 
