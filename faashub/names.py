@@ -13,6 +13,9 @@ from faashub.constants import DEFAULT_NAMESPACE
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_MAX_LENGTH = 63
+# Characters of an invalid value that an error message shows, so that a huge
+# value never reaches a response or a log line whole.
+SHOWN_CHARS = 80
 
 
 class FunctionRef(NamedTuple):
@@ -25,12 +28,16 @@ class FunctionRef(NamedTuple):
         return f"{self.name}.{self.namespace}"
 
 
+def excerpt(value: str) -> str:
+    """Return `value`, or its first SHOWN_CHARS characters and "..." if longer."""
+    return value if len(value) <= SHOWN_CHARS else value[:SHOWN_CHARS] + "..."
+
+
 def validate_label(value: str, *, what: str = "function name") -> str:
     """Return `value` if it is a DNS-1123 label, else raise InvalidFunctionName."""
     if len(value) > DNS1123_MAX_LENGTH or not DNS1123_LABEL.match(value):
         raise errors.InvalidFunctionName(
-            # Cut, so that a huge value never reaches a log line whole.
-            f"Invalid {what} {value[:300]!r}: use at most {DNS1123_MAX_LENGTH} "
+            f"Invalid {what} {excerpt(value)!r}: use at most {DNS1123_MAX_LENGTH} "
             "lowercase letters, digits and '-', starting and ending with a letter "
             "or digit."
         )
@@ -75,7 +82,7 @@ def validate_qualified_name(key: str, *, what: str, function: str = "") -> str:
     if problem:
         owner = f" of function {function!r}" if function else ""
         raise errors.InvalidFunctionName(
-            f"Invalid {what} {key[:300]!r}{owner}: {problem}."
+            f"Invalid {what} {excerpt(key)!r}{owner}: {problem}."
         )
     return key
 
@@ -94,7 +101,7 @@ def validate_metadata(
             len(value) > QUALIFIED_NAME_MAX_LENGTH or not QUALIFIED_NAME.match(value)
         ):
             raise errors.InvalidFunctionName(
-                f"Invalid value {value[:300]!r} of label {key!r} of function "
+                f"Invalid value {excerpt(value)!r} of label {key!r} of function "
                 f"{function!r}: use at most {QUALIFIED_NAME_MAX_LENGTH} letters, "
                 "digits, '-', '_' and '.', starting and ending with a letter or digit."
             )

@@ -17,6 +17,7 @@ needed.
 
 import os
 
+from faashub import names
 from gateway import errors
 
 _BYTES_PER_ID = 16
@@ -49,7 +50,7 @@ def _shown(call_id: str) -> str:
         text = call_id.encode("latin-1").decode("utf-8")
     except UnicodeError:
         text = call_id
-    return text if len(text) <= 80 else text[:80] + "..."
+    return names.excerpt(text)
 
 
 def new_call_id() -> str:

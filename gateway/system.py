@@ -82,8 +82,6 @@ _LOGS_PATH = "logs"
 # Largest body the management API forwards. A secret of the local provider's
 # default 1 MiB limit, base64-encoded in JSON, fits with room to spare.
 MAX_SYSTEM_BODY_BYTES = 4 * 1024 * 1024
-# Characters of an invalid namespace query value that a 400 message shows.
-NAMESPACE_SHOWN_CHARS = 80
 # The gateway's own route under /system/, in the form of the forward route's
 # `{path}` parameter.
 _DEAD_LETTERS_PATH = constants.DEAD_LETTERS_PATH.removeprefix("/system/")
@@ -406,20 +404,14 @@ def _tls_verification(*base_urls: str) -> ssl.SSLContext | bool:
 def namespace_query_problem(values: list[str]) -> str | None:
     """Return why a `namespace` query value is invalid, or None when all are valid.
 
-    The message is the one a deployment body with that namespace gets, with
-    at most NAMESPACE_SHOWN_CHARS of the value. An empty value means the
-    provider's default namespace.
+    The message is the one a deployment body with that namespace gets. An
+    empty value means the provider's default namespace.
     """
     for value in values:
         if not value:
             continue
-        excerpt = value
-        if len(value) > NAMESPACE_SHOWN_CHARS:
-            # A value this long is no valid label. Its excerpt ends in dots, so it
-            # is invalid too, and the check fails with a message that shows it.
-            excerpt = value[:NAMESPACE_SHOWN_CHARS] + "..."
         try:
-            names.validate_label(excerpt, what="namespace")
+            names.validate_label(value, what="namespace")
         except shared_errors.InvalidFunctionName as exc:
             return str(exc)
     return None

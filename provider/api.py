@@ -138,9 +138,6 @@ _STATUS_BY_ERROR: Final[tuple[tuple[type[Exception], int], ...]] = (
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
-# Characters of an invalid namespace query value that an error message shows.
-NAMESPACE_SHOWN_CHARS: Final = 80
-
 # The key in an invocation's context that marks a function that exists.
 _REACHED_KEY: Final = "_reached"
 
@@ -488,17 +485,10 @@ def check_namespace_query(namespace: str) -> None:
     """Raise InvalidFunctionName (400) unless `namespace` is empty or a DNS-1123 label.
 
     A query names the namespace as a body does, so an invalid one gets the
-    same 400 instead of a 404 for a namespace that does not exist. The message
-    shows at most NAMESPACE_SHOWN_CHARS of the value.
+    same 400 instead of a 404 for a namespace that does not exist.
     """
-    if not namespace:
-        return
-    excerpt = namespace
-    if len(namespace) > NAMESPACE_SHOWN_CHARS:
-        # A value this long is no valid label. Its excerpt ends in dots, so it
-        # is invalid too, and the check fails with a message that shows it.
-        excerpt = namespace[:NAMESPACE_SHOWN_CHARS] + "..."
-    names.validate_label(excerpt, what="namespace")
+    if namespace:
+        names.validate_label(namespace, what="namespace")
 
 
 async def _check_namespace_parameter(request: Request) -> None:

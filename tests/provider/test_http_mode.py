@@ -474,7 +474,7 @@ def test_broken_response_closes_connection(
     echo(client)
 
     # NB: each set_level also sets caplog's handler level, so the ERROR one
-    # comes first; the handler then keeps WARNING for the restart line, which
+    # comes first. The handler then keeps WARNING for the restart line, which
     # the provider's thread may log after the call below returns.
     caplog.set_level(logging.ERROR, logger="uvicorn.error")
     caplog.set_level(logging.WARNING, logger="provider.local.http_mode")
