@@ -263,12 +263,14 @@ async def test_delayed_calls_survive_nats_restart(
     start_worker: StartWorker,
 ) -> None:
     js = client.jetstream()
+    worker = await start_worker()
+    # The delay counts from after the worker's start, which can take seconds
+    # on a busy machine.
     not_before_ns = make_call().accepted_at_ns + 3_000_000_000
     calls = [
         make_call(callback_url=f"{receiver.url}/done", not_before_ns=not_before_ns)
         for _ in range(5)
     ]
-    worker = await start_worker()
 
     for call in calls:
         await publish(js, call)
