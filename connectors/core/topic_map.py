@@ -26,7 +26,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -158,6 +158,33 @@ class TopicMap:
 EMPTY = TopicMap({})
 
 
+def _every_entry(entry: str) -> bool:
+    return True
+
+
+def serves_names(consumed: Iterable[str]) -> Callable[[str], bool]:
+    """Return a test of whether an annotation entry concerns `consumed`.
+
+    `consumed` lists the topic or queue names and patterns that a connector
+    consumes. An entry concerns them when it is one of them, when it is a
+    name that one of the patterns matches, or when it is a pattern that
+    matches one of the names.
+    """
+    consumed = frozenset(consumed)
+    consumed_names = [item for item in consumed if not is_pattern(item)]
+    consumed_patterns = [pattern_regex(item) for item in consumed if is_pattern(item)]
+
+    def serves(entry: str) -> bool:
+        if entry in consumed:
+            return True
+        if is_pattern(entry):
+            regex = pattern_regex(entry)
+            return any(regex.match(name) for name in consumed_names)
+        return any(regex.match(entry) for regex in consumed_patterns)
+
+    return serves
+
+
 class TopicMapBuilder:
     """Keeps a `TopicMap` in step with the functions that the gateway lists.
 
@@ -182,6 +209,10 @@ class TopicMapBuilder:
         self._log_context: dict[str, object] = (
             {"connector": connector} if connector else {}
         )
+        # Whether the owning connector consumes an entry. Changes to the
+        # entries of other connectors are logged at DEBUG, so that each change
+        # gets one INFO line from the connector it concerns.
+        self.serves: Callable[[str], bool] = _every_entry
         # The Authorization header value for the gateway's /system API, or "".
         self._authorization = authorization
         self._rebuild_interval_s = rebuild_interval_s
@@ -301,7 +332,8 @@ class TopicMapBuilder:
                 },
             )
         for change, entry, function in topic_map.changes_since(previous or EMPTY):
-            logger.info(
+            logger.log(
+                logging.INFO if self.serves(entry) else logging.DEBUG,
                 "function %s topic",
                 "added to" if change == "added" else "removed from",
                 extra={

@@ -35,6 +35,7 @@ from connectors.core.invoker import InvocationResult, Message
 from connectors.core.metrics import ConnectorMetrics
 from connectors.core.retry import SleepFunction as RetrySleepFunction
 from connectors.core.source import until_stopped
+from connectors.core.topic_map import serves_names
 from connectors.cron import constants
 from connectors.cron.errors import InvalidSchedule
 from connectors.cron.functions import CronFunctionsBuilder
@@ -72,6 +73,7 @@ class CronConnector(Connector):
             constants.CONNECTOR_NAME, function_durations=False
         )
         self.topic_maps = CronFunctionsBuilder.like(self.topic_maps)
+        self.topic_maps.serves = serves_names([constants.TOPIC])
         self.cron_metrics = CronMetrics(self.metrics.registry)
         # Many functions can share a tick. Without a bound, each would open a
         # connection at the same instant and overflow the gateway's backlog.

@@ -14,7 +14,8 @@ from connectors.core.runner import run_connector, run_event_loop
 from connectors.kafka import constants
 from connectors.kafka.dev_broker import DevBroker, start_dev_broker
 from connectors.kafka.source import KafkaSource
-from faashub.connector_settings import KafkaConnectorSettings
+from connectors.kafka.subscription import served_entries
+from faashub.connector_settings import KafkaConnectorSettings, topic_list
 
 logger = logging.getLogger(__name__)
 
@@ -43,4 +44,5 @@ async def serve(settings: KafkaConnectorSettings) -> None:
             "posts results to the callback URL instead"
         )
     connector = Connector(settings, name=constants.CONNECTOR_NAME)
+    connector.topic_maps.serves = served_entries(topic_list(settings.topics))
     await run_connector(connector, source, tune_gc_after_open=True)

@@ -20,10 +20,10 @@ topic of that name can ever appear.
 """
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from connectors.core.topic_map import is_pattern, pattern_regex
+from connectors.core.topic_map import is_pattern, pattern_regex, serves_names
 from connectors.cron import constants as cron_constants
 from connectors.kafka import constants
 
@@ -41,6 +41,18 @@ class TopicSelection:
     """Names that Kafka cannot hold."""
     reserved: frozenset[str] = frozenset()
     """Names of other connectors' topics: `cron-function`."""
+
+
+def served_entries(explicit_topics: list[str]) -> Callable[[str], bool]:
+    """Return a test of whether the connector consumes an annotation entry.
+
+    With `--topics auto` (`explicit_topics` empty) it consumes every entry
+    but the cron connector's topic, and otherwise those that concern the
+    explicit list (`serves_names`).
+    """
+    if explicit_topics:
+        return serves_names(explicit_topics)
+    return lambda entry: entry != cron_constants.TOPIC
 
 
 def is_valid_topic_name(name: str) -> bool:

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from connectors.core.connector import Connector, DeliveryReport
 from connectors.core.invoker import InvocationResult, Message
 from connectors.core.retry import RetryPolicy, SleepFunction
+from connectors.core.topic_map import serves_names
 from connectors.sqs import constants
-from connectors.sqs.queues import Queue
+from connectors.sqs.queues import Queue, queue_name
 from faashub import names
-from faashub.connector_settings import SqsConnectorSettings
+from faashub.connector_settings import SqsConnectorSettings, sqs_queue_list
 
 
 class SqsConnector(Connector):
@@ -42,6 +43,10 @@ class SqsConnector(Connector):
         self, settings: SqsConnectorSettings, *, sleep: SleepFunction = asyncio.sleep
     ) -> None:
         super().__init__(settings, name=constants.CONNECTOR_NAME, sleep=sleep)
+        queues = sqs_queue_list(settings.sqs_queues)
+        self.topic_maps.serves = serves_names(
+            [*queues, *(queue_name(entry) for entry in queues)]
+        )
         self.visibility_retry = self.retry
         self.retry = RetryPolicy(
             attempts=1,

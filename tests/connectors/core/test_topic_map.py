@@ -10,6 +10,7 @@ from connectors.core.topic_map import (
     TopicMapBuilder,
     is_pattern,
     parse_topic_annotation,
+    serves_names,
 )
 from faashub.names import FunctionRef
 from tests.connectors.conftest import FakeGateway, wait_until
@@ -123,6 +124,43 @@ async def test_builder_logs_added_and_removed(
         ("function added to topic", "b.openfaas-fn"),
         ("function removed from topic", "a.openfaas-fn"),
     ]
+
+
+async def test_builder_logs_other_entries_at_debug(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="connectors.core.topic_map")
+    gateway.deploy("a", "orders,payments")
+    builder = TopicMapBuilder(gateway.url, rebuild_interval_s=0.05)
+    builder.serves = serves_names(["orders"])
+    task = asyncio.create_task(builder.run())
+    try:
+        await asyncio.wait_for(builder.wait_until_built(), 5)
+    finally:
+        task.cancel()
+
+    levels = {
+        record.__dict__["ctx"]["topic"]: record.levelno
+        for record in caplog.records
+        if record.getMessage() == "function added to topic"
+    }
+    assert levels == {"orders": logging.INFO, "payments": logging.DEBUG}
+
+
+@pytest.mark.parametrize(
+    ("consumed", "entry", "expected"),
+    [
+        pytest.param(["orders"], "orders", True, id="same-name"),
+        pytest.param(["orders"], "payments", False, id="other-name"),
+        pytest.param(["orders.*"], "orders.eu", True, id="name-matched-by-pattern"),
+        pytest.param(["orders.*"], "orders.*", True, id="same-pattern"),
+        pytest.param(["orders.eu"], "orders.*", True, id="pattern-matching-name"),
+        pytest.param(["payments"], "orders.*", False, id="pattern-matching-none"),
+        pytest.param(["orders.*"], "payments.*", False, id="other-pattern"),
+    ],
+)
+def test_serves_names_cases(consumed: list[str], entry: str, expected: bool) -> None:
+    assert serves_names(consumed)(entry) is expected
 
 
 async def test_builder_keeps_last_map_while_gateway_down(

@@ -431,3 +431,11 @@ async def test_stop_ends_wait_for_first_function_list() -> None:
         await connector.close()
 
     assert source.state != "ready"
+
+
+async def test_connector_serves_only_cron_topic(gateway: FakeGateway) -> None:
+    connector = CronConnector(cron_settings(gateway))
+
+    assert connector.topic_maps.serves("cron-function")
+    assert connector.topic_maps.serves("cron-*")
+    assert not connector.topic_maps.serves("orders")

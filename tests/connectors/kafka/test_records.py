@@ -15,7 +15,11 @@ from connectors.kafka.records import (
     record_identity,
     record_message,
 )
-from connectors.kafka.subscription import is_valid_topic_name, select_topics
+from connectors.kafka.subscription import (
+    is_valid_topic_name,
+    select_topics,
+    served_entries,
+)
 from faashub.names import FunctionRef
 
 
@@ -281,3 +285,19 @@ def test_selection_reports_invalid_names() -> None:
     assert selection.subscribed == {"orders"}
     assert selection.invalid == {"a b", ".."}
     assert selection.missing == {"late"}
+
+
+def test_auto_topics_serve_all_but_cron() -> None:
+    serves = served_entries([])
+
+    assert serves("orders")
+    assert serves("orders.*")
+    assert not serves("cron-function")
+
+
+def test_explicit_topics_serve_their_entries() -> None:
+    serves = served_entries(["payments", "orders.*"])
+
+    assert serves("payments")
+    assert serves("orders.eu")
+    assert not serves("audit")

@@ -8,11 +8,12 @@ from pydantic import ValidationError
 
 from connectors.core.invoker import InvocationResult
 from connectors.sqs.dead_letters import dead_letter_request
-from connectors.sqs.delivery import OutcomeMemory, Outcomes
+from connectors.sqs.delivery import OutcomeMemory, Outcomes, SqsConnector
 from connectors.sqs.messages import function_message, received_message
 from connectors.sqs.queues import Queue
 from faashub.connector_settings import SqsConnectorSettings, sqs_queue_list
 from faashub.names import FunctionRef
+from tests.connectors.sqs.conftest import sqs_settings
 
 QUEUE_URL = "http://127.0.0.1:9324/123456789012/orders"
 
@@ -193,3 +194,19 @@ def test_queue_entries_accepted() -> None:
         "orders",
         "https://sqs.eu-west-1.amazonaws.com/1/jobs.fifo",
     ]
+
+
+def test_connector_serves_its_queues() -> None:
+    # No server is contacted: the connector only reads its settings here.
+    settings = sqs_settings(
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:2",
+        ["orders", "http://127.0.0.1:1/000000000000/payments"],
+    )
+    serves = SqsConnector(settings).topic_maps.serves
+
+    assert serves("orders")
+    assert serves("payments")
+    assert serves("http://127.0.0.1:1/000000000000/payments")
+    assert serves("pay*")
+    assert not serves("audit")
