@@ -13,11 +13,12 @@ address, and connects only to the checked addresses, so a DNS answer that
 changes between check and connection (DNS rebinding) cannot bypass the check.
 A URL whose host is an IP literal skips aiohttp's resolver, so callers check
 it first with `literal_refusal`. Link-local networks (169.254.0.0/16,
-fe80::/10) and cloud metadata addresses are always denied, as are the
-networks of callback_deny_networks. When callback_allow is set, only its
-hosts and networks are allowed. Loopback and private networks are allowed by
-default, so that `faashub up` can post callbacks to a receiver on the same
-machine.
+fe80::/10) and cloud metadata addresses are always denied, and no setting
+changes that. The networks of callback_deny_networks are denied too, except
+for smaller networks inside them that callback_allow lists. When
+callback_allow is set, only its hosts and networks are allowed. Loopback and
+private networks are allowed by default, so that `faashub up` can post
+callbacks to a receiver on the same machine.
 
 This module does not build or send callback requests, and does not decide
 what happens to a rejected one: the queue-worker dead-letters it, and the
@@ -41,6 +42,9 @@ from faashub import __version__, http_sessions
 CALLBACK_USER_AGENT: Final = f"faashub-queue-worker/{__version__}"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# The flag and variable of callback_allow, named in the messages that suggest it.
+ALLOW_SETTING: Final = "--callback-allow or FAASHUB_CALLBACK_ALLOW"
 
 # Addresses no callback may reach: link-local networks, where the AWS, GCP and
 # Azure metadata service (169.254.169.254) lives, AWS's IPv6 metadata address,
@@ -96,23 +100,52 @@ class CallbackGuard:
         return bool(self.allowed_networks or self.allowed_hosts)
 
     def check(self, host: str, address: str) -> None:
-        """Raise CallbackRefused unless `host` may be reached at `address`."""
+        """Raise CallbackRefused unless `host` may be reached at `address`.
+
+        ALWAYS_DENIED comes first and no setting lifts it. Between
+        callback_deny_networks and callback_allow, the smallest network that
+        contains the address decides, and a deny wins a tie. So an allowed
+        10.1.0.0/16 opens part of a denied 10.0.0.0/8, and a denied
+        127.0.0.2/32 closes part of an allowed 127.0.0.0/8.
+        """
         ip = ipaddress.ip_address(address.partition("%")[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        if any(ip in network for network in self.allowed_networks):
-            return
-        for network in (*ALWAYS_DENIED, *self.denied):
+        for network in ALWAYS_DENIED:
             if ip in network:
                 raise CallbackRefused(
-                    f"callback refused: host {host!r} resolves to {ip}, in the "
-                    f"denied network {network} (link-local, cloud metadata or "
-                    "callback_deny_networks)"
+                    f"callback refused: host {host!r} resolves to {ip}, in "
+                    f"{network}, which callbacks may never reach (link-local, "
+                    "cloud metadata, unspecified and multicast addresses)"
                 )
+        denied = _smallest_containing(ip, self.denied)
+        allowed = _smallest_containing(ip, self.allowed_networks)
+        if denied is not None and (
+            allowed is None or allowed.prefixlen <= denied.prefixlen
+        ):
+            raise CallbackRefused(
+                f"callback refused: host {host!r} resolves to {ip}, in the denied "
+                f"network {denied} of callback_deny_networks. To allow it, add a "
+                f"network inside {denied} that contains {ip} to callback_allow "
+                f"({ALLOW_SETTING})"
+            )
+        if allowed is not None:
+            return
         if self.has_allow_list and host.lower().rstrip(".") not in self.allowed_hosts:
             raise CallbackRefused(
-                f"callback refused: host {host!r} ({ip}) is not in callback_allow"
+                f"callback refused: host {host!r} ({ip}) is not in callback_allow. "
+                f"To allow it, add the host or its network to callback_allow "
+                f"({ALLOW_SETTING})"
             )
+
+
+def _smallest_containing(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    networks: tuple[IPNetwork, ...],
+) -> IPNetwork | None:
+    """Return the network of `networks` with the longest prefix that contains `ip`."""
+    containing = [network for network in networks if ip in network]
+    return max(containing, key=lambda network: network.prefixlen, default=None)
 
 
 class GuardedResolver(AbstractResolver):

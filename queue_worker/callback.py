@@ -104,9 +104,7 @@ class Delivery:
         if self.refused:
             return (
                 f"The callback to {url} was not sent, because the worker's callback "
-                f"guard rejects its address: {self.error}. To allow it, add the "
-                "address's network to the worker's callback_allow setting "
-                "(--callback-allow or FAASHUB_CALLBACK_ALLOW)."
+                f"guard rejects its address: {self.error}."
             )
         tries = len(self.tries)
         noun = "try" if tries == 1 else "tries"

@@ -80,7 +80,9 @@ async def test_metadata_callback_dead_lettered(
     assert letter.reason == "callback-refused"
     assert "callback refused" in letter.detail
     assert "was not sent" in letter.detail
-    assert "callback_allow" in letter.detail
+    assert "may never reach" in letter.detail
+    # No setting lifts this denial, so the detail suggests none.
+    assert "callback_allow" not in letter.detail
     assert "times" not in letter.detail
     # A refused address is final: one try, no retries.
     assert len(letter.attempts) == 1
@@ -182,6 +184,53 @@ def test_allow_list_admits_only_listed() -> None:
     # A listed host still may not resolve to a metadata address.
     with pytest.raises(CallbackRefused, match="169.254.0.0/16"):
         guard.check("hooks.example.com", "169.254.169.254")
+
+
+@pytest.mark.parametrize(
+    ("allow", "address"),
+    [
+        pytest.param("0.0.0.0/0", "169.254.169.254", id="every-ipv4"),
+        pytest.param("169.254.0.0/16", "169.254.169.254", id="link-local"),
+        pytest.param("100.100.100.200/32", "100.100.100.200", id="alibaba-metadata"),
+        pytest.param("::/0", "fd00:ec2::254", id="aws-ipv6-metadata"),
+    ],
+)
+def test_allow_list_never_lifts_metadata(allow: str, address: str) -> None:
+    guard = CallbackGuard.from_settings(deny_networks="", allow=allow)
+
+    with pytest.raises(CallbackRefused, match="may never reach"):
+        guard.check(address, address)
+
+
+def test_smaller_deny_inside_allow_refuses() -> None:
+    guard = CallbackGuard.from_settings(
+        deny_networks="127.0.0.2/32", allow="127.0.0.0/8"
+    )
+
+    guard.check("127.0.0.1", "127.0.0.1")
+    with pytest.raises(CallbackRefused, match="127.0.0.2/32 of callback_deny_networks"):
+        guard.check("127.0.0.2", "127.0.0.2")
+
+
+def test_smaller_allow_inside_deny_admits() -> None:
+    guard = CallbackGuard.from_settings(deny_networks="10.0.0.0/8", allow="10.1.0.0/16")
+
+    guard.check("10.1.2.3", "10.1.2.3")
+    with pytest.raises(CallbackRefused) as refused:
+        guard.check("10.2.0.1", "10.2.0.1")
+
+    message = str(refused.value)
+    assert "10.0.0.0/8 of callback_deny_networks" in message
+    assert "--callback-allow" in message
+
+
+def test_same_network_denied_and_allowed_refuses() -> None:
+    guard = CallbackGuard.from_settings(
+        deny_networks="192.168.0.0/16", allow="192.168.0.0/16"
+    )
+
+    with pytest.raises(CallbackRefused, match="callback_deny_networks"):
+        guard.check("192.168.1.1", "192.168.1.1")
 
 
 def test_invalid_deny_network_rejected() -> None:
