@@ -273,15 +273,17 @@ def function_label(function: str) -> str:
 def listed_replicas(listing: Iterable[Any], *, namespace: str = "") -> dict[str, int]:
     """Return the desired replicas by `name.namespace` from a function listing.
 
-    Entries without a string `name` or an integer `replicas` are skipped. An
-    entry without a `namespace` is in `namespace`, or the default one.
+    An entry without `replicas` has 0, because the local provider leaves
+    the field out at 0, as Go's `omitempty` does. Entries without a string
+    `name` or with a `replicas` that is not an integer are skipped. An entry
+    without a `namespace` is in `namespace`, or the default one.
     """
     replicas: dict[str, int] = {}
     for entry in listing:
         if not isinstance(entry, dict):
             continue
         name = entry.get("name")
-        count = entry.get("replicas")
+        count = entry.get("replicas", 0)
         if not isinstance(name, str) or not isinstance(count, int):
             continue
         entry_namespace = entry.get("namespace") or namespace

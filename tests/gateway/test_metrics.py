@@ -54,6 +54,8 @@ async def provider() -> AsyncIterator[ListingProvider]:
             "invocationCount": 7,
         },
         {"name": "idle", "replicas": 1, "invocationCount": 4},
+        # The local provider leaves replicas out at 0, as Go's omitempty does.
+        {"name": "scaled-down", "invocationCount": 0},
     ]
     runner = web.AppRunner(fake.build_app())
     await runner.setup()
@@ -133,6 +135,7 @@ async def test_service_count_from_listing(client: httpx.AsyncClient) -> None:
 
     assert found[("gateway_service_count", labels(ECHO))] == 2
     assert found[("gateway_service_count", labels("idle.openfaas-fn"))] == 1
+    assert found[("gateway_service_count", labels("scaled-down.openfaas-fn"))] == 0
 
 
 async def test_listing_gets_gateway_invocation_count(
