@@ -618,7 +618,9 @@ def _body_too_large(request: Request, *, max_bytes: int) -> Response:
         {
             "detail": f"The request body exceeds {max_bytes} bytes, the most "
             f"that {request.method} {request.url.path} accepts. Send a smaller "
-            "body, or use faas-cli or curl for larger requests."
+            "body. To invoke a function with a larger one, call its "
+            "/function/NAME or /async-function/NAME route directly (faashub "
+            "invoke, faas-cli invoke or curl)."
         },
         status_code=413,
         # The unread rest of the body makes the connection unusable.

@@ -91,7 +91,9 @@ def parse_request(document: Any) -> InvokeRequest:
     if len(encoded) > MAX_REQUEST_BODY_BYTES:
         raise errors.InvalidRequest(
             f"The body has {len(encoded)} bytes; the console sends at most "
-            f"{MAX_REQUEST_BODY_BYTES}. Use faas-cli or curl for larger bodies."
+            f"{MAX_REQUEST_BODY_BYTES}. For a larger body, call the function's "
+            "/function/NAME or /async-function/NAME route directly (faashub "
+            "invoke, faas-cli invoke or curl)."
         )
 
     return InvokeRequest(

@@ -539,6 +539,7 @@ def test_declared_length_over_cap_413(
     status_line, _, rest = response.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
     assert f"exceeds {cap} bytes".encode() in rest
+    assert b"/function/NAME or /async-function/NAME" in rest
 
 
 @pytest.mark.timeout(30)
@@ -565,6 +566,20 @@ def test_body_under_cap_accepted(console_hub: ConsoleHub) -> None:
     )
     assert response.status_code == 200
     assert response.json()["body_size"] == len(body)
+
+
+def test_body_over_invoke_limit_400(console_hub: ConsoleHub) -> None:
+    body = "x" * (1024 * 1024 + 1)
+    response = console_hub.client.post(
+        "/ui/api/functions/openfaas-fn/echo/invoke",
+        json={"mode": "sync", "body": body},
+        headers=CONSOLE_HEADERS,
+    )
+
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert f"The body has {len(body)} bytes" in detail
+    assert "/function/NAME or /async-function/NAME" in detail
 
 
 @pytest.mark.parametrize(
