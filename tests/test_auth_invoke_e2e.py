@@ -7,6 +7,9 @@ still not receive them.
 """
 
 import hashlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +87,32 @@ def test_function_never_sees_gateway_credentials(hub: RunningHub) -> None:
     assert callback.body.strip() == b"none"
     assert direct.status_code == 200
     assert direct.content.strip() == b"none"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [pytest.param([], id="sync"), pytest.param(["--async"], id="async")],
+)
+def test_cli_invoke_wrong_password_explains(
+    hub: RunningHub, tmp_path: Path, arguments: list[str]
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "faashub", "invoke", "digest", *arguments],
+        input=b"x",
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={
+            **os.environ,
+            "OPENFAAS_URL": hub.url,
+            "FAASHUB_GATEWAY_USER": "admin",
+            "FAASHUB_GATEWAY_PASSWORD": "wrong",
+            "FAASHUB_AUTH_FILE": str(tmp_path / "auth.json"),
+        },
+    )
+
+    assert result.returncode != 0
+    stderr = result.stderr.decode()
+    assert "HTTP 401" in stderr
+    assert "rejected the credentials of user 'admin'" in stderr
+    assert "from FAASHUB_GATEWAY_USER and FAASHUB_GATEWAY_PASSWORD" in stderr

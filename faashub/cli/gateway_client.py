@@ -5,12 +5,15 @@ The gateway comes from `--gateway`, then `OPENFAAS_URL`, then a stack file's
 that default comes the URL that `faashub up` recorded in the state folder
 that FAASHUB_STATE_DIR names, the folder its start-up hint exports. The
 client sends the credentials that `faashub.credentials.find_cli_credentials`
-picks for that gateway, if any.
+picks for that gateway, if any. Each request records whose credentials it
+carried and where they came from, so that the message of a 401 can name
+them and the fix.
 """
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,8 +29,39 @@ GATEWAY_HELP = (
 )
 
 
+# The key of a request's `extensions` entry that names the credentials sent.
+SENT_CREDENTIALS = "faashub.sent_credentials"
+
+
 class GatewayError(errors.FaashubError):
     """The gateway could not be reached or rejected a request."""
+
+
+@dataclass(frozen=True, slots=True)
+class SentCredentials:
+    """The user whose credentials a request carried, and where they came from.
+
+    `source` completes the sentence "the gateway rejected the credentials of
+    user U ..." and names the fix.
+    """
+
+    gateway: str
+    user: str
+    source: str
+
+
+class _CliBasicAuth(httpx.BasicAuth):
+    """HTTP basic auth that also records the credentials in each request."""
+
+    def __init__(self, sent: SentCredentials, password: str) -> None:
+        super().__init__(sent.user, password)
+        self._sent = sent
+
+    def auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        request.extensions[SENT_CREDENTIALS] = self._sent
+        yield from super().auth_flow(request)
 
 
 def resolve_gateway(flag_value: str | None, stack_gateway: str | None = None) -> str:
@@ -58,15 +92,49 @@ def gateway_client(
     A gateway URL without a scheme, a request that could not be sent and a
     timeout each get their own message, because the gateway may well be up.
     """
-    found = credentials.find_cli_credentials(
-        gateway, os.environ, default_state_dir=settings.default_state_dir()
-    )
-    auth = httpx.BasicAuth(found.user, found.password) if found else None
+    auth = _cli_auth(gateway)
     try:
         with httpx.Client(base_url=gateway, timeout=timeout_s, auth=auth) as client:
             yield client
     except httpx.TransportError as exc:
         raise GatewayError(transport_error_message(gateway, exc, timeout_s)) from exc
+
+
+def _cli_auth(gateway: str) -> _CliBasicAuth | None:
+    """Return the basic auth for `gateway` that find_cli_credentials picks, or None.
+
+    The source follows the order of find_cli_credentials: the variables, the
+    login store, then the hub's state folder.
+    """
+    default_state_dir = settings.default_state_dir()
+    found = credentials.find_cli_credentials(
+        gateway, os.environ, default_state_dir=default_state_dir
+    )
+    if found is None:
+        return None
+    store = credentials.default_login_store(os.environ)
+    if os.environ.get(credentials.ENV_USER) or os.environ.get(credentials.ENV_PASSWORD):
+        source = (
+            f"from {credentials.ENV_USER} and {credentials.ENV_PASSWORD}. Set "
+            "them to the gateway's user and password, or unset both so that the "
+            "CLI takes the credentials from 'faashub login' or the hub's state folder"
+        )
+    elif credentials.load_login(store, gateway) is not None:
+        source = (
+            f"that 'faashub login' stored in {store}. Run 'faashub login "
+            f"--gateway {gateway}' again with the gateway's password"
+        )
+    else:
+        state_dir = Path(
+            os.environ.get(credentials.ENV_STATE_DIR) or default_state_dir
+        ).expanduser()
+        source = (
+            f"of the hub with the state folder {state_dir}, which recorded this "
+            f"gateway URL. Set {credentials.ENV_STATE_DIR} to the state folder of "
+            "the hub that serves it, or run 'faashub login'"
+        )
+    sent = SentCredentials(gateway=gateway, user=found.user, source=source)
+    return _CliBasicAuth(sent, found.password)
 
 
 def transport_error_message(
@@ -111,13 +179,30 @@ def check_response(response: httpx.Response, action: str) -> None:
         return
     if response.status_code == 401:
         raise GatewayError(
-            f"{action} failed with HTTP 401: the gateway needs credentials. Run "
-            "'faashub login', or set FAASHUB_GATEWAY_USER and "
-            "FAASHUB_GATEWAY_PASSWORD. For a hub started with 'faashub up "
-            f"--state-dir DIR', set {credentials.ENV_STATE_DIR}=DIR instead."
+            f"{action} failed with HTTP 401: {unauthorized_reason(response)}"
         )
     raise GatewayError(
         f"{action} failed with HTTP {response.status_code}: {error_text(response)}"
+    )
+
+
+def unauthorized_reason(response: httpx.Response) -> str:
+    """Return why the gateway sent a 401 and how to fix it, starting in lower case.
+
+    The reason depends on whether the request carried credentials, and from
+    where the CLI took them.
+    """
+    sent = response.request.extensions.get(SENT_CREDENTIALS)
+    if isinstance(sent, SentCredentials):
+        return (
+            f"the gateway at {sent.gateway} rejected the credentials of user "
+            f"{sent.user!r} {sent.source}."
+        )
+    return (
+        f"the gateway needs credentials. Run 'faashub login', or set "
+        f"{credentials.ENV_USER} and {credentials.ENV_PASSWORD}. For a hub "
+        "started with 'faashub up --state-dir DIR', set "
+        f"{credentials.ENV_STATE_DIR}=DIR instead."
     )
 
 

@@ -31,6 +31,7 @@ from faashub.cli.gateway_client import (
     namespace_params,
     print_table,
     resolve_gateway,
+    unauthorized_reason,
 )
 
 # The hub's default --upstream-timeout-s is 300 s. Waiting a little longer
@@ -435,10 +436,15 @@ def run_invoke(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
         # The body stays byte for byte on stdout; the line break that keeps
         # the message off the body's last line goes to stderr.
         separator = "" if ends_with_newline else "\n"
-        print(
-            f"{separator}faashub: {name} returned HTTP {response.status_code}.",
-            file=sys.stderr,
-        )
+        message = f"faashub: {name} returned HTTP {response.status_code}."
+        if response.status_code == 401:
+            # The function may have sent the 401 itself, so the gateway's
+            # reason is only a condition.
+            message += (
+                " If the gateway checks credentials on calls (auth_invoke), "
+                f"{unauthorized_reason(response)}"
+            )
+        print(separator + message, file=sys.stderr)
         return 1
     return 0
 

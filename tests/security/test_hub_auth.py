@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from faashub import credentials
 from tests.hub_support import RunningHub, faashub, running_hub
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,6 +90,98 @@ def test_cli_without_credentials_explains(hub: RunningHub, tmp_path: Path) -> No
     assert result.returncode == 2
     assert b"HTTP 401" in result.stderr
     assert b"faashub login" in result.stderr
+
+
+def run_cli(
+    hub: RunningHub, *arguments: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a user command against `hub` with `env` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "faashub", *arguments, "--gateway", hub.url],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env},
+    )
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        pytest.param(["list"], id="list"),
+        pytest.param(["describe", "any"], id="describe"),
+        pytest.param(["namespaces"], id="namespaces"),
+        pytest.param(["secret", "list"], id="secret-list"),
+        pytest.param(["logs", "any"], id="logs"),
+        pytest.param(["scale", "any", "--replicas", "1"], id="scale"),
+        pytest.param(["dlq", "list"], id="dlq-list"),
+    ],
+)
+def test_cli_wrong_env_password_explains(
+    hub: RunningHub, tmp_path: Path, arguments: list[str]
+) -> None:
+    result = run_cli(
+        hub,
+        *arguments,
+        env={
+            "FAASHUB_GATEWAY_USER": "admin",
+            "FAASHUB_GATEWAY_PASSWORD": "wrong",
+            "FAASHUB_STATE_DIR": str(hub.state_dir),
+            "FAASHUB_AUTH_FILE": str(tmp_path / "auth.json"),
+        },
+    )
+
+    assert result.returncode == 2
+    stderr = result.stderr.decode()
+    assert "HTTP 401" in stderr
+    assert f"the gateway at {hub.url} rejected the credentials of user 'admin'" in (
+        stderr
+    )
+    assert "from FAASHUB_GATEWAY_USER and FAASHUB_GATEWAY_PASSWORD" in stderr
+    assert "needs credentials" not in stderr
+    assert "wrong" not in stderr
+
+
+def test_cli_wrong_stored_login_explains(hub: RunningHub, tmp_path: Path) -> None:
+    store = tmp_path / "auth.json"
+    credentials.save_login(store, hub.url, credentials.Credentials("admin", "wrong"))
+
+    result = run_cli(
+        hub,
+        "list",
+        env={"FAASHUB_STATE_DIR": str(tmp_path), "FAASHUB_AUTH_FILE": str(store)},
+    )
+
+    assert result.returncode == 2
+    stderr = result.stderr.decode()
+    assert "rejected the credentials of user 'admin'" in stderr
+    assert f"that 'faashub login' stored in {store}" in stderr
+    assert f"Run 'faashub login --gateway {hub.url}' again" in stderr
+
+
+def test_cli_wrong_hub_credentials_explains(hub: RunningHub, tmp_path: Path) -> None:
+    # A state folder that recorded this gateway URL with other credentials, as
+    # an older hub on the same port leaves it.
+    state_dir = tmp_path / "old-hub"
+    folder = credentials.hub_credentials_dir(state_dir)
+    folder.mkdir(parents=True)
+    (folder / credentials.USER_FILE).write_text("admin\n")
+    (folder / credentials.PASSWORD_FILE).write_text("wrong\n")
+    credentials.record_hub_gateway(state_dir, hub.url)
+
+    result = run_cli(
+        hub,
+        "list",
+        env={
+            "FAASHUB_STATE_DIR": str(state_dir),
+            "FAASHUB_AUTH_FILE": str(tmp_path / "auth.json"),
+        },
+    )
+
+    assert result.returncode == 2
+    stderr = result.stderr.decode()
+    assert "rejected the credentials of user 'admin'" in stderr
+    assert f"of the hub with the state folder {state_dir}" in stderr
 
 
 def test_login_stores_checked_credentials(hub: RunningHub, tmp_path: Path) -> None:
