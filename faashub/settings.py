@@ -8,10 +8,11 @@ below into `--help`. Only this module and the CLI read the environment.
 """
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from faashub import constants
@@ -34,6 +35,34 @@ def default_state_dir() -> Path:
     """Return `$XDG_STATE_HOME/faashub`, or `~/.local/state/faashub`."""
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(base) / "faashub"
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultRule:
+    """The rule that computes a setting's default at start, shown in `--help`.
+
+    Put it in the `Annotated` type of a field with a `default_factory`.
+    """
+
+    rule: str
+
+
+# The state folder's default, worded as default_state_dir computes it.
+StateDir = Annotated[
+    Path,
+    DefaultRule(
+        "$XDG_STATE_HOME/faashub, or ~/.local/state/faashub when XDG_STATE_HOME "
+        "is unset or empty"
+    ),
+]
+
+# The smallest log_max_file_bytes of the local provider. It is above the
+# longest line that the provider stores, so one file always contains at least
+# a whole line. The provider splits output lines at 16 KiB (MAX_LOG_LINE_BYTES
+# in provider.local.processes) and stores each as a JSON object. JSON escapes
+# a control character as 6 bytes ("\u0001"), so the text can take up to
+# 96 KiB, and the name, instance and timestamp fields add a few hundred bytes.
+MIN_LOG_MAX_FILE_BYTES = 128 * 1024
 
 
 class CommonSettings(BaseSettings):
@@ -370,7 +399,7 @@ class LocalProviderSettings(CommonSettings):
 
     host: str = Field("127.0.0.1", description="Address the provider listens on.")
     port: int = Field(8081, ge=0, le=65535, description="Port the provider listens on.")
-    state_dir: Path = Field(
+    state_dir: StateDir = Field(
         default_factory=default_state_dir,
         description="Folder where deployed functions are stored.",
     )
@@ -387,9 +416,9 @@ class LocalProviderSettings(CommonSettings):
     )
     log_max_file_bytes: int = Field(
         2 * 1024 * 1024,
-        gt=0,
         description="Size in bytes of a function's log file before it is rotated; "
-        "one rotated file is kept.",
+        f"one rotated file is kept. At least {MIN_LOG_MAX_FILE_BYTES} (128 KiB), "
+        "so that a file contains the longest stored line whole.",
     )
     log_follow_backlog_lines: int = Field(
         10_000,
@@ -398,7 +427,12 @@ class LocalProviderSettings(CommonSettings):
         "stream is ended.",
     )
     max_replicas: int = Field(
-        20, ge=1, description="Maximum number of processes of one http-mode function."
+        20,
+        ge=1,
+        description="Maximum replicas of one function, in either mode, that a "
+        "scale request or the com.openfaas.scale.min label may set. An http-mode "
+        "function runs one process per replica. A classic function runs one "
+        "process per request whatever its count.",
     )
     max_secret_bytes: int = Field(
         1024 * 1024, gt=0, description="Largest secret value in bytes."
@@ -428,6 +462,17 @@ class LocalProviderSettings(CommonSettings):
         description="Seconds a function process has to exit after SIGTERM before "
         "it is killed.",
     )
+
+    @field_validator("log_max_file_bytes")
+    @classmethod
+    def _check_log_max_file_bytes(cls, value: int) -> int:
+        if value < MIN_LOG_MAX_FILE_BYTES:
+            raise ValueError(
+                f"{value} is below the minimum of {MIN_LOG_MAX_FILE_BYTES} bytes "
+                "(128 KiB), the size that keeps the longest stored log line whole "
+                "in one file"
+            )
+        return value
 
 
 class KubernetesProviderSettings(CommonSettings):
@@ -513,7 +558,7 @@ class HubSettings(CommonSettings):
 
     host: str = Field("127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on.")
-    state_dir: Path = Field(
+    state_dir: StateDir = Field(
         default_factory=default_state_dir,
         description="Folder for deployed functions and the embedded NATS data.",
     )

@@ -1,5 +1,6 @@
 """The user commands (deploy, invoke, list, describe, remove) and stack files."""
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -497,6 +498,63 @@ def test_help_of_every_command_prints(
         main.main([*command, "--help"])
     assert exited.value.code == 0
     assert "usage: faashub" in capsys.readouterr().out
+
+
+def help_text(command: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Return the `--help` output of `command` with its line wrapping undone."""
+    with pytest.raises(SystemExit) as exited:
+        main.main([*command, "--help"])
+    assert exited.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        pytest.param(["gateway"], "--auth-password", id="gateway"),
+        pytest.param(["queue-worker"], "--gateway-password", id="queue-worker"),
+        pytest.param(["connector", "cron"], "--gateway-password", id="cron"),
+        pytest.param(["connector", "kafka"], "--sasl-password", id="kafka-sasl"),
+    ],
+)
+def test_help_shows_secret_default_empty(
+    command: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = help_text(command, capsys)
+
+    assert "SecretStr" not in text
+    env_name = "FAASHUB_" + flag.removeprefix("--").replace("-", "_").upper()
+    assert f"(env {env_name}, default '')" in text
+
+
+@pytest.mark.parametrize(
+    "command",
+    [pytest.param(["up"], id="up"), pytest.param(["provider", "local"], id="local")],
+)
+def test_help_shows_state_dir_default(
+    command: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No hyphen in the path, because argparse may break a help line at one.
+    monkeypatch.setenv("XDG_STATE_HOME", "/srv/xdgstate")
+
+    text = help_text(command, capsys)
+
+    assert "(env FAASHUB_STATE_DIR, default /srv/xdgstate/faashub, which is" in text
+    assert "$XDG_STATE_HOME/faashub, or ~/.local/state/faashub when" in text
+
+
+def test_help_max_replicas_covers_both_modes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    text = help_text(["provider", "local"], capsys)
+
+    [described] = re.findall(r"--max-replicas MAX_REPLICAS (.*?) \(env", text)
+    assert "http-mode function." not in described
+    assert "either mode" in described
+    assert "com.openfaas.scale.min" in described
+    assert "classic function" in described
 
 
 INVALID_STACK = """

@@ -7,6 +7,7 @@ import pytest
 from faashub import errors
 from faashub.cli import options
 from faashub.connector_settings import CronConnectorSettings
+from faashub.settings import LocalProviderSettings
 
 SECRET = "settings-secret-7f3a"
 
@@ -33,3 +34,16 @@ def test_field_error_shows_its_value() -> None:
     assert "--health-port / FAASHUB_HEALTH_PORT" in message
     assert "(got 99999)" in message
     assert SECRET not in message
+
+
+def test_log_file_size_below_minimum_named() -> None:
+    parser = argparse.ArgumentParser()
+    options.add_settings_arguments(parser, LocalProviderSettings)
+    args = parser.parse_args(["--log-max-file-bytes", "10"])
+    with pytest.raises(errors.SettingsError) as raised:
+        options.load_settings(LocalProviderSettings, args)
+    message = str(raised.value)
+
+    assert "--log-max-file-bytes / FAASHUB_LOG_MAX_FILE_BYTES" in message
+    assert "10 is below the minimum of 131072 bytes" in message
+    assert "(got 10)" in message

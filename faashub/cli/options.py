@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 import pydantic
 import pydantic_core
 from pydantic import BeforeValidator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 from faashub import errors
-from faashub.settings import ENV_PREFIX
+from faashub.settings import ENV_PREFIX, DefaultRule
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -32,9 +33,7 @@ def add_settings_arguments(
     for field_name, info in settings_class.model_fields.items():
         flag = "--" + field_name.replace("_", "-")
         env_name = ENV_PREFIX + field_name.upper()
-        default = (
-            "" if info.default_factory is not None else f", default {info.default!r}"
-        )
+        default = _default_text(info)
         # argparse formats help with %, so a literal percent sign must be doubled.
         help_text = f"{info.description} (env {env_name}{default})".replace("%", "%%")
         annotation = info.annotation
@@ -94,6 +93,26 @@ def _describe_problem(
     if field is None or _is_secret(field.annotation):
         return text
     return f"{text} (got {problem.get('input')!r})"
+
+
+def _default_text(info: FieldInfo) -> str:
+    """Return ", default ..." for a flag's help, or "" to leave the default out.
+
+    A computed default shows the value it gives now and its DefaultRule. A
+    secret shows only an empty default, and never a SecretStr repr.
+    """
+    if info.default_factory is not None:
+        rules = [item.rule for item in info.metadata if isinstance(item, DefaultRule)]
+        if not rules:
+            return ""
+        current = info.get_default(call_default_factory=True)
+        return f", default {current}, which is {rules[0]}"
+    if _is_secret(info.annotation):
+        default = info.default
+        if isinstance(default, pydantic.SecretStr):
+            default = default.get_secret_value()
+        return ", default ''" if not default else ""
+    return f", default {info.default!r}"
 
 
 def _is_secret(annotation: Any) -> bool:

@@ -16,12 +16,14 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from faashub.names import FunctionRef
-from faashub.settings import LocalProviderSettings
+from faashub.settings import MIN_LOG_MAX_FILE_BYTES, LocalProviderSettings
 from provider.backend import Invocation
 from provider.local.backend import LocalBackend
 from provider.local.function_logs import LogStore
+from provider.local.processes import MAX_LOG_LINE_BYTES
 from provider.logs_api import parse_rfc3339
 from provider.types import FunctionDeployment, LogRequest
 from tests.provider.conftest import (
@@ -394,19 +396,65 @@ def test_delete_removes_log_files(
 
 def test_log_file_size_from_settings(tmp_path: Path) -> None:
     settings = LocalProviderSettings(
-        state_dir=tmp_path / "state", log_max_file_bytes=1500
+        state_dir=tmp_path / "state", log_max_file_bytes=MIN_LOG_MAX_FILE_BYTES
     )
     running = start_provider(settings)
     try:
         with running.client() as client:
             assert deploy(client, "talker", ECHO_TO_STDERR).status_code == 202
-            log_to(client, "talker", *(f"line {index:02d}" for index in range(40)))
+            log_to(
+                client,
+                "talker",
+                *(f"line {index:02d} " + "x" * 4000 for index in range(40)),
+            )
     finally:
         running.stop()
 
     folder = settings.state_dir / "logs" / "functions"
     assert (folder / "talker.openfaas-fn.log.1").is_file()
-    assert (folder / "talker.openfaas-fn.log").stat().st_size <= 1500
+    assert (folder / "talker.openfaas-fn.log").stat().st_size <= MIN_LOG_MAX_FILE_BYTES
+
+
+def test_min_file_size_keeps_longest_line(tmp_path: Path) -> None:
+    # The longest stored line: a 63-character name, and a whole piece of
+    # MAX_LOG_LINE_BYTES control characters, which JSON escapes as 6 bytes each.
+    name = "t" * 63
+    settings = LocalProviderSettings(
+        state_dir=tmp_path / "state", log_max_file_bytes=MIN_LOG_MAX_FILE_BYTES
+    )
+    running = start_provider(settings)
+    try:
+        with running.client() as client:
+            assert deploy(client, name, ECHO_TO_STDERR).status_code == 202
+            body = b"\x01" * (2 * MAX_LOG_LINE_BYTES + 100)
+            response = client.post(f"/function/{name}", content=body)
+            assert response.status_code == 200, response.text
+            messages = read_logs(client, name=name)
+    finally:
+        running.stop()
+
+    # The second piece rotated the first into .log.1, and the third fits
+    # after the second.
+    lengths = [len(message["text"]) for message in messages]
+    assert lengths == [MAX_LOG_LINE_BYTES, MAX_LOG_LINE_BYTES, 100]
+    folder = settings.state_dir / "logs" / "functions"
+    stored = [
+        folder / f"{name}.openfaas-fn.log.1",
+        folder / f"{name}.openfaas-fn.log",
+    ]
+    longest = stored[0].read_bytes()
+    assert len(longest.splitlines()) == 1
+    assert len(longest) > MAX_LOG_LINE_BYTES * 6
+    for path in stored:
+        assert path.stat().st_size <= MIN_LOG_MAX_FILE_BYTES
+
+
+def test_file_size_below_minimum_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as raised:
+        LocalProviderSettings(state_dir=tmp_path / "state", log_max_file_bytes=2000)
+
+    message = str(raised.value)
+    assert "2000 is below the minimum of 131072 bytes" in message
 
 
 async def test_follow_backlog_from_settings(tmp_path: Path) -> None:
