@@ -132,7 +132,7 @@ class LimitedLines:
             extra={
                 "ctx": {
                     self._count_field: self._not_logged,
-                    "over_s": f"{self._clock() - self._not_logged_since_s:.1f}",
+                    "over_s": round(self._clock() - self._not_logged_since_s, 1),
                     "max_lines_per_s": self._per_second,
                 }
             },
