@@ -598,7 +598,9 @@ def _build_system_app(
     ) -> Response:
         # The name comes from the path, as in faas-netes, so serviceName is ignored.
         scale = _parse_body(
-            ScaleServiceRequest, await _read_body(request, max_body_bytes)
+            ScaleServiceRequest,
+            await _read_body(request, max_body_bytes),
+            example='{"serviceName": "NAME", "replicas": 2}',
         )
         if scale.replicas < 0:
             raise InvalidRequest(
@@ -787,17 +789,25 @@ def _body_too_large(limit_bytes: int) -> _BodyTooLarge:
     )
 
 
-def _parse_body(model: type[_Model], body: bytes) -> _Model:
-    """Validate a JSON body as `model`; raise InvalidRequest naming the fault."""
+def _parse_body(model: type[_Model], body: bytes, *, example: str = "") -> _Model:
+    """Validate a JSON body as `model`; raise InvalidRequest naming the fault.
+
+    A given `example`, a body of the expected shape, ends each message.
+    """
     model_name = model.__name__
     if not body.strip():
-        raise InvalidRequest(f"The request body is empty: send a JSON {model_name}.")
+        expected = f" such as {example}" if example else ""
+        raise InvalidRequest(
+            f"The request body is empty: send a JSON {model_name}{expected}."
+        )
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
         problems = validation_problems(exc, limit=MAX_REPORTED_VALIDATION_ERRORS)
+        expected = f" Send a JSON {model_name} such as {example}." if example else ""
         raise InvalidRequest(
             f"Invalid {model_name} in the request body: {'; '.join(problems)}."
+            + expected
         ) from exc
 
 

@@ -4,6 +4,7 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from faashub.cli import main
@@ -141,6 +142,18 @@ def test_scale_to_one_says_replica(hub: RunningHub, env_function: str) -> None:
     result = faashub("scale", env_function, "--replicas", "1", gateway=hub.url)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.strip() == b"Scaled showenv to 1 replica."
+
+
+def test_gateway_scale_non_json_body(hub: RunningHub, env_function: str) -> None:
+    response = httpx.post(
+        f"{hub.url}/system/scale-function/{env_function}",
+        content=b"notjson",
+        auth=hub.auth,
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert "Invalid JSON" in response.text
+    assert '{"serviceName": "NAME", "replicas": 2}' in response.text
 
 
 def test_one_invalid_function_singular(hub: RunningHub) -> None:

@@ -350,6 +350,25 @@ def test_invalid_body_returns_400(
     assert status(client, "wc")["replicas"] == 1
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"notjson", id="not-json"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b'{"serviceName": "wc"}', id="no-replicas"),
+    ],
+)
+def test_invalid_body_error_shows_expected_body(
+    client: httpx.Client, body: bytes
+) -> None:
+    assert deploy(client, "wc", "wc -c").status_code == 202
+
+    response = client.post("/system/scale-function/wc", content=body)
+
+    assert response.status_code == 400
+    assert '{"serviceName": "NAME", "replicas": 2}' in response.text
+
+
 def test_max_replicas_from_settings(tmp_path: Path) -> None:
     settings = LocalProviderSettings(state_dir=tmp_path / "state", max_replicas=2)
     running = start_provider(settings)
