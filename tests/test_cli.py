@@ -12,7 +12,7 @@ import pytest
 from connectors.cron import constants as cron_constants
 from faashub import errors
 from faashub.cli import deploy_checks, main, provider_commands, stack
-from tests.conftest import free_port
+from tests.conftest import LOOPBACK, free_port
 from tests.hub_support import CallbackReceiver, RunningHub, faashub, running_hub
 
 STACK_FILE = """
@@ -256,6 +256,51 @@ def test_deploy_missing_secret_deploys_nothing(hub: RunningHub, tmp_path: Path) 
     assert b"faashub secret create no-such-secret" in rejected.stderr
     listed = httpx.get(f"{hub.url}/system/functions", auth=hub.auth, timeout=10)
     assert "plain" not in [item["name"] for item in listed.json()]
+
+
+MIXED_PROBLEMS_STACK = """
+functions:
+  bad_name:
+    fprocess: cat
+  mixed-needy:
+    fprocess: cat
+    secrets: [no-such-secret]
+  mixed-nightly:
+    fprocess: date
+    annotations:
+      schedule: "0 3 * * *"
+"""
+
+
+def test_deploy_lists_all_problems_at_once(hub: RunningHub, tmp_path: Path) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(MIXED_PROBLEMS_STACK)
+
+    result = faashub("deploy", "-f", str(path), gateway=hub.url)
+
+    assert result.returncode == 2
+    message = result.stderr.decode()
+    assert "Deployed nothing, because 2 of 3 functions are invalid" in message
+    assert "Invalid function name 'bad_name'" in message
+    assert "Secret 'no-such-secret' does not exist" in message
+    assert "warning: Function 'mixed-nightly' has a 'schedule' annotation" in message
+    listed = faashub("list", gateway=hub.url)
+    assert b"mixed-nightly" not in listed.stdout
+
+
+def test_deploy_invalid_stack_without_gateway(tmp_path: Path) -> None:
+    path = tmp_path / "stack.yml"
+    path.write_text(MIXED_PROBLEMS_STACK)
+
+    # Nothing listens there, so the secrets cannot be checked.
+    result = faashub(
+        "deploy", "-f", str(path), gateway=f"http://{LOOPBACK}:{free_port()}"
+    )
+
+    assert result.returncode == 2
+    message = result.stderr.decode()
+    assert "Invalid function name 'bad_name'" in message
+    assert "no-such-secret" not in message
 
 
 def test_deploy_from_stack_then_list_describe_remove(

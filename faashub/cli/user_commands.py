@@ -248,33 +248,48 @@ def run_deploy(args: argparse.Namespace) -> int:
         problems = {}
         gateway = resolve_gateway(args.gateway)
 
-    # Check every function before the first request, so that an invalid one
-    # leaves nothing half-deployed.
+    # Check every function before the first deploy, so that an invalid one
+    # leaves nothing half-deployed, and list every problem in one run.
     for name, deployment in deployments.items():
         if args.namespace:
             deployment["namespace"] = args.namespace
         found = deploy_checks.deployment_problems(deployment)
         if found:
             problems[name] = found
-    if problems:
-        raise errors.SettingsError(_invalid_functions_message(problems, deployments))
-    for deployment in deployments.values():
+    valid = {
+        name: deployment
+        for name, deployment in deployments.items()
+        if name not in problems
+    }
+    for deployment in valid.values():
         for warning in deploy_checks.deployment_warnings(deployment):
             print(f"faashub: warning: {warning}", file=sys.stderr)
 
     # A function that the gateway or the provider rejects does not stop the
     # others, and the exit status is 1 if any failed, as faas-cli does.
     failed: list[str] = []
-    with gateway_client(gateway) as client:
-        missing = _missing_secrets(client, deployments)
-        if missing:
-            raise errors.SettingsError(_invalid_functions_message(missing, deployments))
-        for name, deployment in deployments.items():
-            try:
-                _deploy_one(client, name, deployment)
-            except GatewayError as exc:
-                print(f"faashub: {exc}", file=sys.stderr)
-                failed.append(name)
+    try:
+        with gateway_client(gateway) as client:
+            for name, missing in _missing_secrets(client, valid).items():
+                problems.setdefault(name, []).extend(missing)
+            if problems:
+                raise errors.SettingsError(
+                    _invalid_functions_message(problems, deployments)
+                )
+            for name, deployment in deployments.items():
+                try:
+                    _deploy_one(client, name, deployment)
+                except GatewayError as exc:
+                    print(f"faashub: {exc}", file=sys.stderr)
+                    failed.append(name)
+    except GatewayError:
+        # The secrets could not be checked, but the file's own problems are
+        # what to fix first.
+        if problems:
+            raise errors.SettingsError(
+                _invalid_functions_message(problems, deployments)
+            ) from None
+        raise
     if failed:
         noun = "function" if len(deployments) == 1 else "functions"
         print(
