@@ -200,11 +200,13 @@ class ProviderApp:
             if path == METRICS_PATH:
                 await self._serve_metrics(scope, send)
                 return
-            if self._auth_token is not None and not _has_bearer_token(
-                scope, self._auth_token
-            ):
-                await _send_unauthorized(send)
-                return
+            if self._auth_token is not None:
+                presented = _presented_token(scope)
+                if presented is None or not hmac.compare_digest(
+                    presented, self._auth_token
+                ):
+                    await _send_unauthorized(send, token_sent=presented is not None)
+                    return
             if path == LOGS_PATH:
                 await self._serve_logs(scope, receive, send)
                 return
@@ -972,22 +974,29 @@ def _log_disconnect(invocation: Invocation) -> None:
     logger.debug("caller disconnected during the upload", extra={"ctx": context})
 
 
-def _has_bearer_token(scope: Scope, token: bytes) -> bool:
-    """Return whether the request carries `Authorization: Bearer <token>`."""
+def _presented_token(scope: Scope) -> bytes | None:
+    """Return the token of `Authorization: Bearer <token>`, or None without one."""
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, presented = bytes(value).strip().partition(b" ")
             if scheme.lower() != b"bearer":
-                return False
-            return hmac.compare_digest(presented.strip(), token)
-    return False
+                return None
+            return presented.strip()
+    return None
 
 
-async def _send_unauthorized(send: Send) -> None:
-    body = (
-        b"Authentication required: send the provider's token as "
-        b"'Authorization: Bearer TOKEN' (the gateway's provider_token_file).\n"
-    )
+async def _send_unauthorized(send: Send, *, token_sent: bool) -> None:
+    if token_sent:
+        body = (
+            b"Invalid token: the provider rejected the bearer token. Send the "
+            b"token of its auth_token_file (the gateway's provider_token_file "
+            b"must hold the same one).\n"
+        )
+    else:
+        body = (
+            b"Authentication required: send the provider's token as "
+            b"'Authorization: Bearer TOKEN' (the gateway's provider_token_file).\n"
+        )
     headers = [
         (b"content-type", TEXT_CONTENT_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),

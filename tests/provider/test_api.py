@@ -735,3 +735,31 @@ def test_system_body_over_limit_returns_413(tmp_path: Path) -> None:
         assert "--max-system-body-bytes" in response.text
     assert small.status_code == 202
     assert [status["name"] for status in listed] == ["small"]
+
+
+def test_wrong_token_differs_from_missing(
+    settings: LocalProviderSettings, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "provider-token"
+    token_file.write_text("the-right-token\n")
+    running = start_provider(
+        settings.model_copy(update={"auth_token_file": token_file})
+    )
+    try:
+        with running.client() as client:
+            missing = client.get("/system/functions")
+            wrong = client.get(
+                "/system/functions", headers={"Authorization": "Bearer guessed"}
+            )
+            right = client.get(
+                "/system/functions", headers={"Authorization": "Bearer the-right-token"}
+            )
+    finally:
+        running.stop()
+
+    assert missing.status_code == 401
+    assert missing.text.startswith("Authentication required:")
+    assert wrong.status_code == 401
+    assert wrong.text.startswith("Invalid token:")
+    assert "guessed" not in wrong.text
+    assert right.status_code == 200
