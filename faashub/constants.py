@@ -36,6 +36,13 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 
+# Request headers that a server which has read the whole body must not pass
+# on: the hop-by-hop ones, and Expect, whose 100-continue it has handled. A
+# function's server that never sends 100 Continue (Python's http.server on
+# HTTP/1.0) would otherwise wait for a body that aiohttp holds back until it
+# gets one.
+NOT_REPLAYED: Final = HOP_BY_HOP | {"expect"}
+
 # The default namespace for functions, the same as OpenFaaS's `openfaas-fn`.
 DEFAULT_NAMESPACE: Final = "openfaas-fn"
 

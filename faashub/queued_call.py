@@ -209,8 +209,9 @@ def is_reserved_header(name: str) -> bool:
 def merge_request_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """Turn ASGI request headers into one value per name for a queued call.
 
-    Hop-by-hop headers, `Host` and `Content-Length` (both recomputed by the
-    worker's HTTP client) and reserved `Faashub-*`/`Nats-*` names are dropped.
+    Hop-by-hop headers and Expect (`constants.NOT_REPLAYED`), `Host` and
+    `Content-Length` (both recomputed by the worker's HTTP client) and
+    reserved `Faashub-*`/`Nats-*` names are dropped.
     The first spelling of a name is kept.
     """
     merged: dict[str, str] = {}
@@ -219,7 +220,7 @@ def merge_request_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[st
         name = raw_name.decode("latin-1")
         lowered = name.lower()
         if (
-            lowered in constants.HOP_BY_HOP
+            lowered in constants.NOT_REPLAYED
             or lowered in ("host", "content-length")
             or is_reserved_header(lowered)
         ):

@@ -74,14 +74,15 @@ _EMPTY_BODY = (b"content-length", b"0")
 # reconnects every second.
 _QUEUE_RETRY_AFTER = (b"retry-after", b"5")
 _ACCEPTED_BODY = {"type": "http.response.body", "body": b""}
-# Request headers that are not stored with the call: hop-by-hop ones, Host and
-# Content-Length (the worker's HTTP client sets both), and X-Call-Id and
+# Request headers that are not stored with the call: hop-by-hop ones and
+# Expect (shared.NOT_REPLAYED), Host and Content-Length (the worker's HTTP
+# client sets both), and X-Call-Id and
 # X-Start-Time. The worker sends the function those two from the call's
 # Faashub-Call-Id and Faashub-Accepted-At-Ns, so storing them would only
 # repeat those values in every message.
 _NOT_STORED = frozenset(
     name.encode()
-    for name in shared.HOP_BY_HOP
+    for name in shared.NOT_REPLAYED
     | {"host", "content-length", "x-call-id", "x-start-time"}
 )
 _RESERVED_PREFIXES = tuple(

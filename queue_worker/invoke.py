@@ -41,9 +41,10 @@ from faashub.replica_urls import (
 )
 from queue_worker.constants import INTERNAL_ERROR_SOURCE
 
-# Caller headers the worker never forwards: hop-by-hop ones, the ones aiohttp
-# computes for the new request, and the ones the worker sets itself.
-_NOT_FORWARDED = constants.HOP_BY_HOP | {
+# Caller headers the worker never forwards: hop-by-hop ones and Expect, which
+# calls stored by older gateways may carry, the ones aiohttp computes for the
+# new request, and the ones the worker sets itself.
+_NOT_FORWARDED = constants.NOT_REPLAYED | {
     "host",
     "content-length",
     constants.CALL_ID.lower(),

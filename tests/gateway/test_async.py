@@ -4,9 +4,11 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -188,6 +190,61 @@ async def test_async_function_gets_call_headers(
         assert start_time == response.headers["X-Start-Time"]
     else:
         assert int(start_time) >= int(response.headers["X-Start-Time"])
+
+
+class _Http10Replica(BaseHTTPRequestHandler):
+    """A replica on http.server's default HTTP/1.0, which never sends 100 Continue."""
+
+    def do_POST(self) -> None:  # noqa: N802 (name fixed by http.server)
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        received: list[dict[str, str]] = self.server.received  # type: ignore[attr-defined]
+        received.append(dict(self.headers))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+async def test_async_call_drops_expect_header(
+    nats_url: str,
+    gateway: RunningGateway,
+    client: httpx.AsyncClient,
+    provider: FakeProvider,
+) -> None:
+    replica = ThreadingHTTPServer((LOOPBACK, free_port()), _Http10Replica)
+    replica.received = []  # type: ignore[attr-defined]
+    threading.Thread(target=replica.serve_forever, daemon=True).start()
+    provider.endpoints["echo"] = [f"http://{LOOPBACK}:{replica.server_port}/"]
+    try:
+        response = await client.post(
+            "/async-function/echo",
+            content=b"x" * 1000,
+            headers={"Expect": "100-continue"},
+        )
+        assert response.status_code == 202
+        [message] = await stored_messages(nats_url)
+        assert "Expect" not in message.headers
+        assert "expect" not in message.headers
+
+        settings = make_settings(nats_url, gateway.url, invoke_replicas=True)
+        async with running_worker(settings):
+
+            async def invoked() -> bool:
+                return bool(replica.received)  # type: ignore[attr-defined]
+
+            # With Expect passed on, aiohttp would wait for a 100 Continue that
+            # this server never sends, until the exec timeout.
+            await wait_until_async(invoked, timeout_s=10, description="the call")
+    finally:
+        replica.shutdown()
+        replica.server_close()
+
+    [headers] = replica.received  # type: ignore[attr-defined]
+    assert "Expect" not in headers
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "PATCH"])
