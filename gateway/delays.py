@@ -96,7 +96,12 @@ def _check_limit(
 ) -> None:
     if delay_s > max_delay_s:
         raise errors.InvalidRequest(
-            f"Invalid {header} {value!r}: the call would start {delay_s:g} s from "
-            f"now, beyond the gateway's limit of {max_delay_s:g} s (max_delay_s). "
-            "Ask for a shorter delay."
+            f"Invalid {header} {value!r}: the call would start "
+            f"{_seconds(delay_s)} s from now, beyond the gateway's limit of "
+            f"{_seconds(max_delay_s)} s (max_delay_s). Ask for a shorter delay."
         )
+
+
+def _seconds(value: float) -> str:
+    """Return `value` with at most 3 decimals and no exponent, as 97043123.4."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")

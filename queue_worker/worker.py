@@ -596,8 +596,17 @@ class Worker:
         if self._outage_started_s is not None or self._stopping:
             return
         self._outage_started_s = time.monotonic()
+        # The URL names the server to check; a worker started by hand beside
+        # `faashub up` needs that hub's --nats-url and --nats-token-file.
         logger.warning(
-            "nats unavailable, retrying: %s", reason, extra={"ctx": self._log_context}
+            "nats unavailable, retrying: %s",
+            reason,
+            extra={
+                "ctx": {
+                    **self._log_context,
+                    "nats_url": callback.loggable_url(self._settings.nats_url),
+                }
+            },
         )
 
     def _end_outage(self) -> None:

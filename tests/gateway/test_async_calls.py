@@ -595,3 +595,13 @@ def test_delay_parser_takes_ascii_digits(value: str) -> None:
 
 def test_delay_parser_reads_fraction() -> None:
     assert delays.not_before_ns("1.5", None, now_ns=0, max_delay_s=10) == 1_500_000_000
+
+
+def test_delay_limit_message_has_plain_numbers() -> None:
+    with pytest.raises(errors.InvalidRequest) as raised:
+        delays.not_before_ns("97043123.4", None, now_ns=0, max_delay_s=604800)
+
+    message = str(raised.value)
+    assert "would start 97043123.4 s from now" in message
+    assert "limit of 604800 s" in message
+    assert "e+" not in message

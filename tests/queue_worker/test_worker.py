@@ -779,6 +779,8 @@ async def test_nats_outage_is_logged_once(
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if m.startswith("nats unavailable")]) == 1
     assert any(m.startswith("nats available again") for m in messages)
+    [outage] = [r for r in caplog.records if r.getMessage().startswith("nats unav")]
+    assert outage.__dict__["ctx"]["nats_url"] == nats_url
 
 
 async def test_idle_worker_starts_a_lone_call_at_once(
