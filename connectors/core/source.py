@@ -64,7 +64,13 @@ async def until_stopped(awaitable: Awaitable[Any], stopping: asyncio.Event) -> b
     """
     task = asyncio.ensure_future(awaitable)
     stop = asyncio.create_task(stopping.wait())
-    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # asyncio.wait leaves its tasks running; a cancelled caller ends both.
+        task.cancel()
+        stop.cancel()
+        raise
     stop.cancel()
     if task.done():
         task.result()

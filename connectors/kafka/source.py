@@ -259,9 +259,8 @@ class KafkaSource:
             if self._broker_outage.active:
                 timeout_s = min(timeout_s, constants.CONNECT_RETRY_MIN_S)
             try:
-                await asyncio.wait_for(
-                    connector.topic_maps.wait_for_change(version), timeout=timeout_s
-                )
+                async with asyncio.timeout(timeout_s):
+                    await connector.topic_maps.wait_for_change(version)
             except TimeoutError:
                 pass
 
@@ -487,9 +486,8 @@ class KafkaSource:
         capacity = self._dispatcher.capacity_freed
         capacity.clear()
         try:
-            await asyncio.wait_for(
-                self._until_stopped(capacity.wait()), timeout=constants.STALL_WAIT_S
-            )
+            async with asyncio.timeout(constants.STALL_WAIT_S):
+                await self._until_stopped(capacity.wait())
         except TimeoutError:
             pass
 
@@ -571,9 +569,8 @@ class KafkaSource:
                     offsets[work.partition] = offset
             if offsets:
                 try:
-                    await asyncio.wait_for(
-                        self._consumer.commit(offsets), timeout=COMMIT_TIMEOUT_S
-                    )
+                    async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                        await self._consumer.commit(offsets)
                 except TimeoutError:
                     self._commit_outage.begin(
                         f"commit timed out after {COMMIT_TIMEOUT_S:g} s"
@@ -639,7 +636,8 @@ class KafkaSource:
                 task.cancel()
         works = self._dispatcher.cancel_all() + revoking
         try:
-            await asyncio.wait_for(self._commit(works), timeout=2.0)
+            async with asyncio.timeout(2.0):
+                await self._commit(works)
         except (TimeoutError, KafkaError):
             logger.warning("final commit skipped; uncommitted records come back later")
 

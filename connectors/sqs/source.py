@@ -294,10 +294,8 @@ class SqsSource:
         assert self._connector is not None
         topic_maps = self._connector.topic_maps
         try:
-            await asyncio.wait_for(
-                topic_maps.wait_for_change(topic_maps.version),
-                timeout=self._settings.rebuild_interval_s,
-            )
+            async with asyncio.timeout(self._settings.rebuild_interval_s):
+                await topic_maps.wait_for_change(topic_maps.version)
         except TimeoutError:
             pass
 

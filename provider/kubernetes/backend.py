@@ -709,7 +709,8 @@ class KubernetesBackend:
                     "scale_from_zero_timeout_s if it starts slowly."
                 )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining_s)
+                async with asyncio.timeout(remaining_s):
+                    await changed.wait()
 
     # Scale to zero
 

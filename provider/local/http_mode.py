@@ -503,7 +503,8 @@ class HttpFunction:
                     f"{self._replicas[0].last_failure}. {self._read_output_hint()}"
                 )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining_s)
+                async with asyncio.timeout(remaining_s):
+                    await changed.wait()
 
     def _down_error(self) -> FunctionUnavailable:
         """Return the error for a function whose every process waits to restart."""

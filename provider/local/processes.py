@@ -113,7 +113,8 @@ async def terminate_group(
     if process.returncode is None:
         signal_group(process, signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), timeout=grace_s)
+            async with asyncio.timeout(grace_s):
+                await process.wait()
         except TimeoutError:
             logger.warning(
                 "function process ignored SIGTERM, killing it",
@@ -214,7 +215,8 @@ class ProcessTracker:
         if guardian_process.stdin is not None:
             guardian_process.stdin.close()
         try:
-            await asyncio.wait_for(guardian_process.wait(), GUARDIAN_EXIT_TIMEOUT_S)
+            async with asyncio.timeout(GUARDIAN_EXIT_TIMEOUT_S):
+                await guardian_process.wait()
         except TimeoutError:
             logger.warning(
                 "process guardian did not exit, killing it",
