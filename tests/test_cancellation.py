@@ -1,14 +1,14 @@
 """A cancelled task stops, even when what it awaited ends in the same loop pass.
 
 On Python 3.11, `asyncio.wait_for` returns the inner result when its own task
-is cancelled in the loop pass in which the inner awaitable finishes, and so
-the cancel is lost (CPython issue 86296, fixed in 3.12). A CI run caught it:
-the Kafka source cancelled its commit loop as a commit ended, the loop went
-on, and the connector never stopped. The components therefore bound a wait
-with `asyncio.timeout`, and the first test here keeps `asyncio.wait_for` out
-of them. The others cancel a task at that exact instant and check it ends.
-No broker is needed: the Kafka consumer here is a small stand-in, because
-what is tested is the source's own loop, not the client.
+is cancelled in the loop pass in which the inner awaitable finishes, so the
+cancel is lost (a CPython bug, fixed in 3.12 by rewriting wait_for on
+`asyncio.timeout`). The Kafka source lost such a cancel of its commit loop
+and never stopped. The components therefore bound each wait with
+`asyncio.timeout`, and the first test keeps `asyncio.wait_for` out of them.
+The other tests cancel a task at that exact instant and check that it ends.
+The Kafka consumer here is a small stand-in, because the code under test is
+the source's own loop, not the client.
 """
 
 import ast
@@ -42,7 +42,7 @@ def _wait_for_calls(path: Path) -> list[int]:
     ]
 
 
-def test_components_do_not_use_asyncio_wait_for() -> None:
+def test_components_avoid_wait_for() -> None:
     found = [
         f"{path.relative_to(REPOSITORY)}:{line}"
         for package in COMPONENTS
@@ -57,7 +57,7 @@ def test_components_do_not_use_asyncio_wait_for() -> None:
 
 
 class _CommitEndsAsCancelled:
-    """A consumer whose commit asks for its caller's cancel as it returns."""
+    """A consumer whose commit requests its caller's cancel as it returns."""
 
     def __init__(self) -> None:
         self.commits = 0
@@ -70,7 +70,7 @@ class _CommitEndsAsCancelled:
         asyncio.get_running_loop().call_soon(self.task.cancel)
 
 
-async def test_kafka_commit_loop_stops_when_cancelled_as_a_commit_ends(
+async def test_commit_loop_cancelled_mid_commit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = kafka_settings(
@@ -99,7 +99,7 @@ async def test_kafka_commit_loop_stops_when_cancelled_as_a_commit_ends(
     assert consumer.commits == 1
 
 
-async def test_until_stopped_ends_what_it_awaits_when_cancelled() -> None:
+async def test_until_stopped_cancelled() -> None:
     ended: list[str] = []
 
     async def forever() -> None:

@@ -67,7 +67,7 @@ async def until_stopped(awaitable: Awaitable[Any], stopping: asyncio.Event) -> b
     try:
         await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
-        # asyncio.wait leaves its tasks running; a cancelled caller ends both.
+        # A cancelled asyncio.wait leaves its tasks running, so both end here.
         task.cancel()
         stop.cancel()
         raise
