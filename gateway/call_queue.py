@@ -30,6 +30,7 @@ from nats.js.object_store import ObjectStore
 from faashub import constants as shared
 from faashub import jetstream
 from faashub.queued_call import QueuedCall
+from faashub.tasks import cancel_and_wait
 from gateway import constants, errors, large_bodies, limits
 from gateway.nats_client import (
     EncodedHeaders,
@@ -150,14 +151,7 @@ class CallQueue:
 
     async def close(self) -> None:
         """Stop connecting or reconnecting, and close the connection."""
-        # Cancel until every task has ended: Python 3.11's asyncio.wait_for
-        # returns a reply that arrives together with the cancellation, and the
-        # task then goes on to its next wait.
-        pending = {task for task in self._tasks if not task.done()}
-        while pending:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.1)
+        await cancel_and_wait(self._tasks)
         for task in self._tasks:
             if not task.cancelled():
                 # Read the exception, so that asyncio does not log it as unread.

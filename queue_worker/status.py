@@ -76,6 +76,7 @@ from faashub.call_status import CallState, CallStatus, status_key
 from faashub.dead_letter import Attempt
 from faashub.jetstream import DEFAULT_DUPLICATE_WINDOW_S
 from faashub.queued_call import QueuedCall
+from faashub.tasks import cancel_and_wait
 from queue_worker import constants, errors
 from queue_worker.deadlines import Deadlines
 from queue_worker.status_reads import BatchedStatusReader
@@ -529,9 +530,8 @@ class RunningLease:
     async def stop(self) -> int | None:
         """Stop extending and return the latest revision (None: not written)."""
         self._store.lease_starts.discard(self)
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.wait({self._task})
+        if self._task is not None:
+            await cancel_and_wait([self._task])
         return self.revision
 
     def start_extending(self) -> None:

@@ -39,6 +39,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import Header
 
+from faashub.tasks import cancel_and_wait
 from queue_worker import errors
 
 logger = logging.getLogger(__name__)
@@ -141,9 +142,8 @@ class BatchedStatusReader:
         for token in list(self._batches):
             self._end_batch(token, reason=closed)
         self._fail_queued(closed)
-        if self._sender is not None and not self._sender.done():
-            self._sender.cancel()
-            await asyncio.wait({self._sender})
+        if self._sender is not None:
+            await cancel_and_wait([self._sender])
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             try:

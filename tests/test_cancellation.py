@@ -22,6 +22,7 @@ from aiokafka.structs import TopicPartition
 
 from connectors.core.source import until_stopped
 from connectors.kafka.source import KafkaSource
+from faashub.tasks import cancel_and_wait
 from tests.connectors.kafka.conftest import kafka_settings
 
 pytestmark = pytest.mark.timeout(20)
@@ -122,3 +123,23 @@ async def test_until_stopped_cancelled() -> None:
         if task is not asyncio.current_task() and not task.done()
     ]
     assert leftover == []
+
+
+async def test_cancel_and_wait_recancels() -> None:
+    cancels: list[int] = []
+
+    async def loses_first_cancel() -> None:
+        # As a library that catches CancelledError once and then waits again.
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancels.append(1)
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(loses_first_cancel())
+    await asyncio.sleep(0)
+
+    await cancel_and_wait([task])
+
+    assert task.cancelled()
+    assert cancels == [1]

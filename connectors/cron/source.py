@@ -51,6 +51,7 @@ from connectors.cron.scheduler import (
 )
 from faashub import credentials, names
 from faashub.connector_settings import CronConnectorSettings
+from faashub.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -209,9 +210,8 @@ class CronSource:
             self._state = "stopping"
             scheduler.stop()
             helpers = {stopping} if changed is None else {stopping, changed}
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.wait({scheduler_task, *helpers})
+            await cancel_and_wait(helpers)
+            await asyncio.wait({scheduler_task})
             await scheduler.drain(drain_timeout_s)
 
     async def _apply(

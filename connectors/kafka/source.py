@@ -57,6 +57,7 @@ from connectors.kafka.subscription import TopicSelection, select_topics
 from connectors.kafka.unreadable import UnreadableRecords
 from faashub import __version__
 from faashub.connector_settings import KafkaConnectorSettings, topic_list
+from faashub.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -722,7 +723,4 @@ def _raise_if_failed(tasks: list[asyncio.Task[None]]) -> None:
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks)
+    await cancel_and_wait(tasks)

@@ -69,6 +69,7 @@ from faashub.connector_settings import (
     SqsConnectorSettings,
     sqs_queue_list,
 )
+from faashub.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -594,7 +595,4 @@ def _raise_if_failed(tasks: list[asyncio.Task[None]]) -> None:
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks)
+    await cancel_and_wait(tasks)
