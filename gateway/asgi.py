@@ -2,8 +2,9 @@
 
 The invocation routes skip FastAPI and Starlette requests to keep the accept
 path cheap. The few framework services they need are written here instead:
-splitting the invocation path, sending a whole plain-text response, and
-choosing which of a provider's response headers go back to the caller.
+splitting the invocation path, sending a whole plain-text response,
+choosing which of a provider's response headers go back to the caller, and
+showing a header value in an error message.
 """
 
 from collections.abc import Iterable
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 from starlette.types import Scope, Send
 
 from faashub import constants as shared
+from faashub import names
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -21,6 +23,19 @@ INTERNAL_ERROR_MARK = (shared.OPENFAAS_INTERNAL.lower().encode(), b"gateway")
 # response's Connection header names: hop-by-hop ones, and Date, which
 # uvicorn writes itself.
 _ALWAYS_DROPPED = frozenset(name.encode() for name in shared.HOP_BY_HOP | {"date"})
+
+
+def shown_header_value(value: str) -> str:
+    """Return a header value as the caller most likely wrote it, cut for a message.
+
+    ASGI servers decode header bytes as Latin-1, so a value sent as UTF-8
+    is decoded again as UTF-8 where it can be.
+    """
+    try:
+        text = value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        text = value
+    return names.excerpt(text)
 
 
 def split_invocation_path(scope: Scope, prefix: str) -> tuple[str, str]:

@@ -260,7 +260,8 @@ class AsyncAccept:
                 await asgi.send_text(
                     send,
                     400,
-                    f"Invalid X-Callback-Url {request.callback_url!r}: {problem}. "
+                    "Invalid X-Callback-Url "
+                    f"{asgi.shown_header_value(request.callback_url)!r}: {problem}. "
                     "Use an absolute http or https URL, such as "
                     "http://host:8000/path.\n",
                 )

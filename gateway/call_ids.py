@@ -17,8 +17,7 @@ needed.
 
 import os
 
-from faashub import names
-from gateway import errors
+from gateway import asgi, errors
 
 _BYTES_PER_ID = 16
 _IDS_PER_READ = 512
@@ -37,20 +36,11 @@ def check_call_id(call_id: str) -> str:
     if call_id.isascii() and call_id.isprintable():
         return call_id
     raise errors.InvalidRequest(
-        f"Invalid X-Call-Id {_shown(call_id)!r}: a call id may contain only "
-        "printable ASCII characters (letters, digits, punctuation and space), "
-        "because it is sent back in HTTP headers. Percent-encode other "
-        "characters, or send no X-Call-Id to get a generated one."
+        f"Invalid X-Call-Id {asgi.shown_header_value(call_id)!r}: a call id may "
+        "contain only printable ASCII characters (letters, digits, punctuation "
+        "and space), because it is sent back in HTTP headers. Percent-encode "
+        "other characters, or send no X-Call-Id to get a generated one."
     )
-
-
-def _shown(call_id: str) -> str:
-    """Return the id as the caller most likely wrote it, cut for a message."""
-    try:
-        text = call_id.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        text = call_id
-    return names.excerpt(text)
 
 
 def new_call_id() -> str:

@@ -18,7 +18,7 @@ import math
 import re
 
 from faashub import constants as shared
-from gateway import errors
+from gateway import asgi, errors
 
 _NS_PER_S = 1_000_000_000
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -65,10 +65,10 @@ def not_before_ns(
 def _parse_seconds(value: str) -> float:
     seconds = float(value) if _SECONDS.fullmatch(value) else math.nan
     if not math.isfinite(seconds):
-        excerpt = value if len(value) <= 40 else value[:40] + "..."
         raise errors.InvalidRequest(
-            f"Invalid {shared.DELAY_SECONDS} {excerpt!r}: expected a non-negative "
-            "number of seconds in digits 0-9, such as 30 or 1.5."
+            f"Invalid {shared.DELAY_SECONDS} {asgi.shown_header_value(value)!r}: "
+            "expected a non-negative number of seconds in digits 0-9, such as 30 "
+            "or 1.5."
         )
     return seconds
 
@@ -84,8 +84,9 @@ def _parse_time(value: str) -> datetime.datetime:
             moment = None
     if moment is None or moment.tzinfo is None:
         raise errors.InvalidRequest(
-            f"Invalid {shared.NOT_BEFORE} {value!r}: expected a time with a zone, "
-            "as RFC 3339 (2030-01-02T03:04:05Z) or an HTTP date "
+            f"Invalid {shared.NOT_BEFORE} {asgi.shown_header_value(value)!r}: "
+            "expected a time with a zone, as RFC 3339 (2030-01-02T03:04:05Z) or "
+            "an HTTP date "
             "(Wed, 02 Jan 2030 03:04:05 GMT)."
         )
     return moment
@@ -96,8 +97,8 @@ def _check_limit(
 ) -> None:
     if delay_s > max_delay_s:
         raise errors.InvalidRequest(
-            f"Invalid {header} {value!r}: the call would start "
-            f"{_seconds(delay_s)} s from now, beyond the gateway's limit of "
+            f"Invalid {header} {asgi.shown_header_value(value)!r}: the call would "
+            f"start {_seconds(delay_s)} s from now, beyond the gateway's limit of "
             f"{_seconds(max_delay_s)} s (max_delay_s). Ask for a shorter delay."
         )
 

@@ -343,6 +343,29 @@ async def test_async_bad_callback_url_400(
     assert await stored_messages(nats_url) == []
 
 
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        pytest.param(
+            "ftp://127.0.0.1/" + "a" * 100,
+            repr("ftp://127.0.0.1/" + "a" * 64 + "..."),
+            id="long",
+        ),
+        pytest.param("ftp://caf\u00e9/".encode(), repr("ftp://caf\u00e9/"), id="utf-8"),
+    ],
+)
+async def test_async_callback_url_shown(
+    client: httpx.AsyncClient, nats_url: str, sent: str | bytes, shown: str
+) -> None:
+    response = await client.post(
+        "/async-function/echo", content=b"x", headers={"X-Callback-Url": sent}
+    )
+
+    assert response.status_code == 400
+    assert f"Invalid X-Callback-Url {shown}" in response.text
+    assert await stored_messages(nats_url) == []
+
+
 async def test_async_delete_cancels_not_queues(
     client: httpx.AsyncClient, nats_url: str
 ) -> None:

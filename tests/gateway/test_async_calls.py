@@ -478,6 +478,17 @@ async def test_zero_delay_runs_now(client: httpx.AsyncClient, nats_url: str) -> 
         pytest.param({"X-Delay-Seconds": "+5"}, "'+5'", id="plus-sign"),
         pytest.param({"X-Delay-Seconds": "0x10"}, "'0x10'", id="hexadecimal"),
         pytest.param(
+            {"X-Delay-Seconds": "\u0661\u0662".encode()},
+            "'\u0661\u0662'",
+            id="arabic-indic-digits-as-utf-8",
+        ),
+        pytest.param(
+            {"X-Delay-Seconds": "9" * 100 + "x"}, "'" + "9" * 80 + "...'", id="long"
+        ),
+        pytest.param(
+            {"X-Not-Before": "m\u00e4rz".encode()}, "'m\u00e4rz'", id="utf-8-time"
+        ),
+        pytest.param(
             {"X-Not-Before": "2030-01-02T03:04:05"}, "with a zone", id="naive-time"
         ),
         pytest.param({"X-Not-Before": "tomorrow"}, "'tomorrow'", id="not-a-time"),
