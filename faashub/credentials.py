@@ -29,6 +29,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from faashub import errors
 
@@ -290,9 +291,22 @@ def load_login(store: Path, gateway_url: str) -> Credentials | None:
     return Credentials(entry["user"], entry["password"])
 
 
+@dataclass(frozen=True, slots=True)
+class FoundCredentials:
+    """Credentials the CLI found, with where it found them.
+
+    `source` is "variables", "login store" or "state folder", and `location`
+    is the login store's file or the state folder, or None for variables.
+    """
+
+    credentials: Credentials
+    source: Literal["variables", "login store", "state folder"]
+    location: Path | None = None
+
+
 def find_cli_credentials(
     gateway_url: str, environ: Mapping[str, str], *, default_state_dir: Path
-) -> Credentials | None:
+) -> FoundCredentials | None:
     """Pick the credentials the CLI sends to `gateway_url`, or None.
 
     The order is: the FAASHUB_GATEWAY_USER and FAASHUB_GATEWAY_PASSWORD
@@ -306,12 +320,16 @@ def find_cli_credentials(
         setting_prefix="gateway",
     )
     if from_env is not None:
-        return from_env
-    stored = load_login(default_login_store(environ), gateway_url)
+        return FoundCredentials(from_env, "variables")
+    store = default_login_store(environ)
+    stored = load_login(store, gateway_url)
     if stored is not None:
-        return stored
+        return FoundCredentials(stored, "login store", store)
     state_dir = Path(environ.get(ENV_STATE_DIR) or default_state_dir).expanduser()
-    return _hub_credentials_for(state_dir, gateway_url)
+    from_hub = _hub_credentials_for(state_dir, gateway_url)
+    if from_hub is not None:
+        return FoundCredentials(from_hub, "state folder", state_dir)
+    return None
 
 
 def _hub_credentials_for(state_dir: Path, gateway_url: str) -> Credentials | None:

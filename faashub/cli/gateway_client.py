@@ -101,40 +101,31 @@ def gateway_client(
 
 
 def _cli_auth(gateway: str) -> _CliBasicAuth | None:
-    """Return the basic auth for `gateway` that find_cli_credentials picks, or None.
-
-    The source follows the order of find_cli_credentials: the variables, the
-    login store, then the hub's state folder.
-    """
-    default_state_dir = settings.default_state_dir()
+    """Return the basic auth for `gateway` that find_cli_credentials picks, or None."""
     found = credentials.find_cli_credentials(
-        gateway, os.environ, default_state_dir=default_state_dir
+        gateway, os.environ, default_state_dir=settings.default_state_dir()
     )
     if found is None:
         return None
-    store = credentials.default_login_store(os.environ)
-    if os.environ.get(credentials.ENV_USER) or os.environ.get(credentials.ENV_PASSWORD):
+    if found.source == "variables":
         source = (
             f"from {credentials.ENV_USER} and {credentials.ENV_PASSWORD}. Set "
             "them to the gateway's user and password, or unset both so that the "
             "CLI takes the credentials from 'faashub login' or the hub's state folder"
         )
-    elif credentials.load_login(store, gateway) is not None:
+    elif found.source == "login store":
         source = (
-            f"that 'faashub login' stored in {store}. Run 'faashub login "
+            f"that 'faashub login' stored in {found.location}. Run 'faashub login "
             f"--gateway {gateway}' again with the gateway's password"
         )
     else:
-        state_dir = Path(
-            os.environ.get(credentials.ENV_STATE_DIR) or default_state_dir
-        ).expanduser()
         source = (
-            f"of the hub with the state folder {state_dir}, which recorded this "
-            f"gateway URL. Set {credentials.ENV_STATE_DIR} to the state folder of "
-            "the hub that serves it, or run 'faashub login'"
+            f"of the hub with the state folder {found.location}, which recorded "
+            f"this gateway URL. Set {credentials.ENV_STATE_DIR} to the state folder "
+            "of the hub that serves it, or run 'faashub login'"
         )
-    sent = SentCredentials(gateway=gateway, user=found.user, source=source)
-    return _CliBasicAuth(sent, found.password)
+    sent = SentCredentials(gateway=gateway, user=found.credentials.user, source=source)
+    return _CliBasicAuth(sent, found.credentials.password)
 
 
 def transport_error_message(

@@ -270,3 +270,44 @@ def test_no_secret_in_any_log(hub: RunningHub) -> None:
     assert "authentication failed" in logged
     assert CANARY not in logged
     assert password not in logged
+
+
+def test_cli_credentials_found_in_order(tmp_path: Path) -> None:
+    store = tmp_path / "auth.json"
+    state_dir = tmp_path / "hub"
+    url = "http://127.0.0.1:8080"
+    folder = credentials.hub_credentials_dir(state_dir)
+    folder.mkdir(parents=True)
+    (folder / credentials.USER_FILE).write_text("hub-user\n")
+    (folder / credentials.PASSWORD_FILE).write_text("hub-password\n")
+    credentials.record_hub_gateway(state_dir, url)
+    environ = {"FAASHUB_STATE_DIR": str(state_dir), "FAASHUB_AUTH_FILE": str(store)}
+
+    def find(extra: dict[str, str]) -> credentials.FoundCredentials | None:
+        return credentials.find_cli_credentials(
+            url, {**environ, **extra}, default_state_dir=tmp_path / "unused"
+        )
+
+    from_hub = find({})
+    assert from_hub is not None
+    assert from_hub.source == "state folder"
+    assert from_hub.location == state_dir
+    assert from_hub.credentials.user == "hub-user"
+
+    credentials.save_login(store, url, credentials.Credentials("login-user", "x"))
+    from_store = find({})
+    assert from_store is not None
+    assert from_store.source == "login store"
+    assert from_store.location == store
+    assert from_store.credentials.user == "login-user"
+
+    variables = {"FAASHUB_GATEWAY_USER": "env-user", "FAASHUB_GATEWAY_PASSWORD": "y"}
+    from_variables = find(variables)
+    assert from_variables is not None
+    assert from_variables.source == "variables"
+    assert from_variables.location is None
+    assert from_variables.credentials.user == "env-user"
+
+    assert find({"FAASHUB_STATE_DIR": str(tmp_path / "other")}) is not None
+    store.unlink()
+    assert find({"FAASHUB_STATE_DIR": str(tmp_path / "other")}) is None
