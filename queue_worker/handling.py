@@ -315,7 +315,12 @@ class CallHandler:
             await self._finish_cancelled(job)
             return
         if claim.decision is Decision.DUPLICATE:
-            logger.debug("duplicate delivery acknowledged", extra={"ctx": job.context})
+            # INFO, so that an operator finds why an accepted call did not run.
+            logger.info(
+                "a call with this id already finished, so this copy is acknowledged "
+                "without running",
+                extra={"ctx": job.context},
+            )
             await self._ack(job)
             return
         if claim.decision is Decision.BUSY:
@@ -556,12 +561,15 @@ class CallHandler:
         delivery: Delivery | None = None
         if call.callback_url:
             retry = status.counted_attempts(record)
+            # X-Retry-Max is the effective maximum, so a dead-lettered call,
+            # which gets no further attempt, posts it equal to X-Retry.
+            retry_max = retry if outcome.reason else policy.attempts
             delivery = await self._services.callbacks.deliver(
                 call,
                 outcome.result,
                 duration_s=outcome.duration_s,
                 retry=retry,
-                retry_max=policy.attempts,
+                retry_max=retry_max,
             )
             metrics.callback_failed(delivery.failed_tries)
             if not delivery.delivered:
@@ -570,7 +578,7 @@ class CallHandler:
                     outcome,
                     delivery,
                     retry=retry,
-                    retry_max=policy.attempts,
+                    retry_max=retry_max,
                     now_ns=self._clock_ns(),
                 )
                 if not await self._store_dead_letter(job, letter):

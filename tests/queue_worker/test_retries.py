@@ -384,6 +384,7 @@ async def test_expired_call_is_dead_lettered(
     assert callback.header("X-Function-Status") == "504"
     assert callback.header("X-OpenFaaS-Internal") == "queue-worker"
     assert callback.header("X-Retry") == "0"
+    assert callback.header("X-Retry-Max") == "0"
     assert b"max event age" in callback.body
     [letter] = await wait_for_dead_letters(js, 1)
     assert letter.reason == "expired"
@@ -414,7 +415,12 @@ async def test_retry_beyond_max_age_is_dead_lettered(
         await receiver.wait_for_requests(1)
 
     assert len(gateway.requests) == 1
-    assert receiver.requests[0].header("X-Function-Status") == "500"
+    callback = receiver.requests[0]
+    assert callback.header("X-Function-Status") == "500"
+    # The worker gave up after the first of its attempts.
+    assert settings.retry_attempts > 1
+    assert callback.header("X-Retry") == "1"
+    assert callback.header("X-Retry-Max") == "1"
     [letter] = await wait_for_dead_letters(js, 1)
     assert letter.reason == "expired"
     assert [attempt.status for attempt in letter.attempts] == [500]

@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import logging
 import time
 
 import pytest
@@ -267,7 +268,10 @@ async def test_reused_call_id_runs_again(
 
 
 async def test_repeated_call_id_in_window_runs_once(
-    nats_url: str, js: JetStreamContext, gateway: RecordingServer
+    nats_url: str,
+    js: JetStreamContext,
+    gateway: RecordingServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # JetStream stores a repeat with the same id again when it has forgotten
     # the first message's id (after a restart), or when the first had none
@@ -277,17 +281,25 @@ async def test_repeated_call_id_in_window_runs_once(
     headers = repeat.to_nats_headers()
     del headers[constants.NATS_MSG_ID]
 
-    async with running_worker(make_settings(nats_url, gateway.url)):
-        await publish(js, call)
-        await wait_for_state(js, call.call_id, CallState.SUCCEEDED)
-        await js.publish(repeat.subject(), repeat.body, headers=headers)
-        await wait_for_empty_stream(js)
+    with caplog.at_level(logging.INFO, logger="queue_worker.handling"):
+        async with running_worker(make_settings(nats_url, gateway.url)):
+            await publish(js, call)
+            await wait_for_state(js, call.call_id, CallState.SUCCEEDED)
+            await js.publish(repeat.subject(), repeat.body, headers=headers)
+            await wait_for_empty_stream(js)
 
     assert len(gateway.requests) == 1
     record = await call_status(js, call.call_id)
     assert record is not None
     assert record.state is CallState.SUCCEEDED
     assert record.extra["stream_seq"] == 1
+    [skipped] = [
+        entry
+        for entry in caplog.records
+        if entry.getMessage().startswith("a call with this id already finished")
+    ]
+    assert skipped.levelno == logging.INFO
+    assert skipped.ctx["call_id"] == call.call_id
 
 
 async def test_call_past_one_second_reads_running(
