@@ -18,7 +18,7 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from faashub import constants
-from faashub.settings import CommonSettings
+from faashub.settings import CommonSettings, setting_name
 
 # Kafka's own rule for topic names: at most 249 of these characters.
 _KAFKA_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -120,7 +120,8 @@ class ConnectorSettings(CommonSettings):
             raise ValueError(
                 f"retry_max_wait_s ({self.retry_max_wait_s:g}) is below "
                 f"retry_min_wait_s ({self.retry_min_wait_s:g}); raise "
-                "--retry-max-wait-s or lower --retry-min-wait-s"
+                f"{setting_name('retry_max_wait_s')} or lower "
+                f"{setting_name('retry_min_wait_s')}"
             )
         return self
 
@@ -361,7 +362,7 @@ class SqsConnectorSettings(ConnectorSettings):
                 f"retry_max_wait_s ({self.retry_max_wait_s:g}) is above "
                 f"{SQS_MAX_VISIBILITY_S} s, the longest visibility timeout SQS "
                 "accepts; the SQS connector waits out retries as visibility "
-                "timeouts, so lower --retry-max-wait-s"
+                f"timeouts, so lower {setting_name('retry_max_wait_s')}"
             )
         return self
 

@@ -20,6 +20,14 @@ from faashub import constants
 ENV_PREFIX = "FAASHUB_"
 
 
+def setting_name(field: str) -> str:
+    """Return a setting's flag and variable, such as "--port / FAASHUB_PORT".
+
+    `faashub up` takes some settings only as variables, so messages name both.
+    """
+    return f"--{field.replace('_', '-')} / {ENV_PREFIX}{field.upper()}"
+
+
 def _upper_case(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 

@@ -26,7 +26,7 @@ from faashub.async_annotations import parse_codes as parse_codes
 from faashub.async_annotations import parse_duration_s as parse_duration_s
 from faashub.async_annotations import parse_positive_int as parse_positive_int
 from faashub.names import FunctionRef
-from faashub.settings import WorkerSettings
+from faashub.settings import WorkerSettings, setting_name
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +63,15 @@ def default_retry_policy(settings: WorkerSettings) -> RetryPolicy:
     except ValueError as exc:
         raise errors.SettingsError(
             f"Invalid retry codes {settings.retry_codes!r}: {exc} "
-            "Set --retry-codes to a comma-separated list such as 429,500,503."
+            f"Set {setting_name('retry_codes')} to a comma-separated list such as "
+            "429,500,503."
         ) from exc
     if settings.retry_min_wait_s > settings.retry_max_wait_s:
         raise errors.SettingsError(
             f"The minimum retry wait {settings.retry_min_wait_s:g} s is above the "
-            f"maximum {settings.retry_max_wait_s:g} s. Lower --retry-min-wait-s or "
-            "raise --retry-max-wait-s."
+            f"maximum {settings.retry_max_wait_s:g} s. Lower "
+            f"{setting_name('retry_min_wait_s')} or raise "
+            f"{setting_name('retry_max_wait_s')}."
         )
     return RetryPolicy(
         attempts=settings.retry_attempts,

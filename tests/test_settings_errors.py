@@ -25,6 +25,7 @@ def test_model_error_hides_every_value() -> None:
     message = load("--retry-min-wait-s", "10", "--retry-max-wait-s", "1")
 
     assert "retry_max_wait_s (1) is below retry_min_wait_s (10)" in message
+    assert "raise --retry-max-wait-s / FAASHUB_RETRY_MAX_WAIT_S" in message
     assert SECRET not in message
 
 

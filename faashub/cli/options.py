@@ -18,7 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
 from faashub import errors
-from faashub.settings import ENV_PREFIX, DefaultRule
+from faashub.settings import ENV_PREFIX, DefaultRule, setting_name
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
@@ -122,8 +122,7 @@ def _is_secret(annotation: Any) -> bool:
 
 
 def _setting_name(location: tuple[int | str, ...]) -> str:
-    field = str(location[0])
-    return f"--{field.replace('_', '-')} / {ENV_PREFIX}{field.upper()}"
+    return setting_name(str(location[0]))
 
 
 def _literal_choices(annotation: Any) -> list[str] | None:
