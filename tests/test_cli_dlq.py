@@ -205,8 +205,31 @@ async def test_dlq_show_unknown(cli: CommandRunner) -> None:
     result = await cli("dlq", "show", "nope")
 
     assert result.code == 2
-    assert "HTTP 404" in result.err
-    assert "'nope'" in result.err
+    assert "No dead letter for call id 'nope'" in result.err
+    assert "'faashub dlq list' lists the dead letters" in result.err
+    assert "GET /system/dead-letters" not in result.err
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        pytest.param(("status", ""), id="status"),
+        pytest.param(("cancel", " "), id="cancel"),
+        pytest.param(("dlq", "show", ""), id="dlq-show"),
+    ],
+)
+def test_empty_call_id_rejected(
+    capsys: pytest.CaptureFixture[str], arguments: tuple[str, ...]
+) -> None:
+    # argparse rejects the id, so no request is sent to the unused port.
+    with pytest.raises(SystemExit) as exited:
+        main([*arguments, "--gateway", "http://127.0.0.1:9"])
+
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid call id" in err
+    assert "X-Call-Id header of the call's 202 response" in err
+    assert "HTTP" not in err
 
 
 async def test_dlq_redrive_ids(cli: CommandRunner, nats_url: str) -> None:

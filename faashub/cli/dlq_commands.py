@@ -29,7 +29,9 @@ import httpx
 from faashub import errors
 from faashub.cli.gateway_client import (
     GATEWAY_HELP,
+    GatewayError,
     check_response,
+    error_text,
     gateway_client,
     print_table,
     resolve_gateway,
@@ -78,7 +80,9 @@ def add_commands(
 
     show = actions.add_parser("show", help="Show one dead letter in full, as JSON.")
     _add_gateway_argument(show)
-    show.add_argument("call_id", metavar="CALL_ID", help="The call's X-Call-Id.")
+    show.add_argument(
+        "call_id", metavar="CALL_ID", type=_call_id, help="The call's X-Call-Id."
+    )
     show.add_argument(
         "--kind",
         choices=("call", "callback"),
@@ -124,7 +128,9 @@ def add_commands(
 
     status = commands.add_parser("status", help="Show the status of an async call.")
     _add_gateway_argument(status)
-    status.add_argument("call_id", metavar="CALL_ID", help="The call's X-Call-Id.")
+    status.add_argument(
+        "call_id", metavar="CALL_ID", type=_call_id, help="The call's X-Call-Id."
+    )
     status.add_argument(
         "--json", action="store_true", help="Print the gateway's JSON response."
     )
@@ -134,7 +140,9 @@ def add_commands(
         "cancel", help="Cancel an async call that is queued or waiting for a retry."
     )
     _add_gateway_argument(cancel)
-    cancel.add_argument("call_id", metavar="CALL_ID", help="The call's X-Call-Id.")
+    cancel.add_argument(
+        "call_id", metavar="CALL_ID", type=_call_id, help="The call's X-Call-Id."
+    )
     cancel.set_defaults(handler=run_cancel)
 
 
@@ -222,6 +230,15 @@ def run_show(args: argparse.Namespace) -> int:
         f"{DEAD_LETTERS_PATH}/{_quote(args.call_id)}",
         params=params,
     )
+    if response.status_code == 404 and error_text(response).startswith(
+        "No dead letter"
+    ):
+        # The gateway's message points at its HTTP route; name the command.
+        kind_text = f" of kind {args.kind!r}" if args.kind else ""
+        raise GatewayError(
+            f"No dead letter{kind_text} for call id {args.call_id!r} at "
+            f"{args.gateway}. 'faashub dlq list' lists the dead letters there are."
+        )
     check_response(response, f"Showing the dead letter of {args.call_id}")
     _print_json(response.json())
     return 0
@@ -257,6 +274,16 @@ def run_purge(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report)
     return _summarize(report, done="purged", verb="Purged")
+
+
+def _call_id(value: str) -> str:
+    """Return a CALL_ID argument, or raise ArgumentTypeError for an empty one."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            f"invalid call id {value!r}: give the X-Call-Id header of the call's "
+            "202 response"
+        )
+    return value
 
 
 def run_status(args: argparse.Namespace) -> int:
