@@ -387,6 +387,8 @@ class AsyncAccept:
             queue=function.queue,
             not_before_ns=not_before_ns,
         )
+        if request.caller_call_id and self._queue.ids_may_be_forgotten:
+            await self._check_id_unused_after_restart(call)
         ack = await self._queue.publish(call, deduplicate=request.caller_call_id)
         self._check_queue_served(function.queue, ref)
 
@@ -417,12 +419,42 @@ class AsyncAccept:
             )
             return
         if owner is not None and owner != call.ref:
-            raise errors.CallConflict(
-                f"X-Call-Id {call.call_id!r} is already used by a call to {owner} "
-                f"within the last {self._queue.duplicate_window_s:g} s, so this call "
-                f"to {call.ref} was not stored. Send it with a new X-Call-Id.",
-                state="duplicate",
+            raise self._id_used(call, owner)
+
+    async def _check_id_unused_after_restart(self, call: QueuedCall) -> None:
+        """Raise CallConflict if a recent call of another function has this id.
+
+        JetStream reports such a repeat by itself while it keeps the id. After
+        a NATS restart it keeps only the ids of calls still queued, so the
+        status record of a finished call is checked here instead.
+        """
+        try:
+            record = await async_calls.read_status(self._queue, call.call_id)
+        except (nats.errors.Error, errors.QueueUnavailable) as exc:
+            # If NATS is gone, the publish that follows fails too. Otherwise
+            # the call is stored unchecked, as JetStream alone would store it.
+            logger.debug(
+                "reading the status record of a repeated call id failed",
+                extra=_context(call.ref, call.call_id, error=str(exc)),
             )
+            return
+        if record is None:
+            return
+        owner = names.FunctionRef(record.function, record.namespace)
+        window_ns = round(self._queue.duplicate_window_s * 1e9)
+        recent = call.accepted_at_ns - record.accepted_at_ns <= window_ns
+        if owner != call.ref and recent:
+            raise self._id_used(call, owner)
+
+    def _id_used(
+        self, call: QueuedCall, owner: names.FunctionRef
+    ) -> errors.CallConflict:
+        return errors.CallConflict(
+            f"X-Call-Id {call.call_id!r} is already used by a call to {owner} "
+            f"within the last {self._queue.duplicate_window_s:g} s, so this call "
+            f"to {call.ref} was not stored. Send it with a new X-Call-Id.",
+            state="duplicate",
+        )
 
 
 def _is_unconsumed(info: ConsumerInfo) -> bool:

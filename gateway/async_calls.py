@@ -352,6 +352,15 @@ async def stored_function(queue: CallQueue, call_id: str) -> FunctionRef | None:
     return FunctionRef(status.function, status.namespace)
 
 
+async def read_status(queue: CallQueue, call_id: str) -> CallStatus | None:
+    """Return the status record of `call_id`, or None when there is none.
+
+    Raises QueueUnavailable, and nats errors as they come.
+    """
+    record = await _read_record(queue.layout().status, call_id)
+    return None if record is None else record[0]
+
+
 async def _read_record(bucket: KeyValue, call_id: str) -> tuple[CallStatus, int] | None:
     """Return the call's status record and its revision, or None."""
     try:

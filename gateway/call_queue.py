@@ -17,6 +17,7 @@ speaks HTTP, because `gateway.async_accept` does that.
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -108,6 +109,9 @@ class CallQueue:
         self._layout_check = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._failed_attempts = 0
+        # Monotonic time until which JetStream may lack the ids of calls
+        # stored before a NATS restart (see `ids_may_be_forgotten`).
+        self._ids_unsure_until = 0.0
 
     @property
     def max_payload_bytes(self) -> int:
@@ -117,6 +121,22 @@ class CallQueue:
     @property
     def duplicate_window_s(self) -> float:
         return self._duplicate_window_s
+
+    @property
+    def ids_may_be_forgotten(self) -> bool:
+        """Tell whether JetStream may have dropped call ids inside the duplicate window.
+
+        nats-server rebuilds its duplicate ids from the messages still in a
+        stream when it restarts, so the ids of calls that a worker already
+        removed are gone (checked with nats-server 2.15). The gateway cannot
+        tell a NATS restart from a lost
+        connection, so this is true for one duplicate window after each
+        connect and reconnect, and after the streams had to be created again.
+        """
+        return time.monotonic() < self._ids_unsure_until
+
+    def _mark_ids_unsure(self) -> None:
+        self._ids_unsure_until = time.monotonic() + self._duplicate_window_s
 
     def unavailable_reason(self) -> str | None:
         """Return why a call cannot be stored now, or None if it can."""
@@ -297,6 +317,7 @@ class CallQueue:
             },
         )
         self._failed_attempts = 0
+        self._mark_ids_unsure()
         self._layout_check.set()
 
     async def _connect_until_up(self) -> None:
@@ -342,6 +363,7 @@ class CallQueue:
             else:
                 if self._layout is None:
                     logger.info("jetstream streams are ready")
+                self._mark_ids_unsure()
                 self._layout = layout
 
     async def _ensure_layout(self, js: JetStreamContext) -> _Layout:
@@ -409,4 +431,5 @@ class CallQueue:
             },
         )
         self._failed_attempts = 0
+        self._mark_ids_unsure()
         self._layout_check.set()

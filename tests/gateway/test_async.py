@@ -5,15 +5,18 @@ import logging
 import os
 import signal
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import nats
 import pytest
 
 from faashub import constants as shared
+from faashub.call_status import CallState, CallStatus
 from faashub.queued_call import QueuedCall
 from gateway import async_accept
 from gateway.call_queue import message_size
@@ -27,6 +30,7 @@ from tests.gateway.conftest import (
     stored_messages,
     wait_until_healthy,
     wait_until_unhealthy,
+    write_status,
 )
 from tests.queue_worker.conftest import make_settings, running_worker
 
@@ -764,3 +768,115 @@ async def test_async_no_warning_for_busy_worker(
             provider.release.set()
 
     assert warnings == []
+
+
+async def take_calls(nats_url: str) -> None:
+    """Acknowledge every stored call, so the stream drops it, as a worker would."""
+    connection = await nats.connect(nats_url)
+    try:
+        js = connection.jetstream()
+        durable = "gateway-test-taker"
+        subscription = await js.pull_subscribe(
+            f"{shared.CALLS_SUBJECT_PREFIX}.>", durable, stream=shared.CALLS_STREAM
+        )
+        try:
+            for message in await subscription.fetch(10, timeout=5):
+                await message.ack_sync()
+        finally:
+            await subscription.unsubscribe()
+            await js.delete_consumer(shared.CALLS_STREAM, durable)
+    finally:
+        await connection.close()
+
+
+def finished_record(call_id: str, function: str, *, age_s: float) -> CallStatus:
+    now_ns = time.time_ns()
+    return CallStatus(
+        call_id=call_id,
+        function=function,
+        namespace=shared.DEFAULT_NAMESPACE,
+        state=CallState.SUCCEEDED,
+        attempts=1,
+        max_attempts=3,
+        accepted_at_ns=now_ns - round(age_s * 1e9),
+        started_at_ns=now_ns,
+        updated_at_ns=now_ns,
+        finished_at_ns=now_ns,
+    )
+
+
+@pytest.mark.timeout(60)
+async def test_reused_id_after_nats_restart_409(
+    nats_server_factory: Callable[..., NatsServer],
+    start_gateway: GatewayFactory,
+    provider: FakeProvider,
+) -> None:
+    provider.deploy("other")
+    nats_server = nats_server_factory()
+    nats_server.start()
+    gateway = await start_gateway(nats_url=nats_server.url)
+    await wait_until_healthy(gateway.url)
+    headers = {"X-Call-Id": "kept-id"}
+
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as http_client:
+        first = await http_client.post(
+            "/async-function/echo", content=b"1", headers=headers
+        )
+        assert first.status_code == 202
+        # The call ran: its message is gone and only its status record is left.
+        await take_calls(nats_server.url)
+        await write_status(nats_server.url, finished_record("kept-id", "echo", age_s=0))
+        nats_server.stop()
+        await wait_until_unhealthy(gateway.url)
+        nats_server.start()
+        await wait_until_healthy(gateway.url)
+
+        other = await http_client.post(
+            "/async-function/other", content=b"2", headers=headers
+        )
+        same = await http_client.post(
+            "/async-function/echo", content=b"3", headers=headers
+        )
+
+    assert other.status_code == 409
+    assert "'kept-id' is already used by a call to echo.openfaas-fn" in other.text
+    # A repeat to the same function is stored, and the worker discards it by
+    # its status record.
+    assert same.status_code == 202
+    messages = await stored_messages(nats_server.url)
+    assert [message.data for message in messages] == [b"3"]
+
+
+@pytest.mark.parametrize(
+    ("age_s", "window_s", "wait_s", "expected"),
+    [
+        pytest.param(1.0, 120.0, 0.0, 409, id="inside-window"),
+        pytest.param(130.0, 120.0, 0.0, 202, id="older-than-window"),
+        # One window after connecting, JetStream knows each id of the window
+        # itself, so the gateway reads no status record.
+        pytest.param(0.0, 1.0, 1.2, 202, id="window-since-connect-over"),
+    ],
+)
+async def test_reused_id_status_check(
+    nats_url: str,
+    start_gateway: GatewayFactory,
+    provider: FakeProvider,
+    age_s: float,
+    window_s: float,
+    wait_s: float,
+    expected: int,
+) -> None:
+    provider.deploy("other")
+    gateway = await start_gateway(nats_url=nats_url, duplicate_window_s=window_s)
+    await wait_until_healthy(gateway.url)
+    await write_status(nats_url, finished_record("old-id", "echo", age_s=age_s))
+    await asyncio.sleep(wait_s)
+
+    async with httpx.AsyncClient(base_url=gateway.url) as http_client:
+        response = await http_client.post(
+            "/async-function/other", content=b"x", headers={"X-Call-Id": "old-id"}
+        )
+
+    assert response.status_code == expected
+    stored = await stored_messages(nats_url)
+    assert len(stored) == (1 if expected == 202 else 0)
