@@ -10,9 +10,15 @@ below into `--help`. Only this module and the CLI read the environment.
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from faashub import constants
@@ -267,6 +273,20 @@ class GatewaySettings(CommonSettings):
         description="Seconds a client may take to send a request body (sync, "
         "async or /system/); a slower client gets 408.",
     )
+
+    @model_validator(mode="after")
+    def _check_status_outlives_window(self) -> Self:
+        # After a NATS restart, a repeated X-Call-Id is recognised by the
+        # earlier call's status record, which must last the whole window.
+        if self.status_ttl_s < self.duplicate_window_s:
+            raise ValueError(
+                f"status_ttl_s ({self.status_ttl_s:g}) is below duplicate_window_s "
+                f"({self.duplicate_window_s:g}), so after a NATS restart a "
+                "repeated X-Call-Id could run twice; raise "
+                f"{setting_name('status_ttl_s')} or lower "
+                f"{setting_name('duplicate_window_s')}"
+            )
+        return self
 
 
 class WorkerSettings(CommonSettings):

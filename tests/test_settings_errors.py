@@ -7,7 +7,7 @@ import pytest
 from faashub import errors
 from faashub.cli import options
 from faashub.connector_settings import CronConnectorSettings
-from faashub.settings import LocalProviderSettings
+from faashub.settings import GatewaySettings, LocalProviderSettings
 
 SECRET = "settings-secret-7f3a"
 
@@ -48,3 +48,16 @@ def test_log_file_size_below_minimum_named() -> None:
     assert "--log-max-file-bytes / FAASHUB_LOG_MAX_FILE_BYTES" in message
     assert "10 is below the minimum of 131072 bytes" in message
     assert "(got 10)" in message
+
+
+def test_status_ttl_below_window_rejected() -> None:
+    parser = argparse.ArgumentParser()
+    options.add_settings_arguments(parser, GatewaySettings)
+    args = parser.parse_args(["--status-ttl-s", "20", "--duplicate-window-s", "120"])
+    with pytest.raises(errors.SettingsError) as raised:
+        options.load_settings(GatewaySettings, args)
+    message = str(raised.value)
+
+    assert "status_ttl_s (20) is below duplicate_window_s (120)" in message
+    assert "raise --status-ttl-s / FAASHUB_STATUS_TTL_S" in message
+    assert "lower --duplicate-window-s / FAASHUB_DUPLICATE_WINDOW_S" in message
