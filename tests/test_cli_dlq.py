@@ -205,9 +205,25 @@ async def test_dlq_show_unknown(cli: CommandRunner) -> None:
     result = await cli("dlq", "show", "nope")
 
     assert result.code == 2
-    assert "No dead letter for call id 'nope'" in result.err
+    assert f"No dead letter for call id 'nope' at {cli.gateway}." in result.err
     assert "'faashub dlq list' lists the dead letters" in result.err
     assert "GET /system/dead-letters" not in result.err
+
+
+async def test_dlq_show_unknown_without_flag(
+    cli: CommandRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The gateway comes from OPENFAAS_URL, so the message names that URL.
+    monkeypatch.setenv("OPENFAAS_URL", cli.gateway)
+    capsys.readouterr()
+
+    code = await asyncio.to_thread(main, ["dlq", "show", "nope"])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"No dead letter for call id 'nope' at {cli.gateway}." in err
 
 
 @pytest.mark.parametrize(

@@ -237,7 +237,8 @@ def run_show(args: argparse.Namespace) -> int:
         kind_text = f" of kind {args.kind!r}" if args.kind else ""
         raise GatewayError(
             f"No dead letter{kind_text} for call id {args.call_id!r} at "
-            f"{args.gateway}. 'faashub dlq list' lists the dead letters there are."
+            f"{resolve_gateway(args.gateway)}. 'faashub dlq list' lists the dead "
+            "letters there are."
         )
     check_response(response, f"Showing the dead letter of {args.call_id}")
     _print_json(response.json())
