@@ -3,6 +3,7 @@
 import argparse
 
 import pytest
+from pydantic_settings import BaseSettings
 
 from faashub import errors
 from faashub.cli import options
@@ -12,13 +13,18 @@ from faashub.settings import GatewaySettings, LocalProviderSettings
 SECRET = "settings-secret-7f3a"
 
 
-def load(*flags: str) -> str:
+def settings_error(settings_class: type[BaseSettings], *flags: str) -> str:
+    """Return the SettingsError message of loading `settings_class` from `flags`."""
     parser = argparse.ArgumentParser()
-    options.add_settings_arguments(parser, CronConnectorSettings)
-    args = parser.parse_args(["--gateway-password", SECRET, *flags])
+    options.add_settings_arguments(parser, settings_class)
+    args = parser.parse_args(list(flags))
     with pytest.raises(errors.SettingsError) as raised:
-        options.load_settings(CronConnectorSettings, args)
+        options.load_settings(settings_class, args)
     return str(raised.value)
+
+
+def load(*flags: str) -> str:
+    return settings_error(CronConnectorSettings, "--gateway-password", SECRET, *flags)
 
 
 def test_model_error_hides_every_value() -> None:
@@ -38,12 +44,7 @@ def test_field_error_shows_its_value() -> None:
 
 
 def test_log_file_size_below_minimum_named() -> None:
-    parser = argparse.ArgumentParser()
-    options.add_settings_arguments(parser, LocalProviderSettings)
-    args = parser.parse_args(["--log-max-file-bytes", "10"])
-    with pytest.raises(errors.SettingsError) as raised:
-        options.load_settings(LocalProviderSettings, args)
-    message = str(raised.value)
+    message = settings_error(LocalProviderSettings, "--log-max-file-bytes", "10")
 
     assert "--log-max-file-bytes / FAASHUB_LOG_MAX_FILE_BYTES" in message
     assert "10 is below the minimum of 131072 bytes" in message
@@ -51,12 +52,9 @@ def test_log_file_size_below_minimum_named() -> None:
 
 
 def test_status_ttl_below_window_rejected() -> None:
-    parser = argparse.ArgumentParser()
-    options.add_settings_arguments(parser, GatewaySettings)
-    args = parser.parse_args(["--status-ttl-s", "20", "--duplicate-window-s", "120"])
-    with pytest.raises(errors.SettingsError) as raised:
-        options.load_settings(GatewaySettings, args)
-    message = str(raised.value)
+    message = settings_error(
+        GatewaySettings, "--status-ttl-s", "20", "--duplicate-window-s", "120"
+    )
 
     assert "status_ttl_s (20) is below duplicate_window_s (120)" in message
     assert "raise --status-ttl-s / FAASHUB_STATUS_TTL_S" in message
