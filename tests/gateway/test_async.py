@@ -852,8 +852,8 @@ async def test_reused_id_after_nats_restart_409(
     [
         pytest.param(1.0, 120.0, 0.0, 409, id="inside-window"),
         pytest.param(130.0, 120.0, 0.0, 202, id="older-than-window"),
-        # One window after connecting, JetStream knows each id of the window
-        # itself, so the gateway reads no status record.
+        # One window after connecting, JetStream itself keeps each id of the
+        # window, so the gateway reads no status record.
         pytest.param(0.0, 1.0, 1.2, 202, id="window-since-connect-over"),
     ],
 )
