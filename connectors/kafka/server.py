@@ -33,10 +33,10 @@ def run(settings: KafkaConnectorSettings) -> None:
             dev_broker.stop()
 
 
-async def serve(settings: KafkaConnectorSettings) -> None:
-    """Run the connector in the current event loop until a signal stops it."""
-    # Built first, so that unreadable TLS or password files fail before
-    # anything starts.
+def build(settings: KafkaConnectorSettings) -> tuple[Connector, KafkaSource]:
+    """Build the connector and its source, for this command and `faashub up`."""
+    # The source is built first, so that unreadable TLS or password files
+    # fail before anything starts.
     source = KafkaSource(settings)
     if settings.async_invocation and settings.reply_topic:
         logger.warning(
@@ -45,4 +45,10 @@ async def serve(settings: KafkaConnectorSettings) -> None:
         )
     connector = Connector(settings, name=constants.CONNECTOR_NAME)
     connector.topic_maps.serves = served_entries(topic_list(settings.topics))
+    return connector, source
+
+
+async def serve(settings: KafkaConnectorSettings) -> None:
+    """Run the connector in the current event loop until a signal stops it."""
+    connector, source = build(settings)
     await run_connector(connector, source, tune_gc_after_open=True)

@@ -136,21 +136,9 @@ def build_service(settings: CommonSettings) -> Service:
 
         return ConnectorService(CronConnector(settings), CronSource(settings))
     if isinstance(settings, KafkaConnectorSettings):
-        from connectors.core.connector import Connector
-        from connectors.kafka import constants as kafka_constants
-        from connectors.kafka.source import KafkaSource
+        from connectors.kafka import server as kafka_server
 
-        # The source is built first, as `faashub connector kafka` does, so
-        # that unreadable TLS or password files fail before anything starts.
-        source = KafkaSource(settings)
-        if settings.async_invocation and settings.reply_topic:
-            logger.warning(
-                "reply_topic is ignored with async invocation: the queue-worker "
-                "posts results to the callback URL instead"
-            )
-        return ConnectorService(
-            Connector(settings, name=kafka_constants.CONNECTOR_NAME), source
-        )
+        return ConnectorService(*kafka_server.build(settings))
     if isinstance(settings, SqsConnectorSettings):
         from connectors.sqs.delivery import SqsConnector
         from connectors.sqs.source import SqsSource

@@ -7,6 +7,8 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from connectors.core.invoker import call_id_for
+from connectors.core.runner import ConnectorService
+from connectors.kafka import server as kafka_server
 from connectors.kafka.offsets import OffsetTracker
 from connectors.kafka.publisher import dead_letter_matcher, dead_letter_topic_for
 from connectors.kafka.records import (
@@ -20,7 +22,9 @@ from connectors.kafka.subscription import (
     select_topics,
     served_entries,
 )
+from faashub.cli import up_workers
 from faashub.names import FunctionRef
+from tests.connectors.kafka.conftest import kafka_settings
 
 
 def make_record(
@@ -301,3 +305,21 @@ def test_explicit_topics_serve_their_entries() -> None:
     assert serves("payments")
     assert serves("orders.eu")
     assert not serves("audit")
+
+
+@pytest.mark.parametrize("build", ["command", "up"])
+def test_built_connector_serves_its_topics(build: str) -> None:
+    # `faashub connector kafka` and the workers process of `faashub up` build
+    # the connector alike. Nothing connects until the source runs.
+    settings = kafka_settings("127.0.0.1:9", "http://127.0.0.1:9", topics="payments")
+    if build == "command":
+        connector, _ = kafka_server.build(settings)
+    else:
+        service = up_workers.build_service(settings)
+        assert isinstance(service, ConnectorService)
+        connector = service.connector
+
+    serves = connector.topic_maps.serves
+    assert serves("payments")
+    assert not serves("orders")
+    assert not serves("cron-function")
