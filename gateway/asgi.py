@@ -13,6 +13,7 @@ from starlette.types import Scope, Send
 
 from faashub import constants as shared
 from faashub import names
+from faashub.headers import wire_text
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -29,13 +30,9 @@ def shown_header_value(value: str) -> str:
     """Return a header value as the caller most likely wrote it, cut for a message.
 
     ASGI servers decode header bytes as Latin-1, so a value sent as UTF-8
-    is decoded again as UTF-8 where it can be.
+    is decoded again as UTF-8 where it can be (`wire_text`).
     """
-    try:
-        text = value.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        text = value
-    return names.excerpt(text)
+    return names.excerpt(wire_text(value))
 
 
 def split_invocation_path(scope: Scope, prefix: str) -> tuple[str, str]:

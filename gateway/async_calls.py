@@ -345,10 +345,9 @@ async def stored_function(queue: CallQueue, call_id: str) -> FunctionRef | None:
     queued = await find_queued(queue, call_id)
     if queued is not None:
         return queued.call.ref
-    record = await _read_record(queue.layout().status, call_id)
-    if record is None:
+    status = await read_status(queue, call_id)
+    if status is None:
         return None
-    status, _ = record
     return FunctionRef(status.function, status.namespace)
 
 

@@ -129,9 +129,9 @@ class CallQueue:
         nats-server rebuilds its duplicate ids from the messages still in a
         stream when it restarts, so the ids of calls that a worker already
         removed are gone (checked with nats-server 2.15). The gateway cannot
-        tell a NATS restart from a lost
-        connection, so this is true for one duplicate window after each
-        connect and reconnect, and after the streams had to be created again.
+        tell a NATS restart from a lost connection, so this is true for one
+        duplicate window after each connect and reconnect, and after each
+        check of the streams, which follows both.
         """
         return time.monotonic() < self._ids_unsure_until
 
