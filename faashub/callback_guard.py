@@ -36,6 +36,7 @@ import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from faashub import __version__, http_sessions
+from faashub.settings import setting_name
 
 # User-Agent of every callback request. A redrive from the gateway sends the
 # same value as the queue-worker, so every callback has one User-Agent.
@@ -44,7 +45,7 @@ CALLBACK_USER_AGENT: Final = f"faashub-queue-worker/{__version__}"
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # The flag and variable of callback_allow, named in the messages that suggest it.
-ALLOW_SETTING: Final = "--callback-allow or FAASHUB_CALLBACK_ALLOW"
+ALLOW_SETTING: Final = setting_name("callback_allow")
 
 # Addresses no callback may reach: link-local networks, where the AWS, GCP and
 # Azure metadata service (169.254.169.254) lives, AWS's IPv6 metadata address,
