@@ -233,7 +233,7 @@ def run_show(args: argparse.Namespace) -> int:
     if response.status_code == 404 and error_text(response).startswith(
         "No dead letter"
     ):
-        # The gateway's message points at its HTTP route; name the command.
+        # The gateway's message names its HTTP route, so this one names the command.
         kind_text = f" of kind {args.kind!r}" if args.kind else ""
         raise GatewayError(
             f"No dead letter{kind_text} for call id {args.call_id!r} at "
